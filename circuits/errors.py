@@ -1,0 +1,11 @@
+"""One exception type for every problem a user can fix; the CLI prints its message as a single line."""
+
+from __future__ import annotations
+
+
+class CircuitsError(Exception):
+    """A user-facing error: the message names what was wrong and what to do about it."""
+
+
+class ModelLoadError(CircuitsError):
+    """A model could not be loaded (unknown name, missing or corrupt files, offline hub)."""

@@ -1,0 +1,425 @@
+"""The toy-world corpus: task families mixed with plain story text, generated deterministically from a seed.
+
+Each training row is ``<|endoftext|>`` followed by sentences drawn independently from the families below (by
+`FAMILY_WEIGHTS`), cut to the model's context. Row *i* of seed *s* depends only on ``(s, i)``, so a training run
+can resume at any step and reproduce the same stream. Evaluation prompts come from held-out generators that
+share no randomness with training.
+
+Families and the mechanism each is meant to require (later case studies check graphs against these):
+
+``ioi``
+    Indirect object identification: "When Mary and John went to the store, John gave a drink to" → " Mary".
+    16 training templates, 3 held-out templates; ABBA and BABA orders. The answer is the name that occurs once.
+    Expected mechanism (Wang et al. 2022): duplicate-token / induction heads mark the repeated subject S2,
+    S-inhibition moves "S is duplicated" to the final position, name-mover heads copy the remaining name.
+    Held-out split: prompts built only from `IOI_HELDOUT_NAMES`, which never appear in a training IOI sentence
+    (they appear in every other family), plus 3 templates never used in training.
+``induction``
+    A span of 4–16 random vocabulary words, an optional interruption, then the same span again. Requires
+    previous-token heads and induction heads (copy the token that followed the current token last time).
+    Held-out split: fresh random spans (a separate random stream).
+``facts``
+    One-hop facts in several phrasings ("Lyon is a city in France.", "The capital of France is Paris.").
+    Requires storing associations (MLP lookups keyed on the entity token) and moving them to the last position.
+``two_hop``
+    "The capital of the country containing Lyon is Paris." Requires composing two stored facts
+    (city → country → capital). Held-out split: `TWO_HOP_HELDOUT_CITIES`, whose two-hop question never occurs
+    in training (their one-hop facts do).
+``greater_than``
+    "The war lasted from the year 1732 to the year 1758." The end year is uniform above the start year within
+    the century. Requires reading the start year's two-digit token and boosting larger two-digit tokens
+    (Hanna et al. 2023). Held-out split: start years (century, yy) with (century index + yy) % 5 == 0.
+``successor``
+    Runs of days, months or number words ("Monday, Tuesday, Wednesday"). Requires a successor lookup
+    (attend to the previous item, map it to the next). Held-out split: carrier phrases never used in training.
+``pronoun``
+    "Mary went to the park because she wanted a book." Requires attending to the subject and reading its gender.
+    Held-out split: two templates never used in training.
+``story``
+    Connective text: names in many roles, places, objects, cities, days. This keeps the model a small language
+    model rather than a lookup table, and makes names generic tokens, which is what lets IOI generalise to
+    names never seen in IOI sentences.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from circuits.organism import world as W
+
+Split = Literal["train", "heldout"]
+
+# ---------------------------------------------------------------------------------------------------------------
+# Templates. Placeholders: {A} {B} first/second name, {S} subject, {N} {M} names, {place} {object} {adj} {city}
+# {country} {capital} {day} {month} {event} {pro} {pos} (possessive).
+# ---------------------------------------------------------------------------------------------------------------
+
+IOI_TRAIN_TEMPLATES: tuple[str, ...] = (
+    "When {A} and {B} went to the {place}, {S} gave a {object} to",
+    "When {A} and {B} got a {object} at the {place}, {S} decided to give it to",
+    "After {A} and {B} went to the {place}, {S} gave a {object} to",
+    "Then, {A} and {B} had a long argument. Afterwards {S} said to",
+    "While {A} and {B} were working at the {place}, {S} gave a {object} to",
+    "{A} and {B} went to the {place}. {S} handed a {object} to",
+    "Friends {A} and {B} found a {object} at the {place}. {S} gave it to",
+    "The {place} was quiet when {A} and {B} arrived. {S} passed a {object} to",
+    "When {A} and {B} arrived at the {place}, {S} threw a {object} to",
+    "{A} and {B} were walking to the {place}, and {S} showed a {object} to",
+    "After the lunch, {A} and {B} went to the {place}. {S} brought a {object} to",
+    "Yesterday {A} and {B} visited the {place}, where {S} sold a {object} to",
+    "When {A} and {B} met at the {place}, {S} sent a {object} to",
+    "Then, {A} and {B} went to the {place}. {S} offered a {object} to",
+    "Since {A} and {B} were at the {place}, {S} lent a {object} to",
+    "{A} and {B} had fun at the {place}, and {S} gave a {object} to",
+)
+IOI_HELDOUT_TEMPLATES: tuple[str, ...] = (
+    "After {A} and {B} spent the day at the {place}, {S} mailed a {object} to",
+    "Once {A} and {B} reached the {place}, {S} tossed a {object} to",
+    "As {A} and {B} left the {place}, {S} returned the {object} to",
+)
+
+STORY_TEMPLATES: tuple[str, ...] = (
+    "{N} saw {M} at the {place}.",
+    "{N} gave the {object} to {M}.",
+    "{N} walked to the {place} and bought a {object}.",
+    "{N} met {M} in {city} on {day}.",
+    "{N} called {M} on {day}.",
+    "It was a {adj} day at the {place}.",
+    "The {object} was {adj}.",
+    "{N} likes the {adj} {object}.",
+    "{N} and {M} talked for a long time.",
+    "{N} and {M} are old friends.",
+    "{N} thanked {M} for the {object}.",
+    "{M} smiled at {N}.",
+    "{N} mailed a {object} to {M}.",
+    "{N} tossed the {object} into the {place}.",
+    "{N} returned the {object} to the {place}.",
+    "{N} spent the day at the {place}.",
+    "Once the rain stopped, {N} reached the {place}.",
+    "As the sun set, {N} left the {place}.",
+    "In {month}, {N} went to {city}.",
+    "{N} found a {adj} {object} near the {place}.",
+    "The {place} in {city} was {adj}.",
+    "{N} asked {M} about the {object}.",
+    "{N} waited for {M} at the {place}.",
+    "Everyone at the {place} knew {N}.",
+    "{N} helped {M} carry the {object} home.",
+    "{N} wrote a letter to {M} in {month}.",
+    "Later, {N} and {M} went home.",
+    "The {adj} {object} belonged to {N}.",
+)
+
+PRONOUN_TRAIN_TEMPLATES: tuple[str, ...] = (
+    "{N} went to the {place} because {pro} wanted a {object}.",
+    "{N} was happy, so {pro} bought a {object}.",
+    "When {N} arrived at the {place}, {pro} was tired.",
+    "{N} lost the {object}, and then {pro} looked for it.",
+    "{N} said that {pro} liked the {place}.",
+    "After lunch, {N} took {pos} {object} to the {place}.",
+)
+PRONOUN_HELDOUT_TEMPLATES: tuple[str, ...] = (
+    "{N} stayed at the {place} because {pro} was busy.",
+    "{N} opened the {object}, and {pro} smiled.",
+)
+
+SUCCESSOR_TRAIN_CARRIERS: tuple[str, ...] = (
+    "{N} listed the {kind}: {seq}.",
+    "The {kind} went {seq}.",
+    "{N} said {seq}.",
+    "We counted {seq}.",
+)
+SUCCESSOR_HELDOUT_CARRIERS: tuple[str, ...] = ("In order, {N} wrote {seq}.",)
+
+ONE_HOP_TRAIN_TEMPLATES: tuple[str, ...] = (
+    "{city} is a city in {country}.",
+    "{city} is located in {country}.",
+    "The city of {city} is in {country}.",
+    "{N} lives in {city}, which is in {country}.",
+    "The capital of {country} is {capital}.",
+    "{capital} is the capital of {country}.",
+    "{N} flew to {capital}, the capital of {country}.",
+)
+TWO_HOP_TEMPLATE = "The capital of the country containing {city} is {capital}."
+
+GREATER_THAN_TEMPLATE = "The {event} lasted from the year {c}{y1} to the year {c}{y2}."
+
+FAMILY_WEIGHTS: dict[str, float] = {
+    "ioi": 0.22,
+    "induction": 0.12,
+    "facts": 0.15,
+    "two_hop": 0.05,
+    "greater_than": 0.10,
+    "successor": 0.08,
+    "pronoun": 0.08,
+    "story": 0.20,
+}
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def _template_words(template: str) -> list[str]:
+    from circuits.organism.tokenizer import pretokenize
+
+    return [p.strip() for p in pretokenize(_PLACEHOLDER.sub(" ", template)) if p.strip()]
+
+
+def all_corpus_words() -> set[str]:
+    """Every word and punctuation mark the corpus can produce (the tokenizer's vocabulary before numbers)."""
+    templates = (
+        IOI_TRAIN_TEMPLATES + IOI_HELDOUT_TEMPLATES + STORY_TEMPLATES + PRONOUN_TRAIN_TEMPLATES
+        + PRONOUN_HELDOUT_TEMPLATES + SUCCESSOR_TRAIN_CARRIERS + SUCCESSOR_HELDOUT_CARRIERS
+        + ONE_HOP_TRAIN_TEMPLATES + (TWO_HOP_TEMPLATE, GREATER_THAN_TEMPLATE)
+    )
+    words: set[str] = set()
+    for t in templates:
+        words.update(_template_words(t))
+    words.update(W.NAMES + W.PLACES + W.OBJECTS + W.ADJECTIVES + W.CITIES + W.EVENTS)
+    words.update(c for c, _, _ in W.COUNTRIES)
+    words.update(cap for _, cap, _ in W.COUNTRIES)
+    words.update(W.DAYS + W.MONTHS + W.NUMBER_WORDS)
+    words.update(SEQUENCE_KIND_WORDS.values())
+    words.update({"he", "she", "his", "her", ",", "."})
+    return words
+
+
+SEQUENCE_KIND_WORDS: dict[str, str] = {"days": "days", "months": "months", "numbers": "numbers"}
+
+
+def induction_word_pool() -> tuple[str, ...]:
+    """Words induction spans are drawn from: every word of the world (no punctuation)."""
+    return tuple(sorted(w for w in all_corpus_words() if w.isalpha()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation prompts (named, typed values)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IOIPrompt:
+    """An IOI prompt: the correct answer is `io`; `s` is the repeated subject."""
+
+    text: str
+    io: str
+    s: str
+    order: Literal["ABBA", "BABA"]
+    template: int
+    heldout_template: bool
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt with one correct next word and optional contrast word (for a logit difference)."""
+
+    text: str
+    answer: str
+    family: str
+    contrast: str | None = None
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class GreaterThanPrompt:
+    """"... from the year 1732 to the year 17": valid answers are two-digit tokens strictly above `start`."""
+
+    text: str
+    century: str
+    start: int
+
+
+@dataclass(frozen=True)
+class InductionPrompt:
+    """A random span repeated once: ``words + words``; score positions of the second copy after its first."""
+
+    words: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The generator
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _pair(rng: random.Random, names: tuple[str, ...]) -> tuple[str, str]:
+    a, b = rng.sample(names, 2)
+    return a, b
+
+
+def greater_than_heldout(century: str, yy: int) -> bool:
+    """Whether a start year belongs to the greater-than held-out split."""
+    return (W.CENTURIES.index(century) + yy) % 5 == 0
+
+
+class ToyWorldCorpus:
+    """Deterministic generator of training text and evaluation prompts for one seed."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._families = list(FAMILY_WEIGHTS)
+        self._weights = [FAMILY_WEIGHTS[f] for f in self._families]
+        self._pool = induction_word_pool()
+
+    # -- training text ------------------------------------------------------------------------------------------
+
+    def rng(self, stream: str, index: int) -> random.Random:
+        """An independent random stream per (seed, stream, index); string seeds are stable across runs."""
+        return random.Random(f"{self.seed}/{stream}/{index}")
+
+    def row_text(self, index: int, n_tokens: int, stream: str = "train") -> str:
+        """Text for training row `index` with at least `n_tokens` tokens (the caller truncates)."""
+        from circuits.organism.tokenizer import pretokenize
+
+        rng = self.rng(stream, index)
+        parts: list[str] = []
+        count = 0
+        while count < n_tokens:
+            sentence = self.sentence(rng)
+            parts.append(sentence)
+            count += len(pretokenize(sentence))
+        return " ".join(parts)
+
+    def sentence(self, rng: random.Random, family: str | None = None) -> str:
+        """One training sentence from `family` (or a family drawn by weight)."""
+        family = family or rng.choices(self._families, self._weights)[0]
+        return getattr(self, f"_train_{family}")(rng)
+
+    def _fill(self, rng: random.Random, template: str, **given: str) -> str:
+        n, m = _pair(rng, W.NAMES)
+        country, capital, cities = rng.choice(W.COUNTRIES)
+        values = {
+            "N": n, "M": m, "place": rng.choice(W.PLACES), "object": rng.choice(W.OBJECTS),
+            "adj": rng.choice(W.ADJECTIVES), "city": rng.choice(W.CITIES), "country": country,
+            "capital": capital, "day": rng.choice(W.DAYS), "month": rng.choice(W.MONTHS),
+        }
+        values.update(given)
+        if "N" in given:
+            values.setdefault("pro", "he" if W.gender_of(given["N"]) == "male" else "she")
+        pro_name = values["N"]
+        values.setdefault("pro", "he" if W.gender_of(pro_name) == "male" else "she")
+        values.setdefault("pos", "his" if W.gender_of(pro_name) == "male" else "her")
+        return template.format(**values)
+
+    def _ioi(self, rng: random.Random, template: str, names: tuple[str, str], order: str) -> tuple[str, str, str]:
+        io, s = names
+        a, b = (io, s) if order == "ABBA" else (s, io)
+        text = template.format(
+            A=a, B=b, S=s, place=rng.choice(W.PLACES), object=rng.choice(W.OBJECTS)
+        )
+        return text, io, s
+
+    def _train_ioi(self, rng: random.Random) -> str:
+        template = rng.choice(IOI_TRAIN_TEMPLATES)
+        text, io, _ = self._ioi(rng, template, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
+        return f"{text} {io}."
+
+    def _span(self, rng: random.Random, low: int, high: int) -> list[str]:
+        return [rng.choice(self._pool) for _ in range(rng.randint(low, high))]
+
+    def _train_induction(self, rng: random.Random) -> str:
+        span = " ".join(self._span(rng, 4, 16))
+        if rng.random() < 0.5:
+            return f"{span} {span}."
+        return f"{span}. {self.sentence(rng, 'story')} {span}."
+
+    def _train_facts(self, rng: random.Random) -> str:
+        country, capital, cities = rng.choice(W.COUNTRIES)
+        return self._fill(rng, rng.choice(ONE_HOP_TRAIN_TEMPLATES), country=country, capital=capital,
+                          city=rng.choice(cities))
+
+    def _train_two_hop(self, rng: random.Random) -> str:
+        city = rng.choice(W.TWO_HOP_TRAIN_CITIES)
+        return TWO_HOP_TEMPLATE.format(city=city, capital=W.CAPITAL_OF[W.COUNTRY_OF[city]])
+
+    def _train_greater_than(self, rng: random.Random) -> str:
+        while True:
+            c, y1 = rng.choice(W.CENTURIES), rng.randint(1, 98)
+            if not greater_than_heldout(c, y1):
+                break
+        y2 = rng.randint(y1 + 1, 99)
+        return GREATER_THAN_TEMPLATE.format(event=rng.choice(W.EVENTS), c=c, y1=f"{y1:02d}", y2=f"{y2:02d}")
+
+    def _sequence(self, rng: random.Random) -> tuple[str, list[str]]:
+        kind = rng.choice(list(W.SEQUENCES))
+        items, wraps = W.SEQUENCES[kind]
+        length = rng.randint(3, 7)
+        start = rng.randrange(len(items) if wraps else len(items) - length + 1)
+        return kind, [items[(start + i) % len(items)] for i in range(length)]
+
+    def _train_successor(self, rng: random.Random) -> str:
+        kind, seq = self._sequence(rng)
+        return self._fill(rng, rng.choice(SUCCESSOR_TRAIN_CARRIERS), kind=SEQUENCE_KIND_WORDS[kind],
+                          seq=", ".join(seq))
+
+    def _train_pronoun(self, rng: random.Random) -> str:
+        return self._fill(rng, rng.choice(PRONOUN_TRAIN_TEMPLATES), N=rng.choice(W.NAMES))
+
+    def _train_story(self, rng: random.Random) -> str:
+        return self._fill(rng, rng.choice(STORY_TEMPLATES))
+
+    # -- evaluation prompts -------------------------------------------------------------------------------------
+
+    def ioi_prompts(self, n: int, order: Literal["ABBA", "BABA"], heldout_templates: bool = False,
+                    names: tuple[str, ...] = W.IOI_HELDOUT_NAMES) -> list[IOIPrompt]:
+        """IOI prompts on held-out names (by default), from training or held-out templates."""
+        rng = self.rng(f"eval-ioi-{order}-{heldout_templates}", 0)
+        templates = IOI_HELDOUT_TEMPLATES if heldout_templates else IOI_TRAIN_TEMPLATES
+        out = []
+        for _ in range(n):
+            t = rng.randrange(len(templates))
+            text, io, s = self._ioi(rng, templates[t], _pair(rng, names), order)
+            out.append(IOIPrompt(text, io, s, order, t, heldout_templates))
+        return out
+
+    def induction_prompts(self, n: int, length: int = 10) -> list[InductionPrompt]:
+        """Fresh random spans (a stream training never uses)."""
+        rng = self.rng("eval-induction", 0)
+        return [InductionPrompt(tuple(rng.choice(self._pool) for _ in range(length))) for _ in range(n)]
+
+    def fact_prompts(self) -> list[Prompt]:
+        """One-hop recall: every city → country and every country → capital, in training phrasings."""
+        out = [Prompt(f"{city} is a city in", W.COUNTRY_OF[city], "one_hop") for city in W.CITIES]
+        out += [Prompt(f"The capital of {c} is", cap, "one_hop") for c, cap, _ in W.COUNTRIES]
+        out += [Prompt(f"{cap} is the capital of", c, "one_hop") for c, cap, _ in W.COUNTRIES]
+        return out
+
+    def two_hop_prompts(self, heldout: bool) -> list[Prompt]:
+        cities = W.TWO_HOP_HELDOUT_CITIES if heldout else W.TWO_HOP_TRAIN_CITIES
+        return [Prompt(f"The capital of the country containing {c} is", W.CAPITAL_OF[W.COUNTRY_OF[c]], "two_hop")
+                for c in cities]
+
+    def greater_than_prompts(self) -> list[GreaterThanPrompt]:
+        """Every held-out start year (yy in 02..97), with a fixed event word per prompt."""
+        rng = self.rng("eval-greater-than", 0)
+        out = []
+        for c in W.CENTURIES:
+            for yy in range(2, 98):
+                if greater_than_heldout(c, yy):
+                    event = rng.choice(W.EVENTS)
+                    out.append(GreaterThanPrompt(f"The {event} lasted from the year {c}{yy:02d} to the year {c}",
+                                                 c, yy))
+        return out
+
+    def successor_prompts(self, n: int) -> list[Prompt]:
+        rng = self.rng("eval-successor", 0)
+        out = []
+        for _ in range(n):
+            kind, seq = self._sequence(rng)
+            carrier = rng.choice(SUCCESSOR_HELDOUT_CARRIERS)
+            prefix = carrier.split("{seq}")[0]
+            text = self._fill(rng, prefix, kind=SEQUENCE_KIND_WORDS[kind]) + ", ".join(seq[:-1]) + ","
+            out.append(Prompt(text, seq[-1], "successor", meta={"kind": kind}))
+        return out
+
+    def pronoun_prompts(self, n: int) -> list[Prompt]:
+        rng = self.rng("eval-pronoun", 0)
+        out = []
+        for _ in range(n):
+            name = rng.choice(W.NAMES)
+            template = rng.choice(PRONOUN_HELDOUT_TEMPLATES)
+            prefix = template.split("{pro}")[0].rstrip()
+            text = self._fill(rng, prefix, N=name)
+            right, wrong = ("he", "she") if W.gender_of(name) == "male" else ("she", "he")
+            out.append(Prompt(text, right, "pronoun", contrast=wrong))
+        return out

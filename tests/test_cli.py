@@ -1,0 +1,42 @@
+"""The `circuits` command: subcommands run, and bad input is one line on stderr with exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from circuits.cli import main
+
+
+def test_corpus_subcommand_prints_deterministic_rows(capsys):
+    assert main(["organism", "corpus", "--rows", "2", "--seed", "3"]) == 0
+    first = capsys.readouterr().out
+    assert main(["organism", "corpus", "--rows", "2", "--seed", "3"]) == 0
+    assert capsys.readouterr().out == first and len(first.splitlines()) == 2
+
+
+def test_unknown_model_is_one_line_exit_2(capsys):
+    assert main(["organism", "eval", "--model", "nosuchmodel", "--out", "-"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("circuits: error: unknown model 'nosuchmodel'") and "\n" not in err
+    assert "Traceback" not in err
+
+
+def test_console_script_entry_point_reports_errors_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "circuits.cli", "organism", "eval", "--model", "nope", "--out", "-"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "unknown model 'nope'" in proc.stderr
+
+
+def test_eval_subcommand_on_a_tiny_folder(tmp_path, capsys):
+    from circuits.organism.train import OrganismModelConfig, OrganismTrainConfig, train_organism
+
+    tiny = OrganismModelConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=32)
+    train_organism(tmp_path / "m", tiny, OrganismTrainConfig(steps=2, batch_size=2, warmup_steps=1),
+                   resume=False, progress=False)
+    out = tmp_path / "eval.json"
+    assert main(["organism", "eval", "--model", str(tmp_path / "m"), "--subsample", "0.02", "--quiet",
+                 "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "ioi_train_templates_ABBA" in table and "greater_than" in table and out.exists()

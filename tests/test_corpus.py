@@ -1,0 +1,94 @@
+"""The toy-world corpus: determinism, family coverage and held-out disjointness."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from circuits.organism import corpus as C
+from circuits.organism import world as W
+
+N_SENTENCES = 20000
+
+
+@pytest.fixture(scope="module")
+def train_sentences():
+    corpus = C.ToyWorldCorpus(0)
+    rng = corpus.rng("test", 0)
+    return {fam: [corpus.sentence(rng, fam) for _ in range(N_SENTENCES // len(C.FAMILY_WEIGHTS))]
+            for fam in C.FAMILY_WEIGHTS}
+
+
+def test_same_seed_same_text_and_different_seed_differs():
+    a, b, c = C.ToyWorldCorpus(7), C.ToyWorldCorpus(7), C.ToyWorldCorpus(8)
+    rows_a = [a.row_text(i, 128) for i in range(20)]
+    assert rows_a == [b.row_text(i, 128) for i in range(20)]
+    assert rows_a != [c.row_text(i, 128) for i in range(20)]
+    assert a.row_text(0, 128, "heldout") != rows_a[0]
+
+
+def test_world_sizes_meet_the_spec():
+    assert len(C.IOI_TRAIN_TEMPLATES) >= 15 and len(C.IOI_HELDOUT_TEMPLATES) >= 3
+    assert len(set(W.NAMES)) >= 100 and set(W.MALE_NAMES).isdisjoint(W.FEMALE_NAMES)
+    assert len(W.PLACES) >= 10 and len(W.OBJECTS) >= 10
+    assert set(W.IOI_HELDOUT_NAMES).isdisjoint(W.IOI_TRAIN_NAMES)
+
+
+def test_every_family_occurs_in_the_mixed_stream():
+    corpus = C.ToyWorldCorpus(0)
+    text = " ".join(corpus.row_text(i, 128) for i in range(300))
+    assert " gave a " in text and "lasted from the year" in text and "is a city in" in text
+    assert "The capital of the country containing" in text and " because " in text
+    assert re.search(r"Monday, Tuesday|January, February|one, two", text)
+
+
+def _ioi_names(sentence: str) -> tuple[str, ...]:
+    return tuple(w for w in re.findall(r"[A-Za-z]+", sentence) if w in W.NAMES)
+
+
+def test_ioi_training_never_uses_heldout_names_or_templates(train_sentences):
+    heldout = set(W.IOI_HELDOUT_NAMES)
+    for s in train_sentences["ioi"]:
+        assert heldout.isdisjoint(_ioi_names(s)), s
+        for marker in ("spent the day", "reached the", "left the", "mailed", "tossed", "returned"):
+            assert marker not in s, s
+    for t in C.IOI_HELDOUT_TEMPLATES:
+        assert any(m in t for m in ("spent the day", "reached the", "left the"))
+
+
+def test_heldout_names_and_template_words_still_occur_elsewhere(train_sentences):
+    other = " ".join(s for fam, ss in train_sentences.items() if fam != "ioi" for s in ss)
+    for name in W.IOI_HELDOUT_NAMES:
+        assert re.search(rf"\b{name}\b", other), name
+    for word in ("mailed", "tossed", "returned", "reached", "spent", "left", "Once", "As"):
+        assert re.search(rf"\b{word}\b", other), word
+
+
+def test_ioi_eval_prompts_are_unseen_pairs_in_both_orders():
+    corpus = C.ToyWorldCorpus(0)
+    for order in ("ABBA", "BABA"):
+        for p in corpus.ioi_prompts(50, order):
+            assert p.io in W.IOI_HELDOUT_NAMES and p.s in W.IOI_HELDOUT_NAMES and p.io != p.s
+            first, second = _ioi_names(p.text)[:2]
+            assert (first, second) == ((p.io, p.s) if order == "ABBA" else (p.s, p.io))
+            assert _ioi_names(p.text).count(p.s) == 2 and _ioi_names(p.text).count(p.io) == 1
+
+
+def test_two_hop_and_greater_than_heldout_never_in_training(train_sentences):
+    for s in train_sentences["two_hop"]:
+        city = s.split("containing ")[1].split(" ")[0]
+        assert city in W.TWO_HOP_TRAIN_CITIES
+    one_hop_cities = {w for s in train_sentences["facts"] for w in re.findall(r"[A-Za-z]+", s)}
+    assert set(W.TWO_HOP_HELDOUT_CITIES) <= one_hop_cities
+    for s in train_sentences["greater_than"]:
+        century, start = re.search(r"year (\d\d)(\d\d) to", s).groups()
+        end = int(re.search(r"to the year \d\d(\d\d)", s).group(1))
+        assert not C.greater_than_heldout(century, int(start)) and end > int(start)
+    assert all(C.greater_than_heldout(p.century, p.start) for p in C.ToyWorldCorpus(0).greater_than_prompts())
+
+
+def test_successor_and_pronoun_heldout_carriers_unused(train_sentences):
+    assert not any("In order," in s for s in train_sentences["successor"])
+    assert all("stayed at the" in t or "opened the" in t for t in C.PRONOUN_HELDOUT_TEMPLATES)
+    assert not any("stayed at the" in s or "opened the" in s for s in train_sentences["pronoun"])
