@@ -84,6 +84,14 @@ def hook_ln_final_scale() -> str:
     return "ln_final.hook_scale"
 
 
+def parse_layer(hook_name: str) -> int:
+    """The layer number of a ``blocks.L...`` hook name; raises ValueError for other names."""
+    parts = hook_name.split(".")
+    if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise ValueError(f"{hook_name!r} is not a per-layer hook name (blocks.L....)")
+    return int(parts[1])
+
+
 def check_hooks(model, names: list[str]) -> None:
     """Raise if any hook name is not a hook of `model`."""
     missing = [n for n in names if n not in model.hook_dict]

@@ -47,8 +47,10 @@ def _tok_id(model, token: str) -> int:
 
 
 @torch.no_grad()
-def _last_logits(model, texts: list[str], batch: int = 64) -> torch.Tensor:
-    """[n, d_vocab] logits at each prompt's last token (prompts of different lengths are padded right)."""
+def last_logits(model, texts: list[str], batch: int = 64, hooks=None) -> torch.Tensor:
+    """[n, d_vocab] logits at each prompt's last token (prompts of different lengths are padded right).
+
+    `hooks`: optional TransformerLens forward hooks to run with (e.g. a dictionary splice)."""
     out = []
     for i in range(0, len(texts), batch):
         chunk = texts[i: i + batch]
@@ -57,9 +59,18 @@ def _last_logits(model, texts: list[str], batch: int = 64) -> torch.Tensor:
         pad = torch.zeros(len(toks), int(lengths.max()), dtype=torch.long)
         for j, t in enumerate(toks):
             pad[j, : len(t)] = t
-        logits = model(pad)
+        logits = model.run_with_hooks(pad, fwd_hooks=hooks) if hooks else model(pad)
         out.append(logits[torch.arange(len(toks)), lengths - 1])
     return torch.cat(out)
+
+
+def ioi_logit_diffs(model, prompts, hooks=None) -> torch.Tensor:
+    """[n] logit(IO) − logit(S) at the last position of each IOI prompt."""
+    logits = last_logits(model, [p.text for p in prompts], hooks=hooks)
+    io = torch.tensor([_tok_id(model, " " + p.io) for p in prompts])
+    s = torch.tensor([_tok_id(model, " " + p.s) for p in prompts])
+    idx = torch.arange(len(prompts))
+    return logits[idx, io] - logits[idx, s]
 
 
 def eval_ioi(model, corpus: ToyWorldCorpus, n: int) -> dict:
@@ -67,10 +78,7 @@ def eval_ioi(model, corpus: ToyWorldCorpus, n: int) -> dict:
     for heldout_t in (False, True):
         for order in ("ABBA", "BABA"):
             prompts = corpus.ioi_prompts(n, order, heldout_templates=heldout_t)
-            logits = _last_logits(model, [p.text for p in prompts])
-            io = torch.tensor([_tok_id(model, " " + p.io) for p in prompts])
-            s = torch.tensor([_tok_id(model, " " + p.s) for p in prompts])
-            ld = logits[torch.arange(len(prompts)), io] - logits[torch.arange(len(prompts)), s]
+            ld = ioi_logit_diffs(model, prompts)
             key = f"ioi_{'heldout_templates' if heldout_t else 'train_templates'}_{order}"
             res[key] = {"accuracy": (ld > 0).float().mean().item(), "logit_diff": ld.mean().item(), "n": n}
     return res
@@ -91,7 +99,7 @@ def eval_induction(model, corpus: ToyWorldCorpus, n: int, length: int = 10) -> d
 
 
 def _top1(model, prompts) -> dict:
-    logits = _last_logits(model, [p.text for p in prompts])
+    logits = last_logits(model, [p.text for p in prompts])
     answers = torch.tensor([_tok_id(model, " " + p.answer) for p in prompts])
     correct = logits.argmax(-1) == answers
     return {"top1": correct.float().mean().item(), "n": len(prompts)}
@@ -105,7 +113,7 @@ def eval_facts(model, corpus: ToyWorldCorpus) -> dict:
 
 def eval_greater_than(model, corpus: ToyWorldCorpus) -> dict:
     prompts = corpus.greater_than_prompts()
-    probs = _last_logits(model, [p.text for p in prompts]).softmax(-1)
+    probs = last_logits(model, [p.text for p in prompts]).softmax(-1)
     digit_ids = torch.tensor([model.tokenizer.convert_tokens_to_ids(d) for d in W.TWO_DIGITS])  # "32", no space
     two = probs[:, digit_ids]  # [n, 100]
     greater = torch.stack([two[i, p.start + 1:].sum() for i, p in enumerate(prompts)])
@@ -119,7 +127,7 @@ def eval_successor(model, corpus: ToyWorldCorpus, n: int) -> dict:
 
 def eval_pronoun(model, corpus: ToyWorldCorpus, n: int) -> dict:
     prompts = corpus.pronoun_prompts(n)
-    logits = _last_logits(model, [p.text for p in prompts])
+    logits = last_logits(model, [p.text for p in prompts])
     right = torch.tensor([_tok_id(model, " " + p.answer) for p in prompts])
     wrong = torch.tensor([_tok_id(model, " " + p.contrast) for p in prompts])
     idx = torch.arange(len(prompts))

@@ -1,0 +1,142 @@
+"""Fidelity of a dictionary set on held-out text: does the replacement explain the model?
+
+For each dictionary alone, and for all of them spliced at once (error terms off), over held-out corpus rows:
+
+* ``l0``: mean number of active features per token; ``fvu``: fraction of variance unexplained,
+  Σ‖target − output‖² / Σ‖target − mean(target)‖²; ``dead``: fraction of features that never fire on these tokens;
+* cross-entropy (nats/token): ``ce_clean``, ``ce_spliced``, ``ce_zero`` (component zero-ablated), ``ce_mean``
+  (component replaced by its mean activation on other held-out rows); ``ce_increase = ce_spliced − ce_clean``;
+  ``ce_recovered_zero = (ce_zero − ce_spliced)/(ce_zero − ce_clean)`` and the same against mean ablation;
+  ``kl``: mean KL(clean ‖ spliced) per token;
+* ``ioi_ld_retained``: mean IOI logit difference (IO − S, held-out names, both orders) spliced / clean.
+
+The ablated component is the dictionary's replaced activation: ``hook_mlp_out`` for a transcoder, ``attn.hook_z``
+for an attention SAE (so the attention output falls back to its bias b_O).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuits.dictionaries.dictset import DictionarySet
+from circuits.replacement import ablation_hooks, mean_activations, splice_hooks
+
+
+@dataclass(frozen=True)
+class FidelitySizes:
+    rows: int = 256  # held-out rows scored (256 * 128 = 32,768 tokens)
+    mean_rows: int = 128  # other held-out rows for mean ablation
+    ioi_prompts: int = 200  # per order
+    batch: int = 32
+
+
+def heldout_tokens(n_ctx: int, rows: int, offset: int) -> Tensor:
+    from circuits.organism.corpus import ToyWorldCorpus
+    from circuits.organism.tokenizer import build_tokenizer
+    from circuits.organism.train import batch_tokens
+
+    return batch_tokens(ToyWorldCorpus(0), build_tokenizer(), offset, rows, n_ctx, stream="heldout-dicts")
+
+
+def _ce_and_logprobs(model, tokens: Tensor, hooks) -> tuple[Tensor, Tensor]:
+    logits = model.run_with_hooks(tokens, fwd_hooks=hooks) if hooks else model(tokens)
+    logp = logits.log_softmax(-1)
+    nll = -logp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+    return nll, logp
+
+
+def _ioi_ld(model, hooks, n: int) -> float:
+    from circuits.organism.corpus import ToyWorldCorpus
+    from circuits.organism.evaluate import ioi_logit_diffs
+
+    corpus = ToyWorldCorpus(0)
+    prompts = corpus.ioi_prompts(n, "ABBA") + corpus.ioi_prompts(n, "BABA")
+    return ioi_logit_diffs(model, prompts, hooks).mean().item()
+
+
+@torch.no_grad()
+def evaluate_fidelity(model, dset: DictionarySet, sizes: FidelitySizes = FidelitySizes(),
+                      progress: bool = False) -> dict:
+    """The fidelity report as a dict: {"dictionaries": {name: metrics}, "all": metrics, "sizes": ...}."""
+    from tqdm.auto import tqdm
+
+    tokens = heldout_tokens(model.cfg.n_ctx, sizes.rows, 0)
+    mean_toks = heldout_tokens(model.cfg.n_ctx, sizes.mean_rows, 100_000)
+    sites = [d.hook_out for d in dset]
+    means = mean_activations(model, mean_toks.split(sizes.batch), sites)
+    batches = tokens.split(sizes.batch)
+
+    clean_nll, clean_logp = [], []
+    for b in batches:
+        nll, logp = _ce_and_logprobs(model, b, None)
+        clean_nll.append(nll)
+        clean_logp.append(logp)
+    ce_clean = torch.cat(clean_nll).mean().item()
+    ld_clean = _ioi_ld(model, None, sizes.ioi_prompts)
+
+    def run(members: list) -> dict:
+        names = [d.hook_out for d in members]
+        res: dict = {}
+        stats = {d.cfg.name: {"sq_err": 0.0, "sq_tot": 0.0, "l0": 0.0, "n": 0,
+                              "fired": torch.zeros(d.cfg.d_sae, dtype=torch.bool),
+                              "sum": None, "sumsq": 0.0} for d in members}
+        ce_s, ce_z, ce_m, kl = [], [], [], []
+        for b, logp_clean in zip(batches, clean_logp, strict=True):
+            store: dict = {}
+            nll, logp = _ce_and_logprobs(model, b, splice_hooks(members, "off", store))
+            ce_s.append(nll)
+            kl.append((logp_clean.exp() * (logp_clean - logp)).sum(-1).flatten())
+            ce_z.append(_ce_and_logprobs(model, b, ablation_hooks(names, "zero"))[0])
+            ce_m.append(_ce_and_logprobs(model, b, ablation_hooks(names, "mean", means))[0])
+            for d in members:
+                codes, err = store[d.cfg.name]
+                target = (err + d.decode(codes)).reshape(-1, d.cfg.d_out).double()
+                s = stats[d.cfg.name]
+                s["sq_err"] += err.double().pow(2).sum().item()
+                s["sum"] = target.sum(0) if s["sum"] is None else s["sum"] + target.sum(0)
+                s["sumsq"] += target.pow(2).sum().item()
+                s["n"] += target.shape[0]
+                s["l0"] += (codes > 0).sum().item()
+                s["fired"] |= (codes > 0).reshape(-1, d.cfg.d_sae).any(0)
+        ce_spliced = torch.cat(ce_s).mean().item()
+        ce_zero, ce_mean = torch.cat(ce_z).mean().item(), torch.cat(ce_m).mean().item()
+        res.update({
+            "ce_clean": ce_clean, "ce_spliced": ce_spliced, "ce_zero": ce_zero, "ce_mean": ce_mean,
+            "ce_increase": ce_spliced - ce_clean,
+            "ce_recovered_zero": (ce_zero - ce_spliced) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
+            "ce_recovered_mean": (ce_mean - ce_spliced) / (ce_mean - ce_clean) if ce_mean != ce_clean else float("nan"),
+            "zero_ablation_cost": ce_zero - ce_clean,
+            "kl": torch.cat(kl).mean().item(),
+        })
+        ld = _ioi_ld(model, splice_hooks(members, "off"), sizes.ioi_prompts)
+        res["ioi_ld_clean"], res["ioi_ld_spliced"] = ld_clean, ld
+        res["ioi_ld_retained"] = ld / ld_clean if ld_clean else float("nan")
+        if len(members) == 1:
+            s = stats[members[0].cfg.name]
+            total = s["sumsq"] - (s["sum"].pow(2).sum().item() / s["n"])
+            res.update({"l0": s["l0"] / s["n"], "fvu": s["sq_err"] / total,
+                        "dead": 1 - s["fired"].float().mean().item(), "tokens": s["n"]})
+        return res
+
+    members = list(dset)
+    report = {"dictionaries": {}, "sizes": sizes.__dict__}
+    for d in tqdm(members, desc="fidelity", disable=not progress):
+        report["dictionaries"][d.cfg.name] = run([d])
+    report["all"] = run(members)
+    return report
+
+
+def check_targets(report: dict) -> dict[str, bool]:
+    """Issue targets: per dictionary FVU ≤ 0.10, L0 ≤ 32, dead ≤ 10%, CE increase ≤ 0.02 nats and, where zero
+    ablation costs > 0.1 nats, CE recovered ≥ 95%; all at once CE recovered ≥ 85% and IOI LD retained ≥ 75%."""
+    out = {}
+    for name, m in report["dictionaries"].items():
+        ok = m["fvu"] <= 0.10 and m["l0"] <= 32 and m["dead"] <= 0.10 and m["ce_increase"] <= 0.02
+        if m["zero_ablation_cost"] > 0.1:
+            ok = ok and m["ce_recovered_zero"] >= 0.95
+        out[name] = ok
+    out["all"] = report["all"]["ce_recovered_zero"] >= 0.85 and report["all"]["ioi_ld_retained"] >= 0.75
+    return out

@@ -1,0 +1,180 @@
+"""Reading and writing dictionaries.
+
+Our on-disk layout *is* the SAELens v6 layout, so SAELens can read a set we write:
+
+    <set>/<name>/cfg.json                  SAELens config (architecture, d_in, d_sae, [d_out], metadata, ...)
+    <set>/<name>/sae_weights.safetensors   W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out],
+                                           threshold [d_sae] for JumpReLU
+    <set>/set.json                         the set: model name, member folders in splice order
+
+Our own fields (kind, layer, n_heads, k, training activation) sit in cfg.json under ``"circuits"``; SAELens ignores
+unknown keys. A transcoder's input centering has no SAELens field, so it is folded into the encoder bias on save
+(``b_enc' = b_enc − b_in @ W_enc``, exact up to float rounding) and loads back as ``b_in = 0``. A BatchTopK
+dictionary is saved as JumpReLU with its learned threshold (its inference-time form), as SAELens does.
+
+Every loader validates before returning: tensor names, shapes, finiteness, threshold presence; failures raise
+`DictionaryLoadError` naming the file and the mismatch. Nothing partially loaded is returned.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from circuits.dictionaries.base import Dictionary, DictionaryConfig, make_dictionary
+from circuits.errors import CircuitsError
+
+
+class DictionaryLoadError(CircuitsError):
+    """A dictionary file is missing, truncated, foreign, inconsistent or does not fit the model."""
+
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+CFG_FILE = "cfg.json"
+
+
+def _saelens_architecture(d: Dictionary) -> str:
+    act = d.cfg.activation
+    jump = act in ("jumprelu", "batchtopk")
+    if d.cfg.kind == "transcoder":
+        return "jumprelu_transcoder" if jump else "transcoder"
+    return {"relu": "standard", "topk": "topk"}.get(act, "jumprelu")
+
+
+def save_dictionary(d: Dictionary, folder: Path) -> Path:
+    """Write one dictionary as a SAELens folder (atomic per file)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        b_enc = d.b_enc - d.b_in @ d.W_enc if d.cfg.kind == "transcoder" else d.b_enc
+        tensors = {"W_enc": d.W_enc, "b_enc": b_enc, "W_dec": d.W_dec, "b_dec": d.b_dec}
+        if d.cfg.activation in ("jumprelu", "batchtopk"):
+            tensors["threshold"] = d.activation.threshold
+        tensors = {k: v.detach().float().contiguous().clone() for k, v in tensors.items()}
+    c = d.cfg
+    saved_activation = "jumprelu" if c.activation == "batchtopk" else c.activation
+    cfg = {
+        "architecture": _saelens_architecture(d),
+        "d_in": c.d_in,
+        "d_sae": c.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": c.kind == "attention_sae",
+        "normalize_activations": "none",
+        "reshape_activations": "hook_z" if c.kind == "attention_sae" else "none",
+        "metadata": {
+            "model_name": c.model_name,
+            "hook_name": c.hook_in,
+            "hook_head_index": None,
+            "prepend_bos": True,
+            "context_size": c.context_size,
+            "dataset_path": "circuits toy-world corpus" if c.model_name == "organism" else None,
+            "sae_lens_training_version": None,
+        },
+        "circuits": {**c.to_dict(), "activation": saved_activation, "trained_activation": c.activation},
+    }
+    if c.kind == "transcoder":
+        cfg["d_out"] = c.d_out
+        cfg["metadata"]["hook_name_out"] = c.hook_out
+    if saved_activation == "topk":
+        cfg["k"] = c.k
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(folder / WEIGHTS_FILE)
+    tmp = folder / (CFG_FILE + ".tmp")
+    tmp.write_text(json.dumps(cfg, indent=2))
+    tmp.replace(folder / CFG_FILE)
+    return folder
+
+
+def validate_tensors(tensors: dict[str, Tensor], cfg: DictionaryConfig, source: Path) -> None:
+    """Shapes, finiteness and JumpReLU threshold presence; raises DictionaryLoadError."""
+    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_out),
+                "b_dec": (cfg.d_out,)}
+    if cfg.activation == "jumprelu":
+        expected["threshold"] = (cfg.d_sae,)
+    for name, shape in expected.items():
+        if name not in tensors:
+            what = "a JumpReLU dictionary without its threshold" if name == "threshold" else f"no tensor {name!r}"
+            raise DictionaryLoadError(f"{source}: {what}; found {sorted(tensors)}")
+        if tuple(tensors[name].shape) != shape:
+            raise DictionaryLoadError(
+                f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} from the config"
+            )
+        if not torch.isfinite(tensors[name]).all():
+            raise DictionaryLoadError(f"{source}: tensor {name} contains NaN or inf values")
+
+
+def dictionary_from_tensors(cfg: DictionaryConfig, tensors: dict[str, Tensor], source: Path,
+                            b_in: Tensor | None = None) -> Dictionary:
+    """Build a dictionary from validated tensors (float32)."""
+    validate_tensors(tensors, cfg, source)
+    d = make_dictionary(cfg)
+    with torch.no_grad():
+        d.W_enc.copy_(tensors["W_enc"])
+        d.b_enc.copy_(tensors["b_enc"])
+        d.W_dec.copy_(tensors["W_dec"])
+        d.b_dec.copy_(tensors["b_dec"])
+        if "threshold" in tensors and hasattr(d.activation, "threshold"):
+            d.activation.threshold.copy_(tensors["threshold"])
+        if b_in is not None:
+            d.b_in_param.copy_(b_in)
+    d.eval()
+    return d
+
+
+def load_dictionary(folder: Path) -> Dictionary:
+    """Load one SAELens-layout folder (ours or SAELens' own)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg_path, w_path = folder / CFG_FILE, folder / WEIGHTS_FILE
+    for p in (cfg_path, w_path):
+        if not p.exists():
+            raise DictionaryLoadError(f"missing dictionary file {p}")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DictionaryLoadError(f"{cfg_path}: not valid JSON ({e})") from None
+    try:
+        tensors = load_file(str(w_path))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise DictionaryLoadError(f"{w_path}: truncated or not a safetensors file ({e})") from None
+    cfg = config_from_saelens(raw, cfg_path)
+    return dictionary_from_tensors(cfg, {k: v.float() for k, v in tensors.items()}, w_path)
+
+
+def config_from_saelens(raw: dict, source: Path) -> DictionaryConfig:
+    """Our config from a SAELens cfg.json (our own "circuits" block when present)."""
+    if not isinstance(raw, dict) or "d_in" not in raw or "d_sae" not in raw:
+        raise DictionaryLoadError(f"{source}: not a SAELens cfg.json (no d_in / d_sae)")
+    if "circuits" in raw:
+        fields = dict(raw["circuits"])
+        fields.pop("trained_activation", None)
+        try:
+            return DictionaryConfig(**fields)
+        except (TypeError, ValueError) as e:
+            raise DictionaryLoadError(f"{source}: bad 'circuits' block ({e})") from None
+    from circuits.model import parse_layer
+
+    meta = raw.get("metadata", raw)
+    hook = meta.get("hook_name") or raw.get("hook_name", "")
+    arch = raw.get("architecture", "standard")
+    kind = "transcoder" if "transcoder" in arch or raw.get("d_out") else (
+        "attention_sae" if hook.endswith("attn.hook_z") else None)
+    if kind is None:
+        raise DictionaryLoadError(f"{source}: hook {hook!r} is neither ln2.hook_normalized nor attn.hook_z; "
+                                  "only transcoders and attention-output SAEs can be spliced")
+    activation = "jumprelu" if "jumprelu" in arch else ("topk" if arch == "topk" else "relu")
+    return DictionaryConfig(
+        kind=kind, layer=parse_layer(hook), d_in=int(raw["d_in"]), d_sae=int(raw["d_sae"]),
+        d_out=int(raw.get("d_out", raw["d_in"])), activation=activation, k=raw.get("k") or None,
+        n_heads=raw.get("circuits_n_heads"), context_size=int(meta.get("context_size") or 128),
+        model_name=meta.get("model_name") or "unknown",
+    )

@@ -1,0 +1,237 @@
+"""Training dictionaries on activations streamed from a model running over its corpus.
+
+Algorithm (one pass, all dictionaries at once):
+
+1. `ActivationStream` runs the model on corpus rows (never more than one buffer in RAM) and caches, per site, the
+   dictionary input (``ln2.hook_normalized`` / ``attn.hook_z``) and target (``hook_mlp_out`` / ``hook_z``).
+   Rows go into a per-site shuffle buffer; training batches are drawn from it at random and the buffer is
+   refilled when half empty, so consecutive batches mix many sequences.
+2. Every dictionary is initialised from the first buffer: decoder rows of unit norm, encoder = decoder
+   transposed, input centering and output bias set to the data means.
+3. Loss = MSE(output, target) / Var(target) (the fraction of variance unexplained, FVU) plus, for TopK-style
+   activations, the AuxK loss of Gao et al. (2024): the residual error is reconstructed from the top
+   ``aux_k`` *dead* features (no activation for ``dead_after_tokens`` tokens), weighted ``aux_coef``. This is
+   the dead-feature handling; the dead fraction is logged.
+4. Decoder rows are renormalised to unit norm after every step (Adam, constant LR with a linear decay over the
+   last 20%). Checkpoints hold every dictionary, optimizer and counter, and the stream position, so a resumed
+   run continues the same stream.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from circuits.dictionaries.base import Dictionary, DictionaryConfig, make_dictionary
+
+
+@dataclass(frozen=True)
+class DictTrainConfig:
+    """Training recipe for a dictionary set. Units: activations (= tokens) unless stated."""
+
+    total_tokens: int = 3_000_000
+    batch_size: int = 4096
+    lr: float = 1e-3
+    rows_per_forward: int = 64  # corpus rows per model forward pass (64 * 128 = 8192 tokens)
+    buffer_tokens: int = 65_536  # per site; refill when half empty
+    aux_k: int = 256
+    aux_coef: float = 1 / 32
+    dead_after_tokens: int = 200_000
+    seed: int = 0
+    corpus_seed: int = 1  # a stream distinct from the organism's own training stream
+    checkpoint_every: int = 100  # steps
+    log_every: int = 25
+
+
+class ActivationStream:
+    """Per-site (input, target) activations from the model over the corpus, row block by row block."""
+
+    def __init__(self, model, sites: list[DictionaryConfig], corpus_seed: int, rows_per_forward: int,
+                 start_row: int = 0):
+        from circuits.organism.corpus import ToyWorldCorpus
+        from circuits.organism.tokenizer import build_tokenizer
+
+        self.model = model
+        self.sites = sites
+        self.corpus = ToyWorldCorpus(corpus_seed)
+        self.tokenizer = build_tokenizer()
+        self.rows = rows_per_forward
+        self.next_row = start_row
+        self.hooks = sorted({h for s in sites for h in (s.hook_in, s.hook_out)})
+
+    @torch.no_grad()
+    def next_block(self) -> dict[str, Tensor]:
+        """{hook_name: [rows * n_ctx, d]} for the next block of corpus rows."""
+        from circuits.organism.train import batch_tokens
+
+        tokens = batch_tokens(self.corpus, self.tokenizer, self.next_row, self.rows, self.model.cfg.n_ctx)
+        self.next_row += self.rows
+        _, cache = self.model.run_with_cache(tokens, names_filter=lambda n: n in self.hooks)
+        return {h: cache[h].reshape(tokens.numel(), -1).float() for h in self.hooks}
+
+
+class ShuffleBuffer:
+    """Shuffled blocks of (input, target) rows per site, consumed in order and refilled when used up.
+
+    Its state is (first corpus row of the current fill, generator state before the fill, read position), so a
+    checkpoint can rebuild exactly the buffer an uninterrupted run would be reading."""
+
+    def __init__(self, stream: ActivationStream, size: int, generator: torch.Generator):
+        self.stream, self.size, self.gen = stream, size, generator
+        self.data: dict[str, Tensor] = {}
+        self.pos = 0
+        self.fill()
+
+    def fill(self) -> None:
+        self.fill_row, self.fill_gen_state = self.stream.next_row, self.gen.get_state()
+        blocks, have = [], 0
+        while have < self.size:
+            block = self.stream.next_block()
+            blocks.append(block)
+            have += next(iter(block.values())).shape[0]
+        perm = torch.randperm(have, generator=self.gen)
+        self.data = {h: torch.cat([b[h] for b in blocks])[perm] for h in self.stream.hooks}
+        self.pos = 0
+
+    def batch(self, n: int) -> dict[str, Tensor]:
+        if self.pos + n > next(iter(self.data.values())).shape[0]:
+            self.fill()
+        out = {h: v[self.pos: self.pos + n] for h, v in self.data.items()}
+        self.pos += n
+        return out
+
+    def state(self) -> dict:
+        return {"fill_row": self.fill_row, "fill_gen_state": self.fill_gen_state, "pos": self.pos}
+
+    def restore(self, state: dict) -> None:
+        self.stream.next_row = int(state["fill_row"])
+        self.gen.set_state(state["fill_gen_state"])
+        self.fill()
+        self.pos = int(state["pos"])
+
+
+def site_tensors(d: Dictionary, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(input [n, d_in], target [n, d_out]) for dictionary `d` from a batch keyed by hook name."""
+    return batch[d.hook_in], batch[d.hook_out]
+
+
+@torch.no_grad()
+def initialise(d: Dictionary, x: Tensor, y: Tensor, generator: torch.Generator) -> None:
+    """Unit-norm random decoder, tied encoder, data-mean biases."""
+    w = torch.randn(d.cfg.d_sae, d.cfg.d_out, generator=generator)
+    d.W_dec.copy_(w / w.norm(dim=-1, keepdim=True))
+    if d.cfg.d_in == d.cfg.d_out:
+        d.W_enc.copy_(d.W_dec.T)
+    else:
+        w_enc = torch.randn(d.cfg.d_in, d.cfg.d_sae, generator=generator)
+        d.W_enc.copy_(w_enc / w_enc.norm(dim=0, keepdim=True))
+    d.b_dec.copy_(y.mean(0))
+    if hasattr(d, "b_in_param"):
+        d.b_in_param.copy_(x.mean(0))
+
+
+def dictionary_loss(d: Dictionary, x: Tensor, y: Tensor, steps_since_fired: Tensor, cfg: DictTrainConfig,
+                    batch_size: int) -> tuple[Tensor, dict]:
+    """FVU + AuxK loss for one batch; updates `steps_since_fired` in place (in tokens)."""
+    pre = d.pre_activation(x)
+    codes = d.activation(pre)
+    out = d.decode(codes)
+    err = y - out
+    var = (y - y.mean(0)).pow(2).sum(-1).mean()
+    fvu = err.pow(2).sum(-1).mean() / var
+    fired = (codes > 0).any(0)
+    steps_since_fired.add_(batch_size)
+    steps_since_fired[fired] = 0
+    dead = steps_since_fired > cfg.dead_after_tokens
+    aux = torch.zeros((), dtype=x.dtype)
+    if dead.any() and cfg.aux_coef > 0:
+        k_aux = min(cfg.aux_k, int(dead.sum()))
+        dead_pre = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
+        vals, idx = dead_pre.topk(k_aux, dim=-1)
+        aux_codes = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+        aux_out = aux_codes @ d.W_dec
+        aux = (err.detach() - aux_out).pow(2).sum(-1).mean() / var
+        aux = torch.nan_to_num(aux, nan=0.0)
+    l0 = (codes > 0).float().sum(-1).mean()
+    return fvu + cfg.aux_coef * aux, {"fvu": fvu.item(), "aux": aux.item(), "l0": l0.item(),
+                                       "dead": dead.float().mean().item()}
+
+
+def train_dictionaries(model, configs: list[DictionaryConfig], out: Path, cfg: DictTrainConfig = DictTrainConfig(),
+                       resume: bool = True, progress: bool = True, stop_after: int | None = None
+                       ) -> dict[str, Dictionary]:
+    """Train one dictionary per config on the same activation stream; returns them keyed by name.
+
+    `stop_after`: leave after this many steps of this call (a checkpoint is written), for time-boxed sessions."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    dicts = {c.name: make_dictionary(c) for c in configs}
+    opts = {n: torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(0.9, 0.999)) for n, d in dicts.items()}
+    since = {n: torch.zeros(c.d_sae) for n, c in zip(dicts, configs, strict=True)}
+    ckpt_path = out / "dict_checkpoint.pt"
+    step = 0
+    state = torch.load(ckpt_path, weights_only=True) if resume and ckpt_path.exists() else None
+    stream = ActivationStream(model, configs, cfg.corpus_seed, cfg.rows_per_forward)
+    buffer = ShuffleBuffer(stream, cfg.buffer_tokens, gen)
+    if state is None:
+        init_gen = torch.Generator().manual_seed(cfg.seed + 1)  # separate: the buffer's stream stays reproducible
+        first = {h: v[: cfg.batch_size] for h, v in buffer.data.items()}
+        for d in dicts.values():
+            initialise(d, *site_tensors(d, first), init_gen)
+    else:
+        step = int(state["step"])
+        buffer.restore(state["buffer"])
+        for n, d in dicts.items():
+            d.load_state_dict(state["dicts"][n])
+            opts[n].load_state_dict(state["opts"][n])
+            since[n] = state["since"][n]
+    start_step = step
+    total_steps = cfg.total_tokens // cfg.batch_size
+    decay_start = int(0.8 * total_steps)
+    log_path = out / "dict_log.jsonl"
+    t0 = time.time()
+    bar = tqdm(range(step, total_steps), initial=step, total=total_steps, desc="dictionaries", disable=not progress)
+    for step in bar:
+        lr = cfg.lr * min(1.0, (total_steps - step) / max(1, total_steps - decay_start))
+        batch = buffer.batch(cfg.batch_size)
+        stats = {}
+        for n, d in dicts.items():
+            for g in opts[n].param_groups:
+                g["lr"] = lr
+            loss, s = dictionary_loss(d, *site_tensors(d, batch), since[n], cfg, cfg.batch_size)
+            opts[n].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[n].step()
+            d.set_decoder_norm_to_unit()
+            stats[n] = s
+        done = step + 1
+        if done % cfg.log_every == 0 or done == total_steps:
+            rec = {"step": done, "tokens": done * cfg.batch_size, "seconds": round(time.time() - t0, 1),
+                   **{n: {k: round(v, 5) for k, v in s.items()} for n, s in stats.items()}}
+            with log_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            worst = max(s["fvu"] for s in stats.values())
+            bar.set_postfix(worst_fvu=f"{worst:.3f}")
+        if done % cfg.checkpoint_every == 0 or done == total_steps:
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"step": done, "buffer": buffer.state(),
+                        "dicts": {n: d.state_dict() for n, d in dicts.items()},
+                        "opts": {n: o.state_dict() for n, o in opts.items()},
+                        "since": since, "config": json.dumps(asdict(cfg))}, tmp)
+            tmp.replace(ckpt_path)
+        if stop_after is not None and done - start_step >= stop_after:
+            if done % cfg.checkpoint_every:
+                raise ValueError("stop_after must end on a checkpoint step")
+            break
+    for d in dicts.values():
+        d.eval()
+    return dicts
