@@ -3,6 +3,9 @@
     circuits organism train   [--out DIR] [--steps N] [--seed S] [--no-resume] [--export]
     circuits organism eval    [--model organism|DIR] [--out FILE] [--subsample F]
     circuits organism corpus  [--rows N] [--seed S] [--stream train|heldout]
+    circuits dicts train      [--model organism] [--out DIR] [--tokens N] [--d-sae N] [--k K] [--export]
+    circuits dicts eval       [--model organism] [--dicts organism|NAME|DIR] [--out FILE]
+    circuits dicts convert    SRC --out DIR [--n-heads N]
 
 ``--debug`` (before the subcommand) shows the traceback of an error.
 """
@@ -80,6 +83,93 @@ def cmd_organism_corpus(args) -> int:
     return 0
 
 
+def organism_dictionary_configs(model, d_sae: int, k: int) -> list:
+    """One BatchTopK transcoder per MLP and one attention SAE per attention layer."""
+    from circuits.dictionaries.base import DictionaryConfig
+
+    c = model.cfg
+    z = c.n_heads * c.d_head
+    configs = []
+    for layer in range(c.n_layers):
+        configs.append(DictionaryConfig("attention_sae", layer, z, d_sae, z, activation="batchtopk", k=k,
+                                        n_heads=c.n_heads, context_size=c.n_ctx, model_name="organism"))
+        configs.append(DictionaryConfig("transcoder", layer, c.d_model, d_sae, c.d_model, activation="batchtopk",
+                                        k=k, context_size=c.n_ctx, model_name="organism"))
+    return configs
+
+
+def cmd_dicts_train(args) -> int:
+    from circuits.dictionaries.dictset import DictionarySet
+    from circuits.dictionaries.train import DictTrainConfig, train_dictionaries
+    from circuits.model import DATA_DIR, load_model
+
+    if args.model != "organism":
+        raise CircuitsError(f"training is set up for the organism's corpus only, not {args.model!r}; "
+                            "use --model organism")
+    model, _ = load_model("organism")
+    cfg = DictTrainConfig(total_tokens=args.tokens, seed=args.seed)
+    dicts = train_dictionaries(model, organism_dictionary_configs(model, args.d_sae, args.k), Path(args.out), cfg,
+                               resume=not args.no_resume, progress=not args.quiet)
+    dset = DictionarySet("organism", dicts)
+    dset.save(Path(args.out) / "set")
+    print(f"saved {len(dset)} dictionaries to {Path(args.out) / 'set'}")
+    if args.export:
+        dest = DATA_DIR / "dictionaries" / "organism"
+        dset.save(dest)
+        shutil.copy2(Path(args.out) / "dict_log.jsonl", dest / "train_log.jsonl")
+        print(f"exported to {dest}")
+    return 0
+
+
+def _print_fidelity(report: dict) -> None:
+    from circuits.dictionaries.evaluate import check_targets
+
+    ok = check_targets(report)
+    cols = ("l0", "fvu", "dead", "ce_increase", "zero_ablation_cost", "ce_recovered_zero", "ce_recovered_mean", "kl",
+            "ioi_ld_retained")
+    print(f"{'dictionary':<14} " + " ".join(f"{c[:12]:>12}" for c in cols) + "  targets")
+    rows = list(report["dictionaries"].items()) + [("ALL", report["all"])]
+    for name, m in rows:
+        vals = " ".join(f"{m[c]:>12.4f}" if c in m else f"{'':>12}" for c in cols)
+        verdict = ok.get(name if name != "ALL" else "all")
+        print(f"{name:<14} {vals}  {'met' if verdict else 'MISSED'}")
+    print(f"clean CE {report['all']['ce_clean']:.4f} nats/token; IOI logit diff clean "
+          f"{report['all']['ioi_ld_clean']:.3f}, all spliced {report['all']['ioi_ld_spliced']:.3f}")
+
+
+def cmd_dicts_eval(args) -> int:
+    from circuits.dictionaries import load_dictionaries
+    from circuits.dictionaries.evaluate import FidelitySizes, evaluate_fidelity
+    from circuits.model import load_model
+
+    model, _ = load_model(args.model)
+    dset = load_dictionaries(args.dicts, model)
+    sizes = FidelitySizes() if args.rows is None else FidelitySizes(rows=args.rows, mean_rows=args.rows,
+                                                                   ioi_prompts=args.rows)
+    report = evaluate_fidelity(model, dset, sizes, progress=not args.quiet)
+    _print_fidelity(report)
+    if args.out != "-":
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(out)
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_dicts_convert(args) -> int:
+    from circuits.dictionaries import load_folder
+
+    dset = load_folder(Path(args.src), n_heads=args.n_heads, model_name=args.model_name)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise CircuitsError(f"{out} exists and is not empty; choose another --out or pass --force")
+    dset.save(out)
+    print(f"converted {len(dset)} dictionaries ({', '.join(d.cfg.name for d in dset)}) to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from circuits.model import DATA_DIR
 
@@ -112,6 +202,36 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--stream", default="train", choices=["train", "heldout"])
     c.set_defaults(func=cmd_organism_corpus)
+
+    dicts = sub.add_parser("dicts", help="transcoders and attention-output SAEs").add_subparsers(dest="action",
+                                                                                              required=True)
+    t = dicts.add_parser("train", help="train every dictionary of a model on its corpus (resumable)")
+    t.add_argument("--model", default="organism")
+    t.add_argument("--out", default="runs/dicts")
+    t.add_argument("--tokens", type=int, default=4_000_000, help="activations per dictionary")
+    t.add_argument("--d-sae", type=int, default=2048)
+    t.add_argument("--k", type=int, default=30, help="BatchTopK mean active features per token")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--export", action="store_true", help="write the set to data/dictionaries/organism")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_dicts_train)
+
+    e = dicts.add_parser("eval", help="fidelity report: L0, FVU, dead, CE spliced/ablated, KL, IOI")
+    e.add_argument("--model", default="organism")
+    e.add_argument("--dicts", default="organism", help="organism, gpt2-transcoders, gpt2-attn-kk or a folder")
+    e.add_argument("--out", default=str(DATA_DIR / "dictionaries" / "organism" / "fidelity.json"))
+    e.add_argument("--rows", type=int, default=None, help="held-out rows (default 256)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_dicts_eval)
+
+    v = dicts.add_parser("convert", help="convert public dictionary files to our (SAELens) layout")
+    v.add_argument("src", help="a Dunefsky/Kissane .pt folder, a SAELens folder or a circuit-tracer folder")
+    v.add_argument("--out", required=True)
+    v.add_argument("--n-heads", type=int, default=None, help="heads of the model (attention SAEs on hook_z)")
+    v.add_argument("--model-name", default=None)
+    v.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    v.set_defaults(func=cmd_dicts_convert)
     return p
 
 

@@ -161,7 +161,6 @@ def config_from_saelens(raw: dict, source: Path) -> DictionaryConfig:
             return DictionaryConfig(**fields)
         except (TypeError, ValueError) as e:
             raise DictionaryLoadError(f"{source}: bad 'circuits' block ({e})") from None
-    from circuits.model import parse_layer
 
     meta = raw.get("metadata", raw)
     hook = meta.get("hook_name") or raw.get("hook_name", "")
@@ -172,6 +171,15 @@ def config_from_saelens(raw: dict, source: Path) -> DictionaryConfig:
         raise DictionaryLoadError(f"{source}: hook {hook!r} is neither ln2.hook_normalized nor attn.hook_z; "
                                   "only transcoders and attention-output SAEs can be spliced")
     activation = "jumprelu" if "jumprelu" in arch else ("topk" if arch == "topk" else "relu")
+    try:
+        return _build_config(raw, meta, kind, hook, activation)
+    except ValueError as e:
+        raise DictionaryLoadError(f"{source}: {e}") from None
+
+
+def _build_config(raw: dict, meta: dict, kind: str, hook: str, activation: str) -> DictionaryConfig:
+    from circuits.model import parse_layer
+
     return DictionaryConfig(
         kind=kind, layer=parse_layer(hook), d_in=int(raw["d_in"]), d_sae=int(raw["d_sae"]),
         d_out=int(raw.get("d_out", raw["d_in"])), activation=activation, k=raw.get("k") or None,

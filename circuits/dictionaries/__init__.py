@@ -1,0 +1,96 @@
+"""Sparse dictionaries (transcoders, attention-output SAEs): classes, file formats, loading by name.
+
+`load_dictionaries(name, model)` returns a `DictionarySet` checked against the model it will be spliced into:
+
+* ``"organism"``: the set trained for the embedded organism, shipped in ``data/dictionaries/organism``;
+* ``"gpt2-transcoders"`` (Dunefsky et al.) and ``"gpt2-attn-kk"`` (Kissane et al.): downloaded through
+  ``huggingface_hub`` when online; offline this fails at once with a message saying so;
+* a local folder: one of our sets (``set.json``), a circuit-tracer folder (``config.yaml``), a SAELens folder
+  (``cfg.json``), or a folder of Dunefsky / Kissane ``.pt`` files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from circuits.dictionaries.base import AttentionSAE, Dictionary, DictionaryConfig, Transcoder
+from circuits.dictionaries.dictset import DictionarySet
+from circuits.dictionaries.io import DictionaryLoadError
+
+PUBLIC_SETS: dict[str, str] = {
+    "gpt2-transcoders": "pchlenski/gpt2-transcoders",
+    "gpt2-attn-kk": "ckkissane/attn-saes-gpt2-small-all-layers",
+}
+
+__all__ = ["AttentionSAE", "Dictionary", "DictionaryConfig", "DictionaryLoadError", "DictionarySet", "Transcoder",
+           "load_dictionaries", "load_folder"]
+
+
+def load_folder(folder: Path, n_heads: int | None = None, model_name: str | None = None) -> DictionarySet:
+    """Any supported local layout, detected from its files."""
+    from circuits.dictionaries import formats
+
+    folder = Path(folder)
+    if not folder.exists():
+        raise DictionaryLoadError(f"no such dictionary folder {folder}")
+    if (folder / "set.json").exists():
+        return DictionarySet.load(folder)
+    if (folder / "config.yaml").exists():
+        dicts = formats.load_circuit_tracer_folder(folder)
+    elif (folder / "cfg.json").exists():
+        dicts = [formats.load_saelens_folder(folder, n_heads)]
+    else:
+        dicts = []
+        for p in sorted(folder.glob("*.pt")):
+            if p.name.endswith("_log_feature_sparsity.pt"):
+                continue
+            if p.with_name(p.stem + "_cfg.json").exists():
+                dicts.append(formats.load_kissane_attention_sae(p, n_heads))
+            else:
+                dicts.append(formats.load_dunefsky_transcoder(p))
+        subfolders = [s for s in sorted(folder.iterdir()) if (s / "cfg.json").exists()]
+        dicts += [formats.load_saelens_folder(s, n_heads) for s in subfolders]
+        if not dicts:
+            raise DictionaryLoadError(f"{folder}: no dictionary files found (set.json, config.yaml, cfg.json or .pt)")
+    return DictionarySet(model_name or dicts[0].cfg.model_name, {str(i): d for i, d in enumerate(dicts)})
+
+
+def _download_public(name: str) -> Path:
+    from circuits.model import hub_reachable
+
+    repo = PUBLIC_SETS[name]
+    if not hub_reachable():
+        raise DictionaryLoadError(f"dictionary set {name!r} ({repo}) must be downloaded from the Hugging Face hub, "
+                                  "which is unreachable (offline); use load_dictionaries('organism') or a local folder")
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    files = list_repo_files(repo)
+    if name == "gpt2-transcoders":
+        wanted = [f for f in files if f.endswith(".pt") and "ln2.hook_normalized" in f and "sparsity" not in f]
+    else:
+        wanted = [f for f in files if "_Hcat_z_" in f and (f.endswith(".pt") or f.endswith("_cfg.json"))]
+    return Path(snapshot_download(repo, allow_patterns=wanted))
+
+
+def load_dictionaries(name: str = "organism", model=None) -> DictionarySet:
+    """Load a dictionary set by name or path; checked against `model` (loaded by the set's model name if None)."""
+    from circuits.model import DATA_DIR, load_model
+
+    if name == "organism":
+        folder = DATA_DIR / "dictionaries" / "organism"
+        if not (folder / "set.json").exists():
+            raise DictionaryLoadError(f"missing {folder / 'set.json'}; restore data/ with git or train the set "
+                                      "with `circuits dicts train --model organism`")
+        dset = DictionarySet.load(folder)
+    elif name in PUBLIC_SETS:
+        dset = load_folder(_download_public(name), model_name="gpt2")
+    elif Path(name).exists():
+        dset = load_folder(Path(name), n_heads=model.cfg.n_heads if model is not None else None)
+    else:
+        raise DictionaryLoadError(f"unknown dictionary set {name!r}; use organism, {', '.join(PUBLIC_SETS)} "
+                                  "or a folder")
+    if model is None:
+        model_name = "gpt2" if dset.model_name.startswith("gpt2") else dset.model_name
+        model = load_model(model_name).model
+    dset.check_against(model)
+    return dset

@@ -1,0 +1,223 @@
+"""Readers for public dictionary formats (facts from ../shared/FORMATS.md), all converted to our classes.
+
+* Dunefsky GPT-2 transcoders: a ``torch.save`` of ``{"cfg": <their pickled config object>, "state_dict": ...}``.
+  The config class lives in their package (``sae_training``), which we never import: the file is read with
+  ``torch.load(weights_only=True)`` after telling torch's restricted unpickler that every foreign class in the
+  file is a harmless `_ForeignObject` (a plain record of the fields it is given). Nothing else is allowed.
+  ``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_out]``, ``b_dec`` (input centering), ``b_dec_out``.
+* Kissane GPT-2 attention SAEs: a raw state dict ``.pt`` (``W_enc, W_dec, b_enc, b_dec``) + ``<stem>_cfg.json``
+  (``act_name``, ``act_size``, ``dict_size``, ``layer``, ...); ReLU; input centered by ``b_dec``.
+* SAELens folders: `circuits.dictionaries.io.load_dictionary` (JumpReLU ``threshold`` required when named).
+* circuit-tracer transcoder folders: ``config.yaml`` + ``layer_{i}.safetensors`` with ``W_enc [d_tc, d_model]``
+  (transposed relative to SAELens), ``W_dec [d_tc, d_model]``, ``b_enc``, ``b_dec``, optional
+  ``activation_function.threshold`` (JumpReLU) and ``W_skip`` (not supported: refused with a clear message).
+
+Every converted dictionary computes exactly the original's codes and outputs (same operations in the same order).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from circuits.dictionaries.base import Dictionary, DictionaryConfig
+from circuits.dictionaries.io import DictionaryLoadError, config_from_saelens, dictionary_from_tensors
+from circuits.model import parse_layer
+
+#: Known head counts for public models whose attention SAEs do not store n_heads.
+KNOWN_N_HEADS: dict[str, int] = {"gpt2-small": 12, "gpt2": 12}
+
+
+class _ForeignObject:
+    """Stands in for any class a foreign pickle names: keeps the fields, runs no code of theirs."""
+
+    def __init__(self, *args, **kwargs):
+        self.__dict__["_args"] = args
+        self.__dict__.update(kwargs)
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots) form
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+    def fields(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+def restricted_torch_load(path: Path) -> object:
+    """``torch.load(weights_only=True)`` where each foreign class in the file becomes a `_ForeignObject`."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
+
+    try:
+        foreign = get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as e:
+        raise DictionaryLoadError(f"{path}: truncated or not a torch file ({e})") from None
+    stubs = [(type(name.rsplit(".", 1)[-1], (_ForeignObject,), {}), name) for name in foreign]
+    try:
+        with safe_globals(stubs):
+            return torch.load(str(path), weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise DictionaryLoadError(f"{path}: cannot be read safely ({str(e).splitlines()[0]})") from None
+
+
+def _config(source: Path, *args, **kwargs) -> DictionaryConfig:
+    try:
+        return DictionaryConfig(*args, **kwargs)
+    except ValueError as e:
+        raise DictionaryLoadError(f"{source}: {e}") from None
+
+
+def _as_float(tensors: dict, source: Path) -> dict[str, Tensor]:
+    out = {}
+    for k, v in tensors.items():
+        if not isinstance(v, Tensor):
+            raise DictionaryLoadError(f"{source}: entry {k!r} is not a tensor")
+        out[k] = v.float()
+    return out
+
+
+def load_dunefsky_transcoder(path: Path) -> Dictionary:
+    """One Dunefsky et al. GPT-2 transcoder ``.pt`` file."""
+    path = Path(path)
+    if not path.exists():
+        raise DictionaryLoadError(f"missing transcoder file {path}")
+    obj = restricted_torch_load(path)
+    if not isinstance(obj, dict) or "state_dict" not in obj or "cfg" not in obj:
+        raise DictionaryLoadError(f"{path}: not a Dunefsky transcoder file (expected keys 'cfg' and 'state_dict')")
+    cfg_obj = obj["cfg"]
+    fields = cfg_obj.fields() if isinstance(cfg_obj, _ForeignObject) else dict(cfg_obj)
+    sd = _as_float(obj["state_dict"], path)
+    for key in ("W_enc", "b_enc", "W_dec", "b_dec", "b_dec_out"):
+        if key not in sd:
+            raise DictionaryLoadError(f"{path}: no tensor {key!r} (found {sorted(sd)})")
+    hook = fields.get("hook_point") or ""
+    if not hook.endswith("ln2.hook_normalized"):
+        raise DictionaryLoadError(f"{path}: reads {hook!r}; a transcoder must read blocks.L.ln2.hook_normalized")
+    d_in, d_sae = sd["W_enc"].shape
+    cfg = _config(path, "transcoder", parse_layer(hook), int(d_in), int(d_sae), int(sd["W_dec"].shape[1]),
+                           activation="relu", k=None, context_size=int(fields.get("context_size") or 128),
+                           model_name=str(fields.get("model_name") or "gpt2-small"))
+    tensors = {"W_enc": sd["W_enc"], "b_enc": sd["b_enc"], "W_dec": sd["W_dec"], "b_dec": sd["b_dec_out"]}
+    return dictionary_from_tensors(cfg, tensors, path, b_in=sd["b_dec"])
+
+
+def _n_heads_for(model_name: str, n_heads: int | None, source: Path) -> int:
+    if n_heads:
+        return n_heads
+    if model_name in KNOWN_N_HEADS:
+        return KNOWN_N_HEADS[model_name]
+    raise DictionaryLoadError(f"{source}: an attention SAE for model {model_name!r} needs the number of heads; "
+                              "pass n_heads (CLI: --n-heads)")
+
+
+def load_kissane_attention_sae(path: Path, n_heads: int | None = None) -> Dictionary:
+    """One Kissane et al. attention SAE: ``<stem>.pt`` (state dict) beside ``<stem>_cfg.json``."""
+    path = Path(path)
+    cfg_path = path.with_name(path.stem + "_cfg.json")
+    for p in (path, cfg_path):
+        if not p.exists():
+            raise DictionaryLoadError(f"missing attention SAE file {p}")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DictionaryLoadError(f"{cfg_path}: not valid JSON ({e})") from None
+    act_name = str(raw.get("act_name", ""))
+    if not act_name.endswith("attn.hook_z"):
+        raise DictionaryLoadError(f"{cfg_path}: act_name {act_name!r} is not blocks.L.attn.hook_z")
+    try:
+        sd = torch.load(str(path), weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise DictionaryLoadError(f"{path}: truncated or not a torch state dict ({str(e).splitlines()[0]})") from None
+    if not isinstance(sd, dict):
+        raise DictionaryLoadError(f"{path}: not a state dict")
+    sd = _as_float(sd, path)
+    model_name = str(raw.get("model_name", "gpt2-small"))
+    d_in = int(raw.get("act_size", sd.get("W_enc", torch.empty(0, 0)).shape[0]))
+    d_sae = int(raw.get("dict_size", sd.get("W_enc", torch.empty(0, 0)).shape[-1]))
+    cfg = _config(cfg_path, "attention_sae", parse_layer(act_name), d_in, d_sae, d_in, activation="relu", k=None,
+                           n_heads=_n_heads_for(model_name, n_heads, cfg_path),
+                           context_size=int(raw.get("seq_len", 128)), model_name=model_name)
+    return dictionary_from_tensors(cfg, sd, path)
+
+
+def load_saelens_folder(folder: Path, n_heads: int | None = None) -> Dictionary:
+    """A SAELens folder written by anyone (ours carry their own n_heads)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg_path, w_path = folder / "cfg.json", folder / "sae_weights.safetensors"
+    for p in (cfg_path, w_path):
+        if not p.exists():
+            raise DictionaryLoadError(f"missing dictionary file {p}")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DictionaryLoadError(f"{cfg_path}: not valid JSON ({e})") from None
+    if "circuits" not in raw:
+        meta = raw.get("metadata", raw)
+        hook = str(meta.get("hook_name", ""))
+        if hook.endswith("attn.hook_z"):
+            raw = dict(raw, circuits_n_heads=_n_heads_for(str(meta.get("model_name")), n_heads, cfg_path))
+    cfg = config_from_saelens(raw, cfg_path)
+    try:
+        tensors = load_file(str(w_path))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise DictionaryLoadError(f"{w_path}: truncated or not a safetensors file ({e})") from None
+    return dictionary_from_tensors(cfg, _as_float(tensors, w_path), w_path)
+
+
+def load_circuit_tracer_folder(folder: Path) -> list[Dictionary]:
+    """A circuit-tracer transcoder set: ``config.yaml`` + ``layer_{i}.safetensors``."""
+    import yaml
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg_path = folder / "config.yaml"
+    if not cfg_path.exists():
+        raise DictionaryLoadError(f"missing {cfg_path}: not a circuit-tracer transcoder folder")
+    try:
+        raw = yaml.safe_load(cfg_path.read_text())
+    except yaml.YAMLError as e:
+        raise DictionaryLoadError(f"{cfg_path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict) or raw.get("model_kind") != "transcoder_set":
+        kind = raw.get("model_kind") if isinstance(raw, dict) else None
+        raise DictionaryLoadError(f"{cfg_path}: model_kind {kind!r} is not supported (only 'transcoder_set')")
+    if str(raw.get("feature_input_hook")) not in ("ln2.hook_normalized",):
+        raise DictionaryLoadError(f"{cfg_path}: feature_input_hook {raw.get('feature_input_hook')!r}; only "
+                                  "'ln2.hook_normalized' transcoders can be spliced")
+    if str(raw.get("feature_output_hook")) != "hook_mlp_out":
+        raise DictionaryLoadError(f"{cfg_path}: feature_output_hook must be 'hook_mlp_out'")
+    files = sorted(folder.glob("layer_*.safetensors"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+    if not files:
+        raise DictionaryLoadError(f"{folder}: no layer_<i>.safetensors files")
+    out = []
+    for f in files:
+        layer = int(re.findall(r"\d+", f.stem)[0])
+        try:
+            t = _as_float(load_file(str(f)), f)
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise DictionaryLoadError(f"{f}: truncated or not a safetensors file ({e})") from None
+        if "W_skip" in t:
+            raise DictionaryLoadError(f"{f}: skip transcoders (W_skip) are not supported")
+        if "W_enc" not in t or "W_dec" not in t:
+            raise DictionaryLoadError(f"{f}: needs W_enc and W_dec (found {sorted(t)})")
+        d_sae, d_model = t["W_enc"].shape
+        threshold = t.get("activation_function.threshold")
+        cfg = _config(f, "transcoder", layer, int(d_model), int(d_sae), int(t["W_dec"].shape[1]),
+                               activation="jumprelu" if threshold is not None else "relu", k=None,
+                               model_name=str(raw.get("model_name", "unknown")))
+        tensors = {"W_enc": t["W_enc"].T.contiguous(), "b_enc": t.get("b_enc"), "W_dec": t["W_dec"],
+                   "b_dec": t.get("b_dec")}
+        if any(v is None for v in tensors.values()):
+            raise DictionaryLoadError(f"{f}: needs b_enc and b_dec")
+        if threshold is not None:
+            tensors["threshold"] = threshold.reshape(-1)
+        out.append(dictionary_from_tensors(cfg, tensors, f))
+    return out
