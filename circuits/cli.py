@@ -44,7 +44,8 @@ def cmd_organism_train(args) -> int:
     from circuits.organism.train import OrganismTrainConfig, train_organism
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = OrganismTrainConfig(steps=args.steps, seed=args.seed, corpus_seed=args.corpus_seed)
+    cfg = OrganismTrainConfig(steps=args.steps, phase2_steps=args.phase2_steps, seed=args.seed,
+                              corpus_seed=args.corpus_seed)
     out = Path(args.out)
     record = train_organism(out, cfg=cfg, resume=not args.no_resume, progress=not args.quiet,
                             quick_eval=quick_eval)
@@ -148,6 +149,10 @@ def cmd_dicts_eval(args) -> int:
                                                                    ioi_prompts=args.rows)
     report = evaluate_fidelity(model, dset, sizes, progress=not args.quiet)
     _print_fidelity(report)
+    if args.dicts == "organism" and args.rows is None:
+        from circuits.dictionaries.evaluate import CI_SIZES
+
+        report["ci_subsample"] = {"sizes": CI_SIZES.__dict__, "report": evaluate_fidelity(model, dset, CI_SIZES)}
     if args.out != "-":
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                         required=True)
     t = org.add_parser("train", help="train the organism from scratch (resumes from the folder's checkpoint)")
     t.add_argument("--out", default="runs/organism", help="run folder (checkpoints, log, exported weights)")
-    t.add_argument("--steps", type=int, default=4500)
+    t.add_argument("--steps", type=int, default=4500, help="phase-1 steps (batch 32 x 128 tokens)")
+    t.add_argument("--phase2-steps", type=int, default=1500, help="phase-2 steps (compositional IOI, callbacks)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--corpus-seed", type=int, default=0)
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")

@@ -16,8 +16,12 @@ N_SENTENCES = 20000
 def train_sentences():
     corpus = C.ToyWorldCorpus(0)
     rng = corpus.rng("test", 0)
-    return {fam: [corpus.sentence(rng, fam) for _ in range(N_SENTENCES // len(C.FAMILY_WEIGHTS))]
-            for fam in C.FAMILY_WEIGHTS}
+    out = {fam: [corpus.sentence(rng, fam) for _ in range(N_SENTENCES // len(C.FAMILY_WEIGHTS))]
+           for fam in C.FAMILY_WEIGHTS}
+    out["ioi"] += [corpus._phase2_ioi(rng) for _ in range(N_SENTENCES // len(C.FAMILY_WEIGHTS))]  # compositional
+    out["ioi"] += [corpus._phase3_ioi(rng) for _ in range(N_SENTENCES // len(C.FAMILY_WEIGHTS))]  # grammar
+    out["callback"] = [corpus._train_callback(rng) for _ in range(N_SENTENCES // len(C.FAMILY_WEIGHTS))]
+    return out
 
 
 def test_same_seed_same_text_and_different_seed_differs():
@@ -26,6 +30,16 @@ def test_same_seed_same_text_and_different_seed_differs():
     assert rows_a == [b.row_text(i, 128) for i in range(20)]
     assert rows_a != [c.row_text(i, 128) for i in range(20)]
     assert a.row_text(0, 128, "heldout") != rows_a[0]
+
+
+def test_phase_two_starts_at_the_configured_row_and_only_for_training():
+    corpus = C.ToyWorldCorpus(0, phase2_start_row=10, phase3_start_row=20)
+    assert corpus.phase(9, "train") == 1 and corpus.phase(10, "train") == 2 and corpus.phase(20, "train") == 3
+    assert corpus.phase(0, "heldout") == 3
+    # phase 1 rows do not depend on where phase 2 starts
+    assert corpus.row_text(5, 128) == C.ToyWorldCorpus(0).row_text(5, 128)
+    assert len(C.IOI_INTROS) * len(C.IOI_ACTIONS) >= 100
+    assert len(C.IOI_FRAMES) * len(C.IOI_VERB_PHRASES) * len(C.IOI_PHASE3_ACTIONS) >= 1000
 
 
 def test_world_sizes_meet_the_spec():

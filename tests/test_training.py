@@ -11,9 +11,10 @@ from circuits.organism.train import OrganismModelConfig, OrganismTrainConfig, tr
 TINY = OrganismModelConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=32)
 
 
-def _cfg(steps: int) -> OrganismTrainConfig:
+def _cfg(steps: int, phase2_steps: int = 0) -> OrganismTrainConfig:
     return OrganismTrainConfig(steps=steps, batch_size=8, lr=3e-3, warmup_steps=20, checkpoint_every=10,
-                               eval_every=1000, log_every=10)
+                               eval_every=1000, log_every=10, phase2_steps=phase2_steps, phase2_warmup=2,
+                               phase3_steps=phase2_steps)
 
 
 def test_a_few_hundred_steps_lower_the_loss(tmp_path):
@@ -27,9 +28,10 @@ def test_a_few_hundred_steps_lower_the_loss(tmp_path):
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     from safetensors.torch import load_file
 
-    train_organism(tmp_path / "a", TINY, _cfg(20), resume=False, progress=False)
-    train_organism(tmp_path / "b", TINY, _cfg(10), resume=False, progress=False)
-    train_organism(tmp_path / "b", TINY, _cfg(20), resume=True, progress=False)  # picks up at step 10
+    # 10 phase-1 steps + 10 phase-2 + 10 phase-3 steps, uninterrupted vs. stopped after phase 1 and resumed
+    train_organism(tmp_path / "a", TINY, _cfg(10, 10), resume=False, progress=False)
+    train_organism(tmp_path / "b", TINY, _cfg(10, 0), resume=False, progress=False)
+    train_organism(tmp_path / "b", TINY, _cfg(10, 10), resume=True, progress=False)  # picks up at step 10
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)

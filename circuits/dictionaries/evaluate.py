@@ -33,6 +33,10 @@ class FidelitySizes:
     batch: int = 32
 
 
+#: The subsample that tests re-evaluate against ``fidelity.json["ci_subsample"]``.
+CI_SIZES = FidelitySizes(rows=16, mean_rows=16, ioi_prompts=16, batch=16)
+
+
 def heldout_tokens(n_ctx: int, rows: int, offset: int) -> Tensor:
     from circuits.organism.corpus import ToyWorldCorpus
     from circuits.organism.tokenizer import build_tokenizer

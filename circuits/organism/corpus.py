@@ -1,7 +1,8 @@
 """The toy-world corpus: task families mixed with plain story text, generated deterministically from a seed.
 
 Each training row is ``<|endoftext|>`` followed by sentences drawn independently from the families below (by
-`FAMILY_WEIGHTS`), cut to the model's context. Row *i* of seed *s* depends only on ``(s, i)``, so a training run
+`FAMILY_WEIGHTS`; from `phase2_start_row` on by `PHASE2_FAMILY_WEIGHTS`, with compositional IOI sentences), cut
+to the model's context. Row *i* of seed *s* depends only on ``(s, i)``, so a training run
 can resume at any step and reproduce the same stream. Evaluation prompts come from held-out generators that
 share no randomness with training.
 
@@ -35,6 +36,9 @@ Families and the mechanism each is meant to require (later case studies check gr
 ``pronoun``
     "Mary went to the park because she wanted a book." Requires attending to the subject and reading its gender.
     Held-out split: two templates never used in training.
+``callback`` (phase 2 only)
+    "Carol found a small hat. The hat belonged to Carol." A name mentioned again later: trains copying of every
+    name (held-out IOI names included) without any IOI structure.
 ``story``
     Connective text: names in many roles, places, objects, cities, days. This keeps the model a small language
     model rather than a lookup table, and makes names generic tokens, which is what lets IOI generalise to
@@ -157,6 +161,97 @@ FAMILY_WEIGHTS: dict[str, float] = {
     "story": 0.20,
 }
 
+#: Phase 2 (the last `PHASE2_STEPS` of training) builds IOI sentences compositionally — any intro clause with any
+#: action clause (13 × 13 = 169 combinations, all from training words) — so that the model learns a template-free
+#: mechanism, and adds `CALLBACK_TEMPLATES`: a single name mentioned again later, which trains copying of every
+#: name (held-out IOI names included) without any IOI structure.
+IOI_INTROS: tuple[str, ...] = (
+    "When {A} and {B} went to the {place},",
+    "After {A} and {B} went to the {place},",
+    "While {A} and {B} were working at the {place},",
+    "When {A} and {B} arrived at the {place},",
+    "Since {A} and {B} were at the {place},",
+    "When {A} and {B} met at the {place},",
+    "Then, {A} and {B} went to the {place}.",
+    "{A} and {B} went to the {place}.",
+    "Yesterday {A} and {B} visited the {place}.",
+    "{A} and {B} had fun at the {place}.",
+    "Friends {A} and {B} found a {object} at the {place}.",
+    "The {place} was quiet when {A} and {B} arrived.",
+    "After the lunch, {A} and {B} went to the {place}.",
+)
+IOI_ACTIONS: tuple[str, ...] = (
+    "{S} gave a {object} to",
+    "{S} handed a {object} to",
+    "{S} passed a {object} to",
+    "{S} threw a {object} to",
+    "{S} showed a {object} to",
+    "{S} brought a {object} to",
+    "{S} sold a {object} to",
+    "{S} sent a {object} to",
+    "{S} offered a {object} to",
+    "{S} lent a {object} to",
+    "Afterwards {S} said to",
+    "{S} decided to give it to",
+    "{S} gave it to",
+)
+CALLBACK_TEMPLATES: tuple[str, ...] = (
+    "{N} walked to the {place}. Everyone at the {place} knew {N}.",
+    "{N} found a {adj} {object}. The {object} belonged to {N}.",
+    "In {month}, {N} went to {city}. Later, {N} went home.",
+    "{N} spent the day at the {place}. Everyone at the {place} knew {N}.",
+    "{N} lost the {object}. The {object} belonged to {N}.",
+    "{N} met {M} in {city}. Later, {N} went home.",
+)
+PHASE2_FAMILY_WEIGHTS: dict[str, float] = {
+    "ioi": 0.30,
+    "callback": 0.10,
+    "induction": 0.10,
+    "facts": 0.12,
+    "two_hop": 0.04,
+    "greater_than": 0.08,
+    "successor": 0.08,
+    "pronoun": 0.06,
+    "story": 0.12,
+}
+#: Phase 3 (the last `phase3_steps`) draws IOI intros from a small grammar — 10 clause frames × 11 verb phrases
+#: (110 intros) — and 24 actions, many without "to" ("Mary thanked" → John), so that neither where the names sit
+#: nor the final verb can stand in for the mechanism (phase 2 left the model keyed to its 13 actions).
+IOI_FRAMES: tuple[str, ...] = (
+    "When {A} and {B} {vp} the {place},",
+    "After {A} and {B} {vp} the {place},",
+    "While {A} and {B} {vp} the {place},",
+    "Since {A} and {B} {vp} the {place},",
+    "{A} and {B} {vp} the {place}.",
+    "Then, {A} and {B} {vp} the {place}.",
+    "Yesterday {A} and {B} {vp} the {place}.",
+    "After the lunch, {A} and {B} {vp} the {place}.",
+    "{A} and {B} {vp} the {place}, and",
+    "Friends {A} and {B} {vp} the {place}.",
+)
+IOI_VERB_PHRASES: tuple[str, ...] = (
+    "went to", "arrived at", "were at", "met at", "visited", "had fun at", "walked to", "were working at",
+    "found a {object} at", "bought a {object} at", "waited at",
+)
+IOI_PHASE3_ACTIONS: tuple[str, ...] = IOI_ACTIONS + (
+    "{S} decided to give a {object} to",
+    "{S} wrote a letter to",
+    "{S} took the {object} to",
+    "{S} talked to",
+    "{S} smiled at",
+    "{S} thanked",
+    "{S} called",
+    "{S} helped",
+    "{S} asked",
+    "{S} waited for",
+    "{S} looked for",
+)
+
+#: Training rows from this index on use phase 2 (= step 4500 of batch 32); every other stream is phase 2 throughout.
+PHASE2_START_ROW = 4500 * 32
+#: Training rows from this index on use phase 3 (= step 6000); every other stream is phase 3 throughout.
+PHASE3_START_ROW = 6000 * 32
+
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -169,7 +264,9 @@ def _template_words(template: str) -> list[str]:
 def all_corpus_words() -> set[str]:
     """Every word and punctuation mark the corpus can produce (the tokenizer's vocabulary before numbers)."""
     templates = (
-        IOI_TRAIN_TEMPLATES + IOI_HELDOUT_TEMPLATES + STORY_TEMPLATES + PRONOUN_TRAIN_TEMPLATES
+        IOI_TRAIN_TEMPLATES + IOI_HELDOUT_TEMPLATES + IOI_INTROS + IOI_ACTIONS + CALLBACK_TEMPLATES
+        + IOI_FRAMES + IOI_VERB_PHRASES + IOI_PHASE3_ACTIONS
+        + STORY_TEMPLATES + PRONOUN_TRAIN_TEMPLATES
         + PRONOUN_HELDOUT_TEMPLATES + SUCCESSOR_TRAIN_CARRIERS + SUCCESSOR_HELDOUT_CARRIERS
         + ONE_HOP_TRAIN_TEMPLATES + (TWO_HOP_TEMPLATE, GREATER_THAN_TEMPLATE)
     )
@@ -255,10 +352,15 @@ def greater_than_heldout(century: str, yy: int) -> bool:
 class ToyWorldCorpus:
     """Deterministic generator of training text and evaluation prompts for one seed."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, phase2_start_row: int = PHASE2_START_ROW,
+                 phase3_start_row: int = PHASE3_START_ROW):
         self.seed = seed
+        self.phase2_start_row = phase2_start_row
+        self.phase3_start_row = phase3_start_row
         self._families = list(FAMILY_WEIGHTS)
         self._weights = [FAMILY_WEIGHTS[f] for f in self._families]
+        self._families2 = list(PHASE2_FAMILY_WEIGHTS)
+        self._weights2 = [PHASE2_FAMILY_WEIGHTS[f] for f in self._families2]
         self._pool = induction_word_pool()
 
     # -- training text ------------------------------------------------------------------------------------------
@@ -267,15 +369,27 @@ class ToyWorldCorpus:
         """An independent random stream per (seed, stream, index); string seeds are stable across runs."""
         return random.Random(f"{self.seed}/{stream}/{index}")
 
+    def phase(self, index: int, stream: str) -> int:
+        """The training phase of a row: 1, 2 or 3 by row index; every other stream is phase 3 (the final mix)."""
+        if stream != "train" or index >= self.phase3_start_row:
+            return 3
+        return 1 if index < self.phase2_start_row else 2
+
     def row_text(self, index: int, n_tokens: int, stream: str = "train") -> str:
         """Text for training row `index` with at least `n_tokens` tokens (the caller truncates)."""
         from circuits.organism.tokenizer import pretokenize
 
         rng = self.rng(stream, index)
+        phase = self.phase(index, stream)
         parts: list[str] = []
         count = 0
         while count < n_tokens:
-            sentence = self.sentence(rng)
+            if phase == 1:
+                sentence = self.sentence(rng)
+            else:
+                family = rng.choices(self._families2, self._weights2)[0]
+                prefix = "_phase2_" if phase == 2 else "_phase3_"
+                sentence = getattr(self, f"{prefix}{family}", getattr(self, f"_train_{family}"))(rng)
             parts.append(sentence)
             count += len(pretokenize(sentence))
         return " ".join(parts)
@@ -313,6 +427,20 @@ class ToyWorldCorpus:
         template = rng.choice(IOI_TRAIN_TEMPLATES)
         text, io, _ = self._ioi(rng, template, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
         return f"{text} {io}."
+
+    def _phase2_ioi(self, rng: random.Random) -> str:
+        template = rng.choice(IOI_INTROS) + " " + rng.choice(IOI_ACTIONS)
+        text, io, _ = self._ioi(rng, template, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
+        return f"{text} {io}."
+
+    def _phase3_ioi(self, rng: random.Random) -> str:
+        intro = rng.choice(IOI_FRAMES).replace("{vp}", rng.choice(IOI_VERB_PHRASES))
+        template = intro + " " + rng.choice(IOI_PHASE3_ACTIONS)
+        text, io, _ = self._ioi(rng, template, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
+        return f"{text} {io}."
+
+    def _train_callback(self, rng: random.Random) -> str:
+        return self._fill(rng, rng.choice(CALLBACK_TEMPLATES))
 
     def _span(self, rng: random.Random, low: int, high: int) -> list[str]:
         return [rng.choice(self._pool) for _ in range(rng.randint(low, high))]

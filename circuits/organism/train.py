@@ -45,7 +45,11 @@ class OrganismTrainConfig:
 
     seed: int = 0  # model initialisation
     corpus_seed: int = 0  # corpus stream
-    steps: int = 4500  # 4500 * 32 * 128 = 18.4M tokens
+    steps: int = 4500  # phase 1: 4500 * 32 * 128 = 18.4M tokens
+    phase2_steps: int = 1500  # phase 2 (compositional IOI + name callbacks): 6.1M tokens
+    phase2_lr: float = 5e-4
+    phase2_warmup: int = 50
+    phase3_steps: int = 1500  # phase 3 (IOI intros from a grammar): 6.1M tokens, same lr shape as phase 2
     batch_size: int = 32
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -57,8 +61,12 @@ class OrganismTrainConfig:
     log_every: int = 25
 
     def __post_init__(self):
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ValueError("steps and batch_size must be positive")
+        if self.steps <= 0 or self.batch_size <= 0 or self.phase2_steps < 0 or self.phase3_steps < 0:
+            raise ValueError("steps and batch_size must be positive, phase2_steps non-negative")
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps + self.phase2_steps + self.phase3_steps
 
 
 def hooked_config(model_cfg: OrganismModelConfig):
@@ -83,6 +91,15 @@ def batch_tokens(corpus: ToyWorldCorpus, tokenizer, start_row: int, n_rows: int,
 
 
 def _lr_at(cfg: OrganismTrainConfig, step: int) -> float:
+    """Phase 1: linear warm-up then cosine to lr*min_lr_ratio; phase 2: the same shape from phase2_lr."""
+    if step >= cfg.steps:
+        k, length = step - cfg.steps, cfg.phase2_steps
+        if k >= cfg.phase2_steps:  # phase 3 repeats phase 2's shape
+            k, length = k - cfg.phase2_steps, cfg.phase3_steps
+        if k < cfg.phase2_warmup:
+            return cfg.phase2_lr * (k + 1) / cfg.phase2_warmup
+        progress = (k - cfg.phase2_warmup) / max(1, length - cfg.phase2_warmup)
+        return cfg.phase2_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
@@ -137,7 +154,8 @@ def train_organism(out: Path, model_cfg: OrganismModelConfig = OrganismModelConf
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "W_pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    corpus = ToyWorldCorpus(cfg.corpus_seed)
+    corpus = ToyWorldCorpus(cfg.corpus_seed, phase2_start_row=cfg.steps * cfg.batch_size,
+                            phase3_start_row=(cfg.steps + cfg.phase2_steps) * cfg.batch_size)
     ckpt_path = out / "checkpoint.pt"
     start = 0
     if resume and ckpt_path.exists():
@@ -150,8 +168,11 @@ def train_organism(out: Path, model_cfg: OrganismModelConfig = OrganismModelConf
     heldout = batch_tokens(corpus, fast_tok, 0, 64, model_cfg.n_ctx, stream="heldout")
     record: dict = {}
     t0 = time.time()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="organism", disable=not progress)
+    total = cfg.total_steps
+    bar = tqdm(range(start, total), initial=start, total=total, desc="organism", disable=not progress)
     for step in bar:
+        if step == cfg.steps + cfg.phase2_steps and cfg.phase3_steps > 0:
+            opt.state.clear()  # phase 3 starts from fresh Adam moments (a new corpus: old moments mislead)
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, step)
         tokens = batch_tokens(corpus, fast_tok, step * cfg.batch_size, cfg.batch_size, model_cfg.n_ctx)
@@ -161,10 +182,10 @@ def train_organism(out: Path, model_cfg: OrganismModelConfig = OrganismModelConf
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if done % cfg.log_every == 0 or done == total:
             record = {"step": done, "tokens": done * cfg.batch_size * model_cfg.n_ctx, "loss": loss.item(),
                       "lr": _lr_at(cfg, step), "seconds": round(time.time() - t0, 1)}
-            if done % cfg.eval_every == 0 or done == cfg.steps:
+            if done % cfg.eval_every == 0 or done == total:
                 with torch.no_grad():
                     record["heldout_loss"] = model(heldout, return_type="loss").item()
                     if quick_eval is not None:
@@ -172,7 +193,7 @@ def train_organism(out: Path, model_cfg: OrganismModelConfig = OrganismModelConf
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if done % cfg.checkpoint_every == 0 or done == total:
             tmp = ckpt_path.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": done}, tmp)
             tmp.replace(ckpt_path)
