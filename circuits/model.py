@@ -163,7 +163,8 @@ def load_organism(folder: Path, device: str = "cpu") -> LoadedModel:
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise ModelLoadError(f"weight file {weights_path} does not match its config ({first}); {fix}") from None
-    model.to(device)
+    if device != "cpu":
+        model.to(device, print_details=False)
     model.eval()
     return LoadedModel(model, model.tokenizer)
 
