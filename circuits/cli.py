@@ -37,13 +37,10 @@ def _print_eval_table(res: dict) -> None:
 
 
 def cmd_organism_train(args) -> int:
-    import torch
-
     from circuits.model import DATA_DIR
     from circuits.organism.evaluate import quick_eval
     from circuits.organism.train import OrganismTrainConfig, train_organism
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = OrganismTrainConfig(steps=args.steps, phase2_steps=args.phase2_steps, seed=args.seed,
                               corpus_seed=args.corpus_seed)
     out = Path(args.out)

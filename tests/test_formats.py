@@ -18,7 +18,6 @@ from circuits.dictionaries.formats import (
     load_circuit_tracer_folder,
     load_dunefsky_transcoder,
     load_kissane_attention_sae,
-    load_saelens_folder,
 )
 from circuits.dictionaries.io import DictionaryLoadError, load_dictionary, save_dictionary
 
@@ -37,8 +36,6 @@ def test_dunefsky_transcoder_without_their_package(tmp_path):
     d = load_dunefsky_transcoder(path)
     assert "sae_training" not in sys.modules  # their code was never imported
     assert d.cfg.kind == "transcoder" and d.cfg.layer == 3 and d.hook_out == "blocks.3.hook_mlp_out"
-    raw = torch.load(path, weights_only=False) if False else None  # never unpickle the original for real
-    assert raw is None
     from circuits.dictionaries.formats import restricted_torch_load
 
     sd = restricted_torch_load(path)["state_dict"]
@@ -65,7 +62,7 @@ def test_kissane_attention_sae(tmp_path):
 
 def test_saelens_jumprelu_transcoder(tmp_path):
     folder = write_saelens_jumprelu_transcoder(tmp_path / "tc", layer=2, d_model=16, d_sae=32)
-    d = load_saelens_folder(folder)
+    d = load_dictionary(folder)
     t = load_file(str(folder / "sae_weights.safetensors"))
     x = torch.randn(25, 16)
     pre = x @ t["W_enc"] + t["b_enc"]
@@ -82,7 +79,7 @@ def test_saelens_jumprelu_without_threshold_is_refused(tmp_path):
     del t["threshold"]
     save_file(t, str(folder / "sae_weights.safetensors"))
     with pytest.raises(DictionaryLoadError, match="JumpReLU dictionary without its threshold"):
-        load_saelens_folder(folder)
+        load_dictionary(folder)
 
 
 def test_circuit_tracer_folder_transposed_encoder(tmp_path):

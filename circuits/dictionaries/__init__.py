@@ -15,7 +15,7 @@ from pathlib import Path
 
 from circuits.dictionaries.base import AttentionSAE, Dictionary, DictionaryConfig, Transcoder
 from circuits.dictionaries.dictset import DictionarySet
-from circuits.dictionaries.io import DictionaryLoadError
+from circuits.dictionaries.io import DictionaryLoadError, load_dictionary
 
 PUBLIC_SETS: dict[str, str] = {
     "gpt2-transcoders": "pchlenski/gpt2-transcoders",
@@ -38,7 +38,7 @@ def load_folder(folder: Path, n_heads: int | None = None, model_name: str | None
     if (folder / "config.yaml").exists():
         dicts = formats.load_circuit_tracer_folder(folder)
     elif (folder / "cfg.json").exists():
-        dicts = [formats.load_saelens_folder(folder, n_heads)]
+        dicts = [load_dictionary(folder, n_heads)]
     else:
         dicts = []
         for p in sorted(folder.glob("*.pt")):
@@ -49,7 +49,7 @@ def load_folder(folder: Path, n_heads: int | None = None, model_name: str | None
             else:
                 dicts.append(formats.load_dunefsky_transcoder(p))
         subfolders = [s for s in sorted(folder.iterdir()) if (s / "cfg.json").exists()]
-        dicts += [formats.load_saelens_folder(s, n_heads) for s in subfolders]
+        dicts += [load_dictionary(s, n_heads) for s in subfolders]
         if not dicts:
             raise DictionaryLoadError(f"{folder}: no dictionary files found (set.json, config.yaml, cfg.json or .pt)")
     return DictionarySet(model_name or dicts[0].cfg.model_name, {str(i): d for i, d in enumerate(dicts)})

@@ -7,7 +7,8 @@
   ``W_enc [d_in, d_sae]``, ``b_enc``, ``W_dec [d_sae, d_out]``, ``b_dec`` (input centering), ``b_dec_out``.
 * Kissane GPT-2 attention SAEs: a raw state dict ``.pt`` (``W_enc, W_dec, b_enc, b_dec``) + ``<stem>_cfg.json``
   (``act_name``, ``act_size``, ``dict_size``, ``layer``, ...); ReLU; input centered by ``b_dec``.
-* SAELens folders: `circuits.dictionaries.io.load_dictionary` (JumpReLU ``threshold`` required when named).
+* SAELens folders: `circuits.dictionaries.io.load_dictionary` (JumpReLU ``threshold`` required when named;
+  ``n_heads`` from the caller or the model name for attention SAEs on hook_z).
 * circuit-tracer transcoder folders: ``config.yaml`` + ``layer_{i}.safetensors`` with ``W_enc [d_tc, d_model]``
   (transposed relative to SAELens), ``W_dec [d_tc, d_model]``, ``b_enc``, ``b_dec``, optional
   ``activation_function.threshold`` (JumpReLU) and ``W_skip`` (not supported: refused with a clear message).
@@ -17,7 +18,6 @@ Every converted dictionary computes exactly the original's codes and outputs (sa
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -25,11 +25,14 @@ import torch
 from torch import Tensor
 
 from circuits.dictionaries.base import Dictionary, DictionaryConfig
-from circuits.dictionaries.io import DictionaryLoadError, config_from_saelens, dictionary_from_tensors
+from circuits.dictionaries.io import (
+    DictionaryLoadError,
+    dictionary_from_tensors,
+    n_heads_for,
+    read_json,
+    read_safetensors,
+)
 from circuits.model import parse_layer
-
-#: Known head counts for public models whose attention SAEs do not store n_heads.
-KNOWN_N_HEADS: dict[str, int] = {"gpt2-small": 12, "gpt2": 12}
 
 
 class _ForeignObject:
@@ -106,26 +109,13 @@ def load_dunefsky_transcoder(path: Path) -> Dictionary:
     return dictionary_from_tensors(cfg, tensors, path, b_in=sd["b_dec"])
 
 
-def _n_heads_for(model_name: str, n_heads: int | None, source: Path) -> int:
-    if n_heads:
-        return n_heads
-    if model_name in KNOWN_N_HEADS:
-        return KNOWN_N_HEADS[model_name]
-    raise DictionaryLoadError(f"{source}: an attention SAE for model {model_name!r} needs the number of heads; "
-                              "pass n_heads (CLI: --n-heads)")
-
-
 def load_kissane_attention_sae(path: Path, n_heads: int | None = None) -> Dictionary:
     """One Kissane et al. attention SAE: ``<stem>.pt`` (state dict) beside ``<stem>_cfg.json``."""
     path = Path(path)
+    if not path.exists():
+        raise DictionaryLoadError(f"missing attention SAE file {path}")
     cfg_path = path.with_name(path.stem + "_cfg.json")
-    for p in (path, cfg_path):
-        if not p.exists():
-            raise DictionaryLoadError(f"missing attention SAE file {p}")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DictionaryLoadError(f"{cfg_path}: not valid JSON ({e})") from None
+    raw = read_json(cfg_path)
     act_name = str(raw.get("act_name", ""))
     if not act_name.endswith("attn.hook_z"):
         raise DictionaryLoadError(f"{cfg_path}: act_name {act_name!r} is not blocks.L.attn.hook_z")
@@ -140,43 +130,14 @@ def load_kissane_attention_sae(path: Path, n_heads: int | None = None) -> Dictio
     d_in = int(raw.get("act_size", sd.get("W_enc", torch.empty(0, 0)).shape[0]))
     d_sae = int(raw.get("dict_size", sd.get("W_enc", torch.empty(0, 0)).shape[-1]))
     cfg = _config(cfg_path, "attention_sae", parse_layer(act_name), d_in, d_sae, d_in, activation="relu", k=None,
-                           n_heads=_n_heads_for(model_name, n_heads, cfg_path),
+                           n_heads=n_heads_for(model_name, n_heads, cfg_path),
                            context_size=int(raw.get("seq_len", 128)), model_name=model_name)
     return dictionary_from_tensors(cfg, sd, path)
-
-
-def load_saelens_folder(folder: Path, n_heads: int | None = None) -> Dictionary:
-    """A SAELens folder written by anyone (ours carry their own n_heads)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    cfg_path, w_path = folder / "cfg.json", folder / "sae_weights.safetensors"
-    for p in (cfg_path, w_path):
-        if not p.exists():
-            raise DictionaryLoadError(f"missing dictionary file {p}")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DictionaryLoadError(f"{cfg_path}: not valid JSON ({e})") from None
-    if "circuits" not in raw:
-        meta = raw.get("metadata", raw)
-        hook = str(meta.get("hook_name", ""))
-        if hook.endswith("attn.hook_z"):
-            raw = dict(raw, circuits_n_heads=_n_heads_for(str(meta.get("model_name")), n_heads, cfg_path))
-    cfg = config_from_saelens(raw, cfg_path)
-    try:
-        tensors = load_file(str(w_path))
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise DictionaryLoadError(f"{w_path}: truncated or not a safetensors file ({e})") from None
-    return dictionary_from_tensors(cfg, _as_float(tensors, w_path), w_path)
 
 
 def load_circuit_tracer_folder(folder: Path) -> list[Dictionary]:
     """A circuit-tracer transcoder set: ``config.yaml`` + ``layer_{i}.safetensors``."""
     import yaml
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     cfg_path = folder / "config.yaml"
@@ -200,10 +161,7 @@ def load_circuit_tracer_folder(folder: Path) -> list[Dictionary]:
     out = []
     for f in files:
         layer = int(re.findall(r"\d+", f.stem)[0])
-        try:
-            t = _as_float(load_file(str(f)), f)
-        except (SafetensorError, OSError, RuntimeError) as e:
-            raise DictionaryLoadError(f"{f}: truncated or not a safetensors file ({e})") from None
+        t = read_safetensors(f)
         if "W_skip" in t:
             raise DictionaryLoadError(f"{f}: skip transcoders (W_skip) are not supported")
         if "W_enc" not in t or "W_dec" not in t:

@@ -128,29 +128,53 @@ def dictionary_from_tensors(cfg: DictionaryConfig, tensors: dict[str, Tensor], s
     return d
 
 
-def load_dictionary(folder: Path) -> Dictionary:
-    """Load one SAELens-layout folder (ours or SAELens' own)."""
+#: Known head counts for public models whose attention SAEs do not store n_heads.
+KNOWN_N_HEADS: dict[str, int] = {"gpt2-small": 12, "gpt2": 12}
+
+
+def n_heads_for(model_name: str, n_heads: int | None, source: Path) -> int:
+    """The head count of an attention SAE's model: given, known for the model name, or an error."""
+    if n_heads:
+        return n_heads
+    if model_name in KNOWN_N_HEADS:
+        return KNOWN_N_HEADS[model_name]
+    raise DictionaryLoadError(f"{source}: an attention SAE for model {model_name!r} needs the number of heads; "
+                              "pass n_heads (CLI: --n-heads)")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file, or DictionaryLoadError naming it."""
+    if not path.exists():
+        raise DictionaryLoadError(f"missing dictionary file {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DictionaryLoadError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    """A safetensors file as float32 tensors, or DictionaryLoadError naming it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    if not path.exists():
+        raise DictionaryLoadError(f"missing dictionary file {path}")
+    try:
+        return {k: v.float() for k, v in load_file(str(path)).items()}
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise DictionaryLoadError(f"{path}: truncated or not a safetensors file ({e})") from None
+
+
+def load_dictionary(folder: Path, n_heads: int | None = None) -> Dictionary:
+    """Load one SAELens-layout folder, ours or anyone's (`n_heads` for a foreign attention SAE on hook_z)."""
     folder = Path(folder)
     cfg_path, w_path = folder / CFG_FILE, folder / WEIGHTS_FILE
-    for p in (cfg_path, w_path):
-        if not p.exists():
-            raise DictionaryLoadError(f"missing dictionary file {p}")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DictionaryLoadError(f"{cfg_path}: not valid JSON ({e})") from None
-    try:
-        tensors = load_file(str(w_path))
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise DictionaryLoadError(f"{w_path}: truncated or not a safetensors file ({e})") from None
-    cfg = config_from_saelens(raw, cfg_path)
-    return dictionary_from_tensors(cfg, {k: v.float() for k, v in tensors.items()}, w_path)
+    raw = read_json(cfg_path)
+    tensors = read_safetensors(w_path)
+    return dictionary_from_tensors(config_from_saelens(raw, cfg_path, n_heads), tensors, w_path)
 
 
-def config_from_saelens(raw: dict, source: Path) -> DictionaryConfig:
+def config_from_saelens(raw: dict, source: Path, n_heads: int | None = None) -> DictionaryConfig:
     """Our config from a SAELens cfg.json (our own "circuits" block when present)."""
     if not isinstance(raw, dict) or "d_in" not in raw or "d_sae" not in raw:
         raise DictionaryLoadError(f"{source}: not a SAELens cfg.json (no d_in / d_sae)")
@@ -161,6 +185,7 @@ def config_from_saelens(raw: dict, source: Path) -> DictionaryConfig:
             return DictionaryConfig(**fields)
         except (TypeError, ValueError) as e:
             raise DictionaryLoadError(f"{source}: bad 'circuits' block ({e})") from None
+    from circuits.model import parse_layer
 
     meta = raw.get("metadata", raw)
     hook = meta.get("hook_name") or raw.get("hook_name", "")
@@ -171,18 +196,13 @@ def config_from_saelens(raw: dict, source: Path) -> DictionaryConfig:
         raise DictionaryLoadError(f"{source}: hook {hook!r} is neither ln2.hook_normalized nor attn.hook_z; "
                                   "only transcoders and attention-output SAEs can be spliced")
     activation = "jumprelu" if "jumprelu" in arch else ("topk" if arch == "topk" else "relu")
+    model_name = meta.get("model_name") or "unknown"
     try:
-        return _build_config(raw, meta, kind, hook, activation)
+        return DictionaryConfig(
+            kind=kind, layer=parse_layer(hook), d_in=int(raw["d_in"]), d_sae=int(raw["d_sae"]),
+            d_out=int(raw.get("d_out", raw["d_in"])), activation=activation, k=raw.get("k") or None,
+            n_heads=n_heads_for(model_name, n_heads, source) if kind == "attention_sae" else None,
+            context_size=int(meta.get("context_size") or 128), model_name=model_name,
+        )
     except ValueError as e:
         raise DictionaryLoadError(f"{source}: {e}") from None
-
-
-def _build_config(raw: dict, meta: dict, kind: str, hook: str, activation: str) -> DictionaryConfig:
-    from circuits.model import parse_layer
-
-    return DictionaryConfig(
-        kind=kind, layer=parse_layer(hook), d_in=int(raw["d_in"]), d_sae=int(raw["d_sae"]),
-        d_out=int(raw.get("d_out", raw["d_in"])), activation=activation, k=raw.get("k") or None,
-        n_heads=raw.get("circuits_n_heads"), context_size=int(meta.get("context_size") or 128),
-        model_name=meta.get("model_name") or "unknown",
-    )

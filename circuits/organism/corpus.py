@@ -408,8 +408,6 @@ class ToyWorldCorpus:
             "capital": capital, "day": rng.choice(W.DAYS), "month": rng.choice(W.MONTHS),
         }
         values.update(given)
-        if "N" in given:
-            values.setdefault("pro", "he" if W.gender_of(given["N"]) == "male" else "she")
         pro_name = values["N"]
         values.setdefault("pro", "he" if W.gender_of(pro_name) == "male" else "she")
         values.setdefault("pos", "his" if W.gender_of(pro_name) == "male" else "her")
