@@ -41,8 +41,9 @@ def cmd_organism_train(args) -> int:
     from circuits.organism.evaluate import quick_eval
     from circuits.organism.train import OrganismTrainConfig, train_organism
 
-    cfg = OrganismTrainConfig(steps=args.steps, phase2_steps=args.phase2_steps, seed=args.seed,
-                              corpus_seed=args.corpus_seed)
+    phases = {"phase2_steps": 0, "phase3_steps": 0} if args.mix == "final" else {"phase2_steps": args.phase2_steps}
+    cfg = OrganismTrainConfig(steps=args.steps, seed=args.seed, corpus_seed=args.corpus_seed, mix=args.mix,
+                              **phases)
     out = Path(args.out)
     record = train_organism(out, cfg=cfg, resume=not args.no_resume, progress=not args.quiet,
                             quick_eval=quick_eval)
@@ -185,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/organism", help="run folder (checkpoints, log, exported weights)")
     t.add_argument("--steps", type=int, default=4500, help="phase-1 steps (batch 32 x 128 tokens)")
     t.add_argument("--phase2-steps", type=int, default=1500, help="phase-2 steps (compositional IOI, callbacks)")
+    t.add_argument("--mix", default="phased", choices=["phased", "final"],
+                   help="phased: the three-phase recipe; final: one corpus mix from step 0 (phase flags ignored)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--corpus-seed", type=int, default=0)
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")

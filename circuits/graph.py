@@ -10,9 +10,17 @@ Kinds:
 * ``token``: the embedding of the token at ``pos`` (``index`` = vocabulary id; position embedding included);
 * ``attn_feature`` / ``mlp_feature``: an active attention-SAE / transcoder feature (``index`` = feature id);
 * ``attn_error`` / ``mlp_error``: the dictionary's error term at (layer, pos) (``index`` = -1);
-* ``logit``: a target logit or logit difference at the last position (``index`` = vocabulary id of the token, or
-  -1 for a contrast);
-* ``constant``: the constant term of one target (biases), ``index`` = row of that target.
+* ``logit``: a target logit at the last position (``index`` = vocabulary id of the token);
+* ``logit_diff``: a contrast target "token A minus token B" at the last position (``index`` = id of A; the pair is in
+  ``metadata["targets"]``).
+
+Every node that is a target of edges (features, logits) also has a **constant term** (`constants`: everything that
+does not depend on any node — biases, LayerNorm offsets — read through the frozen model) and its
+**pre-activation** (`pre_activations`), so that for every such node
+
+    Σ incoming edge weights + constants[node] (+ dropped[node]) = pre_activations[node]
+
+exactly (``dropped`` is the sum of edges below an optional storage tolerance; zero by default).
 
 Layers: attention features of layer L have ``layer = L``; so do transcoder features; within a layer attention comes
 before the MLP (`Node.order`). Tokens have layer -1 and logits ``n_layers``.
@@ -26,8 +34,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-NodeKind = Literal["token", "attn_feature", "mlp_feature", "attn_error", "mlp_error", "logit", "constant"]
-SOURCE_KINDS: tuple[str, ...] = ("token", "attn_feature", "mlp_feature", "attn_error", "mlp_error", "constant")
+NodeKind = Literal["token", "attn_feature", "mlp_feature", "attn_error", "mlp_error", "logit", "logit_diff"]
+SOURCE_KINDS: tuple[str, ...] = ("token", "attn_feature", "mlp_feature", "attn_error", "mlp_error")
+TARGET_KINDS: tuple[str, ...] = ("logit", "logit_diff")
 FEATURE_KINDS: tuple[str, ...] = ("attn_feature", "mlp_feature")
 ERROR_KINDS: tuple[str, ...] = ("attn_error", "mlp_error")
 
@@ -45,7 +54,7 @@ class Node:
     def order(self) -> tuple[int, int]:
         """(layer, sublayer) in forward order: token < attn L < mlp L < attn L+1 < ... < logit."""
         sub = {"token": 0, "attn_feature": 1, "attn_error": 1, "mlp_feature": 2, "mlp_error": 2,
-               "logit": 3, "constant": 0}[self.kind]
+               "logit": 3, "logit_diff": 3}[self.kind]
         return (self.layer, sub)
 
     def to_json(self) -> list:
@@ -58,7 +67,7 @@ class Node:
     def short(self) -> str:
         """A compact human label (for display only; identity is the tuple)."""
         tag = {"token": "E", "attn_feature": "A", "mlp_feature": "M", "attn_error": "errA", "mlp_error": "errM",
-               "logit": "logit", "constant": "const"}[self.kind]
+               "logit": "logit", "logit_diff": "diff"}[self.kind]
         return f"{tag}{self.layer}[{self.pos}]#{self.index}"
 
 
@@ -67,16 +76,26 @@ class Graph:
     """Nodes, their activations, and sparse edges ``A[target, source]``."""
 
     nodes: tuple[Node, ...]
-    activations: Tensor  # [n_nodes] node value: feature activation, logit value, 1 for tokens/errors/constants
+    activations: Tensor  # [n_nodes] node value: feature activation, logit value, 1 for tokens/errors
     edge_index: Tensor  # [2, n_edges] long: (target_row, source_row)
     edge_weight: Tensor  # [n_edges]
     head_weights: Tensor | None = None  # [n_edges, n_heads] for edges into attention features (0 elsewhere)
     metadata: dict = field(default_factory=dict)
+    constants: Tensor | None = None  # [n_nodes] constant term of each target node (0 for pure sources)
+    pre_activations: Tensor | None = None  # [n_nodes] pre-activation of each target node (0 for pure sources)
+    dropped: Tensor | None = None  # [n_nodes] sum of edges not stored (below the storage tolerance)
+    target_weights: Tensor | None = None  # [n_nodes] weight of each target in influence (0 for non-targets)
 
     def __post_init__(self):
         n = len(self.nodes)
         if self.activations.shape != (n,):
             raise ValueError(f"activations must have shape ({n},)")
+        for name in ("constants", "pre_activations", "dropped", "target_weights"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, torch.zeros(n, dtype=self.edge_weight.dtype))
+            elif value.shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},)")
         if self.edge_index.shape[0] != 2 or self.edge_index.shape[1] != self.edge_weight.shape[0]:
             raise ValueError("edge_index must be [2, n_edges] matching edge_weight")
         self._row = {node: i for i, node in enumerate(self.nodes)}
@@ -107,6 +126,75 @@ class Graph:
         mask = self.edge_index[0] == self.row(node)
         return {self.nodes[int(s)]: float(w) for s, w in zip(self.edge_index[1][mask], self.edge_weight[mask],
                                                              strict=True)}
+
+    def incoming_sum(self) -> Tensor:
+        """[n_nodes] Σ of stored incoming edge weights per node."""
+        out = torch.zeros(self.n_nodes, dtype=self.edge_weight.dtype)
+        return out.index_add_(0, self.edge_index[0], self.edge_weight)
+
+    @property
+    def targets(self) -> list[Node]:
+        """Nodes with a positive target weight (the logits, the contrast, or the target feature)."""
+        return [self.nodes[i] for i in torch.nonzero(self.target_weights > 0).flatten().tolist()]
+
+    def subgraph(self, keep: Tensor, edge_mask: Tensor | None = None) -> Graph:
+        """The graph restricted to nodes where the bool mask `keep` [n_nodes] is true, and to the edges between
+        them (and in `edge_mask` [n_edges], when given)."""
+        keep = keep.bool()
+        new_row = torch.full((self.n_nodes,), -1, dtype=torch.long)
+        new_row[keep] = torch.arange(int(keep.sum()))
+        e_keep = keep[self.edge_index[0]] & keep[self.edge_index[1]]
+        if edge_mask is not None:
+            e_keep &= edge_mask
+        return Graph(
+            nodes=tuple(n for n, k in zip(self.nodes, keep.tolist(), strict=True) if k),
+            activations=self.activations[keep], edge_index=new_row[self.edge_index[:, e_keep]],
+            edge_weight=self.edge_weight[e_keep],
+            head_weights=None if self.head_weights is None else self.head_weights[e_keep],
+            metadata=dict(self.metadata), constants=self.constants[keep], pre_activations=self.pre_activations[keep],
+            dropped=self.dropped[keep], target_weights=self.target_weights[keep],
+        )
+
+    # -- serialisation ------------------------------------------------------------------------------------------
+
+    SCHEMA = "circuits-graph/1"
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable dict (versioned schema); `Graph.from_json` inverts it exactly for float32/64."""
+        return {
+            "schema": self.SCHEMA,
+            "dtype": str(self.edge_weight.dtype).removeprefix("torch."),
+            "nodes": [n.to_json() for n in self.nodes],
+            "activations": self.activations.tolist(),
+            "constants": self.constants.tolist(),
+            "pre_activations": self.pre_activations.tolist(),
+            "dropped": self.dropped.tolist(),
+            "target_weights": self.target_weights.tolist(),
+            "edges": {"target": self.edge_index[0].tolist(), "source": self.edge_index[1].tolist(),
+                      "weight": self.edge_weight.tolist()},
+            "head_weights": None if self.head_weights is None else self.head_weights.tolist(),
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Graph:
+        if data.get("schema") != cls.SCHEMA:
+            raise ValueError(f"not a circuits graph (schema {data.get('schema')!r}, expected {cls.SCHEMA!r})")
+        dtype = getattr(torch, data.get("dtype", "float32"))
+
+        def t(v):
+            return torch.tensor(v, dtype=dtype)
+
+        e = data["edges"]
+        return cls(
+            nodes=tuple(Node.from_json(v) for v in data["nodes"]), activations=t(data["activations"]),
+            edge_index=torch.tensor([e["target"], e["source"]], dtype=torch.long).reshape(2, -1),
+            edge_weight=t(e["weight"]),
+            head_weights=None if data.get("head_weights") is None else t(data["head_weights"]),
+            metadata=data.get("metadata", {}), constants=t(data["constants"]),
+            pre_activations=t(data["pre_activations"]), dropped=t(data["dropped"]),
+            target_weights=t(data["target_weights"]),
+        )
 
     def to_networkx(self):
         """A networkx DiGraph (source → target), node attributes from the node table, edge attribute weight."""

@@ -71,7 +71,7 @@ def hook_ln2_scale(layer: int) -> str:
 
 
 def hook_ln2_normalized(layer: int) -> str:
-    """Transcoder input: the MLP's LayerNorm output."""
+    """Transcoder input: the MLP's LayerNorm, ``P x / σ`` before its γ and β (TransformerLens' hook_normalized)."""
     return f"blocks.{layer}.ln2.hook_normalized"
 
 
@@ -82,6 +82,11 @@ def hook_mlp_out(layer: int) -> str:
 
 def hook_ln_final_scale() -> str:
     return "ln_final.hook_scale"
+
+
+def hook_ln_final_normalized() -> str:
+    """``P x / σ`` of the final LayerNorm (before its γ and β)."""
+    return "ln_final.hook_normalized"
 
 
 def parse_layer(hook_name: str) -> int:

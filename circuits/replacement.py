@@ -16,13 +16,29 @@ mean activation over a reference corpus.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from circuits.dictionaries.base import Dictionary
+from circuits.errors import CircuitsError
+from circuits.model import (
+    hook_attn_pattern,
+    hook_attn_z,
+    hook_ln1_scale,
+    hook_ln2_normalized,
+    hook_ln2_scale,
+    hook_ln_final_scale,
+    hook_mlp_out,
+    hook_resid_mid,
+    hook_resid_post,
+    hook_resid_pre,
+)
 
 Hook = tuple[str, Callable]
 ErrorMode = Literal["on", "off"]
@@ -88,3 +104,193 @@ def mean_activations(model, token_batches: Iterable[Tensor], hook_names: list[st
             sums[n] = sums[n] + s if n in sums else s
         count += tokens.numel()
     return {n: (s / count).float() for n, s in sums.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The replacement model: a model plus any subset of its dictionaries, exact through error terms
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class AttributionError(CircuitsError):
+    """Bad input to the replacement model or to attribution (empty prompt, too long, unknown token, ...)."""
+
+
+@dataclass
+class ReplacementCache:
+    """Everything one exact forward pass of the replacement model leaves behind (one prompt, batch 1).
+
+    Dimension names: pos (prompt positions, BOS at 0), d_model, n_heads, d_head, d_sae, vocab.
+    """
+
+    tokens: Tensor  # [pos] long
+    logits: Tensor  # [pos, vocab]
+    codes: dict[str, Tensor]  # dictionary name -> [pos, d_sae] sparse codes (dense storage)
+    errors: dict[str, Tensor]  # dictionary name -> [pos, d_out] error term in the dictionary's own space
+    error_writes: dict[str, Tensor]  # site name ("attn_L", "mlp_L") -> [pos, d_model] error written to the residual
+    pre_activations: dict[str, Tensor]  # dictionary name -> [pos, d_sae] encoder pre-activations
+    patterns: list[Tensor]  # per layer [n_heads, pos(query), pos(key)]
+    ln1_scale: list[Tensor]  # per layer [pos]
+    ln2_scale: list[Tensor]  # per layer [pos]
+    lnf_scale: Tensor  # [pos]
+    resid_pre: list[Tensor]  # per layer [pos, d_model]
+    resid_mid: list[Tensor]  # per layer [pos, d_model]
+    resid_final: Tensor  # [pos, d_model] (input of ln_final)
+    hook_values: dict[str, Tensor] = field(default_factory=dict)  # raw cached hook activations (batch 1 removed)
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def site_name(kind: str, layer: int) -> str:
+    """Residual-stream write site of a sublayer: ``attn_L`` or ``mlp_L``."""
+    return f"{kind}_{layer}"
+
+
+class ReplacementModel:
+    """A HookedTransformer with transcoders and attention SAEs spliced in, exact through their error terms.
+
+    ``run(prompt)`` does one exact forward pass and returns a `ReplacementCache`; ``frozen(cache)`` is a scoped
+    context in which the model's LayerNorm scales and attention patterns are held at the cached values, which
+    makes the model (with dictionary codes held fixed) the linear *local replacement model* of attribution.
+    """
+
+    def __init__(self, model, dictionaries):
+        from circuits.dictionaries.dictset import DictionarySet
+
+        dset = dictionaries if isinstance(dictionaries, DictionarySet) else DictionarySet(
+            "custom", {d.cfg.name: d for d in dictionaries})
+        dset.check_against(model)
+        self.model = model
+        self.dictionaries = dset
+        self.cfg = model.cfg
+        self.n_layers = model.cfg.n_layers
+        self.transcoders: dict[int, Dictionary] = {}
+        self.attention_saes: dict[int, Dictionary] = {}
+        for d in dset:
+            (self.transcoders if d.cfg.kind == "transcoder" else self.attention_saes)[d.cfg.layer] = d
+
+    # -- input checks -------------------------------------------------------------------------------------------
+
+    def tokenize(self, prompt: str | Tensor) -> Tensor:
+        """Prompt text (BOS prepended) or a 1-D token tensor → [pos] tokens, with clear errors for bad input."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise AttributionError("the prompt is empty; give at least one word")
+            tokens = self.model.to_tokens(prompt, truncate=False)[0]
+        else:
+            tokens = torch.as_tensor(prompt).long().reshape(-1)
+            if tokens.numel() == 0:
+                raise AttributionError("the prompt is empty; give at least one token")
+        n_ctx = self.cfg.n_ctx
+        if tokens.shape[0] > n_ctx:
+            raise AttributionError(f"the prompt has {tokens.shape[0]} tokens (BOS included) but the model's context "
+                                   f"is {n_ctx}; shorten the prompt")
+        longest = min((d.context_size for d in self.dictionaries), default=n_ctx)
+        if tokens.shape[0] > longest:
+            warnings.warn(f"the prompt has {tokens.shape[0]} tokens but a dictionary was trained on contexts of "
+                          f"{longest}; features beyond that are less reliable", stacklevel=2)
+        return tokens.to(self.cfg.device)
+
+    # -- the exact forward pass ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def run(self, prompt: str | Tensor) -> ReplacementCache:
+        """One exact forward pass (dictionaries spliced with error terms); caches what attribution needs."""
+        tokens = self.tokenize(prompt)
+        store: dict = {}
+        names = set()
+        for layer in range(self.n_layers):
+            names |= {hook_attn_pattern(layer), hook_resid_pre(layer), hook_resid_mid(layer), hook_attn_z(layer),
+                      hook_mlp_out(layer), hook_ln2_normalized(layer)}
+            if self.has_ln:
+                names |= {hook_ln1_scale(layer), hook_ln2_scale(layer)}
+        names.add(hook_resid_post(self.n_layers - 1))
+        if self.has_ln:
+            names.add(hook_ln_final_scale())
+        values: dict[str, Tensor] = {}
+
+        def keep(act, hook):
+            values[hook.name] = act[0].detach()
+
+        hooks = splice_hooks(self.dictionaries, "on", store) + [(n, keep) for n in sorted(names)]
+        logits = self.model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
+        n = tokens.shape[0]
+        ones = torch.ones(n, dtype=logits.dtype, device=logits.device)
+        scale = (lambda name: values[name].reshape(n)) if self.has_ln else (lambda name: ones)
+        codes, errors, error_writes, pre = {}, {}, {}, {}
+        for d in self.dictionaries:
+            c, e = store[d.cfg.name]
+            codes[d.cfg.name], errors[d.cfg.name] = c[0], e[0]
+            x = d.flatten_input(values[d.hook_in])
+            pre[d.cfg.name] = d.pre_activation(x.to(d.W_enc.dtype))
+        for layer in range(self.n_layers):
+            sae = self.attention_saes.get(layer)
+            if sae is not None:
+                error_writes[site_name("attn", layer)] = errors[sae.cfg.name].to(self.W_O_cat(layer).dtype) \
+                    @ self.W_O_cat(layer)
+            tc = self.transcoders.get(layer)
+            mlp_out = values[hook_mlp_out(layer)]
+            error_writes[site_name("mlp", layer)] = errors[tc.cfg.name] if tc is not None else mlp_out
+        return ReplacementCache(
+            tokens=tokens, logits=logits, codes=codes, errors=errors, error_writes=error_writes,
+            pre_activations=pre,
+            patterns=[values[hook_attn_pattern(layer)] for layer in range(self.n_layers)],
+            ln1_scale=[scale(hook_ln1_scale(layer)) for layer in range(self.n_layers)],
+            ln2_scale=[scale(hook_ln2_scale(layer)) for layer in range(self.n_layers)],
+            lnf_scale=scale(hook_ln_final_scale()),
+            resid_pre=[values[hook_resid_pre(layer)] for layer in range(self.n_layers)],
+            resid_mid=[values[hook_resid_mid(layer)] for layer in range(self.n_layers)],
+            resid_final=values[hook_resid_post(self.n_layers - 1)],
+            hook_values=values,
+        )
+
+    # -- the frozen (linear) model ------------------------------------------------------------------------------
+
+    @contextmanager
+    def frozen(self, cache: ReplacementCache):
+        """Hold LayerNorm scales and attention patterns at `cache`'s values inside the block.
+
+        Batches of any size are accepted (the cached values broadcast over the batch). The prompt must have the
+        cache's length. With nothing else changed, a forward pass inside equals the clean forward pass.
+        """
+        n = cache.n_pos
+        hooks: list[Hook] = []
+
+        def hold(value: Tensor):
+            def fn(act, hook):
+                if act.shape[-2 if act.ndim == 3 else -1] != n:
+                    raise AttributionError(f"frozen model: prompt length {act.shape} does not match the cache ({n})")
+                return value.to(act.dtype).expand_as(act)
+            return fn
+
+        for layer in range(self.n_layers):
+            hooks.append((hook_attn_pattern(layer), hold(cache.patterns[layer][None])))
+            if self.has_ln:
+                hooks.append((hook_ln1_scale(layer), hold(cache.ln1_scale[layer].reshape(1, n, 1))))
+                hooks.append((hook_ln2_scale(layer), hold(cache.ln2_scale[layer].reshape(1, n, 1))))
+        if self.has_ln:
+            hooks.append((hook_ln_final_scale(), hold(cache.lnf_scale.reshape(1, n, 1))))
+        with self.model.hooks(fwd_hooks=hooks):
+            yield self
+
+    # -- weights in the residual basis --------------------------------------------------------------------------
+
+    @property
+    def has_ln(self) -> bool:
+        return self.cfg.normalization_type in ("LN", "LNPre")
+
+    def W_O_cat(self, layer: int) -> Tensor:
+        """[n_heads * d_head, d_model]: attention output weights with heads concatenated (hook_z order)."""
+        W_O = self.model.blocks[layer].attn.W_O
+        return W_O.reshape(-1, W_O.shape[-1])
+
+    def ln_weights(self, which: str, layer: int | None = None) -> tuple[Tensor, Tensor]:
+        """(γ, β) of a LayerNorm ('ln1', 'ln2', 'ln_final'); ones and zeros for LNPre or no LayerNorm."""
+        module = self.model.ln_final if which == "ln_final" else getattr(self.model.blocks[layer], which)
+        d = self.cfg.d_model
+        dtype = self.model.W_E.dtype
+        w = getattr(module, "w", None)
+        b = getattr(module, "b", None)
+        return (w if w is not None else torch.ones(d, dtype=dtype, device=self.model.W_E.device),
+                b if b is not None else torch.zeros(d, dtype=dtype, device=self.model.W_E.device))

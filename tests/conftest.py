@@ -36,3 +36,63 @@ def tiny_model(tmp_path_factory):
     model.eval()
     torch.manual_seed(0)
     return model
+
+
+def build_tiny(tmp_folder, n_layers=2, d_model=32, n_heads=4, d_mlp=64, n_ctx=32, dtype=None, seed=0,
+               tokenizer=True, **overrides):
+    """A seeded tiny HookedTransformer with the organism's tokenizer (float64 when asked)."""
+    import torch
+    from transformer_lens import HookedTransformer
+
+    from circuits.organism.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
+    from circuits.organism.train import OrganismModelConfig, hooked_config
+
+    folder = save_tokenizer(tmp_folder / "tokenizer")
+    cfg = hooked_config(OrganismModelConfig(n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                                            d_head=d_model // n_heads, d_mlp=d_mlp, n_ctx=n_ctx,
+                                            d_vocab=build_tokenizer().get_vocab_size()))
+    cfg.dtype = dtype or torch.float32
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(seed)
+    model = HookedTransformer(cfg, tokenizer=load_tokenizer(folder) if tokenizer else None)
+    with torch.no_grad():  # non-trivial LayerNorm weights and biases everywhere
+        for name, p in model.named_parameters():
+            if name.endswith(("ln1.w", "ln2.w", "ln_final.w")):
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif name.endswith(("ln1.b", "ln2.b", "ln_final.b", "b_V", "b_O", "b_in", "b_out", "b_U")):
+                p.copy_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def random_dictionaries(model, d_sae=48, k=6, seed=0, layers=None, kinds=("transcoder", "attention_sae"),
+                        activation="topk"):
+    """Random dictionaries for every (or the given) layer of `model`, in the model's dtype."""
+    import torch
+
+    from circuits.dictionaries.base import DictionaryConfig, make_dictionary
+
+    torch.manual_seed(seed)
+    cfg = model.cfg
+    out = []
+    for layer in (range(cfg.n_layers) if layers is None else layers):
+        for kind in kinds:
+            d_in = cfg.d_model if kind == "transcoder" else cfg.n_heads * cfg.d_head
+            c = DictionaryConfig(kind, layer, d_in, d_sae, d_in if kind == "attention_sae" else cfg.d_model,
+                                 activation=activation, k=k if activation != "relu" else None,
+                                 n_heads=cfg.n_heads, context_size=cfg.n_ctx)
+            d = make_dictionary(c, dtype=cfg.dtype)
+            with torch.no_grad():
+                for p in d.parameters():
+                    p.normal_(0, 0.3)
+            out.append(d.eval())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny64(tmp_path_factory):
+    """(model, dictionaries): a float64 2-layer model with random transcoders and attention SAEs on every layer."""
+    import torch
+
+    model = build_tiny(tmp_path_factory.mktemp("tiny64"), dtype=torch.float64)
+    return model, random_dictionaries(model)

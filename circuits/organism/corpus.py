@@ -247,6 +247,44 @@ IOI_PHASE3_ACTIONS: tuple[str, ...] = IOI_ACTIONS + (
     "{S} looked for",
 )
 
+#: The "final" mix (`ToyWorldCorpus(mix="final")`): one corpus from step 0, no phases. IOI sentences come 30% from
+#: the 16 training templates and 70% from a wider grammar — 16 frames × 17 verb phrases × 30 actions, an optional
+#: filler sentence between the clauses and an optional adverb before the action — so that neither where the names
+#: sit, the connective, nor the final verb can stand in for the mechanism. Training the phased recipe left the model
+#: keyed to its templates (held-out templates ABBA 34%); the grammar uses none of the held-out templates' words
+#: ("Once", "As", "spent the day", "reached", "left", "mailed", "tossed", "returned") in IOI sentences.
+IOI_FINAL_FRAMES: tuple[str, ...] = IOI_FRAMES + (
+    "In {month}, {A} and {B} {vp} the {place}.",
+    "Later, {A} and {B} {vp} the {place}.",
+    "It was a {adj} day when {A} and {B} {vp} the {place}.",
+    "{A} and {B} {vp} the {place} in {city}.",
+    "When {A} and {B} {vp} the {place} on {day},",
+    "After lunch, {A} and {B} {vp} the {place}.",
+)
+IOI_FINAL_VERB_PHRASES: tuple[str, ...] = IOI_VERB_PHRASES + (
+    "stayed at", "were walking to", "lost a {object} at", "opened a {object} at", "looked for a {object} at",
+    "talked at",
+)
+IOI_FINAL_ACTIONS: tuple[str, ...] = IOI_PHASE3_ACTIONS + (
+    "{S} gave the {object} to", "{S} handed the {object} to", "{S} showed the {object} to", "{S} saw",
+    "{S} knew", "{S} brought the {object} to",
+)
+IOI_FINAL_FILLERS: tuple[str, ...] = (
+    "It was a {adj} day.", "The {place} was {adj}.", "The {object} was {adj}.", "It was {adj}.",
+)
+IOI_FINAL_ADVERBS: tuple[str, ...] = ("Then", "Later,", "Afterwards", "Then,", "Yesterday")
+FINAL_FAMILY_WEIGHTS: dict[str, float] = {
+    "ioi": 0.30,
+    "callback": 0.10,
+    "induction": 0.11,
+    "facts": 0.12,
+    "two_hop": 0.04,
+    "greater_than": 0.08,
+    "successor": 0.07,
+    "pronoun": 0.06,
+    "story": 0.12,
+}
+
 #: Training rows from this index on use phase 2 (= step 4500 of batch 32); every other stream is phase 2 throughout.
 PHASE2_START_ROW = 4500 * 32
 #: Training rows from this index on use phase 3 (= step 6000); every other stream is phase 3 throughout.
@@ -266,6 +304,7 @@ def all_corpus_words() -> set[str]:
     templates = (
         IOI_TRAIN_TEMPLATES + IOI_HELDOUT_TEMPLATES + IOI_INTROS + IOI_ACTIONS + CALLBACK_TEMPLATES
         + IOI_FRAMES + IOI_VERB_PHRASES + IOI_PHASE3_ACTIONS
+        + IOI_FINAL_FRAMES + IOI_FINAL_VERB_PHRASES + IOI_FINAL_ACTIONS + IOI_FINAL_FILLERS + IOI_FINAL_ADVERBS
         + STORY_TEMPLATES + PRONOUN_TRAIN_TEMPLATES
         + PRONOUN_HELDOUT_TEMPLATES + SUCCESSOR_TRAIN_CARRIERS + SUCCESSOR_HELDOUT_CARRIERS
         + ONE_HOP_TRAIN_TEMPLATES + (TWO_HOP_TEMPLATE, GREATER_THAN_TEMPLATE)
@@ -353,14 +392,18 @@ class ToyWorldCorpus:
     """Deterministic generator of training text and evaluation prompts for one seed."""
 
     def __init__(self, seed: int = 0, phase2_start_row: int = PHASE2_START_ROW,
-                 phase3_start_row: int = PHASE3_START_ROW):
+                 phase3_start_row: int = PHASE3_START_ROW, mix: Literal["phased", "final"] = "phased"):
+        if mix not in ("phased", "final"):
+            raise ValueError(f"unknown corpus mix {mix!r}; use 'phased' or 'final'")
         self.seed = seed
+        self.mix = mix
         self.phase2_start_row = phase2_start_row
         self.phase3_start_row = phase3_start_row
         self._families = list(FAMILY_WEIGHTS)
         self._weights = [FAMILY_WEIGHTS[f] for f in self._families]
-        self._families2 = list(PHASE2_FAMILY_WEIGHTS)
-        self._weights2 = [PHASE2_FAMILY_WEIGHTS[f] for f in self._families2]
+        weights2 = FINAL_FAMILY_WEIGHTS if mix == "final" else PHASE2_FAMILY_WEIGHTS
+        self._families2 = list(weights2)
+        self._weights2 = [weights2[f] for f in self._families2]
         self._pool = induction_word_pool()
 
     # -- training text ------------------------------------------------------------------------------------------
@@ -370,7 +413,12 @@ class ToyWorldCorpus:
         return random.Random(f"{self.seed}/{stream}/{index}")
 
     def phase(self, index: int, stream: str) -> int:
-        """The training phase of a row: 1, 2 or 3 by row index; every other stream is phase 3 (the final mix)."""
+        """The training phase of a row: 1, 2 or 3 by row index; every other stream is phase 3 (the final mix).
+
+        With ``mix="final"`` every row of every stream is "phase" 4: the single final mix.
+        """
+        if self.mix == "final":
+            return 4
         if stream != "train" or index >= self.phase3_start_row:
             return 3
         return 1 if index < self.phase2_start_row else 2
@@ -388,7 +436,7 @@ class ToyWorldCorpus:
                 sentence = self.sentence(rng)
             else:
                 family = rng.choices(self._families2, self._weights2)[0]
-                prefix = "_phase2_" if phase == 2 else "_phase3_"
+                prefix = {2: "_phase2_", 3: "_phase3_", 4: "_final_"}[phase]
                 sentence = getattr(self, f"{prefix}{family}", getattr(self, f"_train_{family}"))(rng)
             parts.append(sentence)
             count += len(pretokenize(sentence))
@@ -435,6 +483,21 @@ class ToyWorldCorpus:
         intro = rng.choice(IOI_FRAMES).replace("{vp}", rng.choice(IOI_VERB_PHRASES))
         template = intro + " " + rng.choice(IOI_PHASE3_ACTIONS)
         text, io, _ = self._ioi(rng, template, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
+        return f"{text} {io}."
+
+    def _final_ioi(self, rng: random.Random) -> str:
+        if rng.random() < 0.3:
+            return self._train_ioi(rng)
+        intro = rng.choice(IOI_FINAL_FRAMES).replace("{vp}", rng.choice(IOI_FINAL_VERB_PHRASES))
+        if intro.endswith(".") and rng.random() < 0.3:
+            intro += " " + rng.choice(IOI_FINAL_FILLERS)
+        action = rng.choice(IOI_FINAL_ACTIONS)
+        if intro.endswith(".") and rng.random() < 0.2:
+            action = rng.choice(IOI_FINAL_ADVERBS) + " " + action
+        filled = (intro + " " + action).replace("{adj}", rng.choice(W.ADJECTIVES)).replace(
+            "{month}", rng.choice(W.MONTHS)).replace("{city}", rng.choice(W.CITIES)).replace(
+            "{day}", rng.choice(W.DAYS))
+        text, io, _ = self._ioi(rng, filled, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
         return f"{text} {io}."
 
     def _train_callback(self, rng: random.Random) -> str:

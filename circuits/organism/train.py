@@ -59,8 +59,13 @@ class OrganismTrainConfig:
     checkpoint_every: int = 250
     eval_every: int = 250
     log_every: int = 25
+    mix: str = "phased"  # "phased": phases 1-3 as above; "final": one corpus (ToyWorldCorpus mix="final") throughout
 
     def __post_init__(self):
+        if self.mix not in ("phased", "final"):
+            raise ValueError(f"unknown mix {self.mix!r}; use 'phased' or 'final'")
+        if self.mix == "final" and (self.phase2_steps or self.phase3_steps):
+            raise ValueError("the final mix has no phases: set phase2_steps and phase3_steps to 0")
         if self.steps <= 0 or self.batch_size <= 0 or self.phase2_steps < 0 or self.phase3_steps < 0:
             raise ValueError("steps and batch_size must be positive, phase2_steps non-negative")
 
@@ -155,7 +160,7 @@ def train_organism(out: Path, model_cfg: OrganismModelConfig = OrganismModelConf
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     corpus = ToyWorldCorpus(cfg.corpus_seed, phase2_start_row=cfg.steps * cfg.batch_size,
-                            phase3_start_row=(cfg.steps + cfg.phase2_steps) * cfg.batch_size)
+                            phase3_start_row=(cfg.steps + cfg.phase2_steps) * cfg.batch_size, mix=cfg.mix)
     ckpt_path = out / "checkpoint.pt"
     start = 0
     if resume and ckpt_path.exists():

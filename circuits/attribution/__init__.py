@@ -1,0 +1,176 @@
+"""Attribution graphs: from a prompt and a target to a typed, weighted graph of features, tokens and errors.
+
+``attribute(rm, prompt, target)`` runs the replacement model once (exact, with error terms), freezes LayerNorm
+scales and attention patterns, collects every source node (tokens, active features, error nodes), and computes
+the direct edge from every source to every target node (every active feature and the logit targets) — either
+analytically (`circuits.attribution.analytic`, batched matrix products with per-head breakdowns) or by autograd
+(`circuits.attribution.autograd`, which also handles attention layers without an SAE). Every target node gets a
+constant term so that incoming edges + constant = its pre-activation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Literal
+
+import torch
+
+from circuits.attribution.analytic import Edges, analytic_edges
+from circuits.attribution.autograd import autograd_edges
+from circuits.attribution.sources import Sources, collect_sources
+from circuits.attribution.targets import (
+    Contrast,
+    FeatureTarget,
+    Logit,
+    LogitRead,
+    Target,
+    TopLogits,
+    resolve_logit_targets,
+    token_string,
+)
+from circuits.graph import Graph
+from circuits.replacement import AttributionError, ReplacementCache, ReplacementModel
+
+Method = Literal["analytic", "autograd", "auto"]
+
+__all__ = ["Contrast", "FeatureTarget", "Logit", "TopLogits", "attribute", "Target"]
+
+
+def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target | None = None, *,
+              method: Method = "auto", demean_logits: bool = False, edge_tolerance: float = 0.0,
+              memory_limit_bytes: int | None = None, cache: ReplacementCache | None = None) -> Graph:
+    """The attribution graph of `prompt` for `target` (default: the salient top logits) in `rm`.
+
+    method: "analytic" (needs an SAE on every attention layer), "autograd", or "auto" (analytic when possible).
+    edge_tolerance: store only edges with |w| ≥ tolerance × (largest |w| into the same target); what is dropped is
+    kept per node in ``graph.dropped`` so the exactness identity still holds. 0 (default) stores every edge.
+    """
+    target = TopLogits() if target is None else target
+    if method not in ("analytic", "autograd", "auto"):
+        raise AttributionError(f"unknown method {method!r}; use 'analytic', 'autograd' or 'auto'")
+    if not 0 <= edge_tolerance < 1:
+        raise AttributionError(f"edge_tolerance must be in [0, 1), got {edge_tolerance}")
+    t0 = time.perf_counter()
+    cache = cache if cache is not None else rm.run(prompt)
+    timings = {"forward": time.perf_counter() - t0}
+    src = collect_sources(rm, cache)
+    last = cache.n_pos - 1
+    if isinstance(target, FeatureTarget):
+        if target.node not in set(src.nodes) or not target.node.kind.endswith("_feature"):
+            raise AttributionError(f"feature target {target.node.short()} is not active on this prompt; "
+                                   "pick a feature from the graph's node table")
+        reads: list[LogitRead] = []
+    elif isinstance(target, TopLogits | Logit | Contrast):
+        reads = resolve_logit_targets(rm.model, cache.logits[last], target, demean_logits, last)
+    else:
+        raise AttributionError(f"unknown target {target!r}; use TopLogits, Logit, Contrast or FeatureTarget")
+    if method == "auto":
+        method = "analytic" if len(rm.attention_saes) == rm.n_layers else "autograd"
+    _check_memory(rm, src, memory_limit_bytes, edge_tolerance)
+    t1 = time.perf_counter()
+    if method == "analytic":
+        edges = analytic_edges(rm, cache, src, reads, tolerance=edge_tolerance)
+    else:
+        edges = autograd_edges(rm, cache, src, reads)
+    timings["edges"] = time.perf_counter() - t1
+    graph = _build_graph(rm, cache, src, reads, edges, target, method, demean_logits, edge_tolerance)
+    if isinstance(target, FeatureTarget):
+        graph = _upstream_of(graph, graph.row(target.node))
+    timings["total"] = time.perf_counter() - t0
+    graph.metadata["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    return graph
+
+
+def _check_memory(rm: ReplacementModel, src: Sources, limit: int | None, tolerance: float) -> None:
+    """Refuse a graph whose edges would not fit (estimated before computing anything large)."""
+    n_feat = [n.kind.endswith("_feature") for n in src.nodes]
+    n_targets = sum(n_feat)
+    mean_sources = len(src) / 2  # causal: on average half the sources precede a target
+    est_edges = n_targets * mean_sources * (0.1 if tolerance > 0 else 1.0)
+    bytes_per_edge = 8 + 8 + 8 + 8 * rm.cfg.n_heads
+    needed = est_edges * bytes_per_edge
+    if limit is None:
+        limit = _available_memory() // 2
+    if needed > limit:
+        raise AttributionError(
+            f"this graph would need about {needed / 2**30:.1f} GiB for {est_edges:.2e} edges "
+            f"({n_targets} active features, {len(src)} sources), more than the {limit / 2**30:.1f} GiB allowed; "
+            "pass edge_tolerance=1e-3 (store only edges above that fraction of each target's largest) or a shorter "
+            "prompt")
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _build_graph(rm, cache, src: Sources, reads: list[LogitRead], edges: Edges, target, method: str,
+                 demean: bool, tolerance: float) -> Graph:
+    nodes = tuple(src.nodes) + tuple(r.node for r in reads)
+    dtype = src.vectors.dtype
+    activations = torch.cat([src.activations, torch.tensor([r.value for r in reads], dtype=dtype)])
+    weights = torch.zeros(len(nodes), dtype=dtype)
+    for k, r in enumerate(reads):
+        weights[len(src) + k] = r.weight
+    if isinstance(target, FeatureTarget):
+        weights[src.nodes.index(target.node)] = 1.0
+    model = rm.model
+    meta = {
+        "method": method,
+        "target": _describe(target),
+        "targets": [{"label": r.label, "node": r.node.to_json(), "weight": r.weight, "value": r.value}
+                    for r in reads],
+        "tokens": cache.tokens.tolist(),
+        "token_strings": [token_string(model, t) for t in cache.tokens.tolist()],
+        "bos_pos": 0 if int(cache.tokens[0]) == _bos_id(model) else None,
+        "n_layers": rm.n_layers,
+        "n_heads": rm.cfg.n_heads,
+        "dictionaries": sorted(d.cfg.name for d in rm.dictionaries),
+        "demean_logits": demean,
+        "edge_tolerance": tolerance,
+        "position_embeddings": "folded into token nodes",
+    }
+    if isinstance(target, Contrast):
+        from circuits.attribution.targets import single_token
+
+        meta["contrast"] = [single_token(model, target.token), single_token(model, target.baseline)]
+    return Graph(nodes=nodes, activations=activations, edge_index=torch.stack([edges.target, edges.source]),
+                 edge_weight=edges.weight, head_weights=edges.head_weight, metadata=meta,
+                 constants=edges.constants, pre_activations=edges.pre_activations, dropped=edges.dropped,
+                 target_weights=weights)
+
+
+def _bos_id(model) -> int | None:
+    tok = getattr(model, "tokenizer", None)
+    return getattr(tok, "bos_token_id", None) if tok is not None else None
+
+
+def _describe(target) -> dict:
+    if isinstance(target, FeatureTarget):
+        return {"kind": "feature", "node": target.node.to_json()}
+    if isinstance(target, TopLogits):
+        return {"kind": "top_logits", "cum_prob": target.cum_prob, "max_logits": target.max_logits}
+    if isinstance(target, Logit):
+        return {"kind": "logit", "tokens": list(target.tokens)}
+    return {"kind": "contrast", "token": target.token, "baseline": target.baseline}
+
+
+def _upstream_of(graph: Graph, row: int) -> Graph:
+    """The graph restricted to `row` and every node with a path of edges into it."""
+    keep = torch.zeros(graph.n_nodes, dtype=torch.bool)
+    keep[row] = True
+    frontier = keep.clone()
+    src, tgt = graph.edge_index[1], graph.edge_index[0]
+    while frontier.any():
+        reached = torch.zeros_like(keep)
+        reached[src[frontier[tgt]]] = True
+        frontier = reached & ~keep
+        keep |= reached
+    return graph.subgraph(keep)

@@ -1,0 +1,108 @@
+"""The sources of a graph: everything that writes into the residual stream, as typed nodes with write vectors.
+
+In forward order (``site``: 0 = embeddings, 2L+1 = attention L, 2L+2 = MLP L):
+
+* token nodes — ``W_E[t_p] + W_pos[p]`` (the position embedding is folded into the token node);
+* attention-SAE features — ``f_i(p) · W_dec[i] W_O_cat``; the attention error — ``(z − ẑ)[p] W_O_cat``;
+* transcoder features — ``g_j(p) · W_dec[j]``; the MLP error — ``mlp_out − ô``; an MLP without a transcoder is
+  one error node per position carrying its whole output.
+
+What is left — ``b_dec W_O_cat + b_O`` of each attention layer with an SAE and each transcoder's output bias — is
+the same at every position and depends on no node: it is part of each target's constant term (`constant_writes`).
+An attention layer *without* an SAE writes nothing of its own: in the frozen model it is a linear channel that
+carries earlier writes to later positions (only the autograd path handles it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuits.graph import Node
+from circuits.replacement import ReplacementCache, ReplacementModel, site_name
+
+
+def attn_site(layer: int) -> int:
+    return 2 * layer + 1
+
+
+def mlp_site(layer: int) -> int:
+    return 2 * layer + 2
+
+
+@dataclass
+class Sources:
+    """Source nodes of one prompt. S = number of sources."""
+
+    nodes: list[Node]
+    vectors: Tensor  # [S, d_model] write into the residual stream
+    pos: Tensor  # [S] long
+    site: Tensor  # [S] long, forward order of the writing sublayer
+    activations: Tensor  # [S] feature activation; 1 for tokens and errors
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+def feature_writes(rm: ReplacementModel, kind: str, layer: int) -> Tensor:
+    """[d_sae, d_model]: what one unit of each feature writes into the residual stream."""
+    if kind == "attn":
+        d = rm.attention_saes[layer]
+        return d.W_dec.to(rm.W_O_cat(layer).dtype) @ rm.W_O_cat(layer)
+    return rm.transcoders[layer].W_dec
+
+
+@torch.no_grad()
+def collect_sources(rm: ReplacementModel, cache: ReplacementCache) -> Sources:
+    """Every source node of the cached prompt, in forward order (site, then position, then feature index)."""
+    model = rm.model
+    n = cache.n_pos
+    dtype = model.W_E.dtype
+    nodes: list[Node] = [Node("token", -1, p, int(t)) for p, t in enumerate(cache.tokens.tolist())]
+    vecs = [model.W_E[cache.tokens] + model.W_pos[:n]]
+    pos = [torch.arange(n)]
+    site = [torch.zeros(n, dtype=torch.long)]
+    acts = [torch.ones(n, dtype=dtype)]
+    for layer in range(rm.n_layers):
+        for kind, dicts, site_id in (("attn", rm.attention_saes, attn_site(layer)),
+                                     ("mlp", rm.transcoders, mlp_site(layer))):
+            d = dicts.get(layer)
+            if d is None and kind == "attn":
+                continue  # a linear channel, not a source
+            if d is not None:
+                codes = cache.codes[d.cfg.name]
+                p_idx, f_idx = torch.nonzero(codes, as_tuple=True)
+                a = codes[p_idx, f_idx].to(dtype)
+                vecs.append(a[:, None] * feature_writes(rm, kind, layer)[f_idx].to(dtype))
+                nodes += [Node(f"{kind}_feature", layer, p, i) for p, i in zip(p_idx.tolist(), f_idx.tolist(),
+                                                                               strict=True)]
+                pos.append(p_idx)
+                site.append(torch.full_like(p_idx, site_id))
+                acts.append(a)
+            vecs.append(cache.error_writes[site_name(kind, layer)].to(dtype))
+            nodes += [Node(f"{kind}_error", layer, p, -1) for p in range(n)]
+            pos.append(torch.arange(n))
+            site.append(torch.full((n,), site_id, dtype=torch.long))
+            acts.append(torch.ones(n, dtype=dtype))
+    return Sources(nodes, torch.cat(vecs), torch.cat(pos), torch.cat(site), torch.cat(acts))
+
+
+@torch.no_grad()
+def constant_writes(rm: ReplacementModel) -> list[Tensor]:
+    """Per site [d_model]: the node-independent part of what that site writes (same at every position).
+
+    Site 0 (embeddings) writes nothing constant; an attention site without an SAE has no entry of its own (its
+    constant output is carried by the linear channel and only the autograd path accounts for it).
+    """
+    dtype = rm.model.W_E.dtype
+    zero = torch.zeros(rm.cfg.d_model, dtype=dtype, device=rm.model.W_E.device)
+    out = [zero]
+    for layer in range(rm.n_layers):
+        sae = rm.attention_saes.get(layer)
+        attn = rm.model.blocks[layer].attn
+        out.append(sae.b_dec.to(dtype) @ rm.W_O_cat(layer) + attn.b_O if sae is not None else zero)
+        tc = rm.transcoders.get(layer)
+        out.append(tc.b_dec.to(dtype) if tc is not None else zero)
+    return out

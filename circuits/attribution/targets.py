@@ -1,0 +1,141 @@
+"""What a graph explains: attribution targets and the residual-stream direction each one reads.
+
+A target is one of
+
+* `TopLogits` — the salient next-token logits: the smallest set of top tokens whose probabilities sum to at least
+  ``cum_prob``, at most ``max_logits`` of them, each weighted by its probability in pruning;
+* `Logit` — named tokens' logits (weight 1 each unless given);
+* `Contrast` — "token A minus token B", the IOI-style logit difference (weight 1);
+* `FeatureTarget` — one active feature (a local circuit: what drives this feature).
+
+Logit targets read the final residual stream at the last position through the frozen final LayerNorm:
+``logit_t = (γf ⊙ P x / σf + βf) · W_U[:, t] + b_U[t]``; a contrast uses ``W_U[:, a] − W_U[:, b]``. With
+``demean=True`` each unembedding column has its mean over the vocabulary removed (as circuit-tracer does), which
+explains ``logit_t − mean(logits)`` instead of the raw logit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuits.graph import Node
+
+
+@dataclass(frozen=True)
+class TopLogits:
+    cum_prob: float = 0.95
+    max_logits: int = 10
+
+    def __post_init__(self):
+        if not 0 < self.cum_prob <= 1:
+            raise ValueError(f"cum_prob must be in (0, 1], got {self.cum_prob}")
+        if self.max_logits < 1:
+            raise ValueError("max_logits must be at least 1")
+
+
+@dataclass(frozen=True)
+class Logit:
+    tokens: tuple[str | int, ...]
+    weights: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Contrast:
+    token: str | int
+    baseline: str | int
+
+
+@dataclass(frozen=True)
+class FeatureTarget:
+    node: Node
+
+
+Target = TopLogits | Logit | Contrast | FeatureTarget
+
+
+def token_string(model, token: int) -> str:
+    """Display text of one token id (the id itself when the model has no tokenizer)."""
+    if getattr(model, "tokenizer", None) is None:
+        return f"<{token}>"
+    return model.to_string(torch.tensor([token]))
+
+
+@dataclass(frozen=True)
+class LogitRead:
+    """A resolved logit-type target: its node, unembedding direction [d_model], bias, and weight."""
+
+    node: Node
+    direction: Tensor  # [d_model]
+    bias: float
+    weight: float
+    label: str
+    value: float  # the (demeaned) logit or logit difference in the clean forward pass
+
+
+def single_token(model, token: str | int) -> int:
+    """A vocabulary id for `token`: an id, or text that is one token (with or without its leading space)."""
+    from circuits.replacement import AttributionError
+
+    if isinstance(token, int):
+        if not 0 <= token < model.cfg.d_vocab:
+            raise AttributionError(f"token id {token} is outside the vocabulary (0..{model.cfg.d_vocab - 1})")
+        return token
+    if getattr(model, "tokenizer", None) is None:
+        raise AttributionError(f"the model has no tokenizer: give target {token!r} as a token id")
+    unk = getattr(model.tokenizer, "unk_token_id", None)
+    for text in dict.fromkeys([token, token.lstrip(), " " + token.lstrip()]):  # tokenizers differ on spaces
+        ids = model.to_tokens(text, prepend_bos=False)[0] if text else torch.zeros(0)
+        if ids.numel() == 1 and int(ids[0]) != unk:
+            return int(ids[0])
+    pieces = model.to_str_tokens(token, prepend_bos=False)
+    raise AttributionError(f"target {token!r} is not a single token (it splits into {pieces}); "
+                           "give one vocabulary token")
+
+
+def resolve_logit_targets(model, logits_last: Tensor, target, demean: bool, pos: int) -> list[LogitRead]:
+    """Resolve a logit-type target; `logits_last` [vocab] are the clean logits at position `pos` (the last)."""
+    from circuits.replacement import AttributionError
+
+    n_layers = model.cfg.n_layers
+    W_U, b_U = model.W_U.detach(), model.b_U.detach()
+    logits_last = logits_last.detach()
+    probs = torch.softmax(logits_last.double(), -1)
+    if demean:
+        W_U = W_U - W_U.mean(1, keepdim=True)
+        b_U = b_U - b_U.mean()
+        logits_last = logits_last - logits_last.mean()
+
+    def read(tok: int, weight: float) -> LogitRead:
+        node = Node("logit", n_layers, pos, tok)
+        return LogitRead(node, W_U[:, tok], float(b_U[tok]), weight, token_string(model, tok),
+                         float(logits_last[tok]))
+
+    if isinstance(target, TopLogits):
+        order = probs.argsort(descending=True)
+        chosen, total = [], 0.0
+        for tok in order[: target.max_logits].tolist():
+            chosen.append(tok)
+            total += float(probs[tok])
+            if total >= target.cum_prob:
+                break
+        return [read(t, float(probs[t])) for t in chosen]
+    if isinstance(target, Logit):
+        toks = [single_token(model, t) for t in target.tokens]
+        if not toks:
+            raise AttributionError("Logit target needs at least one token")
+        weights = target.weights or (1.0,) * len(toks)
+        if len(weights) != len(toks):
+            raise AttributionError("Logit target: give one weight per token")
+        return [read(t, float(w)) for t, w in zip(toks, weights, strict=True)]
+    if isinstance(target, Contrast):
+        a, b = single_token(model, target.token), single_token(model, target.baseline)
+        if a == b:
+            raise AttributionError(f"contrast target: {target.token!r} and {target.baseline!r} are the same token; "
+                                   "a contrast needs two different tokens")
+        label = f"{token_string(model, a)} − {token_string(model, b)}"
+        return [LogitRead(Node("logit_diff", n_layers, pos, a), W_U[:, a] - W_U[:, b], float(b_U[a] - b_U[b]), 1.0,
+                          label, float(logits_last[a] - logits_last[b]))]
+    raise TypeError(f"not a logit target: {target!r}")

@@ -1,0 +1,139 @@
+"""Pruning attribution graphs by influence, and the graph-level scores (circuit-tracer conventions).
+
+1. **Normalised adjacency** ``Â = |A| / rowsum|A|`` (rows are targets; a row with no edges stays zero).
+2. **Influence** of every node on the targets: ``I = w (Â + Â² + …)``, where ``w`` are the target weights (logit
+   probabilities, or 1 for a contrast or a feature target). The graph is a DAG, so the series ends after at most
+   depth-many terms; it is computed edge-wise (``O(edges)`` per term), never as a dense matrix.
+3. **Nodes**: features and error nodes are ranked by influence; the smallest set whose influence reaches
+   ``node_threshold`` of the total is kept (then at most ``max_feature_nodes`` features). Tokens and targets always
+   stay.
+4. **Edges**: on the node-pruned graph, recompute ``Â'`` and ``I'``; score each edge ``Â'[i, j] · (I'_i + w_i)``
+   and keep the smallest set reaching ``edge_threshold`` of the total score.
+5. **Dangling nodes**: repeatedly drop features and errors with no kept outgoing edge, and features with no kept
+   incoming edge.
+
+Scores: replacement score ``Σ_tokens I / (Σ_tokens I + Σ_errors I)`` (how much of the influence reaching the
+targets starts at tokens rather than errors) and completeness ``Σ_i (1 − Σ_{e ∈ errors} Â[i, e]) (I_i + w_i) /
+Σ_i (I_i + w_i)`` (how much of each node's input is explained by non-error nodes, weighted by importance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuits.errors import CircuitsError
+from circuits.graph import ERROR_KINDS, FEATURE_KINDS, Graph
+
+
+@dataclass
+class PruneResult:
+    graph: Graph  # the pruned graph
+    node_mask: Tensor  # [n_nodes of the input graph] bool
+    edge_mask: Tensor  # [n_edges of the input graph] bool
+    node_influence: Tensor  # [n_nodes of the input graph] influence on the targets before pruning
+
+
+@dataclass
+class GraphScores:
+    replacement: float
+    completeness: float
+
+
+def normalized_weights(graph: Graph, edge_mask: Tensor | None = None) -> Tensor:
+    """[n_edges] ``|w| / Σ |w| over the target's incoming edges`` (masked-out edges get 0)."""
+    w = graph.edge_weight.abs()
+    if edge_mask is not None:
+        w = w * edge_mask
+    rowsum = torch.zeros(graph.n_nodes, dtype=w.dtype).index_add_(0, graph.edge_index[0], w)
+    denom = rowsum[graph.edge_index[0]]
+    return torch.where(denom > 0, w / denom.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
+
+
+def influence(graph: Graph, edge_mask: Tensor | None = None, max_depth: int | None = None) -> Tensor:
+    """[n_nodes] ``w (Â + Â² + …)``: total normalised influence of each node on the weighted targets."""
+    a = normalized_weights(graph, edge_mask)
+    tgt, src = graph.edge_index
+    x = graph.target_weights.to(a.dtype).clone()
+    total = torch.zeros_like(x)
+    for _ in range(max_depth or graph.n_nodes + 1):
+        x = torch.zeros_like(x).index_add_(0, src, x[tgt] * a)
+        if not x.any():
+            return total
+        total += x
+    raise CircuitsError("influence did not converge: the graph has a cycle")
+
+
+def _smallest_set_reaching(scores: Tensor, threshold: float) -> Tensor:
+    """Bool mask of the highest scores whose sum first reaches `threshold` of the total."""
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    total = scores.sum()
+    if scores.numel() == 0 or total <= 0:
+        return keep
+    order = scores.argsort(descending=True)
+    before = torch.cumsum(scores[order], 0) - scores[order]  # sum of strictly higher-ranked scores
+    keep[order[before < threshold * total]] = True
+    return keep
+
+
+def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98,
+          max_feature_nodes: int | None = None) -> PruneResult:
+    """Prune `graph` by influence (see the module docstring); returns the pruned graph and the masks."""
+    for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if not 0 < value <= 1:
+            raise CircuitsError(f"{name} must be in (0, 1], got {value}")
+    if max_feature_nodes is not None and max_feature_nodes < 0:
+        raise CircuitsError("max_feature_nodes must be non-negative")
+    kinds = [n.kind for n in graph.nodes]
+    is_feature = torch.tensor([k in FEATURE_KINDS for k in kinds], dtype=torch.bool)
+    is_error = torch.tensor([k in ERROR_KINDS for k in kinds], dtype=torch.bool)
+    is_target = graph.target_weights > 0
+    always = ~(is_feature | is_error) | is_target  # tokens and targets
+    node_inf = influence(graph)
+    candidates = ~always
+    node_mask = always.clone()
+    kept = _smallest_set_reaching(node_inf[candidates], node_threshold)
+    node_mask[torch.nonzero(candidates).flatten()[kept]] = True
+    if max_feature_nodes is not None:
+        feats = torch.nonzero(node_mask & is_feature & ~is_target).flatten()
+        if len(feats) > max_feature_nodes:
+            drop = feats[node_inf[feats].argsort(descending=True)[max_feature_nodes:]]
+            node_mask[drop] = False
+    tgt, src = graph.edge_index
+    edge_mask = node_mask[tgt] & node_mask[src]
+    inf2 = influence(graph, edge_mask)
+    score = normalized_weights(graph, edge_mask) * (inf2 + graph.target_weights)[tgt] * edge_mask
+    edge_mask = edge_mask & _smallest_set_reaching(score, edge_threshold)
+    while True:  # dangling nodes
+        has_out = torch.zeros(graph.n_nodes, dtype=torch.bool)
+        has_out[src[edge_mask]] = True
+        has_in = torch.zeros(graph.n_nodes, dtype=torch.bool)
+        has_in[tgt[edge_mask]] = True
+        dangling = node_mask & ~always & (~has_out | (is_feature & ~has_in))
+        if not dangling.any():
+            break
+        node_mask &= ~dangling
+        edge_mask &= node_mask[tgt] & node_mask[src]
+    pruned = graph.subgraph(node_mask, edge_mask)
+    pruned.metadata["pruning"] = {"node_threshold": node_threshold, "edge_threshold": edge_threshold,
+                                  "max_feature_nodes": max_feature_nodes,
+                                  "nodes_before": graph.n_nodes, "edges_before": graph.n_edges}
+    return PruneResult(pruned, node_mask, edge_mask, node_inf)
+
+
+def graph_scores(graph: Graph) -> GraphScores:
+    """Replacement and completeness scores of `graph` (see the module docstring)."""
+    inf = influence(graph)
+    kinds = [n.kind for n in graph.nodes]
+    is_token = torch.tensor([k == "token" for k in kinds])
+    is_error = torch.tensor([k in ERROR_KINDS for k in kinds])
+    tok, err = float(inf[is_token].sum()), float(inf[is_error].sum())
+    replacement = tok / (tok + err) if tok + err > 0 else float("nan")
+    a = normalized_weights(graph)
+    tgt, src = graph.edge_index
+    err_frac = torch.zeros(graph.n_nodes, dtype=a.dtype).index_add_(0, tgt, a * is_error[src])
+    weight = inf + graph.target_weights
+    completeness = float(((1 - err_frac) * weight).sum() / weight.sum()) if weight.sum() > 0 else float("nan")
+    return GraphScores(replacement, completeness)
