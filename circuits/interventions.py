@@ -13,8 +13,10 @@ exactly. Options:
   pre-activation by that edge's weight.
 
 Ablation faithfulness of a circuit C (Marks et al. 2024): ``(m(C) − m(∅)) / (m(M) − m(∅))``, where m(C) keeps the
-circuit's features and error nodes live and ablates every other feature and error node (to zero, or to its mean
-over reference text — the ablation is always named in the result), m(∅) ablates them all, and m(M) is the model.
+circuit's features and error nodes live and ablates every other *graph node* — every other feature active on the
+prompt, and every other error node — to zero or to its mean over reference text (the ablation is always named in
+the result); m(∅) ablates them all, and m(M) is the model. Features inactive on the prompt are not graph nodes and
+keep their clean value (0) throughout, so the full graph scores exactly 1.
 """
 
 from __future__ import annotations
@@ -292,9 +294,10 @@ def faithfulness(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, 
     cache = prompt if isinstance(prompt, ReplacementCache) else rm.run(prompt)
     nodes = list(circuit.nodes) if isinstance(circuit, Graph) else list(circuit)
     masks = circuit_masks(rm, cache, nodes)
-    none = ({k: torch.zeros_like(v) for k, v in masks[0].items()}, {k: torch.zeros_like(v) for k, v in
-                                                                     masks[1].items()})
-    m_c = float(metric(run_edited(rm, cache, keep=masks, ablation=ablation)[0]))
+    inactive = {k: cache.codes[k] == 0 for k in masks[0]}  # not graph nodes: they stay at their clean value, 0
+    keep_c = ({k: v | inactive[k] for k, v in masks[0].items()}, masks[1])
+    none = (inactive, {k: torch.zeros_like(v) for k, v in masks[1].items()})
+    m_c = float(metric(run_edited(rm, cache, keep=keep_c, ablation=ablation)[0]))
     m_0 = float(metric(run_edited(rm, cache, keep=none, ablation=ablation)[0]))
     m_full = float(metric(cache.logits))
     return Faithfulness(ablation.mode, m_c, m_0, m_full, int(sum(int(v.sum()) for v in masks[0].values())),

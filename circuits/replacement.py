@@ -201,10 +201,11 @@ class ReplacementModel:
         store: dict = {}
         names = set()
         for layer in range(self.n_layers):
-            names |= {hook_attn_pattern(layer), hook_resid_pre(layer), hook_resid_mid(layer), hook_attn_z(layer),
-                      hook_mlp_out(layer), hook_ln2_normalized(layer)}
+            names |= {hook_attn_pattern(layer), hook_resid_pre(layer), hook_attn_z(layer)}
+            if self.has_mlp:
+                names |= {hook_resid_mid(layer), hook_mlp_out(layer), hook_ln2_normalized(layer)}
             if self.has_ln:
-                names |= {hook_ln1_scale(layer), hook_ln2_scale(layer)}
+                names |= {hook_ln1_scale(layer)} | ({hook_ln2_scale(layer)} if self.has_mlp else set())
         names.add(hook_resid_post(self.n_layers - 1))
         if self.has_ln:
             names.add(hook_ln_final_scale())
@@ -229,18 +230,21 @@ class ReplacementModel:
             if sae is not None:
                 error_writes[site_name("attn", layer)] = errors[sae.cfg.name].to(self.W_O_cat(layer).dtype) \
                     @ self.W_O_cat(layer)
-            tc = self.transcoders.get(layer)
-            mlp_out = values[hook_mlp_out(layer)]
-            error_writes[site_name("mlp", layer)] = errors[tc.cfg.name] if tc is not None else mlp_out
+            if self.has_mlp:
+                tc = self.transcoders.get(layer)
+                mlp_out = values[hook_mlp_out(layer)]
+                error_writes[site_name("mlp", layer)] = errors[tc.cfg.name] if tc is not None else mlp_out
+        after = [values[hook_resid_pre(layer + 1)] for layer in range(self.n_layers - 1)]
+        after.append(values[hook_resid_post(self.n_layers - 1)])
         return ReplacementCache(
             tokens=tokens, logits=logits, codes=codes, errors=errors, error_writes=error_writes,
             pre_activations=pre,
             patterns=[values[hook_attn_pattern(layer)] for layer in range(self.n_layers)],
             ln1_scale=[scale(hook_ln1_scale(layer)) for layer in range(self.n_layers)],
-            ln2_scale=[scale(hook_ln2_scale(layer)) for layer in range(self.n_layers)],
+            ln2_scale=[scale(hook_ln2_scale(layer)) if self.has_mlp else ones for layer in range(self.n_layers)],
             lnf_scale=scale(hook_ln_final_scale()),
             resid_pre=[values[hook_resid_pre(layer)] for layer in range(self.n_layers)],
-            resid_mid=[values[hook_resid_mid(layer)] for layer in range(self.n_layers)],
+            resid_mid=[values[hook_resid_mid(layer)] if self.has_mlp else after[layer] for layer in range(self.n_layers)],
             resid_final=values[hook_resid_post(self.n_layers - 1)],
             hook_values=values,
         )
@@ -268,13 +272,18 @@ class ReplacementModel:
             hooks.append((hook_attn_pattern(layer), hold(cache.patterns[layer][None])))
             if self.has_ln:
                 hooks.append((hook_ln1_scale(layer), hold(cache.ln1_scale[layer].reshape(1, n, 1))))
-                hooks.append((hook_ln2_scale(layer), hold(cache.ln2_scale[layer].reshape(1, n, 1))))
+                if self.has_mlp:
+                    hooks.append((hook_ln2_scale(layer), hold(cache.ln2_scale[layer].reshape(1, n, 1))))
         if self.has_ln:
             hooks.append((hook_ln_final_scale(), hold(cache.lnf_scale.reshape(1, n, 1))))
         with self.model.hooks(fwd_hooks=hooks):
             yield self
 
     # -- weights in the residual basis --------------------------------------------------------------------------
+
+    @property
+    def has_mlp(self) -> bool:
+        return not getattr(self.cfg, "attn_only", False)
 
     @property
     def has_ln(self) -> bool:

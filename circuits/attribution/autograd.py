@@ -65,15 +65,16 @@ def autograd_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, 
     for start in range(0, len(targets), batch_size):
         rows = targets[start:start + batch_size]
         deltas = {k: torch.zeros(len(rows), n, rm.cfg.d_model, dtype=dtype, requires_grad=True)
-                  for k in range(n_sites)}
+                  for k in range(n_sites) if rm.has_mlp or k % 2 == 1 or k == 0}
         values = _frozen_targets(rm, cache, src, reads, rows, fixed, deltas)
         pre[rows] = values.detach()
-        grads = torch.autograd.grad(values.sum(), [deltas[k] for k in range(n_sites)], allow_unused=True)
+        grads = dict(zip(deltas, torch.autograd.grad(values.sum(), list(deltas.values()), allow_unused=True),
+                         strict=True))
         with torch.no_grad():
-            no_sources = {k: -writes[k].expand(len(rows), n, -1) for k in range(n_sites)}
+            no_sources = {k: -writes[k].expand(len(rows), n, -1) for k in deltas}
             constants[rows] = _frozen_targets(rm, cache, src, reads, rows, fixed, no_sources)
-            grads = torch.stack([g if g is not None else torch.zeros_like(deltas[k])
-                                 for k, g in enumerate(grads)])  # [sites, B, pos, d_model]
+            grads = torch.stack([grads[k] if grads.get(k) is not None else torch.zeros_like(deltas[0])
+                                 for k in range(n_sites)])  # [sites, B, pos, d_model]
             w = torch.einsum("sbd,sd->bs", grads[src.site, :, src.pos], src.vectors)  # [B, S]
             rows_t = torch.tensor(rows)
             upstream = (src.site[None, :] < target_site[rows_t][:, None]) & \
@@ -97,8 +98,9 @@ def _fixed_outputs(rm: ReplacementModel, cache: ReplacementCache) -> dict[str, T
     for layer in range(rm.n_layers):
         if layer in rm.attention_saes:
             out[hook_attn_out(layer)] = cache.resid_mid[layer] - cache.resid_pre[layer]
-        nxt = cache.resid_pre[layer + 1] if layer + 1 < rm.n_layers else cache.resid_final
-        out[hook_mlp_out(layer)] = nxt - cache.resid_mid[layer]
+        if rm.has_mlp:
+            nxt = cache.resid_pre[layer + 1] if layer + 1 < rm.n_layers else cache.resid_final
+            out[hook_mlp_out(layer)] = nxt - cache.resid_mid[layer]
     return out
 
 

@@ -75,7 +75,7 @@ def attribution_patching(rm: ReplacementModel, clean, corrupted, metric: Metric)
         dc = k.codes[name] - c.codes[name]
         nodes += _node_list(rm, name, dc, c.n_pos)
         effects += [(g_codes * dc)[dc != 0], (g_err * (k.errors[name] - c.errors[name])).sum(-1)]
-    return NodeEffects("atp", nodes, torch.cat(effects).detach(), float(m), float(metric(k.logits)))
+    return NodeEffects("atp", nodes, torch.cat(effects).detach(), float(m.detach()), float(metric(k.logits)))
 
 
 def integrated_gradients(rm: ReplacementModel, clean, corrupted, metric: Metric, steps: int = 10) -> NodeEffects:

@@ -71,6 +71,8 @@ def collect_sources(rm: ReplacementModel, cache: ReplacementCache) -> Sources:
             d = dicts.get(layer)
             if d is None and kind == "attn":
                 continue  # a linear channel, not a source
+            if kind == "mlp" and not rm.has_mlp:
+                continue  # attention-only model
             if d is not None:
                 codes = cache.codes[d.cfg.name]
                 p_idx, f_idx = torch.nonzero(codes, as_tuple=True)
