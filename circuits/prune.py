@@ -2,8 +2,8 @@
 
 1. **Normalised adjacency** ``Â = |A| / rowsum|A|`` (rows are targets; a row with no edges stays zero).
 2. **Influence** of every node on the targets: ``I = w (Â + Â² + …)``, where ``w`` are the target weights (logit
-   probabilities, or 1 for a contrast or a feature target). The graph is a DAG, so the series ends after at most
-   depth-many terms; it is computed edge-wise (``O(edges)`` per term), never as a dense matrix.
+   probabilities, or 1 for a contrast or a feature target). Edges run from earlier to later sublayers, so one
+   backward sweep over the edges, sublayer by sublayer, sums the whole series (never a dense matrix).
 3. **Nodes**: features and error nodes are ranked by influence; the smallest set whose influence reaches
    ``node_threshold`` of the total is kept (then at most ``max_feature_nodes`` features). Tokens and targets always
    stay.
@@ -42,28 +42,52 @@ class GraphScores:
     completeness: float
 
 
+def _normalize(n_nodes: int, tgt: Tensor, w_abs: Tensor) -> Tensor:
+    rowsum = torch.zeros(n_nodes, dtype=w_abs.dtype).index_add_(0, tgt, w_abs)
+    denom = rowsum[tgt]
+    return torch.where(denom > 0, w_abs / denom.clamp_min(torch.finfo(w_abs.dtype).tiny), torch.zeros_like(w_abs))
+
+
 def normalized_weights(graph: Graph, edge_mask: Tensor | None = None) -> Tensor:
     """[n_edges] ``|w| / Σ |w| over the target's incoming edges`` (masked-out edges get 0)."""
     w = graph.edge_weight.abs()
     if edge_mask is not None:
         w = w * edge_mask
-    rowsum = torch.zeros(graph.n_nodes, dtype=w.dtype).index_add_(0, graph.edge_index[0], w)
-    denom = rowsum[graph.edge_index[0]]
-    return torch.where(denom > 0, w / denom.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
+    return _normalize(graph.n_nodes, graph.edge_index[0], w)
 
 
-def influence(graph: Graph, edge_mask: Tensor | None = None, max_depth: int | None = None) -> Tensor:
-    """[n_nodes] ``w (Â + Â² + …)``: total normalised influence of each node on the weighted targets."""
-    a = normalized_weights(graph, edge_mask)
+def _ranks(graph: Graph) -> Tensor:
+    """[n_nodes] forward-order rank (token < attention L < MLP L < … < logits); edges go from lower to higher."""
+    return torch.tensor([(n.layer + 1) * 4 + n.order[1] for n in graph.nodes], dtype=torch.long)
+
+
+def _sweep(tgt: Tensor, src: Tensor, a: Tensor, weights: Tensor, rank: Tensor) -> Tensor:
+    """``I_s = Σ_t (I_t + w_t) Â[t, s]`` over the given edges, processing targets from the highest rank down."""
+    edge_rank = rank[tgt]
+    if bool((rank[src] >= edge_rank).any()):
+        raise CircuitsError("influence needs edges from earlier to later sublayers (the graph has a cycle or an "
+                            "edge within one sublayer)")
+    total = torch.zeros(len(rank), dtype=a.dtype)
+    for r in torch.unique(rank).flip(0).tolist():  # a handful of sublayers, last first
+        e = torch.nonzero(edge_rank == r).flatten()
+        if len(e):
+            total.index_add_(0, src[e], (total[tgt[e]] + weights[tgt[e]]) * a[e])
+    return total
+
+
+def influence(graph: Graph, edge_mask: Tensor | None = None) -> Tensor:
+    """[n_nodes] ``w (Â + Â² + …)``: total normalised influence of each node on the weighted targets.
+
+    Computed in one sweep over the edges, from the last sublayer back to the first: a node's influence is final
+    once every node it feeds (all of higher rank) has been processed, so ``I_s = Σ_t (I_t + w_t) Â[t, s]``.
+    """
     tgt, src = graph.edge_index
-    x = graph.target_weights.to(a.dtype).clone()
-    total = torch.zeros_like(x)
-    for _ in range(max_depth or graph.n_nodes + 1):
-        x = torch.zeros_like(x).index_add_(0, src, x[tgt] * a)
-        if not x.any():
-            return total
-        total += x
-    raise CircuitsError("influence did not converge: the graph has a cycle")
+    w = graph.edge_weight.abs()
+    if edge_mask is not None:
+        keep = torch.nonzero(edge_mask).flatten()
+        tgt, src, w = tgt[keep], src[keep], w[keep]
+    a = _normalize(graph.n_nodes, tgt, w)
+    return _sweep(tgt, src, a, graph.target_weights.to(a.dtype), _ranks(graph))
 
 
 def _smallest_set_reaching(scores: Tensor, threshold: float) -> Tensor:
@@ -72,7 +96,8 @@ def _smallest_set_reaching(scores: Tensor, threshold: float) -> Tensor:
     total = scores.sum()
     if scores.numel() == 0 or total <= 0:
         return keep
-    order = scores.argsort(descending=True)
+    nz = torch.nonzero(scores > 0).flatten()  # only positive scores can be needed
+    order = nz[scores[nz].argsort(descending=True)]
     before = torch.cumsum(scores[order], 0) - scores[order]  # sum of strictly higher-ranked scores
     keep[order[before < threshold * total]] = True
     return keep
@@ -91,7 +116,9 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     is_error = torch.tensor([k in ERROR_KINDS for k in kinds], dtype=torch.bool)
     is_target = graph.target_weights > 0
     always = ~(is_feature | is_error) | is_target  # tokens and targets
-    node_inf = influence(graph)
+    rank = _ranks(graph)
+    tgt, src = graph.edge_index
+    node_inf = _sweep(tgt, src, normalized_weights(graph), graph.target_weights.to(graph.edge_weight.dtype), rank)
     candidates = ~always
     node_mask = always.clone()
     kept = _smallest_set_reaching(node_inf[candidates], node_threshold)
@@ -103,9 +130,13 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
             node_mask[drop] = False
     tgt, src = graph.edge_index
     edge_mask = node_mask[tgt] & node_mask[src]
-    inf2 = influence(graph, edge_mask)
-    score = normalized_weights(graph, edge_mask) * (inf2 + graph.target_weights)[tgt] * edge_mask
-    edge_mask = edge_mask & _smallest_set_reaching(score, edge_threshold)
+    kept_e = torch.nonzero(edge_mask).flatten()  # work on the node-pruned graph's edges only
+    t2, s2 = tgt[kept_e], src[kept_e]
+    a2 = _normalize(graph.n_nodes, t2, graph.edge_weight[kept_e].abs())
+    weights = graph.target_weights.to(a2.dtype)
+    inf2 = _sweep(t2, s2, a2, weights, rank)
+    edge_mask = torch.zeros_like(edge_mask)
+    edge_mask[kept_e[_smallest_set_reaching(a2 * (inf2 + weights)[t2], edge_threshold)]] = True
     while True:  # dangling nodes
         has_out = torch.zeros(graph.n_nodes, dtype=torch.bool)
         has_out[src[edge_mask]] = True

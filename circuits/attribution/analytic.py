@@ -73,6 +73,16 @@ class _Collector:
         hw = heads[:, si, ti].T if heads is not None else None
         self.parts.append((t_rows[ti], s_rows[si], w[si, ti], hw))
 
+    def add_ts(self, s_rows: Tensor, t_rows: Tensor, w: Tensor, valid: Tensor, heads: Tensor) -> None:
+        """Like `add`, for blocks laid out [n_t, n_s] (heads [H, n_t, n_s])."""
+        keep = valid
+        if self.tolerance > 0:
+            scale = (w.abs() * valid).amax(1, keepdim=True)
+            keep = valid & (w.abs() >= self.tolerance * scale)
+            self.dropped.index_add_(0, t_rows, (w * (valid & ~keep)).sum(1))
+        ti, si = torch.nonzero(keep, as_tuple=True)
+        self.parts.append((t_rows[ti], s_rows[si], w[ti, si], heads[:, ti, si].T))
+
     def finish(self) -> Edges:
         dtype = self.constants.dtype
         if not self.parts:
@@ -155,12 +165,14 @@ def _attention_layer(rm, cache, src: Sources, layer: int, rows: Tensor, feats: T
     q = src.pos[s_rows]
     G = torch.einsum("sd,hde->hse", _center(src.vectors[s_rows], 1), value_w) / sigma[q][None, :, None]
     chunk = max(1, ATTN_BLOCK_ELEMENTS // max(1, H * len(s_rows)))
+    Gt = G.transpose(1, 2)  # [H, d_head, S]
+    A_q = A[:, :, q]  # [H, pos(query), S]: the pattern weight from each source's position
     for start in range(0, len(rows), chunk):
         t = slice(start, start + chunk)
         p_t = pos[t]
-        heads = torch.bmm(G, W_enc[:, :, feats[t]])  # [H, S, Tc]
-        heads *= A[:, p_t][:, :, q].transpose(1, 2)  # A[h, p_t, q_s] → [H, S, Tc]
-        col.add(s_rows, rows[t], heads.sum(0), q[:, None] <= p_t[None, :], heads)
+        heads = torch.bmm(W_enc[:, :, feats[t]].transpose(1, 2), Gt)  # [H, Tc, S]
+        heads *= A_q[:, p_t]  # A[h, p_t, q_s]
+        col.add_ts(s_rows, rows[t], heads.sum(0), p_t[:, None] >= q[None, :], heads)
 
 
 def _logits(rm, cache, src: Sources, reads: list[LogitRead], c_all: Tensor, col: _Collector) -> None:
