@@ -6,6 +6,7 @@
     circuits dicts train      [--model organism] [--out DIR] [--tokens N] [--d-sae N] [--k K] [--export]
     circuits dicts eval       [--model organism] [--dicts organism|NAME|DIR] [--out FILE]
     circuits dicts convert    SRC --out DIR [--n-heads N]
+    circuits attribute        PROMPT [--contrast A B | --logit T ... | --feature K:L:P:I] [--out FILE] ...
 
 ``--debug`` (before the subcommand) shows the traceback of an error.
 """
@@ -173,6 +174,85 @@ def cmd_dicts_convert(args) -> int:
     return 0
 
 
+def _write_json(path: Path, obj) -> None:
+    """Write JSON atomically (a crash never leaves a half-written file where a good one was)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)
+
+
+def _parse_feature(spec: str):
+    from circuits.graph import Node
+
+    parts = spec.split(":")
+    kinds = {"attn": "attn_feature", "mlp": "mlp_feature", "attn_feature": "attn_feature",
+             "mlp_feature": "mlp_feature"}
+    if len(parts) != 4 or parts[0] not in kinds or not all(x.lstrip("-").isdigit() for x in parts[1:]):
+        raise CircuitsError(f"--feature {spec!r}: write KIND:LAYER:POS:INDEX, e.g. mlp:2:11:517")
+    return Node(kinds[parts[0]], int(parts[1]), int(parts[2]), int(parts[3]))
+
+
+def cmd_attribute(args) -> int:
+    import time
+
+    from circuits.attribution import Contrast, FeatureTarget, Logit, TopLogits, attribute
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+    from circuits.prune import graph_scores, prune
+    from circuits.replacement import ReplacementModel
+
+    chosen = [x for x in (args.contrast, args.logit, args.feature) if x]
+    if len(chosen) > 1:
+        raise CircuitsError("give at most one of --contrast, --logit, --feature")
+    t0 = time.perf_counter()
+    model, _ = load_model(args.model)
+    rm = ReplacementModel(model, load_dictionaries(args.dicts, model))
+    load_s = time.perf_counter() - t0
+    if args.contrast:
+        target = Contrast(*args.contrast)
+    elif args.logit:
+        target = Logit(tuple(args.logit))
+    elif args.feature:
+        target = FeatureTarget(_parse_feature(args.feature))
+    else:
+        target = TopLogits(args.cum_prob, args.max_logits)
+    graph = attribute(rm, args.prompt, target, method=args.method, demean_logits=args.demean,
+                      edge_tolerance=args.edge_tolerance)
+    t1 = time.perf_counter()
+    result = prune(graph, args.node_threshold, args.edge_threshold, args.max_features)
+    prune_s = time.perf_counter() - t1
+    full, pruned = graph_scores(graph), graph_scores(result.graph)
+    tm = graph.metadata["timings_s"]
+    print(f"prompt: {' | '.join(graph.metadata['token_strings'])}")
+    for t in graph.metadata["targets"]:
+        print(f"target {t['label']!r}: value {t['value']:.4f}, weight {t['weight']:.3f}")
+    print(f"full graph: {graph.n_nodes} nodes, {graph.n_edges} edges ({graph.metadata['method']}, "
+          f"{tm['total']:.3f} s after {load_s:.2f} s loading); replacement score {full.replacement:.3f}, "
+          f"completeness {full.completeness:.3f}")
+    print(f"pruned (node {args.node_threshold}, edge {args.edge_threshold}): {result.graph.n_nodes} nodes, "
+          f"{result.graph.n_edges} edges in {prune_s:.3f} s; replacement {pruned.replacement:.3f}, "
+          f"completeness {pruned.completeness:.3f}")
+    order = result.node_influence.argsort(descending=True)
+    print("most influential nodes (kind layer[pos]#index, token at pos, influence, activation):")
+    shown = 0
+    for row in order.tolist():
+        node = graph.nodes[row]
+        if node.kind == "token" or graph.target_weights[row] > 0:
+            continue
+        tok = graph.metadata["token_strings"][node.pos]
+        print(f"  {node.short():<22} {tok!r:<12} {float(result.node_influence[row]):8.4f} "
+              f"{float(graph.activations[row]):9.4f}")
+        shown += 1
+        if shown >= args.top:
+            break
+    if args.out:
+        out = Path(args.out)
+        _write_json(out, (graph if args.full else result.graph).to_json())
+        print(f"wrote {'full' if args.full else 'pruned'} graph to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from circuits.model import DATA_DIR
 
@@ -238,6 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model-name", default=None)
     v.add_argument("--force", action="store_true", help="write into a non-empty folder")
     v.set_defaults(func=cmd_dicts_convert)
+
+    a = sub.add_parser("attribute", help="attribution graph of a prompt (prints a summary; --out writes JSON)")
+    a.add_argument("prompt")
+    a.add_argument("--model", default="organism")
+    a.add_argument("--dicts", default="organism", help="organism, a public set name, or a folder")
+    a.add_argument("--contrast", nargs=2, metavar=("A", "B"), help="explain logit(A) − logit(B)")
+    a.add_argument("--logit", nargs="+", metavar="TOKEN", help="explain these tokens' logits")
+    a.add_argument("--feature", metavar="KIND:LAYER:POS:INDEX", help="explain one active feature (local circuit)")
+    a.add_argument("--cum-prob", type=float, default=0.95, help="top logits: cumulative probability to cover")
+    a.add_argument("--max-logits", type=int, default=10)
+    a.add_argument("--method", default="auto", choices=["auto", "analytic", "autograd"])
+    a.add_argument("--demean", action="store_true", help="explain logits minus their mean over the vocabulary")
+    a.add_argument("--edge-tolerance", type=float, default=0.0, help="store only edges above this fraction")
+    a.add_argument("--node-threshold", type=float, default=0.8)
+    a.add_argument("--edge-threshold", type=float, default=0.98)
+    a.add_argument("--max-features", type=int, default=None, help="cap on feature nodes after pruning")
+    a.add_argument("--top", type=int, default=15, help="influential nodes to list")
+    a.add_argument("--out", help="write the graph as JSON here")
+    a.add_argument("--full", action="store_true", help="write the unpruned graph")
+    a.set_defaults(func=cmd_attribute)
     return p
 
 

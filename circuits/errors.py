@@ -9,3 +9,7 @@ class CircuitsError(Exception):
 
 class ModelLoadError(CircuitsError):
     """A model could not be loaded (unknown name, missing or corrupt files, offline hub)."""
+
+
+class AttributionError(CircuitsError):
+    """Bad input to the replacement model or to attribution (empty prompt, too long, unknown token, ...)."""

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from circuits.dictionaries.base import Dictionary
-from circuits.errors import CircuitsError
+from circuits.errors import AttributionError
 from circuits.model import (
     hook_attn_pattern,
     hook_attn_z,
@@ -109,10 +109,6 @@ def mean_activations(model, token_batches: Iterable[Tensor], hook_names: list[st
 # ---------------------------------------------------------------------------------------------------------------
 # The replacement model: a model plus any subset of its dictionaries, exact through error terms
 # ---------------------------------------------------------------------------------------------------------------
-
-
-class AttributionError(CircuitsError):
-    """Bad input to the replacement model or to attribution (empty prompt, too long, unknown token, ...)."""
 
 
 @dataclass

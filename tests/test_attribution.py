@@ -215,6 +215,10 @@ def test_bad_input_gives_clear_errors(rm64, tiny64):
         attribute(rm64, PROMPT, FeatureTarget(Node("mlp_feature", 1, pos, index)))
     with pytest.raises(AttributionError, match="GiB"):
         attribute(rm64, PROMPT, memory_limit_bytes=1000)
+    with pytest.raises(AttributionError, match="edge_tolerance"):  # checked while edges are stored
+        attribute(rm64, PROMPT, edge_tolerance=0.01, memory_limit_bytes=20_000)
+    with pytest.raises(AttributionError, match="edge_tolerance"):
+        attribute(rm64, PROMPT, edge_tolerance=1.5)
     model, dicts = tiny64
     short = dataclasses.replace(dicts[0].cfg, context_size=8)
     from circuits.dictionaries.base import make_dictionary

@@ -43,8 +43,9 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
     """The attribution graph of `prompt` for `target` (default: the salient top logits) in `rm`.
 
     method: "analytic" (needs an SAE on every attention layer), "autograd", or "auto" (analytic when possible).
-    edge_tolerance: store only edges with |w| ≥ tolerance × (largest |w| into the same target); what is dropped is
-    kept per node in ``graph.dropped`` so the exactness identity still holds. 0 (default) stores every edge.
+    edge_tolerance: store only edges with |w| ≥ tolerance × (Σ |w| of all edges into the same target); the sum of
+    what is dropped is kept per node in ``graph.dropped``, so the exactness identity still holds. 0 (default) stores
+    every edge; large models need e.g. 1e-3 (each target keeps at most 1,000 edges).
     """
     target = TopLogits() if target is None else target
     if method not in ("analytic", "autograd", "auto"):
@@ -67,10 +68,12 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
         raise AttributionError(f"unknown target {target!r}; use TopLogits, Logit, Contrast or FeatureTarget")
     if method == "auto":
         method = "analytic" if len(rm.attention_saes) == rm.n_layers else "autograd"
-    _check_memory(rm, src, memory_limit_bytes, edge_tolerance)
+    limit = memory_limit_bytes if memory_limit_bytes is not None else _available_memory() // 2
+    if edge_tolerance == 0:
+        _check_memory(rm, src, limit)
     t1 = time.perf_counter()
     if method == "analytic":
-        edges = analytic_edges(rm, cache, src, reads, tolerance=edge_tolerance)
+        edges = analytic_edges(rm, cache, src, reads, tolerance=edge_tolerance, byte_limit=limit)
     else:
         edges = autograd_edges(rm, cache, src, reads)
     timings["edges"] = time.perf_counter() - t1
@@ -82,21 +85,16 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
     return graph
 
 
-def _check_memory(rm: ReplacementModel, src: Sources, limit: int | None, tolerance: float) -> None:
-    """Refuse a graph whose edges would not fit (estimated before computing anything large)."""
-    n_feat = [n.kind.endswith("_feature") for n in src.nodes]
-    n_targets = sum(n_feat)
-    mean_sources = len(src) / 2  # causal: on average half the sources precede a target
-    est_edges = n_targets * mean_sources * (0.1 if tolerance > 0 else 1.0)
-    bytes_per_edge = 8 + 8 + 8 + 8 * rm.cfg.n_heads
-    needed = est_edges * bytes_per_edge
-    if limit is None:
-        limit = _available_memory() // 2
+def _check_memory(rm: ReplacementModel, src: Sources, limit: int) -> None:
+    """Refuse an uncapped graph whose edges would not fit (estimated before computing anything large)."""
+    n_targets = sum(n.kind.endswith("_feature") for n in src.nodes)
+    est_edges = n_targets * len(src) / 2  # causal: on average about half the sources precede a target
+    needed = est_edges * (8 + 8 + 8 * (rm.cfg.n_heads + 1))
     if needed > limit:
         raise AttributionError(
             f"this graph would need about {needed / 2**30:.1f} GiB for {est_edges:.2e} edges "
             f"({n_targets} active features, {len(src)} sources), more than the {limit / 2**30:.1f} GiB allowed; "
-            "pass edge_tolerance=1e-3 (store only edges above that fraction of each target's largest) or a shorter "
+            "pass edge_tolerance=1e-3 (store only edges above that fraction of each target's total) or a shorter "
             "prompt")
 
 

@@ -32,9 +32,6 @@ from circuits.attribution.sources import Sources, attn_site, constant_writes, ml
 from circuits.attribution.targets import LogitRead
 from circuits.replacement import AttributionError, ReplacementCache, ReplacementModel
 
-#: Entries of one [heads, sources, targets] block of attention edges computed at once (memory bound).
-ATTN_BLOCK_ELEMENTS = 24_000_000
-
 
 @dataclass
 class Edges:
@@ -54,34 +51,38 @@ def _center(x: Tensor, dim: int) -> Tensor:
 
 
 class _Collector:
-    def __init__(self, n_rows: int, n_heads: int, dtype, tolerance: float):
+    def __init__(self, n_rows: int, n_heads: int, dtype, tolerance: float, byte_limit: float = float("inf")):
         self.parts: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []
         self.constants = torch.zeros(n_rows, dtype=dtype)
         self.pre = torch.zeros(n_rows, dtype=dtype)
         self.dropped = torch.zeros(n_rows, dtype=dtype)
         self.n_heads = n_heads
         self.tolerance = tolerance
+        self.byte_limit = byte_limit
+        self.bytes = 0
+        self.bytes_per_edge = 8 + 8 + (n_heads + 1) * torch.finfo(dtype).bits // 8
 
-    def add(self, s_rows: Tensor, t_rows: Tensor, w: Tensor, valid: Tensor, heads: Tensor | None = None) -> None:
-        """Block of edges w [n_s, n_t] (valid marks causally possible entries); heads [H, n_s, n_t]."""
-        keep = valid
-        if self.tolerance > 0:
-            scale = (w.abs() * valid).amax(0, keepdim=True)
-            keep = valid & (w.abs() >= self.tolerance * scale)
-            self.dropped.index_add_(0, t_rows, (w * (valid & ~keep)).sum(0))
-        si, ti = torch.nonzero(keep, as_tuple=True)
-        hw = heads[:, si, ti].T if heads is not None else None
-        self.parts.append((t_rows[ti], s_rows[si], w[si, ti], hw))
+    def _count(self, n_edges: int) -> None:
+        self.bytes += n_edges * self.bytes_per_edge
+        if self.bytes > self.byte_limit:
+            raise AttributionError(
+                f"the graph's edges passed the memory limit of {self.byte_limit / 2**30:.1f} GiB while being "
+                f"computed; pass a larger edge_tolerance (e.g. 1e-3: store only edges above that fraction of each "
+                f"target's total), a shorter prompt, or fewer dictionaries")
 
-    def add_ts(self, s_rows: Tensor, t_rows: Tensor, w: Tensor, valid: Tensor, heads: Tensor) -> None:
-        """Like `add`, for blocks laid out [n_t, n_s] (heads [H, n_t, n_s])."""
-        keep = valid
+    def add(self, t_rows: Tensor, s_rows: Tensor, w: Tensor, heads: Tensor | None = None) -> None:
+        """A complete block of edges: every source that can reach each target. w [n_t, n_s]; heads [H, n_t, n_s]."""
         if self.tolerance > 0:
-            scale = (w.abs() * valid).amax(1, keepdim=True)
-            keep = valid & (w.abs() >= self.tolerance * scale)
-            self.dropped.index_add_(0, t_rows, (w * (valid & ~keep)).sum(1))
-        ti, si = torch.nonzero(keep, as_tuple=True)
-        self.parts.append((t_rows[ti], s_rows[si], w[ti, si], heads[:, ti, si].T))
+            w_abs = w.abs()
+            keep = w_abs >= self.tolerance * w_abs.sum(1, keepdim=True)
+            self.dropped.index_add_(0, t_rows, w.sum(1) - (w * keep).sum(1))
+            ti, si = torch.nonzero(keep, as_tuple=True)
+        else:
+            ti = torch.arange(w.shape[0]).repeat_interleave(w.shape[1])
+            si = torch.arange(w.shape[1]).repeat(w.shape[0])
+        self._count(len(si))
+        hw = heads[:, ti, si].T if heads is not None else None
+        self.parts.append((t_rows[ti], s_rows[si], w[ti, si], hw))
 
     def finish(self) -> Edges:
         dtype = self.constants.dtype
@@ -98,7 +99,7 @@ class _Collector:
 
 @torch.no_grad()
 def analytic_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, reads: list[LogitRead],
-                   tolerance: float = 0.0) -> Edges:
+                   tolerance: float = 0.0, byte_limit: float = float("inf")) -> Edges:
     """All edges into every active feature and every logit target of the cached prompt."""
     missing = [layer for layer in range(rm.n_layers) if layer not in rm.attention_saes]
     if missing:
@@ -106,7 +107,7 @@ def analytic_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, 
                                "use method='autograd'")
     dtype = src.vectors.dtype
     n_src = len(src)
-    col = _Collector(n_src + len(reads), rm.cfg.n_heads, dtype, tolerance)
+    col = _Collector(n_src + len(reads), rm.cfg.n_heads, dtype, tolerance, byte_limit)
     kind = torch.tensor([{"attn_feature": 1, "mlp_feature": 2}.get(n.kind, 0) for n in src.nodes])
     index = torch.tensor([n.index for n in src.nodes])
     cw = constant_writes(rm)
@@ -122,6 +123,14 @@ def analytic_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, 
     return col.finish()
 
 
+def _by_position(src: Sources, before_site: int, n_pos: int) -> tuple[Tensor, Tensor]:
+    """Rows of sources written before `before_site`, sorted by position, and offsets[p] where position p starts."""
+    rows = torch.nonzero(src.site < before_site).flatten()
+    rows = rows[torch.argsort(src.pos[rows], stable=True)]
+    counts = torch.bincount(src.pos[rows], minlength=n_pos)
+    return rows, torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+
 def _mlp_layer(rm, cache, src: Sources, layer: int, rows: Tensor, feats: Tensor, c_before: Tensor,
                col: _Collector) -> None:
     tc = rm.transcoders[layer]
@@ -132,12 +141,12 @@ def _mlp_layer(rm, cache, src: Sources, layer: int, rows: Tensor, feats: Tensor,
     R = _center(W, 0) / sigma  # [d_model, T] read vectors (ln2.hook_normalized is P x / σ2, before γ2 and β2)
     col.constants[rows] = c_before @ R - tc.b_in.to(dtype) @ W + tc.b_enc.to(dtype)[feats]
     col.pre[rows] = cache.pre_activations[tc.cfg.name].to(dtype)[pos, feats]
-    earlier = src.site < mlp_site(layer)
+    s_rows, start = _by_position(src, mlp_site(layer), cache.n_pos)
+    V = src.vectors[s_rows]
     for p in pos.unique().tolist():
-        s_rows = torch.nonzero(earlier & (src.pos == p)).flatten()
         t_cols = torch.nonzero(pos == p).flatten()
-        w = src.vectors[s_rows] @ R[:, t_cols]
-        col.add(s_rows, rows[t_cols], w, torch.ones_like(w, dtype=torch.bool))
+        block = slice(int(start[p]), int(start[p + 1]))  # sources at position p only
+        col.add(rows[t_cols], s_rows[block], R[:, t_cols].T @ V[block].T)
 
 
 def _attention_layer(rm, cache, src: Sources, layer: int, rows: Tensor, feats: Tensor, c_before: Tensor,
@@ -160,19 +169,17 @@ def _attention_layer(rm, cache, src: Sources, layer: int, rows: Tensor, feats: T
     W_flat = sae.W_enc.to(dtype)[:, feats]  # [H*d_head, T]
     col.constants[rows] = ((z_const[pos] - sae.b_dec.to(dtype)) * W_flat.T).sum(-1) + sae.b_enc.to(dtype)[feats]
     col.pre[rows] = cache.pre_activations[sae.cfg.name].to(dtype)[pos, feats]
-    # edges: project earlier sources into each head's value space, divided by σ1 at the source position
-    s_rows = torch.nonzero(src.site < attn_site(layer)).flatten()
+    # edges: earlier sources, sorted by position, projected into each head's value space and divided by σ1 at the
+    # source position; the targets at query position p read the prefix of sources at positions ≤ p
+    s_rows, start = _by_position(src, attn_site(layer), cache.n_pos)
     q = src.pos[s_rows]
-    G = torch.einsum("sd,hde->hse", _center(src.vectors[s_rows], 1), value_w) / sigma[q][None, :, None]
-    chunk = max(1, ATTN_BLOCK_ELEMENTS // max(1, H * len(s_rows)))
-    Gt = G.transpose(1, 2)  # [H, d_head, S]
-    A_q = A[:, :, q]  # [H, pos(query), S]: the pattern weight from each source's position
-    for start in range(0, len(rows), chunk):
-        t = slice(start, start + chunk)
-        p_t = pos[t]
-        heads = torch.bmm(W_enc[:, :, feats[t]].transpose(1, 2), Gt)  # [H, Tc, S]
-        heads *= A_q[:, p_t]  # A[h, p_t, q_s]
-        col.add_ts(s_rows, rows[t], heads.sum(0), p_t[:, None] >= q[None, :], heads)
+    G = torch.einsum("sd,hde->hes", _center(src.vectors[s_rows], 1), value_w) / sigma[q]  # [H, d_head, S]
+    for p in pos.unique().tolist():
+        t_cols = torch.nonzero(pos == p).flatten()
+        n = int(start[p + 1])
+        heads = torch.bmm(W_enc[:, :, feats[t_cols]].transpose(1, 2), G[:, :, :n])  # [H, T_p, S_p]
+        heads *= A[:, p, q[:n]][:, None, :]  # A[h, p, q_s]
+        col.add(rows[t_cols], s_rows[:n], heads.sum(0), heads)
 
 
 def _logits(rm, cache, src: Sources, reads: list[LogitRead], c_all: Tensor, col: _Collector) -> None:
@@ -187,5 +194,4 @@ def _logits(rm, cache, src: Sources, reads: list[LogitRead], c_all: Tensor, col:
     col.constants[rows] = c_all @ R + beta @ D + torch.tensor([r.bias for r in reads], dtype=dtype)
     col.pre[rows] = torch.tensor([r.value for r in reads], dtype=dtype)
     s_rows = torch.nonzero(src.pos == last).flatten()
-    w = src.vectors[s_rows] @ R
-    col.add(s_rows, rows, w, torch.ones_like(w, dtype=torch.bool))
+    col.add(rows, s_rows, R.T @ src.vectors[s_rows].T)

@@ -77,7 +77,7 @@ class LogitRead:
 
 def single_token(model, token: str | int) -> int:
     """A vocabulary id for `token`: an id, or text that is one token (with or without its leading space)."""
-    from circuits.replacement import AttributionError
+    from circuits.errors import AttributionError
 
     if isinstance(token, int):
         if not 0 <= token < model.cfg.d_vocab:
@@ -97,7 +97,7 @@ def single_token(model, token: str | int) -> int:
 
 def resolve_logit_targets(model, logits_last: Tensor, target, demean: bool, pos: int) -> list[LogitRead]:
     """Resolve a logit-type target; `logits_last` [vocab] are the clean logits at position `pos` (the last)."""
-    from circuits.replacement import AttributionError
+    from circuits.errors import AttributionError
 
     n_layers = model.cfg.n_layers
     W_U, b_U = model.W_U.detach(), model.b_U.detach()
