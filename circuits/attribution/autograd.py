@@ -48,13 +48,18 @@ def _site_writes(src: Sources, n_sites: int, n_pos: int) -> Tensor:
 
 
 def autograd_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, reads: list[LogitRead],
-                   batch_size: int = 64) -> Edges:
-    """Edges into every active feature and every logit target (no per-head breakdown)."""
+                   batch_size: int = 64, only: list[int] | None = None) -> Edges:
+    """Edges into every active feature and every logit target (no per-head breakdown).
+
+    `only`: compute the edges into these target rows alone (rows: sources first, then the logit reads)."""
     dtype = src.vectors.dtype
     n, n_src = cache.n_pos, len(src)
     n_sites = 2 * rm.n_layers + 1
     targets = [i for i, node in enumerate(src.nodes) if node.kind.endswith("_feature")]
     targets += list(range(n_src, n_src + len(reads)))
+    if only is not None:
+        allowed = set(targets)
+        targets = [t for t in only if t in allowed]
     target_site = torch.cat([src.site, torch.full((len(reads),), n_sites, dtype=torch.long)])
     target_pos = torch.cat([src.pos, torch.full((len(reads),), n - 1, dtype=torch.long)])
     fixed = _fixed_outputs(rm, cache)

@@ -1,0 +1,84 @@
+"""The attribution invariants on the real organism with its committed dictionaries (float32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuits.attribution import Contrast, attribute
+from circuits.attribution.autograd import autograd_edges
+from circuits.attribution.sources import collect_sources
+from circuits.attribution.targets import resolve_logit_targets
+from circuits.interventions import Edit, run_edited
+from circuits.prune import graph_scores, prune
+from circuits.replacement import ReplacementModel
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def organism_rm():
+    from circuits import load_dictionaries, load_model
+
+    model, _ = load_model("organism")
+    return ReplacementModel(model, load_dictionaries("organism", model))
+
+
+@pytest.fixture(scope="module")
+def ioi_graph(organism_rm):
+    cache = organism_rm.run(PROMPT)
+    return cache, attribute(organism_rm, PROMPT, Contrast(" Mary", " John"), cache=cache)
+
+
+def test_spliced_organism_is_exact(organism_rm, ioi_graph):
+    cache, _ = ioi_graph
+    with torch.no_grad():
+        clean = organism_rm.model(cache.tokens[None])[0]
+        with organism_rm.frozen(cache):
+            frozen = organism_rm.model(cache.tokens[None])[0]
+    assert (cache.logits - clean).abs().max().item() <= 1e-4
+    assert (frozen - clean).abs().max().item() <= 1e-4
+
+
+def test_organism_edges_plus_constant_equal_pre_activation(ioi_graph):
+    _, g = ioi_graph
+    mask = torch.tensor([n.kind.endswith("_feature") or n.kind.startswith("logit") for n in g.nodes])
+    gap = (g.incoming_sum() + g.constants - g.pre_activations)[mask].abs()
+    assert mask.sum() > 1000 and g.n_edges > 100_000
+    assert gap.max().item() <= 1e-4 * max(1.0, g.pre_activations[mask].abs().max().item())
+
+
+def test_organism_analytic_equals_autograd_on_a_sample(organism_rm, ioi_graph):
+    cache, g = ioi_graph
+    src = collect_sources(organism_rm, cache)
+    reads = resolve_logit_targets(organism_rm.model, cache.logits[-1], Contrast(" Mary", " John"), False,
+                                  cache.n_pos - 1)
+    gen = torch.Generator().manual_seed(0)
+    feats = [i for i, n in enumerate(src.nodes) if n.kind.endswith("_feature")]
+    rows = [feats[int(j)] for j in torch.randperm(len(feats), generator=gen)[:48]] + [len(src)]
+    e = autograd_edges(organism_rm, cache, src, reads, only=rows)
+    dense_g = torch.zeros(g.n_nodes, g.n_nodes)
+    dense_g[e.target, e.source] = e.weight
+    a = g.adjacency()
+    scale = a[rows].abs().max().item()
+    assert (dense_g[rows] - a[rows]).abs().max().item() <= 1e-4 * scale
+
+
+def test_organism_doubling_a_feature_moves_targets_by_edge_weights(organism_rm, ioi_graph):
+    cache, g = ioi_graph
+    a = g.adjacency()
+    target = len(g.nodes) - 1  # the logit difference
+    strongest = a[target].abs().argsort(descending=True)[:3].tolist()
+    mary, john = g.metadata["contrast"]
+    for row in strongest:
+        logits, _, _ = run_edited(organism_rm, cache, [Edit(g.nodes[row], "scale", 2.0)], frozen=True, direct=True)
+        moved = float(logits[-1, mary] - logits[-1, john]) - float(g.pre_activations[target])
+        assert abs(moved - float(a[target, row])) <= 1e-3 * max(1.0, abs(float(a[target, row])))
+
+
+def test_organism_pruned_graph_scores(ioi_graph):
+    _, g = ioi_graph
+    pruned = prune(g).graph
+    scores = graph_scores(g)
+    assert 0 < pruned.n_nodes < g.n_nodes and pruned.n_edges < g.n_edges
+    assert 0.5 < scores.replacement <= 1 and 0.5 < scores.completeness <= 1
