@@ -32,7 +32,7 @@ def peak_rss_gib() -> float:
 def organism(repeats: int) -> None:
     from circuits import load_dictionaries, load_model
     from circuits.attribution import Contrast, attribute
-    from circuits.prune import prune
+    from circuits.pruning import prune
     from circuits.replacement import ReplacementModel
 
     model, _ = load_model("organism")
@@ -59,7 +59,7 @@ def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
 
     from circuits.attribution import TopLogits, attribute
     from circuits.dictionaries.base import DictionaryConfig, make_dictionary
-    from circuits.prune import prune
+    from circuits.pruning import prune
     from circuits.replacement import ReplacementModel
 
     t0 = time.perf_counter()

@@ -199,7 +199,7 @@ def cmd_attribute(args) -> int:
     from circuits.attribution import Contrast, FeatureTarget, Logit, TopLogits, attribute
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
-    from circuits.prune import graph_scores, prune
+    from circuits.pruning import graph_scores, prune
     from circuits.replacement import ReplacementModel
 
     chosen = [x for x in (args.contrast, args.logit, args.feature) if x]

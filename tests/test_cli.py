@@ -40,3 +40,28 @@ def test_eval_subcommand_on_a_tiny_folder(tmp_path, capsys):
                  "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "ioi_train_templates_ABBA" in table and "greater_than" in table and out.exists()
+
+
+def test_attribute_subcommand_writes_a_graph(tmp_path, capsys):
+    import json
+
+    from circuits import Graph
+
+    out = tmp_path / "g.json"
+    assert main(["attribute", "When Mary and John went to the store, John gave a drink to", "--contrast", "Mary",
+                 "John", "--out", str(out), "--top", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "full graph:" in text and "pruned" in text and "replacement score" in text
+    g = Graph.from_json(json.loads(out.read_text()))
+    assert g.metadata["target"]["kind"] == "contrast" and g.n_nodes > 20 and "pruning" in g.metadata
+
+
+def test_attribute_bad_input_is_one_line(capsys):
+    for argv, needle in ((["attribute", " "], "empty"),
+                         (["attribute", "When Mary", "--contrast", "Mary", "Mary"], "same token"),
+                         (["attribute", "When Mary", "--logit", "Zorblax"], "not a single token"),
+                         (["attribute", "When Mary", "--feature", "mlp:1"], "KIND:LAYER:POS:INDEX"),
+                         (["attribute", "When Mary", "--node-threshold", "1.5"], "node_threshold")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err and "Traceback" not in err

@@ -11,7 +11,7 @@ from circuits.attribution.patching import attribution_patching, integrated_gradi
 from circuits.errors import CircuitsError
 from circuits.graph import Node
 from circuits.interventions import Ablation, Edit, faithfulness, intervene, logit_diff_metric, mean_ablation, run_edited
-from circuits.prune import prune
+from circuits.pruning import prune
 from circuits.replacement import AttributionError, ReplacementModel
 
 CLEAN = "When Mary and John went to the store, John gave a drink to"

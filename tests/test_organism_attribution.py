@@ -10,7 +10,7 @@ from circuits.attribution.autograd import autograd_edges
 from circuits.attribution.sources import collect_sources
 from circuits.attribution.targets import resolve_logit_targets
 from circuits.interventions import Edit, run_edited
-from circuits.prune import graph_scores, prune
+from circuits.pruning import graph_scores, prune
 from circuits.replacement import ReplacementModel
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"

@@ -7,7 +7,7 @@ import torch
 
 from circuits.errors import CircuitsError
 from circuits.graph import Graph, Node
-from circuits.prune import graph_scores, influence, prune
+from circuits.pruning import graph_scores, influence, prune
 
 T0, T1 = Node("token", -1, 0, 10), Node("token", -1, 1, 11)
 F1, F2 = Node("mlp_feature", 0, 1, 3), Node("attn_feature", 1, 1, 4)
