@@ -6,7 +6,8 @@
     circuits dicts train      [--model organism] [--out DIR] [--tokens N] [--d-sae N] [--k K] [--export]
     circuits dicts eval       [--model organism] [--dicts organism|NAME|DIR] [--out FILE]
     circuits dicts convert    SRC --out DIR [--n-heads N]
-    circuits attribute        PROMPT [--contrast A B | --logit T ... | --feature K:L:P:I] [--out FILE] ...
+    circuits trace            PROMPT [--target T.. [--contrast B] | --feature K:L:P:I] [--json F --dot F ...]
+    circuits graph show FILE  |  circuits graph diff A B
 
 ``--debug`` (before the subcommand) shows the traceback of an error.
 """
@@ -193,63 +194,196 @@ def _parse_feature(spec: str):
     return Node(kinds[parts[0]], int(parts[1]), int(parts[2]), int(parts[3]))
 
 
-def cmd_attribute(args) -> int:
+def _trace_target(args):
+    from circuits.attribution import Contrast, FeatureTarget, Logit, TopLogits
+
+    if args.feature and (args.target or args.contrast):
+        raise CircuitsError("give either --feature or --target/--contrast, not both")
+    if args.contrast:
+        if not args.target or len(args.target) != 1:
+            raise CircuitsError("--contrast B needs exactly one --target A (the graph explains logit(A) − logit(B))")
+        return Contrast(args.target[0], args.contrast)
+    if args.target:
+        return Logit(tuple(args.target))
+    if args.feature:
+        return FeatureTarget(_parse_feature(args.feature))
+    return TopLogits(args.cum_prob, args.max_logits)
+
+
+def _metric_for(model, target, graph):
+    """The scalar a clean/corrupted comparison measures: the contrast, the (first) target logit, or the top logit."""
+    from circuits.attribution import Contrast
+    from circuits.attribution.targets import single_token
+
+    if isinstance(target, Contrast):
+        a, b = single_token(model, target.token), single_token(model, target.baseline)
+        return (lambda logits: logits[-1, a] - logits[-1, b]), f"logit({target.token}) − logit({target.baseline})"
+    first = graph.metadata["targets"][0] if graph.metadata["targets"] else None
+    if first is None:
+        raise CircuitsError("--corrupt needs a logit target (not --feature)")
+    tok = int(first["node"][3])
+    return (lambda logits: logits[-1, tok]), f"logit({first['label']})"
+
+
+def cmd_trace(args) -> int:
     import time
 
-    from circuits.attribution import Contrast, FeatureTarget, Logit, TopLogits, attribute
+    from circuits import export
+    from circuits.attribution import attribute
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
     from circuits.pruning import graph_scores, prune
     from circuits.replacement import ReplacementModel
 
-    chosen = [x for x in (args.contrast, args.logit, args.feature) if x]
-    if len(chosen) > 1:
-        raise CircuitsError("give at most one of --contrast, --logit, --feature")
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    outputs = {k: getattr(args, k) for k in ("json", "dot", "svg", "png", "graphml", "circuit_tracer_json")}
+    for kind, path in outputs.items():  # fail before the work, not after it
+        if path and not Path(path).resolve().parent.is_dir():
+            raise CircuitsError(f"--{kind.replace('_', '-')} {path}: folder {Path(path).parent} does not exist")
+    target = _trace_target(args)
     t0 = time.perf_counter()
+    say(f"loading {args.model} and dictionaries {args.dicts} ...")
     model, _ = load_model(args.model)
-    rm = ReplacementModel(model, load_dictionaries(args.dicts, model))
+    rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     load_s = time.perf_counter() - t0
-    if args.contrast:
-        target = Contrast(*args.contrast)
-    elif args.logit:
-        target = Logit(tuple(args.logit))
-    elif args.feature:
-        target = FeatureTarget(_parse_feature(args.feature))
-    else:
-        target = TopLogits(args.cum_prob, args.max_logits)
+    say("attributing ...")
     graph = attribute(rm, args.prompt, target, method=args.method, demean_logits=args.demean,
-                      edge_tolerance=args.edge_tolerance)
+                      edge_tolerance=args.edge_tolerance, progress=not args.quiet)
     t1 = time.perf_counter()
     result = prune(graph, args.node_threshold, args.edge_threshold, args.max_features)
     prune_s = time.perf_counter() - t1
-    full, pruned = graph_scores(graph), graph_scores(result.graph)
-    tm = graph.metadata["timings_s"]
-    print(f"prompt: {' | '.join(graph.metadata['token_strings'])}")
-    for t in graph.metadata["targets"]:
-        print(f"target {t['label']!r}: value {t['value']:.4f}, weight {t['weight']:.3f}")
-    print(f"full graph: {graph.n_nodes} nodes, {graph.n_edges} edges ({graph.metadata['method']}, "
-          f"{tm['total']:.3f} s after {load_s:.2f} s loading); replacement score {full.replacement:.3f}, "
-          f"completeness {full.completeness:.3f}")
-    print(f"pruned (node {args.node_threshold}, edge {args.edge_threshold}): {result.graph.n_nodes} nodes, "
-          f"{result.graph.n_edges} edges in {prune_s:.3f} s; replacement {pruned.replacement:.3f}, "
-          f"completeness {pruned.completeness:.3f}")
-    order = result.node_influence.argsort(descending=True)
-    print("most influential nodes (kind layer[pos]#index, token at pos, influence, activation):")
-    shown = 0
-    for row in order.tolist():
+    full_scores, pruned_scores = graph_scores(graph), graph_scores(result.graph)
+    for g in (graph, result.graph):
+        g.metadata["scores"] = {"replacement": full_scores.replacement, "completeness": full_scores.completeness}
+    result.graph.metadata["scores_pruned"] = {"replacement": pruned_scores.replacement,
+                                              "completeness": pruned_scores.completeness}
+    patching = None
+    if args.corrupt:
+        from circuits.attribution.patching import attribution_patching, integrated_gradients
+
+        say(f"attribution patching against {args.corrupt!r} ...")
+        metric, metric_name = _metric_for(model, target, graph)
+        effects = (integrated_gradients(rm, args.prompt, args.corrupt, metric, args.ig_steps) if args.ig_steps
+                   else attribution_patching(rm, args.prompt, args.corrupt, metric))
+        patching = {"method": effects.method, "metric": metric_name, "corrupt": args.corrupt,
+                    "metric_clean": effects.metric_clean, "metric_corrupted": effects.metric_corrupted,
+                    "top": [[n.to_json(), e] for n, e in effects.top(args.top)]}
+        result.graph.metadata["patching"] = graph.metadata["patching"] = patching
+    kept = result.graph
+    written = []
+    out_graph = graph if args.full else kept
+    influence = result.node_influence if args.full else result.node_influence[result.node_mask]
+    writers = {"json": export.write_json, "dot": export.write_dot, "graphml": export.write_graphml,
+               "svg": lambda g, p: export.render(g, p, "svg"), "png": lambda g, p: export.render(g, p, "png"),
+               "circuit_tracer_json": lambda g, p: export.write_circuit_tracer(g, p, influence)}
+    for kind, path in outputs.items():
+        if path:
+            writers[kind](out_graph, Path(path))
+            written.append(path)
+    summary = {
+        "tokens": graph.metadata["token_strings"],
+        "targets": graph.metadata["targets"],
+        "method": graph.metadata["method"],
+        "full": {"nodes": graph.n_nodes, "edges": graph.n_edges, **graph.metadata["scores"]},
+        "pruned": {"nodes": kept.n_nodes, "edges": kept.n_edges, "replacement": pruned_scores.replacement,
+                   "completeness": pruned_scores.completeness},
+        "seconds": {"load": round(load_s, 3), "attribute": graph.metadata["timings_s"]["total"],
+                    "prune": round(prune_s, 4)},
+        "top_nodes": [],
+        "patching": patching,
+        "written": written,
+    }
+    order = result.node_influence.argsort(descending=True).tolist()
+    for row in order:
         node = graph.nodes[row]
         if node.kind == "token" or graph.target_weights[row] > 0:
             continue
-        tok = graph.metadata["token_strings"][node.pos]
-        print(f"  {node.short():<22} {tok!r:<12} {float(result.node_influence[row]):8.4f} "
-              f"{float(graph.activations[row]):9.4f}")
-        shown += 1
-        if shown >= args.top:
+        summary["top_nodes"].append({"node": node.to_json(), "label": export.node_label(graph, node),
+                                     "influence": float(result.node_influence[row]),
+                                     "activation": float(graph.activations[row])})
+        if len(summary["top_nodes"]) >= args.top:
             break
-    if args.out:
-        out = Path(args.out)
-        _write_json(out, (graph if args.full else result.graph).to_json())
-        print(f"wrote {'full' if args.full else 'pruned'} graph to {out}")
+    if args.json_summary:
+        print(json.dumps(summary))
+        return 0
+    print("tokens: " + " ".join(f"{i}:{t!r}" for i, t in enumerate(summary["tokens"])))
+    for t in summary["targets"]:
+        prob = f", p={t['probability']:.3f}" if t.get("probability") is not None else ""
+        print(f"target {t['label']!r}: value {t['value']:.4f}{prob}, weight {t['weight']:.3f}")
+    f, pr = summary["full"], summary["pruned"]
+    print(f"full graph: {f['nodes']} nodes, {f['edges']} edges ({summary['method']}, "
+          f"{summary['seconds']['attribute']:.3f} s); replacement score {f['replacement']:.3f}, "
+          f"completeness {f['completeness']:.3f}")
+    print(f"pruned (node {args.node_threshold}, edge {args.edge_threshold}): {pr['nodes']} nodes, {pr['edges']} edges "
+          f"({prune_s:.3f} s); replacement {pr['replacement']:.3f}, completeness {pr['completeness']:.3f}")
+    print(f"top {len(summary['top_nodes'])} nodes by influence:")
+    for n in summary["top_nodes"]:
+        print(f"  {n['label']:<28} influence {n['influence']:.4f}  activation {n['activation']:.3f}")
+    if patching:
+        print(f"{patching['method']} node effects on {patching['metric']} (clean {patching['metric_clean']:.3f}, "
+              f"corrupted {patching['metric_corrupted']:.3f}):")
+        for nid, e in patching["top"]:
+            from circuits.graph import Node
+
+            print(f"  {export.node_label(graph, Node.from_json(nid)):<28} {e:+.4f}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_graph_show(args) -> int:
+    from circuits import export
+
+    g = export.read_json(Path(args.file))
+    m = g.metadata
+    kinds: dict[str, int] = {}
+    for n in g.nodes:
+        kinds[n.kind] = kinds.get(n.kind, 0) + 1
+    print(f"{args.file}: {m.get('model')} with {len(m.get('dictionaries', []))} dictionaries, method {m.get('method')}")
+    print(f"prompt: {' '.join(repr(t) for t in m.get('token_strings', []))}")
+    for t in m.get("targets", []):
+        print(f"target {t['label']!r}: value {t['value']:.4f}, weight {t['weight']:.3f}")
+    print(f"{g.n_nodes} nodes ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}), {g.n_edges} edges")
+    if "pruning" in m:
+        pr = m["pruning"]
+        print(f"pruned from {pr['nodes_before']} nodes / {pr['edges_before']} edges at node {pr['node_threshold']}, "
+              f"edge {pr['edge_threshold']}")
+    if "scores" in m:
+        print(f"scores of the full graph: replacement {m['scores']['replacement']:.3f}, completeness "
+              f"{m['scores']['completeness']:.3f}")
+    strongest = g.edge_weight.abs().argsort(descending=True)[: args.top].tolist()
+    print(f"strongest {len(strongest)} edges:")
+    for k in strongest:
+        t, s = g.edge_index[:, k].tolist()
+        print(f"  {export.node_label(g, g.nodes[s]):<28} -> {export.node_label(g, g.nodes[t]):<28} "
+              f"{float(g.edge_weight[k]):+.4f}")
+    return 0
+
+
+def cmd_graph_diff(args) -> int:
+    from circuits import export
+
+    a, b = export.read_json(Path(args.a)), export.read_json(Path(args.b))
+    d = export.diff(a, b, args.rel_tol)
+    print(f"A: {args.a} ({a.n_nodes} nodes, {a.n_edges} edges); B: {args.b} ({b.n_nodes} nodes, {b.n_edges} edges)")
+    print(f"nodes only in B: {len(d.added_nodes)}; only in A: {len(d.removed_nodes)}; edges only in B: "
+          f"{len(d.added_edges)}; only in A: {len(d.removed_edges)}; changed by > {args.rel_tol:.0%}: "
+          f"{len(d.changed_edges)}")
+
+    def lab(g, n):
+        return export.node_label(g, n)
+
+    for title, rows, g in (("nodes only in B", d.added_nodes, b), ("nodes only in A", d.removed_nodes, a)):
+        if rows:
+            print(f"{title}: " + ", ".join(lab(g, n) for n in rows[: args.top]))
+    for title, rows, g in (("edges only in B", d.added_edges, b), ("edges only in A", d.removed_edges, a)):
+        for s, t, w in rows[: args.top]:
+            print(f"  {title}: {lab(g, s)} -> {lab(g, t)} {w:+.4f}")
+    for s, t, wa, wb in d.changed_edges[: args.top]:
+        print(f"  changed: {lab(a, s)} -> {lab(a, t)} {wa:+.4f} -> {wb:+.4f}")
     return 0
 
 
@@ -319,25 +453,44 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--force", action="store_true", help="write into a non-empty folder")
     v.set_defaults(func=cmd_dicts_convert)
 
-    a = sub.add_parser("attribute", help="attribution graph of a prompt (prints a summary; --out writes JSON)")
+    a = sub.add_parser("trace", aliases=["attribute"],
+                       help="attribution graph of a prompt: summary, and JSON / DOT / SVG / PNG / GraphML files")
     a.add_argument("prompt")
     a.add_argument("--model", default="organism")
     a.add_argument("--dicts", default="organism", help="organism, a public set name, or a folder")
-    a.add_argument("--contrast", nargs=2, metavar=("A", "B"), help="explain logit(A) − logit(B)")
-    a.add_argument("--logit", nargs="+", metavar="TOKEN", help="explain these tokens' logits")
+    a.add_argument("--target", nargs="+", metavar="TOKEN", help="explain these tokens' logits")
+    a.add_argument("--contrast", metavar="TOKEN", help="with one --target A: explain logit(A) − logit(TOKEN)")
     a.add_argument("--feature", metavar="KIND:LAYER:POS:INDEX", help="explain one active feature (local circuit)")
-    a.add_argument("--cum-prob", type=float, default=0.95, help="top logits: cumulative probability to cover")
+    a.add_argument("--cum-prob", type=float, default=0.95, help="salient logits: probability mass to cover")
     a.add_argument("--max-logits", type=int, default=10)
     a.add_argument("--method", default="auto", choices=["auto", "analytic", "autograd"])
     a.add_argument("--demean", action="store_true", help="explain logits minus their mean over the vocabulary")
-    a.add_argument("--edge-tolerance", type=float, default=0.0, help="store only edges above this fraction")
+    a.add_argument("--edge-tolerance", type=float, default=0.0,
+                   help="store only edges above this fraction of each target's total |weight|")
     a.add_argument("--node-threshold", type=float, default=0.8)
     a.add_argument("--edge-threshold", type=float, default=0.98)
     a.add_argument("--max-features", type=int, default=None, help="cap on feature nodes after pruning")
-    a.add_argument("--top", type=int, default=15, help="influential nodes to list")
-    a.add_argument("--out", help="write the graph as JSON here")
-    a.add_argument("--full", action="store_true", help="write the unpruned graph")
-    a.set_defaults(func=cmd_attribute)
+    a.add_argument("--corrupt", metavar="PROMPT", help="also run attribution patching against this prompt")
+    a.add_argument("--ig-steps", type=int, default=0, help="with --corrupt: integrated gradients with N steps")
+    a.add_argument("--top", type=int, default=15, help="nodes to list")
+    for flag in ("--json", "--dot", "--svg", "--png", "--graphml", "--circuit-tracer-json"):
+        a.add_argument(flag, metavar="FILE")
+    a.add_argument("--full", action="store_true", help="write the unpruned graph (default: the pruned one)")
+    a.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    a.add_argument("--json-summary", action="store_true", help="print the summary as one JSON object")
+    a.set_defaults(func=cmd_trace)
+
+    gr = sub.add_parser("graph", help="inspect graph files").add_subparsers(dest="action", required=True)
+    sh = gr.add_parser("show", help="summary of a graph JSON file")
+    sh.add_argument("file")
+    sh.add_argument("--top", type=int, default=10)
+    sh.set_defaults(func=cmd_graph_show)
+    df = gr.add_parser("diff", help="nodes and edges that appear, vanish or change between two graphs")
+    df.add_argument("a")
+    df.add_argument("b")
+    df.add_argument("--rel-tol", type=float, default=0.1, help="relative weight change that counts")
+    df.add_argument("--top", type=int, default=10)
+    df.set_defaults(func=cmd_graph_diff)
     return p
 
 

@@ -155,46 +155,20 @@ class Graph:
             dropped=self.dropped[keep], target_weights=self.target_weights[keep],
         )
 
-    # -- serialisation ------------------------------------------------------------------------------------------
-
-    SCHEMA = "circuits-graph/1"
+    # -- serialisation (the format lives in circuits.export) ---------------------------------------------------
 
     def to_json(self) -> dict:
-        """A JSON-serialisable dict (versioned schema); `Graph.from_json` inverts it exactly for float32/64."""
-        return {
-            "schema": self.SCHEMA,
-            "dtype": str(self.edge_weight.dtype).removeprefix("torch."),
-            "nodes": [n.to_json() for n in self.nodes],
-            "activations": self.activations.tolist(),
-            "constants": self.constants.tolist(),
-            "pre_activations": self.pre_activations.tolist(),
-            "dropped": self.dropped.tolist(),
-            "target_weights": self.target_weights.tolist(),
-            "edges": {"target": self.edge_index[0].tolist(), "source": self.edge_index[1].tolist(),
-                      "weight": self.edge_weight.tolist()},
-            "head_weights": None if self.head_weights is None else self.head_weights.tolist(),
-            "metadata": self.metadata,
-        }
+        """The JSON object of this graph (schema in ``circuits/schemas/graph.schema.json``); exact round trip."""
+        from circuits.export import to_dict
+
+        return to_dict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> Graph:
-        if data.get("schema") != cls.SCHEMA:
-            raise ValueError(f"not a circuits graph (schema {data.get('schema')!r}, expected {cls.SCHEMA!r})")
-        dtype = getattr(torch, data.get("dtype", "float32"))
+        """Validate and load a JSON object written by `to_json` (errors name the bad field)."""
+        from circuits.export import from_dict
 
-        def t(v):
-            return torch.tensor(v, dtype=dtype)
-
-        e = data["edges"]
-        return cls(
-            nodes=tuple(Node.from_json(v) for v in data["nodes"]), activations=t(data["activations"]),
-            edge_index=torch.tensor([e["target"], e["source"]], dtype=torch.long).reshape(2, -1),
-            edge_weight=t(e["weight"]),
-            head_weights=None if data.get("head_weights") is None else t(data["head_weights"]),
-            metadata=data.get("metadata", {}), constants=t(data["constants"]),
-            pre_activations=t(data["pre_activations"]), dropped=t(data["dropped"]),
-            target_weights=t(data["target_weights"]),
-        )
+        return from_dict(data)
 
     def to_networkx(self):
         """A networkx DiGraph (source → target), node attributes from the node table, edge attribute weight."""

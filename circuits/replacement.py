@@ -151,7 +151,7 @@ class ReplacementModel:
     makes the model (with dictionary codes held fixed) the linear *local replacement model* of attribution.
     """
 
-    def __init__(self, model, dictionaries):
+    def __init__(self, model, dictionaries, name: str | None = None):
         from circuits.dictionaries.dictset import DictionarySet
 
         dset = dictionaries if isinstance(dictionaries, DictionarySet) else DictionarySet(
@@ -159,6 +159,7 @@ class ReplacementModel:
         dset.check_against(model)
         self.model = model
         self.dictionaries = dset
+        self.name = name or (dset.model_name if dset.model_name != "custom" else model.cfg.model_name)
         self.cfg = model.cfg
         self.n_layers = model.cfg.n_layers
         self.transcoders: dict[int, Dictionary] = {}

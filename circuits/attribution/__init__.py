@@ -39,7 +39,8 @@ __all__ = ["Contrast", "FeatureTarget", "Logit", "TopLogits", "attribute", "Targ
 
 def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target | None = None, *,
               method: Method = "auto", demean_logits: bool = False, edge_tolerance: float = 0.0,
-              memory_limit_bytes: int | None = None, cache: ReplacementCache | None = None) -> Graph:
+              memory_limit_bytes: int | None = None, cache: ReplacementCache | None = None,
+              progress: bool = False) -> Graph:
     """The attribution graph of `prompt` for `target` (default: the salient top logits) in `rm`.
 
     method: "analytic" (needs an SAE on every attention layer), "autograd", or "auto" (analytic when possible).
@@ -73,11 +74,11 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
         _check_memory(rm, src, limit)
     t1 = time.perf_counter()
     if method == "analytic":
-        edges = analytic_edges(rm, cache, src, reads, tolerance=edge_tolerance, byte_limit=limit)
+        edges = analytic_edges(rm, cache, src, reads, tolerance=edge_tolerance, byte_limit=limit, progress=progress)
     else:
         edges = autograd_edges(rm, cache, src, reads)
     timings["edges"] = time.perf_counter() - t1
-    graph = _build_graph(rm, cache, src, reads, edges, target, method, demean_logits, edge_tolerance)
+    graph = _build_graph(rm, cache, src, reads, edges, target, method, demean_logits, edge_tolerance, prompt)
     if isinstance(target, FeatureTarget):
         graph = _upstream_of(graph, graph.row(target.node))
     timings["total"] = time.perf_counter() - t0
@@ -110,21 +111,26 @@ def _available_memory() -> int:
 
 
 def _build_graph(rm, cache, src: Sources, reads: list[LogitRead], edges: Edges, target, method: str,
-                 demean: bool, tolerance: float) -> Graph:
+                 demean: bool, tolerance: float, prompt=None) -> Graph:
     nodes = tuple(src.nodes) + tuple(r.node for r in reads)
     dtype = src.vectors.dtype
     activations = torch.cat([src.activations, torch.tensor([r.value for r in reads], dtype=dtype)])
     weights = torch.zeros(len(nodes), dtype=dtype)
     for k, r in enumerate(reads):
         weights[len(src) + k] = r.weight
+    row = None
     if isinstance(target, FeatureTarget):
-        weights[src.nodes.index(target.node)] = 1.0
+        row = src.nodes.index(target.node)
+        weights[row] = 1.0
     model = rm.model
     meta = {
         "method": method,
+        "dtype": str(dtype).removeprefix("torch."),
         "target": _describe(target),
-        "targets": [{"label": r.label, "node": r.node.to_json(), "weight": r.weight, "value": r.value}
-                    for r in reads],
+        "model": rm.name,
+        "prompt": prompt if isinstance(prompt, str) else None,
+        "targets": [{"label": r.label, "node": r.node.to_json(), "weight": r.weight, "value": r.value,
+                     "probability": r.probability} for r in reads],
         "tokens": cache.tokens.tolist(),
         "token_strings": [token_string(model, t) for t in cache.tokens.tolist()],
         "bos_pos": 0 if int(cache.tokens[0]) == _bos_id(model) else None,
@@ -135,6 +141,9 @@ def _build_graph(rm, cache, src: Sources, reads: list[LogitRead], edges: Edges, 
         "edge_tolerance": tolerance,
         "position_embeddings": "folded into token nodes",
     }
+    if row is not None:
+        meta["targets"] = [{"label": f"feature {target.node.short()}", "node": target.node.to_json(), "weight": 1.0,
+                            "value": float(edges.pre_activations[row]), "probability": None}]
     if isinstance(target, Contrast):
         from circuits.attribution.targets import single_token
 

@@ -99,7 +99,7 @@ class _Collector:
 
 @torch.no_grad()
 def analytic_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, reads: list[LogitRead],
-                   tolerance: float = 0.0, byte_limit: float = float("inf")) -> Edges:
+                   tolerance: float = 0.0, byte_limit: float = float("inf"), progress: bool = False) -> Edges:
     """All edges into every active feature and every logit target of the cached prompt."""
     missing = [layer for layer in range(rm.n_layers) if layer not in rm.attention_saes]
     if missing:
@@ -112,7 +112,9 @@ def analytic_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, 
     index = torch.tensor([n.index for n in src.nodes])
     cw = constant_writes(rm)
     before = torch.stack(cw).cumsum(0) - torch.stack(cw)  # before[k]: constant writes of sites < k
-    for layer in range(rm.n_layers):
+    from tqdm.auto import tqdm
+
+    for layer in tqdm(range(rm.n_layers), desc="edges by layer", disable=not progress, leave=False):
         rows = torch.nonzero((kind == 1) & (src.site == attn_site(layer))).flatten()
         if len(rows):
             _attention_layer(rm, cache, src, layer, rows, index[rows], before[attn_site(layer)], col)

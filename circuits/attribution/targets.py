@@ -73,6 +73,7 @@ class LogitRead:
     weight: float
     label: str
     value: float  # the (demeaned) logit or logit difference in the clean forward pass
+    probability: float | None = None  # the token's next-token probability (None for a contrast)
 
 
 def single_token(model, token: str | int) -> int:
@@ -111,7 +112,7 @@ def resolve_logit_targets(model, logits_last: Tensor, target, demean: bool, pos:
     def read(tok: int, weight: float) -> LogitRead:
         node = Node("logit", n_layers, pos, tok)
         return LogitRead(node, W_U[:, tok], float(b_U[tok]), weight, token_string(model, tok),
-                         float(logits_last[tok]))
+                         float(logits_last[tok]), float(probs[tok]))
 
     if isinstance(target, TopLogits):
         order = probs.argsort(descending=True)

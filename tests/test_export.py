@@ -1,0 +1,204 @@
+"""Graph files: JSON round trip and schema validation, DOT (parsed and rendered by Graphviz), GraphML, the
+circuit-tracer layout, diffs, and the `circuits trace` / `circuits graph` commands end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from circuits import export
+from circuits.attribution import Contrast, TopLogits, attribute
+from circuits.cli import main
+from circuits.graph import Graph
+from circuits.pruning import prune
+from circuits.replacement import ReplacementModel
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
+
+
+@pytest.fixture(scope="module")
+def graph(tiny64):
+    model, dicts = tiny64
+    rm = ReplacementModel(model, dicts, name="tiny")
+    g = prune(attribute(rm, PROMPT, TopLogits(0.8, 3)), 0.6, 0.9).graph
+    g.metadata["ui"] = {"pins": [g.nodes[-1].to_json()],
+                        "supernodes": [{"name": "late", "nodes": [n.to_json() for n in g.nodes[-3:-1]]}],
+                        "labels": {export.node_id(g.nodes[-2]): "a labelled feature"}}
+    return g
+
+
+def test_json_round_trip_is_lossless(graph, tmp_path):
+    path = export.write_json(graph, tmp_path / "g.json")
+    back = export.read_json(path)
+    assert back.nodes == graph.nodes and back.metadata == json.loads(json.dumps(graph.metadata))
+    for name in ("activations", "edge_index", "edge_weight", "head_weights", "constants", "pre_activations",
+                 "dropped", "target_weights"):
+        assert torch.equal(getattr(back, name), getattr(graph, name)), name
+    assert export.to_dict(back) == export.to_dict(graph)
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda d: d["nodes"]["kind"].__setitem__(2, "neuron"), "nodes.kind[2]"),
+    (lambda d: d["edges"]["weight"].__setitem__(0, "heavy"), "edges.weight[0]"),
+    (lambda d: d["metadata"].pop("tokens"), "'tokens' is a required property"),
+    (lambda d: d["edges"]["source"].append(0), "edges.source has"),
+    (lambda d: d["edges"]["target"].__setitem__(0, 10**6), "edges.target[0] = 1000000 is not a node"),
+    (lambda d: d.__setitem__("schema_version", 99), "schema_version 99"),
+    (lambda d: d.__setitem__("format", "something-else"), "not a circuits graph"),
+])
+def test_schema_validation_points_at_the_bad_field(graph, tmp_path, mutate, message):
+    data = export.to_dict(graph)
+    mutate(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(export.GraphFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        export.read_json(path)
+
+
+def test_foreign_and_broken_files(tmp_path):
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(export.GraphFileError, match="not valid JSON"):
+        export.read_json(tmp_path / "x.json")
+    (tmp_path / "ct.json").write_text(json.dumps({"metadata": {}, "nodes": [], "links": []}))
+    with pytest.raises(export.GraphFileError, match="not a circuits graph"):
+        export.read_json(tmp_path / "ct.json")
+    with pytest.raises(export.GraphFileError, match="does not exist"):
+        export.read_json(tmp_path / "missing.json")
+
+
+def test_writes_are_atomic_and_unwritable_paths_are_clear(graph, tmp_path):
+    target = tmp_path / "g.json"
+    target.write_text("precious")
+    with pytest.raises(export.GraphFileError, match="does not exist"):
+        export.write_json(graph, tmp_path / "nope" / "g.json")
+
+    def boom(tmp):
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(export.GraphFileError, match="No space left"):
+        export._atomic_write(target, boom)
+    assert target.read_text() == "precious" and len(list(tmp_path.iterdir())) == 1
+
+
+@needs_dot
+def test_dot_parses_and_renders(graph, tmp_path):
+    path = export.write_dot(graph, tmp_path / "g.dot")
+    text = path.read_text()
+    assert "rankdir=BT" in text and 'rank=same' in text and "a labelled feature" in text
+    assert "#b2182b" in text or "#2166ac" in text  # edge colours by sign
+    proc = subprocess.run(["dot", "-Tsvg", str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "<svg" in proc.stdout
+    svg = export.render(graph, tmp_path / "g.svg", "svg")
+    png = export.render(graph, tmp_path / "g.png", "png")
+    assert svg.read_text().lstrip().startswith("<?xml") and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_render_without_dot_is_clear(graph, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(export.GraphFileError, match="Graphviz `dot` is not installed"):
+        export.render(graph, tmp_path / "g.svg", "svg")
+
+
+def test_graphml_loads_back_with_attributes(graph, tmp_path):
+    import networkx as nx
+
+    path = export.write_graphml(graph, tmp_path / "g.graphml")
+    g = nx.read_graphml(path)
+    assert g.number_of_nodes() == graph.n_nodes and g.number_of_edges() == graph.n_edges
+    attrs = g.nodes[str(graph.n_nodes - 1)]
+    assert attrs["kind"] == graph.nodes[-1].kind and "label" in attrs and "pre_activation" in attrs
+    attn = [d for _, _, d in g.edges(data=True) if "heads" in d]
+    assert attn and len(json.loads(attn[0]["heads"])) == graph.metadata["n_heads"]
+    assert abs(sum(json.loads(attn[0]["heads"])) - attn[0]["weight"]) < 1e-9
+
+
+def test_circuit_tracer_json_has_their_fields_and_types(graph, tmp_path):
+    data = json.loads(export.write_circuit_tracer(graph, tmp_path / "ct.json").read_text())
+    assert set(data) == {"metadata", "qParams", "nodes", "links"}
+    assert set(data["metadata"]) == {"slug", "scan", "transcoder_list", "prompt_tokens", "prompt", "node_threshold",
+                                     "schema_version"}
+    assert set(data["qParams"]) == {"pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos"}
+    types = {"node_id": str, "feature": int, "layer": str, "ctx_idx": int, "feature_type": str,
+             "token_prob": float, "is_target_logit": bool, "run_idx": int, "reverse_ctx_idx": int,
+             "jsNodeId": str, "clerp": str, "influence": float, "activation": float}
+    for node in data["nodes"]:
+        assert set(node) == set(types)
+        assert all(isinstance(node[k], t) for k, t in types.items()), node
+    ids = {n["node_id"] for n in data["nodes"]}
+    assert len(ids) == len(data["nodes"])
+    assert all(set(link) == {"source", "target", "weight"} and link["source"] in ids and link["target"] in ids
+               for link in data["links"])
+    kinds = {n["feature_type"] for n in data["nodes"]}
+    assert {"embedding", "logit", "cross layer transcoder"} <= kinds
+    tokens = [n for n in data["nodes"] if n["feature_type"] == "embedding"]
+    assert all(n["node_id"] == f"E_{n['feature']}_{n['ctx_idx']}" for n in tokens)
+    assert data["qParams"]["pinnedIds"] and data["qParams"]["supernodes"][0][0] == "late"
+
+
+def test_diff_finds_changes(graph):
+    other = Graph.from_json(graph.to_json())
+    other.edge_weight = other.edge_weight.clone()
+    other.edge_weight[0] *= 3
+    keep = torch.ones(other.n_nodes, dtype=torch.bool)
+    victim = next(i for i, n in enumerate(other.nodes) if n.kind.endswith("_feature"))
+    keep[victim] = False
+    d = export.diff(graph, other.subgraph(keep))
+    assert d.removed_nodes == [graph.nodes[victim]] and not d.added_nodes
+    assert d.removed_edges and any(s == graph.nodes[victim] or t == graph.nodes[victim]
+                                   for s, t, _ in d.removed_edges)
+    changed = {(s, t) for s, t, _, _ in d.changed_edges}
+    t0, s0 = graph.edge_index[:, 0].tolist()
+    assert (graph.nodes[s0], graph.nodes[t0]) in changed or graph.nodes[victim] in (graph.nodes[s0], graph.nodes[t0])
+
+
+def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
+    abba, baba = tmp_path / "abba.json", tmp_path / "baba.json"
+    argv = ["trace", PROMPT, "--target", "Mary", "--contrast", "John", "--json", str(abba), "--graphml",
+            str(tmp_path / "g.graphml"), "--circuit-tracer-json", str(tmp_path / "ct.json"), "--quiet",
+            "--corrupt", "When Mary and John went to the store, Anna gave a drink to", "--top", "4"]
+    if shutil.which("dot"):
+        argv += ["--svg", str(tmp_path / "g.svg")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "tokens: 0:'<|endoftext|>'" in out and "top 4 nodes by influence" in out and "atp node effects" in out
+    assert main(["trace", "When John and Mary went to the store, John gave a drink to", "--target", "Mary",
+                 "--contrast", "John", "--json", str(baba), "--json-summary", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["full"]["nodes"] > summary["pruned"]["nodes"] > 0 and summary["written"] == [str(baba)]
+    assert main(["graph", "show", str(abba)]) == 0
+    assert "strongest" in capsys.readouterr().out
+    assert main(["graph", "diff", str(abba), str(baba)]) == 0
+    assert "nodes only in B" in capsys.readouterr().out
+    g = export.read_json(abba)
+    assert g.metadata["model"] == "organism" and g.metadata["patching"]["method"] == "atp"
+    assert g.metadata["scores"]["replacement"] > 0
+
+
+def test_trace_bad_input_is_one_line(tmp_path, capsys):
+    cases = [
+        (["trace", PROMPT, "--json", str(tmp_path / "no" / "g.json")], "does not exist"),
+        (["trace", PROMPT, "--contrast", "John"], "needs exactly one --target"),
+        (["trace", PROMPT, "--model", "nosuch"], "unknown model"),
+        (["trace", PROMPT, "--dicts", "nosuchset"], "nosuchset"),
+        (["graph", "show", str(tmp_path / "missing.json")], "does not exist"),
+    ]
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    cases.append((["graph", "show", str(tmp_path / "bad.json")], "not a circuits graph"))
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        errors = [line for line in err.splitlines() if line.startswith("circuits: error")]
+        assert len(errors) == 1 and needle in errors[0] and "Traceback" not in err, (argv, err)
+
+
+def test_contrast_graph_json_names_the_pair(tiny64, tmp_path):
+    model, dicts = tiny64
+    g = attribute(ReplacementModel(model, dicts), PROMPT, Contrast(" Mary", " John"))
+    back = export.read_json(export.write_json(g, tmp_path / "c.json"))
+    assert back.metadata["contrast"] == g.metadata["contrast"] and back.nodes[-1].kind == "logit_diff"
