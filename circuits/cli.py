@@ -8,6 +8,7 @@
     circuits dicts convert    SRC --out DIR [--n-heads N]
     circuits trace            PROMPT [--target T.. [--contrast B] | --feature K:L:P:I] [--json F --dot F ...]
     circuits graph show FILE  |  circuits graph diff A B
+    circuits dashboards build [--model organism] [--rows N]  |  circuits feature ID [--text PROMPT] [--label L]
 
 ``--debug`` (before the subcommand) shows the traceback of an error.
 """
@@ -225,6 +226,24 @@ def _metric_for(model, target, graph):
     return (lambda logits: logits[-1, tok]), f"logit({first['label']})"
 
 
+def _attach_labels(rm, args, graph, say) -> None:
+    """Feature labels from the model's dashboard database, when there is one built for these dictionaries."""
+    from circuits import dashboards, export
+
+    path = Path(args.dashboards) if getattr(args, "dashboards", None) else _dashboard_db(args.model)
+    if not path.exists():
+        return
+    try:
+        db = dashboards.Dashboards(path, rm)
+    except dashboards.DashboardError as e:
+        say(f"no feature labels: {e}")
+        return
+    labels = {export.node_id(n): lab for n, lab in db.labels(list(graph.nodes)).items()}
+    db.close()
+    ui = graph.metadata.setdefault("ui", {})
+    ui["labels"] = {**labels, **ui.get("labels", {})}
+
+
 def cmd_trace(args) -> int:
     import time
 
@@ -254,6 +273,7 @@ def cmd_trace(args) -> int:
                       edge_tolerance=args.edge_tolerance, progress=not args.quiet)
     t1 = time.perf_counter()
     result = prune(graph, args.node_threshold, args.edge_threshold, args.max_features)
+    _attach_labels(rm, args, graph if args.full else result.graph, say)
     prune_s = time.perf_counter() - t1
     full_scores, pruned_scores = graph_scores(graph), graph_scores(result.graph)
     for g in (graph, result.graph):
@@ -387,6 +407,62 @@ def cmd_graph_diff(args) -> int:
     return 0
 
 
+def _dashboard_db(model_name: str) -> Path:
+    from circuits.model import DATA_DIR
+
+    return DATA_DIR / "dashboards" / f"{model_name}.sqlite"
+
+
+def cmd_dashboards_build(args) -> int:
+    import time
+
+    from circuits import dashboards
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+    from circuits.replacement import ReplacementModel
+
+    if args.model != "organism":
+        raise CircuitsError(f"dashboards are built from the organism's held-out corpus; {args.model!r} has no "
+                            "corpus here: use --model organism")
+    from circuits.organism.corpus import ToyWorldCorpus
+    from circuits.organism.tokenizer import build_tokenizer
+    from circuits.organism.train import batch_tokens
+
+    model, _ = load_model(args.model)
+    rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
+    rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, args.rows, model.cfg.n_ctx, stream="heldout-dash")
+    out = Path(args.out) if args.out else _dashboard_db(args.model)
+    t0 = time.perf_counter()
+    dashboards.build(rm, rows, out, seed=args.seed, progress=not args.quiet,
+                     meta={"dictionaries": args.dicts, "stream": "heldout-dash"})
+    size = out.stat().st_size / 2**20
+    print(f"wrote {out} ({size:.1f} MB) from {rows.numel():,} tokens in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_feature(args) -> int:
+    from circuits import dashboards
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+    from circuits.replacement import ReplacementModel
+
+    name, feature = dashboards.parse_feature_id(args.id)
+    model, _ = load_model(args.model)
+    rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
+    if args.text:
+        for tok, act in dashboards.activations_on(rm, args.text, name, feature):
+            print(f"{tok!r:<16} {act:8.3f} {'#' * min(40, round(4 * act))}")
+        return 0
+    db = dashboards.Dashboards(Path(args.db) if args.db else _dashboard_db(args.model), rm)
+    if args.label is not None:
+        db.close()
+        dashboards.set_label(db.path, name, feature, args.label or None)
+        print(f"{name}#{feature}: label {'cleared' if not args.label else repr(args.label)}")
+        return 0
+    print(dashboards.render_text(db.get(name, feature)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from circuits.model import DATA_DIR
 
@@ -476,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--json", "--dot", "--svg", "--png", "--graphml", "--circuit-tracer-json"):
         a.add_argument(flag, metavar="FILE")
     a.add_argument("--full", action="store_true", help="write the unpruned graph (default: the pruned one)")
+    a.add_argument("--dashboards", metavar="DB", help="feature labels from this dashboard database "
+                   "(default data/dashboards/MODEL.sqlite when it exists)")
     a.add_argument("--quiet", action="store_true", help="no progress on stderr")
     a.add_argument("--json-summary", action="store_true", help="print the summary as one JSON object")
     a.set_defaults(func=cmd_trace)
@@ -491,6 +569,25 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--rel-tol", type=float, default=0.1, help="relative weight change that counts")
     df.add_argument("--top", type=int, default=10)
     df.set_defaults(func=cmd_graph_diff)
+
+    dash = sub.add_parser("dashboards", help="feature dashboards (SQLite)").add_subparsers(dest="action",
+                                                                                         required=True)
+    b = dash.add_parser("build", help="build every feature's dashboard over held-out text (resumes)")
+    b.add_argument("--model", default="organism")
+    b.add_argument("--dicts", default="organism")
+    b.add_argument("--rows", type=int, default=2000, help="held-out rows of n_ctx tokens")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", help="database path (default data/dashboards/MODEL.sqlite)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_dashboards_build)
+    f = sub.add_parser("feature", help="print a feature's dashboard (or its activations on --text)")
+    f.add_argument("id", help="transcoder_L2#517, attn_sae_L1#33, mlp:2:517 or attn:1:33")
+    f.add_argument("--model", default="organism")
+    f.add_argument("--dicts", default="organism")
+    f.add_argument("--db", help="database path (default data/dashboards/MODEL.sqlite)")
+    f.add_argument("--text", help="test on custom text: the feature's activation on every token")
+    f.add_argument("--label", help="set a label that overrides the automatic one ('' clears it)")
+    f.set_defaults(func=cmd_feature)
     return p
 
 

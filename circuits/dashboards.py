@@ -1,0 +1,524 @@
+"""Feature dashboards: what each feature does, computed over held-out text and stored in SQLite.
+
+For every feature of every dictionary in a set, two streaming passes over held-out token rows collect:
+
+1. **Pass 1** (codes of all dictionaries, one batch at a time): activation density (fraction of tokens where the
+   feature is on), a histogram of its non-zero activations (log-spaced bins), the top activating (row, position)
+   pairs, and a uniform random sample of activating positions (random keys, kept by top-k: a reservoir sample in one
+   pass), from which five samples at the 10/30/50/70/90% activation quantiles are shown.
+2. **Pass 2** (only the rows those examples live in): each example's context window with the feature's activation
+   on every token, and for attention-SAE features the decomposition of each top activation by head and by source
+   position (``A[h, p, q] · v[q, h] · W_enc[h, :, i]`` — the same terms as the graph's per-head edges).
+
+**Logit effects**: the feature's write direction (``W_dec[i]`` for a transcoder; ``W_dec[i] W_O`` for an attention
+SAE feature) through the final LayerNorm as the graph reads it — centred, scaled by γ (σ omitted: it only rescales)
+— and the unembedding; the top and bottom tokens.
+
+**Automatic label** (deterministic): the token on which the feature most often peaks in its top contexts, with the
+share of top contexts where it does, and the token it promotes most — ``"on ' Mary' (9/10) → ' John'"``; features
+with no activation are labelled ``"dead"``. A user label (`set_label`) overrides it everywhere.
+
+Layout (plain SQL; every JSON column is a JSON text):
+
+    meta(key TEXT PRIMARY KEY, value TEXT)                      -- fingerprint, model, rows, seed, ...
+    features(dictionary TEXT, feature INTEGER, density REAL, max_activation REAL, n_active INTEGER,
+             histogram TEXT, logits_top TEXT, logits_bottom TEXT, heads TEXT, source_offsets TEXT,
+             auto_label TEXT, user_label TEXT, PRIMARY KEY (dictionary, feature))
+    examples(dictionary TEXT, feature INTEGER, kind TEXT ('top' | 'quantile'), rank INTEGER, activation REAL,
+             row INTEGER, pos INTEGER, tokens TEXT, activations TEXT, PRIMARY KEY (dictionary, feature, kind, rank))
+    done(dictionary TEXT PRIMARY KEY)                           -- dictionaries finished (the build resumes)
+
+The fingerprint (a hash of every dictionary tensor and the model's weights) is stored in ``meta``; opening a
+database built for different dictionaries is refused with the build command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from circuits.errors import CircuitsError
+from circuits.graph import Node
+
+TOP_K = 10  # top activating examples per feature
+SAMPLE_K = 32  # reservoir of activating positions per feature, for quantile samples
+QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
+WINDOW_BEFORE, WINDOW_AFTER = 10, 3  # context tokens shown around the activating position
+HIST_EDGES = torch.logspace(-3, 3, 25)  # activation histogram bins (non-zero activations)
+N_LOGITS = 8
+
+
+class DashboardError(CircuitsError):
+    """A dashboard database is missing, stale, or does not have the feature asked for."""
+
+
+@dataclass
+class Example:
+    kind: str  # "top" or "quantile"
+    rank: int
+    activation: float
+    row: int
+    pos: int
+    tokens: list[str]  # the context window
+    activations: list[float]  # the feature's activation on each token of the window
+    focus: int  # index of the activating token inside the window
+
+
+@dataclass
+class Dashboard:
+    dictionary: str
+    feature: int
+    label: str
+    auto_label: str
+    density: float
+    max_activation: float
+    n_active: int
+    histogram: list[tuple[float, float, int]]  # (low, high, count)
+    logits_top: list[tuple[str, float]]
+    logits_bottom: list[tuple[str, float]]
+    examples: list[Example] = field(default_factory=list)
+    heads: list[float] | None = None  # attention features: share of |contribution| per head
+    source_offsets: dict[str, float] | None = None  # attention features: share by (query − source) distance
+
+    def top_examples(self) -> list[Example]:
+        return [e for e in self.examples if e.kind == "top"]
+
+    def frame(self):
+        """The examples as a pandas DataFrame (one row per example)."""
+        import pandas as pd
+
+        return pd.DataFrame([{"kind": e.kind, "rank": e.rank, "activation": e.activation, "row": e.row,
+                              "pos": e.pos, "context": "".join(e.tokens)} for e in self.examples])
+
+
+# -- fingerprint and database ----------------------------------------------------------------------------------
+
+
+def fingerprint(rm) -> str:
+    """A hash of every dictionary tensor and the model's unembedding and embedding (detects stale databases)."""
+    h = hashlib.sha256()
+    for d in rm.dictionaries:
+        h.update(d.cfg.name.encode())
+        for name, t in sorted(d.weights().items()):
+            h.update(name.encode())
+            h.update(t.detach().float().contiguous().numpy().tobytes())
+    for t in (rm.model.W_E, rm.model.W_U):
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS features(dictionary TEXT, feature INTEGER, density REAL, max_activation REAL,
+    n_active INTEGER, histogram TEXT, logits_top TEXT, logits_bottom TEXT, heads TEXT, source_offsets TEXT,
+    auto_label TEXT, user_label TEXT, PRIMARY KEY (dictionary, feature));
+CREATE TABLE IF NOT EXISTS examples(dictionary TEXT, feature INTEGER, kind TEXT, rank INTEGER, activation REAL,
+    row INTEGER, pos INTEGER, tokens TEXT, activations TEXT, PRIMARY KEY (dictionary, feature, kind, rank));
+CREATE TABLE IF NOT EXISTS done(dictionary TEXT PRIMARY KEY);
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(str(path))
+    con.executescript(SCHEMA)
+    return con
+
+
+# -- logit effects ---------------------------------------------------------------------------------------------
+
+
+def write_directions(rm, d) -> Tensor:
+    """[d_sae, d_model]: each feature's write into the residual stream."""
+    if d.cfg.kind == "attention_sae":
+        return d.W_dec.to(rm.W_O_cat(d.cfg.layer).dtype) @ rm.W_O_cat(d.cfg.layer)
+    return d.W_dec
+
+
+@torch.no_grad()
+def logit_effects(rm, d, n: int = N_LOGITS) -> tuple[list[list], list[list]]:
+    """Top and bottom ``n`` (token id, effect) per feature: write direction → centred, γ-scaled → W_U."""
+    gamma, _ = rm.ln_weights("ln_final")
+    v = write_directions(rm, d).to(rm.model.W_U.dtype)
+    v = (v - v.mean(-1, keepdim=True)) * gamma
+    eff = v @ rm.model.W_U  # [d_sae, vocab]
+    top = eff.topk(n, dim=-1)
+    bottom = (-eff).topk(n, dim=-1)
+    return ([list(zip(i.tolist(), v_.tolist(), strict=True)) for i, v_ in zip(top.indices, top.values, strict=True)],
+            [list(zip(i.tolist(), (-v_).tolist(), strict=True)) for i, v_ in zip(bottom.indices, bottom.values,
+                                                                                  strict=True)])
+
+
+# -- the build -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stats:
+    d_sae: int
+    n_tokens: int = 0
+
+    def __post_init__(self):
+        self.count = torch.zeros(self.d_sae, dtype=torch.long)
+        self.maxact = torch.zeros(self.d_sae)
+        self.hist = torch.zeros(self.d_sae, len(HIST_EDGES) + 1, dtype=torch.long)
+        self.top_val = torch.full((TOP_K, self.d_sae), -1.0)
+        self.top_idx = torch.full((TOP_K, self.d_sae), -1, dtype=torch.long)
+        self.res_key = torch.full((SAMPLE_K, self.d_sae), -1.0)
+        self.res_idx = torch.full((SAMPLE_K, self.d_sae), -1, dtype=torch.long)
+        self.res_val = torch.zeros(SAMPLE_K, self.d_sae)
+
+    def update(self, codes: Tensor, flat_offset: int, gen: torch.Generator) -> None:
+        """codes [n_tokens, d_sae] for tokens flat_offset .. flat_offset + n_tokens - 1."""
+        codes = codes.float()
+        n = codes.shape[0]
+        active = codes > 0
+        self.n_tokens += n
+        self.count += active.sum(0)
+        self.maxact = torch.maximum(self.maxact, codes.max(0).values)
+        nz_t, nz_f = torch.nonzero(active, as_tuple=True)
+        bins = torch.bucketize(codes[nz_t, nz_f], HIST_EDGES)
+        self.hist.index_put_((nz_f, bins), torch.ones_like(bins), accumulate=True)
+        idx = torch.arange(flat_offset, flat_offset + n)
+        k = min(TOP_K, n)
+        vals, rows = codes.topk(k, dim=0)
+        cand_v = torch.cat([self.top_val, vals])
+        cand_i = torch.cat([self.top_idx, idx[rows]])
+        best = cand_v.topk(TOP_K, dim=0).indices
+        self.top_val, self.top_idx = cand_v.gather(0, best), cand_i.gather(0, best)
+        keys = torch.where(active, torch.rand(codes.shape, generator=gen), torch.full_like(codes, -1.0))
+        k = min(SAMPLE_K, n)
+        kv, kr = keys.topk(k, dim=0)
+        cand_k = torch.cat([self.res_key, kv])
+        cand_i = torch.cat([self.res_idx, idx[kr]])
+        cand_a = torch.cat([self.res_val, codes.gather(0, kr)])
+        best = cand_k.topk(SAMPLE_K, dim=0).indices
+        self.res_key, self.res_idx, self.res_val = (cand_k.gather(0, best), cand_i.gather(0, best),
+                                                    cand_a.gather(0, best))
+
+    def quantile_examples(self, f: int) -> list[tuple[float, int]]:
+        ok = self.res_key[:, f] >= 0
+        vals, idx = self.res_val[ok, f], self.res_idx[ok, f]
+        if len(vals) == 0:
+            return []
+        order = vals.argsort()
+        chosen = sorted({int(order[min(len(order) - 1, int(q * len(order)))]) for q in QUANTILES})
+        return [(float(vals[c]), int(idx[c])) for c in chosen]
+
+
+def _codes_by_dictionary(rm, tokens: Tensor, want_attention: bool = False) -> tuple[dict, dict]:
+    """One spliced forward pass (errors on): codes per dictionary [batch, pos, d_sae], and (optionally) the values
+    and patterns of attention layers with an SAE."""
+    from circuits.model import hook_attn_pattern
+    from circuits.replacement import splice_hooks
+
+    store: dict = {}
+    extra: dict = {}
+    hooks = splice_hooks(rm.dictionaries, "on", store)
+    if want_attention:
+        for layer in rm.attention_saes:
+            for name in (f"blocks.{layer}.attn.hook_v", hook_attn_pattern(layer)):
+                hooks.append((name, lambda act, hook: extra.__setitem__(hook.name, act.detach())))
+    rm.model.run_with_hooks(tokens, fwd_hooks=hooks)
+    return {k: v[0] for k, v in store.items()}, extra
+
+
+def _label(tokens: list[str], logits_top: list, decode: Callable[[int], str]) -> str:
+    if not tokens:
+        return "dead"
+    counts: dict[str, int] = {}
+    for t in tokens:
+        counts[t] = counts.get(t, 0) + 1
+    tok, c = max(sorted(counts.items()), key=lambda kv: kv[1])
+    promoted = decode(logits_top[0][0]) if logits_top else "?"
+    return f"on {tok!r} ({c}/{len(tokens)}) → {promoted!r}"
+
+
+@torch.no_grad()
+def build(rm, rows: Tensor, path: Path, batch_size: int = 32, seed: int = 0, progress: bool = True,
+          meta: dict | None = None) -> Path:
+    """Build (or finish) the dashboard database for every dictionary of `rm` over token `rows` [n_rows, n_ctx].
+
+    Dictionaries already finished in the database (same fingerprint) are skipped, so an interrupted build resumes.
+    """
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fp = fingerprint(rm)
+    con = _connect(path)
+    stored = dict(con.execute("SELECT key, value FROM meta").fetchall())
+    if stored.get("fingerprint") not in (None, fp):
+        con.executescript("DELETE FROM features; DELETE FROM examples; DELETE FROM done; DELETE FROM meta;")
+    info = {"fingerprint": fp, "model": getattr(rm, "name", "model"), "rows": str(rows.shape[0]),
+            "n_ctx": str(rows.shape[1]), "seed": str(seed), **(meta or {})}
+    con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", info.items())
+    con.commit()
+    done = {r[0] for r in con.execute("SELECT dictionary FROM done")}
+    todo = [d for d in rm.dictionaries if d.cfg.name not in done]
+    if not todo:
+        return path
+    gen = torch.Generator().manual_seed(seed)
+    stats = {d.cfg.name: _Stats(d.d_sae) for d in todo}
+    n_ctx = rows.shape[1]
+    for start in tqdm(range(0, rows.shape[0], batch_size), desc="dashboards: pass 1", disable=not progress):
+        batch = rows[start:start + batch_size]
+        store, _ = _codes_by_dictionary(rm, batch)
+        for d in todo:
+            codes = store[d.cfg.name] if store[d.cfg.name].ndim == 3 else store[d.cfg.name][None]
+            stats[d.cfg.name].update(codes.reshape(-1, d.d_sae), start * n_ctx, gen)
+    # pass 2: contexts (and attention decompositions) for the chosen examples, row by row
+    wanted: dict[int, list[tuple[str, int, str, int, float, int]]] = {}
+    for d in todo:
+        s = stats[d.cfg.name]
+        for f in range(d.d_sae):
+            for r in range(TOP_K):
+                if s.top_val[r, f] > 0:
+                    flat = int(s.top_idx[r, f])
+                    wanted.setdefault(flat // n_ctx, []).append((d.cfg.name, f, "top", r, float(s.top_val[r, f]),
+                                                                 flat % n_ctx))
+            for r, (val, flat) in enumerate(s.quantile_examples(f)):
+                wanted.setdefault(flat // n_ctx, []).append((d.cfg.name, f, "quantile", r, val, flat % n_ctx))
+    contexts: dict[tuple[str, int, str, int], tuple] = {}
+    attn: dict[tuple[str, int], dict] = {}
+    by_name = {d.cfg.name: d for d in todo}
+    row_ids = sorted(wanted)
+    for start in tqdm(range(0, len(row_ids), batch_size), desc="dashboards: pass 2", disable=not progress):
+        ids = row_ids[start:start + batch_size]
+        store, extra = _codes_by_dictionary(rm, rows[ids], want_attention=True)
+        for b, row in enumerate(ids):
+            for name, f, kind, r, val, pos in wanted[row]:
+                codes = store[name]
+                codes = codes[b] if codes.ndim == 3 else codes
+                lo, hi = max(0, pos - WINDOW_BEFORE), min(n_ctx, pos + WINDOW_AFTER + 1)
+                contexts[(name, f, kind, r)] = (val, row, pos, rows[row, lo:hi].tolist(),
+                                                codes[lo:hi, f].float().tolist())
+                d = by_name[name]
+                if kind == "top" and d.cfg.kind == "attention_sae":
+                    _attention_terms(rm, d, extra, b, pos, f, attn.setdefault((name, f), {}))
+    _write(con, rm, todo, stats, contexts, attn, progress)
+    con.close()
+    return path
+
+
+def _attention_terms(rm, d, extra: dict, b: int, pos: int, f: int, acc: dict) -> None:
+    """Accumulate |A[h,p,q] v[q,h]·W_enc[h,:,f]| by head and by offset p − q for one top activation."""
+    from circuits.model import hook_attn_pattern
+
+    layer, H, dh = d.cfg.layer, rm.cfg.n_heads, rm.cfg.d_head
+    v = extra[f"blocks.{layer}.attn.hook_v"][b, : pos + 1]  # [q, H, d_head]
+    A = extra[hook_attn_pattern(layer)][b, :, pos, : pos + 1]  # [H, q]
+    w = d.W_enc[:, f].reshape(H, dh).to(v.dtype)
+    terms = (A.T * torch.einsum("qhd,hd->qh", v, w)).abs()  # [q, H]
+    acc["heads"] = acc.get("heads", torch.zeros(H)) + terms.sum(0).float()
+    offsets = acc.setdefault("offsets", {})
+    for q, value in enumerate(terms.sum(1).tolist()):
+        offsets[pos - q] = offsets.get(pos - q, 0.0) + value
+
+
+def _write(con, rm, todo, stats, contexts, attn, progress: bool) -> None:
+    from circuits.attribution.targets import token_string
+
+    model = rm.model
+    cache: dict[int, str] = {}
+
+    def decode(t: int) -> str:
+        if t not in cache:
+            cache[t] = token_string(model, t)
+        return cache[t]
+
+    for d in todo:
+        name = d.cfg.name
+        s = stats[name]
+        top, bottom = logit_effects(rm, d)
+        feature_rows, example_rows = [], []
+        for f in range(d.d_sae):
+            peak_tokens = []
+            for kind in ("top", "quantile"):
+                for r in range(TOP_K):
+                    c = contexts.get((name, f, kind, r))
+                    if c is None:
+                        continue
+                    val, row, pos, toks, acts = c
+                    focus = min(pos, WINDOW_BEFORE)
+                    if kind == "top":
+                        peak_tokens.append(decode(toks[focus]))
+                    example_rows.append((name, f, kind, r, val, row, pos, json.dumps(toks),
+                                         json.dumps([round(a, 4) for a in acts])))
+            hist = [[float(lo), float(hi), int(c)] for lo, hi, c in zip(
+                [0.0] + HIST_EDGES.tolist(), HIST_EDGES.tolist() + [float("inf")], s.hist[f].tolist(), strict=True)
+                if c > 0]
+            heads = offsets = None
+            if (name, f) in attn:
+                h = attn[(name, f)]["heads"]
+                heads = json.dumps([round(x, 4) for x in (h / h.sum().clamp_min(1e-12)).tolist()])
+                off = attn[(name, f)]["offsets"]
+                total = sum(off.values()) or 1.0
+                offsets = json.dumps({str(k): round(v / total, 4) for k, v in sorted(off.items())})
+            label = _label(peak_tokens, top[f], decode)
+            feature_rows.append((name, f, float(s.count[f]) / max(1, s.n_tokens), float(s.maxact[f]),
+                                 int(s.count[f]), json.dumps(hist),
+                                 json.dumps([[decode(t), round(v, 4)] for t, v in top[f]]),
+                                 json.dumps([[decode(t), round(v, 4)] for t, v in bottom[f]]),
+                                 heads, offsets, label))
+        con.execute("DELETE FROM features WHERE dictionary = ?", (name,))
+        con.execute("DELETE FROM examples WHERE dictionary = ?", (name,))
+        con.executemany("INSERT INTO features (dictionary, feature, density, max_activation, n_active, histogram, "
+                        "logits_top, logits_bottom, heads, source_offsets, auto_label) VALUES "
+                        "(?,?,?,?,?,?,?,?,?,?,?)", feature_rows)
+        con.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?,?,?)", example_rows)
+        con.execute("INSERT OR REPLACE INTO done VALUES (?)", (name,))
+        con.commit()
+
+
+# -- reading ---------------------------------------------------------------------------------------------------
+
+
+class Dashboards:
+    """Read access to a dashboard database (checked against the replacement model when one is given)."""
+
+    def __init__(self, path: Path, rm=None, build_hint: str = "circuits dashboards build --model organism"):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DashboardError(f"no dashboard database at {self.path}; build it with `{build_hint}`")
+        self.con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            self.meta = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as e:
+            raise DashboardError(f"{self.path} is not a dashboard database ({e}); rebuild it with "
+                                 f"`{build_hint}`") from None
+        if rm is not None and self.meta.get("fingerprint") != fingerprint(rm):
+            raise DashboardError(f"{self.path} was built for different dictionaries or a different model "
+                                 f"(fingerprint mismatch); rebuild it with `{build_hint}`")
+        self._tokens = getattr(rm, "model", None)
+
+    def _decode(self, ids: list[int]) -> list[str]:
+        from circuits.attribution.targets import token_string
+
+        return [token_string(self._tokens, t) if self._tokens is not None else f"<{t}>" for t in ids]
+
+    def label(self, dictionary: str, feature: int) -> str | None:
+        row = self.con.execute("SELECT COALESCE(user_label, auto_label) FROM features WHERE dictionary = ? AND "
+                               "feature = ?", (dictionary, feature)).fetchone()
+        return row[0] if row else None
+
+    def labels(self, nodes: list[Node]) -> dict[Node, str]:
+        """Labels of the feature nodes among `nodes` (for graph exports)."""
+        out = {}
+        for node in nodes:
+            name = _dictionary_of(node)
+            if name is not None:
+                lab = self.label(name, node.index)
+                if lab is not None:
+                    out[node] = lab
+        return out
+
+    def get(self, dictionary: str, feature: int) -> Dashboard:
+        row = self.con.execute(
+            "SELECT density, max_activation, n_active, histogram, logits_top, logits_bottom, heads, source_offsets, "
+            "auto_label, user_label FROM features WHERE dictionary = ? AND feature = ?", (dictionary, feature)
+        ).fetchone()
+        if row is None:
+            names = [r[0] for r in self.con.execute("SELECT DISTINCT dictionary FROM features")]
+            if dictionary not in names:
+                raise DashboardError(f"no dictionary {dictionary!r} in {self.path} (it has {', '.join(names)})")
+            n = self.con.execute("SELECT COUNT(*) FROM features WHERE dictionary = ?", (dictionary,)).fetchone()[0]
+            raise DashboardError(f"{dictionary} has no feature {feature} (features are 0..{n - 1})")
+        density, maxact, n_active, hist, top, bottom, heads, offsets, auto, user = row
+        examples = []
+        for kind, rank, act, r, pos, toks, acts in self.con.execute(
+                "SELECT kind, rank, activation, row, pos, tokens, activations FROM examples WHERE dictionary = ? "
+                "AND feature = ? ORDER BY kind DESC, rank", (dictionary, feature)):
+            toks = json.loads(toks)
+            examples.append(Example(kind, rank, act, r, pos, self._decode(toks), json.loads(acts),
+                                    min(pos, WINDOW_BEFORE)))
+        return Dashboard(dictionary, feature, user or auto, auto, density, maxact, n_active,
+                         [tuple(h) for h in json.loads(hist)], [tuple(x) for x in json.loads(top)],
+                         [tuple(x) for x in json.loads(bottom)], examples,
+                         json.loads(heads) if heads else None, json.loads(offsets) if offsets else None)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def set_label(path: Path, dictionary: str, feature: int, label: str | None) -> None:
+    """Set (or clear, with None) a user label that overrides the automatic one."""
+    con = sqlite3.connect(str(path))
+    cur = con.execute("UPDATE features SET user_label = ? WHERE dictionary = ? AND feature = ?",
+                      (label, dictionary, feature))
+    con.commit()
+    con.close()
+    if cur.rowcount == 0:
+        raise DashboardError(f"no feature {dictionary}#{feature} in {path}")
+
+
+def _dictionary_of(node: Node) -> str | None:
+    if node.kind == "attn_feature":
+        return f"attn_sae_L{node.layer}"
+    if node.kind == "mlp_feature":
+        return f"transcoder_L{node.layer}"
+    return None
+
+
+def parse_feature_id(text: str) -> tuple[str, int]:
+    """'transcoder_L2#517', 'attn_sae_L1:33', 'mlp:2:517', 'attn:1:33' → (dictionary, feature)."""
+    t = text.strip().replace("#", ":")
+    parts = t.split(":")
+    try:
+        if len(parts) == 2 and parts[0].startswith(("transcoder_L", "attn_sae_L")):
+            return parts[0], int(parts[1])
+        if len(parts) == 3 and parts[0] in ("mlp", "attn"):
+            return (f"transcoder_L{int(parts[1])}" if parts[0] == "mlp" else f"attn_sae_L{int(parts[1])}",
+                    int(parts[2]))
+    except ValueError:
+        pass
+    raise DashboardError(f"feature id {text!r}: write DICTIONARY#FEATURE (e.g. transcoder_L2#517) or "
+                         "KIND:LAYER:FEATURE (e.g. mlp:2:517, attn:1:33)")
+
+
+@torch.no_grad()
+def activations_on(rm, prompt: str, dictionary: str, feature: int) -> list[tuple[str, float]]:
+    """Test on custom text: the feature's activation on every token of `prompt` (BOS first)."""
+    from circuits.attribution.targets import token_string
+
+    d = rm.dictionaries.dictionaries.get(dictionary)
+    if d is None:
+        raise DashboardError(f"no dictionary {dictionary!r} (have {', '.join(rm.dictionaries.dictionaries)})")
+    if not 0 <= feature < d.d_sae:
+        raise DashboardError(f"{dictionary} has no feature {feature} (features are 0..{d.d_sae - 1})")
+    cache = rm.run(prompt)
+    acts = cache.codes[dictionary][:, feature].tolist()
+    return [(token_string(rm.model, t), a) for t, a in zip(cache.tokens.tolist(), acts, strict=True)]
+
+
+def render_text(dash: Dashboard, width: int = 100) -> str:
+    """A terminal rendering: header, logit effects, histogram, and contexts with the activating token marked."""
+    lines = [f"{dash.dictionary}#{dash.feature}: {dash.label}",
+             f"density {dash.density:.4%} ({dash.n_active} tokens), max activation {dash.max_activation:.3f}"]
+    if dash.label != dash.auto_label:
+        lines.append(f"(automatic label: {dash.auto_label})")
+    lines.append("promotes: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in dash.logits_top))
+    lines.append("suppresses: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in dash.logits_bottom))
+    if dash.heads:
+        lines.append("heads: " + " ".join(f"h{h}:{s:.0%}" for h, s in enumerate(dash.heads)))
+    if dash.source_offsets:
+        best = sorted(dash.source_offsets.items(), key=lambda kv: -kv[1])[:5]
+        lines.append("source offsets (query − source): " + ", ".join(f"{k}: {v:.0%}" for k, v in best))
+    if dash.histogram:
+        peak = max(c for _, _, c in dash.histogram)
+        lines.append("histogram of non-zero activations:")
+        for lo, hi, c in dash.histogram:
+            lines.append(f"  {lo:>8.3f}–{hi:<8.3f} {'#' * max(1, round(30 * c / peak))} {c}")
+    for kind in ("top", "quantile"):
+        rows = [e for e in dash.examples if e.kind == kind]
+        if rows:
+            lines.append("top activating contexts:" if kind == "top" else "samples across activation quantiles:")
+        for e in rows:
+            text = "".join(f"[[{t}]]" if i == e.focus else t for i, t in enumerate(e.tokens))
+            lines.append(f"  {e.activation:7.3f}  {text[-width:]}")
+    return "\n".join(lines)

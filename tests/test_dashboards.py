@@ -1,0 +1,158 @@
+"""Feature dashboards on a tiny model with a planted feature: top contexts, logit effects, SQLite, labels."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import torch
+from conftest import build_tiny, random_dictionaries
+
+from circuits import dashboards
+from circuits.dashboards import DashboardError, Dashboards
+from circuits.replacement import ReplacementModel
+
+PLANTED = " the"
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A model whose layer-0 MLP input is exactly the token embedding (attention 0 writes nothing, no position
+    embeddings), and a ReLU transcoder whose feature 0 fires only on ' the'."""
+    from circuits.organism.corpus import ToyWorldCorpus
+    from circuits.organism.tokenizer import build_tokenizer
+    from circuits.organism.train import batch_tokens
+
+    model = build_tiny(tmp_path_factory.mktemp("dash"), n_ctx=32)
+    with torch.no_grad():
+        model.blocks[0].attn.W_O.zero_()
+        model.blocks[0].attn.b_O.zero_()
+        model.W_pos.zero_()
+    dicts = random_dictionaries(model, d_sae=16, k=4, activation="relu", layers=[0, 1])
+    tc = next(d for d in dicts if d.cfg.name == "transcoder_L0")
+    rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, 24, 32, stream="heldout")
+    mary = model.to_single_token("the")
+    assert (rows == mary).sum() >= 3
+    with torch.no_grad():
+        _, cache = model.run_with_cache(rows, names_filter="blocks.0.ln2.hook_normalized")
+        x = cache["blocks.0.ln2.hook_normalized"].reshape(-1, model.cfg.d_model)
+        is_mary = (rows == mary).reshape(-1)
+        u = x[is_mary].mean(0) - x[~is_mary].mean(0)
+        u = u / u.norm()
+        tc.b_in_param.zero_()
+        proj = x @ u
+        threshold = (proj[is_mary].min() + proj[~is_mary].max()) / 2
+        assert proj[is_mary].min() > proj[~is_mary].max()  # separable by construction
+        tc.W_enc[:, 0] = u
+        tc.b_enc[0] = -threshold
+        for d in dicts:  # other features: off (negative bias), so only the planted one is tested
+            d.b_enc[1:] = -1e3 if d is tc else d.b_enc[1:]
+    rm = ReplacementModel(model, dicts, name="tiny")
+    return rm, rows
+
+
+@pytest.fixture(scope="module")
+def db(planted, tmp_path_factory):
+    rm, rows = planted
+    path = tmp_path_factory.mktemp("db") / "dash.sqlite"
+    dashboards.build(rm, rows, path, batch_size=8, seed=0, progress=False)
+    return path
+
+
+def test_planted_feature_top_contexts_all_contain_its_token(planted, db):
+    rm, _ = planted
+    dash = Dashboards(db, rm).get("transcoder_L0", 0)
+    tops = dash.top_examples()
+    assert len(tops) >= 3 and all(e.tokens[e.focus] == PLANTED for e in tops)
+    assert all(e.activations[e.focus] == pytest.approx(e.activation, rel=1e-4) for e in tops)
+    assert dash.auto_label.startswith(f"on {PLANTED!r} ({len(tops)}/{len(tops)})")
+    assert 0 < dash.density < 0.2 and dash.n_active == int((planted[1] == rm.model.to_single_token("the")).sum())
+    assert sum(c for _, _, c in dash.histogram) == dash.n_active
+
+
+def test_logit_effects_match_a_hand_computation(planted, db):
+    rm, _ = planted
+    tc = rm.transcoders[0]
+    gamma = rm.model.ln_final.w
+    v = tc.W_dec[0]
+    effect = ((v - v.mean()) * gamma) @ rm.model.W_U
+    top = effect.topk(dashboards.N_LOGITS)
+    dash = Dashboards(db, rm).get("transcoder_L0", 0)
+    assert [t for t, _ in dash.logits_top] == [rm.model.to_string(torch.tensor([i])) for i in top.indices.tolist()]
+    assert [v for _, v in dash.logits_top] == pytest.approx(top.values.tolist(), abs=1e-3)
+    bottom = (-effect).topk(dashboards.N_LOGITS).indices.tolist()
+    assert [t for t, _ in dash.logits_bottom] == [rm.model.to_string(torch.tensor([i])) for i in bottom]
+
+
+def test_attention_features_get_head_and_source_breakdowns(planted, db):
+    rm, _ = planted
+    con = sqlite3.connect(db)
+    row = con.execute("SELECT feature FROM features WHERE dictionary = 'attn_sae_L1' AND n_active > 0 "
+                      "ORDER BY n_active DESC LIMIT 1").fetchone()
+    assert row is not None
+    dash = Dashboards(db, rm).get("attn_sae_L1", row[0])
+    assert dash.heads is not None and len(dash.heads) == rm.cfg.n_heads and abs(sum(dash.heads) - 1) < 1e-3
+    assert dash.source_offsets and abs(sum(dash.source_offsets.values()) - 1) < 1e-3
+    assert all(int(k) >= 0 for k in dash.source_offsets)
+
+
+def test_sqlite_is_plain_and_complete(planted, db):
+    rm, _ = planted
+    con = sqlite3.connect(db)
+    n = con.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+    assert n == sum(d.d_sae for d in rm.dictionaries)
+    assert {r[0] for r in con.execute("SELECT dictionary FROM done")} == {d.cfg.name for d in rm.dictionaries}
+    assert con.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()[0] == dashboards.fingerprint(rm)
+    dead = con.execute("SELECT auto_label FROM features WHERE n_active = 0").fetchall()
+    assert all(label == "dead" for (label,) in dead)
+
+
+def test_labels_are_stable_across_rebuilds_and_user_labels_override(planted, db, tmp_path):
+    rm, rows = planted
+    again = dashboards.build(rm, rows, tmp_path / "again.sqlite", batch_size=8, seed=0, progress=False)
+    q = "SELECT dictionary, feature, auto_label FROM features ORDER BY dictionary, feature"
+    assert sqlite3.connect(db).execute(q).fetchall() == sqlite3.connect(again).execute(q).fetchall()
+    qe = "SELECT * FROM examples ORDER BY dictionary, feature, kind, rank"
+    assert sqlite3.connect(db).execute(qe).fetchall() == sqlite3.connect(again).execute(qe).fetchall()
+    dashboards.set_label(again, "transcoder_L0", 0, "the detector")
+    d = Dashboards(again, rm)
+    assert d.get("transcoder_L0", 0).label == "the detector"
+    assert d.get("transcoder_L0", 0).auto_label.startswith("on")
+    from circuits.graph import Node
+
+    assert d.labels([Node("mlp_feature", 0, 3, 0), Node("token", -1, 0, 5)]) == {
+        Node("mlp_feature", 0, 3, 0): "the detector"}
+
+
+def test_custom_text_activations(planted):
+    rm, _ = planted
+    acts = dashboards.activations_on(rm, "Mary went to the store and the park", "transcoder_L0", 0)
+    on = [tok for tok, a in acts if a > 0]
+    assert on == [PLANTED, PLANTED] and acts[0][0] == "<|endoftext|>"
+
+
+def test_rendering_marks_the_activating_token(planted, db):
+    rm, _ = planted
+    text = dashboards.render_text(Dashboards(db, rm).get("transcoder_L0", 0))
+    assert f"[[{PLANTED}]]" in text and "promotes:" in text and "histogram" in text
+
+
+def test_bad_input(planted, db, tmp_path):
+    rm, _ = planted
+    with pytest.raises(DashboardError, match="circuits dashboards build"):
+        Dashboards(tmp_path / "missing.sqlite", rm)
+    d = Dashboards(db, rm)
+    with pytest.raises(DashboardError, match="no feature 99"):
+        d.get("transcoder_L0", 99)
+    with pytest.raises(DashboardError, match="no dictionary 'transcoder_L7'"):
+        d.get("transcoder_L7", 0)
+    with pytest.raises(DashboardError, match="write DICTIONARY#FEATURE"):
+        dashboards.parse_feature_id("banana")
+    assert dashboards.parse_feature_id("mlp:2:517") == ("transcoder_L2", 517)
+    assert dashboards.parse_feature_id("attn_sae_L1#33") == ("attn_sae_L1", 33)
+    other = ReplacementModel(rm.model, random_dictionaries(rm.model, d_sae=16, k=4, seed=5, layers=[0, 1]))
+    with pytest.raises(DashboardError, match="fingerprint"):
+        Dashboards(db, other)
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(DashboardError, match="not a dashboard database"):
+        Dashboards(tmp_path / "junk.sqlite", rm)
