@@ -244,6 +244,31 @@ def _attach_labels(rm, args, graph, say) -> None:
     ui["labels"] = {**labels, **ui.get("labels", {})}
 
 
+def _faithfulness(rm, args, target, graph, pruned, say) -> list[dict] | None:
+    """Ablation faithfulness of the pruned graph on the target metric: zero ablation, and mean ablation over
+    held-out organism text when the model is the organism."""
+    from circuits.interventions import Ablation, faithfulness, mean_ablation
+
+    if not graph.metadata["targets"] or graph.metadata["targets"][0]["node"][0] not in ("logit", "logit_diff"):
+        return None
+    metric, name = _metric_for(rm.model, target, graph)
+    ablations = [Ablation("zero")]
+    if args.model == "organism":
+        from circuits.organism.corpus import ToyWorldCorpus
+        from circuits.organism.tokenizer import build_tokenizer
+        from circuits.organism.train import batch_tokens
+
+        say("faithfulness (zero and mean ablation) ...")
+        rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, 16, rm.cfg.n_ctx, stream="heldout-dicts")
+        ablations.append(mean_ablation(rm, [rows]))
+    out = []
+    for ablation in ablations:
+        f = faithfulness(rm, args.prompt, pruned, metric, ablation)
+        out.append({"metric": name, "ablation": f.ablation, "score": f.score, "circuit": f.circuit, "empty": f.empty,
+                    "full": f.full, "features": f.n_features, "errors": f.n_errors})
+    return out
+
+
 def cmd_trace(args) -> int:
     import time
 
@@ -280,6 +305,9 @@ def cmd_trace(args) -> int:
         g.metadata["scores"] = {"replacement": full_scores.replacement, "completeness": full_scores.completeness}
     result.graph.metadata["scores_pruned"] = {"replacement": pruned_scores.replacement,
                                               "completeness": pruned_scores.completeness}
+    faith = _faithfulness(rm, args, target, graph, result.graph, say)
+    if faith:
+        result.graph.metadata["faithfulness"] = graph.metadata["faithfulness"] = faith
     patching = None
     if args.corrupt:
         from circuits.attribution.patching import attribution_patching, integrated_gradients
@@ -314,6 +342,7 @@ def cmd_trace(args) -> int:
                     "prune": round(prune_s, 4)},
         "top_nodes": [],
         "patching": patching,
+        "faithfulness": faith,
         "written": written,
     }
     order = result.node_influence.argsort(descending=True).tolist()
@@ -339,6 +368,9 @@ def cmd_trace(args) -> int:
           f"completeness {f['completeness']:.3f}")
     print(f"pruned (node {args.node_threshold}, edge {args.edge_threshold}): {pr['nodes']} nodes, {pr['edges']} edges "
           f"({prune_s:.3f} s); replacement {pr['replacement']:.3f}, completeness {pr['completeness']:.3f}")
+    for f in faith or []:
+        print(f"faithfulness of the pruned graph on {f['metric']} ({f['ablation']} ablation): {f['score']:.3f} "
+              f"(circuit {f['circuit']:.3f}, empty {f['empty']:.3f}, model {f['full']:.3f})")
     print(f"top {len(summary['top_nodes'])} nodes by influence:")
     for n in summary["top_nodes"]:
         print(f"  {n['label']:<28} influence {n['influence']:.4f}  activation {n['activation']:.3f}")

@@ -24,6 +24,7 @@ Layout (plain SQL; every JSON column is a JSON text):
     features(dictionary TEXT, feature INTEGER, density REAL, max_activation REAL, n_active INTEGER,
              histogram TEXT, logits_top TEXT, logits_bottom TEXT, heads TEXT, source_offsets TEXT,
              auto_label TEXT, user_label TEXT, PRIMARY KEY (dictionary, feature))
+             -- source_offsets: the 8 largest shares by (query − source) distance, the rest as "other"
     examples(dictionary TEXT, feature INTEGER, kind TEXT ('top' | 'quantile'), rank INTEGER, activation REAL,
              row INTEGER, pos INTEGER, tokens TEXT, activations TEXT, PRIMARY KEY (dictionary, feature, kind, rank))
     done(dictionary TEXT PRIMARY KEY)                           -- dictionaries finished (the build resumes)
@@ -53,6 +54,7 @@ QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
 WINDOW_BEFORE, WINDOW_AFTER = 10, 3  # context tokens shown around the activating position
 HIST_EDGES = torch.logspace(-3, 3, 25)  # activation histogram bins (non-zero activations)
 N_LOGITS = 8
+N_OFFSETS = 8  # attention features: the query − source offsets kept by share (the rest is "other")
 
 
 class DashboardError(CircuitsError):
@@ -118,11 +120,21 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS features(dictionary TEXT, feature INTEGER, density REAL, max_activation REAL,
     n_active INTEGER, histogram TEXT, logits_top TEXT, logits_bottom TEXT, heads TEXT, source_offsets TEXT,
-    auto_label TEXT, user_label TEXT, PRIMARY KEY (dictionary, feature));
+    auto_label TEXT, user_label TEXT, PRIMARY KEY (dictionary, feature)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS examples(dictionary TEXT, feature INTEGER, kind TEXT, rank INTEGER, activation REAL,
-    row INTEGER, pos INTEGER, tokens TEXT, activations TEXT, PRIMARY KEY (dictionary, feature, kind, rank));
+    row INTEGER, pos INTEGER, tokens TEXT, activations TEXT, PRIMARY KEY (dictionary, feature, kind, rank))
+    WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS done(dictionary TEXT PRIMARY KEY);
 """
+
+
+def _numbers(values) -> str:
+    """Compact JSON for a list of numbers: 5 significant digits, zeros as 0, no spaces."""
+    return "[" + ",".join("0" if v == 0 else f"{v:.5g}" for v in values) + "]"
+
+
+def _compact(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"))
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -302,6 +314,7 @@ def build(rm, rows: Tensor, path: Path, batch_size: int = 32, seed: int = 0, pro
                 if kind == "top" and d.cfg.kind == "attention_sae":
                     _attention_terms(rm, d, extra, b, pos, f, attn.setdefault((name, f), {}))
     _write(con, rm, todo, stats, contexts, attn, progress)
+    con.execute("VACUUM")
     con.close()
     return path
 
@@ -348,23 +361,25 @@ def _write(con, rm, todo, stats, contexts, attn, progress: bool) -> None:
                     focus = min(pos, WINDOW_BEFORE)
                     if kind == "top":
                         peak_tokens.append(decode(toks[focus]))
-                    example_rows.append((name, f, kind, r, val, row, pos, json.dumps(toks),
-                                         json.dumps([round(a, 4) for a in acts])))
-            hist = [[float(lo), float(hi), int(c)] for lo, hi, c in zip(
+                    example_rows.append((name, f, kind, r, val, row, pos, _compact(toks), _numbers(acts)))
+            hist = [[float(f"{lo:.4g}"), float(f"{hi:.4g}"), int(c)] for lo, hi, c in zip(
                 [0.0] + HIST_EDGES.tolist(), HIST_EDGES.tolist() + [float("inf")], s.hist[f].tolist(), strict=True)
                 if c > 0]
             heads = offsets = None
             if (name, f) in attn:
                 h = attn[(name, f)]["heads"]
-                heads = json.dumps([round(x, 4) for x in (h / h.sum().clamp_min(1e-12)).tolist()])
+                heads = _numbers((h / h.sum().clamp_min(1e-12)).tolist())
                 off = attn[(name, f)]["offsets"]
                 total = sum(off.values()) or 1.0
-                offsets = json.dumps({str(k): round(v / total, 4) for k, v in sorted(off.items())})
+                best = sorted(off.items(), key=lambda kv: -kv[1])[:N_OFFSETS]  # the rest is summed as "other"
+                shares = {str(k): float(f"{v / total:.4g}") for k, v in sorted(best)}
+                shares["other"] = float(f"{max(0.0, 1 - sum(v for _, v in best) / total):.4g}")
+                offsets = _compact(shares)
             label = _label(peak_tokens, top[f], decode)
             feature_rows.append((name, f, float(s.count[f]) / max(1, s.n_tokens), float(s.maxact[f]),
-                                 int(s.count[f]), json.dumps(hist),
-                                 json.dumps([[decode(t), round(v, 4)] for t, v in top[f]]),
-                                 json.dumps([[decode(t), round(v, 4)] for t, v in bottom[f]]),
+                                 int(s.count[f]), _compact(hist),
+                                 _compact([[decode(t), float(f"{v:.4g}")] for t, v in top[f]]),
+                                 _compact([[decode(t), float(f"{v:.4g}")] for t, v in bottom[f]]),
                                  heads, offsets, label))
         con.execute("DELETE FROM features WHERE dictionary = ?", (name,))
         con.execute("DELETE FROM examples WHERE dictionary = ?", (name,))

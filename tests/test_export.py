@@ -167,6 +167,7 @@ def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "tokens: 0:'<|endoftext|>'" in out and "top 4 nodes by influence" in out and "atp node effects" in out
+    assert "(zero ablation)" in out and "(mean ablation)" in out
     assert main(["trace", "When John and Mary went to the store, John gave a drink to", "--target", "Mary",
                  "--contrast", "John", "--json", str(baba), "--json-summary", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -178,6 +179,7 @@ def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
     g = export.read_json(abba)
     assert g.metadata["model"] == "organism" and g.metadata["patching"]["method"] == "atp"
     assert g.metadata["scores"]["replacement"] > 0
+    assert [f["ablation"] for f in g.metadata["faithfulness"]] == ["zero", "mean"]
 
 
 def test_trace_bad_input_is_one_line(tmp_path, capsys):
