@@ -156,3 +156,20 @@ def test_bad_input(planted, db, tmp_path):
     (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
     with pytest.raises(DashboardError, match="not a dashboard database"):
         Dashboards(tmp_path / "junk.sqlite", rm)
+
+
+def test_committed_organism_database_matches_its_dictionaries():
+    from circuits import load_dictionaries, load_model
+    from circuits.model import DATA_DIR
+
+    model, _ = load_model("organism")
+    rm = ReplacementModel(model, load_dictionaries("organism", model), name="organism")
+    db = Dashboards(DATA_DIR / "dashboards" / "organism.sqlite", rm)  # raises on a fingerprint mismatch
+    n = db.con.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+    assert n == sum(d.d_sae for d in rm.dictionaries)
+    live = db.con.execute("SELECT dictionary, feature FROM features WHERE n_active > 100 LIMIT 1").fetchone()
+    dash = db.get(*live)
+    assert dash.top_examples() and dash.logits_top and dash.label != "dead"
+    top = dash.top_examples()[0]
+    acts = dashboards.activations_on(rm, "".join(top.tokens).strip(), live[0], live[1])
+    assert max(a for _, a in acts) > 0  # the feature fires again on its own top context

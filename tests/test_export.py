@@ -180,6 +180,8 @@ def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
     assert g.metadata["model"] == "organism" and g.metadata["patching"]["method"] == "atp"
     assert g.metadata["scores"]["replacement"] > 0
     assert [f["ablation"] for f in g.metadata["faithfulness"]] == ["zero", "mean"]
+    labels = g.metadata["ui"]["labels"]  # from the committed dashboard database
+    assert labels and all(export.node_id(n) in labels for n in g.nodes if n.kind.endswith("_feature"))
 
 
 def test_trace_bad_input_is_one_line(tmp_path, capsys):
