@@ -42,26 +42,28 @@ def test_eval_subcommand_on_a_tiny_folder(tmp_path, capsys):
     assert "ioi_train_templates_ABBA" in table and "greater_than" in table and out.exists()
 
 
-def test_attribute_subcommand_writes_a_graph(tmp_path, capsys):
+def test_attribute_alias_writes_a_graph(tmp_path, capsys):
+    """`circuits attribute` is an alias of `circuits trace`."""
     import json
 
     from circuits import Graph
 
     out = tmp_path / "g.json"
-    assert main(["attribute", "When Mary and John went to the store, John gave a drink to", "--contrast", "Mary",
-                 "John", "--out", str(out), "--top", "3"]) == 0
+    assert main(["attribute", "When Mary and John went to the store, John gave a drink to", "--target", "Mary",
+                 "--contrast", "John", "--json", str(out), "--top", "3", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "full graph:" in text and "pruned" in text and "replacement score" in text
     g = Graph.from_json(json.loads(out.read_text()))
     assert g.metadata["target"]["kind"] == "contrast" and g.n_nodes > 20 and "pruning" in g.metadata
 
 
-def test_attribute_bad_input_is_one_line(capsys):
-    for argv, needle in ((["attribute", " "], "empty"),
-                         (["attribute", "When Mary", "--contrast", "Mary", "Mary"], "same token"),
-                         (["attribute", "When Mary", "--logit", "Zorblax"], "not a single token"),
-                         (["attribute", "When Mary", "--feature", "mlp:1"], "KIND:LAYER:POS:INDEX"),
-                         (["attribute", "When Mary", "--node-threshold", "1.5"], "node_threshold")):
+def test_trace_bad_input_is_one_line(capsys):
+    for argv, needle in ((["trace", " ", "--quiet"], "empty"),
+                         (["trace", "When Mary", "--target", "Mary", "--contrast", "Mary", "--quiet"], "same token"),
+                         (["trace", "When Mary", "--target", "Zorblax", "--quiet"], "not a single token"),
+                         (["trace", "When Mary", "--feature", "mlp:1", "--quiet"], "KIND:LAYER:POS:INDEX"),
+                         (["trace", " ".join(["Mary"] * 200), "--quiet"], "context"),
+                         (["trace", "When Mary", "--node-threshold", "1.5", "--quiet"], "node_threshold")):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
-        assert needle in err and "\n" not in err and "Traceback" not in err
+        assert needle in err and "\n" not in err and "Traceback" not in err, (argv, err)
