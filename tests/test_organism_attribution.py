@@ -71,7 +71,9 @@ def test_organism_doubling_a_feature_moves_targets_by_edge_weights(organism_rm, 
     strongest = a[target].abs().argsort(descending=True)[:3].tolist()
     mary, john = g.metadata["contrast"]
     for row in strongest:
-        logits, _, _ = run_edited(organism_rm, cache, [Edit(g.nodes[row], "scale", 2.0)], frozen=True, direct=True)
+        with torch.no_grad():
+            logits, _, _ = run_edited(organism_rm, cache, [Edit(g.nodes[row], "scale", 2.0)], frozen=True,
+                                      direct=True)
         moved = float(logits[-1, mary] - logits[-1, john]) - float(g.pre_activations[target])
         assert abs(moved - float(a[target, row])) <= 1e-3 * max(1.0, abs(float(a[target, row])))
 
