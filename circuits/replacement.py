@@ -179,6 +179,11 @@ class ReplacementModel:
             tokens = torch.as_tensor(prompt).long().reshape(-1)
             if tokens.numel() == 0:
                 raise AttributionError("the prompt is empty; give at least one token")
+        unk = getattr(getattr(self.model, "tokenizer", None), "unk_token_id", None)
+        if unk is not None and bool((tokens == unk).any()):
+            where = torch.nonzero(tokens == unk).flatten().tolist()
+            warnings.warn(f"the prompt has unknown words (mapped to the unknown token) at positions {where}; the "
+                          "model has no embedding for them", stacklevel=2)
         n_ctx = self.cfg.n_ctx
         if tokens.shape[0] > n_ctx:
             raise AttributionError(f"the prompt has {tokens.shape[0]} tokens (BOS included) but the model's context "

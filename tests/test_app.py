@@ -1,0 +1,119 @@
+"""The Streamlit explorer's main flows through streamlit.testing.v1.AppTest (no browser)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import transformer_lens  # noqa: F401  imported here first: torch imported for the first time inside AppTest's
+
+# script thread fails ("module 'torch' has no attribute '_utils'"), a test-harness artefact
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture
+def app():
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _header(at) -> str:
+    return at.markdown[0].value
+
+
+def test_opens_with_the_example_traced(app):
+    head = _header(app)
+    assert "Mary" in head and "pruned to" in head and "nodes" in head
+    assert not app.error
+
+
+def test_slider_reprunes_and_target_change_retraces(app):
+    before = _header(app)
+    app.slider(key="node_threshold").set_value(0.4).run()
+    after = _header(app)
+    assert after != before and not app.exception
+    app.radio(key="target_mode").set_value("salient logits").run()
+    app.button(key="trace").click().run()
+    assert "p=" in _header(app) and not app.exception
+
+
+def test_select_node_shows_inspector_with_dashboard(app):
+    options = app.selectbox(key="node_pick").options
+    feature = next(o for o in options if o.startswith(("A", "M")) and "#" in o)
+    app.selectbox(key="node_pick").set_value(app.selectbox(key="node_pick").options[options.index(feature)]).run()
+    assert not app.exception
+    assert app.subheader and app.subheader[0].value == feature
+    text = " ".join(m.value for m in app.markdown)
+    assert "promotes" in " ".join(w.value for w in app.markdown) or "density" in text
+
+
+def test_intervention_reports_metric_change(app):
+    ms = app.multiselect(key="iv_nodes")
+    ms.select(ms.options[0]).run()
+    app.radio(key="iv_mode").set_value("zero").run()
+    app.button(key="iv_run").click().run()
+    assert not app.exception and not app.error
+    assert app.dataframe and any("metric" in m.value and "→" in m.value for m in app.markdown)
+
+
+def test_faithfulness_button(app):
+    app.button(key="faith").click().run()
+    text = " ".join(m.value for m in app.markdown)
+    assert "faithfulness (zero ablation)" in text and "faithfulness (mean ablation)" in text
+
+
+def test_pin_label_and_supernode_are_kept_in_the_saved_json(app):
+    options = app.selectbox(key="node_pick").options
+    feature = next(o for o in options if o != "—")
+    app.selectbox(key="node_pick").set_value(feature).run()
+    app.button(key="pin").click().run()
+    app.text_input(key="label_in").input("my label").run()
+    app.button(key="save_label").click().run()
+    ui = app.session_state["ui"]
+    assert ui["pins"] and "my label" in ui["labels"].values()
+    from circuits import export, prune
+
+    graph = prune(app.session_state["graph"], 0.5, 0.5, 20).graph  # what the page saves (small, for speed)
+    graph.metadata["ui"] = ui
+    back = export.from_dict(json.loads(json.dumps(export.to_dict(graph))))
+    assert back.metadata["ui"]["labels"] == ui["labels"] and back.metadata["ui"]["pins"] == ui["pins"]
+
+
+def test_gallery_opens_a_saved_graph(app):
+    app.selectbox(key="gallery").set_value("two_hop_lyon.json").run()
+    app.button(key="open_example").click().run()
+    assert not app.exception and any("opened two_hop_lyon.json" in s.value for s in app.success)
+    assert "Paris" in _header(app)
+
+
+def test_bad_input_is_a_message_and_keeps_the_graph(app):
+    before = _header(app)
+    app.text_area(key="prompt").input("   ").run()
+    app.button(key="trace").click().run()
+    assert any("empty" in e.value for e in app.error) and not app.exception
+    assert _header(app) == before
+    app.text_area(key="prompt").input("When Mary and John went to the store, John gave a drink to").run()
+    app.text_input(key="token").input("Zorblax Quux").run()
+    app.button(key="trace").click().run()
+    assert any("not a single token" in e.value for e in app.error) and not app.exception
+    app.text_area(key="prompt").input(" ".join(["Mary"] * 300)).run()
+    app.button(key="trace").click().run()
+    assert any("context" in e.value for e in app.error) and _header(app) == before
+    app.text_area(key="prompt").input("When Mary and Zorblax went to the store, Mary gave a drink to").run()
+    app.text_input(key="token").input("Mary").run()
+    app.button(key="trace").click().run()
+    assert any("unknown words" in w.value for w in app.warning) and not app.exception
+
+
+def test_gpt2_offline_is_a_message(app, no_network):
+    app.selectbox(key="model").set_value("gpt2").run()
+    app.button(key="trace").click().run()
+    assert not app.exception and any("gpt2" in e.value and "organism" in e.value for e in app.error)
+    assert "Mary" in _header(app)  # the organism graph is still there
