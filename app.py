@@ -103,6 +103,7 @@ def do_trace(settings: dict) -> None:
     if graph is None:
         return
     s["graph"] = graph
+    s["files"] = None
     s["settings"] = dict(settings)
     s["selected"] = None
     s["ui"] = {"pins": [], "supernodes": [], "labels": {}}
@@ -145,15 +146,15 @@ def graph_figure(graph, influence, labels: dict):
     w = graph.edge_weight
     if graph.n_edges:
         scale = float(w.abs().max())
-        order = w.abs().argsort(descending=True)[:1500].tolist()  # the strongest edges keep the page responsive
+        order = w.abs().argsort(descending=True)[:1500]  # the strongest edges keep the page responsive
+        weights = w[order].tolist()
+        targets, sources = graph.edge_index[:, order].tolist()
         for sign, colour in ((1, "rgba(33,102,172,{a})"), (-1, "rgba(178,24,43,{a})")):
             for lo, hi, width in ((0.5, 1.01, 3.0), (0.15, 0.5, 1.6), (0.0, 0.15, 0.6)):
                 xs, ys = [], []
-                for k in order:
-                    v = float(w[k])
+                for v, t, s_ in zip(weights, targets, sources, strict=True):
                     if (v >= 0) != (sign > 0) or not lo <= abs(v) / scale < hi:
                         continue
-                    t, s_ = graph.edge_index[:, k].tolist()
                     xs += [x[s_], x[t], None]
                     ys += [y[s_], y[t], None]
                 if xs:
@@ -243,8 +244,12 @@ def node_inspector(g, full, settings, influence) -> None:
         from circuits import dashboards
 
         name = f"{'attn_sae' if node.kind == 'attn_feature' else 'transcoder'}_L{node.layer}"
-        rm = replacement(settings["model"], settings["dicts"], settings["layers"])
-        acts = guarded(dashboards.activations_on, rm, settings["prompt"], name, node.index)
+        key = (settings["model"], settings["dicts"], settings["layers"], settings["prompt"], name, node.index)
+        if st.session_state.get("acts_key") != key:
+            rm = replacement(settings["model"], settings["dicts"], settings["layers"])
+            st.session_state["acts"] = guarded(dashboards.activations_on, rm, settings["prompt"], name, node.index)
+            st.session_state["acts_key"] = key
+        acts = st.session_state["acts"]
         if acts:
             st.markdown("**activation on every token of the prompt**")
             st.plotly_chart(px.bar(x=[f"{i}:{t}" for i, (t, _) in enumerate(acts)], y=[a for _, a in acts],
@@ -364,13 +369,18 @@ def lens_view(settings) -> None:
     from circuits.attribution.targets import token_string
     from circuits.lens import logit_lens
 
-    rm = replacement(settings["model"], settings["dicts"], settings["layers"])
-    cache = guarded(rm.run, settings["prompt"])
-    if cache is None:
-        return
-    lens = logit_lens(rm, cache)
-    toks = [token_string(rm.model, t) for t in cache.tokens.tolist()]
-    text = [[token_string(rm.model, t) for t in row] for row in lens.top_tokens]
+    key = (settings["model"], settings["dicts"], settings["layers"], settings["prompt"])
+    if st.session_state.get("lens_key") != key:  # once per traced prompt, not on every rerun
+        rm = replacement(settings["model"], settings["dicts"], settings["layers"])
+        cache = guarded(rm.run, settings["prompt"])
+        if cache is None:
+            return
+        lens = logit_lens(rm, cache)
+        toks = [token_string(rm.model, t) for t in cache.tokens.tolist()]
+        text = [[token_string(rm.model, t) for t in row] for row in lens.top_tokens]
+        st.session_state["lens"] = (lens, toks, text)
+        st.session_state["lens_key"] = key
+    lens, toks, text = st.session_state["lens"]
     fig = go.Figure(go.Heatmap(z=lens.top_probs.tolist(), x=[f"{i}:{t}" for i, t in enumerate(toks)],
                                y=lens.layers, text=text, texttemplate="%{text}", colorscale="Blues",
                                colorbar={"title": "p(top)"}))
@@ -382,16 +392,19 @@ def files(full, g, influence) -> None:
     from circuits import export
 
     which = st.radio("graph to save", ["pruned", "full"], horizontal=True, key="save_which")
-    out = with_ui(g if which == "pruned" else full)
-    c = st.columns(4)
-    c[0].download_button("JSON", json.dumps(export.to_dict(out)), "graph.json", "application/json", key="dl_json")
-    c[1].download_button("DOT", export.to_dot(out), "graph.dot", "text/vnd.graphviz", key="dl_dot")
-    c[2].download_button("circuit-tracer JSON", json.dumps(export.to_circuit_tracer(out)), "graph_ct.json",
-                         "application/json", key="dl_ct")
-    if c[3].button("prepare SVG (Graphviz)", key="make_svg"):
-        svg = guarded(_svg, out)
-        if svg is not None:
-            c[3].download_button("SVG", svg, "graph.svg", "image/svg+xml", key="dl_svg")
+    if st.button("prepare downloads", key="make_files"):  # serialising is work: only when asked
+        out = with_ui(g if which == "pruned" else full)
+        st.session_state["files"] = {
+            "json": json.dumps(export.to_dict(out)), "dot": export.to_dot(out),
+            "ct": json.dumps(export.to_circuit_tracer(out)), "svg": guarded(_svg, out)}
+    ready = st.session_state.get("files")
+    if ready:
+        c = st.columns(4)
+        c[0].download_button("JSON", ready["json"], "graph.json", "application/json", key="dl_json")
+        c[1].download_button("DOT", ready["dot"], "graph.dot", "text/vnd.graphviz", key="dl_dot")
+        c[2].download_button("circuit-tracer JSON", ready["ct"], "graph_ct.json", "application/json", key="dl_ct")
+        if ready["svg"] is not None:
+            c[3].download_button("SVG", ready["svg"], "graph.svg", "image/svg+xml", key="dl_svg")
     uploaded = st.file_uploader("open a saved graph (JSON)", type=["json"], key="upload")
     if uploaded is not None:
         load_graph_bytes(uploaded.getvalue(), uploaded.name)
@@ -486,7 +499,7 @@ def main() -> None:
     targets = ", ".join(f"{t['label']!r} {t['value']:.2f}" + (f" (p={t['probability']:.2f})"
                                                                if t.get("probability") is not None else "")
                         for t in full.metadata["targets"])
-    st.markdown(f"**{' '.join(full.metadata['token_strings'][1:])}** → {targets}  \n"
+    st.markdown(f"**{''.join(full.metadata['token_strings'][1:]).strip()}** → {targets}  \n"
                 f"{full.n_nodes} nodes / {full.n_edges:,} edges, pruned to {g.n_nodes} / {g.n_edges:,}")
     tabs = st.tabs(["graph", "node", "subgraph", "checks", "intervene", "logit lens", "files"])
     labels = s["ui"]["labels"]

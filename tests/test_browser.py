@@ -1,0 +1,81 @@
+"""End to end in a real headless Chromium (Playwright against the Debian chromium): start the app, type a prompt,
+trace, select a node, check the inspector, save a screenshot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
+                             "--server.headless", "true", "--browser.gatherUsageStats", "false",
+                             "--server.fileWatcherType", "none"], cwd=APP.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_trace_select_and_inspect_in_chromium(server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        page.goto(server)
+        page.get_by_text("pruned to").first.wait_for(timeout=120_000)  # the example is traced on open
+        assert page.locator("text=Traceback").count() == 0
+        prompt = page.get_by_role("textbox", name="prompt")
+        prompt.fill("When Anna and David went to the park, David gave a book to")
+        page.get_by_role("textbox", name="token", exact=True).fill("Anna")
+        page.get_by_role("textbox", name="minus token").fill("David")
+        page.get_by_role("button", name="trace").click()
+        page.get_by_text("Anna −  David").first.wait_for(timeout=60_000)
+        # select a node through the list (clicking the plotly canvas needs pixel coordinates)
+        page.get_by_label("select a node").click()
+        page.keyboard.type("M3#")  # a layer-3 transcoder feature
+        page.keyboard.press("Enter")
+        page.get_by_role("tab", name="node", exact=True).click()
+        page.get_by_text("incoming edges").first.wait_for(timeout=30_000)
+        page.get_by_text("activation on every token of the prompt").first.wait_for(timeout=30_000)
+        page.get_by_text("promotes:").first.wait_for(timeout=30_000)  # its dashboard
+        shot = tmp_path / "explorer.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        assert page.locator("text=Traceback").count() == 0
+        browser.close()
