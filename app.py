@@ -126,8 +126,10 @@ def with_ui(graph):
 
 
 def graph_figure(graph, influence, labels: dict):
+    import numpy as np
     import plotly.graph_objects as go
 
+    nan = float("nan")
     from circuits import export
 
     rank = {}
@@ -155,10 +157,11 @@ def graph_figure(graph, influence, labels: dict):
                 for v, t, s_ in zip(weights, targets, sources, strict=True):
                     if (v >= 0) != (sign > 0) or not lo <= abs(v) / scale < hi:
                         continue
-                    xs += [x[s_], x[t], None]
-                    ys += [y[s_], y[t], None]
-                if xs:
-                    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                    xs += [x[s_], x[t], nan]
+                    ys += [y[s_], y[t], nan]
+                if xs:  # numpy arrays: plotly validates them in bulk (lists are checked element by element)
+                    fig.add_trace(go.Scatter(x=np.array(xs), y=np.array(ys), mode="lines", hoverinfo="skip",
+                                             showlegend=False,
                                              line={"width": width, "color": colour.format(a=0.35 + 0.5 * lo)}))
     inf = influence.clamp_min(0)
     size = (8 + 30 * (inf / inf.max().clamp_min(1e-12)).sqrt()).tolist()
@@ -169,10 +172,11 @@ def graph_figure(graph, influence, labels: dict):
         text = [f"{labels.get(export.node_id(graph.nodes[i])) or export.node_label(graph, graph.nodes[i])}<br>"
                 f"activation {float(graph.activations[i]):.3f}<br>influence {float(influence[i]):.4f}"
                 for i in rows]
-        fig.add_trace(go.Scatter(x=[x[i] for i in rows], y=[y[i] for i in rows], mode="markers", name=kind,
-                                 marker={"size": [size[i] for i in rows], "color": colour,
+        fig.add_trace(go.Scatter(x=np.array([x[i] for i in rows]), y=np.array([y[i] for i in rows]),
+                                 mode="markers", name=kind,
+                                 marker={"size": np.array([size[i] for i in rows]), "color": colour,
                                          "line": {"width": 1, "color": "#333"}},
-                                 customdata=rows, hovertext=text, hoverinfo="text"))
+                                 customdata=np.array(rows), hovertext=text, hoverinfo="text"))
     toks = graph.metadata.get("token_strings", [])
     ranks = sorted(set(rank.values()))
     names = {}
@@ -568,4 +572,5 @@ def subgraph_view(g) -> None:
         st.write(f"**{sn['name']}**: " + ", ".join(export.node_label(g, Node.from_json(n)) for n in sn["nodes"]))
 
 
-main()
+if __name__ == "__main__":
+    main()
