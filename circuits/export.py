@@ -77,6 +77,9 @@ def to_dict(graph: Graph) -> dict:
     }
     if heads is not None:
         out["edges"]["heads"] = heads
+    labels = graph.metadata.get("ui", {}).get("labels", {})
+    if labels:  # a per-node label column for other tools (ui.labels stays the source of truth)
+        out["nodes"]["label"] = [labels.get(node_id(n)) for n in graph.nodes]
     if graph.metadata.get("ui"):
         out["ui"] = graph.metadata["ui"]
     return out

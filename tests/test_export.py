@@ -40,6 +40,8 @@ def test_json_round_trip_is_lossless(graph, tmp_path):
                  "dropped", "target_weights"):
         assert torch.equal(getattr(back, name), getattr(graph, name)), name
     assert export.to_dict(back) == export.to_dict(graph)
+    labelled = export.to_dict(graph)["nodes"]["label"]
+    assert labelled[-2] == "a labelled feature" and labelled.count(None) == graph.n_nodes - 1
 
 
 @pytest.mark.parametrize(("mutate", "message"), [
