@@ -98,7 +98,7 @@ def do_trace(settings: dict) -> None:
         warnings.simplefilter("always")
         graph = guarded(attribute, rm, settings["prompt"], target, method="auto")
     for w in caught:
-        if issubclass(w.category, UserWarning) and "circuits" in str(w.filename) or "prompt" in str(w.message):
+        if issubclass(w.category, UserWarning):
             st.warning(str(w.message))
     if graph is None:
         return
@@ -276,7 +276,7 @@ def node_inspector(g, full, settings, influence) -> None:
 
 
 def checks(full, g, settings) -> None:
-    from circuits.interventions import Ablation, faithfulness, mean_ablation
+    from circuits.interventions import faithfulness, graph_metric, standard_ablations
     from circuits.pruning import graph_scores
 
     key = (id(full), g.n_nodes, g.n_edges)
@@ -296,25 +296,10 @@ def checks(full, g, settings) -> None:
         st.warning(f"the prompt has {n} tokens but a dictionary was trained on {shortest}-token contexts")
     if full.metadata.get("bos_pos") == 0:
         st.caption("position 0 is BOS (attention sinks make it large; its nodes are token/error nodes at pos 0)")
-    targets = full.metadata["targets"]
-    if targets and st.button("compute faithfulness (zero and mean ablation)", key="faith"):
-        tok = int(targets[0]["node"][3])
-        if full.metadata.get("contrast"):
-            a, b = full.metadata["contrast"]
-
-            def metric(lg):
-                return lg[-1, a] - lg[-1, b]
-        else:
-            def metric(lg):
-                return lg[-1, tok]
-        ablations = [Ablation("zero")]
-        if settings["model"] == "organism":
-            from circuits.organism.corpus import ToyWorldCorpus
-            from circuits.organism.tokenizer import build_tokenizer
-            from circuits.organism.train import batch_tokens
-
-            rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, 16, rm.cfg.n_ctx, stream="heldout-dicts")
-            ablations.append(mean_ablation(rm, [rows]))
+    found = graph_metric(full)
+    if found is not None and st.button("compute faithfulness (zero and mean ablation)", key="faith"):
+        metric, _ = found
+        ablations = standard_ablations(rm)
         for ab in ablations:
             f = guarded(faithfulness, rm, settings["prompt"], g, metric, ab)
             if f is not None:
@@ -327,6 +312,7 @@ def interventions(g, settings) -> None:
 
     from circuits import Edit, export, intervene
     from circuits.attribution.targets import token_string
+    from circuits.interventions import graph_metric
 
     feats = [n for n in g.nodes if n.kind.endswith("_feature")]
     if not feats:
@@ -359,12 +345,11 @@ def interventions(g, settings) -> None:
                                     "p after": float(after[t]),
                                     "logit change": float(result.logit_change[-1, t])} for t in top]),
                      width="stretch")
-        contrast = g.metadata.get("contrast")
-        if contrast:
-            a, b = contrast
-            m0 = float(result.clean_logits[-1, a] - result.clean_logits[-1, b])
-            m1 = float(result.logits[-1, a] - result.logits[-1, b])
-            st.write(f"metric {g.metadata['targets'][0]['label']!r}: {m0:.3f} → **{m1:.3f}** ({m1 - m0:+.3f})")
+        found = graph_metric(g)
+        if found is not None:
+            metric, name = found
+            m0, m1 = float(metric(result.clean_logits)), float(metric(result.logits))
+            st.write(f"metric {name}: {m0:.3f} → **{m1:.3f}** ({m1 - m0:+.3f})")
 
 
 def lens_view(settings) -> None:
@@ -392,7 +377,7 @@ def lens_view(settings) -> None:
     st.plotly_chart(fig, width="stretch")
 
 
-def files(full, g, influence) -> None:
+def files(full, g) -> None:
     from circuits import export
 
     which = st.radio("graph to save", ["pruned", "full"], horizontal=True, key="save_which")
@@ -534,7 +519,7 @@ def main() -> None:
     with tabs[5]:
         lens_view(run)
     with tabs[6]:
-        files(full, g, influence)
+        files(full, g)
 
 
 def subgraph_view(g) -> None:

@@ -107,7 +107,7 @@ def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
         print(f"{name:<44} {value:>8.2f}")
     print(f"nodes {g.n_nodes} ({n_feat} features, average L0 {l0:.1f}), edges stored {g.n_edges:,}, "
           f"pruned {pruned.n_nodes} nodes / {pruned.n_edges} edges")
-    mask = torch.tensor([n.kind.endswith("_feature") or n.kind.startswith("logit") for n in g.nodes])
+    mask = g.explained_mask()
     gap = (g.incoming_sum() + g.dropped + g.constants - g.pre_activations)[mask].abs().max().item()
     print(f"exactness: max |edges + dropped + constant − pre-activation| = {gap:.2e}")
     print(f"peak resident memory of the process: {peak_rss_gib():.2f} GiB")

@@ -211,21 +211,6 @@ def _trace_target(args):
     return TopLogits(args.cum_prob, args.max_logits)
 
 
-def _metric_for(model, target, graph):
-    """The scalar a clean/corrupted comparison measures: the contrast, the (first) target logit, or the top logit."""
-    from circuits.attribution import Contrast
-    from circuits.attribution.targets import single_token
-
-    if isinstance(target, Contrast):
-        a, b = single_token(model, target.token), single_token(model, target.baseline)
-        return (lambda logits: logits[-1, a] - logits[-1, b]), f"logit({target.token}) − logit({target.baseline})"
-    first = graph.metadata["targets"][0] if graph.metadata["targets"] else None
-    if first is None:
-        raise CircuitsError("--corrupt needs a logit target (not --feature)")
-    tok = int(first["node"][3])
-    return (lambda logits: logits[-1, tok]), f"logit({first['label']})"
-
-
 def _attach_labels(rm, args, graph, say) -> None:
     """Feature labels from the model's dashboard database, when there is one built for these dictionaries."""
     from circuits import dashboards, export
@@ -244,26 +229,18 @@ def _attach_labels(rm, args, graph, say) -> None:
     ui["labels"] = {**labels, **ui.get("labels", {})}
 
 
-def _faithfulness(rm, args, target, graph, pruned, say) -> list[dict] | None:
-    """Ablation faithfulness of the pruned graph on the target metric: zero ablation, and mean ablation over
-    held-out organism text when the model is the organism."""
-    from circuits.interventions import Ablation, faithfulness, mean_ablation
+def _faithfulness(rm, pruned, prompt: str, say) -> list[dict] | None:
+    """Ablation faithfulness of the pruned graph on its target metric (zero, and mean for the organism)."""
+    from circuits.interventions import faithfulness, graph_metric, standard_ablations
 
-    if not graph.metadata["targets"] or graph.metadata["targets"][0]["node"][0] not in ("logit", "logit_diff"):
+    found = graph_metric(pruned)
+    if found is None:
         return None
-    metric, name = _metric_for(rm.model, target, graph)
-    ablations = [Ablation("zero")]
-    if args.model == "organism":
-        from circuits.organism.corpus import ToyWorldCorpus
-        from circuits.organism.tokenizer import build_tokenizer
-        from circuits.organism.train import batch_tokens
-
-        say("faithfulness (zero and mean ablation) ...")
-        rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, 16, rm.cfg.n_ctx, stream="heldout-dicts")
-        ablations.append(mean_ablation(rm, [rows]))
+    metric, name = found
+    say("faithfulness ...")
     out = []
-    for ablation in ablations:
-        f = faithfulness(rm, args.prompt, pruned, metric, ablation)
+    for ablation in standard_ablations(rm):
+        f = faithfulness(rm, prompt, pruned, metric, ablation)
         out.append({"metric": name, "ablation": f.ablation, "score": f.score, "circuit": f.circuit, "empty": f.empty,
                     "full": f.full, "features": f.n_features, "errors": f.n_errors})
     return out
@@ -305,7 +282,7 @@ def cmd_trace(args) -> int:
         g.metadata["scores"] = {"replacement": full_scores.replacement, "completeness": full_scores.completeness}
     result.graph.metadata["scores_pruned"] = {"replacement": pruned_scores.replacement,
                                               "completeness": pruned_scores.completeness}
-    faith = _faithfulness(rm, args, target, graph, result.graph, say)
+    faith = _faithfulness(rm, result.graph, args.prompt, say)
     if faith:
         result.graph.metadata["faithfulness"] = graph.metadata["faithfulness"] = faith
     patching = None
@@ -313,7 +290,12 @@ def cmd_trace(args) -> int:
         from circuits.attribution.patching import attribution_patching, integrated_gradients
 
         say(f"attribution patching against {args.corrupt!r} ...")
-        metric, metric_name = _metric_for(model, target, graph)
+        from circuits.interventions import graph_metric
+
+        found = graph_metric(graph)
+        if found is None:
+            raise CircuitsError("--corrupt needs a logit target (not --feature)")
+        metric, metric_name = found
         effects = (integrated_gradients(rm, args.prompt, args.corrupt, metric, args.ig_steps) if args.ig_steps
                    else attribution_patching(rm, args.prompt, args.corrupt, metric))
         patching = {"method": effects.method, "metric": metric_name, "corrupt": args.corrupt,

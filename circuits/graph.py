@@ -132,6 +132,10 @@ class Graph:
         out = torch.zeros(self.n_nodes, dtype=self.edge_weight.dtype)
         return out.index_add_(0, self.edge_index[0], self.edge_weight)
 
+    def explained_mask(self) -> Tensor:
+        """[n_nodes] bool: nodes with incoming edges, a constant and a pre-activation (features and logit targets)."""
+        return torch.tensor([n.kind in FEATURE_KINDS or n.kind in TARGET_KINDS for n in self.nodes], dtype=torch.bool)
+
     @property
     def targets(self) -> list[Node]:
         """Nodes with a positive target weight (the logits, the contrast, or the target feature)."""

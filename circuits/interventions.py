@@ -129,6 +129,32 @@ def logit_diff_metric(model, token: str | int, baseline: str | int) -> Metric:
     return lambda logits: logits[-1, a] - logits[-1, b]
 
 
+def graph_metric(graph: Graph) -> tuple[Metric, str] | None:
+    """The metric a graph's target defines — the logit difference for a contrast, else the first target logit —
+    with a name; None for a feature target (no logit metric)."""
+    targets = graph.metadata.get("targets", [])
+    if not targets or targets[0]["node"][0] not in ("logit", "logit_diff"):
+        return None
+    if graph.metadata.get("contrast"):
+        a, b = graph.metadata["contrast"]
+        return (lambda logits: logits[-1, a] - logits[-1, b]), f"logit diff {targets[0]['label']!r}"
+    tok = int(targets[0]["node"][3])
+    return (lambda logits: logits[-1, tok]), f"logit {targets[0]['label']!r}"
+
+
+def standard_ablations(rm: ReplacementModel) -> list[Ablation]:
+    """Zero ablation, and for the organism mean ablation over 16 held-out corpus rows."""
+    out = [Ablation("zero")]
+    if getattr(rm, "name", None) == "organism":
+        from circuits.organism.corpus import ToyWorldCorpus
+        from circuits.organism.tokenizer import build_tokenizer
+        from circuits.organism.train import batch_tokens
+
+        rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, 16, rm.cfg.n_ctx, stream="heldout-dicts")
+        out.append(mean_ablation(rm, [rows]))
+    return out
+
+
 def _dict_of(rm: ReplacementModel, node: Node):
     table = rm.attention_saes if node.kind.startswith("attn") else rm.transcoders
     if node.layer not in table:
@@ -305,4 +331,4 @@ def faithfulness(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, 
 
 
 __all__ = ["Ablation", "Edit", "Faithfulness", "InterventionResult", "faithfulness", "intervene",
-           "logit_diff_metric", "mean_ablation", "run_edited"]
+           "graph_metric", "logit_diff_metric", "mean_ablation", "run_edited", "standard_ablations"]

@@ -96,3 +96,12 @@ def tiny64(tmp_path_factory):
 
     model = build_tiny(tmp_path_factory.mktemp("tiny64"), dtype=torch.float64)
     return model, random_dictionaries(model)
+
+
+@pytest.fixture(scope="session")
+def rm64(tiny64):
+    """The float64 tiny model with all its random dictionaries spliced in."""
+    from circuits.replacement import ReplacementModel
+
+    model, dicts = tiny64
+    return ReplacementModel(model, dicts)

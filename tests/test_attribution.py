@@ -27,16 +27,6 @@ def assert_close(actual, expected, rtol=1e-6, atol=1e-10, what=""):
                             f"{int((~ok).sum())} of {ok.numel()} outside tolerance")
 
 
-def _target_mask(graph: Graph) -> torch.Tensor:
-    return torch.tensor([n.kind.endswith("_feature") or n.kind.startswith("logit") for n in graph.nodes])
-
-
-@pytest.fixture(scope="module")
-def rm64(tiny64):
-    model, dicts = tiny64
-    return ReplacementModel(model, dicts)
-
-
 def test_a_spliced_logits_equal_clean_and_frozen_forward_equals_clean(rm64):
     cache = rm64.run(PROMPT)
     tokens = cache.tokens[None]
@@ -61,7 +51,7 @@ def test_a_float32_organism_sized_splice_is_exact_to_1e4(tmp_path):
 @pytest.mark.parametrize("target", [Contrast(" Mary", " John"), TopLogits(0.5, 3), Logit((" Mary", " the"))])
 def test_b_incoming_edges_plus_constant_equal_pre_activation(rm64, target):
     g = attribute(rm64, PROMPT, target, method="analytic")
-    mask = _target_mask(g)
+    mask = g.explained_mask()
     assert mask.sum() > 20 and g.n_edges > 1000
     assert_close((g.incoming_sum() + g.constants)[mask], g.pre_activations[mask], what="edges + constant")
     kinds = {n.kind for n in g.nodes}
@@ -112,7 +102,7 @@ def test_d_analytic_edges_equal_autograd_edges(rm64):
     gg = attribute(rm64, PROMPT, Contrast(" Mary", " John"), method="autograd")
     assert ga.nodes == gg.nodes
     assert_close(gg.adjacency(), ga.adjacency(), rtol=1e-9, atol=1e-12, what="analytic vs autograd edges")
-    mask = _target_mask(ga)
+    mask = ga.explained_mask()
     assert_close(gg.constants[mask], ga.constants[mask], rtol=1e-9, atol=1e-12, what="constants")
 
 
@@ -144,7 +134,7 @@ def test_g_tied_vocab_and_model_width_and_bos_zero(tmp_path):
     rm = ReplacementModel(model, random_dictionaries(model))
     tokens = torch.tensor([0, 5, 9, 5, 17, 0, 3])
     g = attribute(rm, tokens, Logit((9, 4)), method="analytic")
-    mask = _target_mask(g)
+    mask = g.explained_mask()
     assert_close((g.incoming_sum() + g.constants)[mask], g.pre_activations[mask], what="d_vocab == d_model")
     gg = attribute(rm, tokens, Logit((9, 4)), method="autograd")
     assert_close(gg.adjacency(), g.adjacency(), rtol=1e-9, atol=1e-12, what="tied shapes autograd")
@@ -159,7 +149,7 @@ def test_autograd_handles_layers_without_dictionaries(tiny64):
         attribute(rm, PROMPT, Contrast(" Mary", " John"), method="analytic")
     g = attribute(rm, PROMPT, Contrast(" Mary", " John"))  # auto → autograd
     assert g.metadata["method"] == "autograd"
-    mask = _target_mask(g)
+    mask = g.explained_mask()
     assert_close((g.incoming_sum() + g.constants)[mask], g.pre_activations[mask], what="partial set")
     assert any(n.kind == "mlp_error" and n.layer == 0 for n in g.nodes)  # MLP 0 has no transcoder: an error node
     assert not any(n.kind == "attn_error" and n.layer == 0 for n in g.nodes)  # attention 0 is a channel
@@ -185,7 +175,7 @@ def test_edge_tolerance_keeps_identity_through_dropped(rm64):
     g = attribute(rm64, PROMPT, Contrast(" Mary", " John"), edge_tolerance=0.05)
     full = attribute(rm64, PROMPT, Contrast(" Mary", " John"))
     assert g.n_edges < 0.9 * full.n_edges and g.dropped.abs().sum() > 0
-    mask = _target_mask(g)
+    mask = g.explained_mask()
     assert_close((g.incoming_sum() + g.dropped + g.constants)[mask], g.pre_activations[mask], what="tolerance")
 
 

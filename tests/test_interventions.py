@@ -18,12 +18,6 @@ CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Anna gave a drink to"
 
 
-@pytest.fixture(scope="module")
-def rm64(tiny64):
-    model, dicts = tiny64
-    return ReplacementModel(model, dicts)
-
-
 def test_empty_intervention_reproduces_clean_logits(rm64):
     cache = rm64.run(CLEAN)
     for frozen in (False, True):
@@ -112,3 +106,18 @@ def test_patching_needs_aligned_prompts(rm64):
         attribution_patching(rm64, CLEAN, "When Mary went to the store", metric)
     effects = attribution_patching(rm64, CLEAN, CORRUPT, metric)
     assert effects.metric_clean != effects.metric_corrupted and len(effects.top(5)) == 5
+
+
+def test_graph_metric_follows_the_graph_target(rm64):
+    from circuits.attribution import FeatureTarget, Logit
+    from circuits.interventions import graph_metric
+
+    cache = rm64.run(CLEAN)
+    g = attribute(rm64, CLEAN, Contrast(" Mary", " John"), cache=cache)
+    metric, name = graph_metric(g)
+    mary, john = g.metadata["contrast"]
+    assert float(metric(cache.logits)) == float(cache.logits[-1, mary] - cache.logits[-1, john]) and "Mary" in name
+    logit = attribute(rm64, CLEAN, Logit((" the",)), cache=cache)
+    assert float(graph_metric(logit)[0](cache.logits)) == float(logit.pre_activations[-1])
+    feature = next(n for n in g.nodes if n.kind == "mlp_feature")
+    assert graph_metric(attribute(rm64, CLEAN, FeatureTarget(feature), cache=cache)) is None

@@ -42,7 +42,7 @@ def test_spliced_organism_is_exact(organism_rm, ioi_graph):
 
 def test_organism_edges_plus_constant_equal_pre_activation(ioi_graph):
     _, g = ioi_graph
-    mask = torch.tensor([n.kind.endswith("_feature") or n.kind.startswith("logit") for n in g.nodes])
+    mask = g.explained_mask()
     gap = (g.incoming_sum() + g.constants - g.pre_activations)[mask].abs()
     assert mask.sum() > 1000 and g.n_edges > 100_000
     assert gap.max().item() <= 1e-4 * max(1.0, g.pre_activations[mask].abs().max().item())
