@@ -18,6 +18,8 @@ EXAMPLE_PROMPT = "When Mary and John went to the store, John gave a drink to"
 KIND_COLOURS = {"token": "#9e9e9e", "attn_feature": "#3182bd", "mlp_feature": "#31a354", "attn_error": "#9ecae1",
                 "mlp_error": "#a1d99b", "logit": "#e6550d", "logit_diff": "#e6550d"}
 GALLERY = Path(__file__).parent / "data" / "graphs"
+#: Case-study report folders: the shipped ones, and those `circuits study` writes under ./reports.
+STUDY_DIRS = (Path(__file__).parent / "data" / "studies", Path("reports"))
 
 st.set_page_config(page_title="circuits explorer", layout="wide")
 
@@ -289,6 +291,8 @@ def checks(full, g, settings) -> None:
     c[1].metric("completeness (full)", f"{fs.completeness:.3f}")
     c[2].metric("replacement (pruned)", f"{ps.replacement:.3f}")
     c[3].metric("completeness (pruned)", f"{ps.completeness:.3f}")
+    if aggregated_notice(full):
+        return
     n = len(full.metadata["token_strings"])
     rm = replacement(settings["model"], settings["dicts"], settings["layers"])
     shortest = min((d.context_size for d in rm.dictionaries), default=n)
@@ -307,6 +311,16 @@ def checks(full, g, settings) -> None:
                          f"empty {f.empty:.3f}, model {f.full:.3f} ({f.n_features} features, {f.n_errors} errors)")
 
 
+def aggregated_notice(graph) -> bool:
+    """Case-study graphs aggregate many prompts by role: single-prompt tools do not apply to them."""
+    if not graph.metadata.get("aggregated"):
+        return False
+    st.info(f"This graph aggregates {graph.metadata.get('n_prompts', 'many')} prompts of the "
+            f"{graph.metadata.get('study', '')} study by role (positions are roles): faithfulness and interventions "
+            "need a single prompt; the study's report has them (page 'case studies').")
+    return True
+
+
 def interventions(g, settings) -> None:
     import pandas as pd
 
@@ -314,6 +328,8 @@ def interventions(g, settings) -> None:
     from circuits.attribution.targets import token_string
     from circuits.interventions import graph_metric
 
+    if aggregated_notice(g):
+        return
     feats = [n for n in g.nodes if n.kind.endswith("_feature")]
     if not feats:
         st.info("the pruned graph has no features to intervene on")
@@ -464,10 +480,54 @@ def sidebar() -> dict:
             "node_threshold": node_t, "edge_threshold": edge_t, "cap": int(cap) or None, "go": go}
 
 
+def study_reports() -> dict[str, Path]:
+    out = {}
+    for base in STUDY_DIRS:
+        if base.is_dir():
+            for report in sorted(base.glob("*/report.md")):
+                out[f"{report.parent.name} ({base})"] = report.parent
+    return out
+
+
+def studies_page() -> None:
+    """Lists case-study reports; shows one (Markdown, plots, tables) and opens its aggregated circuit."""
+    import re
+
+    st.header("Case studies")
+    reports = study_reports()
+    if not reports:
+        st.info("No reports yet. Run e.g. `circuits study ioi --n 200` (writes reports/ioi).")
+        return
+    pick = st.selectbox("report", list(reports), key="study_pick")
+    folder = reports[pick]
+    text = (folder / "report.md").read_text()
+    c = st.columns(2)
+    if c[0].button("open the aggregated circuit in the explorer", key="study_open"):
+        st.session_state["goto_explorer"] = True  # the page radio is switched before it is drawn next run
+        load_graph_bytes((folder / "circuit.json").read_bytes(), f"{folder.name}/circuit.json")
+    if (folder / "results.json").exists():
+        c[1].download_button("results.json", (folder / "results.json").read_bytes(), f"{folder.name}_results.json",
+                             "application/json", key="study_dl")
+    for chunk in re.split(r"(!\[[^\]]*\]\([^)]+\))", text):  # local images go through st.image
+        m = re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", chunk)
+        if m:
+            path = folder / m.group(2)
+            if path.exists():
+                st.image(str(path), caption=m.group(1))
+        elif chunk.strip():
+            st.markdown(chunk)
+
+
 def main() -> None:
     from circuits import export
 
     s = state()
+    if st.session_state.pop("goto_explorer", False):
+        st.session_state["page"] = "explorer"
+    page = st.sidebar.radio("page", ["explorer", "case studies"], horizontal=True, key="page")
+    if page == "case studies":
+        studies_page()
+        return
     settings = sidebar()
     if s.get("flash"):
         st.success(s.pop("flash"))

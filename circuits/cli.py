@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -477,6 +478,44 @@ def cmd_feature(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from circuits.studies import STUDY_NAMES, StudySpec, get_study, run_study, write_report
+
+    if args.name == "list":
+        for name in STUDY_NAMES:
+            study = get_study(name)
+            print(f"{name:10s} {study.title} — roles: {', '.join(study.roles)}")
+        return 0
+    if args.n < 4:
+        raise CircuitsError(f"--n must be at least 4 (got {args.n}); mean ablation needs several prompts per group")
+    if args.workers < 1:
+        raise CircuitsError(f"--workers must be at least 1 (got {args.workers})")
+    if args.top < 1:
+        raise CircuitsError(f"--top must be at least 1 (got {args.top})")
+    options = {}
+    if args.templates is not None:
+        if args.name != "ioi":
+            raise CircuitsError("--templates applies to the ioi study only")
+        options["templates"] = args.templates
+    get_study(args.name, **options)  # validates the options before any model loads
+    spec = StudySpec(args.name, model=args.model, dicts=args.dicts, n=args.n, seed=args.seed,
+                     options=tuple(sorted(options.items())), ig_steps=args.ig_steps)
+    out = args.out or f"reports/{args.name}"
+    result = run_study(spec, workers=args.workers, ray_address=args.ray_address, top=args.top,
+                       progress=not args.quiet)
+    folder = write_report(result, out)
+    c = result.data["circuit"]
+    print(f"{result.title}: {result.data['n_prompts']} prompts, clean metric "
+          f"{result.data['metrics']['clean_mean']:.3f} (accuracy {result.data['metrics']['accuracy']:.1%})")
+    print(f"circuit of {c['n_features']} feature role nodes: faithfulness {c['faithfulness_features_only']:.3f} "
+          f"(errors ablated too), {c['faithfulness_with_errors']:.3f} with every error node kept; random "
+          f"{c['random_features_only']:.3f} / {c['random_with_errors']:.3f} (mean ablation)")
+    for ck in result.data["checks"].values():
+        print(f"- {ck['title']}: {ck['verdict']}")
+    print(f"report: {folder / 'report.md'} ({result.timings['total_s']:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from circuits.model import DATA_DIR
 
@@ -602,6 +641,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--text", help="test on custom text: the feature's activation on every token")
     f.add_argument("--label", help="set a label that overrides the automatic one ('' clears it)")
     f.set_defaults(func=cmd_feature)
+
+    st = sub.add_parser("study", help="scripted case studies (ioi, induction, two_hop) → a report folder")
+    st.add_argument("name", help="ioi | induction | two_hop | list")
+    st.add_argument("--n", type=int, default=200, help="number of prompts (default 200)")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--model", default="organism")
+    st.add_argument("--dicts", default="organism")
+    st.add_argument("--templates", choices=["heldout", "train", "all"], default=None,
+                    help="ioi: which templates (default heldout); names are always the held-out ones")
+    st.add_argument("--top", type=int, default=100, help="feature role nodes in the circuit (default 100)")
+    st.add_argument("--ig-steps", type=int, default=4, help="integrated-gradient steps for node scores")
+    st.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)),
+                    help="parallel worker processes (default: up to 2)")
+    st.add_argument("--ray-address", default=None, help="run the per-prompt work as Ray tasks on this cluster")
+    st.add_argument("--out", default=None, help="report folder (default reports/NAME)")
+    st.add_argument("--quiet", action="store_true")
+    st.set_defaults(func=cmd_study)
     return p
 
 

@@ -166,6 +166,7 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
                frozen: bool = False, direct: bool = False,
                keep: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None, ablation: Ablation | None = None,
                grad_codes: dict | None = None, site_values: dict[str, tuple[Tensor, Tensor]] | None = None,
+               gates: dict[str, tuple[Tensor, Tensor]] | None = None, outputs: dict | None = None,
                ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
     """One forward pass of the edited replacement model on `cache`'s prompt: (logits, pre-activations, codes).
 
@@ -173,6 +174,10 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
     the masks are replaced by `ablation`'s values (the circuit's complement is ablated).
     `grad_codes`, when a dict, receives each dictionary's codes and error tensors (requires_grad) for gradients.
     `site_values` = name -> (codes [pos, d_sae], error [pos, d_out]) replaces those dictionaries' values outright.
+    `gates` = name -> (feature gates [pos, d_sae], error gates [pos]): each value becomes ``ablated + gate ·
+    (live − ablated)`` (1 = live, 0 = ablated; differentiable, for integrated gradients over the circuit).
+    `outputs`, when a dict, receives each dictionary's output in its own space ([pos, d_out], decoded codes plus
+    error; differentiable), e.g. for the gradient of a metric with respect to each head's z.
     """
     edits = list(edits)
     n = cache.n_pos
@@ -212,6 +217,11 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
                 fmask, emask = keep[0][name], keep[1][name]
                 codes = torch.where(fmask, codes, ablation.code(name, codes))
                 err = torch.where(emask[:, None], err, ablation.error(name, err))
+            if gates is not None and name in gates:
+                fgate, egate = gates[name]
+                a_code, a_err = ablation.code(name, codes), ablation.error(name, err)
+                codes = a_code + fgate.to(codes.dtype) * (codes - a_code)
+                err = a_err + egate[:, None].to(err.dtype) * (err - a_err)
             for e in feature_edits.get(name, []):
                 old = codes[e.node.pos, e.node.index]
                 new = {"set": e.value, "scale": old * e.value, "add": old + e.value}[e.mode]
@@ -228,6 +238,8 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
             pres[name] = pre.detach()
             codes_out[name] = codes.detach()
             out = d.decode(codes) + err
+            if outputs is not None:
+                outputs[name] = out
             return d.unflatten_output(out.to(act.dtype))[None]
 
         if d.hook_in != d.hook_out:

@@ -90,6 +90,35 @@ def influence(graph: Graph, edge_mask: Tensor | None = None) -> Tensor:
     return _sweep(tgt, src, a, graph.target_weights.to(a.dtype), _ranks(graph))
 
 
+def total_effects(graph: Graph) -> Tensor:
+    """[n_nodes] signed total effect of each node on the weighted targets in the linear local replacement model.
+
+    Unlike `influence` (normalised |weights|), this is the exact path sum ``w (A D + (A D)² + …)`` with signs, where
+    ``D`` rescales each feature's edges per unit of its pre-activation (an active feature's code equals its
+    pre-activation): ``T_s = Σ_t A[t, s] (T_t / a_t + w_t)``. It equals gradient × activation of the target in the
+    frozen replacement model (attention patterns and LayerNorm scales held, error nodes held, features live) — the
+    effect of removing the node (setting it to zero) to first order, which is exact in the frozen linear model.
+    """
+    tgt, src = graph.edge_index
+    kinds = [n.kind for n in graph.nodes]
+    is_feature = torch.tensor([k in FEATURE_KINDS for k in kinds], dtype=torch.bool)
+    act = graph.activations.to(graph.edge_weight.dtype)
+    per_unit = torch.where(is_feature & (act != 0), 1.0 / torch.where(act != 0, act, torch.ones_like(act)),
+                           torch.zeros_like(act))
+    rank = _ranks(graph)
+    edge_rank = rank[tgt]
+    if bool((rank[src] >= edge_rank).any()):
+        raise CircuitsError("total effects need edges from earlier to later sublayers")
+    weights = graph.target_weights.to(act.dtype)
+    total = torch.zeros(graph.n_nodes, dtype=act.dtype)
+    for r in torch.unique(rank).flip(0).tolist():
+        e = torch.nonzero(edge_rank == r).flatten()
+        if len(e):
+            t = tgt[e]
+            total.index_add_(0, src[e], graph.edge_weight[e] * (total[t] * per_unit[t] + weights[t]))
+    return total
+
+
 def _smallest_set_reaching(scores: Tensor, threshold: float) -> Tensor:
     """Bool mask of the highest scores whose sum first reaches `threshold` of the total."""
     keep = torch.zeros_like(scores, dtype=torch.bool)

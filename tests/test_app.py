@@ -117,3 +117,20 @@ def test_gpt2_offline_is_a_message(app, no_network):
     app.button(key="trace").click().run()
     assert not app.exception and any("gpt2" in e.value and "organism" in e.value for e in app.error)
     assert "Mary" in _header(app)  # the organism graph is still there
+
+
+def test_case_studies_page_lists_reports_and_opens_the_circuit(app):
+    at = app
+    at.sidebar.radio(key="page").set_value("case studies").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(h.value == "Case studies" for h in at.header)
+    options = at.selectbox(key="study_pick").options
+    assert any(o.startswith("ioi ") for o in options)
+    at.selectbox(key="study_pick").set_value(next(o for o in options if o.startswith("ioi "))).run()
+    assert any("Faithfulness of the top" in m.value for m in at.markdown)
+    at.button(key="study_open").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.sidebar.radio(key="page").value == "explorer"
+    assert any("opened ioi/circuit.json" in s.value for s in at.success)
+    assert "IO − S" in _header(at)  # the aggregated graph's target
+    assert any("aggregates" in i.value for i in at.info)  # single-prompt checks say why they do not apply

@@ -1,0 +1,196 @@
+"""The case-study framework: a dataset of prompt pairs, a metric, and named role positions.
+
+A study is one short module that says three things (see `Study`):
+
+1. **prompts** — `StudyPrompt` values: a clean prompt, a corrupted counterpart with the same token layout, and the
+   metric's two tokens: ``m = logit(answer) − logit(wrong)`` at the last position;
+2. **roles** — which token positions play which part (IO, S1, S2, "and", END for IOI); every other position is
+   ``"other"``. Features are compared across prompts *by role*: the node "attention feature 123 of layer 2 at S2"
+   stands for that feature at each prompt's S2 position;
+3. **checks** — interventions that test the roles the graphs suggest (`circuits.studies.checks`).
+
+Everything else is shared (`circuits.studies.runner`): per-prompt attribution graphs for the contrast, aggregation by
+role, roll-ups to heads and MLP layers, integrated-gradient scores for circuit selection, faithfulness curves
+against random circuits, and the report.
+
+**Mean ablation by group.** Prompts carry a `group` (for IOI: template and name order): prompts of one group share
+their token layout, so a node is mean-ablated to its mean *over the study's prompts of the same group at the same
+position* (Wang et al. 2022 ablate to a dataset mean the same way). A corpus-wide mean would replace, say, the BOS
+position's features by an average over all positions and break the model for reasons unrelated to the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from circuits.errors import CircuitsError
+from circuits.interventions import Ablation
+
+OTHER = "other"
+FEATURE_KINDS = ("attn_feature", "mlp_feature")
+
+
+@dataclass(frozen=True)
+class StudyPrompt:
+    """One item of a study's dataset. `clean` and `corrupt` must tokenize to the same length."""
+
+    clean: str
+    corrupt: str
+    answer: str  # metric = logit(answer) − logit(wrong) at the last position
+    wrong: str
+    group: str  # prompts of a group share a token layout (positions line up); used for mean ablation
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+# A role node: a feature (or error, index -1) of one dictionary at one role, identified across prompts.
+# (kind, layer, role, index) — plain tuples keep per-prompt records small and picklable.
+RoleKey = tuple[str, int, str, int]
+
+
+def role_key_str(key: RoleKey) -> str:
+    kind, layer, role, index = key
+    tag = {"attn_feature": "A", "mlp_feature": "M", "attn_error": "errA", "mlp_error": "errM", "token": "tok"}[kind]
+    return f"{tag}{layer}#{index}@{role}" if index >= 0 else f"{tag}{layer}@{role}"
+
+
+class Study:
+    """Base class of a case study. Subclasses set `name`, `title`, `roles` and implement `prompts` and
+    `assign_roles`; `checks` is optional."""
+
+    name: str = ""
+    title: str = ""
+    description: str = ""
+    roles: tuple[str, ...] = ()
+    answer_label: str = "answer"
+    wrong_label: str = "wrong"
+
+    def options(self) -> dict:
+        """The study's own options (recorded in the report; must rebuild the same study via the registry)."""
+        return {}
+
+    def prompts(self, model, n: int, seed: int) -> list[StudyPrompt]:
+        raise NotImplementedError
+
+    def assign_roles(self, model, prompt: StudyPrompt, tokens: list[int]) -> list[str]:
+        """Role name of each position of the clean prompt's tokens (BOS included); `OTHER` where none applies."""
+        raise NotImplementedError
+
+    def checks(self) -> list:
+        return []
+
+    @property
+    def all_roles(self) -> tuple[str, ...]:
+        return self.roles + (OTHER,)
+
+
+def single_token_id(model, word: str) -> int:
+    """The id of `word` as one token (with a leading space, as it appears mid-sentence)."""
+    from circuits.attribution.targets import single_token
+
+    return single_token(model, word if word.startswith(" ") else " " + word)
+
+
+def positions_of(tokens: list[int], token: int) -> list[int]:
+    return [i for i, t in enumerate(tokens) if t == token]
+
+
+@dataclass
+class PreparedPrompt:
+    """A study prompt after tokenization: ids, roles per position, the metric's tokens."""
+
+    index: int
+    prompt: StudyPrompt
+    tokens: Tensor  # [pos]
+    corrupt_tokens: Tensor  # [pos]
+    roles: list[str]  # [pos]
+    role_index: Tensor  # [pos] long, index into study.all_roles
+    answer: int
+    wrong: int
+
+    @property
+    def group(self) -> str:
+        """The mean-ablation group: the study's group and the token count (so that positions always line up)."""
+        return f"{self.prompt.group}/{self.tokens.shape[0]}"
+
+    def metric(self, logits: Tensor) -> Tensor:
+        return logits[-1, self.answer] - logits[-1, self.wrong]
+
+
+def prepare(rm, study: Study, prompts: list[StudyPrompt]) -> list[PreparedPrompt]:
+    """Tokenize and assign roles; a clear error names the first bad prompt."""
+    out = []
+    all_roles = study.all_roles
+    for i, p in enumerate(prompts):
+        tokens = rm.tokenize(p.clean)
+        corrupt = rm.tokenize(p.corrupt)
+        if corrupt.shape != tokens.shape:
+            raise CircuitsError(f"study {study.name!r}, prompt {i}: the corrupted prompt has {corrupt.shape[0]} tokens "
+                                f"but the clean one has {tokens.shape[0]}; they must line up")
+        roles = study.assign_roles(rm.model, p, tokens.tolist())
+        if len(roles) != tokens.shape[0] or any(r not in all_roles for r in roles):
+            raise CircuitsError(f"study {study.name!r}, prompt {i}: roles must name each of the {tokens.shape[0]} "
+                                f"positions with one of {list(all_roles)}")
+        out.append(PreparedPrompt(i, p, tokens, corrupt, roles, torch.tensor([all_roles.index(r) for r in roles]),
+                                  single_token_id(rm.model, p.answer), single_token_id(rm.model, p.wrong)))
+    return out
+
+
+@torch.no_grad()
+def group_means(rm, prepared: list[PreparedPrompt]) -> dict[str, Ablation]:
+    """Per group: mean codes and errors of every dictionary at each position over the group's prompts."""
+    sums: dict[str, dict[str, list[Tensor]]] = {}
+    counts: dict[str, int] = {}
+    for pp in prepared:
+        cache = rm.run(pp.tokens)
+        g = pp.group
+        acc = sums.setdefault(g, {})
+        first = g not in counts
+        counts[g] = counts.get(g, 0) + 1
+        for name in cache.codes:
+            c, e = cache.codes[name].double(), cache.errors[name].double()
+            if first:
+                acc[name] = [c.clone(), e.clone()]
+            else:
+                if acc[name][0].shape != c.shape:
+                    raise CircuitsError(f"group {g!r} mixes token layouts ({acc[name][0].shape[0]} and {c.shape[0]} "
+                                        "positions); prompts of a group must line up")
+                acc[name][0] += c
+                acc[name][1] += e
+    return {g: Ablation("mean", {n: v[0].div(counts[g]).float() for n, v in acc.items()},
+                        {n: v[1].div(counts[g]).float() for n, v in acc.items()})
+            for g, acc in sums.items()}
+
+
+def hold_inactive(ablation: Ablation, cache) -> Ablation:
+    """The ablation for one prompt: graph nodes (active features, errors) go to `ablation`'s values; features
+    inactive on the prompt are not graph nodes and are held at their clean value, 0, whenever they are not kept
+    live — so "everything ablated" changes exactly the graph's nodes, and integrated gradients over the nodes add up."""
+    if ablation.mode == "zero":
+        return ablation
+    return Ablation("mean", {n: torch.where(cache.codes[n] != 0, m.to(cache.codes[n].dtype), 0.0)
+                             for n, m in ablation.code_means.items()}, dict(ablation.error_means))
+
+
+def keep_masks(rm, cache, pp: PreparedPrompt, keys: set[RoleKey] | frozenset, errors: bool
+               ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Masks for `run_edited(keep=...)` (use with `hold_inactive`): the role nodes in `keys` that are active on this
+    prompt stay live, and all error nodes when `errors` is True; every other feature takes the ablation's value."""
+    fmask, emask = {}, {}
+    by_site: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    for kind, layer, role, index in keys:
+        by_site.setdefault((kind, layer), []).append((role, index))
+    for d in rm.dictionaries:
+        name = d.cfg.name
+        kind = "attn_feature" if d.cfg.kind != "transcoder" else "mlp_feature"
+        codes = cache.codes[name]
+        mask = torch.zeros_like(codes, dtype=torch.bool)
+        for role, index in by_site.get((kind, d.cfg.layer), []):
+            pos = [p for p, r in enumerate(pp.roles) if r == role]
+            if pos:
+                mask[pos, index] = True
+        fmask[name] = mask & (codes != 0)
+        emask[name] = torch.full((cache.n_pos,), errors, dtype=torch.bool)
+    return fmask, emask
