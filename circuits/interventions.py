@@ -308,6 +308,16 @@ class Faithfulness:
         return (self.circuit - self.empty) / denom if denom != 0 else float("nan")
 
 
+def hold_inactive(ablation: Ablation, cache: ReplacementCache) -> Ablation:
+    """`ablation` for one prompt with features inactive on it held at their clean value, 0: graph nodes (active
+    features, errors) take the ablation's values when ablated; features that are not graph nodes stay at 0 (so
+    "everything ablated" changes exactly the graph's nodes)."""
+    if ablation.mode == "zero":
+        return ablation
+    return Ablation("mean", {n: torch.where(cache.codes[n] != 0, m.to(cache.codes[n].dtype).expand_as(cache.codes[n]),
+                                            0.0) for n, m in ablation.code_means.items()}, dict(ablation.error_means))
+
+
 def circuit_masks(rm: ReplacementModel, cache: ReplacementCache, nodes: Iterable[Node]
                   ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Boolean masks of the features ([pos, d_sae]) and error nodes ([pos]) of each dictionary in `nodes`."""
@@ -332,15 +342,14 @@ def faithfulness(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, 
     cache = prompt if isinstance(prompt, ReplacementCache) else rm.run(prompt)
     nodes = list(circuit.nodes) if isinstance(circuit, Graph) else list(circuit)
     masks = circuit_masks(rm, cache, nodes)
-    inactive = {k: cache.codes[k] == 0 for k in masks[0]}  # not graph nodes: they stay at their clean value, 0
-    keep_c = ({k: v | inactive[k] for k, v in masks[0].items()}, masks[1])
-    none = (inactive, {k: torch.zeros_like(v) for k, v in masks[1].items()})
-    m_c = float(metric(run_edited(rm, cache, keep=keep_c, ablation=ablation)[0]))
-    m_0 = float(metric(run_edited(rm, cache, keep=none, ablation=ablation)[0]))
+    held = hold_inactive(ablation, cache)  # features that are not graph nodes stay at their clean value, 0
+    none = ({k: torch.zeros_like(v) for k, v in masks[0].items()}, {k: torch.zeros_like(v) for k, v in masks[1].items()})
+    m_c = float(metric(run_edited(rm, cache, keep=masks, ablation=held)[0]))
+    m_0 = float(metric(run_edited(rm, cache, keep=none, ablation=held)[0]))
     m_full = float(metric(cache.logits))
     return Faithfulness(ablation.mode, m_c, m_0, m_full, int(sum(int(v.sum()) for v in masks[0].values())),
                         int(sum(int(v.sum()) for v in masks[1].values())))
 
 
 __all__ = ["Ablation", "Edit", "Faithfulness", "InterventionResult", "faithfulness", "intervene",
-           "graph_metric", "logit_diff_metric", "mean_ablation", "run_edited", "standard_ablations"]
+           "graph_metric", "hold_inactive", "logit_diff_metric", "mean_ablation", "run_edited", "standard_ablations"]

@@ -27,9 +27,9 @@ from collections import defaultdict
 import torch
 
 from circuits.attribution import Contrast, attribute
-from circuits.interventions import Ablation, run_edited
+from circuits.interventions import Ablation, hold_inactive, run_edited
 from circuits.pruning import total_effects
-from circuits.studies.base import FEATURE_KINDS, PreparedPrompt, RoleKey, hold_inactive, keep_masks
+from circuits.studies.base import FEATURE_KINDS, PreparedPrompt, RoleKey, keep_masks
 
 
 def _site_kind(d) -> str:

@@ -164,16 +164,6 @@ def group_means(rm, prepared: list[PreparedPrompt]) -> dict[str, Ablation]:
             for g, acc in sums.items()}
 
 
-def hold_inactive(ablation: Ablation, cache) -> Ablation:
-    """The ablation for one prompt: graph nodes (active features, errors) go to `ablation`'s values; features
-    inactive on the prompt are not graph nodes and are held at their clean value, 0, whenever they are not kept
-    live — so "everything ablated" changes exactly the graph's nodes, and integrated gradients over the nodes add up."""
-    if ablation.mode == "zero":
-        return ablation
-    return Ablation("mean", {n: torch.where(cache.codes[n] != 0, m.to(cache.codes[n].dtype), 0.0)
-                             for n, m in ablation.code_means.items()}, dict(ablation.error_means))
-
-
 def keep_masks(rm, cache, pp: PreparedPrompt, keys: set[RoleKey] | frozenset, errors: bool
                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Masks for `run_edited(keep=...)` (use with `hold_inactive`): the role nodes in `keys` that are active on this

@@ -81,9 +81,15 @@ class AblateRoleFeatures:
         drop, rdrop = before - after, before - rnd
         fell = mean(float(r["after"] < r["before"]) for r in rows)
         ok = drop > 0 and drop > 2 * max(rdrop, 0.0)
-        return {"title": self.title, "metric_before": before, "metric_after": after, "metric_after_random": rnd,
+        share = drop / abs(before) if before else float("nan")
+        verdict = "not confirmed"
+        if ok:
+            verdict = (f"confirmed: the metric falls by {share:.0%}" if share >= 0.1 else
+                       f"confirmed but small: the metric falls by {share:.0%} (random: {rdrop / abs(before):.0%})")
+        return {"title": self.title, "features_ablated": mean(r["k"] for r in rows), "metric_before": before,
+                "metric_after": after, "metric_after_random": rnd,
                 "drop": drop, "drop_random": rdrop, "fraction_lowered": fell,
-                "verdict": "confirmed" if ok else "not confirmed",
+                "verdict": verdict,
                 "how": f"mean-ablate (group mean) the top {self.k} circuit features at {self.role} with positive "
                        f"IG score, where active; baseline: {self.k} random features active at {self.role}"}
 
@@ -127,10 +133,12 @@ class PatchRoleFeatures:
         flip = {c: mean(float((r[c] < 0) != (r["before"] < 0)) for r in rows) for c in cols[2:]}
         moved = m["before"] - m["after_top"]
         ok = moved > 0 and moved > 2 * max(m["before"] - m["after_random"], 0.0)
+        gap = m["before"] - m["source"]
+        part = f" ({moved / gap:.0%} of the way to the source)" if gap > 0 else ""
         return {"title": self.title, **{f"metric_{c}": v for c, v in m.items()},
                 **{f"flipped_{c.removeprefix('after_')}": v for c, v in flip.items()},
-                "verdict": ("confirmed: the answer flips" if ok and flip["after_top"] > 0.5 else
-                            "confirmed: the metric moves toward the source" if ok else "not confirmed"),
-                "how": f"set the top {self.k} circuit {self.kind.replace('_', ' ')}s at {self.role} (by |IG|) to their "
+                "verdict": ("confirmed: the answer flips" + part if ok and flip["after_top"] > 0.5 else
+                            "confirmed: the metric moves toward the source" + part if ok else "not confirmed"),
+                "how": f"set the top {self.k} circuit {self.kind.replace('_', ' ')}s at {self.role} (highest IG scores) to their "
                        f"values on {self.source_label}; 'all' patches every such feature at {self.role}; baseline: "
                        f"{self.k} random ones"}

@@ -147,7 +147,10 @@ def _markdown(result: StudyResult, out: str) -> str:
              f"Metric: {d['metric']}. Roles: {', '.join(d['roles'])}.", "",
              "## Dataset", "",
              f"Clean metric {m['clean_mean']:.3f} (accuracy {m['accuracy']:.1%}); corrupted counterpart "
-             f"{m['corrupt_mean']:.3f}.", "",
+             f"{m['corrupt_mean']:.3f}. Mean-ablation groups: {m['groups']['count']} "
+             f"({m['groups']['smallest']}–{m['groups']['largest']} prompts each)."
+             + (" **Some groups are too small for a meaningful mean (fewer than 5 prompts): use a larger --n.**"
+                if m["groups"]["smallest"] < 5 else ""), "",
              _table([{"subset": k, **v} for k, v in m["subsets"].items()],
                     [("subset", "subset"), ("n", "n"), ("metric_mean", "mean metric"), ("accuracy", "accuracy")]),
              "## Splice fidelity", "",

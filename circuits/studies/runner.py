@@ -18,7 +18,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from statistics import mean, pstdev
+from statistics import mean
 
 import torch
 
@@ -118,13 +118,18 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     state = build_state(spec, rm, study)
+    given_study = study  # a study object given by the caller forces in-process work (it cannot be rebuilt by name)
     rm, study, prepared = state.rm, state.study, state.prepared
     metrics = dataset_metrics(rm, prepared)
+    sizes: dict[str, int] = defaultdict(int)
+    for pp in prepared:
+        sizes[pp.group] += 1
+    metrics["groups"] = {"count": len(sizes), "smallest": min(sizes.values()), "largest": max(sizes.values())}
     fidelity = splice_fidelity(rm, prepared, metrics["clean_mean"])
     timings["setup_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    pass1 = map_prompts(spec, "analyse", {}, workers=workers, ray_address=ray_address, rm=rm, study=study,
+    pass1 = map_prompts(spec, "analyse", {}, workers=workers, ray_address=ray_address, rm=rm, study=given_study,
                         progress=progress, desc=f"{spec.study}: graphs")
     timings["graphs_s"] = time.perf_counter() - t1
 
@@ -139,9 +144,9 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     plan = curve_plan(features, magnitude, sorted(features), spec.seed, sorted(set(CURVE_SIZES) | {top}))
 
     t2 = time.perf_counter()
-    context = {"ranking": ranking[: max(top, 200)]}
+    context = {"ranking": ranking}  # checks pick their role's top features from the whole ranking
     pass2 = map_prompts(spec, "evaluate", {"curve": plan, "circuit": circuit, "context": context}, workers=workers,
-                        ray_address=ray_address, rm=rm, study=study, progress=progress,
+                        ray_address=ray_address, rm=rm, study=given_study, progress=progress,
                         desc=f"{spec.study}: circuits")
     timings["circuits_s"] = time.perf_counter() - t2
 
@@ -183,9 +188,15 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     extra = getattr(study, "extra_analysis", None)
     if extra is not None:
         data["extra"] = extra(rm, prepared, pass1, pass2, context)
-    graph = aggregated_graph(study, spec, pass2, pass1, circuit, ig, rm.n_layers)
+    graph = aggregated_graph(study, spec, pass2, pass1, circuit, ig, rm)
     timings["total_s"] = time.perf_counter() - t0
     return StudyResult(spec, study.title, data, graph, timings)
+
+
+def pstdev(values: list[float]) -> float:
+    """Population standard deviation (nan-safe: statistics.pstdev fails on nan)."""
+    m = mean(values)
+    return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5
 
 
 def faithfulness_curve(pass2: list[dict], plan) -> dict:
@@ -255,12 +266,13 @@ def _traffic(pass1: list[dict], top: int = 40) -> list[dict]:
 
 
 def aggregated_graph(study, spec: StudySpec, pass2: list[dict], pass1: list[dict], circuit: list[RoleKey],
-                     ig: dict, n_layers: int):
+                     ig: dict, rm):
     """A `Graph` over role nodes: position = role index (token_strings = role names), edges = mean over prompts of
     the summed edges between the role nodes, activations = fraction of prompts on which the node is active."""
     from circuits.graph import Graph, Node
 
     roles = list(study.all_roles)
+    n_layers = rm.n_layers
     edges: dict = defaultdict(float)
     for r in pass2:
         for k, v in r["edges"].items():
@@ -292,6 +304,8 @@ def aggregated_graph(study, spec: StudySpec, pass2: list[dict], pass1: list[dict
     target = torch.tensor([1.0 if k[0] in ("logit", "logit_diff") else 0.0 for _, k in nodes], dtype=torch.float64)
     meta = {
         "model": spec.model, "aggregated": True, "study": spec.study, "n_prompts": len(pass2),
+        "dictionaries": sorted(d.cfg.name for d in rm.dictionaries), "method": "aggregated",
+        "n_heads": rm.cfg.n_heads,
         "token_strings": roles, "tokens": list(range(len(roles))), "bos_pos": None, "n_layers": n_layers,
         "prompt": f"{study.title}: {len(pass2)} prompts aggregated by role",
         "targets": [{"label": f"{study.answer_label} − {study.wrong_label}", "node": n.to_json(), "weight": 1.0,
