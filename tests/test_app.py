@@ -28,16 +28,22 @@ def _header(at) -> str:
     return at.markdown[0].value
 
 
+def _pruned(at) -> str:
+    """The graph view's caption: 'pruned to N nodes / M edges ...'."""
+    return next(c.value for c in at.caption if c.value.startswith("pruned to"))
+
+
 def test_opens_with_the_example_traced(app):
     head = _header(app)
-    assert "Mary" in head and "pruned to" in head and "nodes" in head
+    assert "Mary" in head and "nodes" in head
+    assert "nodes" in _pruned(app)
     assert not app.error
 
 
 def test_slider_reprunes_and_target_change_retraces(app):
-    before = _header(app)
+    before = _pruned(app)
     app.slider(key="node_threshold").set_value(0.4).run()
-    after = _header(app)
+    after = _pruned(app)
     assert after != before and not app.exception
     app.radio(key="target_mode").set_value("salient logits").run()
     app.button(key="trace").click().run()
@@ -127,8 +133,8 @@ def test_case_studies_page_lists_reports_and_opens_the_circuit(app):
     options = at.selectbox(key="study_pick").options
     assert any(o.startswith("ioi ") for o in options)
     at.selectbox(key="study_pick").set_value(next(o for o in options if o.startswith("ioi "))).run()
-    assert any("Faithfulness of the top" in m.value for m in at.markdown)
-    at.button(key="study_open").run()
+    assert any("-feature circuit alone" in m.value for m in at.markdown)
+    at.button(key="study_open").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.sidebar.radio(key="page").value == "explorer"
     assert any("opened ioi/circuit.json" in s.value for s in at.success)
