@@ -470,10 +470,14 @@ def sidebar() -> dict:
         token = sb.text_input("token", "Mary", key="token")
         if mode == "contrast":
             baseline = sb.text_input("minus token", "John", key="baseline")
+    node_t = sb.slider("node threshold", 0.05, 1.0, 0.8, 0.01, key="node_threshold")
+    edge_t = sb.slider("edge threshold", 0.05, 1.0, 0.98, 0.01, key="edge_threshold")
+    cap = sb.number_input("feature cap (0 = none)", 0, 5000, 0, key="cap")
     go = sb.button("trace", type="primary", key="trace")
     return {"prompt": prompt, "model": model, "dicts": dicts, "layers": tuple(layers),
             "target_mode": {"salient logits": "salient", "token": "token", "contrast": "contrast"}[mode],
-            "token": token, "baseline": baseline, "cum_prob": cum_prob, "max_logits": int(max_logits), "go": go}
+            "token": token, "baseline": baseline, "cum_prob": cum_prob, "max_logits": int(max_logits),
+            "node_threshold": node_t, "edge_threshold": edge_t, "cap": int(cap) or None, "go": go}
 
 
 def study_reports() -> dict[str, Path]:
@@ -515,6 +519,7 @@ def studies_page() -> None:
 
 
 def main() -> None:
+    from circuits import export
 
     s = state()
     if st.session_state.pop("goto_explorer", False):
@@ -535,7 +540,7 @@ def main() -> None:
         return
     run = s.get("settings", settings)
     full = s["graph"]
-    result = pruned(*thresholds())
+    result = pruned(settings["node_threshold"], settings["edge_threshold"], settings["cap"])
     if result is None:
         return
     g = result.graph
@@ -544,10 +549,25 @@ def main() -> None:
                                                                if t.get("probability") is not None else "")
                         for t in full.metadata["targets"])
     st.markdown(f"**{''.join(full.metadata['token_strings'][1:]).strip()}** → {targets}  \n"
-                f"{full.n_nodes} nodes / {full.n_edges:,} edges")
+                f"{full.n_nodes} nodes / {full.n_edges:,} edges, pruned to {g.n_nodes} / {g.n_edges:,}")
     tabs = st.tabs(["graph", "node", "subgraph", "checks", "intervene", "logit lens", "files"])
+    labels = s["ui"]["labels"]
     with tabs[0]:
-        graph_view()
+        fig = graph_figure(g, influence, labels)
+        event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="graph_chart",
+                                width="stretch")
+        points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
+            getattr(getattr(event, "selection", None), "points", [])
+        if points and points[0].get("customdata") is not None:
+            s["selected"] = g.nodes[int(points[0]["customdata"])]
+        by_id = {export.node_id(n): n for n in g.nodes if n.kind != "token"}
+        names = {k: export.node_label(g, n) for k, n in by_id.items()}
+        options = list(by_id)
+        current = export.node_id(s["selected"]) if s["selected"] in set(g.nodes) else None
+        pick = st.selectbox("select a node", ["—"] + options, index=options.index(current) + 1 if current else 0,
+                            format_func=lambda k: names.get(k, k), key="node_pick")
+        if pick != "—":
+            s["selected"] = by_id[pick]
     with tabs[1]:
         node_inspector(g, full, run, influence)
     with tabs[2]:
@@ -560,48 +580,6 @@ def main() -> None:
         lens_view(run)
     with tabs[6]:
         files(full, g)
-
-
-def thresholds() -> tuple[float, float, int | None]:
-    """The pruning settings (widgets of the graph view; defaults before it is first drawn)."""
-    ss = st.session_state
-    return (ss.get("node_threshold", 0.8), ss.get("edge_threshold", 0.98), int(ss.get("cap", 0)) or None)
-
-
-@st.fragment
-def graph_view() -> None:
-    """Thresholds and the graph, as a fragment: moving a slider reruns only this part of the page (re-prune and
-    redraw), not the whole script. Selecting a node reruns the page so the other tabs follow."""
-    from circuits import export
-
-    s = state()
-    c = st.columns([2, 2, 1])
-    c[0].slider("node threshold", 0.05, 1.0, 0.8, 0.01, key="node_threshold")
-    c[1].slider("edge threshold", 0.05, 1.0, 0.98, 0.01, key="edge_threshold")
-    c[2].number_input("feature cap (0 = none)", 0, 5000, 0, key="cap")
-    result = pruned(*thresholds())
-    if result is None:
-        return
-    g = result.graph
-    influence = result.node_influence[result.node_mask]
-    st.caption(f"pruned to {g.n_nodes} nodes / {g.n_edges:,} edges (the other tabs use this pruned graph)")
-    fig = graph_figure(g, influence, s["ui"]["labels"])
-    event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="graph_chart", width="stretch")
-    points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
-        getattr(getattr(event, "selection", None), "points", [])
-    before = s["selected"]
-    if points and points[0].get("customdata") is not None:
-        s["selected"] = g.nodes[int(points[0]["customdata"])]
-    by_id = {export.node_id(n): n for n in g.nodes if n.kind != "token"}
-    names = {k: export.node_label(g, n) for k, n in by_id.items()}
-    options = list(by_id)
-    current = export.node_id(s["selected"]) if s["selected"] in set(g.nodes) else None
-    pick = st.selectbox("select a node", ["—"] + options, index=options.index(current) + 1 if current else 0,
-                        format_func=lambda k: names.get(k, k), key="node_pick")
-    if pick != "—":
-        s["selected"] = by_id[pick]
-    if s["selected"] != before:
-        st.rerun()  # the node tab and the others follow the selection
 
 
 def subgraph_view(g) -> None:
