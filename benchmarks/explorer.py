@@ -22,6 +22,8 @@ from pathlib import Path
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 APP = Path(__file__).resolve().parent.parent / "app.py"
+LONG_PROMPT = ("After a long day at the park, when Mary and John went to the big store near the old station, John "
+               "gave a drink to")
 
 
 def _wait_header_change(page, old: str, timeout: float = 120.0) -> tuple[float, str]:
@@ -94,6 +96,28 @@ def main() -> None:
             rows.append(("thresholds at 1.0: re-prune and draw the whole graph", dt, "usable"))
             page.wait_for_timeout(500)
             nodes = re.search(r"pruned to ([\d,]+)", header).group(1)
+            t1 = time.perf_counter()
+            page.get_by_role("tab", name="checks", exact=True).click()
+            page.get_by_text("replacement (full)").first.wait_for(timeout=60_000)
+            rows.append((f"with {nodes} nodes: switch to another tab", time.perf_counter() - t1, "usable"))
+            page.get_by_role("tab", name="graph", exact=True).click()
+            # a longer prompt: more than 5,000 nodes, all shown (thresholds still at 1.0)
+            page.get_by_role("textbox", name="prompt").fill(LONG_PROMPT)
+            time.sleep(1.0)
+            header = page.locator("text=pruned to").first.inner_text()
+            t0 = time.perf_counter()
+            page.get_by_role("button", name="trace").click()
+            dt, header = _wait_header_change(page, header, 180)
+            page.locator(".js-plotly-plot .scatterlayer path.point").first.wait_for(timeout=60_000)
+            dt_plot = time.perf_counter() - t0
+            nodes = re.search(r"pruned to ([\d,]+)", header).group(1)
+            rows.append((f"trace a {nodes}-node prompt, draw every node", dt_plot, "usable"))
+            slider = page.get_by_role("slider").nth(0)
+            slider.focus()
+            t0 = time.perf_counter()
+            page.keyboard.press("ArrowLeft")
+            dt, header = _wait_header_change(page, header, 120)
+            rows.append((f"with {nodes} nodes: one slider step", dt, "usable"))
             t1 = time.perf_counter()
             page.get_by_role("tab", name="checks", exact=True).click()
             page.get_by_text("replacement (full)").first.wait_for(timeout=60_000)

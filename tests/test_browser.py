@@ -4,6 +4,7 @@ trace, select a node, check the inspector, save a screenshot."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -77,5 +78,28 @@ def test_trace_select_and_inspect_in_chromium(server, tmp_path):
         shot = tmp_path / "explorer.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
+        assert page.locator("text=Traceback").count() == 0
+        browser.close()
+
+
+def test_clicking_a_node_in_the_graph_canvas_selects_it(server):
+    """A click on a plotted feature node (not the list) selects it: the node tab shows its inspector."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        page.goto(server)
+        page.get_by_text("pruned to").first.wait_for(timeout=120_000)
+        page.locator(".js-plotly-plot .scatterlayer path.point").first.wait_for(timeout=60_000)
+        # the index of the trace holding MLP features, read from the plot's own data
+        index = page.evaluate("""() => document.querySelector('.js-plotly-plot').data
+                                   .findIndex(t => t.name === 'mlp_feature')""")
+        assert index >= 0
+        point = page.locator(".js-plotly-plot .scatterlayer .trace").nth(index).locator("path.point").first
+        point.click(force=True)
+        page.get_by_role("tab", name="node", exact=True).click()
+        page.get_by_text("incoming edges").first.wait_for(timeout=30_000)
+        heading = page.locator("h3").filter(has_text=re.compile(r"^M\d+#\d+@")).first
+        heading.wait_for(timeout=30_000)  # the inspector shows the clicked MLP feature
         assert page.locator("text=Traceback").count() == 0
         browser.close()
