@@ -27,10 +27,10 @@ import torch
 from torch import Tensor
 
 from circuits.errors import CircuitsError
+from circuits.graph import FEATURE_KINDS  # noqa: F401  (re-exported: the studies' node kinds)
 from circuits.interventions import Ablation
 
 OTHER = "other"
-FEATURE_KINDS = ("attn_feature", "mlp_feature")
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,6 @@ class Study:
     roles: tuple[str, ...] = ()
     answer_label: str = "answer"
     wrong_label: str = "wrong"
-
-    def options(self) -> dict:
-        """The study's own options (recorded in the report; must rebuild the same study via the registry)."""
-        return {}
 
     def prompts(self, model, n: int, seed: int) -> list[StudyPrompt]:
         raise NotImplementedError

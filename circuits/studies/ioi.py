@@ -48,9 +48,6 @@ class IOIStudy(Study):
             raise ValueError(f"templates must be 'heldout', 'train' or 'all', got {templates!r}")
         self.templates = templates
 
-    def options(self) -> dict:
-        return {"templates": self.templates}
-
     def prompts(self, model, n: int, seed: int) -> list[StudyPrompt]:
         from circuits.organism import world as W
         from circuits.organism.corpus import ToyWorldCorpus
