@@ -319,3 +319,20 @@ def test_other_studies_prepare_on_the_organism(name):
         assert set(study.roles) <= set(pp.roles)
         assert pp.answer != pp.wrong
     assert len({pp.group for pp in prepared}) == 1
+
+
+def test_study_runs_with_transcoders_only(tiny64, tmp_path):
+    """The GPT-2 configuration (transcoders, no attention SAEs: attention is a linear channel, autograd edges) runs
+    end to end on a tiny model: no head traffic (it needs attention features), everything else present."""
+    from circuits.studies import StudySpec, run_study, write_report
+
+    model, dicts = tiny64
+    rm = ReplacementModel(model, [d for d in dicts if d.cfg.kind == "transcoder"], name="tiny")
+    spec = StudySpec("planted", model="tiny", dicts="tiny", n=8, seed=0, ig_steps=2)
+    result = run_study(spec, rm=rm, study=PlantedStudy(), workers=1, top=5, progress=False)
+    d = result.data
+    assert d["traffic"] == [] and d["circuit"]["n_features"] == 5
+    assert {c["site"] for c in d["components"]} == {"mlp"}
+    assert d["curve"]["points"]["empty"]["score"] == pytest.approx(0.0, abs=1e-12)
+    write_report(result, tmp_path / "r")
+    assert (tmp_path / "r" / "report.md").exists()

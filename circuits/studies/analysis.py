@@ -187,7 +187,8 @@ def evaluate_prompt(rm, pp: PreparedPrompt, ablation: Ablation, curve: list[tupl
 def circuit_edges(rm, cache, pp: PreparedPrompt, circuit: set[RoleKey]) -> dict[tuple[RoleKey, RoleKey], float]:
     """Edges of this prompt's graph between aggregated nodes: the circuit's feature role nodes, every error and
     token role node, and the target; summed per (source, target) role-node pair."""
-    graph = attribute(rm, pp.tokens, Contrast(pp.answer, pp.wrong), cache=cache)
+    with torch.enable_grad():  # autograd edges (attention layers without an SAE) need gradients
+        graph = attribute(rm, pp.tokens, Contrast(pp.answer, pp.wrong), cache=cache)
     keys = role_keys(graph, pp)
     keep = torch.tensor([k in circuit or k[0] not in FEATURE_KINDS for k in keys])
     tgt, src = graph.edge_index
