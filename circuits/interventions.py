@@ -155,7 +155,8 @@ def standard_ablations(rm: ReplacementModel) -> list[Ablation]:
     return out
 
 
-def _dict_of(rm: ReplacementModel, node: Node):
+def dictionary_of(rm: ReplacementModel, node: Node):
+    """The dictionary a feature or error node belongs to (a clear error when the layer has none)."""
     table = rm.attention_saes if node.kind.startswith("attn") else rm.transcoders
     if node.layer not in table:
         raise CircuitsError(f"no dictionary for node {node.short()}; it cannot be edited")
@@ -194,10 +195,10 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
             if e.node.kind == "mlp_error" and e.node.layer not in rm.transcoders:
                 name = f"mlp_{e.node.layer}"
             else:
-                name = _dict_of(rm, e.node).cfg.name
+                name = dictionary_of(rm, e.node).cfg.name
             error_scale.setdefault(name, torch.ones(n, dtype=cache.logits.dtype))[e.node.pos] = e.value
             continue
-        d = _dict_of(rm, e.node)
+        d = dictionary_of(rm, e.node)
         if not 0 <= e.node.index < d.d_sae or not 0 <= e.node.pos < n:
             raise CircuitsError(f"node {e.node.short()} is outside the dictionary or the prompt")
         feature_edits.setdefault(d.cfg.name, []).append(e)
@@ -326,7 +327,7 @@ def circuit_masks(rm: ReplacementModel, cache: ReplacementCache, nodes: Iterable
     emask = {d.cfg.name: torch.zeros(n, dtype=torch.bool) for d in rm.dictionaries}
     for node in nodes:
         if node.kind.endswith("_feature"):
-            fmask[_dict_of(rm, node).cfg.name][node.pos, node.index] = True
+            fmask[dictionary_of(rm, node).cfg.name][node.pos, node.index] = True
         elif node.kind.endswith("_error"):
             table = rm.attention_saes if node.kind == "attn_error" else rm.transcoders
             if node.layer in table:
@@ -352,4 +353,4 @@ def faithfulness(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, 
 
 
 __all__ = ["Ablation", "Edit", "Faithfulness", "InterventionResult", "faithfulness", "intervene",
-           "graph_metric", "hold_inactive", "logit_diff_metric", "mean_ablation", "run_edited", "standard_ablations"]
+           "dictionary_of", "graph_metric", "hold_inactive", "logit_diff_metric", "mean_ablation", "run_edited", "standard_ablations"]

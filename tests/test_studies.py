@@ -14,7 +14,7 @@ from circuits.interventions import Ablation, run_edited
 from circuits.pruning import total_effects
 from circuits.replacement import ReplacementModel
 from circuits.studies.analysis import component_rollup, integrated_gradients
-from circuits.studies.base import OTHER, Study, StudyPrompt, group_means, prepare
+from circuits.studies.base import Study, StudyPrompt, group_means, prepare
 from circuits.studies.checks import AblateRoleFeatures, PatchRoleFeatures
 from circuits.studies.ioi import IOIStudy, PositionalCheck
 from tests.conftest import build_tiny, random_dictionaries
@@ -138,7 +138,7 @@ class PlantedStudy(Study):
         return out
 
     def assign_roles(self, model, prompt, tokens):
-        return ["BOS"] + [OTHER] * (len(tokens) - 2) + ["END"]
+        return self.bos_end_roles(len(tokens))
 
 
 @pytest.fixture(scope="module")

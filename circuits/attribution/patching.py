@@ -44,7 +44,7 @@ class NodeEffects:
 
 def _node_list(rm: ReplacementModel, name: str, delta_codes: Tensor, pos_count: int) -> list[Node]:
     d = rm.dictionaries.dictionaries[name]
-    kind = "attn" if d.cfg.kind == "attention_sae" else "mlp"
+    kind = d.cfg.site
     p_idx, f_idx = torch.nonzero(delta_codes, as_tuple=True)
     feats = [Node(f"{kind}_feature", d.cfg.layer, p, i) for p, i in zip(p_idx.tolist(), f_idx.tolist(), strict=True)]
     return feats + [Node(f"{kind}_error", d.cfg.layer, p, -1) for p in range(pos_count)]

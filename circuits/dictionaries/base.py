@@ -66,6 +66,11 @@ class DictionaryConfig:
         return hook_mlp_out(self.layer) if self.kind == "transcoder" else hook_attn_z(self.layer)
 
     @property
+    def site(self) -> str:
+        """The residual-stream site it replaces, as graph node kinds name it: "mlp" or "attn"."""
+        return "mlp" if self.kind == "transcoder" else "attn"
+
+    @property
     def d_head(self) -> int | None:
         return self.d_in // self.n_heads if self.n_heads else None
 

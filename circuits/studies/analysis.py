@@ -27,13 +27,10 @@ from collections import defaultdict
 import torch
 
 from circuits.attribution import Contrast, attribute
+from circuits.graph import FEATURE_KINDS
 from circuits.interventions import Ablation, hold_inactive, run_edited
 from circuits.pruning import total_effects
-from circuits.studies.base import FEATURE_KINDS, PreparedPrompt, RoleKey, keep_masks
-
-
-def _site_kind(d) -> str:
-    return "mlp" if d.cfg.kind == "transcoder" else "attn"
+from circuits.studies.base import PreparedPrompt, RoleKey, keep_masks
 
 
 def role_keys(graph, pp: PreparedPrompt) -> list[RoleKey]:
@@ -110,7 +107,7 @@ def component_rollup(rm, cache, pp: PreparedPrompt) -> dict[tuple[str, int, int,
         feat = (d.decode(codes.to(d.W_enc.dtype)) - d.decode(torch.zeros_like(codes[:1]).to(d.W_enc.dtype)))
         err = cache.errors[name]
         g = g.to(feat.dtype)
-        if _site_kind(d) == "attn":
+        if d.cfg.site == "attn":
             H = rm.cfg.n_heads
             fp = (feat * g).reshape(len(codes), H, -1).sum(-1)  # [pos, H]
             ep = (err.to(g.dtype) * g).reshape(len(codes), H, -1).sum(-1)
@@ -156,7 +153,7 @@ def integrated_gradients(rm, cache, pp: PreparedPrompt, ablation: Ablation, step
     by_name = {d.cfg.name: d for d in rm.dictionaries}
     for n, (fg, eg) in acc.items():
         d = by_name[n]
-        kind = _site_kind(d)
+        kind = d.cfg.site
         p_idx, f_idx = torch.nonzero(active[n], as_tuple=True)
         for p, i, v in zip(p_idx.tolist(), f_idx.tolist(), fg[p_idx, f_idx].tolist(), strict=True):
             out[(f"{kind}_feature", d.cfg.layer, pp.roles[p], i)] += v

@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from circuits.errors import CircuitsError
-from circuits.graph import FEATURE_KINDS  # noqa: F401  (re-exported: the studies' node kinds)
 from circuits.interventions import Ablation
 
 OTHER = "other"
@@ -80,6 +79,11 @@ class Study:
     @property
     def all_roles(self) -> tuple[str, ...]:
         return self.roles + (OTHER,)
+
+    @staticmethod
+    def bos_end_roles(n_tokens: int) -> list[str]:
+        """Roles with BOS at position 0, END at the last position and `OTHER` between (to fill in)."""
+        return ["BOS"] + [OTHER] * (n_tokens - 2) + ["END"]
 
 
 def single_token_id(model, word: str) -> int:
@@ -170,7 +174,7 @@ def keep_masks(rm, cache, pp: PreparedPrompt, keys: set[RoleKey] | frozenset, er
         by_site.setdefault((kind, layer), []).append((role, index))
     for d in rm.dictionaries:
         name = d.cfg.name
-        kind = "attn_feature" if d.cfg.kind != "transcoder" else "mlp_feature"
+        kind = f"{d.cfg.site}_feature"
         codes = cache.codes[name]
         mask = torch.zeros_like(codes, dtype=torch.bool)
         for role, index in by_site.get((kind, d.cfg.layer), []):

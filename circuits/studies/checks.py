@@ -19,9 +19,9 @@ from statistics import mean
 
 import torch
 
-from circuits.graph import Node
-from circuits.interventions import Edit, run_edited
-from circuits.studies.base import FEATURE_KINDS, PreparedPrompt
+from circuits.graph import FEATURE_KINDS, Node
+from circuits.interventions import Edit, dictionary_of, run_edited
+from circuits.studies.base import PreparedPrompt
 
 
 def _top_features(context: dict, role: str, k: int, kind: str | None = None, positive: bool = True) -> list:
@@ -40,7 +40,7 @@ def _top_features(context: dict, role: str, k: int, kind: str | None = None, pos
 def _active_at(rm, cache, pp: PreparedPrompt, role: str, kind: str | None = None) -> list:
     out = []
     for d in rm.dictionaries:
-        k = "mlp_feature" if d.cfg.kind == "transcoder" else "attn_feature"
+        k = f"{d.cfg.site}_feature"
         if kind is not None and k != kind:
             continue
         for p in (i for i, r in enumerate(pp.roles) if r == role):
@@ -62,8 +62,8 @@ class AblateRoleFeatures:
         fmask = {n: torch.ones_like(c, dtype=torch.bool) for n, c in cache.codes.items()}  # everything live ...
         emask = {n: torch.ones(cache.n_pos, dtype=torch.bool) for n in cache.codes}
         for kind, layer, role, index in keys:
-            d = (rm.attention_saes if kind == "attn_feature" else rm.transcoders)[layer]
             for p in (i for i, r in enumerate(pp.roles) if r == role):
+                d = dictionary_of(rm, Node(kind, layer, p, index))
                 if cache.codes[d.cfg.name][p, index] != 0:
                     fmask[d.cfg.name][p, index] = False  # ... except the chosen features, where active
         return float(pp.metric(run_edited(rm, cache, keep=(fmask, emask), ablation=ablation)[0]))
@@ -111,8 +111,8 @@ class PatchRoleFeatures:
     def _patch(self, rm, cache, src, pp, keys) -> float:
         edits = []
         for kind, layer, role, index in keys:
-            d = (rm.attention_saes if kind == "attn_feature" else rm.transcoders)[layer]
             for p in (i for i, r in enumerate(pp.roles) if r == role):
+                d = dictionary_of(rm, Node(kind, layer, p, index))
                 edits.append(Edit(Node(kind, layer, p, index), "set", float(src.codes[d.cfg.name][p, index])))
         return float(pp.metric(run_edited(rm, cache, edits)[0]))
 

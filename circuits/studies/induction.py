@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from circuits.studies.base import OTHER, Study, StudyPrompt
+from circuits.studies.base import Study, StudyPrompt
 from circuits.studies.checks import AblateRoleFeatures, PatchRoleFeatures
 
 SPAN = 8
@@ -42,11 +42,9 @@ class InductionStudy(Study):
         return out
 
     def assign_roles(self, model, prompt: StudyPrompt, tokens: list[int]) -> list[str]:
-        roles = [OTHER] * len(tokens)
-        roles[0] = "BOS"
+        roles = self.bos_end_roles(len(tokens))
         roles[CUT] = "A"  # BOS is position 0, so the span's k-th word (1-based) is at position k
         roles[CUT + 1] = "B"
-        roles[-1] = "END"
         return roles
 
     def checks(self) -> list:

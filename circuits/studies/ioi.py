@@ -25,7 +25,7 @@ from statistics import mean
 
 import torch
 
-from circuits.studies.base import OTHER, Study, StudyPrompt, positions_of, single_token_id
+from circuits.studies.base import Study, StudyPrompt, positions_of, single_token_id
 from circuits.studies.checks import AblateRoleFeatures, PatchRoleFeatures
 
 FILLER = "It was a quiet day at the park."
@@ -79,17 +79,15 @@ class IOIStudy(Study):
         return mixed + abba[len(baba):] + baba[len(abba):]
 
     def assign_roles(self, model, prompt: StudyPrompt, tokens: list[int]) -> list[str]:
-        roles = [OTHER] * len(tokens)
+        roles = self.bos_end_roles(len(tokens))
         io, s = single_token_id(model, prompt.answer), single_token_id(model, prompt.wrong)
         io_pos, s_pos = positions_of(tokens, io), positions_of(tokens, s)
         if len(io_pos) != 1 or len(s_pos) != 2:
             raise ValueError(f"IOI prompt {prompt.clean!r}: expected IO once and S twice")
-        roles[0] = "BOS"
         roles[io_pos[0]], roles[s_pos[0]], roles[s_pos[1]] = "IO", "S1", "S2"
         first = min(io_pos[0], s_pos[0])
         if first + 1 < len(tokens) and tokens[first + 1] == single_token_id(model, "and"):
             roles[first + 1] = "and"
-        roles[-1] = "END"
         return roles
 
     def checks(self) -> list:

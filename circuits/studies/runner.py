@@ -22,8 +22,9 @@ from statistics import mean
 
 import torch
 
+from circuits.graph import FEATURE_KINDS
 from circuits.replacement import splice_hooks
-from circuits.studies.base import FEATURE_KINDS, OTHER, RoleKey, role_key_str
+from circuits.studies.base import OTHER, RoleKey, role_key_str
 from circuits.studies.batch import StudySpec, build_state, map_prompts
 
 CURVE_SIZES = (0, 5, 10, 20, 50, 100, 200, 500)

@@ -8,7 +8,7 @@ organism's world (two-hop questions seen in training and held out).
 
 from __future__ import annotations
 
-from circuits.studies.base import OTHER, Study, StudyPrompt, positions_of, single_token_id
+from circuits.studies.base import Study, StudyPrompt, positions_of, single_token_id
 from circuits.studies.checks import AblateRoleFeatures, PatchRoleFeatures
 
 TEMPLATE = "The capital of the country containing {city} is"
@@ -41,11 +41,9 @@ class TwoHopStudy(Study):
         return out
 
     def assign_roles(self, model, prompt: StudyPrompt, tokens: list[int]) -> list[str]:
-        roles = [OTHER] * len(tokens)
-        roles[0] = "BOS"
+        roles = self.bos_end_roles(len(tokens))
         roles[positions_of(tokens, single_token_id(model, "country"))[0]] = "country"
         roles[-2] = "city"
-        roles[-1] = "END"
         return roles
 
     def checks(self) -> list:
