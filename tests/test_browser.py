@@ -53,6 +53,23 @@ def server():
     proc.wait(timeout=30)
 
 
+def _show_node_tab(page, deadline_s: float = 60.0) -> None:
+    """Open the "node" tab and wait until its inspector is visible. A click on the canvas or the list starts a
+    rerun; a tab clicked while that rerun is in flight can be drawn again unselected, so click until it shows."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    visible = page.locator("strong:text-is('incoming edges') >> visible=true")
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        page.get_by_role("tab", name="node", exact=True).click()
+        try:
+            visible.first.wait_for(timeout=3_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError("the node tab never showed the inspector ('incoming edges')")
+
+
 def test_trace_select_and_inspect_in_chromium(server, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
@@ -71,8 +88,7 @@ def test_trace_select_and_inspect_in_chromium(server, tmp_path):
         page.get_by_label("select a node").click()
         page.keyboard.type("M3#")  # a layer-3 transcoder feature
         page.keyboard.press("Enter")
-        page.get_by_role("tab", name="node", exact=True).click()
-        page.get_by_text("incoming edges").first.wait_for(timeout=30_000)
+        _show_node_tab(page)
         page.get_by_text("activation on every token of the prompt").first.wait_for(timeout=30_000)
         page.get_by_text("promotes:").first.wait_for(timeout=30_000)  # its dashboard
         shot = tmp_path / "explorer.png"
@@ -97,8 +113,7 @@ def test_clicking_a_node_in_the_graph_canvas_selects_it(server):
         assert index >= 0
         point = page.locator(".js-plotly-plot .scatterlayer .trace").nth(index).locator("path.point").first
         point.click(force=True)
-        page.get_by_role("tab", name="node", exact=True).click()
-        page.get_by_text("incoming edges").first.wait_for(timeout=30_000)
+        _show_node_tab(page)
         heading = page.locator("h3").filter(has_text=re.compile(r"^M\d+#\d+@")).first
         heading.wait_for(timeout=30_000)  # the inspector shows the clicked MLP feature
         assert page.locator("text=Traceback").count() == 0
