@@ -451,6 +451,35 @@ def load_graph_bytes(data: bytes, name: str) -> None:
 # -- page ------------------------------------------------------------------------------------------------------
 
 
+def _thresholds_moved() -> None:
+    """A threshold changed in the sidebar: the graph view adopts the sidebar's values (see `graph_tab`)."""
+    st.session_state["threshold_epoch"] = st.session_state.get("threshold_epoch", 0) + 1
+
+
+def apply_view_report() -> None:
+    """Take the graph view's last report (thresholds moved or a node clicked in the browser) into the page state,
+    before the sidebar's widgets are drawn, so that every tab reruns with it. Each report is applied once."""
+    s = state()
+    rep, view = st.session_state.get("graph_view"), s.get("view")
+    if not isinstance(rep, dict) or view is None or rep.get("graph_id") != view["packed"].graph_id:
+        return
+    tag = (rep.get("instance"), rep.get("seq"))
+    if tag == s.get("view_report"):
+        return
+    s["view_report"] = tag
+    try:
+        node_t = min(max(round(float(rep["node_threshold"]), 2), 0.05), 1.0)
+        edge_t = min(max(round(float(rep["edge_threshold"]), 2), 0.05), 1.0)
+        cap = min(max(int(rep.get("cap") or 0), 0), 5000)
+    except (KeyError, TypeError, ValueError):
+        return
+    st.session_state["node_threshold"], st.session_state["edge_threshold"] = node_t, edge_t
+    st.session_state["cap"] = cap
+    picked = rep.get("selected")
+    if isinstance(picked, int) and 0 <= picked < view["graph"].n_nodes:
+        s["selected"] = view["graph"].nodes[picked]
+
+
 def sidebar() -> dict:
     sb = st.sidebar
     sb.title("circuits")
@@ -470,9 +499,9 @@ def sidebar() -> dict:
         token = sb.text_input("token", "Mary", key="token")
         if mode == "contrast":
             baseline = sb.text_input("minus token", "John", key="baseline")
-    node_t = sb.slider("node threshold", 0.05, 1.0, 0.8, 0.01, key="node_threshold")
-    edge_t = sb.slider("edge threshold", 0.05, 1.0, 0.98, 0.01, key="edge_threshold")
-    cap = sb.number_input("feature cap (0 = none)", 0, 5000, 0, key="cap")
+    node_t = sb.slider("node threshold", 0.05, 1.0, 0.8, 0.01, key="node_threshold", on_change=_thresholds_moved)
+    edge_t = sb.slider("edge threshold", 0.05, 1.0, 0.98, 0.01, key="edge_threshold", on_change=_thresholds_moved)
+    cap = sb.number_input("feature cap (0 = none)", 0, 5000, 0, key="cap", on_change=_thresholds_moved)
     go = sb.button("trace", type="primary", key="trace")
     return {"prompt": prompt, "model": model, "dicts": dicts, "layers": tuple(layers),
             "target_mode": {"salient logits": "salient", "token": "token", "contrast": "contrast"}[mode],
@@ -518,6 +547,43 @@ def studies_page() -> None:
             st.markdown(chunk)
 
 
+def server_graph(g, influence, labels: dict) -> None:
+    """The pruned graph drawn by the server (plotly), for graphs too large to send to the browser view."""
+    s = state()
+    event = st.plotly_chart(graph_figure(g, influence, labels), on_select="rerun", selection_mode="points",
+                            key="graph_chart", width="stretch")
+    points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
+        getattr(getattr(event, "selection", None), "points", [])
+    if points and points[0].get("customdata") is not None:
+        s["selected"] = g.nodes[int(points[0]["customdata"])]
+
+
+def graph_tab(full, g, influence, settings: dict, labels: dict) -> None:
+    """The graph view component: the full graph goes to the browser once, which prunes and draws it for any
+    thresholds at once (and reports them back); a click on a node selects it."""
+    from circuits import export
+    from circuits.graph_view import MAX_BROWSER_EDGES, graph_view, pack
+
+    s = state()
+    if full.n_edges > MAX_BROWSER_EDGES:
+        st.caption(f"{full.n_edges:,} edges are more than the browser view takes ({MAX_BROWSER_EDGES:,}): the "
+                   "server prunes and draws this graph (use the sidebar's thresholds)")
+        server_graph(g, influence, labels)
+        return
+    view = s.get("view")
+    if view is None or view["graph"] is not full:
+        with st.spinner("preparing the graph view ..."):
+            packed = guarded(pack, full, [export.node_label(full, n) for n in full.nodes], KIND_COLOURS)
+        if packed is None:
+            return
+        view = s["view"] = {"graph": full, "packed": packed, "index": {n: i for i, n in enumerate(full.nodes)}}
+    selected = view["index"].get(s["selected"]) if s["selected"] is not None else None
+    guarded(graph_view, view["packed"], node_threshold=settings["node_threshold"],
+            edge_threshold=settings["edge_threshold"], cap=settings["cap"],
+            epoch=st.session_state.get("threshold_epoch", 0), selected=selected, user_labels=labels,
+            key="graph_view")
+
+
 def main() -> None:
     from circuits import export
 
@@ -528,6 +594,7 @@ def main() -> None:
     if page == "case studies":
         studies_page()
         return
+    apply_view_report()
     settings = sidebar()
     if s.get("flash"):
         st.success(s.pop("flash"))
@@ -553,13 +620,6 @@ def main() -> None:
     tabs = st.tabs(["graph", "node", "subgraph", "checks", "intervene", "logit lens", "files"])
     labels = s["ui"]["labels"]
     with tabs[0]:
-        fig = graph_figure(g, influence, labels)
-        event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="graph_chart",
-                                width="stretch")
-        points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
-            getattr(getattr(event, "selection", None), "points", [])
-        if points and points[0].get("customdata") is not None:
-            s["selected"] = g.nodes[int(points[0]["customdata"])]
         by_id = {export.node_id(n): n for n in g.nodes if n.kind != "token"}
         names = {k: export.node_label(g, n) for k, n in by_id.items()}
         options = list(by_id)
@@ -568,6 +628,7 @@ def main() -> None:
                             format_func=lambda k: names.get(k, k), key="node_pick")
         if pick != "—":
             s["selected"] = by_id[pick]
+        graph_tab(full, g, influence, settings, labels)
     with tabs[1]:
         node_inspector(g, full, run, influence)
     with tabs[2]:

@@ -3,9 +3,11 @@ re-prune after a slider change ≤ 300 ms; the page stays usable with ~5,000 nod
 
     python benchmarks/explorer.py [--screenshot runs/explorer.png]
 
-Starts `streamlit run app.py`, waits for the example to be traced, then times (wall clock in the browser, from the
-action to the page showing the new result): tracing a new prompt, moving the node-threshold slider one step, and
-showing every node of the full graph (thresholds at 1.0); prints a table.
+Starts `streamlit run app.py`, waits for the example to be traced, then times (wall clock, from the key press or
+click to the page showing the new result): tracing a new prompt; one step of the graph view's node-threshold slider
+(the view re-prunes and redraws in the browser; also the time until the rest of the page — header, sidebar, other
+tabs — has followed through a rerun); one step of the sidebar's slider (a server rerun); showing every node of the
+full graph (thresholds at 1.0); the same on a prompt with more than 5,000 nodes; prints a table.
 """
 
 from __future__ import annotations
@@ -34,6 +36,38 @@ def _wait_header_change(page, old: str, timeout: float = 120.0) -> tuple[float, 
             return time.perf_counter() - t0, text
         time.sleep(0.02)
     raise TimeoutError("the page did not update")
+
+
+def _wait_text_change(locator, old: str, timeout: float = 120.0) -> None:
+    t0 = time.perf_counter()
+    while locator.inner_text() == old:
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError("the text did not change")
+        time.sleep(0.01)
+
+
+def _view_status(page):
+    frame = page.frame_locator("iframe[title*=graph_view]")
+    status = frame.locator("#status")
+    status.filter(has_text="showing").wait_for(timeout=120_000)
+    return frame, status
+
+
+def _view_step(page, key: str = "ArrowLeft", control: str = "#node") -> tuple[float, float, str]:
+    """Press `key` on a view control: seconds until the view has redrawn, until the page header has followed."""
+    frame, status = _view_status(page)
+    old_status = status.inner_text()
+    old_header = page.locator("text=pruned to").first.inner_text()
+    frame.locator(control).focus()
+    t0 = time.perf_counter()
+    page.keyboard.press(key)
+    while status.inner_text() == old_status:
+        if time.perf_counter() - t0 > 60:
+            raise TimeoutError("the graph view did not redraw")
+        time.sleep(0.005)
+    drawn = time.perf_counter() - t0
+    _, header = _wait_header_change(page, old_header)
+    return drawn, time.perf_counter() - t0, header
 
 
 def main() -> None:
@@ -72,11 +106,28 @@ def main() -> None:
             page.get_by_role("textbox", name="minus token").fill("David")
             time.sleep(1.0)  # let the text inputs' reruns settle
             header = page.locator("text=pruned to").first.inner_text()
+            _, status = _view_status(page)
+            old_status = status.inner_text()
             t0 = time.perf_counter()
             page.get_by_role("button", name="trace").click()
             page.get_by_text("Anna −  David").first.wait_for(timeout=60_000)
-            rows.append(("trace a new prompt (click → graph shown)", time.perf_counter() - t0, "<= 3 s"))
+            t_header = time.perf_counter() - t0
+            _wait_text_change(status, old_status)
+            rows.append(("trace a new prompt (click → graph drawn in the view)", time.perf_counter() - t0, "<= 3 s"))
+            rows.append(("  (click → the page header shows the new graph)", t_header, "—"))
+            page.wait_for_timeout(1500)
             header = page.locator("text=pruned to").first.inner_text()
+            total = re.search(r"([\d,]+) nodes / ", header).group(1)
+            views, follows = [], []
+            for _ in range(5):
+                drawn, followed, header = _view_step(page)
+                views.append(drawn)
+                follows.append(followed)
+                page.wait_for_timeout(300)
+            shown = re.search(r"pruned to ([\d,]+)", header).group(1)
+            rows.append((f"graph view: slider step → re-pruned + redrawn ({total}-node graph, {shown} shown), "
+                         "median of 5", sorted(views)[2], "<= 0.3 s"))
+            rows.append(("  ... and the rest of the page followed (rerun), median of 5", sorted(follows)[2], "—"))
             slider = page.get_by_role("slider").nth(0)
             times = []
             for _ in range(3):
@@ -85,15 +136,12 @@ def main() -> None:
                 page.keyboard.press("ArrowLeft")
                 dt, header = _wait_header_change(page, header)
                 times.append(dt)
-            nodes = re.search(r"pruned to ([\d,]+)", header).group(1)
-            rows.append((f"re-prune after a slider step ({nodes} nodes shown), median of 3", sorted(times)[1],
-                         "<= 0.3 s"))
-            for k in range(2):  # thresholds to the maximum: every node of the full graph
-                s = page.get_by_role("slider").nth(k)
-                s.focus()
-                page.keyboard.press("End")
-                dt, header = _wait_header_change(page, header, 120)
-            rows.append(("thresholds at 1.0: re-prune and draw the whole graph", dt, "usable"))
+                page.wait_for_timeout(300)
+            rows.append(("sidebar slider step (server rerun), median of 3", sorted(times)[1], "—"))
+            page.wait_for_timeout(1000)
+            for control in ("#node", "#edge"):  # thresholds to the maximum: every node of the full graph
+                drawn, followed, header = _view_step(page, "End", control)
+            rows.append(("thresholds at 1.0 in the view: re-prune and draw the whole graph", drawn, "usable"))
             page.wait_for_timeout(500)
             nodes = re.search(r"pruned to ([\d,]+)", header).group(1)
             t1 = time.perf_counter()
@@ -105,19 +153,20 @@ def main() -> None:
             page.get_by_role("textbox", name="prompt").fill(LONG_PROMPT)
             time.sleep(1.0)
             header = page.locator("text=pruned to").first.inner_text()
+            _, status = _view_status(page)
+            old_status = status.inner_text()
             t0 = time.perf_counter()
             page.get_by_role("button", name="trace").click()
             dt, header = _wait_header_change(page, header, 180)
-            page.locator(".js-plotly-plot .scatterlayer path.point").first.wait_for(timeout=60_000)
+            _wait_text_change(status, old_status, 180)
             dt_plot = time.perf_counter() - t0
             nodes = re.search(r"pruned to ([\d,]+)", header).group(1)
             rows.append((f"trace a {nodes}-node prompt, draw every node", dt_plot, "usable"))
-            slider = page.get_by_role("slider").nth(0)
-            slider.focus()
-            t0 = time.perf_counter()
-            page.keyboard.press("ArrowLeft")
-            dt, header = _wait_header_change(page, header, 120)
-            rows.append((f"with {nodes} nodes: one slider step", dt, "usable"))
+            _view_status(page)
+            page.wait_for_timeout(1500)
+            drawn, followed, header = _view_step(page)
+            rows.append((f"with {nodes} nodes: one view slider step (view redrawn)", drawn, "usable"))
+            rows.append(("  ... and the rest of the page followed", followed, "usable"))
             t1 = time.perf_counter()
             page.get_by_role("tab", name="checks", exact=True).click()
             page.get_by_text("replacement (full)").first.wait_for(timeout=60_000)
@@ -130,9 +179,9 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    print(f"{'measure':<62} {'seconds':>8} {'target':>9}")
+    print(f"{'measure':<84} {'seconds':>8} {'target':>9}")
     for name, value, target in rows:
-        print(f"{name:<62} {value:>8.2f} {target:>9}")
+        print(f"{name:<84} {value:>8.2f} {target:>9}")
     print(f"screenshot: {args.screenshot}")
 
 

@@ -12,6 +12,10 @@
 5. **Dangling nodes**: repeatedly drop features and errors with no kept outgoing edge, and features with no kept
    incoming edge.
 
+Everything is computed in float64 with stable sorts (ties go to the lower index), and steps 3–5 are split from
+step 2 (`rank_nodes`): the explorer sends the ranking to the browser, which re-runs steps 3–5 itself on every slider
+move (`circuits/graph_view/prune.js`) and gets the same graph as `prune`.
+
 Scores: replacement score ``Σ_tokens I / (Σ_tokens I + Σ_errors I)`` (how much of the influence reaching the
 targets starts at tokens rather than errors) and completeness ``Σ_i (1 − Σ_{e ∈ errors} Â[i, e]) (I_i + w_i) /
 Σ_i (I_i + w_i)`` (how much of each node's input is explained by non-error nodes, weighted by importance).
@@ -49,8 +53,8 @@ def _normalize(n_nodes: int, tgt: Tensor, w_abs: Tensor) -> Tensor:
 
 
 def normalized_weights(graph: Graph, edge_mask: Tensor | None = None) -> Tensor:
-    """[n_edges] ``|w| / Σ |w| over the target's incoming edges`` (masked-out edges get 0)."""
-    w = graph.edge_weight.abs()
+    """[n_edges] float64 ``|w| / Σ |w| over the target's incoming edges`` (masked-out edges get 0)."""
+    w = graph.edge_weight.abs().double()
     if edge_mask is not None:
         w = w * edge_mask
     return _normalize(graph.n_nodes, graph.edge_index[0], w)
@@ -82,12 +86,12 @@ def influence(graph: Graph, edge_mask: Tensor | None = None) -> Tensor:
     once every node it feeds (all of higher rank) has been processed, so ``I_s = Σ_t (I_t + w_t) Â[t, s]``.
     """
     tgt, src = graph.edge_index
-    w = graph.edge_weight.abs()
+    w = graph.edge_weight.abs().double()
     if edge_mask is not None:
         keep = torch.nonzero(edge_mask).flatten()
         tgt, src, w = tgt[keep], src[keep], w[keep]
     a = _normalize(graph.n_nodes, tgt, w)
-    return _sweep(tgt, src, a, graph.target_weights.to(a.dtype), _ranks(graph))
+    return _sweep(tgt, src, a, graph.target_weights.double(), _ranks(graph))
 
 
 def total_effects(graph: Graph) -> Tensor:
@@ -119,17 +123,59 @@ def total_effects(graph: Graph) -> Tensor:
     return total
 
 
+@dataclass
+class Ranking:
+    """Scores sorted for a "smallest set reaching a fraction" cut: ``order`` lists the positive scores' indices,
+    highest first (ties by index: a stable sort, so a browser can reproduce it), ``before[k]`` is the sum of the
+    scores ranked above ``order[k]`` (as ``cumsum − score``), ``total`` the sum of the positive scores in that
+    order. Index ``order[k]`` is kept at threshold ``t`` iff ``before[k] < t · total``."""
+
+    order: Tensor  # [n_positive] long
+    before: Tensor  # [n_positive] float64
+    total: float
+
+
+def rank_scores(scores: Tensor) -> Ranking:
+    nz = torch.nonzero(scores > 0).flatten()  # only positive scores can be needed (all scores here are >= 0)
+    if not len(nz):
+        return Ranking(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64), 0.0)
+    sorted_scores, perm = torch.sort(scores[nz].double(), descending=True, stable=True)
+    cumsum = torch.cumsum(sorted_scores, 0)  # summed in this order, so the total is reproducible elsewhere
+    return Ranking(nz[perm], cumsum - sorted_scores, float(cumsum[-1]))
+
+
 def _smallest_set_reaching(scores: Tensor, threshold: float) -> Tensor:
     """Bool mask of the highest scores whose sum first reaches `threshold` of the total."""
     keep = torch.zeros_like(scores, dtype=torch.bool)
-    total = scores.sum()
-    if scores.numel() == 0 or total <= 0:
-        return keep
-    nz = torch.nonzero(scores > 0).flatten()  # only positive scores can be needed
-    order = nz[scores[nz].argsort(descending=True)]
-    before = torch.cumsum(scores[order], 0) - scores[order]  # sum of strictly higher-ranked scores
-    keep[order[before < threshold * total]] = True
+    r = rank_scores(scores)
+    keep[r.order[r.before < threshold * r.total]] = True
     return keep
+
+
+@dataclass
+class NodeRanking:
+    """The threshold-independent first step of `prune`: influence on the full graph and the candidates' order.
+
+    ``candidates`` are the features and error nodes (tokens and targets always stay); ``ranking`` ranks
+    ``influence[candidates]``. The browser explorer receives this and re-prunes without a server round trip."""
+
+    influence: Tensor  # [n_nodes] float64
+    always: Tensor  # [n_nodes] bool: tokens and targets
+    is_feature: Tensor  # [n_nodes] bool
+    candidates: Tensor  # [n_candidates] long node indices
+    ranking: Ranking  # over influence[candidates]
+
+
+def rank_nodes(graph: Graph) -> NodeRanking:
+    kinds = [n.kind for n in graph.nodes]
+    is_feature = torch.tensor([k in FEATURE_KINDS for k in kinds], dtype=torch.bool)
+    is_error = torch.tensor([k in ERROR_KINDS for k in kinds], dtype=torch.bool)
+    is_target = graph.target_weights > 0
+    always = ~(is_feature | is_error) | is_target
+    tgt, src = graph.edge_index
+    node_inf = _sweep(tgt, src, normalized_weights(graph), graph.target_weights.double(), _ranks(graph))
+    candidates = torch.nonzero(~always).flatten()
+    return NodeRanking(node_inf, always, is_feature, candidates, rank_scores(node_inf[candidates]))
 
 
 def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98,
@@ -140,29 +186,22 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
             raise CircuitsError(f"{name} must be in (0, 1], got {value}")
     if max_feature_nodes is not None and max_feature_nodes < 0:
         raise CircuitsError("max_feature_nodes must be non-negative")
-    kinds = [n.kind for n in graph.nodes]
-    is_feature = torch.tensor([k in FEATURE_KINDS for k in kinds], dtype=torch.bool)
-    is_error = torch.tensor([k in ERROR_KINDS for k in kinds], dtype=torch.bool)
-    is_target = graph.target_weights > 0
-    always = ~(is_feature | is_error) | is_target  # tokens and targets
+    ranked = rank_nodes(graph)
+    always, is_feature, node_inf = ranked.always, ranked.is_feature, ranked.influence
     rank = _ranks(graph)
-    tgt, src = graph.edge_index
-    node_inf = _sweep(tgt, src, normalized_weights(graph), graph.target_weights.to(graph.edge_weight.dtype), rank)
-    candidates = ~always
     node_mask = always.clone()
-    kept = _smallest_set_reaching(node_inf[candidates], node_threshold)
-    node_mask[torch.nonzero(candidates).flatten()[kept]] = True
-    if max_feature_nodes is not None:
-        feats = torch.nonzero(node_mask & is_feature & ~is_target).flatten()
-        if len(feats) > max_feature_nodes:
-            drop = feats[node_inf[feats].argsort(descending=True)[max_feature_nodes:]]
-            node_mask[drop] = False
+    r = ranked.ranking
+    order = ranked.candidates[r.order]  # node indices, most influential first
+    node_mask[order[r.before < node_threshold * r.total]] = True
+    if max_feature_nodes is not None:  # the first `max_feature_nodes` kept features in that order
+        kept_features = order[node_mask[order] & is_feature[order]]
+        node_mask[kept_features[max_feature_nodes:]] = False
     tgt, src = graph.edge_index
     edge_mask = node_mask[tgt] & node_mask[src]
     kept_e = torch.nonzero(edge_mask).flatten()  # work on the node-pruned graph's edges only
     t2, s2 = tgt[kept_e], src[kept_e]
-    a2 = _normalize(graph.n_nodes, t2, graph.edge_weight[kept_e].abs())
-    weights = graph.target_weights.to(a2.dtype)
+    a2 = _normalize(graph.n_nodes, t2, graph.edge_weight[kept_e].abs().double())
+    weights = graph.target_weights.double()
     inf2 = _sweep(t2, s2, a2, weights, rank)
     edge_mask = torch.zeros_like(edge_mask)
     edge_mask[kept_e[_smallest_set_reaching(a2 * (inf2 + weights)[t2], edge_threshold)]] = True

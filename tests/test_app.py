@@ -134,3 +134,38 @@ def test_case_studies_page_lists_reports_and_opens_the_circuit(app):
     assert any("opened ioi/circuit.json" in s.value for s in at.success)
     assert "IO − S" in _header(at)  # the aggregated graph's target
     assert any("aggregates" in i.value for i in at.info)  # single-prompt checks say why they do not apply
+
+
+def test_a_graph_view_report_moves_the_thresholds_and_selects_the_clicked_node(app):
+    """What the browser's graph view sends back (thresholds it re-pruned with, a clicked node) reaches every tab:
+    the sidebar sliders, the server's pruning in the header, the node inspector. Each report applies once."""
+    from circuits import prune
+
+    view = app.session_state["view"]
+    full = view["graph"]
+    clicked = next(i for i, n in enumerate(full.nodes) if n.kind == "mlp_feature")
+    report = {"instance": "t", "seq": 1, "graph_id": view["packed"].graph_id, "node_threshold": 0.6,
+              "edge_threshold": 0.9, "cap": 0, "selected": clicked}
+    app.session_state["graph_view"] = report
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert app.slider(key="node_threshold").value == 0.6 and app.slider(key="edge_threshold").value == 0.9
+    expected = prune(full, 0.6, 0.9).graph
+    assert f"pruned to {expected.n_nodes} / {expected.n_edges:,}" in _header(app)
+    assert app.session_state["selected"] == full.nodes[clicked]
+    app.slider(key="node_threshold").set_value(0.5).run()  # a later sidebar move is not undone by the old report
+    assert app.slider(key="node_threshold").value == 0.5
+    app.session_state["graph_view"] = {**report, "seq": 2, "graph_id": "another graph"}  # a stale view: ignored
+    app.run()
+    assert app.slider(key="node_threshold").value == 0.5 and not app.exception
+
+
+def test_a_graph_too_large_for_the_browser_view_is_drawn_by_the_server(monkeypatch):
+    import circuits.graph_view
+
+    monkeypatch.setattr(circuits.graph_view, "MAX_BROWSER_EDGES", 10)
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("more than the browser view takes" in c.value for c in at.caption)
+    assert at.get("plotly_chart") and "view" not in at.session_state

@@ -98,6 +98,13 @@ def test_trace_select_and_inspect_in_chromium(server, tmp_path):
         browser.close()
 
 
+def _view(page):
+    """The graph view component's frame, once it has drawn the graph."""
+    frame = page.frame_locator("iframe[title*=graph_view]")
+    frame.locator("#status").filter(has_text="showing").wait_for(timeout=60_000)
+    return frame
+
+
 def test_clicking_a_node_in_the_graph_canvas_selects_it(server):
     """A click on a plotted feature node (not the list) selects it: the node tab shows its inspector."""
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -106,15 +113,57 @@ def test_clicking_a_node_in_the_graph_canvas_selects_it(server):
         page = browser.new_page(viewport={"width": 1600, "height": 1200})
         page.goto(server)
         page.get_by_text("pruned to").first.wait_for(timeout=120_000)
-        page.locator(".js-plotly-plot .scatterlayer path.point").first.wait_for(timeout=60_000)
+        view = _view(page)
+        view.locator(".js-plotly-plot .scatterlayer path.point").first.wait_for(timeout=60_000)
         # the index of the trace holding MLP features, read from the plot's own data
-        index = page.evaluate("""() => document.querySelector('.js-plotly-plot').data
+        frame = next(f for f in page.frames if "graph_view" in f.url)
+        index = frame.evaluate("""() => document.querySelector('.js-plotly-plot').data
                                    .findIndex(t => t.name === 'mlp_feature')""")
         assert index >= 0
-        point = page.locator(".js-plotly-plot .scatterlayer .trace").nth(index).locator("path.point").first
+        point = view.locator(".js-plotly-plot .scatterlayer .trace").nth(index).locator("path.point").first
         point.click(force=True)
         _show_node_tab(page)
         heading = page.locator("h3").filter(has_text=re.compile(r"^M\d+#\d+@")).first
         heading.wait_for(timeout=30_000)  # the inspector shows the clicked MLP feature
+        assert page.locator("text=Traceback").count() == 0
+        browser.close()
+
+
+def test_view_thresholds_reprune_in_the_browser_and_reach_the_page(server):
+    """Moving the view's node threshold redraws the graph in the browser (its count changes before any rerun can
+    finish), then the sidebar slider and the page header follow; a sidebar move is adopted by the view."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        page.goto(server)
+        page.get_by_text("pruned to").first.wait_for(timeout=120_000)
+        view = _view(page)
+        status = view.locator("#status")
+        before = int(status.get_attribute("data-nodes"))
+        header = page.get_by_text("pruned to").first
+        assert f"pruned to {before} /" in header.inner_text()  # the browser's pruning equals the server's
+        view.locator("#node").focus()
+        for _ in range(10):
+            page.keyboard.press("ArrowLeft")  # 0.80 -> 0.70
+        view.locator("#node_v").filter(has_text="0.70").wait_for(timeout=5_000)
+        deadline = time.time() + 60
+        while int(status.get_attribute("data-nodes")) == before and time.time() < deadline:
+            time.sleep(0.05)
+        after = int(status.get_attribute("data-nodes"))
+        assert after < before
+        page.get_by_text(f"pruned to {after} /").first.wait_for(timeout=60_000)  # the page reran with 0.70
+        thumb = page.get_by_test_id("stSliderThumbValue").first  # the sidebar's node threshold
+        assert thumb.inner_text() == "0.70"
+        slider = page.get_by_role("slider").nth(0)
+        slider.focus()
+        page.keyboard.press("End")  # the sidebar's node threshold to 1.0: the view adopts it
+        view.locator("#node_v").filter(has_text="1.00").wait_for(timeout=60_000)
+        deadline = time.time() + 60
+        while int(status.get_attribute("data-nodes")) <= before and time.time() < deadline:
+            time.sleep(0.05)
+        final = int(status.get_attribute("data-nodes"))
+        assert final > before
+        page.get_by_text(f"pruned to {final} /").first.wait_for(timeout=60_000)
         assert page.locator("text=Traceback").count() == 0
         browser.close()

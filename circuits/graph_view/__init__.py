@@ -1,0 +1,126 @@
+"""The explorer's graph view: a Streamlit component that re-prunes the attribution graph in the browser.
+
+Pruning (`circuits.pruning.prune`) has a threshold-independent first step — every node's influence on the targets in
+the full graph and the candidates' order (`rank_nodes`) — and cheap steps after it that depend on the node and edge
+thresholds and the feature cap. `pack` sends the full graph (edges as raw little-endian arrays, node attributes, the
+ranking) to the browser once per graph; `frontend/prune.js` repeats the later steps in the same float64 arithmetic
+and order, so moving a threshold redraws the graph at once, without a round trip to the server, and shows the same
+nodes and edges the library's `prune` keeps (tests/test_graph_view.py runs both and compares). The view then reports
+the thresholds (debounced) and clicked nodes back to the app, which reruns its other tabs with them.
+
+The component is plain HTML and JavaScript (no build step). Its folder is served with plotly.js from the installed
+``plotly`` package, assembled once in the temporary directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from circuits.graph import Graph
+from circuits.pruning import _ranks, rank_nodes
+
+FRONTEND = Path(__file__).parent / "frontend"
+#: Larger graphs are pruned and drawn by the server instead: 12 bytes per edge must stay well under Streamlit's
+#: 200 MB message limit (server.maxMessageSize).
+MAX_BROWSER_EDGES = 8_000_000
+KINDS = ("token", "attn_feature", "mlp_feature", "attn_error", "mlp_error", "logit", "logit_diff")
+
+
+@dataclass
+class PackedGraph:
+    """What the browser needs to prune and draw one graph; ``args`` are the component's arguments."""
+
+    graph_id: str
+    args: dict
+
+
+def _le(a: np.ndarray) -> bytes:
+    """Raw bytes in little-endian order (what JavaScript typed arrays read on every platform we run on)."""
+    return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes()
+
+
+def pack(graph: Graph, labels: list[str], colours: dict[str, str]) -> PackedGraph:
+    """The full `graph` with its node ranking as component arguments (`labels`: one display label per node)."""
+    from circuits import export
+
+    ranked = rank_nodes(graph)
+    ranks = _ranks(graph).numpy()
+    names: dict[int, str] = {}
+    for r, n in zip(ranks.tolist(), graph.nodes, strict=True):
+        names[r] = ("tokens" if n.kind == "token" else "logits" if n.kind.startswith("logit")
+                    else f"{'attn' if n.kind.startswith('attn') else 'mlp'} {n.layer}")
+    w = graph.edge_weight.detach().cpu()
+    w64 = w.dtype == torch.float64
+    flags = ranked.always.numpy().astype(np.uint8) | (ranked.is_feature.numpy().astype(np.uint8) << 1)
+    graph_id = uuid.uuid4().hex
+    meta = {"n": graph.n_nodes, "m": graph.n_edges, "total": ranked.ranking.total, "w64": bool(w64),
+            "kinds": list(KINDS), "colours": colours, "labels": labels,
+            "ids": [export.node_id(n) for n in graph.nodes],
+            "tokens": list(graph.metadata.get("token_strings", [])),
+            "rank_names": [[r, names[r]] for r in sorted(names)]}
+    tgt, src = graph.edge_index.numpy()
+    args = {
+        "graph_id": graph_id, "meta": meta,
+        "tgt": _le(tgt.astype(np.int32)), "src": _le(src.astype(np.int32)),
+        "w": _le(w.numpy().astype(np.float64 if w64 else np.float32)),
+        "rank": _le(ranks.astype(np.int32)),
+        "pos": _le(np.array([n.pos for n in graph.nodes], dtype=np.int32)),
+        "kind": _le(np.array([KINDS.index(n.kind) for n in graph.nodes], dtype=np.uint8)),
+        "node_flags": _le(flags),
+        "target_weight": _le(graph.target_weights.double().numpy()),
+        "influence": _le(ranked.influence.numpy()),
+        "activation": _le(graph.activations.float().numpy()),
+        "order": _le(ranked.candidates[ranked.ranking.order].numpy().astype(np.int32)),
+        "before": _le(ranked.ranking.before.numpy()),
+    }
+    return PackedGraph(graph_id, args)
+
+
+@functools.lru_cache(maxsize=1)
+def component_dir() -> Path:
+    """The served folder: our frontend files plus plotly.min.js, in a temporary folder named by their contents."""
+    import plotly
+
+    plotly_js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    files = sorted(FRONTEND.iterdir())
+    digest = hashlib.sha256(plotly.__version__.encode())
+    for f in files:
+        digest.update(f.name.encode() + f.read_bytes())
+    out = Path(tempfile.gettempdir()) / f"circuits-graph-view-{digest.hexdigest()[:16]}"
+    if not (out / "index.html").exists():
+        tmp = Path(tempfile.mkdtemp(prefix="circuits-graph-view-"))
+        for f in files:
+            shutil.copy(f, tmp / f.name)
+        shutil.copy(plotly_js, tmp / "plotly.min.js")
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _component():
+    import streamlit.components.v1 as components
+
+    return components.declare_component("circuits_graph_view", path=str(component_dir()))
+
+
+def graph_view(packed: PackedGraph, *, node_threshold: float, edge_threshold: float, cap: int | None,
+               epoch: int, selected: int | None, user_labels: dict[str, str], key: str):
+    """Draw the view; returns its last report (``{"seq", "graph_id", "node_threshold", "edge_threshold", "cap",
+    "selected"}``) or None. The view adopts the given thresholds when `epoch` changes (a new graph, or a change
+    made elsewhere on the page)."""
+    return _component()(**packed.args, thresholds={"node": node_threshold, "edge": edge_threshold, "cap": cap},
+                        epoch=epoch, selected=selected, user_labels=user_labels, key=key, default=None)
+
