@@ -111,11 +111,23 @@ def do_trace(settings: dict) -> None:
     s["ui"] = {"pins": [], "supernodes": [], "labels": {}}
 
 
+def ranked_nodes(graph):
+    """`pruning.rank_nodes(graph)` (independent of the thresholds), computed once per graph for the server's
+    pruning and the graph view."""
+    from circuits.pruning import rank_nodes
+
+    s = state()
+    cached = s.get("ranked")
+    if cached is None or cached[0] is not graph:
+        cached = s["ranked"] = (graph, rank_nodes(graph))
+    return cached[1]
+
+
 def pruned(node_threshold: float, edge_threshold: float, max_features: int | None):
     from circuits import prune
 
     g = state()["graph"]
-    return guarded(prune, g, node_threshold, edge_threshold, max_features)
+    return guarded(lambda: prune(g, node_threshold, edge_threshold, max_features, ranked=ranked_nodes(g)))
 
 
 def with_ui(graph):
@@ -562,7 +574,7 @@ def graph_tab(full, g, influence, settings: dict, labels: dict) -> None:
     """The graph view component: the full graph goes to the browser once, which prunes and draws it for any
     thresholds at once (and reports them back); a click on a node selects it."""
     from circuits import export
-    from circuits.graph_view import MAX_BROWSER_EDGES, graph_view, pack
+    from circuits.graph_view import MAX_BROWSER_EDGES, graph_view, pack, publish
 
     s = state()
     if full.n_edges > MAX_BROWSER_EDGES:
@@ -573,12 +585,17 @@ def graph_tab(full, g, influence, settings: dict, labels: dict) -> None:
     view = s.get("view")
     if view is None or view["graph"] is not full:
         with st.spinner("preparing the graph view ..."):
-            packed = guarded(pack, full, [export.node_label(full, n) for n in full.nodes], KIND_COLOURS)
+            packed = guarded(pack, full, [export.node_label(full, n) for n in full.nodes], KIND_COLOURS,
+                             ranked_nodes(full))
         if packed is None:
             return
-        view = s["view"] = {"graph": full, "packed": packed, "index": {n: i for i, n in enumerate(full.nodes)}}
+        published = guarded(publish, packed, retire=view["packed"].graph_id if view else None)
+        if published is None:
+            return
+        view = s["view"] = {"graph": full, "packed": packed, "published": published,
+                            "index": {n: i for i, n in enumerate(full.nodes)}}
     selected = view["index"].get(s["selected"]) if s["selected"] is not None else None
-    guarded(graph_view, view["packed"], node_threshold=settings["node_threshold"],
+    guarded(graph_view, view["published"], node_threshold=settings["node_threshold"],
             edge_threshold=settings["edge_threshold"], cap=settings["cap"],
             epoch=st.session_state.get("threshold_epoch", 0), selected=selected, user_labels=labels,
             key="graph_view")

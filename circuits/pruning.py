@@ -179,14 +179,17 @@ def rank_nodes(graph: Graph) -> NodeRanking:
 
 
 def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98,
-          max_feature_nodes: int | None = None) -> PruneResult:
-    """Prune `graph` by influence (see the module docstring); returns the pruned graph and the masks."""
+          max_feature_nodes: int | None = None, ranked: NodeRanking | None = None) -> PruneResult:
+    """Prune `graph` by influence (see the module docstring); returns the pruned graph and the masks.
+
+    `ranked` is `rank_nodes(graph)` when the caller has it already (it does not depend on the thresholds)."""
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0 < value <= 1:
             raise CircuitsError(f"{name} must be in (0, 1], got {value}")
     if max_feature_nodes is not None and max_feature_nodes < 0:
         raise CircuitsError("max_feature_nodes must be non-negative")
-    ranked = rank_nodes(graph)
+    if ranked is None:
+        ranked = rank_nodes(graph)
     always, is_feature, node_inf = ranked.always, ranked.is_feature, ranked.influence
     rank = _ranks(graph)
     node_mask = always.clone()

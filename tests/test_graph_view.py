@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuits.graph_view import FRONTEND, component_dir, pack
+from circuits.graph_view import FRONTEND, component_dir, pack, publish
 from circuits.pruning import prune
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,7 +27,8 @@ def _browser_prune(graph, settings):
     """[(node mask, kept edge indices)] from prune.js for each setting."""
     sync_api = pytest.importorskip("playwright.sync_api")
     packed = pack(graph, [""] * graph.n_nodes, {})
-    args = {k: ({"b64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v) for k, v in packed.args.items()}
+    data, index = packed.blob()
+    args = {"meta": packed.meta, **{k: {"b64": base64.b64encode(data[o:o + n]).decode()} for k, (o, n) in index.items()}}
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
@@ -85,8 +86,20 @@ def test_browser_pruning_equals_prune_on_the_organism_example():
     _check_same(graph)
 
 
-def test_the_served_folder_has_the_frontend_and_plotly():
+def test_the_served_folder_has_the_frontend_and_plotly_and_published_graphs(rm64):
+    from circuits import attribute
+    from circuits.attribution import Contrast
+
     folder = component_dir()
     for name in ("index.html", "prune.js", "view.js", "plotly.min.js"):
         assert (folder / name).stat().st_size > 0
     assert (folder / "prune.js").read_bytes() == (FRONTEND / "prune.js").read_bytes()
+    graph = attribute(rm64, PROMPT, Contrast(" Mary", " John"), method="analytic")
+    first = publish(pack(graph, [""] * graph.n_nodes, {}))
+    data = (folder / first["data_url"]).read_bytes()
+    for offset, length in first["index"].values():
+        assert offset % 8 == 0 and offset + length <= len(data)
+    assert graph.edge_weight.dtype == torch.float64 and first["meta"]["w64"]  # weights go in their own precision
+    assert first["index"]["w"][1] == 8 * graph.n_edges and first["index"]["tgt"][1] == 2 * graph.n_edges
+    second = publish(pack(graph, [""] * graph.n_nodes, {}), retire=first["graph_id"])
+    assert not (folder / first["data_url"]).exists() and (folder / second["data_url"]).exists()

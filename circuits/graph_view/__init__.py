@@ -2,11 +2,12 @@
 
 Pruning (`circuits.pruning.prune`) has a threshold-independent first step — every node's influence on the targets in
 the full graph and the candidates' order (`rank_nodes`) — and cheap steps after it that depend on the node and edge
-thresholds and the feature cap. `pack` sends the full graph (edges as raw little-endian arrays, node attributes, the
-ranking) to the browser once per graph; `frontend/prune.js` repeats the later steps in the same float64 arithmetic
-and order, so moving a threshold redraws the graph at once, without a round trip to the server, and shows the same
-nodes and edges the library's `prune` keeps (tests/test_graph_view.py runs both and compares). The view then reports
-the thresholds (debounced) and clicked nodes back to the app, which reruns its other tabs with them.
+thresholds and the feature cap. `pack` lays out the full graph (edges as raw little-endian arrays, node attributes,
+the ranking) and `publish` writes it as a file the component's server serves, which the browser fetches once per
+graph; `frontend/prune.js` repeats the later steps in the same float64 arithmetic and order, so moving a threshold
+redraws the graph at once, without a round trip to the server, and shows the same nodes and edges the library's
+`prune` keeps (tests/test_graph_view.py runs both and compares). The view then reports the thresholds (debounced)
+and clicked nodes back to the app, which reruns its other tabs with them.
 
 The component is plain HTML and JavaScript (no build step). Its folder is served with plotly.js from the installed
 ``plotly`` package, assembled once in the temporary directory.
@@ -19,6 +20,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,21 +29,33 @@ import numpy as np
 import torch
 
 from circuits.graph import Graph
-from circuits.pruning import _ranks, rank_nodes
+from circuits.pruning import NodeRanking, _ranks, rank_nodes
 
 FRONTEND = Path(__file__).parent / "frontend"
-#: Larger graphs are pruned and drawn by the server instead: 12 bytes per edge must stay well under Streamlit's
-#: 200 MB message limit (server.maxMessageSize).
-MAX_BROWSER_EDGES = 8_000_000
+#: Larger graphs are pruned and drawn by the server instead (8-16 bytes per edge, all held by the browser tab).
+MAX_BROWSER_EDGES = 20_000_000
 KINDS = ("token", "attn_feature", "mlp_feature", "attn_error", "mlp_error", "logit", "logit_diff")
 
 
 @dataclass
 class PackedGraph:
-    """What the browser needs to prune and draw one graph; ``args`` are the component's arguments."""
+    """What the browser needs to prune and draw one graph: JSON `meta` and named little-endian byte arrays."""
 
     graph_id: str
-    args: dict
+    meta: dict
+    arrays: dict[str, bytes]
+
+    def blob(self) -> tuple[bytes, dict[str, list[int]]]:
+        """All arrays in one buffer (each starting at a multiple of 8 bytes) and ``{name: [offset, length]}``."""
+        parts, index, offset = [], {}, 0
+        for name, data in self.arrays.items():
+            pad = -offset % 8
+            parts.append(b"\0" * pad)
+            offset += pad
+            index[name] = [offset, len(data)]
+            parts.append(data)
+            offset += len(data)
+        return b"".join(parts), index
 
 
 def _le(a: np.ndarray) -> bytes:
@@ -49,11 +63,12 @@ def _le(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes()
 
 
-def pack(graph: Graph, labels: list[str], colours: dict[str, str]) -> PackedGraph:
-    """The full `graph` with its node ranking as component arguments (`labels`: one display label per node)."""
+def pack(graph: Graph, labels: list[str], colours: dict[str, str], ranked: NodeRanking | None = None) -> PackedGraph:
+    """The full `graph` with its node ranking (`rank_nodes(graph)`, computed if not given) as component arguments
+    (`labels`: one display label per node). Edge endpoints are 16-bit when the graph has fewer than 65,536 nodes."""
     from circuits import export
 
-    ranked = rank_nodes(graph)
+    ranked = rank_nodes(graph) if ranked is None else ranked
     ranks = _ranks(graph).numpy()
     names: dict[int, str] = {}
     for r, n in zip(ranks.tolist(), graph.nodes, strict=True):
@@ -63,15 +78,16 @@ def pack(graph: Graph, labels: list[str], colours: dict[str, str]) -> PackedGrap
     w64 = w.dtype == torch.float64
     flags = ranked.always.numpy().astype(np.uint8) | (ranked.is_feature.numpy().astype(np.uint8) << 1)
     graph_id = uuid.uuid4().hex
+    idx = np.uint16 if graph.n_nodes < 2**16 else np.int32
     meta = {"n": graph.n_nodes, "m": graph.n_edges, "total": ranked.ranking.total, "w64": bool(w64),
+            "idx16": idx is np.uint16,
             "kinds": list(KINDS), "colours": colours, "labels": labels,
             "ids": [export.node_id(n) for n in graph.nodes],
             "tokens": list(graph.metadata.get("token_strings", [])),
             "rank_names": [[r, names[r]] for r in sorted(names)]}
     tgt, src = graph.edge_index.numpy()
-    args = {
-        "graph_id": graph_id, "meta": meta,
-        "tgt": _le(tgt.astype(np.int32)), "src": _le(src.astype(np.int32)),
+    arrays = {
+        "tgt": _le(tgt.astype(idx)), "src": _le(src.astype(idx)),
         "w": _le(w.numpy().astype(np.float64 if w64 else np.float32)),
         "rank": _le(ranks.astype(np.int32)),
         "pos": _le(np.array([n.pos for n in graph.nodes], dtype=np.int32)),
@@ -83,7 +99,7 @@ def pack(graph: Graph, labels: list[str], colours: dict[str, str]) -> PackedGrap
         "order": _le(ranked.candidates[ranked.ranking.order].numpy().astype(np.int32)),
         "before": _le(ranked.ranking.before.numpy()),
     }
-    return PackedGraph(graph_id, args)
+    return PackedGraph(graph_id, meta, arrays)
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,11 +132,32 @@ def _component():
     return components.declare_component("circuits_graph_view", path=str(component_dir()))
 
 
-def graph_view(packed: PackedGraph, *, node_threshold: float, edge_threshold: float, cap: int | None,
-               epoch: int, selected: int | None, user_labels: dict[str, str], key: str):
-    """Draw the view; returns its last report (``{"seq", "graph_id", "node_threshold", "edge_threshold", "cap",
-    "selected"}``) or None. The view adopts the given thresholds when `epoch` changes (a new graph, or a change
-    made elsewhere on the page)."""
-    return _component()(**packed.args, thresholds={"node": node_threshold, "edge": edge_threshold, "cap": cap},
-                        epoch=epoch, selected=selected, user_labels=user_labels, key=key, default=None)
+GRAPHS = "graphs"  # under the served folder: one file per published graph
+STALE_SECONDS = 24 * 3600
 
+
+def publish(packed: PackedGraph, retire: str | None = None) -> dict:
+    """Write the graph's arrays where the component's server serves files (fetched by the browser over HTTP, which
+    is much faster than a 10-70 MB websocket message) and return the component arguments that point to it.
+    `retire`: the graph id this session showed before (its file is removed); files older than a day go too."""
+    folder = component_dir() / GRAPHS
+    folder.mkdir(exist_ok=True)
+    now = time.time()
+    for old in folder.glob("*.bin"):
+        if old.stem == retire or now - old.stat().st_mtime > STALE_SECONDS:
+            old.unlink(missing_ok=True)
+    data, index = packed.blob()
+    tmp = folder / f".{packed.graph_id}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, folder / f"{packed.graph_id}.bin")
+    return {"graph_id": packed.graph_id, "meta": packed.meta, "data_url": f"{GRAPHS}/{packed.graph_id}.bin",
+            "index": index}
+
+
+def graph_view(published: dict, *, node_threshold: float, edge_threshold: float, cap: int | None,
+               epoch: int, selected: int | None, user_labels: dict[str, str], key: str):
+    """Draw the view of a `publish`ed graph; returns its last report (``{"instance", "seq", "graph_id",
+    "node_threshold", "edge_threshold", "cap", "selected"}``) or None. The view adopts the given thresholds when
+    `epoch` changes (a new graph, or a change made elsewhere on the page)."""
+    return _component()(**published, thresholds={"node": node_threshold, "edge": edge_threshold, "cap": cap},
+                        epoch=epoch, selected=selected, user_labels=user_labels, key=key, default=None)

@@ -2,14 +2,15 @@
 // (step 2, sent by the server). Same float64 arithmetic in the same order and the same stable tie-breaking, so for
 // any thresholds the kept nodes and edges are those of the library's `prune` (tests/test_graph_view.py checks it).
 //
-// G: {n, m, tgt: Int32Array[m], src: Int32Array[m], w: Float32Array|Float64Array[m], rank: Int32Array[n],
+// G: {n, m, tgt: Uint16Array|Int32Array[m], src: (same), w: Float32Array|Float64Array[m], rank: Int32Array[n],
 //     always: Uint8Array[n], isFeature: Uint8Array[n], targetWeight: Float64Array[n],
 //     order: Int32Array[k] (node indices, most influential first), before: Float64Array[k], total: number}
 "use strict";
 
 function bytesAs(u8, Type) {
-  const copy = u8.slice(); // an aligned buffer of its own
-  return new Type(copy.buffer, 0, copy.byteLength / Type.BYTES_PER_ELEMENT);
+  // a typed view of the bytes; copied only when they do not start on a multiple of the element size
+  const u = u8.byteOffset % Type.BYTES_PER_ELEMENT === 0 ? u8 : u8.slice();
+  return new Type(u.buffer, u.byteOffset, u.byteLength / Type.BYTES_PER_ELEMENT);
 }
 
 function graphFromArgs(args) {
@@ -18,7 +19,8 @@ function graphFromArgs(args) {
   const flags = bytesAs(args.node_flags, Uint8Array);
   return {
     n: meta.n, m: meta.m, total: meta.total,
-    tgt: bytesAs(args.tgt, Int32Array), src: bytesAs(args.src, Int32Array),
+    tgt: bytesAs(args.tgt, meta.idx16 ? Uint16Array : Int32Array),
+    src: bytesAs(args.src, meta.idx16 ? Uint16Array : Int32Array),
     w: bytesAs(args.w, meta.w64 ? Float64Array : Float32Array),
     rank: bytesAs(args.rank, Int32Array), pos: bytesAs(args.pos, Int32Array),
     kind: bytesAs(args.kind, Uint8Array),

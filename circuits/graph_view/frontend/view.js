@@ -8,7 +8,7 @@ const EDGE_LIMIT = 1500; // the strongest edges drawn (as the server-side figure
 const REPORT_DELAY_MS = 250;
 let G = null, meta = null, graphId = null, epoch = null;
 let state = { node: 0.8, edge: 0.98, cap: null };
-let selected = null, userLabels = {}, seq = 0, reportTimer = null, lastDraw = "";
+let selected = null, userLabels = {}, seq = 0, reportTimer = null, lastDraw = "", loadStart = null;
 const instance = Math.random().toString(36).slice(2); // tells this view's reports from an earlier one's
 
 function send(type, data) {
@@ -165,6 +165,7 @@ function draw(force) {
     status.dataset.drawMs = (t2 - t1).toFixed(1);
     status.dataset.nodes = fig.nNodes;
     status.dataset.edges = fig.nEdges;
+    if (loadStart !== null) { status.dataset.loadMs = (t2 - loadStart).toFixed(1); loadStart = null; }
     if (!plot.dataset.bound) {
       plot.dataset.bound = "1";
       plot.on("plotly_relayout", drawEdges);
@@ -205,24 +206,49 @@ function onControl() {
 for (const id of ["node", "edge"]) document.getElementById(id).addEventListener("input", onControl);
 document.getElementById("cap").addEventListener("change", onControl);
 
+let latest = null, loading = null; // the last render's arguments; the graph id being fetched
+
+function showError(err) {
+  document.getElementById("error").textContent = `the graph view failed: ${err}`;
+  send("streamlit:setFrameHeight", { height: document.body.scrollHeight });
+}
+
+function apply() {
+  // the latest arguments, once their graph is loaded
+  const args = latest;
+  if (!args || args.graph_id !== graphId) return;
+  if (args.epoch !== epoch) { // a new graph, or thresholds set in the sidebar: adopt the server's values
+    epoch = args.epoch;
+    state = { node: args.thresholds.node, edge: args.thresholds.edge, cap: args.thresholds.cap };
+    syncControls();
+  }
+  selected = args.selected === undefined ? null : args.selected;
+  userLabels = args.user_labels || {};
+  draw();
+}
+
 window.addEventListener("message", (ev) => {
   const d = ev.data;
   if (!d || d.type !== "streamlit:render") return;
-  const args = d.args;
-  try {
-    if (args.graph_id !== graphId) { load(args); graphId = args.graph_id; epoch = null; }
-    if (args.epoch !== epoch) { // a new graph, or thresholds set in the sidebar: adopt the server's values
-      epoch = args.epoch;
-      state = { node: args.thresholds.node, edge: args.thresholds.edge, cap: args.thresholds.cap };
-      syncControls();
-    }
-    selected = args.selected === undefined ? null : args.selected;
-    userLabels = args.user_labels || {};
-    draw();
-  } catch (err) {
-    document.getElementById("error").textContent = `the graph view failed: ${err}`;
-    send("streamlit:setFrameHeight", { height: document.body.scrollHeight });
-  }
+  latest = d.args;
+  if (latest.graph_id === graphId) { try { apply(); } catch (err) { showError(err); } return; }
+  if (latest.graph_id === loading) return;
+  const wanted = loading = latest.graph_id;
+  const started = performance.now();
+  fetch(latest.data_url)
+    .then((r) => { if (!r.ok) throw new Error(`could not fetch the graph (HTTP ${r.status})`); return r.arrayBuffer(); })
+    .then((buf) => {
+      if (loading !== wanted) return; // a newer graph was asked for meanwhile
+      const args = { meta: latest.meta };
+      for (const [name, [offset, length]] of Object.entries(latest.index)) args[name] = new Uint8Array(buf, offset, length);
+      loadStart = started;
+      load(args);
+      graphId = wanted;
+      epoch = null;
+      loading = null;
+      apply();
+    })
+    .catch(showError);
 });
 
 send("streamlit:componentReady", { apiVersion: 1 });
