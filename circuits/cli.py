@@ -102,6 +102,8 @@ def organism_dictionary_configs(model, d_sae: int, k: int) -> list:
 
 
 def cmd_dicts_train(args) -> int:
+    import dataclasses
+
     from circuits.dictionaries.dictset import DictionarySet
     from circuits.dictionaries.train import DictTrainConfig, train_dictionaries
     from circuits.model import DATA_DIR, load_model
@@ -110,8 +112,27 @@ def cmd_dicts_train(args) -> int:
         raise CircuitsError(f"training is set up for the organism's corpus only, not {args.model!r}; "
                             "use --model organism")
     model, _ = load_model("organism")
-    cfg = DictTrainConfig(total_tokens=args.tokens, seed=args.seed)
-    dicts = train_dictionaries(model, organism_dictionary_configs(model, args.d_sae, args.k), Path(args.out), cfg,
+    cfg = DictTrainConfig(total_tokens=args.tokens, seed=args.seed, aux_coef=args.aux_coef,
+                          dead_after_tokens=args.dead_after, resample_every=args.resample_every,
+                          resample_until=args.resample_until, resample_dead_after_tokens=args.resample_dead_after,
+                          resample_scale=args.resample_scale, calibrate_tokens=args.calibrate_tokens)
+    configs = organism_dictionary_configs(model, args.d_sae, args.k)
+    site_d_sae = {}
+    for spec in args.site_d_sae or []:
+        name, _, size = spec.partition("=")
+        if not size.isdigit() or int(size) <= 0 or name not in {c.name for c in configs}:
+            raise CircuitsError(f"--site-d-sae {spec!r}: use NAME=N with NAME one of "
+                                f"{', '.join(c.name for c in configs)} and N a positive integer")
+        site_d_sae[name] = int(size)
+    configs = [dataclasses.replace(c, d_sae=site_d_sae.get(c.name, c.d_sae)) for c in configs]
+    if args.sites:
+        if args.export:
+            raise CircuitsError("--export writes the whole organism set; it cannot be combined with --sites")
+        unknown = sorted(set(args.sites) - {c.name for c in configs})
+        if unknown:
+            raise CircuitsError(f"--sites: unknown {', '.join(unknown)}; use {', '.join(c.name for c in configs)}")
+        configs = [c for c in configs if c.name in args.sites]
+    dicts = train_dictionaries(model, configs, Path(args.out), cfg,
                                resume=not args.no_resume, progress=not args.quiet)
     dset = DictionarySet("organism", dicts)
     dset.save(Path(args.out) / "set")
@@ -561,6 +582,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--d-sae", type=int, default=2048)
     t.add_argument("--k", type=int, default=30, help="BatchTopK mean active features per token")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--site-d-sae", action="append", metavar="NAME=N",
+                   help="features for one dictionary, e.g. transcoder_L3=4096 (repeatable)")
+    t.add_argument("--sites", nargs="+", metavar="NAME", help="train only these dictionaries (e.g. transcoder_L3); "
+                   "default: all (same activation stream; initial weights differ from a full run)")
+    t.add_argument("--aux-coef", type=float, default=1 / 32, help="AuxK loss weight")
+    t.add_argument("--dead-after", type=int, default=200_000, help="tokens without firing before AuxK treats a "
+                   "feature as dead")
+    t.add_argument("--resample-every", type=int, default=0, help="steps between resampling dead features "
+                   "(0 = never; AuxK only)")
+    t.add_argument("--resample-until", type=float, default=0.7, help="fraction of the run after which nothing "
+                   "is resampled")
+    t.add_argument("--resample-dead-after", type=int, default=100_000, help="tokens without firing before a "
+                   "feature is resampled")
+    t.add_argument("--resample-scale", type=float, default=0.2, help="resampled encoder norm / mean live "
+                   "encoder norm")
+    t.add_argument("--calibrate-tokens", type=int, default=0, help="BatchTopK: after training, set the inference "
+                   "threshold so that L0 = k on this many training tokens (0 = keep the running threshold)")
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--export", action="store_true", help="write the set to data/dictionaries/organism")
     t.add_argument("--quiet", action="store_true")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -72,3 +73,71 @@ def test_fidelity_report_on_tiny_set(tiny_model, trained):
     nll = -logits.log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None]).mean().item()
     assert report["dictionaries"]["transcoder_L0"]["ce_zero"] == pytest.approx(nll, abs=1e-5)
     assert report["all"]["ce_clean"] == report["dictionaries"]["transcoder_L0"]["ce_clean"]
+
+
+def _kill_features(folder, name: str, n: int) -> None:
+    """Make the first `n` features of dictionary `name` in a checkpoint unable to fire (encoder off, bias -100)."""
+    import torch
+
+    ckpt = folder / "dict_checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    sd = state["dicts"][name]
+    sd["W_enc"][:, :n] = 0.0
+    sd["b_enc"][:n] = -100.0
+    torch.save(state, ckpt)
+
+
+def _dead_after_training(model, folder, name: str, cfg: DictTrainConfig) -> tuple[int, list[dict]]:
+    """Resume the run in `folder`; (features that never fire on 4,096 fresh activations, the loss log)."""
+    import torch
+
+    from circuits.dictionaries.train import ActivationStream
+
+    dicts = train_dictionaries(model, _configs(model), folder, cfg, progress=False)
+    d = dicts[name]
+    stream = ActivationStream(model, _configs(model), corpus_seed=7, rows_per_forward=128)
+    x = stream.next_block()[d.hook_in]
+    with torch.no_grad():
+        fired = (d.encode(x) > 0).any(0)
+    log = [json.loads(line) for line in (folder / "dict_log.jsonl").read_text().splitlines()]
+    return int((~fired).sum()), log
+
+
+def test_resampling_revives_killed_features(tiny_model, tmp_path):
+    """Kill half the transcoder's features mid-run: resampling leaves far fewer dead than AuxK alone, and the
+    loss still falls after the kill."""
+    import shutil
+
+    name = "transcoder_L0"
+    base = tmp_path / "base"
+    train_dictionaries(tiny_model, _configs(tiny_model), base, CFG, progress=False, stop_after=40)
+    _kill_features(base, name, 32)
+    plain = tmp_path / "plain"
+    shutil.copytree(base, plain)
+    resampled = tmp_path / "resampled"
+    shutil.copytree(base, resampled)
+    dead_plain, _ = _dead_after_training(tiny_model, plain, name, CFG)
+    cfg = dataclasses.replace(CFG, resample_every=10, resample_until=0.8, resample_dead_after_tokens=1024)
+    dead_res, log = _dead_after_training(tiny_model, resampled, name, cfg)
+    events = [json.loads(line) for line in (resampled / "dict_events.jsonl").read_text().splitlines()]
+    assert events and events[0]["resampled"][name] >= 32
+    assert dead_plain >= 24, dead_plain  # AuxK alone does not bring them back in this short run
+    assert dead_res <= dead_plain // 2, (dead_res, dead_plain)
+    after_kill = [r[name]["fvu"] for r in log if r["step"] > 40]
+    assert after_kill[-1] < after_kill[0]
+    assert log[-1][name]["l0"] <= 4 + 1e-6
+
+
+def test_calibrated_threshold_gives_l0_k(tiny_model, tmp_path):
+    import torch
+
+    from circuits.dictionaries.train import ActivationStream
+
+    cfg = dataclasses.replace(CFG, total_tokens=256 * 20, calibrate_tokens=2048)
+    dicts = train_dictionaries(tiny_model, _configs(tiny_model), tmp_path, cfg, progress=False)
+    d = dicts["transcoder_L0"]  # batchtopk
+    x = ActivationStream(tiny_model, _configs(tiny_model), corpus_seed=7, rows_per_forward=128).next_block()[d.hook_in]
+    with torch.no_grad():
+        l0 = (d.encode(x) > 0).float().sum(-1).mean().item()
+    assert abs(l0 - 4) < 0.6, l0
+    assert (tmp_path / "dict_events.jsonl").read_text().count("calibrated_threshold") == 1

@@ -15,6 +15,18 @@ Algorithm (one pass, all dictionaries at once):
 4. Decoder rows are renormalised to unit norm after every step (Adam, constant LR with a linear decay over the
    last 20%). Checkpoints hold every dictionary, optimizer and counter, and the stream position, so a resumed
    run continues the same stream.
+5. Optional resampling (``resample_every`` > 0, off by default): every ``resample_every`` steps, up to
+   ``resample_until`` of the run, each feature silent for ``resample_dead_after_tokens`` is re-initialised
+   toward a token of the current batch drawn with probability ∝ its squared reconstruction error: decoder row =
+   that token's error direction, encoder column = its centred input direction with norm ``resample_scale`` ×
+   the mean live encoder norm (raised, for BatchTopK, until the pre-activation on that token is 1.25 × the
+   running threshold, else the feature could not fire at all), b_enc = 0, and its Adam moments are zeroed. Its
+   silence counter is kept, so AuxK keeps training it until it fires. (AuxK alone barely revives features of a dictionary with a small error:
+   dead features learn to reconstruct a residual far below the BatchTopK threshold; and under Adam a larger
+   ``aux_coef`` does not speed them up, since only the AuxK term reaches their parameters.)
+6. Optional threshold calibration (``calibrate_tokens`` > 0, off by default): after the last step a BatchTopK
+   dictionary's inference threshold is set so that exactly k features per token fire on average over the next
+   ``calibrate_tokens`` training activations (the running threshold lets inference L0 drift away from k).
 """
 
 from __future__ import annotations
@@ -46,6 +58,11 @@ class DictTrainConfig:
     corpus_seed: int = 1  # a stream distinct from the organism's own training stream
     checkpoint_every: int = 100  # steps
     log_every: int = 25
+    resample_every: int = 0  # steps between resampling dead features; 0 = never (AuxK only)
+    resample_until: float = 0.7  # fraction of the run after which nothing is resampled
+    resample_dead_after_tokens: int = 100_000  # silent this long -> resampled
+    resample_scale: float = 0.2  # resampled encoder norm / mean live encoder norm
+    calibrate_tokens: int = 0  # BatchTopK: fit the inference threshold to L0 = k on this many tokens; 0 = off
 
 
 class ActivationStream:
@@ -162,6 +179,68 @@ def dictionary_loss(d: Dictionary, x: Tensor, y: Tensor, steps_since_fired: Tens
                                        "dead": dead.float().mean().item()}
 
 
+@torch.no_grad()
+def resample_dead(d: Dictionary, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, dead: Tensor,
+                  generator: torch.Generator, scale: float) -> int:
+    """Re-initialise the `dead` features [d_sae] of `d` toward high-error tokens of (x, y); returns how many.
+
+    Decoder row = the token's error direction, encoder column = its centred input direction scaled to `scale` ×
+    the mean live encoder norm (for BatchTopK at least 1.25 × threshold / ‖input‖, so it fires on that token),
+    b_enc = 0; Adam's moments for those rows/columns are zeroed."""
+    idx = dead.nonzero().squeeze(-1)
+    if idx.numel() == 0:
+        return 0
+    was_training = d.training
+    d.eval()  # inference activation: does not touch BatchTopK's running threshold
+    err = y - d(x).output
+    d.train(was_training)
+    weight = err.pow(2).sum(-1)
+    if not torch.isfinite(weight).all() or weight.sum() <= 0:
+        return 0
+    pick = torch.multinomial(weight, idx.numel(), replacement=True, generator=generator)
+    dec = err[pick]
+    dec = dec / dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    enc = x[pick] - d.b_in
+    x_norm = enc.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    enc = enc / x_norm
+    alive = ~dead
+    live_norm = d.W_enc[:, alive].norm(dim=0).mean() if alive.any() else d.W_enc.norm(dim=0).mean()
+    norm = (scale * live_norm).expand(idx.numel(), 1)
+    threshold = getattr(d.activation, "threshold", None)
+    if threshold is not None and getattr(d.activation, "k", None):
+        # BatchTopK: a feature whose pre-activation cannot reach the threshold on its own token would stay dead
+        norm = torch.maximum(norm, 1.25 * threshold[idx, None].clamp_min(0) / x_norm)
+    d.W_dec[idx] = dec
+    d.W_enc[:, idx] = (enc * norm).T
+    d.b_enc[idx] = 0.0
+    for p, sl in ((d.W_dec, (idx,)), (d.W_enc, (slice(None), idx)), (d.b_enc, (idx,))):
+        st = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in st:
+                st[key][sl] = 0.0
+    return int(idx.numel())
+
+
+@torch.no_grad()
+def calibrate_threshold(d: Dictionary, xs: list[Tensor]) -> float | None:
+    """Set a BatchTopK dictionary's inference threshold so that mean L0 over inputs `xs` is k; returns it."""
+    act = d.activation
+    if not (hasattr(act, "threshold") and hasattr(act, "k")):
+        return None
+    n = sum(x.shape[0] for x in xs)
+    n_keep = act.k * n
+    cands = []
+    for x in xs:
+        flat = torch.relu(d.pre_activation(x)).reshape(-1)
+        cands.append(flat.topk(min(flat.numel(), 4 * act.k * x.shape[0])).values)
+    vals = torch.cat(cands)
+    if n_keep > vals.numel():
+        return None
+    theta = vals.topk(n_keep).values[-1].item()
+    act.threshold.fill_(theta)
+    return theta
+
+
 def train_dictionaries(model, configs: list[DictionaryConfig], out: Path, cfg: DictTrainConfig = DictTrainConfig(),
                        resume: bool = True, progress: bool = True, stop_after: int | None = None
                        ) -> dict[str, Dictionary]:
@@ -198,6 +277,8 @@ def train_dictionaries(model, configs: list[DictionaryConfig], out: Path, cfg: D
     total_steps = cfg.total_tokens // cfg.batch_size
     decay_start = int(0.8 * total_steps)
     log_path = out / "dict_log.jsonl"
+    events_path = out / "dict_events.jsonl"  # resampling and calibration, one record per event
+    done = step
     t0 = time.time()
     bar = tqdm(range(step, total_steps), initial=step, total=total_steps, desc="dictionaries", disable=not progress)
     for step in bar:
@@ -214,6 +295,14 @@ def train_dictionaries(model, configs: list[DictionaryConfig], out: Path, cfg: D
             d.set_decoder_norm_to_unit()
             stats[n] = s
         done = step + 1
+        if cfg.resample_every and done % cfg.resample_every == 0 and done <= cfg.resample_until * total_steps:
+            rgen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + done)  # a function of the step: resumable
+            n_res = {}
+            for n, d in dicts.items():
+                dead = since[n] > cfg.resample_dead_after_tokens
+                n_res[n] = resample_dead(d, opts[n], *site_tensors(d, batch), dead, rgen, cfg.resample_scale)
+            with events_path.open("a") as f:
+                f.write(json.dumps({"step": done, "resampled": n_res}) + "\n")
         if done % cfg.log_every == 0 or done == total_steps:
             rec = {"step": done, "tokens": done * cfg.batch_size, "seconds": round(time.time() - t0, 1),
                    **{n: {k: round(v, 5) for k, v in s.items()} for n, s in stats.items()}}
@@ -234,4 +323,10 @@ def train_dictionaries(model, configs: list[DictionaryConfig], out: Path, cfg: D
             break
     for d in dicts.values():
         d.eval()
+    if cfg.calibrate_tokens > 0 and (stop_after is None or done >= total_steps):
+        # the buffer is at the final checkpoint's state here, so a resumed run calibrates on the same tokens
+        batches = [buffer.batch(cfg.batch_size) for _ in range(max(1, cfg.calibrate_tokens // cfg.batch_size))]
+        thetas = {n: calibrate_threshold(d, [site_tensors(d, b)[0] for b in batches]) for n, d in dicts.items()}
+        with events_path.open("a") as f:
+            f.write(json.dumps({"step": total_steps, "calibrated_threshold": thetas}) + "\n")
     return dicts

@@ -1,7 +1,8 @@
-// The explorer's graph view (a Streamlit component, plain JS, no build step). It receives the full graph and the
-// server's node ranking once per graph (bytes arguments), re-prunes in the browser whenever a threshold control
-// moves (prune.js) and redraws at once; it then reports the thresholds (debounced) and node clicks back to the app,
-// which reruns its other tabs with them. Protocol: Streamlit's component messages over postMessage.
+// The explorer's graph view (a Streamlit component, plain JS, no build step). It fetches the full graph and the
+// server's node ranking once per graph (a file the app publishes next to this page), re-prunes in the browser
+// whenever a threshold control moves (prune.js) and redraws at once; it then reports the thresholds (debounced) and
+// node clicks back to the app, which reruns its other tabs with them. Protocol: Streamlit's component messages over
+// postMessage ("streamlit:render" in; "componentReady", "setComponentValue", "setFrameHeight" out).
 "use strict";
 
 const EDGE_LIMIT = 1500; // the strongest edges drawn (as the server-side figure)
