@@ -197,7 +197,7 @@ function report(now) {
 function onControl() {
   state.node = Number(document.getElementById("node").value);
   state.edge = Number(document.getElementById("edge").value);
-  const cap = Math.max(0, Math.floor(Number(document.getElementById("cap").value) || 0));
+  const cap = Math.min(5000, Math.max(0, Math.floor(Number(document.getElementById("cap").value) || 0))); // as the sidebar
   state.cap = cap === 0 ? null : cap;
   syncControls();
   draw();
