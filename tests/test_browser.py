@@ -1,5 +1,6 @@
 """End to end in a real headless Chromium (Playwright against the Debian chromium): start the app, type a prompt,
-trace, select a node, check the inspector, save a screenshot."""
+trace, select a node (from the list, and by clicking it in the graph view), check the inspector, save a screenshot;
+move the graph view's threshold and the sidebar's and check each follows the other."""
 
 from __future__ import annotations
 
@@ -53,6 +54,19 @@ def server():
     proc.wait(timeout=30)
 
 
+@pytest.fixture
+def page(server):
+    """A Chromium page on the app, once the example graph is traced (it is traced on open)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        page.goto(server)
+        page.get_by_text("pruned to").first.wait_for(timeout=120_000)
+        yield page
+        browser.close()
+
+
 def _show_node_tab(page, deadline_s: float = 60.0) -> None:
     """Open the "node" tab and wait until its inspector is visible. A click on the canvas or the list starts a
     rerun; a tab clicked while that rerun is in flight can be drawn again unselected, so click until it shows."""
@@ -70,32 +84,25 @@ def _show_node_tab(page, deadline_s: float = 60.0) -> None:
     raise AssertionError("the node tab never showed the inspector ('incoming edges')")
 
 
-def test_trace_select_and_inspect_in_chromium(server, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1200})
-        page.goto(server)
-        page.get_by_text("pruned to").first.wait_for(timeout=120_000)  # the example is traced on open
-        assert page.locator("text=Traceback").count() == 0
-        prompt = page.get_by_role("textbox", name="prompt")
-        prompt.fill("When Anna and David went to the park, David gave a book to")
-        page.get_by_role("textbox", name="token", exact=True).fill("Anna")
-        page.get_by_role("textbox", name="minus token").fill("David")
-        page.get_by_role("button", name="trace").click()
-        page.get_by_text("Anna −  David").first.wait_for(timeout=60_000)
-        # select a node through the list (clicking the plotly canvas needs pixel coordinates)
-        page.get_by_label("select a node").click()
-        page.keyboard.type("M3#")  # a layer-3 transcoder feature
-        page.keyboard.press("Enter")
-        _show_node_tab(page)
-        page.get_by_text("activation on every token of the prompt").first.wait_for(timeout=30_000)
-        page.get_by_text("promotes:").first.wait_for(timeout=30_000)  # its dashboard
-        shot = tmp_path / "explorer.png"
-        page.screenshot(path=str(shot), full_page=True)
-        assert shot.stat().st_size > 10_000
-        assert page.locator("text=Traceback").count() == 0
-        browser.close()
+def test_trace_select_and_inspect_in_chromium(page, tmp_path):
+    assert page.locator("text=Traceback").count() == 0
+    prompt = page.get_by_role("textbox", name="prompt")
+    prompt.fill("When Anna and David went to the park, David gave a book to")
+    page.get_by_role("textbox", name="token", exact=True).fill("Anna")
+    page.get_by_role("textbox", name="minus token").fill("David")
+    page.get_by_role("button", name="trace").click()
+    page.get_by_text("Anna −  David").first.wait_for(timeout=60_000)
+    # select a node through the list (the next test clicks one in the graph view)
+    page.get_by_label("select a node").click()
+    page.keyboard.type("M3#")  # a layer-3 transcoder feature
+    page.keyboard.press("Enter")
+    _show_node_tab(page)
+    page.get_by_text("activation on every token of the prompt").first.wait_for(timeout=30_000)
+    page.get_by_text("promotes:").first.wait_for(timeout=30_000)  # its dashboard
+    shot = tmp_path / "explorer.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    assert page.locator("text=Traceback").count() == 0
 
 
 def _view(page):
@@ -105,65 +112,51 @@ def _view(page):
     return frame
 
 
-def test_clicking_a_node_in_the_graph_canvas_selects_it(server):
+def test_clicking_a_node_in_the_graph_canvas_selects_it(page):
     """A click on a plotted feature node (not the list) selects it: the node tab shows its inspector."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1200})
-        page.goto(server)
-        page.get_by_text("pruned to").first.wait_for(timeout=120_000)
-        view = _view(page)
-        view.locator(".js-plotly-plot .scatterlayer path.point").first.wait_for(timeout=60_000)
-        # the index of the trace holding MLP features, read from the plot's own data
-        frame = next(f for f in page.frames if "graph_view" in f.url)
-        index = frame.evaluate("""() => document.querySelector('.js-plotly-plot').data
-                                   .findIndex(t => t.name === 'mlp_feature')""")
-        assert index >= 0
-        point = view.locator(".js-plotly-plot .scatterlayer .trace").nth(index).locator("path.point").first
-        point.click(force=True)
-        _show_node_tab(page)
-        heading = page.locator("h3").filter(has_text=re.compile(r"^M\d+#\d+@")).first
-        heading.wait_for(timeout=30_000)  # the inspector shows the clicked MLP feature
-        assert page.locator("text=Traceback").count() == 0
-        browser.close()
+    view = _view(page)
+    view.locator(".js-plotly-plot .scatterlayer path.point").first.wait_for(timeout=60_000)
+    # the index of the trace holding MLP features, read from the plot's own data
+    frame = next(f for f in page.frames if "graph_view" in f.url)
+    index = frame.evaluate("""() => document.querySelector('.js-plotly-plot').data
+                               .findIndex(t => t.name === 'mlp_feature')""")
+    assert index >= 0
+    point = view.locator(".js-plotly-plot .scatterlayer .trace").nth(index).locator("path.point").first
+    point.click(force=True)
+    _show_node_tab(page)
+    heading = page.locator("h3").filter(has_text=re.compile(r"^M\d+#\d+@")).first
+    heading.wait_for(timeout=30_000)  # the inspector shows the clicked MLP feature
+    assert page.locator("text=Traceback").count() == 0
 
 
-def test_view_thresholds_reprune_in_the_browser_and_reach_the_page(server):
+def test_view_thresholds_reprune_in_the_browser_and_reach_the_page(page):
     """Moving the view's node threshold redraws the graph in the browser (its count changes before any rerun can
     finish), then the sidebar slider and the page header follow; a sidebar move is adopted by the view."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 1200})
-        page.goto(server)
-        page.get_by_text("pruned to").first.wait_for(timeout=120_000)
-        view = _view(page)
-        status = view.locator("#status")
-        before = int(status.get_attribute("data-nodes"))
-        header = page.get_by_text("pruned to").first
-        assert f"pruned to {before} /" in header.inner_text()  # the browser's pruning equals the server's
-        view.locator("#node").focus()
-        for _ in range(10):
-            page.keyboard.press("ArrowLeft")  # 0.80 -> 0.70
-        view.locator("#node_v").filter(has_text="0.70").wait_for(timeout=5_000)
-        deadline = time.time() + 60
-        while int(status.get_attribute("data-nodes")) == before and time.time() < deadline:
-            time.sleep(0.05)
-        after = int(status.get_attribute("data-nodes"))
-        assert after < before
-        page.get_by_text(f"pruned to {after} /").first.wait_for(timeout=60_000)  # the page reran with 0.70
-        thumb = page.get_by_test_id("stSliderThumbValue").first  # the sidebar's node threshold
-        assert thumb.inner_text() == "0.70"
-        slider = page.get_by_role("slider").nth(0)
-        slider.focus()
-        page.keyboard.press("End")  # the sidebar's node threshold to 1.0: the view adopts it
-        view.locator("#node_v").filter(has_text="1.00").wait_for(timeout=60_000)
-        deadline = time.time() + 60
-        while int(status.get_attribute("data-nodes")) <= before and time.time() < deadline:
-            time.sleep(0.05)
-        final = int(status.get_attribute("data-nodes"))
-        assert final > before
-        page.get_by_text(f"pruned to {final} /").first.wait_for(timeout=60_000)
-        assert page.locator("text=Traceback").count() == 0
-        browser.close()
+    view = _view(page)
+    status = view.locator("#status")
+    before = int(status.get_attribute("data-nodes"))
+    header = page.get_by_text("pruned to").first
+    assert f"pruned to {before} /" in header.inner_text()  # the browser's pruning equals the server's
+    view.locator("#node").focus()
+    for _ in range(10):
+        page.keyboard.press("ArrowLeft")  # 0.80 -> 0.70
+    view.locator("#node_v").filter(has_text="0.70").wait_for(timeout=5_000)
+    deadline = time.time() + 60
+    while int(status.get_attribute("data-nodes")) == before and time.time() < deadline:
+        time.sleep(0.05)
+    after = int(status.get_attribute("data-nodes"))
+    assert after < before
+    page.get_by_text(f"pruned to {after} /").first.wait_for(timeout=60_000)  # the page reran with 0.70
+    thumb = page.get_by_test_id("stSliderThumbValue").first  # the sidebar's node threshold
+    assert thumb.inner_text() == "0.70"
+    slider = page.get_by_role("slider").nth(0)
+    slider.focus()
+    page.keyboard.press("End")  # the sidebar's node threshold to 1.0: the view adopts it
+    view.locator("#node_v").filter(has_text="1.00").wait_for(timeout=60_000)
+    deadline = time.time() + 60
+    while int(status.get_attribute("data-nodes")) <= before and time.time() < deadline:
+        time.sleep(0.05)
+    final = int(status.get_attribute("data-nodes"))
+    assert final > before
+    page.get_by_text(f"pruned to {final} /").first.wait_for(timeout=60_000)
+    assert page.locator("text=Traceback").count() == 0
