@@ -146,9 +146,7 @@ def graph_figure(graph, influence, labels: dict):
     nan = float("nan")
     from circuits import export
 
-    rank = {}
-    for i, n in enumerate(graph.nodes):
-        rank[i] = (n.layer + 1) * 4 + n.order[1]
+    rank = {i: n.sublayer_rank for i, n in enumerate(graph.nodes)}
     slots: dict[tuple[int, int], list[int]] = {}
     for i, n in enumerate(graph.nodes):
         slots.setdefault((rank[i], n.pos), []).append(i)
@@ -193,10 +191,7 @@ def graph_figure(graph, influence, labels: dict):
                                  customdata=np.array(rows), hovertext=text, hoverinfo="text"))
     toks = graph.metadata.get("token_strings", [])
     ranks = sorted(set(rank.values()))
-    names = {}
-    for i, n in enumerate(graph.nodes):
-        names[rank[i]] = ("tokens" if n.kind == "token" else "logits" if n.kind.startswith("logit")
-                          else f"{'attn' if n.kind.startswith('attn') else 'mlp'} {n.layer}")
+    names = {n.sublayer_rank: n.sublayer_name for n in graph.nodes}
     fig.update_layout(height=620, margin={"l": 10, "r": 10, "t": 10, "b": 10}, clickmode="event+select",
                       xaxis={"tickmode": "array", "tickvals": list(range(len(toks))), "ticktext": toks,
                              "showgrid": False},

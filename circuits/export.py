@@ -233,10 +233,6 @@ FILL = {"token": "#e0e0e0", "attn_feature": "#9ecae1", "mlp_feature": "#a1d99b",
         "mlp_error": "#c7e9c0", "logit": "#fdae6b", "logit_diff": "#fdae6b"}
 
 
-def _rank(node: Node) -> int:
-    return (node.layer + 1) * 4 + node.order[1]
-
-
 #: Graphviz lays out a few hundred edges in seconds but tens of thousands take hours: DOT files (and the SVG / PNG
 #: rendered from them) draw the strongest edges only, and say so in the drawing's caption.
 DOT_MAX_EDGES = 400
@@ -268,7 +264,7 @@ def to_dot(graph: Graph, max_width: float = 6.0, max_edges: int = DOT_MAX_EDGES)
                  labelloc="t", fontsize="10")
     by_rank: dict[int, list[int]] = {}
     for i, node in enumerate(graph.nodes):
-        by_rank.setdefault(_rank(node), []).append(i)
+        by_rank.setdefault(node.sublayer_rank, []).append(i)
     for rank in sorted(by_rank):
         rows = sorted(by_rank[rank], key=lambda i: (graph.nodes[i].pos, graph.nodes[i].index))
         with dot.subgraph(name=f"rank_{rank}") as sub:

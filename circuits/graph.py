@@ -57,6 +57,21 @@ class Node:
                "logit": 3, "logit_diff": 3}[self.kind]
         return (self.layer, sub)
 
+    @property
+    def sublayer_rank(self) -> int:
+        """The sublayer as one integer, increasing in forward order (tokens lowest, logits highest); every edge
+        goes from a lower rank to a higher one. Drawings use it as the y coordinate."""
+        return (self.layer + 1) * 4 + self.order[1]
+
+    @property
+    def sublayer_name(self) -> str:
+        """The sublayer's label in drawings: "tokens", "attn L", "mlp L" or "logits"."""
+        if self.kind == "token":
+            return "tokens"
+        if self.kind.startswith("logit"):
+            return "logits"
+        return f"{'attn' if self.kind.startswith('attn') else 'mlp'} {self.layer}"
+
     def to_json(self) -> list:
         return [self.kind, self.layer, self.pos, self.index]
 

@@ -62,7 +62,7 @@ def normalized_weights(graph: Graph, edge_mask: Tensor | None = None) -> Tensor:
 
 def _ranks(graph: Graph) -> Tensor:
     """[n_nodes] forward-order rank (token < attention L < MLP L < … < logits); edges go from lower to higher."""
-    return torch.tensor([(n.layer + 1) * 4 + n.order[1] for n in graph.nodes], dtype=torch.long)
+    return torch.tensor([n.sublayer_rank for n in graph.nodes], dtype=torch.long)
 
 
 def _sweep(tgt: Tensor, src: Tensor, a: Tensor, weights: Tensor, rank: Tensor) -> Tensor:

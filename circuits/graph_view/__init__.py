@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from circuits.graph import Graph
-from circuits.pruning import NodeRanking, _ranks, rank_nodes
+from circuits.pruning import NodeRanking, rank_nodes
 
 FRONTEND = Path(__file__).parent / "frontend"
 #: Larger graphs are pruned and drawn by the server instead (8-16 bytes per edge, all held by the browser tab).
@@ -69,11 +69,8 @@ def pack(graph: Graph, labels: list[str], colours: dict[str, str], ranked: NodeR
     from circuits import export
 
     ranked = rank_nodes(graph) if ranked is None else ranked
-    ranks = _ranks(graph).numpy()
-    names: dict[int, str] = {}
-    for r, n in zip(ranks.tolist(), graph.nodes, strict=True):
-        names[r] = ("tokens" if n.kind == "token" else "logits" if n.kind.startswith("logit")
-                    else f"{'attn' if n.kind.startswith('attn') else 'mlp'} {n.layer}")
+    ranks = np.array([n.sublayer_rank for n in graph.nodes], dtype=np.int32)  # drawing rows, as pruning ranks them
+    names = {n.sublayer_rank: n.sublayer_name for n in graph.nodes}
     w = graph.edge_weight.detach().cpu()
     w64 = w.dtype == torch.float64
     flags = ranked.always.numpy().astype(np.uint8) | (ranked.is_feature.numpy().astype(np.uint8) << 1)
@@ -89,7 +86,7 @@ def pack(graph: Graph, labels: list[str], colours: dict[str, str], ranked: NodeR
     arrays = {
         "tgt": _le(tgt.astype(idx)), "src": _le(src.astype(idx)),
         "w": _le(w.numpy().astype(np.float64 if w64 else np.float32)),
-        "rank": _le(ranks.astype(np.int32)),
+        "rank": _le(ranks),
         "pos": _le(np.array([n.pos for n in graph.nodes], dtype=np.int32)),
         "kind": _le(np.array([KINDS.index(n.kind) for n in graph.nodes], dtype=np.uint8)),
         "node_flags": _le(flags),
