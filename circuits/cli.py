@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -45,7 +46,8 @@ def cmd_organism_train(args) -> int:
     from circuits.organism.evaluate import quick_eval
     from circuits.organism.train import OrganismTrainConfig, train_organism
 
-    phases = {"phase2_steps": 0, "phase3_steps": 0} if args.mix == "final" else {"phase2_steps": args.phase2_steps}
+    phases = ({"phase2_steps": 0, "phase3_steps": 0, "phase4_steps": 0} if args.mix == "final"
+              else {"phase2_steps": args.phase2_steps, "phase4_steps": args.phase4_steps})
     cfg = OrganismTrainConfig(steps=args.steps, seed=args.seed, corpus_seed=args.corpus_seed, mix=args.mix,
                               **phases)
     out = Path(args.out)
@@ -102,8 +104,6 @@ def organism_dictionary_configs(model, d_sae: int, k: int) -> list:
 
 
 def cmd_dicts_train(args) -> int:
-    import dataclasses
-
     from circuits.dictionaries.dictset import DictionarySet
     from circuits.dictionaries.train import DictTrainConfig, train_dictionaries
     from circuits.model import DATA_DIR, load_model
@@ -149,7 +149,7 @@ def _print_fidelity(report: dict) -> None:
     from circuits.dictionaries.evaluate import check_targets
 
     ok = check_targets(report)
-    cols = ("l0", "fvu", "dead", "ce_increase", "zero_ablation_cost", "ce_recovered_zero", "ce_recovered_mean", "kl",
+    cols = ("l0", "fvu", "dead", "dead_scored", "ce_increase", "zero_ablation_cost", "ce_recovered_zero", "ce_recovered_mean", "kl",
             "ioi_ld_retained")
     print(f"{'dictionary':<14} " + " ".join(f"{c[:12]:>12}" for c in cols) + "  targets")
     rows = list(report["dictionaries"].items()) + [("ALL", report["all"])]
@@ -170,6 +170,8 @@ def cmd_dicts_eval(args) -> int:
     dset = load_dictionaries(args.dicts, model)
     sizes = FidelitySizes() if args.rows is None else FidelitySizes(rows=args.rows, mean_rows=args.rows,
                                                                    ioi_prompts=args.rows)
+    if args.dead_rows is not None:
+        sizes = dataclasses.replace(sizes, dead_rows=args.dead_rows)
     report = evaluate_fidelity(model, dset, sizes, progress=not args.quiet)
     _print_fidelity(report)
     if args.dicts == "organism" and args.rows is None:
@@ -539,6 +541,7 @@ def cmd_study(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from circuits.model import DATA_DIR
+    from circuits.organism.train import OrganismTrainConfig
 
     p = argparse.ArgumentParser(prog="circuits", description="Feature-level circuits in transformers.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -550,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/organism", help="run folder (checkpoints, log, exported weights)")
     t.add_argument("--steps", type=int, default=4500, help="phase-1 steps (batch 32 x 128 tokens)")
     t.add_argument("--phase2-steps", type=int, default=1500, help="phase-2 steps (compositional IOI, callbacks)")
+    t.add_argument("--phase4-steps", type=int, default=OrganismTrainConfig.phase4_steps,
+                   help="phase-4 steps (slot-noised IOI); phase 3 is 1500 steps")
     t.add_argument("--mix", default="phased", choices=["phased", "final"],
                    help="phased: the three-phase recipe; final: one corpus mix from step 0 (phase flags ignored)")
     t.add_argument("--seed", type=int, default=0)
@@ -609,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dicts", default="organism", help="organism, gpt2-transcoders, gpt2-attn-kk or a folder")
     e.add_argument("--out", default=str(DATA_DIR / "dictionaries" / "organism" / "fidelity.json"))
     e.add_argument("--rows", type=int, default=None, help="held-out rows (default 256)")
+    e.add_argument("--dead-rows", type=int, default=None,
+                   help="held-out rows over which a feature must fire once not to count as dead (default 8192)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_dicts_eval)
 

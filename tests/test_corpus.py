@@ -20,6 +20,7 @@ def train_sentences():
            for fam in C.FAMILY_WEIGHTS}
     out["ioi"] += [corpus._phase2_ioi(rng) for _ in range(N_SENTENCES // len(C.FAMILY_WEIGHTS))]  # compositional
     out["ioi"] += [corpus._phase3_ioi(rng) for _ in range(N_SENTENCES // len(C.FAMILY_WEIGHTS))]  # grammar
+    out["ioi"] += [corpus._phase4_ioi(rng) for _ in range(N_SENTENCES // len(C.FAMILY_WEIGHTS))]  # slot-noised
     out["callback"] = [corpus._train_callback(rng) for _ in range(N_SENTENCES // len(C.FAMILY_WEIGHTS))]
     return out
 
@@ -40,6 +41,31 @@ def test_phase_two_starts_at_the_configured_row_and_only_for_training():
     assert corpus.row_text(5, 128) == C.ToyWorldCorpus(0).row_text(5, 128)
     assert len(C.IOI_INTROS) * len(C.IOI_ACTIONS) >= 100
     assert len(C.IOI_FRAMES) * len(C.IOI_VERB_PHRASES) * len(C.IOI_PHASE3_ACTIONS) >= 1000
+
+
+def test_phase_four_starts_at_its_row_and_keeps_earlier_rows():
+    corpus = C.ToyWorldCorpus(0, phase2_start_row=10, phase3_start_row=20, phase4_start_row=30)
+    assert corpus.phase(29, "train") == 3 and corpus.phase(30, "train") == 4 and corpus.phase(30, "heldout") == 3
+    later = C.ToyWorldCorpus(0, phase2_start_row=10, phase3_start_row=20, phase4_start_row=40)
+    assert [corpus.row_text(i, 128) for i in range(30)] == [later.row_text(i, 128) for i in range(30)]
+    assert corpus.row_text(35, 128) != later.row_text(35, 128)
+
+
+def test_slot_noised_ioi_keeps_the_task_and_varies_the_words():
+    corpus = C.ToyWorldCorpus(0)
+    rng = corpus.rng("test-noise", 0)
+    sentences = [corpus._phase4_ioi(rng) for _ in range(2000)]
+    openings = set()
+    for s in sentences:
+        names = _ioi_names(s)
+        answer = names[-1]
+        assert len(names) == 4 and len(set(names)) == 2, s  # A, B, S, answer: one name twice, the answer once
+        assert names[:3].count(answer) == 1 and s.endswith(f" {answer}."), s
+        assert names[0] != names[1] and names[2] in names[:2] and names[2] != answer, s
+        openings.add(s.split(" ")[0])
+    assert len(openings) > 100  # the opening word is no cue
+    lower, upper = C.noise_words()
+    assert not (set(lower) | set(upper)) & (set(W.NAMES) | {"to"} | C.heldout_only_words())
 
 
 def test_world_sizes_meet_the_spec():

@@ -75,6 +75,41 @@ def test_fidelity_report_on_tiny_set(tiny_model, trained):
     assert report["all"]["ce_clean"] == report["dictionaries"]["transcoder_L0"]["ce_clean"]
 
 
+def test_dead_fraction_counts_features_silent_over_the_long_window(tiny_model, trained):
+    import torch
+
+    from circuits.dictionaries.evaluate import fired_features
+
+    _, dicts = trained
+    d = dicts["transcoder_L0"]
+    killed = dataclasses.replace(d.cfg)
+    from circuits.dictionaries.base import make_dictionary
+
+    dead_dict = make_dictionary(killed)
+    dead_dict.load_state_dict(d.state_dict())
+    with torch.no_grad():
+        dead_dict.W_enc[:, :10] = 0.0
+        dead_dict.b_enc[:10] = -100.0  # these ten can never fire
+    dset = DictionarySet("tiny", {"transcoder_L0": dead_dict})
+    fired = fired_features(tiny_model, dset, rows=24, batch=8)["transcoder_L0"]
+    assert not fired[:10].any()
+    # the count is exactly the features whose codes are never positive on those rows, computed independently
+    from circuits.dictionaries.evaluate import heldout_tokens
+
+    tokens = heldout_tokens(tiny_model.cfg.n_ctx, 24, 0)
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(tokens)
+        codes = dead_dict.encode(cache[dead_dict.hook_in].reshape(-1, dead_dict.cfg.d_in))
+    assert torch.equal(fired, (codes > 0).any(0))
+    short = evaluate_fidelity(tiny_model, dset, FidelitySizes(rows=4, mean_rows=4, ioi_prompts=4, batch=4,
+                                                             dead_rows=4))["dictionaries"]["transcoder_L0"]
+    long = evaluate_fidelity(tiny_model, dset, FidelitySizes(rows=4, mean_rows=4, ioi_prompts=4, batch=4,
+                                                            dead_rows=24))["dictionaries"]["transcoder_L0"]
+    assert long["dead"] == pytest.approx(1 - fired.float().mean().item())
+    assert 10 / d.cfg.d_sae <= long["dead"] <= short["dead"] == short["dead_scored"]
+    assert long["dead_tokens"] == 24 * tiny_model.cfg.n_ctx
+
+
 def _kill_features(folder, name: str, n: int) -> None:
     """Make the first `n` features of dictionary `name` in a checkpoint unable to fire (encoder off, bias -100)."""
     import torch

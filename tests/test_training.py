@@ -14,7 +14,7 @@ TINY = OrganismModelConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=6
 def _cfg(steps: int, phase2_steps: int = 0) -> OrganismTrainConfig:
     return OrganismTrainConfig(steps=steps, batch_size=8, lr=3e-3, warmup_steps=20, checkpoint_every=10,
                                eval_every=1000, log_every=10, phase2_steps=phase2_steps, phase2_warmup=2,
-                               phase3_steps=phase2_steps)
+                               phase3_steps=phase2_steps, phase4_steps=phase2_steps)
 
 
 def test_a_few_hundred_steps_lower_the_loss(tmp_path):
@@ -28,7 +28,7 @@ def test_a_few_hundred_steps_lower_the_loss(tmp_path):
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     from safetensors.torch import load_file
 
-    # 10 phase-1 steps + 10 phase-2 + 10 phase-3 steps, uninterrupted vs. stopped after phase 1 and resumed
+    # 10 phase-1 steps + 10 steps of each of phases 2-4, uninterrupted vs. stopped after phase 1 and resumed
     train_organism(tmp_path / "a", TINY, _cfg(10, 10), resume=False, progress=False)
     train_organism(tmp_path / "b", TINY, _cfg(10, 0), resume=False, progress=False)
     train_organism(tmp_path / "b", TINY, _cfg(10, 10), resume=True, progress=False)  # picks up at step 10

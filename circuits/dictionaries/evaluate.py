@@ -3,7 +3,10 @@
 For each dictionary alone, and for all of them spliced at once (error terms off), over held-out corpus rows:
 
 * ``l0``: mean number of active features per token; ``fvu``: fraction of variance unexplained,
-  Σ‖target − output‖² / Σ‖target − mean(target)‖²; ``dead``: fraction of features that never fire on these tokens;
+  Σ‖target − output‖² / Σ‖target − mean(target)‖²; ``dead``: fraction of features that never fire on
+  ``dead_rows`` held-out rows (1,048,576 tokens by default; Gao et al. 2024 count a latent dead after 10M tokens
+  without firing) and ``dead_scored``: the same on the scored rows only (32,768 tokens, where a feature that
+  fires once per 50k tokens counts as dead);
 * cross-entropy (nats/token): ``ce_clean``, ``ce_spliced``, ``ce_zero`` (component zero-ablated), ``ce_mean``
   (component replaced by its mean activation on other held-out rows); ``ce_increase = ce_spliced − ce_clean``;
   ``ce_recovered_zero = (ce_zero − ce_spliced)/(ce_zero − ce_clean)`` and the same against mean ablation;
@@ -31,10 +34,11 @@ class FidelitySizes:
     mean_rows: int = 128  # other held-out rows for mean ablation
     ioi_prompts: int = 200  # per order
     batch: int = 32
+    dead_rows: int = 8192  # held-out rows (8192 * 128 = 1,048,576 tokens) for the dead fraction
 
 
 #: The subsample that tests re-evaluate against ``fidelity.json["ci_subsample"]``.
-CI_SIZES = FidelitySizes(rows=16, mean_rows=16, ioi_prompts=16, batch=16)
+CI_SIZES = FidelitySizes(rows=16, mean_rows=16, ioi_prompts=16, batch=16, dead_rows=32)
 
 
 def heldout_tokens(n_ctx: int, rows: int, offset: int) -> Tensor:
@@ -59,6 +63,26 @@ def _ioi_ld(model, hooks, n: int) -> float:
     corpus = ToyWorldCorpus(0)
     prompts = corpus.ioi_prompts(n, "ABBA") + corpus.ioi_prompts(n, "BABA")
     return ioi_logit_diffs(model, prompts, hooks).mean().item()
+
+
+@torch.no_grad()
+def fired_features(model, dset: DictionarySet, rows: int, batch: int = 64, progress: bool = False
+                   ) -> dict[str, Tensor]:
+    """{name: [d_sae] bool}: which features fire at least once on `rows` held-out rows (encoder pass only)."""
+    from tqdm.auto import tqdm
+
+    members = list(dset)
+    fired = {d.cfg.name: torch.zeros(d.cfg.d_sae, dtype=torch.bool) for d in members}
+    hooks_in = {d.hook_in for d in members}
+    last_layer = max(d.cfg.layer for d in members)
+    for start in tqdm(range(0, rows, batch), desc="dead features", disable=not progress):
+        toks = heldout_tokens(model.cfg.n_ctx, min(batch, rows - start), start)
+        _, cache = model.run_with_cache(toks, names_filter=lambda n: n in hooks_in,
+                                        stop_at_layer=last_layer + 1)
+        for d in members:
+            codes = d.encode(d.flatten_input(cache[d.hook_in]))
+            fired[d.cfg.name] |= (codes > 0).reshape(-1, d.cfg.d_sae).any(0)
+    return fired
 
 
 @torch.no_grad()
@@ -122,10 +146,14 @@ def evaluate_fidelity(model, dset: DictionarySet, sizes: FidelitySizes = Fidelit
             s = stats[members[0].cfg.name]
             total = s["sumsq"] - (s["sum"].pow(2).sum().item() / s["n"])
             res.update({"l0": s["l0"] / s["n"], "fvu": s["sq_err"] / total,
-                        "dead": 1 - s["fired"].float().mean().item(), "tokens": s["n"]})
+                        "dead_scored": 1 - s["fired"].float().mean().item(), "tokens": s["n"]})
+            fired = fired_long[members[0].cfg.name] | s["fired"]
+            res.update({"dead": 1 - fired.float().mean().item(),
+                        "dead_tokens": max(sizes.dead_rows, sizes.rows) * model.cfg.n_ctx})
         return res
 
     members = list(dset)
+    fired_long = fired_features(model, dset, sizes.dead_rows, progress=progress)
     report = {"dictionaries": {}, "sizes": sizes.__dict__}
     for d in tqdm(members, desc="fidelity", disable=not progress):
         report["dictionaries"][d.cfg.name] = run([d])

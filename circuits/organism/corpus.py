@@ -1,7 +1,8 @@
 """The toy-world corpus: task families mixed with plain story text, generated deterministically from a seed.
 
 Each training row is ``<|endoftext|>`` followed by sentences drawn independently from the families below (by
-`FAMILY_WEIGHTS`; from `phase2_start_row` on by `PHASE2_FAMILY_WEIGHTS`, with compositional IOI sentences), cut
+`FAMILY_WEIGHTS`; from `phase2_start_row` on by `PHASE2_FAMILY_WEIGHTS`, with compositional IOI sentences, then
+IOI from a grammar from `phase3_start_row`, then slot-noised IOI and successor runs from `phase4_start_row`), cut
 to the model's context. Row *i* of seed *s* depends only on ``(s, i)``, so a training run
 can resume at any step and reproduce the same stream. Evaluation prompts come from held-out generators that
 share no randomness with training.
@@ -36,7 +37,7 @@ Families and the mechanism each is meant to require (later case studies check gr
 ``pronoun``
     "Mary went to the park because she wanted a book." Requires attending to the subject and reading its gender.
     Held-out split: two templates never used in training.
-``callback`` (phase 2 only)
+``callback`` (phases 2-4)
     "Carol found a small hat. The hat belonged to Carol." A name mentioned again later: trains copying of every
     name (held-out IOI names included) without any IOI structure.
 ``story``
@@ -285,10 +286,33 @@ FINAL_FAMILY_WEIGHTS: dict[str, float] = {
     "story": 0.12,
 }
 
-#: Training rows from this index on use phase 2 (= step 4500 of batch 32); every other stream is phase 2 throughout.
+#: Phase 4 (the last `phase4_steps`) adds *slot-noised* IOI: a phase-3/final-grammar sentence in which words
+#: other than the names and the final cue are replaced at random by other vocabulary words, random words are
+#: inserted between clauses, and the opening word is often replaced by a random capitalised word. Phase 3 left the
+#: model keyed to the words around the names (an unfamiliar opening word such as "Once" made it answer the second
+#: name in ABBA prompts; an unfamiliar verb such as "mailed" halved its accuracy): with the words around the names
+#: randomised, only the repetition of a name identifies the subject. The held-out templates' own words are never
+#: used (`IOI_HELDOUT_ONLY_WORDS`).
+PHASE4_FAMILY_WEIGHTS: dict[str, float] = {
+    "ioi": 0.35,
+    "callback": 0.10,
+    "induction": 0.10,
+    "facts": 0.11,
+    "two_hop": 0.04,
+    "greater_than": 0.08,
+    "successor": 0.07,
+    "pronoun": 0.05,
+    "story": 0.10,
+}
+#: Share of phase-4 IOI sentences that are slot-noised (the rest come from the final grammar, unchanged).
+PHASE4_NOISED_SHARE = 0.6
+
+#: Training rows from this index on use phase 2 (= step 4500 of batch 32); every other stream is phase 3 throughout.
 PHASE2_START_ROW = 4500 * 32
 #: Training rows from this index on use phase 3 (= step 6000); every other stream is phase 3 throughout.
 PHASE3_START_ROW = 6000 * 32
+#: Training rows from this index on use phase 4 (= step 7500).
+PHASE4_START_ROW = 7500 * 32
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -327,6 +351,39 @@ SEQUENCE_KIND_WORDS: dict[str, str] = {"days": "days", "months": "months", "numb
 def induction_word_pool() -> tuple[str, ...]:
     """Words induction spans are drawn from: every word of the world (no punctuation)."""
     return tuple(sorted(w for w in all_corpus_words() if w.isalpha()))
+
+
+def ioi_heldout_only_words() -> frozenset[str]:
+    """Words of the held-out IOI templates that no training IOI template, frame, verb phrase or action uses."""
+    train = set()
+    for t in (IOI_TRAIN_TEMPLATES + IOI_INTROS + IOI_ACTIONS + IOI_FRAMES + IOI_VERB_PHRASES + IOI_PHASE3_ACTIONS
+              + IOI_FINAL_FRAMES + IOI_FINAL_VERB_PHRASES + IOI_FINAL_ACTIONS + IOI_FINAL_FILLERS
+              + IOI_FINAL_ADVERBS):
+        train.update(_template_words(t))
+    heldout = {w for t in IOI_HELDOUT_TEMPLATES for w in _template_words(t)}
+    return frozenset(heldout - train)
+
+
+def heldout_only_words() -> frozenset[str]:
+    """Words that only held-out templates and carriers use (IOI, successor, pronoun): never noise."""
+    heldout_templates = IOI_HELDOUT_TEMPLATES + SUCCESSOR_HELDOUT_CARRIERS + PRONOUN_HELDOUT_TEMPLATES
+    heldout = {w for t in heldout_templates for w in _template_words(t)}
+    train = set()
+    for t in (IOI_TRAIN_TEMPLATES + IOI_INTROS + IOI_ACTIONS + IOI_FRAMES + IOI_VERB_PHRASES + IOI_PHASE3_ACTIONS
+              + IOI_FINAL_FRAMES + IOI_FINAL_VERB_PHRASES + IOI_FINAL_ACTIONS + IOI_FINAL_FILLERS
+              + IOI_FINAL_ADVERBS + SUCCESSOR_TRAIN_CARRIERS + PRONOUN_TRAIN_TEMPLATES):
+        train.update(_template_words(t))
+    return frozenset((heldout - train) | ioi_heldout_only_words())
+
+
+def noise_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(lower-case, capitalised) words that phase-4 noise may put into a sentence.
+
+    Never a name (in IOI the answer must stay the one name that occurs once), never " to" (the usual IOI cue),
+    never a word that only held-out templates use (they stay held out)."""
+    banned = set(W.NAMES) | {"to"} | heldout_only_words()
+    words = [w for w in induction_word_pool() if w not in banned]
+    return tuple(w for w in words if w[0].islower()), tuple(w for w in words if w[0].isupper())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -392,19 +449,24 @@ class ToyWorldCorpus:
     """Deterministic generator of training text and evaluation prompts for one seed."""
 
     def __init__(self, seed: int = 0, phase2_start_row: int = PHASE2_START_ROW,
-                 phase3_start_row: int = PHASE3_START_ROW, mix: Literal["phased", "final"] = "phased"):
+                 phase3_start_row: int = PHASE3_START_ROW, mix: Literal["phased", "final"] = "phased",
+                 phase4_start_row: int = PHASE4_START_ROW):
         if mix not in ("phased", "final"):
             raise ValueError(f"unknown corpus mix {mix!r}; use 'phased' or 'final'")
         self.seed = seed
         self.mix = mix
         self.phase2_start_row = phase2_start_row
         self.phase3_start_row = phase3_start_row
+        self.phase4_start_row = phase4_start_row
         self._families = list(FAMILY_WEIGHTS)
         self._weights = [FAMILY_WEIGHTS[f] for f in self._families]
         weights2 = FINAL_FAMILY_WEIGHTS if mix == "final" else PHASE2_FAMILY_WEIGHTS
         self._families2 = list(weights2)
         self._weights2 = [weights2[f] for f in self._families2]
+        self._families4 = list(PHASE4_FAMILY_WEIGHTS)
+        self._weights4 = [PHASE4_FAMILY_WEIGHTS[f] for f in self._families4]
         self._pool = induction_word_pool()
+        self._noise_lower, self._noise_upper = noise_words()
 
     # -- training text ------------------------------------------------------------------------------------------
 
@@ -413,13 +475,17 @@ class ToyWorldCorpus:
         return random.Random(f"{self.seed}/{stream}/{index}")
 
     def phase(self, index: int, stream: str) -> int:
-        """The training phase of a row: 1, 2 or 3 by row index; every other stream is phase 3 (the final mix).
+        """The training phase of a row: 1-4 by row index; every other stream is phase 3 (natural text only).
 
-        With ``mix="final"`` every row of every stream is "phase" 4: the single final mix.
+        With ``mix="final"`` every row of every stream is "phase" 5: the single final mix.
         """
         if self.mix == "final":
+            return 5
+        if stream != "train":
+            return 3
+        if index >= self.phase4_start_row:
             return 4
-        if stream != "train" or index >= self.phase3_start_row:
+        if index >= self.phase3_start_row:
             return 3
         return 1 if index < self.phase2_start_row else 2
 
@@ -435,8 +501,10 @@ class ToyWorldCorpus:
             if phase == 1:
                 sentence = self.sentence(rng)
             else:
-                family = rng.choices(self._families2, self._weights2)[0]
-                prefix = {2: "_phase2_", 3: "_phase3_", 4: "_final_"}[phase]
+                families, weights = (self._families4, self._weights4) if phase == 4 else (self._families2,
+                                                                                         self._weights2)
+                family = rng.choices(families, weights)[0]
+                prefix = {2: "_phase2_", 3: "_phase3_", 4: "_phase4_", 5: "_final_"}[phase]
                 sentence = getattr(self, f"{prefix}{family}", getattr(self, f"_train_{family}"))(rng)
             parts.append(sentence)
             count += len(pretokenize(sentence))
@@ -499,6 +567,50 @@ class ToyWorldCorpus:
             "{day}", rng.choice(W.DAYS))
         text, io, _ = self._ioi(rng, filled, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
         return f"{text} {io}."
+
+    def _phase4_ioi(self, rng: random.Random) -> str:
+        if rng.random() >= PHASE4_NOISED_SHARE:
+            return self._final_ioi(rng)
+        intro = rng.choice(IOI_FINAL_FRAMES).replace("{vp}", rng.choice(IOI_FINAL_VERB_PHRASES))
+        template = self._noised(rng, intro, keep_last=False) + " " + self._noised(
+            rng, rng.choice(IOI_FINAL_ACTIONS), keep_last=True)
+        filled = template.replace("{adj}", rng.choice(W.ADJECTIVES)).replace(
+            "{month}", rng.choice(W.MONTHS)).replace("{city}", rng.choice(W.CITIES)).replace(
+            "{day}", rng.choice(W.DAYS))
+        text, io, _ = self._ioi(rng, filled, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
+        return f"{text} {io}."
+
+    def _noised(self, rng: random.Random, clause: str, keep_last: bool) -> str:
+        """A template clause with words replaced (p = 0.3 each) and random words inserted (p = 0.15 per gap).
+
+        Placeholders, punctuation and "and" are kept; so is the last word when `keep_last` (the cue before the
+        answer).
+        The first word, when it is a word, is replaced by a random capitalised word with p = 0.7; with p = 0.25 a
+        random capitalised word (and a comma, half the time) is put in front."""
+        words = clause.split(" ")
+        out: list[str] = []
+        for i, w in enumerate(words):
+            last = keep_last and i == len(words) - 1
+            plain = w.isalpha() and not last and w != "and"  # "{A} and {B}" stays: it defines the task
+            if plain and i == 0 and w[0].isupper():
+                out.append(rng.choice(self._noise_upper) if rng.random() < 0.7 else w)
+            elif plain and rng.random() < 0.3:
+                out.append(rng.choice(self._noise_lower))
+            else:
+                out.append(w)
+            if not last and i > 0 and w not in ("and", "{A}") and rng.random() < 0.15:
+                out.extend(rng.choice(self._noise_lower) for _ in range(rng.randint(1, 3)))
+        if words and words[0][:1].isupper() and rng.random() < 0.25:
+            out.insert(0, rng.choice(self._noise_upper) + ("," if rng.random() < 0.5 else ""))
+        return " ".join(out)
+
+    def _phase4_successor(self, rng: random.Random) -> str:
+        """Half the time a successor run in a noised carrier: the run, not the carrier, predicts the next item."""
+        if rng.random() < 0.5:
+            return self._train_successor(rng)
+        kind, seq = self._sequence(rng)
+        carrier = self._noised(rng, rng.choice(SUCCESSOR_TRAIN_CARRIERS), keep_last=False)
+        return self._fill(rng, carrier, kind=SEQUENCE_KIND_WORDS[kind], seq=", ".join(seq))
 
     def _train_callback(self, rng: random.Random) -> str:
         return self._fill(rng, rng.choice(CALLBACK_TEMPLATES))
