@@ -78,14 +78,12 @@ def test_fidelity_report_on_tiny_set(tiny_model, trained):
 def test_dead_fraction_counts_features_silent_over_the_long_window(tiny_model, trained):
     import torch
 
-    from circuits.dictionaries.evaluate import fired_features
+    from circuits.dictionaries.base import make_dictionary
+    from circuits.dictionaries.evaluate import fired_features, heldout_tokens
 
     _, dicts = trained
     d = dicts["transcoder_L0"]
-    killed = dataclasses.replace(d.cfg)
-    from circuits.dictionaries.base import make_dictionary
-
-    dead_dict = make_dictionary(killed)
+    dead_dict = make_dictionary(d.cfg)
     dead_dict.load_state_dict(d.state_dict())
     with torch.no_grad():
         dead_dict.W_enc[:, :10] = 0.0
@@ -94,8 +92,6 @@ def test_dead_fraction_counts_features_silent_over_the_long_window(tiny_model, t
     fired = fired_features(tiny_model, dset, rows=24, batch=8)["transcoder_L0"]
     assert not fired[:10].any()
     # the count is exactly the features whose codes are never positive on those rows, computed independently
-    from circuits.dictionaries.evaluate import heldout_tokens
-
     tokens = heldout_tokens(tiny_model.cfg.n_ctx, 24, 0)
     with torch.no_grad():
         _, cache = tiny_model.run_with_cache(tokens)

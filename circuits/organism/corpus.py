@@ -292,7 +292,7 @@ FINAL_FAMILY_WEIGHTS: dict[str, float] = {
 #: model keyed to the words around the names (an unfamiliar opening word such as "Once" made it answer the second
 #: name in ABBA prompts; an unfamiliar verb such as "mailed" halved its accuracy): with the words around the names
 #: randomised, only the repetition of a name identifies the subject. The held-out templates' own words are never
-#: used (`IOI_HELDOUT_ONLY_WORDS`).
+#: used (`heldout_only_words()`).
 PHASE4_FAMILY_WEIGHTS: dict[str, float] = {
     "ioi": 0.35,
     "callback": 0.10,
@@ -353,26 +353,26 @@ def induction_word_pool() -> tuple[str, ...]:
     return tuple(sorted(w for w in all_corpus_words() if w.isalpha()))
 
 
+#: Every template part a training IOI sentence can be built from (all phases and the final mix).
+_IOI_TRAINING_PARTS: tuple[str, ...] = (
+    IOI_TRAIN_TEMPLATES + IOI_INTROS + IOI_ACTIONS + IOI_FRAMES + IOI_VERB_PHRASES + IOI_PHASE3_ACTIONS
+    + IOI_FINAL_FRAMES + IOI_FINAL_VERB_PHRASES + IOI_FINAL_ACTIONS + IOI_FINAL_FILLERS + IOI_FINAL_ADVERBS
+)
+
+
+def _words_of(templates: tuple[str, ...]) -> set[str]:
+    return {w for t in templates for w in _template_words(t)}
+
+
 def ioi_heldout_only_words() -> frozenset[str]:
     """Words of the held-out IOI templates that no training IOI template, frame, verb phrase or action uses."""
-    train = set()
-    for t in (IOI_TRAIN_TEMPLATES + IOI_INTROS + IOI_ACTIONS + IOI_FRAMES + IOI_VERB_PHRASES + IOI_PHASE3_ACTIONS
-              + IOI_FINAL_FRAMES + IOI_FINAL_VERB_PHRASES + IOI_FINAL_ACTIONS + IOI_FINAL_FILLERS
-              + IOI_FINAL_ADVERBS):
-        train.update(_template_words(t))
-    heldout = {w for t in IOI_HELDOUT_TEMPLATES for w in _template_words(t)}
-    return frozenset(heldout - train)
+    return frozenset(_words_of(IOI_HELDOUT_TEMPLATES) - _words_of(_IOI_TRAINING_PARTS))
 
 
 def heldout_only_words() -> frozenset[str]:
     """Words that only held-out templates and carriers use (IOI, successor, pronoun): never noise."""
-    heldout_templates = IOI_HELDOUT_TEMPLATES + SUCCESSOR_HELDOUT_CARRIERS + PRONOUN_HELDOUT_TEMPLATES
-    heldout = {w for t in heldout_templates for w in _template_words(t)}
-    train = set()
-    for t in (IOI_TRAIN_TEMPLATES + IOI_INTROS + IOI_ACTIONS + IOI_FRAMES + IOI_VERB_PHRASES + IOI_PHASE3_ACTIONS
-              + IOI_FINAL_FRAMES + IOI_FINAL_VERB_PHRASES + IOI_FINAL_ACTIONS + IOI_FINAL_FILLERS
-              + IOI_FINAL_ADVERBS + SUCCESSOR_TRAIN_CARRIERS + PRONOUN_TRAIN_TEMPLATES):
-        train.update(_template_words(t))
+    heldout = _words_of(IOI_HELDOUT_TEMPLATES + SUCCESSOR_HELDOUT_CARRIERS + PRONOUN_HELDOUT_TEMPLATES)
+    train = _words_of(_IOI_TRAINING_PARTS + SUCCESSOR_TRAIN_CARRIERS + PRONOUN_TRAIN_TEMPLATES)
     return frozenset((heldout - train) | ioi_heldout_only_words())
 
 
