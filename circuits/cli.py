@@ -46,8 +46,9 @@ def cmd_organism_train(args) -> int:
     from circuits.organism.evaluate import quick_eval
     from circuits.organism.train import OrganismTrainConfig, train_organism
 
-    phases = ({"phase2_steps": 0, "phase3_steps": 0, "phase4_steps": 0} if args.mix == "final"
-              else {"phase2_steps": args.phase2_steps, "phase4_steps": args.phase4_steps})
+    phases = ({"phase2_steps": 0, "phase3_steps": 0, "phase4_steps": 0, "phase5_steps": 0} if args.mix == "final"
+              else {"phase2_steps": args.phase2_steps, "phase4_steps": args.phase4_steps,
+                    "phase5_steps": args.phase5_steps})
     cfg = OrganismTrainConfig(steps=args.steps, seed=args.seed, corpus_seed=args.corpus_seed, mix=args.mix,
                               **phases)
     out = Path(args.out)
@@ -555,8 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--phase2-steps", type=int, default=1500, help="phase-2 steps (compositional IOI, callbacks)")
     t.add_argument("--phase4-steps", type=int, default=OrganismTrainConfig.phase4_steps,
                    help="phase-4 steps (slot-noised IOI); phase 3 is 1500 steps")
+    t.add_argument("--phase5-steps", type=int, default=OrganismTrainConfig.phase5_steps,
+                   help="phase-5 steps (phase 4 with every name in IOI, held-out pairs excluded)")
     t.add_argument("--mix", default="phased", choices=["phased", "final"],
-                   help="phased: the three-phase recipe; final: one corpus mix from step 0 (phase flags ignored)")
+                   help="phased: the five-phase recipe; final: one corpus mix from step 0 (phase flags ignored)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--corpus-seed", type=int, default=0)
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")

@@ -33,7 +33,7 @@ def test_eval_subcommand_on_a_tiny_folder(tmp_path, capsys):
     from circuits.organism.train import OrganismModelConfig, OrganismTrainConfig, train_organism
 
     tiny = OrganismModelConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=32)
-    train_organism(tmp_path / "m", tiny, OrganismTrainConfig(steps=2, batch_size=2, warmup_steps=1, phase2_steps=0, phase3_steps=0, phase4_steps=0),
+    train_organism(tmp_path / "m", tiny, OrganismTrainConfig(steps=2, batch_size=2, warmup_steps=1, phase2_steps=0, phase3_steps=0, phase4_steps=0, phase5_steps=0),
                    resume=False, progress=False)
     out = tmp_path / "eval.json"
     assert main(["organism", "eval", "--model", str(tmp_path / "m"), "--subsample", "0.02", "--quiet",

@@ -87,7 +87,7 @@ def _ioi_names(sentence: str) -> tuple[str, ...]:
     return tuple(w for w in re.findall(r"[A-Za-z]+", sentence) if w in W.NAMES)
 
 
-def test_ioi_training_never_uses_heldout_names_or_templates(train_sentences):
+def test_ioi_training_before_phase_five_never_uses_heldout_names_or_templates(train_sentences):
     heldout = set(W.IOI_HELDOUT_NAMES)
     for s in train_sentences["ioi"]:
         assert heldout.isdisjoint(_ioi_names(s)), s
@@ -95,6 +95,23 @@ def test_ioi_training_never_uses_heldout_names_or_templates(train_sentences):
             assert marker not in s, s
     for t in C.IOI_HELDOUT_TEMPLATES:
         assert any(m in t for m in ("spent the day", "reached the", "left the"))
+
+
+def test_phase_five_ioi_uses_every_name_but_never_a_heldout_pair():
+    corpus = C.ToyWorldCorpus(0, phase2_start_row=10, phase3_start_row=20, phase4_start_row=30, phase5_start_row=40)
+    assert corpus.phase(39, "train") == 4 and corpus.phase(40, "train") == 5 and corpus.phase(40, "heldout") == 3
+    later = C.ToyWorldCorpus(0, phase2_start_row=10, phase3_start_row=20, phase4_start_row=30, phase5_start_row=50)
+    assert [corpus.row_text(i, 128) for i in range(40)] == [later.row_text(i, 128) for i in range(40)]
+    rng = corpus.rng("test-phase5", 0)
+    seen: set[str] = set()
+    heldout = set(W.IOI_HELDOUT_NAMES)
+    for _ in range(6000):
+        s = corpus._phase5_ioi(rng)
+        names = _ioi_names(s)
+        assert len(set(names)) == 2 and not set(names) <= heldout, s  # never two held-out names together
+        assert not any(m in s for m in ("spent the day", "reached the", "mailed", "tossed")), s
+        seen.update(names)
+    assert heldout <= seen  # every held-out name gets an IOI role, always beside a training name
 
 
 def test_heldout_names_and_template_words_still_occur_elsewhere(train_sentences):

@@ -172,3 +172,17 @@ def test_calibrated_threshold_gives_l0_k(tiny_model, tmp_path):
         l0 = (d.encode(x) > 0).float().sum(-1).mean().item()
     assert abs(l0 - 4) < 0.6, l0
     assert (tmp_path / "dict_events.jsonl").read_text().count("calibrated_threshold") == 1
+
+
+def test_activation_stream_alternates_the_configured_corpus_phases():
+    from circuits.dictionaries.train import ActivationStream
+    from circuits.organism.corpus import PHASE3_START_ROW, PHASE5_START_ROW
+
+    stream = ActivationStream(None, [], corpus_seed=1, rows_per_forward=64, phases=(3, 5))
+    assert [stream.corpus_row(p * 64) for p in range(4)] == [
+        PHASE3_START_ROW, PHASE5_START_ROW, PHASE3_START_ROW + 64, PHASE5_START_ROW + 64]
+    assert stream.corpus.phase(stream.corpus_row(0), "train") == 3
+    assert stream.corpus.phase(stream.corpus_row(64), "train") == 5
+    assert ActivationStream(None, [], 1, 64).corpus_row(128) == 128  # default: phase-1 rows in order
+    with pytest.raises(ValueError, match="training phase"):
+        ActivationStream(None, [], 1, 64, phases=(6,))

@@ -18,7 +18,7 @@ TINY = OrganismModelConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=6
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_organism")
-    train_organism(folder, TINY, OrganismTrainConfig(steps=2, batch_size=2, warmup_steps=1, phase2_steps=0, phase3_steps=0, phase4_steps=0), resume=False,
+    train_organism(folder, TINY, OrganismTrainConfig(steps=2, batch_size=2, warmup_steps=1, phase2_steps=0, phase3_steps=0, phase4_steps=0, phase5_steps=0), resume=False,
                    progress=False)
     return folder
 

@@ -14,7 +14,8 @@ TINY = OrganismModelConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=6
 def _cfg(steps: int, phase2_steps: int = 0) -> OrganismTrainConfig:
     return OrganismTrainConfig(steps=steps, batch_size=8, lr=3e-3, warmup_steps=20, checkpoint_every=10,
                                eval_every=1000, log_every=10, phase2_steps=phase2_steps, phase2_warmup=2,
-                               phase3_steps=phase2_steps, phase4_steps=phase2_steps)
+                               phase3_steps=phase2_steps, phase4_steps=phase2_steps,
+                               phase5_steps=phase2_steps)
 
 
 def test_a_few_hundred_steps_lower_the_loss(tmp_path):

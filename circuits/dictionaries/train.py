@@ -4,6 +4,10 @@ Algorithm (one pass, all dictionaries at once):
 
 1. `ActivationStream` runs the model on corpus rows (never more than one buffer in RAM) and caches, per site, the
    dictionary input (``ln2.hook_normalized`` / ``attn.hook_z``) and target (``hook_mlp_out`` / ``hook_z``).
+   The rows come from a corpus seed the organism never trained on, alternating block by block between the
+   training phases in ``corpus_phases`` (by default 3, the natural mix that held-out text is drawn from, and 5,
+   the organism's last phase with template and slot-noised IOI): the dictionaries see the distribution the
+   model was finally trained on and the one they are evaluated on.
    Rows go into a per-site shuffle buffer; training batches are drawn from it at random and the buffer is
    refilled when half empty, so consecutive batches mix many sequences.
 2. Every dictionary is initialised from the first buffer: decoder rows of unit norm, encoder = decoder
@@ -56,6 +60,7 @@ class DictTrainConfig:
     dead_after_tokens: int = 200_000
     seed: int = 0
     corpus_seed: int = 1  # a stream distinct from the organism's own training stream
+    corpus_phases: tuple[int, ...] = (3, 5)  # organism training phases whose rows are streamed, block by block
     checkpoint_every: int = 100  # steps
     log_every: int = 25
     resample_every: int = 0  # steps between resampling dead features; 0 = never (AuxK only)
@@ -69,7 +74,7 @@ class ActivationStream:
     """Per-site (input, target) activations from the model over the corpus, row block by row block."""
 
     def __init__(self, model, sites: list[DictionaryConfig], corpus_seed: int, rows_per_forward: int,
-                 start_row: int = 0):
+                 start_row: int = 0, phases: tuple[int, ...] = (1,)):
         from circuits.organism.corpus import ToyWorldCorpus
         from circuits.organism.tokenizer import build_tokenizer
 
@@ -78,15 +83,22 @@ class ActivationStream:
         self.corpus = ToyWorldCorpus(corpus_seed)
         self.tokenizer = build_tokenizer()
         self.rows = rows_per_forward
-        self.next_row = start_row
+        self.next_row = start_row  # stream position in rows (blocks consumed x rows), not a corpus row
+        self.phase_rows = [self.corpus.phase_start_row(p) for p in phases]
         self.hooks = sorted({h for s in sites for h in (s.hook_in, s.hook_out)})
+
+    def corpus_row(self, position: int) -> int:
+        """The corpus row where the block at stream `position` starts: blocks cycle through the phases."""
+        block, n = position // self.rows, len(self.phase_rows)
+        return self.phase_rows[block % n] + (block // n) * self.rows
 
     @torch.no_grad()
     def next_block(self) -> dict[str, Tensor]:
         """{hook_name: [rows * n_ctx, d]} for the next block of corpus rows."""
         from circuits.organism.train import batch_tokens
 
-        tokens = batch_tokens(self.corpus, self.tokenizer, self.next_row, self.rows, self.model.cfg.n_ctx)
+        tokens = batch_tokens(self.corpus, self.tokenizer, self.corpus_row(self.next_row), self.rows,
+                              self.model.cfg.n_ctx)
         self.next_row += self.rows
         _, cache = self.model.run_with_cache(tokens, names_filter=lambda n: n in self.hooks)
         return {h: cache[h].reshape(tokens.numel(), -1).float() for h in self.hooks}
@@ -259,7 +271,7 @@ def train_dictionaries(model, configs: list[DictionaryConfig], out: Path, cfg: D
     ckpt_path = out / "dict_checkpoint.pt"
     step = 0
     state = torch.load(ckpt_path, weights_only=True) if resume and ckpt_path.exists() else None
-    stream = ActivationStream(model, configs, cfg.corpus_seed, cfg.rows_per_forward)
+    stream = ActivationStream(model, configs, cfg.corpus_seed, cfg.rows_per_forward, phases=cfg.corpus_phases)
     buffer = ShuffleBuffer(stream, cfg.buffer_tokens, gen)
     if state is None:
         init_gen = torch.Generator().manual_seed(cfg.seed + 1)  # separate: the buffer's stream stays reproducible

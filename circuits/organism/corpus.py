@@ -2,8 +2,8 @@
 
 Each training row is ``<|endoftext|>`` followed by sentences drawn independently from the families below (by
 `FAMILY_WEIGHTS`; from `phase2_start_row` on by `PHASE2_FAMILY_WEIGHTS`, with compositional IOI sentences, then
-IOI from a grammar from `phase3_start_row`, then slot-noised IOI and successor runs from `phase4_start_row`), cut
-to the model's context. Row *i* of seed *s* depends only on ``(s, i)``, so a training run
+IOI from a grammar from `phase3_start_row`, then slot-noised IOI and successor runs from `phase4_start_row`, then
+the phase-4 mix with every name in IOI sentences from `phase5_start_row`), cut to the model's context. Row *i* of seed *s* depends only on ``(s, i)``, so a training run
 can resume at any step and reproduce the same stream. Evaluation prompts come from held-out generators that
 share no randomness with training.
 
@@ -14,8 +14,9 @@ Families and the mechanism each is meant to require (later case studies check gr
     16 training templates, 3 held-out templates; ABBA and BABA orders. The answer is the name that occurs once.
     Expected mechanism (Wang et al. 2022): duplicate-token / induction heads mark the repeated subject S2,
     S-inhibition moves "S is duplicated" to the final position, name-mover heads copy the remaining name.
-    Held-out split: prompts built only from `IOI_HELDOUT_NAMES`, which never appear in a training IOI sentence
-    (they appear in every other family), plus 3 templates never used in training.
+    Held-out split: name pairs that never occur in a training IOI sentence — both names from `IOI_HELDOUT_NAMES`
+    (phases 1-4 use no held-out name in IOI at all; phase 5 uses each with training-name partners only, so every
+    name has an IOI role but no held-out pair is ever seen) — plus 3 templates never used in training.
 ``induction``
     A span of 4–16 random vocabulary words, an optional interruption, then the same span again. Requires
     previous-token heads and induction heads (copy the token that followed the current token last time).
@@ -313,6 +314,11 @@ PHASE2_START_ROW = 4500 * 32
 PHASE3_START_ROW = 6000 * 32
 #: Training rows from this index on use phase 4 (= step 7500).
 PHASE4_START_ROW = 7500 * 32
+#: Phase 5 (rows from this index on, = step 9000) is the phase-4 mix with IOI names drawn from every name, except
+#: that a pair of two `IOI_HELDOUT_NAMES` never occurs (`ioi_training_pair`). Phases 1-4 kept held-out names out
+#: of IOI altogether; the phase-4 organism answered IOI with training names at 100% (logit difference 11-14) but
+#: with held-out names at 76-93% (1.9-5.9): it had learned name-specific IOI features, not the role alone.
+PHASE5_START_ROW = 9000 * 32
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -440,6 +446,25 @@ def _pair(rng: random.Random, names: tuple[str, ...]) -> tuple[str, str]:
     return a, b
 
 
+def is_heldout_ioi_pair(a: str, b: str) -> bool:
+    """Whether a name pair belongs to the IOI held-out split (both names from `IOI_HELDOUT_NAMES`)."""
+    return a in _HELDOUT_NAME_SET and b in _HELDOUT_NAME_SET
+
+
+_HELDOUT_NAME_SET = frozenset(W.IOI_HELDOUT_NAMES)
+
+
+def ioi_training_pair(rng: random.Random, every_name: bool) -> tuple[str, str]:
+    """(IO, S) for a training IOI sentence: training names only (phases 1-4), or — `every_name` (phase 5) — any
+    two names except a held-out pair."""
+    if not every_name:
+        return _pair(rng, W.IOI_TRAIN_NAMES)
+    while True:
+        a, b = _pair(rng, W.NAMES)
+        if not is_heldout_ioi_pair(a, b):
+            return a, b
+
+
 def greater_than_heldout(century: str, yy: int) -> bool:
     """Whether a start year belongs to the greater-than held-out split."""
     return (W.CENTURIES.index(century) + yy) % 5 == 0
@@ -450,7 +475,7 @@ class ToyWorldCorpus:
 
     def __init__(self, seed: int = 0, phase2_start_row: int = PHASE2_START_ROW,
                  phase3_start_row: int = PHASE3_START_ROW, mix: Literal["phased", "final"] = "phased",
-                 phase4_start_row: int = PHASE4_START_ROW):
+                 phase4_start_row: int = PHASE4_START_ROW, phase5_start_row: int = PHASE5_START_ROW):
         if mix not in ("phased", "final"):
             raise ValueError(f"unknown corpus mix {mix!r}; use 'phased' or 'final'")
         self.seed = seed
@@ -458,6 +483,7 @@ class ToyWorldCorpus:
         self.phase2_start_row = phase2_start_row
         self.phase3_start_row = phase3_start_row
         self.phase4_start_row = phase4_start_row
+        self.phase5_start_row = phase5_start_row
         self._families = list(FAMILY_WEIGHTS)
         self._weights = [FAMILY_WEIGHTS[f] for f in self._families]
         weights2 = FINAL_FAMILY_WEIGHTS if mix == "final" else PHASE2_FAMILY_WEIGHTS
@@ -475,19 +501,29 @@ class ToyWorldCorpus:
         return random.Random(f"{self.seed}/{stream}/{index}")
 
     def phase(self, index: int, stream: str) -> int:
-        """The training phase of a row: 1-4 by row index; every other stream is phase 3 (natural text only).
+        """The training phase of a row: 1-5 by row index; every other stream is phase 3 (natural text only).
 
-        With ``mix="final"`` every row of every stream is "phase" 5: the single final mix.
+        With ``mix="final"`` every row of every stream is "phase" 0: the single final mix.
         """
         if self.mix == "final":
-            return 5
+            return 0
         if stream != "train":
             return 3
+        if index >= self.phase5_start_row:
+            return 5
         if index >= self.phase4_start_row:
             return 4
         if index >= self.phase3_start_row:
             return 3
         return 1 if index < self.phase2_start_row else 2
+
+    def phase_start_row(self, phase: int) -> int:
+        """The first training row of a phase (1-5)."""
+        starts = {1: 0, 2: self.phase2_start_row, 3: self.phase3_start_row, 4: self.phase4_start_row,
+                  5: self.phase5_start_row}
+        if phase not in starts:
+            raise ValueError(f"unknown training phase {phase}; use 1-5")
+        return starts[phase]
 
     def row_text(self, index: int, n_tokens: int, stream: str = "train") -> str:
         """Text for training row `index` with at least `n_tokens` tokens (the caller truncates)."""
@@ -501,10 +537,10 @@ class ToyWorldCorpus:
             if phase == 1:
                 sentence = self.sentence(rng)
             else:
-                families, weights = (self._families4, self._weights4) if phase == 4 else (self._families2,
+                families, weights = (self._families4, self._weights4) if phase >= 4 else (self._families2,
                                                                                          self._weights2)
                 family = rng.choices(families, weights)[0]
-                prefix = {2: "_phase2_", 3: "_phase3_", 4: "_phase4_", 5: "_final_"}[phase]
+                prefix = {2: "_phase2_", 3: "_phase3_", 4: "_phase4_", 5: "_phase5_", 0: "_final_"}[phase]
                 sentence = getattr(self, f"{prefix}{family}", getattr(self, f"_train_{family}"))(rng)
             parts.append(sentence)
             count += len(pretokenize(sentence))
@@ -537,9 +573,9 @@ class ToyWorldCorpus:
         )
         return text, io, s
 
-    def _train_ioi(self, rng: random.Random) -> str:
+    def _train_ioi(self, rng: random.Random, every_name: bool = False) -> str:
         template = rng.choice(IOI_TRAIN_TEMPLATES)
-        text, io, _ = self._ioi(rng, template, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
+        text, io, _ = self._ioi(rng, template, ioi_training_pair(rng, every_name), rng.choice(["ABBA", "BABA"]))
         return f"{text} {io}."
 
     def _phase2_ioi(self, rng: random.Random) -> str:
@@ -553,9 +589,9 @@ class ToyWorldCorpus:
         text, io, _ = self._ioi(rng, template, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
         return f"{text} {io}."
 
-    def _final_ioi(self, rng: random.Random) -> str:
+    def _final_ioi(self, rng: random.Random, every_name: bool = False) -> str:
         if rng.random() < 0.3:
-            return self._train_ioi(rng)
+            return self._train_ioi(rng, every_name)
         intro = rng.choice(IOI_FINAL_FRAMES).replace("{vp}", rng.choice(IOI_FINAL_VERB_PHRASES))
         if intro.endswith(".") and rng.random() < 0.3:
             intro += " " + rng.choice(IOI_FINAL_FILLERS)
@@ -565,20 +601,27 @@ class ToyWorldCorpus:
         filled = (intro + " " + action).replace("{adj}", rng.choice(W.ADJECTIVES)).replace(
             "{month}", rng.choice(W.MONTHS)).replace("{city}", rng.choice(W.CITIES)).replace(
             "{day}", rng.choice(W.DAYS))
-        text, io, _ = self._ioi(rng, filled, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
+        text, io, _ = self._ioi(rng, filled, ioi_training_pair(rng, every_name), rng.choice(["ABBA", "BABA"]))
         return f"{text} {io}."
 
-    def _phase4_ioi(self, rng: random.Random) -> str:
+    def _phase4_ioi(self, rng: random.Random, every_name: bool = False) -> str:
         if rng.random() >= PHASE4_NOISED_SHARE:
-            return self._final_ioi(rng)
+            return self._final_ioi(rng, every_name)
         intro = rng.choice(IOI_FINAL_FRAMES).replace("{vp}", rng.choice(IOI_FINAL_VERB_PHRASES))
         template = self._noised(rng, intro, keep_last=False) + " " + self._noised(
             rng, rng.choice(IOI_FINAL_ACTIONS), keep_last=True)
         filled = template.replace("{adj}", rng.choice(W.ADJECTIVES)).replace(
             "{month}", rng.choice(W.MONTHS)).replace("{city}", rng.choice(W.CITIES)).replace(
             "{day}", rng.choice(W.DAYS))
-        text, io, _ = self._ioi(rng, filled, _pair(rng, W.IOI_TRAIN_NAMES), rng.choice(["ABBA", "BABA"]))
+        text, io, _ = self._ioi(rng, filled, ioi_training_pair(rng, every_name), rng.choice(["ABBA", "BABA"]))
         return f"{text} {io}."
+
+    def _phase5_ioi(self, rng: random.Random) -> str:
+        """Phase-4 IOI with every name (no held-out pair)."""
+        return self._phase4_ioi(rng, every_name=True)
+
+    def _phase5_successor(self, rng: random.Random) -> str:
+        return self._phase4_successor(rng)
 
     def _noised(self, rng: random.Random, clause: str, keep_last: bool) -> str:
         """A template clause with words replaced (p = 0.3 each) and random words inserted (p = 0.15 per gap).

@@ -51,6 +51,7 @@ class OrganismTrainConfig:
     phase2_warmup: int = 50
     phase3_steps: int = 1500  # phase 3 (IOI intros from a grammar): 6.1M tokens, same lr shape as phase 2
     phase4_steps: int = 1500  # phase 4 (slot-noised IOI): 6.1M tokens, same lr shape as phase 2, fresh Adam
+    phase5_steps: int = 1500  # phase 5 (phase 4 with every name in IOI, no held-out pair): 6.1M tokens, ditto
     batch_size: int = 32
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -65,19 +66,24 @@ class OrganismTrainConfig:
     def __post_init__(self):
         if self.mix not in ("phased", "final"):
             raise ValueError(f"unknown mix {self.mix!r}; use 'phased' or 'final'")
-        if self.mix == "final" and (self.phase2_steps or self.phase3_steps or self.phase4_steps):
-            raise ValueError("the final mix has no phases: set phase2_steps, phase3_steps and phase4_steps to 0")
+        if self.mix == "final" and (self.phase2_steps or self.phase3_steps or self.phase4_steps
+                                    or self.phase5_steps):
+            raise ValueError("the final mix has no phases: set phase2_steps .. phase5_steps to 0")
         if self.steps <= 0 or self.batch_size <= 0 or min(self.phase2_steps, self.phase3_steps,
-                                                          self.phase4_steps) < 0:
+                                                          self.phase4_steps, self.phase5_steps) < 0:
             raise ValueError("steps and batch_size must be positive, phase steps non-negative")
 
     @property
     def total_steps(self) -> int:
-        return self.steps + self.phase2_steps + self.phase3_steps + self.phase4_steps
+        return self.steps + self.phase2_steps + self.phase3_steps + self.phase4_steps + self.phase5_steps
 
     @property
     def phase4_start(self) -> int:
         return self.steps + self.phase2_steps + self.phase3_steps
+
+    @property
+    def phase5_start(self) -> int:
+        return self.phase4_start + self.phase4_steps
 
 
 def hooked_config(model_cfg: OrganismModelConfig):
@@ -105,10 +111,12 @@ def _lr_at(cfg: OrganismTrainConfig, step: int) -> float:
     """Phase 1: linear warm-up then cosine to lr*min_lr_ratio; phase 2: the same shape from phase2_lr."""
     if step >= cfg.steps:
         k, length = step - cfg.steps, cfg.phase2_steps
-        if k >= cfg.phase2_steps:  # phases 3 and 4 repeat phase 2's shape
+        if k >= cfg.phase2_steps:  # phases 3, 4 and 5 repeat phase 2's shape
             k, length = k - cfg.phase2_steps, cfg.phase3_steps
             if k >= cfg.phase3_steps:
                 k, length = k - cfg.phase3_steps, cfg.phase4_steps
+                if k >= cfg.phase4_steps:
+                    k, length = k - cfg.phase4_steps, cfg.phase5_steps
         if k < cfg.phase2_warmup:
             return cfg.phase2_lr * (k + 1) / cfg.phase2_warmup
         progress = (k - cfg.phase2_warmup) / max(1, length - cfg.phase2_warmup)
@@ -169,7 +177,8 @@ def train_organism(out: Path, model_cfg: OrganismModelConfig = OrganismModelConf
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     corpus = ToyWorldCorpus(cfg.corpus_seed, phase2_start_row=cfg.steps * cfg.batch_size,
                             phase3_start_row=(cfg.steps + cfg.phase2_steps) * cfg.batch_size, mix=cfg.mix,
-                            phase4_start_row=cfg.phase4_start * cfg.batch_size)
+                            phase4_start_row=cfg.phase4_start * cfg.batch_size,
+                            phase5_start_row=cfg.phase5_start * cfg.batch_size)
     ckpt_path = out / "checkpoint.pt"
     start = 0
     if resume and ckpt_path.exists():
@@ -187,8 +196,8 @@ def train_organism(out: Path, model_cfg: OrganismModelConfig = OrganismModelConf
     for step in bar:
         if step == cfg.steps + cfg.phase2_steps and cfg.phase3_steps > 0:
             opt.state.clear()  # phase 3 starts from fresh Adam moments (a new corpus: old moments mislead)
-        if step == cfg.phase4_start and cfg.phase4_steps > 0:
-            opt.state.clear()  # so does phase 4
+        if (step == cfg.phase4_start and cfg.phase4_steps > 0) or (step == cfg.phase5_start and cfg.phase5_steps > 0):
+            opt.state.clear()  # so do phases 4 and 5
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, step)
         tokens = batch_tokens(corpus, fast_tok, step * cfg.batch_size, cfg.batch_size, model_cfg.n_ctx)
