@@ -29,7 +29,7 @@ def test_set_is_complete_and_in_saelens_layout(organism):
         assert (FOLDER / d.cfg.name / "sae_weights.safetensors").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 3 targets are not met yet (transcoder_L3 dead features, attn_sae_L2 FVU, "
+@pytest.mark.xfail(strict=True, reason="issue 3 targets are not met yet (transcoder_L3 dead features, "
                                       "IOI logit difference with all spliced); see README 'Fidelity'")
 def test_committed_fidelity_meets_targets():
     report = json.loads((FOLDER / "fidelity.json").read_text())
