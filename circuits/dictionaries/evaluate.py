@@ -11,7 +11,7 @@ For each dictionary alone, and for all of them spliced at once (error terms off)
   (component replaced by its mean activation on other held-out rows); ``ce_increase = ce_spliced − ce_clean``;
   ``ce_recovered_zero = (ce_zero − ce_spliced)/(ce_zero − ce_clean)`` and the same against mean ablation;
   ``kl``: mean KL(clean ‖ spliced) per token;
-* ``ioi_ld_retained``: mean IOI logit difference (IO − S, held-out names, both orders) spliced / clean.
+* ``ioi_ld_retained``: mean IOI logit difference (IO − S, unseen name pairs, both orders) spliced / clean.
 
 The ablated component is the dictionary's replaced activation: ``hook_mlp_out`` for a transcoder, ``attn.hook_z``
 for an attention SAE (so the attention output falls back to its bias b_O).

@@ -706,7 +706,7 @@ class ToyWorldCorpus:
 
     def ioi_prompts(self, n: int, order: Literal["ABBA", "BABA"], heldout_templates: bool = False,
                     names: tuple[str, ...] = W.IOI_HELDOUT_NAMES) -> list[IOIPrompt]:
-        """IOI prompts on held-out names (by default), from training or held-out templates."""
+        """IOI prompts on pairs of held-out names (by default: unseen pairs), from training or held-out templates."""
         rng = self.rng(f"eval-ioi-{order}-{heldout_templates}", 0)
         templates = IOI_HELDOUT_TEMPLATES if heldout_templates else IOI_TRAIN_TEMPLATES
         out = []

@@ -3,7 +3,7 @@
 Every number is computed from next-token logits at the last prompt position (BOS prepended):
 
 * IOI: accuracy = P(logit[IO] > logit[S]); logit difference = logit[IO] − logit[S]; per order (ABBA/BABA), on
-  held-out names with training templates, and on held-out names with held-out templates;
+  unseen name pairs (two held-out names) with training templates, and with held-out templates;
 * induction: top-1 accuracy on the second copy of a fresh random span, positions 2..L of the copy;
 * facts: top-1 accuracy of one-hop recall; two-hop top-1 on questions seen / never seen in training;
 * greater-than: probability mass on two-digit tokens strictly greater than the start year (mean over prompts);

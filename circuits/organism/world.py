@@ -3,10 +3,10 @@
 Everything here is a plain constant so that the corpus, the tokenizer and the evaluations agree on one world.
 Every entry is a single word, so that it becomes a single token (see :mod:`circuits.organism.tokenizer`).
 
-The split of names into *IOI-training* and *IOI-held-out* names lives here too: held-out names never occur in a
-training IOI sentence, but they do occur in every other family (stories, induction spans, pronouns, facts about
-people), so their embeddings are trained and an IOI evaluation on them tests a general copying mechanism rather
-than memorised name pairs.
+The split of names into *IOI-training* and *IOI-held-out* names lives here too: two held-out names never occur
+together in a training IOI sentence (phases 1-4 use no held-out name in IOI at all; phase 5 uses each beside a
+training name), and held-out names occur in every other family (stories, induction spans, pronouns, facts about
+people). IOI is evaluated on pairs of two held-out names, so it tests the role, not memorised name pairs.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ FEMALE_NAMES: tuple[str, ...] = (
 
 NAMES: tuple[str, ...] = MALE_NAMES + FEMALE_NAMES
 
-#: Every 5th name of each gender is held out of IOI training sentences (12 male + 12 female).
+#: Every 5th name of each gender is an IOI-held-out name (12 male + 12 female): no training IOI sentence has two.
 IOI_HELDOUT_NAMES: tuple[str, ...] = MALE_NAMES[::5] + FEMALE_NAMES[::5]
 IOI_TRAIN_NAMES: tuple[str, ...] = tuple(n for n in NAMES if n not in IOI_HELDOUT_NAMES)
 
