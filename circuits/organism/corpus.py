@@ -446,12 +446,12 @@ def _pair(rng: random.Random, names: tuple[str, ...]) -> tuple[str, str]:
     return a, b
 
 
+_HELDOUT_NAME_SET = frozenset(W.IOI_HELDOUT_NAMES)
+
+
 def is_heldout_ioi_pair(a: str, b: str) -> bool:
     """Whether a name pair belongs to the IOI held-out split (both names from `IOI_HELDOUT_NAMES`)."""
     return a in _HELDOUT_NAME_SET and b in _HELDOUT_NAME_SET
-
-
-_HELDOUT_NAME_SET = frozenset(W.IOI_HELDOUT_NAMES)
 
 
 def ioi_training_pair(rng: random.Random, every_name: bool) -> tuple[str, str]:

@@ -78,12 +78,13 @@ class OrganismTrainConfig:
         return self.steps + self.phase2_steps + self.phase3_steps + self.phase4_steps + self.phase5_steps
 
     @property
-    def phase4_start(self) -> int:
-        return self.steps + self.phase2_steps + self.phase3_steps
-
-    @property
-    def phase5_start(self) -> int:
-        return self.phase4_start + self.phase4_steps
+    def phases(self) -> list[tuple[int, int]]:
+        """(first step, length) of phases 2-5, in order (a phase of length 0 is skipped in training)."""
+        out, start = [], self.steps
+        for length in (self.phase2_steps, self.phase3_steps, self.phase4_steps, self.phase5_steps):
+            out.append((start, length))
+            start += length
+        return out
 
 
 def hooked_config(model_cfg: OrganismModelConfig):
@@ -108,19 +109,15 @@ def batch_tokens(corpus: ToyWorldCorpus, tokenizer, start_row: int, n_rows: int,
 
 
 def _lr_at(cfg: OrganismTrainConfig, step: int) -> float:
-    """Phase 1: linear warm-up then cosine to lr*min_lr_ratio; phase 2: the same shape from phase2_lr."""
-    if step >= cfg.steps:
-        k, length = step - cfg.steps, cfg.phase2_steps
-        if k >= cfg.phase2_steps:  # phases 3, 4 and 5 repeat phase 2's shape
-            k, length = k - cfg.phase2_steps, cfg.phase3_steps
-            if k >= cfg.phase3_steps:
-                k, length = k - cfg.phase3_steps, cfg.phase4_steps
-                if k >= cfg.phase4_steps:
-                    k, length = k - cfg.phase4_steps, cfg.phase5_steps
-        if k < cfg.phase2_warmup:
-            return cfg.phase2_lr * (k + 1) / cfg.phase2_warmup
-        progress = (k - cfg.phase2_warmup) / max(1, length - cfg.phase2_warmup)
-        return cfg.phase2_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Phase 1: linear warm-up then cosine to lr*min_lr_ratio; phases 2-5: each the same shape from phase2_lr."""
+    for start, length in reversed(cfg.phases):
+        if step >= start and length > 0:
+            k = step - start
+            if k < cfg.phase2_warmup:
+                return cfg.phase2_lr * (k + 1) / cfg.phase2_warmup
+            progress = (k - cfg.phase2_warmup) / max(1, length - cfg.phase2_warmup)
+            return cfg.phase2_lr * (cfg.min_lr_ratio
+                                    + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
@@ -176,9 +173,9 @@ def train_organism(out: Path, model_cfg: OrganismModelConfig = OrganismModelConf
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     corpus = ToyWorldCorpus(cfg.corpus_seed, phase2_start_row=cfg.steps * cfg.batch_size,
-                            phase3_start_row=(cfg.steps + cfg.phase2_steps) * cfg.batch_size, mix=cfg.mix,
-                            phase4_start_row=cfg.phase4_start * cfg.batch_size,
-                            phase5_start_row=cfg.phase5_start * cfg.batch_size)
+                            phase3_start_row=cfg.phases[1][0] * cfg.batch_size, mix=cfg.mix,
+                            phase4_start_row=cfg.phases[2][0] * cfg.batch_size,
+                            phase5_start_row=cfg.phases[3][0] * cfg.batch_size)
     ckpt_path = out / "checkpoint.pt"
     start = 0
     if resume and ckpt_path.exists():
@@ -194,10 +191,8 @@ def train_organism(out: Path, model_cfg: OrganismModelConfig = OrganismModelConf
     total = cfg.total_steps
     bar = tqdm(range(start, total), initial=start, total=total, desc="organism", disable=not progress)
     for step in bar:
-        if step == cfg.steps + cfg.phase2_steps and cfg.phase3_steps > 0:
-            opt.state.clear()  # phase 3 starts from fresh Adam moments (a new corpus: old moments mislead)
-        if (step == cfg.phase4_start and cfg.phase4_steps > 0) or (step == cfg.phase5_start and cfg.phase5_steps > 0):
-            opt.state.clear()  # so do phases 4 and 5
+        if any(step == start and length > 0 for start, length in cfg.phases[1:]):
+            opt.state.clear()  # phases 3-5 start from fresh Adam moments (a new corpus: old moments mislead)
         for group in opt.param_groups:
             group["lr"] = _lr_at(cfg, step)
         tokens = batch_tokens(corpus, fast_tok, step * cfg.batch_size, cfg.batch_size, model_cfg.n_ctx)
