@@ -104,6 +104,19 @@ def organism_dictionary_configs(model, d_sae: int, k: int) -> list:
     return configs
 
 
+def _site_values(specs: list[str] | None, flag: str, what: str, names: set[str], parse) -> dict:
+    """{dictionary name: value} from repeated NAME=VALUE options; `parse` returns None for a bad value."""
+    out = {}
+    for spec in specs or []:
+        name, _, raw = spec.partition("=")
+        value = parse(raw)
+        if value is None or name not in names:
+            raise CircuitsError(f"{flag} {spec!r}: use NAME=VALUE with NAME one of {', '.join(sorted(names))} "
+                                f"and VALUE {what}")
+        out[name] = value
+    return out
+
+
 def cmd_dicts_train(args) -> int:
     from circuits.dictionaries.dictset import DictionarySet
     from circuits.dictionaries.train import DictTrainConfig, train_dictionaries
@@ -118,14 +131,13 @@ def cmd_dicts_train(args) -> int:
                           resample_until=args.resample_until, resample_dead_after_tokens=args.resample_dead_after,
                           resample_scale=args.resample_scale, calibrate_tokens=args.calibrate_tokens)
     configs = organism_dictionary_configs(model, args.d_sae, args.k)
-    site_d_sae = {}
-    for spec in args.site_d_sae or []:
-        name, _, size = spec.partition("=")
-        if not size.isdigit() or int(size) <= 0 or name not in {c.name for c in configs}:
-            raise CircuitsError(f"--site-d-sae {spec!r}: use NAME=N with NAME one of "
-                                f"{', '.join(c.name for c in configs)} and N a positive integer")
-        site_d_sae[name] = int(size)
-    configs = [dataclasses.replace(c, d_sae=site_d_sae.get(c.name, c.d_sae)) for c in configs]
+    names = {c.name for c in configs}
+    site_d_sae = _site_values(args.site_d_sae, "--site-d-sae", "a positive integer", names,
+                              lambda v: int(v) if v.isdigit() and int(v) > 0 else None)
+    site_act = _site_values(args.site_activation, "--site-activation", "topk or batchtopk", names,
+                            lambda v: v if v in ("topk", "batchtopk") else None)
+    configs = [dataclasses.replace(c, d_sae=site_d_sae.get(c.name, c.d_sae),
+                                   activation=site_act.get(c.name, c.activation)) for c in configs]
     if args.sites:
         if args.export:
             raise CircuitsError("--export writes the whole organism set; it cannot be combined with --sites")
@@ -592,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--site-d-sae", action="append", metavar="NAME=N",
                    help="features for one dictionary, e.g. transcoder_L3=4096 (repeatable)")
+    t.add_argument("--site-activation", action="append", metavar="NAME=ACT",
+                   help="training activation for one dictionary: batchtopk (default; saved as JumpReLU with its "
+                   "learned threshold) or topk (exactly k features per token), e.g. transcoder_L3=topk (repeatable)")
     t.add_argument("--sites", nargs="+", metavar="NAME", help="train only these dictionaries (e.g. transcoder_L3); "
                    "default: all (same activation stream; initial weights differ from a full run)")
     t.add_argument("--aux-coef", type=float, default=1 / 32, help="AuxK loss weight")

@@ -186,3 +186,17 @@ def test_activation_stream_alternates_the_configured_corpus_phases():
     assert ActivationStream(None, [], 1, 64).corpus_row(128) == 128  # default: phase-1 rows in order
     with pytest.raises(ValueError, match="training phase"):
         ActivationStream(None, [], 1, 64, phases=(6,))
+
+
+def test_per_site_options_parse_and_bad_values_are_one_line_errors(capsys):
+    from circuits.cli import _site_values, main
+
+    names = {"transcoder_L3", "attn_sae_L0"}
+    acts = _site_values(["transcoder_L3=topk"], "--site-activation", "topk or batchtopk", names,
+                        lambda v: v if v in ("topk", "batchtopk") else None)
+    assert acts == {"transcoder_L3": "topk"}
+    for flag, spec in (("--site-activation", "transcoder_L3=gelu"), ("--site-activation", "mlp_L3=topk"),
+                       ("--site-d-sae", "transcoder_L3=-5")):
+        assert main(["dicts", "train", "--model", "organism", flag, spec, "--tokens", "4096"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert spec in err and "NAME one of" in err and len(err.splitlines()) == 1, err
