@@ -51,7 +51,7 @@ from circuits.graph import Node
 TOP_K = 10  # top activating examples per feature
 SAMPLE_K = 32  # reservoir of activating positions per feature, for quantile samples
 QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
-WINDOW_BEFORE, WINDOW_AFTER = 10, 3  # context tokens shown around the activating position
+WINDOW_BEFORE, WINDOW_AFTER = 8, 2  # context around the activating token (sized so the file stays ≤ 50 MB)
 HIST_EDGES = torch.logspace(-3, 3, 25)  # activation histogram bins (non-zero activations)
 N_LOGITS = 8
 N_OFFSETS = 8  # attention features: the query − source offsets kept by share (the rest is "other")
@@ -129,8 +129,8 @@ CREATE TABLE IF NOT EXISTS done(dictionary TEXT PRIMARY KEY);
 
 
 def _numbers(values) -> str:
-    """Compact JSON for a list of numbers: 5 significant digits, zeros as 0, no spaces."""
-    return "[" + ",".join("0" if v == 0 else f"{v:.5g}" for v in values) + "]"
+    """Compact JSON for a list of numbers: 4 significant digits, zeros as 0, no spaces."""
+    return "[" + ",".join("0" if v == 0 else f"{v:.4g}" for v in values) + "]"
 
 
 def _compact(obj) -> str:
