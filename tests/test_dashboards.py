@@ -64,7 +64,8 @@ def test_planted_feature_top_contexts_all_contain_its_token(planted, db):
     dash = Dashboards(db, rm).get("transcoder_L0", 0)
     tops = dash.top_examples()
     assert len(tops) >= 3 and all(e.tokens[e.focus] == PLANTED for e in tops)
-    assert all(e.activations[e.focus] == pytest.approx(e.activation, rel=1e-4) for e in tops)
+    # context activations are stored to 4 significant digits: relative rounding error ≤ 5e-4
+    assert all(e.activations[e.focus] == pytest.approx(e.activation, rel=5e-4) for e in tops)
     assert dash.auto_label.startswith(f"on {PLANTED!r} ({len(tops)}/{len(tops)})")
     assert 0 < dash.density < 0.2 and dash.n_active == int((planted[1] == rm.model.to_single_token("the")).sum())
     assert sum(c for _, _, c in dash.histogram) == dash.n_active
