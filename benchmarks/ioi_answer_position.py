@@ -21,17 +21,13 @@ def answer_position_table(model, dictionary, prompts, k: int) -> list[tuple[str,
     """[(activation, FVU, mean L0, logit difference lost)] over the last position of each prompt."""
     from circuits.dictionaries.activations import TopK
     from circuits.model import hook_ln2_normalized, hook_ln_final_scale, hook_mlp_out
-    from circuits.organism.evaluate import _tok_id
+    from circuits.organism.evaluate import _tok_id, padded_tokens
 
     layer = dictionary.cfg.layer
-    toks = [model.to_tokens(p.text)[0] for p in prompts]
-    lengths = torch.tensor([len(t) for t in toks])
-    pad = torch.zeros(len(toks), int(lengths.max()), dtype=torch.long)
-    for j, t in enumerate(toks):
-        pad[j, : len(t)] = t
+    pad, lengths = padded_tokens(model, [p.text for p in prompts])
     names = {hook_ln2_normalized(layer), hook_mlp_out(layer), hook_ln_final_scale()}
     _, cache = model.run_with_cache(pad, names_filter=lambda n: n in names)
-    rows, last = torch.arange(len(toks)), lengths - 1
+    rows, last = torch.arange(len(prompts)), lengths - 1
     x = cache[hook_ln2_normalized(layer)][rows, last]
     y = cache[hook_mlp_out(layer)][rows, last]
     scale = cache[hook_ln_final_scale()][rows, last, 0]
@@ -61,11 +57,10 @@ def main() -> None:
     torch.set_grad_enabled(False)
     model, _ = load_model("organism")
     corpus = ToyWorldCorpus(0)
-    training_names = tuple(n for n in W.NAMES if n not in W.IOI_HELDOUT_NAMES)
     prompt_sets = {
         "unseen pairs": corpus.ioi_prompts(args.n, "ABBA") + corpus.ioi_prompts(args.n, "BABA"),
-        "training names": (corpus.ioi_prompts(args.n, "ABBA", names=training_names)
-                           + corpus.ioi_prompts(args.n, "BABA", names=training_names)),
+        "training names": (corpus.ioi_prompts(args.n, "ABBA", names=W.IOI_TRAIN_NAMES)
+                           + corpus.ioi_prompts(args.n, "BABA", names=W.IOI_TRAIN_NAMES)),
     }
     print("| set | d_sae | prompts | activation | FVU at answer | L0 at answer | LD lost via error |")
     print("|---|---|---|---|---|---|---|")

@@ -53,15 +53,20 @@ def last_logits(model, texts: list[str], batch: int = 64, hooks=None) -> torch.T
     `hooks`: optional TransformerLens forward hooks to run with (e.g. a dictionary splice)."""
     out = []
     for i in range(0, len(texts), batch):
-        chunk = texts[i: i + batch]
-        toks = [model.to_tokens(t)[0] for t in chunk]
-        lengths = torch.tensor([len(t) for t in toks])
-        pad = torch.zeros(len(toks), int(lengths.max()), dtype=torch.long)
-        for j, t in enumerate(toks):
-            pad[j, : len(t)] = t
+        pad, lengths = padded_tokens(model, texts[i: i + batch])
         logits = model.run_with_hooks(pad, fwd_hooks=hooks) if hooks else model(pad)
-        out.append(logits[torch.arange(len(toks)), lengths - 1])
+        out.append(logits[torch.arange(len(lengths)), lengths - 1])
     return torch.cat(out)
+
+
+def padded_tokens(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens [n, max_len] padded right with 0, lengths [n]) for prompts of different lengths (BOS prepended)."""
+    toks = [model.to_tokens(t)[0] for t in texts]
+    lengths = torch.tensor([len(t) for t in toks])
+    pad = torch.zeros(len(toks), int(lengths.max()), dtype=torch.long)
+    for j, t in enumerate(toks):
+        pad[j, : len(t)] = t
+    return pad, lengths
 
 
 def ioi_logit_diffs(model, prompts, hooks=None) -> torch.Tensor:
