@@ -44,8 +44,28 @@ class GraphFileError(CircuitsError):
 
 
 def node_id(node: Node) -> str:
-    """Stable string id of a node (used for UI labels): ``kind:layer:pos:index``."""
-    return f"{node.kind}:{node.layer}:{node.pos}:{node.index}"
+    """The node's canonical id (`circuits.ids`: ``M3#1184@14``), also the key of UI labels in graph files."""
+    from circuits.ids import format_node
+
+    return format_node(node)
+
+
+def _canonical_labels(ui: dict) -> dict:
+    """UI state read from a file with its label keys in the canonical form: files written before the canonical
+    id keyed labels by ``kind:layer:pos:index``; those keys are converted, unknown keys are kept as they are."""
+    from circuits.ids import NodeIdError, parse_id
+
+    labels = ui.get("labels") or {}
+    if not labels:
+        return ui
+    out = {}
+    for key, text in labels.items():
+        try:
+            got = parse_id(key)
+        except NodeIdError:
+            got = None
+        out[node_id(got) if isinstance(got, Node) else key] = text
+    return {**ui, "labels": out}
 
 
 # -- our JSON --------------------------------------------------------------------------------------------------
@@ -152,7 +172,7 @@ def from_dict(data: dict, source: str = "graph") -> Graph:
             edges["heads"]["weights"], dtype=dtype).reshape(-1, data["metadata"]["n_heads"])
     meta = dict(data["metadata"])
     if data.get("ui"):
-        meta["ui"] = data["ui"]
+        meta["ui"] = _canonical_labels(data["ui"])
 
     def t(key):
         return torch.tensor(nodes[key], dtype=dtype)
@@ -222,9 +242,7 @@ def node_label(graph: Graph, node: Node) -> str:
     if node.kind in ("logit", "logit_diff"):
         target = next((t for t in graph.metadata.get("targets", []) if Node.from_json(t["node"]) == node), None)
         return f"logit {target['label']!r}" if target else f"logit {node.index}"
-    name = {"attn_feature": "A", "mlp_feature": "M", "attn_error": "errA", "mlp_error": "errM"}[node.kind]
-    feat = f"#{node.index}" if node.index >= 0 else ""
-    return f"{name}{node.layer}{feat}@{tok!r}"
+    return f"{node_id(node)} {tok!r}"
 
 
 # -- DOT -------------------------------------------------------------------------------------------------------

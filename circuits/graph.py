@@ -80,10 +80,10 @@ class Node:
         return cls(str(v[0]), int(v[1]), int(v[2]), int(v[3]))  # type: ignore[arg-type]
 
     def short(self) -> str:
-        """A compact human label (for display only; identity is the tuple)."""
-        tag = {"token": "E", "attn_feature": "A", "mlp_feature": "M", "attn_error": "errA", "mlp_error": "errM",
-               "logit": "logit", "logit_diff": "diff"}[self.kind]
-        return f"{tag}{self.layer}[{self.pos}]#{self.index}"
+        """The canonical id (``M3#1184@14``; see `circuits.ids`), for display; identity is the tuple."""
+        from circuits.ids import format_node
+
+        return format_node(self)
 
 
 @dataclass
