@@ -216,15 +216,39 @@ def write_json(graph: Graph, path: Path) -> Path:
     return _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data)))
 
 
+def loads(data: bytes | str, source: str = "graph") -> Graph:
+    """A graph from the bytes (or text) of a JSON file; every defect is a `GraphFileError` naming `source`:
+    undecodable bytes, invalid JSON, nesting too deep for the parser, or a file that is not a circuits graph."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        parsed = json.loads(text)
+    except UnicodeDecodeError as e:
+        raise GraphFileError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start}); is it a graph written by "
+                             "`circuits trace --json`?") from None
+    except json.JSONDecodeError as e:
+        raise GraphFileError(f"{source}: not valid JSON ({e}); is it a graph written by `circuits trace --json`?"
+                             ) from None
+    except RecursionError:
+        raise GraphFileError(f"{source}: JSON nested too deeply to read; a graph file is a flat object written "
+                             "by `circuits trace --json`") from None
+    try:
+        return from_dict(parsed, source)
+    except RecursionError:
+        raise GraphFileError(f"{source}: JSON nested too deeply; not a circuits graph file") from None
+
+
 def read_json(path: Path) -> Graph:
+    """Read a graph file written by `write_json` (errors name the file and what is wrong with it)."""
     path = Path(path)
     if not path.exists():
         raise GraphFileError(f"{path} does not exist")
+    if path.is_dir():
+        raise GraphFileError(f"{path} is a folder; give a graph file (written by `circuits trace --json FILE`)")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GraphFileError(f"{path}: not valid JSON ({e}); is it a graph written by `circuits trace`?") from None
-    return from_dict(data, str(path))
+        data = path.read_bytes()
+    except OSError as e:
+        raise GraphFileError(f"cannot read {path}: {e.strerror}") from None
+    return loads(data, str(path))
 
 
 # -- labels shared by the visual formats -----------------------------------------------------------------------
