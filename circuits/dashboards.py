@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,10 +402,13 @@ class Dashboards:
         self.path = Path(path)
         if not self.path.exists():
             raise DashboardError(f"no dashboard database at {self.path}; build it with `{build_hint}`")
-        self.con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        self._local = threading.local()
+        self._opened: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._lock = threading.Lock()
         try:
             self.meta = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as e:
+            self.close()
             raise DashboardError(f"{self.path} is not a dashboard database ({e}); rebuild it with "
                                  f"`{build_hint}`") from None
         if rm is not None and self.meta.get("fingerprint") != fingerprint(rm):
@@ -457,8 +461,34 @@ class Dashboards:
                          [tuple(x) for x in json.loads(bottom)], examples,
                          json.loads(heads) if heads else None, json.loads(offsets) if offsets else None)
 
+    @property
+    def con(self) -> sqlite3.Connection:
+        """This thread's read-only connection to the database, opened on first use.
+
+        One object is shared by every thread that reads it (the explorer caches it per process and Streamlit runs
+        each browser tab's script on threads of its own), but a `sqlite3` connection may only be used by the thread
+        that made it: so each thread gets its own (read-only: they never contend). Connections of threads that have
+        ended are closed when the next one opens, so a long-running server does not collect open files."""
+        con = getattr(self._local, "con", None)
+        if con is None:
+            # check_same_thread=False only so that another thread can close it; only its own thread uses it
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            with self._lock:
+                ended = [(t, c) for t, c in self._opened if not t.is_alive()]
+                self._opened = [(t, c) for t, c in self._opened if t.is_alive()]
+                self._opened.append((threading.current_thread(), con))
+            for _, c in ended:
+                c.close()
+            self._local.con = con
+        return con
+
     def close(self) -> None:
-        self.con.close()
+        """Close every thread's connection (a later read from any thread opens a new one)."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for _, con in opened:
+            con.close()
+        self._local = threading.local()
 
 
 def set_label(path: Path, dictionary: str, feature: int, label: str | None) -> None:
