@@ -26,6 +26,11 @@ from pathlib import Path
 from circuits.errors import CircuitsError
 
 
+def warn(message: str) -> None:
+    """A warning for the user: one clean line on stderr (never a Python warning with its source line)."""
+    print(f"circuits: warning: {message}", file=sys.stderr, flush=True)
+
+
 def _print_eval_table(res: dict) -> None:
     rows = []
     for key, metrics in res.items():
@@ -49,9 +54,20 @@ def cmd_organism_train(args) -> int:
     phases = ({"phase2_steps": 0, "phase3_steps": 0, "phase4_steps": 0, "phase5_steps": 0} if args.mix == "final"
               else {"phase2_steps": args.phase2_steps, "phase4_steps": args.phase4_steps,
                     "phase5_steps": args.phase5_steps})
+    from circuits.paths import check_output_dir
+
+    for flag, v in (("--steps", args.steps),):
+        if v < 1:
+            raise CircuitsError(f"{flag} {v}: phase 1 needs at least 1 step")
+    for flag in ("--phase2-steps", "--phase4-steps", "--phase5-steps"):
+        v = getattr(args, flag[2:].replace("-", "_"))
+        if v < 0:
+            raise CircuitsError(f"{flag} {v}: must be 0 or more")
     cfg = OrganismTrainConfig(steps=args.steps, seed=args.seed, corpus_seed=args.corpus_seed, mix=args.mix,
                               **phases)
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
+    if args.export:
+        check_output_dir(DATA_DIR / "organism", "--export")
     record = train_organism(out, cfg=cfg, resume=not args.no_resume, progress=not args.quiet,
                             quick_eval=quick_eval)
     print(json.dumps(record))
@@ -69,6 +85,10 @@ def cmd_organism_eval(args) -> int:
     from circuits.model import load_model
     from circuits.organism.evaluate import EvalSizes, evaluate_organism, write_eval
 
+    if args.out != "-":
+        from circuits.paths import check_output_file
+
+        check_output_file(args.out, "--out")
     model, _ = load_model(args.model)
     sizes = EvalSizes().scaled(args.subsample) if args.subsample < 1 else EvalSizes()
     res = evaluate_organism(model, sizes=sizes, progress=not args.quiet)
@@ -125,6 +145,14 @@ def cmd_dicts_train(args) -> int:
     if args.model != "organism":
         raise CircuitsError(f"training is set up for the organism's corpus only, not {args.model!r}; "
                             "use --model organism")
+    from circuits.paths import check_output_dir
+
+    for flag, v in (("--tokens", args.tokens), ("--d-sae", args.d_sae), ("--k", args.k)):
+        if v < 1:
+            raise CircuitsError(f"{flag} {v}: must be at least 1")
+    check_output_dir(args.out, "--out")
+    if args.export:
+        check_output_dir(DATA_DIR / "dictionaries" / "organism", "--export")
     model, _ = load_model("organism")
     cfg = DictTrainConfig(total_tokens=args.tokens, seed=args.seed, aux_coef=args.aux_coef,
                           dead_after_tokens=args.dead_after, resample_every=args.resample_every,
@@ -179,6 +207,13 @@ def cmd_dicts_eval(args) -> int:
     from circuits.dictionaries.evaluate import FidelitySizes, evaluate_fidelity
     from circuits.model import load_model
 
+    if args.out != "-":
+        from circuits.paths import check_output_file
+
+        check_output_file(args.out, "--out")
+    for flag, v in (("--rows", args.rows), ("--dead-rows", args.dead_rows)):
+        if v is not None and v < 1:
+            raise CircuitsError(f"{flag} {v}: must be at least 1")
     model, _ = load_model(args.model)
     dset = load_dictionaries(args.dicts, model)
     sizes = FidelitySizes() if args.rows is None else FidelitySizes(rows=args.rows, mean_rows=args.rows,
@@ -203,11 +238,12 @@ def cmd_dicts_eval(args) -> int:
 
 def cmd_dicts_convert(args) -> int:
     from circuits.dictionaries import load_folder
+    from circuits.paths import check_output_dir
 
-    dset = load_folder(Path(args.src), n_heads=args.n_heads, model_name=args.model_name)
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     if out.exists() and any(out.iterdir()) and not args.force:
         raise CircuitsError(f"{out} exists and is not empty; choose another --out or pass --force")
+    dset = load_folder(Path(args.src), n_heads=args.n_heads, model_name=args.model_name)
     dset.save(out)
     print(f"converted {len(dset)} dictionaries ({', '.join(d.cfg.name for d in dset)}) to {out}")
     return 0
@@ -222,14 +258,85 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _parse_feature(spec: str):
-    from circuits.graph import Node
+    """--feature: a feature at a position, canonical ``M2#517@11`` (old ``mlp:2:11:517`` accepted)."""
+    from circuits.ids import NodeIdError, parse_feature
 
-    parts = spec.split(":")
-    kinds = {"attn": "attn_feature", "mlp": "mlp_feature", "attn_feature": "attn_feature",
-             "mlp_feature": "mlp_feature"}
-    if len(parts) != 4 or parts[0] not in kinds or not all(x.lstrip("-").isdigit() for x in parts[1:]):
-        raise CircuitsError(f"--feature {spec!r}: write KIND:LAYER:POS:INDEX, e.g. mlp:2:11:517")
-    return Node(kinds[parts[0]], int(parts[1]), int(parts[2]), int(parts[3]))
+    try:
+        ref = parse_feature(spec)
+    except NodeIdError as e:
+        raise CircuitsError(f"--feature: {e}") from None
+    if ref.pos is None:
+        raise CircuitsError(f"--feature {spec!r} needs the position of the feature: write e.g. {ref}@11 "
+                            "(or KIND:LAYER:POS:INDEX, e.g. mlp:2:11:517)")
+    return ref.node()
+
+
+def _prompt(args) -> str:
+    """The prompt from the positional argument or --prompt-file (UTF-8, decode errors named)."""
+    from circuits.replacement import check_text
+
+    given = [x for x in (args.prompt, args.prompt_file) if x is not None]
+    if len(given) != 1:
+        raise CircuitsError("give the prompt either as an argument or with --prompt-file FILE (exactly one)")
+    if args.prompt_file is not None:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise CircuitsError(f"--prompt-file {path}: {'is a folder' if path.is_dir() else 'no such file'}")
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CircuitsError(f"--prompt-file {path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                                f"{e.start}: {e.reason}); save the file as UTF-8") from None
+        return text.removesuffix("\n")
+    from circuits.errors import AttributionError
+
+    try:
+        return check_text(args.prompt, "the prompt")
+    except AttributionError as e:
+        raise CircuitsError(f"{e} (or pass it with --prompt-file FILE)") from None
+
+
+def _check_trace_options(args) -> None:
+    """Every option of `trace` that can be checked without the model, before it loads."""
+    from circuits.paths import check_output_file
+
+    for flag, value in (("--node-threshold", args.node_threshold), ("--edge-threshold", args.edge_threshold)):
+        if not 0 < value <= 1:
+            raise CircuitsError(f"{flag} {value}: must be in (0, 1] (the fraction of influence to keep)")
+    if not 0 < args.cum_prob <= 1:
+        raise CircuitsError(f"--cum-prob {args.cum_prob}: must be in (0, 1] (the probability mass of the logits "
+                            "to explain)")
+    if args.max_logits < 1:
+        raise CircuitsError(f"--max-logits {args.max_logits}: must be at least 1")
+    if args.max_features is not None and args.max_features < 0:
+        raise CircuitsError(f"--max-features {args.max_features}: must be 0 or more")
+    if args.edge_tolerance < 0 or args.edge_tolerance >= 1:
+        raise CircuitsError(f"--edge-tolerance {args.edge_tolerance}: must be in [0, 1)")
+    if args.top < 0:
+        raise CircuitsError(f"--top {args.top}: must be 0 or more")
+    if args.ig_steps < 0:
+        raise CircuitsError(f"--ig-steps {args.ig_steps}: must be 0 or more")
+    if args.corrupt is not None:
+        from circuits.errors import AttributionError
+        from circuits.replacement import check_text
+
+        try:
+            check_text(args.corrupt, "the --corrupt prompt")
+        except AttributionError as e:
+            raise CircuitsError(str(e)) from None
+    if args.ig_steps and not args.corrupt:
+        raise CircuitsError("--ig-steps needs --corrupt PROMPT (integrated gradients between two prompts)")
+    if (args.svg or args.png) and shutil.which("dot") is None:
+        raise CircuitsError("--svg/--png need Graphviz's `dot`, which is not installed: install it (apt-get install "
+                            "graphviz, brew install graphviz) or write --dot FILE and render it elsewhere")
+    if args.dashboards and not Path(args.dashboards).is_file():
+        raise CircuitsError(f"--dashboards {args.dashboards}: no such database file; build one with "
+                            "`circuits dashboards build` or leave the option out")
+    for kind in ("json", "dot", "svg", "png", "graphml", "circuit_tracer_json"):
+        path = getattr(args, kind)
+        if path:
+            check_output_file(path, f"--{kind.replace('_', '-')}")
 
 
 def _trace_target(args):
@@ -248,22 +355,32 @@ def _trace_target(args):
     return TopLogits(args.cum_prob, args.max_logits)
 
 
-def _attach_labels(rm, args, graph, say) -> None:
-    """Feature labels from the model's dashboard database, when there is one built for these dictionaries."""
+def _feature_labels(rm, args, graph, say) -> dict[str, str]:
+    """{node id: label} of the graph's features from the model's dashboard database, when there is one built for
+    these dictionaries (empty otherwise)."""
     from circuits import dashboards, export
 
     path = Path(args.dashboards) if getattr(args, "dashboards", None) else _dashboard_db(args.model)
     if not path.exists():
-        return
+        return {}
     try:
         db = dashboards.Dashboards(path, rm)
     except dashboards.DashboardError as e:
         say(f"no feature labels: {e}")
-        return
-    labels = {export.node_id(n): lab for n, lab in db.labels(list(graph.nodes)).items()}
-    db.close()
+        return {}
+    try:
+        return {export.node_id(n): lab for n, lab in db.labels(list(graph.nodes)).items()}
+    finally:
+        db.close()
+
+
+def _attach_labels(graph, labels: dict[str, str]) -> None:
+    """Put the labels of `graph`'s nodes into its UI state (saved with the file; user labels win)."""
+    from circuits import export
+
+    ids = {export.node_id(n) for n in graph.nodes}
     ui = graph.metadata.setdefault("ui", {})
-    ui["labels"] = {**labels, **ui.get("labels", {})}
+    ui["labels"] = {**{k: v for k, v in labels.items() if k in ids}, **ui.get("labels", {})}
 
 
 def _faithfulness(rm, pruned, prompt: str, say) -> list[dict] | None:
@@ -283,6 +400,51 @@ def _faithfulness(rm, pruned, prompt: str, say) -> list[dict] | None:
     return out
 
 
+def _token_at(graph, node) -> str:
+    toks = graph.metadata.get("token_strings", [])
+    return repr(toks[node.pos]) if 0 <= node.pos < len(toks) else "?"
+
+
+def _top_nodes(graph, influence, labels: dict, top: int, per_position: int = 3) -> tuple[list, list]:
+    """The `top` most influential nodes (targets and tokens excluded), and for every position before the last the
+    `per_position` most influential nodes there (tokens included): the second list shows where the circuit starts,
+    which the first hides when most influence sits at the last position."""
+    from circuits import export
+
+    def entry(row: int) -> dict:
+        node = graph.nodes[row]
+        nid = export.node_id(node)
+        return {"node": node.to_json(), "id": nid, "pos": node.pos, "token": graph.metadata["token_strings"][node.pos],
+                "label": labels.get(nid), "influence": float(influence[row]),
+                "activation": float(graph.activations[row])}
+
+    order = [r for r in influence.argsort(descending=True).tolist() if graph.target_weights[r] <= 0]
+    best = [entry(r) for r in order if graph.nodes[r].kind != "token"][:top]
+    last = len(graph.metadata["token_strings"]) - 1
+    by_pos: dict[int, list[dict]] = {}
+    for r in order:
+        p = graph.nodes[r].pos
+        if p < last and len(by_pos.setdefault(p, [])) < per_position and float(influence[r]) > 0:
+            by_pos[p].append(entry(r))
+    return best, [{"pos": p, "token": graph.metadata["token_strings"][p], "nodes": by_pos[p]} for p in sorted(by_pos)]
+
+
+def _print_top_nodes(summary: dict) -> None:
+    def label(n: dict) -> str:
+        return f"  {n['label'][:60]}" if n.get("label") else ""
+
+    print(f"top {len(summary['top_nodes'])} nodes by influence (id, token at its position, influence, activation, "
+          "label):")
+    for n in summary["top_nodes"]:
+        print(f"  {n['id']:<14} {n['token']!r:<14} influence {n['influence']:.4f}  activation {n['activation']:8.3f}"
+              f"{label(n)}")
+    if summary["by_position"]:
+        print("strongest nodes at each earlier position (where the circuit starts):")
+        for row in summary["by_position"]:
+            print(f"  {row['pos']:>3} {row['token']!r:<12} " + "; ".join(
+                f"{n['id']} {n['influence']:.4f}{label(n)}" for n in row["nodes"]))
+
+
 def cmd_trace(args) -> int:
     import time
 
@@ -298,28 +460,31 @@ def cmd_trace(args) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     outputs = {k: getattr(args, k) for k in ("json", "dot", "svg", "png", "graphml", "circuit_tracer_json")}
-    for kind, path in outputs.items():  # fail before the work, not after it
-        if path and not Path(path).resolve().parent.is_dir():
-            raise CircuitsError(f"--{kind.replace('_', '-')} {path}: folder {Path(path).parent} does not exist")
+    prompt = args.prompt = _prompt(args)
+    _check_trace_options(args)  # fail before the work, not after it
     target = _trace_target(args)
+    if args.max_features == 0:
+        warn("--max-features 0 keeps no feature nodes: the pruned graph has only tokens, error nodes and the "
+             "target (leave the option out for no cap)")
     t0 = time.perf_counter()
     say(f"loading {args.model} and dictionaries {args.dicts} ...")
     model, _ = load_model(args.model)
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     load_s = time.perf_counter() - t0
     say("attributing ...")
-    graph = attribute(rm, args.prompt, target, method=args.method, demean_logits=args.demean,
+    graph = attribute(rm, prompt, target, method=args.method, demean_logits=args.demean,
                       edge_tolerance=args.edge_tolerance, progress=not args.quiet)
     t1 = time.perf_counter()
     result = prune(graph, args.node_threshold, args.edge_threshold, args.max_features)
-    _attach_labels(rm, args, graph if args.full else result.graph, say)
+    labels = _feature_labels(rm, args, graph, say)
+    _attach_labels(graph if args.full else result.graph, labels)
     prune_s = time.perf_counter() - t1
     full_scores, pruned_scores = graph_scores(graph), graph_scores(result.graph)
     for g in (graph, result.graph):
         g.metadata["scores"] = {"replacement": full_scores.replacement, "completeness": full_scores.completeness}
     result.graph.metadata["scores_pruned"] = {"replacement": pruned_scores.replacement,
                                               "completeness": pruned_scores.completeness}
-    faith = _faithfulness(rm, result.graph, args.prompt, say)
+    faith = _faithfulness(rm, result.graph, prompt, say)
     if faith:
         result.graph.metadata["faithfulness"] = graph.metadata["faithfulness"] = faith
     patching = None
@@ -333,8 +498,8 @@ def cmd_trace(args) -> int:
         if found is None:
             raise CircuitsError("--corrupt needs a logit target (not --feature)")
         metric, metric_name = found
-        effects = (integrated_gradients(rm, args.prompt, args.corrupt, metric, args.ig_steps) if args.ig_steps
-                   else attribution_patching(rm, args.prompt, args.corrupt, metric))
+        effects = (integrated_gradients(rm, prompt, args.corrupt, metric, args.ig_steps) if args.ig_steps
+                   else attribution_patching(rm, prompt, args.corrupt, metric))
         patching = {"method": effects.method, "metric": metric_name, "corrupt": args.corrupt,
                     "metric_clean": effects.metric_clean, "metric_corrupted": effects.metric_corrupted,
                     "top": [[n.to_json(), e] for n, e in effects.top(args.top)]}
@@ -364,23 +529,14 @@ def cmd_trace(args) -> int:
         "faithfulness": faith,
         "written": written,
     }
-    order = result.node_influence.argsort(descending=True).tolist()
-    for row in order:
-        node = graph.nodes[row]
-        if node.kind == "token" or graph.target_weights[row] > 0:
-            continue
-        summary["top_nodes"].append({"node": node.to_json(), "label": export.node_label(graph, node),
-                                     "influence": float(result.node_influence[row]),
-                                     "activation": float(graph.activations[row])})
-        if len(summary["top_nodes"]) >= args.top:
-            break
+    summary["top_nodes"], summary["by_position"] = _top_nodes(graph, result.node_influence, labels, args.top)
     if args.json_summary:
         print(json.dumps(summary))
         return 0
     print("tokens: " + " ".join(f"{i}:{t!r}" for i, t in enumerate(summary["tokens"])))
     for t in summary["targets"]:
         prob = f", p={t['probability']:.3f}" if t.get("probability") is not None else ""
-        print(f"target {t['label']!r}: value {t['value']:.4f}{prob}, weight {t['weight']:.3f}")
+        print(f"target {export.target_label(t)}: value {t['value']:.4f}{prob}, weight {t['weight']:.3f}")
     f, pr = summary["full"], summary["pruned"]
     print(f"full graph: {f['nodes']} nodes, {f['edges']} edges ({summary['method']}, "
           f"{summary['seconds']['attribute']:.3f} s); replacement score {f['replacement']:.3f}, "
@@ -390,16 +546,20 @@ def cmd_trace(args) -> int:
     for f in faith or []:
         print(f"faithfulness of the pruned graph on {f['metric']} ({f['ablation']} ablation): {f['score']:.3f} "
               f"(circuit {f['circuit']:.3f}, empty {f['empty']:.3f}, model {f['full']:.3f})")
-    print(f"top {len(summary['top_nodes'])} nodes by influence:")
-    for n in summary["top_nodes"]:
-        print(f"  {n['label']:<28} influence {n['influence']:.4f}  activation {n['activation']:.3f}")
+    if faith:
+        print("  = (circuit − empty) / (model − empty): 'circuit' keeps the pruned graph's feature and error nodes "
+              "and ablates every other active feature and error node (zero: set to 0; mean: set to its mean over "
+              "held-out text) with live attention; 'empty' ablates them all; 1.0 = the pruned graph alone gives the "
+              "model's value, 0 = no better than ablating everything")
+    _print_top_nodes(summary)
     if patching:
         print(f"{patching['method']} node effects on {patching['metric']} (clean {patching['metric_clean']:.3f}, "
               f"corrupted {patching['metric_corrupted']:.3f}):")
         for nid, e in patching["top"]:
             from circuits.graph import Node
 
-            print(f"  {export.node_label(graph, Node.from_json(nid)):<28} {e:+.4f}")
+            node = Node.from_json(nid)
+            print(f"  {export.node_id(node):<14} {_token_at(graph, node):<14} {e:+.4f}")
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -416,7 +576,7 @@ def cmd_graph_show(args) -> int:
     print(f"{args.file}: {m.get('model')} with {len(m.get('dictionaries', []))} dictionaries, method {m.get('method')}")
     print(f"prompt: {' '.join(repr(t) for t in m.get('token_strings', []))}")
     for t in m.get("targets", []):
-        print(f"target {t['label']!r}: value {t['value']:.4f}, weight {t['weight']:.3f}")
+        print(f"target {export.target_label(t)}: value {t['value']:.4f}, weight {t['weight']:.3f}")
     print(f"{g.n_nodes} nodes ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}), {g.n_edges} edges")
     if "pruning" in m:
         pr = m["pruning"]
@@ -426,12 +586,22 @@ def cmd_graph_show(args) -> int:
         print(f"scores of the full graph: replacement {m['scores']['replacement']:.3f}, completeness "
               f"{m['scores']['completeness']:.3f}")
     strongest = g.edge_weight.abs().argsort(descending=True)[: args.top].tolist()
-    print(f"strongest {len(strongest)} edges:")
+    print(f"strongest {len(strongest)} edges (source -> target, weight):")
     for k in strongest:
         t, s = g.edge_index[:, k].tolist()
-        print(f"  {export.node_label(g, g.nodes[s]):<28} -> {export.node_label(g, g.nodes[t]):<28} "
-              f"{float(g.edge_weight[k]):+.4f}")
+        print(f"  {_describe(g, g.nodes[s])} -> {_describe(g, g.nodes[t])}  {float(g.edge_weight[k]):+.4f}")
     return 0
+
+
+def _describe(graph, node) -> str:
+    """A node as printed by `graph show` / `graph diff`: its id (with position), the token there, its label."""
+    from circuits import export
+
+    nid = export.node_id(node)
+    if node.kind.startswith("logit"):
+        return f"{nid} ({export.node_label(graph, node)})"
+    label = (graph.metadata.get("ui") or {}).get("labels", {}).get(nid)
+    return f"{nid} {_token_at(graph, node)}" + (f" [{label}]" if label else "")
 
 
 def cmd_graph_diff(args) -> int:
@@ -444,8 +614,7 @@ def cmd_graph_diff(args) -> int:
           f"{len(d.added_edges)}; only in A: {len(d.removed_edges)}; changed by > {args.rel_tol:.0%}: "
           f"{len(d.changed_edges)}")
 
-    def lab(g, n):
-        return export.node_label(g, n)
+    lab = _describe
 
     for title, rows, g in (("nodes only in B", d.added_nodes, b), ("nodes only in A", d.removed_nodes, a)):
         if rows:
@@ -475,17 +644,29 @@ def cmd_dashboards_build(args) -> int:
     if args.model != "organism":
         raise CircuitsError(f"dashboards are built from the organism's held-out corpus; {args.model!r} has no "
                             "corpus here: use --model organism")
+    import sqlite3
+
     from circuits.organism.corpus import ToyWorldCorpus
     from circuits.organism.tokenizer import build_tokenizer
     from circuits.organism.train import batch_tokens
+    from circuits.paths import check_output_file
 
+    if args.rows < 1:
+        raise CircuitsError(f"--rows {args.rows}: must be at least 1")
+    out = check_output_file(Path(args.out) if args.out else _dashboard_db(args.model), "--out")
     model, _ = load_model(args.model)
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, args.rows, model.cfg.n_ctx, stream="heldout-dash")
-    out = Path(args.out) if args.out else _dashboard_db(args.model)
     t0 = time.perf_counter()
-    dashboards.build(rm, rows, out, seed=args.seed, progress=not args.quiet,
-                     meta={"dictionaries": args.dicts, "stream": "heldout-dash"})
+    try:
+        dashboards.build(rm, rows, out, seed=args.seed, progress=not args.quiet,
+                         meta={"dictionaries": args.dicts, "stream": "heldout-dash"})
+    except sqlite3.OperationalError as e:
+        if "full" in str(e) or "disk" in str(e):
+            raise CircuitsError(f"the disk is full while writing {out} ({e}); the database is consistent up to its "
+                                "last committed batch: free some space and run the same command again (it resumes)"
+                                ) from None
+        raise CircuitsError(f"cannot write {out}: {e}") from None
     size = out.stat().st_size / 2**20
     print(f"wrote {out} ({size:.1f} MB) from {rows.numel():,} tokens in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -494,21 +675,40 @@ def cmd_dashboards_build(args) -> int:
 def cmd_feature(args) -> int:
     from circuits import dashboards
     from circuits.dictionaries import load_dictionaries
+    from circuits.ids import NodeIdError, parse_feature
     from circuits.model import load_model
     from circuits.replacement import ReplacementModel
 
-    name, feature = dashboards.parse_feature_id(args.id)
+    try:
+        ref = parse_feature(args.id)
+    except NodeIdError as e:
+        raise CircuitsError(str(e)) from None
+    name, feature = ref.dictionary, ref.index
+    db_path = Path(args.db) if args.db else _dashboard_db(args.model)
+    if args.text is not None:
+        from circuits.errors import AttributionError
+        from circuits.replacement import check_text
+
+        try:
+            check_text(args.text, "--text")
+        except AttributionError as e:
+            raise CircuitsError(str(e)) from None
+    elif not db_path.is_file():
+        raise CircuitsError(f"no dashboard database at {db_path}; build it with `circuits dashboards build` or give "
+                            "--db FILE")
     model, _ = load_model(args.model)
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
-    if args.text:
+    if args.text is not None:
+        print(f"{ref}: activation on every token of the text")
         for tok, act in dashboards.activations_on(rm, args.text, name, feature):
-            print(f"{tok!r:<16} {act:8.3f} {'#' * min(40, round(4 * act))}")
+            act = round(act, 3) + 0.0  # never print -0.000
+            print(f"{tok!r:<16} {act:8.3f} {'#' * max(0, min(40, round(4 * act)))}")
         return 0
-    db = dashboards.Dashboards(Path(args.db) if args.db else _dashboard_db(args.model), rm)
+    db = dashboards.Dashboards(db_path, rm)
     if args.label is not None:
         db.close()
         dashboards.set_label(db.path, name, feature, args.label or None)
-        print(f"{name}#{feature}: label {'cleared' if not args.label else repr(args.label)}")
+        print(f"{ref}: label {'cleared' if not args.label else repr(args.label)}")
         return 0
     print(dashboards.render_text(db.get(name, feature)))
     return 0
@@ -536,7 +736,9 @@ def cmd_study(args) -> int:
     get_study(args.name, **options)  # validates the options before any model loads
     spec = StudySpec(args.name, model=args.model, dicts=args.dicts, n=args.n, seed=args.seed,
                      options=tuple(sorted(options.items())), ig_steps=args.ig_steps)
-    out = args.out or f"reports/{args.name}"
+    from circuits.paths import check_output_dir
+
+    out = check_output_dir(args.out or f"reports/{args.name}", "--out")
     result = run_study(spec, workers=args.workers, ray_address=args.ray_address, top=args.top,
                        progress=not args.quiet)
     folder = write_report(result, out)
@@ -647,12 +849,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("trace", aliases=["attribute"],
                        help="attribution graph of a prompt: summary, and JSON / DOT / SVG / PNG / GraphML files")
-    a.add_argument("prompt")
+    a.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
+    a.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 text file")
     a.add_argument("--model", default="organism")
     a.add_argument("--dicts", default="organism", help="organism, a public set name, or a folder")
     a.add_argument("--target", nargs="+", metavar="TOKEN", help="explain these tokens' logits")
     a.add_argument("--contrast", metavar="TOKEN", help="with one --target A: explain logit(A) − logit(TOKEN)")
-    a.add_argument("--feature", metavar="KIND:LAYER:POS:INDEX", help="explain one active feature (local circuit)")
+    a.add_argument("--feature", metavar="ID@POS", help="explain one active feature at a position (local circuit), "
+                   "e.g. M2#517@11 (transcoder L2 feature 517 at position 11) or A1#33@5")
     a.add_argument("--cum-prob", type=float, default=0.95, help="salient logits: probability mass to cover")
     a.add_argument("--max-logits", type=int, default=10)
     a.add_argument("--method", default="auto", choices=["auto", "analytic", "autograd"])
@@ -697,7 +901,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_dashboards_build)
     f = sub.add_parser("feature", help="print a feature's dashboard (or its activations on --text)")
-    f.add_argument("id", help="transcoder_L2#517, attn_sae_L1#33, mlp:2:517 or attn:1:33")
+    f.add_argument("id", help="feature id: M2#517 (transcoder L2 feature 517), A1#33 (attention SAE L1); a "
+                   "position (@5) is ignored; old forms transcoder_L2#517, mlp:2:517 are accepted")
     f.add_argument("--model", default="organism")
     f.add_argument("--dicts", default="organism")
     f.add_argument("--db", help="database path (default data/dashboards/MODEL.sqlite)")
@@ -729,8 +934,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "subsample", 1.0) <= 0 or getattr(args, "subsample", 1.0) > 1:
         parser.error("--subsample must be in (0, 1]")
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        warn(str(message))
+
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            for noise in (DeprecationWarning, FutureWarning, PendingDeprecationWarning, ResourceWarning):
+                warnings.simplefilter("ignore", noise)  # libraries' notes to developers, not to the user
+            warnings.showwarning = show
+            return args.func(args)
     except CircuitsError as e:
         if args.debug:
             raise
@@ -739,6 +954,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("circuits: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `circuits ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -13,3 +13,15 @@ class ModelLoadError(CircuitsError):
 
 class AttributionError(CircuitsError):
     """Bad input to the replacement model or to attribution (empty prompt, too long, unknown token, ...)."""
+
+
+class ConfigError(CircuitsError, ValueError):
+    """An invalid option value in a typed config (also a ValueError, for callers that catch that)."""
+
+
+class CheckpointError(CircuitsError):
+    """A checkpoint that cannot be read or does not match the run that wants to resume from it."""
+
+
+class OutputPathError(CircuitsError):
+    """An output path that cannot be written (checked before any expensive work)."""

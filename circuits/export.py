@@ -254,6 +254,16 @@ def read_json(path: Path) -> Graph:
 # -- labels shared by the visual formats -----------------------------------------------------------------------
 
 
+def target_label(target: dict) -> str:
+    """How a target of ``metadata["targets"]`` is printed: a logit as its quoted token (``' Mary'``); a contrast's
+    label already names both tokens quoted (``' Mary' − ' John'``; an aggregated study's names roles, ``IO − S``)
+    and is printed as it is, as is a feature target's."""
+    label = str(target.get("label", "?"))
+    if (target.get("node") or ["logit"])[0] == "logit" and not label.startswith(("'", '"')):
+        return repr(label)
+    return label
+
+
 def node_label(graph: Graph, node: Node) -> str:
     """Display label: a UI label when set, else a short description with the token at the node's position."""
     labels = graph.metadata.get("ui", {}).get("labels", {})
@@ -265,7 +275,7 @@ def node_label(graph: Graph, node: Node) -> str:
         return f"{tok!r}@{node.pos}"
     if node.kind in ("logit", "logit_diff"):
         target = next((t for t in graph.metadata.get("targets", []) if Node.from_json(t["node"]) == node), None)
-        return f"logit {target['label']!r}" if target else f"logit {node.index}"
+        return f"logit {target_label(target)}" if target else f"logit {node.index}"
     return f"{node_id(node)} {tok!r}"
 
 

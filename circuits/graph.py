@@ -117,6 +117,23 @@ class Graph:
         if len(self._row) != n:
             raise ValueError("duplicate nodes")
 
+    def __repr__(self) -> str:
+        """One line (a notebook shows this, not 200k characters of tensors): nodes by kind, edges, targets,
+        scores when they were computed."""
+        kinds: dict[str, int] = {}
+        for n in self.nodes:
+            kinds[n.kind] = kinds.get(n.kind, 0) + 1
+        parts = [f"{self.n_nodes} nodes ({', '.join(f'{v} {k}' for k, v in kinds.items())})",
+                 f"{self.n_edges} edges"]
+        targets = self.metadata.get("targets") or []
+        if targets:
+            parts.append("target " + ", ".join(f"{t.get('label', '?')} = {float(t.get('value', float('nan'))):.3f}"
+                                               for t in targets[:3]) + (" ..." if len(targets) > 3 else ""))
+        scores = self.metadata.get("scores")
+        if isinstance(scores, dict) and scores:
+            parts.append(", ".join(f"{k} {float(v):.3f}" for k, v in scores.items()))
+        return f"Graph({'; '.join(parts)})"
+
     @property
     def n_nodes(self) -> int:
         return len(self.nodes)

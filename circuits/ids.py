@@ -132,7 +132,9 @@ def parse_feature(text: str) -> FeatureRef:
     got = parse_id(text)
     if isinstance(got, Node):
         if got.kind not in DICTIONARY_PREFIX:
-            raise NodeIdError(f"{text!r} is a {got.kind.replace('_', ' ')}, not a feature: write e.g. {EXAMPLES}")
+            what = {"mlp_error": "an error node", "attn_error": "an error node", "token": "a token node"}.get(
+                got.kind, "a logit node")
+            raise NodeIdError(f"{text!r} is {what}, not a feature: write e.g. {EXAMPLES}")
         return FeatureRef(got.kind, got.layer, got.index, got.pos)
     return got
 

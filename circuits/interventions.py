@@ -21,6 +21,7 @@ keep their clean value (0) throughout, so the full graph scores exactly 1.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -44,6 +45,17 @@ class Edit:
     node: Node
     mode: EditMode
     value: float
+
+    def __post_init__(self):
+        if self.mode not in ("set", "scale", "add"):
+            raise CircuitsError(f"edit of {self.node.short()}: mode {self.mode!r} is not one of set, scale, add")
+        try:
+            finite = math.isfinite(float(self.value))
+        except (TypeError, ValueError):
+            raise CircuitsError(f"edit of {self.node.short()}: value {self.value!r} is not a number") from None
+        if not finite:
+            raise CircuitsError(f"edit of {self.node.short()}: value {self.value!r} is not finite; give a finite "
+                                "number (NaN or infinity would make every logit NaN)")
 
     @staticmethod
     def zero(node: Node) -> Edit:
@@ -132,14 +144,16 @@ def logit_diff_metric(model, token: str | int, baseline: str | int) -> Metric:
 def graph_metric(graph: Graph) -> tuple[Metric, str] | None:
     """The metric a graph's target defines — the logit difference for a contrast, else the first target logit —
     with a name; None for a feature target (no logit metric)."""
+    from circuits.export import target_label
+
     targets = graph.metadata.get("targets", [])
     if not targets or targets[0]["node"][0] not in ("logit", "logit_diff"):
         return None
     if graph.metadata.get("contrast"):
         a, b = graph.metadata["contrast"]
-        return (lambda logits: logits[-1, a] - logits[-1, b]), f"logit diff {targets[0]['label']!r}"
+        return (lambda logits: logits[-1, a] - logits[-1, b]), f"logit diff {target_label(targets[0])}"
     tok = int(targets[0]["node"][3])
-    return (lambda logits: logits[-1, tok]), f"logit {targets[0]['label']!r}"
+    return (lambda logits: logits[-1, tok]), f"logit {target_label(targets[0])}"
 
 
 def standard_ablations(rm: ReplacementModel) -> list[Ablation]:

@@ -116,6 +116,9 @@ class LoadedModel(NamedTuple):
 
 def load_model(name: str = "organism", device: str = "cpu") -> LoadedModel:
     """Load a model by name ("organism", "gpt2") or from an organism-format folder path."""
+    if not str(name).strip():
+        raise ModelLoadError(f"empty model name; use one of {', '.join(KNOWN_MODELS)} or a folder written by "
+                             "`circuits organism train`")
     if name == "organism":
         return load_organism(DATA_DIR / "organism", device)
     if name == "gpt2":

@@ -143,6 +143,21 @@ def site_name(kind: str, layer: int) -> str:
     return f"{kind}_{layer}"
 
 
+def check_text(text: str, what: str) -> str:
+    """`text` unchanged if it is valid Unicode; an `AttributionError` naming the first bad character otherwise.
+
+    A shell passes bytes that are not UTF-8 (``$(cat file)`` with ``\\xff\\xfe``) to Python as lone surrogates
+    (``\\udcff``), which the tokenizer rejects with a TypeError deep inside."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character {bad!r}"
+        raise AttributionError(f"{what} is not valid UTF-8 text ({byte} at character {e.start}); save it as "
+                               "UTF-8") from None
+    return text
+
+
 class ReplacementModel:
     """A HookedTransformer with transcoders and attention SAEs spliced in, exact through their error terms.
 
@@ -174,6 +189,13 @@ class ReplacementModel:
         if isinstance(prompt, str):
             if not prompt.strip():
                 raise AttributionError("the prompt is empty; give at least one word")
+            check_text(prompt, "the prompt")
+            specials = [t for t in getattr(getattr(self.model, "tokenizer", None), "all_special_tokens", []) or []
+                        if t and t in prompt]
+            if specials:
+                warnings.warn(f"the prompt contains the literal text {', '.join(map(repr, specials))}, which the "
+                              "tokenizer reads as the special token itself (the BOS is added already); remove it if "
+                              "you meant ordinary text", stacklevel=2)
             tokens = self.model.to_tokens(prompt, truncate=False)[0]
         else:
             tokens = torch.as_tensor(prompt).long().reshape(-1)

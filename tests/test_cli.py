@@ -61,9 +61,9 @@ def test_trace_bad_input_is_one_line(capsys):
     for argv, needle in ((["trace", " ", "--quiet"], "empty"),
                          (["trace", "When Mary", "--target", "Mary", "--contrast", "Mary", "--quiet"], "same token"),
                          (["trace", "When Mary", "--target", "Zorblax", "--quiet"], "not a single token"),
-                         (["trace", "When Mary", "--feature", "mlp:1", "--quiet"], "KIND:LAYER:POS:INDEX"),
+                         (["trace", "When Mary", "--feature", "mlp:1", "--quiet"], "M3#1184"),
                          (["trace", " ".join(["Mary"] * 200), "--quiet"], "context"),
-                         (["trace", "When Mary", "--node-threshold", "1.5", "--quiet"], "node_threshold")):
+                         (["trace", "When Mary", "--node-threshold", "1.5", "--quiet"], "--node-threshold")):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and "Traceback" not in err, (argv, err)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from circuits.errors import ConfigError
 from circuits.graph import Node
 
 
@@ -31,9 +32,9 @@ class TopLogits:
 
     def __post_init__(self):
         if not 0 < self.cum_prob <= 1:
-            raise ValueError(f"cum_prob must be in (0, 1], got {self.cum_prob}")
+            raise ConfigError(f"cum_prob must be in (0, 1], got {self.cum_prob}")
         if self.max_logits < 1:
-            raise ValueError("max_logits must be at least 1")
+            raise ConfigError(f"max_logits must be at least 1, got {self.max_logits}")
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def resolve_logit_targets(model, logits_last: Tensor, target, demean: bool, pos:
         if a == b:
             raise AttributionError(f"contrast target: {target.token!r} and {target.baseline!r} are the same token; "
                                    "a contrast needs two different tokens")
-        label = f"{token_string(model, a)} − {token_string(model, b)}"
+        label = f"{token_string(model, a)!r} − {token_string(model, b)!r}"
         return [LogitRead(Node("logit_diff", n_layers, pos, a), W_U[:, a] - W_U[:, b], float(b_U[a] - b_U[b]), 1.0,
                           label, float(logits_last[a] - logits_last[b]))]
     raise TypeError(f"not a logit target: {target!r}")

@@ -33,6 +33,9 @@ def load_folder(folder: Path, n_heads: int | None = None, model_name: str | None
     folder = Path(folder)
     if not folder.exists():
         raise DictionaryLoadError(f"no such dictionary folder {folder}")
+    if not folder.is_dir():
+        raise DictionaryLoadError(f"{folder} is a file; give the folder that holds the dictionary files "
+                                  "(set.json, config.yaml, cfg.json or .pt files)")
     if (folder / "set.json").exists():
         return DictionarySet.load(folder)
     if (folder / "config.yaml").exists():
@@ -52,7 +55,7 @@ def load_folder(folder: Path, n_heads: int | None = None, model_name: str | None
         dicts += [load_dictionary(s, n_heads) for s in subfolders]
         if not dicts:
             raise DictionaryLoadError(f"{folder}: no dictionary files found (set.json, config.yaml, cfg.json or .pt)")
-    return DictionarySet(model_name or dicts[0].cfg.model_name, {str(i): d for i, d in enumerate(dicts)})
+    return DictionarySet(model_name or dicts[0].cfg.model_name, {str(i): d for i, d in enumerate(dicts)}, folder)
 
 
 def _download_public(name: str) -> Path:

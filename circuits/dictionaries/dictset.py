@@ -26,6 +26,7 @@ class DictionarySet:
 
     model_name: str
     dictionaries: dict[str, Dictionary] = field(default_factory=dict)
+    folder: Path | None = None  # where the set was read from (named in errors); None when built in memory
 
     def __post_init__(self):
         names = [dictionary_name(d) for d in self.dictionaries.values()]
@@ -50,7 +51,7 @@ class DictionarySet:
         cfg = model.cfg
         for d in self:
             c = d.cfg
-            where = f"dictionary {dictionary_name(d)}"
+            where = f"dictionary {dictionary_name(d)}" + (f" (in {self.folder})" if self.folder else "")
             if c.layer >= cfg.n_layers:
                 raise DictionaryLoadError(f"{where}: layer {c.layer} but the model has {cfg.n_layers} layers")
             for hook in (c.hook_in, c.hook_out):
@@ -93,4 +94,4 @@ class DictionarySet:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise DictionaryLoadError(f"{set_path}: malformed set file ({e})") from None
         loaded = {name: load_dictionary(folder / name) for name in names}
-        return cls(model_name, loaded)
+        return cls(model_name, loaded, folder)

@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from circuits.checkpoint import load_checkpoint
 from circuits.dictionaries.base import Dictionary, DictionaryConfig, make_dictionary
 
 
@@ -68,6 +69,12 @@ class DictTrainConfig:
     resample_dead_after_tokens: int = 100_000  # silent this long -> resampled
     resample_scale: float = 0.2  # resampled encoder norm / mean live encoder norm
     calibrate_tokens: int = 0  # BatchTopK: fit the inference threshold to L0 = k on this many tokens; 0 = off
+
+
+#: The options that define a run's stream and schedule: a checkpoint resumes only with the same values (the others —
+#: resampling, AuxK, calibration, logging — may change from the resumed step on, e.g. to branch an experiment).
+RUN_IDENTITY = ("total_tokens", "batch_size", "lr", "rows_per_forward", "buffer_tokens", "seed", "corpus_seed",
+                "corpus_phases")
 
 
 class ActivationStream:
@@ -253,6 +260,45 @@ def calibrate_threshold(d: Dictionary, xs: list[Tensor]) -> float | None:
     return theta
 
 
+def check_resumable(state: dict, path: Path, dicts: dict[str, Dictionary], cfg: DictTrainConfig) -> None:
+    """Raise `CheckpointError` naming every difference between the checkpoint at `path` and this run: the set of
+    dictionaries, each one's parameter shapes (``--d-sae``, ``--site-d-sae``), and the training config
+    (``--tokens``, ``--k`` ...). A resumed run must be the run that wrote the checkpoint."""
+    from circuits.checkpoint import describe_differences
+    from circuits.errors import CheckpointError
+
+    fix = "resume with the same options, choose another --out, or pass --no-resume to start afresh"
+    saved = state.get("dicts")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} has no dictionaries; {fix}")
+    diffs = []
+    if set(saved) != set(dicts):
+        diffs.append(f"dictionaries {sorted(saved)} in the checkpoint, {sorted(dicts)} now")
+    for name in sorted(set(saved) & set(dicts)):
+        mine = {k: tuple(v.shape) for k, v in dicts[name].state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in saved[name].items()}
+        if mine != theirs:
+            d_old = theirs.get("W_enc", (None, None))[-1]
+            diffs.append(f"{name} has d_sae {d_old} in the checkpoint, {dicts[name].cfg.d_sae} now"
+                         if d_old != dicts[name].cfg.d_sae else f"{name}'s parameter shapes differ")
+    try:
+        saved_cfg = json.loads(state.get("config", "{}"))
+    except (TypeError, json.JSONDecodeError):
+        saved_cfg = {}
+    if saved_cfg:
+        now = json.loads(json.dumps(asdict(cfg)))
+        same = {k: v for k, v in now.items() if k in RUN_IDENTITY}
+        diffs += describe_differences({k: v for k, v in saved_cfg.items() if k in RUN_IDENTITY}, same)
+        soft = describe_differences({k: v for k, v in saved_cfg.items() if k not in RUN_IDENTITY},
+                                    {k: v for k, v in now.items() if k not in RUN_IDENTITY})
+        if soft and not diffs:
+            import warnings
+
+            warnings.warn(f"resuming {path} with other options from here on: {'; '.join(soft)}", stacklevel=3)
+    if diffs:
+        raise CheckpointError(f"checkpoint {path} was written by another run: {'; '.join(diffs)}; {fix}")
+
+
 def train_dictionaries(model, configs: list[DictionaryConfig], out: Path, cfg: DictTrainConfig = DictTrainConfig(),
                        resume: bool = True, progress: bool = True, stop_after: int | None = None
                        ) -> dict[str, Dictionary]:
@@ -270,7 +316,9 @@ def train_dictionaries(model, configs: list[DictionaryConfig], out: Path, cfg: D
     since = {n: torch.zeros(c.d_sae) for n, c in zip(dicts, configs, strict=True)}
     ckpt_path = out / "dict_checkpoint.pt"
     step = 0
-    state = torch.load(ckpt_path, weights_only=True) if resume and ckpt_path.exists() else None
+    state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+    if state is not None:  # before the activation stream starts: a mismatch is reported at once
+        check_resumable(state, ckpt_path, dicts, cfg)
     stream = ActivationStream(model, configs, cfg.corpus_seed, cfg.rows_per_forward, phases=cfg.corpus_phases)
     buffer = ShuffleBuffer(stream, cfg.buffer_tokens, gen)
     if state is None:

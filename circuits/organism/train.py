@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from circuits.errors import ConfigError
 from circuits.organism.corpus import ToyWorldCorpus
 
 
@@ -65,13 +66,15 @@ class OrganismTrainConfig:
 
     def __post_init__(self):
         if self.mix not in ("phased", "final"):
-            raise ValueError(f"unknown mix {self.mix!r}; use 'phased' or 'final'")
+            raise ConfigError(f"unknown mix {self.mix!r}; use 'phased' or 'final'")
         if self.mix == "final" and (self.phase2_steps or self.phase3_steps or self.phase4_steps
                                     or self.phase5_steps):
-            raise ValueError("the final mix has no phases: set phase2_steps .. phase5_steps to 0")
+            raise ConfigError("the final mix has no phases: set phase2_steps .. phase5_steps to 0")
         if self.steps <= 0 or self.batch_size <= 0 or min(self.phase2_steps, self.phase3_steps,
                                                           self.phase4_steps, self.phase5_steps) < 0:
-            raise ValueError("steps and batch_size must be positive, phase steps non-negative")
+            raise ConfigError(f"steps (phase 1) and batch_size must be at least 1 and phase steps non-negative; got "
+                              f"steps {self.steps}, batch_size {self.batch_size}, phase steps {self.phase2_steps}, "
+                              f"{self.phase3_steps}, {self.phase4_steps}, {self.phase5_steps}")
 
     @property
     def total_steps(self) -> int:
@@ -179,10 +182,18 @@ def train_organism(out: Path, model_cfg: OrganismModelConfig = OrganismModelConf
     ckpt_path = out / "checkpoint.pt"
     start = 0
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start = int(ckpt["step"])
+        from circuits.checkpoint import load_checkpoint
+        from circuits.errors import CheckpointError
+
+        ckpt = load_checkpoint(ckpt_path)
+        try:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            start = int(ckpt["step"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {ckpt_path} does not fit this model or run ({first}); choose another "
+                                  "--out, delete it, or pass --no-resume") from None
     torch.manual_seed(cfg.seed + start)
     log_path = out / "log.jsonl"
     heldout = batch_tokens(corpus, fast_tok, 0, 64, model_cfg.n_ctx, stream="heldout")

@@ -1,0 +1,58 @@
+"""Output paths checked before the work: a command that would fail to write its result fails at once instead.
+
+`check_output_file` and `check_output_dir` try what the command will do later — create the folder, create and
+remove a temporary file in it — so a read-only or missing place, a path that is a folder where a file is expected
+(or the reverse), is one `OutputPathError` naming the option, before any model is loaded. Writing by the root user
+into a folder without write bits succeeds (root ignores them), so the check is a real attempt, not `os.access`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from circuits.errors import OutputPathError
+
+
+def _probe(folder: Path, what: str) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".circuits-probe-", dir=folder)
+    except OSError as e:
+        raise OutputPathError(f"{what}: cannot write into {folder} ({e.strerror}); choose a writable place") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _make_folder(folder: Path, what: str) -> None:
+    probe = folder
+    while not probe.exists():  # the nearest existing ancestor must be a folder we can write into
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputPathError(f"{what}: {probe} is a file, not a folder; choose another path")
+    if probe != folder:
+        _probe(probe, what)  # the folder will be created at the end; nothing is created now
+    else:
+        _probe(folder, what)
+
+
+def check_output_file(path: str | Path, what: str) -> Path:
+    """`path` can be written as a file (its folder may be created by the command); raises `OutputPathError`."""
+    path = Path(path)
+    if str(path) == "":
+        raise OutputPathError(f"{what}: empty path; give a file name")
+    if path.is_dir():
+        raise OutputPathError(f"{what}: {path} is a folder; give a file name inside it")
+    _make_folder(path.parent if str(path.parent) else Path("."), what)
+    return path
+
+
+def check_output_dir(path: str | Path, what: str) -> Path:
+    """`path` is (or can be created as) a writable folder; raises `OutputPathError`."""
+    path = Path(path)
+    if str(path) == "":
+        raise OutputPathError(f"{what}: empty path; give a folder")
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{what}: {path} is a file, not a folder; choose a folder")
+    _make_folder(path, what)
+    return path
