@@ -336,3 +336,73 @@ def test_study_runs_with_transcoders_only(tiny64, tmp_path):
     assert d["curve"]["points"]["empty"]["score"] == pytest.approx(0.0, abs=1e-12)
     write_report(result, tmp_path / "r")
     assert (tmp_path / "r" / "report.md").exists()
+
+
+# -- worker processes: unguarded scripts, failing workers (issue 16, item 11) ---------------------------------------
+
+UNGUARDED_SCRIPT = """
+from circuits.studies import StudySpec, run_study
+
+result = run_study(StudySpec("ioi", n=4, ig_steps=2), workers=2, top=5, progress=False)
+print("DONE", result.data["circuit"]["n_features"])
+"""
+
+
+def test_unguarded_script_runs_in_process_with_one_warning(tmp_path):
+    """The README's study example saved as a script without `if __name__ == "__main__":` used to crash (each spawned
+    worker re-ran the script; with n=200 after 11 minutes): now the work runs in the calling process, with one
+    warning naming the guard, and finishes."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "study_script.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DONE 5" in proc.stdout
+    assert proc.stderr.count('`if __name__ == "__main__":` guard') == 1
+    assert "BrokenProcessPool" not in proc.stderr and "bootstrapping" not in proc.stderr
+    assert time.perf_counter() - t0 < 240
+
+
+def test_main_guard_detection(tmp_path):
+    """`main_module_guarded` is false for a call made by an unguarded top-level statement of the main script (also
+    through a function), true under the guard (either operand order) and without a main script (`python -c`)."""
+    import subprocess
+    import sys
+
+    probe = "from circuits.studies.batch import main_module_guarded as g\n"
+    cases = {
+        "print(g()[0])\n": "False",
+        "def f():\n    return g()[0]\nprint(f())\n": "False",
+        "def f():\n    return g()[0]\nif __name__ == '__main__':\n    print(f())\n": "True",
+        "if '__main__' == __name__ and True:\n    print(g()[0])\n": "True",
+    }
+    for i, (body, want) in enumerate(cases.items()):
+        script = tmp_path / f"s{i}.py"
+        script.write_text(probe + body)
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == want, (body, out.stderr[-2000:])
+    out = subprocess.run([sys.executable, "-c", probe + "print(g()[0])"], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
+
+
+def test_worker_pool_fails_at_the_first_error():
+    """A failing call ends the pool at once (the running and pending calls before it are not waited for) and its
+    exception is raised in the caller; a worker that dies is one clear CircuitsError."""
+    import time
+
+    from circuits.errors import CircuitsError
+    from circuits.studies.batch import run_pool
+
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="invalid literal"):
+        run_pool(eval, [("__import__('time').sleep(120)",), ("int('x')",), ("__import__('time').sleep(120)",)], 2)
+    assert time.perf_counter() - t0 < 60
+    with pytest.raises(CircuitsError, match="worker process died"):
+        run_pool(eval, [("__import__('os')._exit(3)",)], 1)
+    assert time.perf_counter() - t0 < 90
+    assert run_pool(eval, [("1 + 1",), ("2 * 3",)], 2) == [2, 6]

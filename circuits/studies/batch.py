@@ -7,15 +7,23 @@ not depend on the number of workers or on which worker ran what. Each worker use
 the floating-point results identical however the work is split.
 
 * ``workers=1``: in the calling process (tests, small runs);
-* ``workers=N``: a local pool of N processes (``spawn``, so no torch state is forked);
+* ``workers=N``: a local pool of N processes (``spawn``, so no torch state is forked). ``spawn`` starts each worker
+  by re-importing the caller's main script; a script that starts the study at its top level, without an
+  ``if __name__ == "__main__":`` guard, would start it again in every worker. `main_module_guarded` detects that
+  case before any worker starts and the work then runs in the calling process, with one warning (and a worker
+  that does start the study while it is bootstrapping stops at once with a `CircuitsError` saying so). The first
+  worker error ends the whole pool at once and is raised in the caller;
 * ``ray_address="ray://host:10001"`` (or ``"auto"``): the same chunk function runs as Ray tasks on a cluster; every
   node needs this package and the model files. Ray is optional and imported only then.
 """
 
 from __future__ import annotations
 
+import ast
 import os
-from collections.abc import Iterator
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from circuits.errors import CircuitsError
@@ -100,12 +108,131 @@ def chunks(n: int, size: int) -> Iterator[list[int]]:
         yield list(range(start, min(n, start + size)))
 
 
+GUARD_HINT = ('put the code that runs the study under `if __name__ == "__main__":` (worker processes re-import the '
+              'main script), or pass workers=1')
+
+
+def _is_main_guard(stmt: ast.stmt) -> bool:
+    """`if __name__ == "__main__":` (either operand order, possibly inside a larger condition)."""
+    if not isinstance(stmt, ast.If):
+        return False
+    for node in ast.walk(stmt.test):
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq):
+            sides = [node.left, *node.comparators]
+            names = {s.id for s in sides if isinstance(s, ast.Name)}
+            consts = {s.value for s in sides if isinstance(s, ast.Constant)}
+            if "__name__" in names and "__main__" in consts:
+                return True
+    return False
+
+
+def main_module_guarded() -> tuple[bool, str | None]:
+    """Whether worker processes started now (``spawn``) can import the main script without re-running this call.
+
+    ``spawn`` runs the main module's top level again in every worker (as ``__mp_main__``). That is harmless when the
+    statement of the main module running now — the outermost frame of the main module on the stack — is an
+    ``if __name__ == "__main__":`` block, and when there is no main script (interactive sessions, notebooks,
+    ``python -c``). Returns (guarded, "FILE:LINE" of the unguarded statement)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not path:
+        return True, None
+    frame, top = sys._getframe(), None
+    while frame is not None:
+        if frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>":
+            top = frame
+        frame = frame.f_back
+    if top is None:  # called from elsewhere (a thread, a callback): the main module's top level is not running it
+        return True, None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, ValueError):
+        return True, None  # no readable source: cannot tell; a worker that re-runs the study stops at once (below)
+    line = top.f_lineno
+    for stmt in tree.body:
+        if stmt.lineno <= line <= (stmt.end_lineno or stmt.lineno):
+            return (True, None) if _is_main_guard(stmt) else (False, f"{path}:{line}")
+    return True, None
+
+
+def check_not_bootstrapping() -> None:
+    """Raise at once in a worker process that is importing the caller's unguarded main script (it would start the
+    whole study again instead of waiting for work)."""
+    import multiprocessing as mp
+
+    if mp.parent_process() is not None and getattr(mp.current_process(), "_inheriting", False):
+        raise CircuitsError("a study was started while a worker process was importing the main script: "
+                            + GUARD_HINT)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_unguarded(where: str) -> None:
+    if where in _WARNED:
+        return
+    _WARNED.add(where)
+    filename, _, lineno = where.rpartition(":")
+    warnings.warn_explicit(f"circuits: {filename} starts the study at its top level, without an `if __name__ == "
+                           f"\"__main__\":` guard, so worker processes cannot be used: running in this process "
+                           f"instead", RuntimeWarning, filename, int(lineno), module="__main__")
+
+
+def run_pool(fn: Callable, calls: list[tuple], workers: int, on_done: Callable[[int], None] | None = None) -> list:
+    """`fn(*args)` for every args tuple of `calls` in a pool of `workers` spawned processes; results in call order.
+
+    The first exception raised by a call (or a worker that dies) ends the pool at once — pending calls are
+    cancelled and running workers terminated — and is raised here, instead of waiting for the calls before it."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    ok = False
+    try:
+        futures = [pool.submit(fn, *args) for args in calls]
+        index = {f: i for i, f in enumerate(futures)}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                err = fut.exception()
+                if isinstance(err, BrokenProcessPool):
+                    raise CircuitsError(f"a study worker process died ({err}); its own error output is above. If "
+                                        f"the study was started from a script: {GUARD_HINT}") from err
+                if err is not None:
+                    raise err
+                if on_done is not None:
+                    on_done(index[fut])
+        results = [f.result() for f in futures]
+        ok = True
+        return results
+    finally:
+        if ok:
+            pool.shutdown(wait=True)
+        else:
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:  # do not wait for the chunks still running
+                if proc.is_alive():
+                    proc.terminate()
+            for proc in procs:
+                proc.join(timeout=10)
+
+
 def map_prompts(spec: StudySpec, task: str, payload: dict, *, workers: int = 1, ray_address: str | None = None,
                 rm=None, study=None, chunk_size: int = 8, progress: bool = False, desc: str = "") -> list[dict]:
     """`run_chunk` over all prompts of `spec`, in prompt order."""
     from tqdm.auto import tqdm
 
+    check_not_bootstrapping()
     parts = list(chunks(spec.n, chunk_size))
+    if workers > 1 and not ray_address and study is None:
+        guarded, where = main_module_guarded()
+        if not guarded:
+            _warn_unguarded(where)
+            workers = 1
     bar = tqdm(total=spec.n, desc=desc or task, disable=not progress, unit="prompt")
     results: list[dict] = []
     if ray_address:
@@ -128,15 +255,10 @@ def map_prompts(spec: StudySpec, task: str, payload: dict, *, workers: int = 1, 
             results += run_chunk(spec, task, part, payload, rm=rm, study=study)
             bar.update(len(part))
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         workers = min(workers, len(parts), os.cpu_count() or 1) or 1
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(run_chunk, spec, task, part, payload) for part in parts]
-            for fut, part in zip(futures, parts, strict=True):
-                results += fut.result()
-                bar.update(len(part))
+        for chunk in run_pool(run_chunk, [(spec, task, part, payload) for part in parts], workers,
+                              on_done=lambda i: bar.update(len(parts[i]))):
+            results += chunk
     bar.close()
     results.sort(key=lambda r: r["index"])
     return results

@@ -25,7 +25,7 @@ import torch
 from circuits.graph import FEATURE_KINDS
 from circuits.replacement import splice_hooks
 from circuits.studies.base import OTHER, RoleKey, role_key_str
-from circuits.studies.batch import StudySpec, build_state, map_prompts
+from circuits.studies.batch import StudySpec, build_state, check_not_bootstrapping, map_prompts
 
 CURVE_SIZES = (0, 5, 10, 20, 50, 100, 200, 500)
 RANDOM_SEEDS = 3
@@ -115,7 +115,12 @@ def curve_plan(ranking: list[RoleKey], magnitude: list[RoleKey], pool: list[Role
 
 def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_address: str | None = None,
               top: int = 100, progress: bool = True) -> StudyResult:
-    """Run the study of `spec` (or the given `study` object, in-process) and return its result (see `report`)."""
+    """Run the study of `spec` (or the given `study` object, in-process) and return its result (see `report`).
+
+    With ``workers > 1`` per-prompt work runs in spawned processes (see `circuits.studies.batch`); called from the
+    top level of a script without an ``if __name__ == "__main__":`` guard it runs in this process instead, with a
+    warning."""
+    check_not_bootstrapping()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     state = build_state(spec, rm, study)
