@@ -2,11 +2,18 @@
 comes from the `circuits` library.
 
     streamlit run app.py
+
+Every tab works on the graph that is shown — traced here, opened from the gallery, uploaded, or a case study's
+circuit — with that graph's own prompt, model and dictionaries (its metadata), never the sidebar's unsaved edits.
+The model, its dictionaries and the example prompt's graph are made once per server process and shared by every
+browser tab (a new tab shows the example at once); everything else is per tab (`st.session_state`).
 """
 
 from __future__ import annotations
 
+import html
 import json
+import threading
 import traceback
 from pathlib import Path
 
@@ -20,39 +27,67 @@ KIND_COLOURS = {"token": "#9e9e9e", "attn_feature": "#3182bd", "mlp_feature": "#
 GALLERY = Path(__file__).parent / "data" / "graphs"
 #: Case-study report folders: the shipped ones, and those `circuits study` writes under ./reports.
 STUDY_DIRS = (Path(__file__).parent / "data" / "studies", Path("reports"))
+MODELS = ("organism", "gpt2")
+DICTIONARY_SETS = {"organism": ("organism",), "gpt2": ("gpt2-transcoders", "gpt2-attn-kk")}
+N_LAYERS = {"organism": 4, "gpt2": 12}
+TARGET_MODES = {"salient logits": "salient", "token": "token", "contrast": "contrast"}
+#: The sidebar's first values. Each widget reads its value from the session state only (no default argument), so
+#: that the page can set it — the prompt of an opened graph, the thresholds moved in the graph view — without
+#: Streamlit's "created with a default value but also had its value set via the Session State API" warning.
+SIDEBAR_DEFAULTS = {"prompt": EXAMPLE_PROMPT, "model": "organism", "dicts": "organism", "layers": [0, 1, 2, 3],
+                    "target_mode": "contrast", "token": "Mary", "baseline": "John", "cum_prob": 0.95,
+                    "max_logits": 10, "node_threshold": 0.8, "edge_threshold": 0.98, "cap": 0}
+#: What a trace depends on (the sidebar's other values only prune or draw).
+TRACE_KEYS = ("prompt", "model", "dicts", "layers", "target_mode", "token", "baseline", "cum_prob", "max_logits")
 
 st.set_page_config(page_title="circuits explorer", layout="wide")
 
 
-# -- library calls (cached) ------------------------------------------------------------------------------------
+# -- library calls (cached per process) ------------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner="loading the model and its dictionaries ...")
+@st.cache_resource(show_spinner=False)
+def model_lock() -> threading.RLock:
+    """One lock per process around everything that runs the shared model: hooks are added to the one cached
+    `HookedTransformer` for a forward pass, so two tabs must not run it at the same time."""
+    return threading.RLock()
+
+
+@st.cache_resource(show_spinner=False)
 def load(model_name: str, dicts_name: str):
+    """The model and its dictionary set, loaded once per server process (shared by every tab)."""
     from circuits import load_dictionaries, load_model
 
     model, _ = load_model(model_name)
     return model, load_dictionaries(dicts_name, model)
 
 
-@st.cache_resource
+@st.cache_resource(show_spinner=False)
 def dashboards_for(model_name: str, dicts_name: str):
+    """The feature dashboards of a model's dictionary set (one object per process: it reads from any thread)."""
     from circuits import dashboards
     from circuits.model import DATA_DIR
 
-    model, dset = load(model_name, dicts_name)
     path = DATA_DIR / "dashboards" / f"{model_name}.sqlite"
     try:
-        return dashboards.Dashboards(path, replacement(model_name, dicts_name, None)), None
+        return dashboards.Dashboards(path, replacement(model_name, dicts_name)), None
     except CircuitsError as e:
         return None, str(e)
 
 
-def replacement(model_name: str, dicts_name: str, layers: tuple[int, ...] | None):
+def replacement(model_name: str, dicts_name: str, layers: tuple[int, ...] | None = None,
+                names: tuple[str, ...] | None = None):
+    """A replacement model over the set's dictionaries of `layers` (all when None), or exactly those `names` (the
+    dictionaries a graph was traced with)."""
     from circuits import ReplacementModel
 
     model, dset = load(model_name, dicts_name)
-    chosen = [d for d in dset if layers is None or d.cfg.layer in layers]
+    if names is not None:
+        missing = sorted(set(names) - {d.cfg.name for d in dset})
+        if missing:
+            raise CircuitsError(f"the graph was traced with dictionaries that the {dicts_name!r} set does not have: "
+                                f"{', '.join(missing)}")
+    chosen = [d for d in dset if (layers is None or d.cfg.layer in layers) and (names is None or d.cfg.name in names)]
     return ReplacementModel(model, chosen, name=model_name)
 
 
@@ -68,47 +103,155 @@ def guarded(fn, *args, **kwargs):
     return None
 
 
+def on_model(fn, *args, **kwargs):
+    """`guarded` for a call that runs the shared model, one tab at a time (see `model_lock`). Lock order: a cached
+    function's own lock, then this one, then `load`'s (which takes no other lock) — never the reverse."""
+
+    def locked():
+        with model_lock():
+            return fn(*args, **kwargs)
+
+    return guarded(locked)
+
+
+def _target(settings: dict):
+    from circuits.attribution import Contrast, Logit, TopLogits
+
+    if settings["target_mode"] == "contrast":
+        return Contrast(settings["token"], settings["baseline"])
+    if settings["target_mode"] == "token":
+        return Logit((settings["token"],))
+    return TopLogits(settings["cum_prob"], settings["max_logits"])
+
+
+def trace(settings: dict):
+    """The graph of the sidebar's prompt and target (library errors raise); the trace's warnings as texts."""
+    import warnings
+
+    from circuits import attribute
+
+    rm = replacement(settings["model"], settings["dicts"], tuple(settings["layers"]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph = attribute(rm, settings["prompt"], _target(settings), method="auto")
+    return graph, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+@st.cache_resource(show_spinner=False)
+def example_view() -> dict:
+    """The example prompt's graph with its ranking and published graph view, made once per server process: a new
+    tab shows it without tracing or sending anything new (the browser may even have the graph file cached)."""
+    from circuits.graph_view import publish
+    from circuits.pruning import rank_nodes
+
+    settings = {**SIDEBAR_DEFAULTS, "target_mode": "contrast"}
+    with model_lock():
+        graph, messages = trace(settings)
+    ranked = rank_nodes(graph)
+    packed = _pack(graph, ranked)
+    return {"graph": graph, "messages": messages, "ranked": ranked, "packed": packed, "published": publish(packed),
+            "run": run_of(graph, settings["dicts"])}
+
+
+def _pack(graph, ranked):
+    from circuits import export
+    from circuits.graph_view import pack
+
+    return pack(graph, [export.node_label(graph, n) for n in graph.nodes], KIND_COLOURS, ranked)
+
+
 # -- state -----------------------------------------------------------------------------------------------------
 
 
 def state():
     s = st.session_state
-    s.setdefault("graph", None)  # the full graph
-    s.setdefault("trace_key", None)
+    s.setdefault("graph", None)  # the full graph shown
+    s.setdefault("run", None)  # what the graph was made with: model, dictionaries, prompt (see run_of)
     s.setdefault("selected", None)  # Node
     s.setdefault("ui", {"pins": [], "supernodes": [], "labels": {}})
     return s
 
 
-def do_trace(settings: dict) -> None:
-    from circuits import attribute
-    from circuits.attribution import Contrast, Logit, TopLogits
+def run_of(graph, dicts_hint: str | None = None) -> dict:
+    """What every tab uses to run the model on `graph`: its model, dictionary set and dictionaries, and its prompt
+    (None when the graph has no single prompt: an aggregated case-study circuit, or a graph saved without one)."""
+    meta = graph.metadata
+    model = meta.get("model") if meta.get("model") in MODELS else "organism"
+    sets = DICTIONARY_SETS[model]
+    dicts = dicts_hint if dicts_hint in sets else sets[0]
+    names = meta.get("dictionaries")
+    prompt = meta.get("prompt") if isinstance(meta.get("prompt"), str) and not meta.get("aggregated") else None
+    return {"model": model, "dicts": dicts, "dictionaries": tuple(names) if names else None, "prompt": prompt}
 
+
+def run_model(run: dict):
+    """The replacement model of the graph shown (guarded: None after showing why not)."""
+    return guarded(replacement, run["model"], run["dicts"], names=run["dictionaries"])
+
+
+def show_graph(graph, run: dict, view: dict | None = None, ranked=None) -> None:
+    """Make `graph` the page's graph; every per-graph result of the previous one is dropped."""
     s = state()
-    rm = guarded(replacement, settings["model"], settings["dicts"], settings["layers"])
-    if rm is None:
-        return
-    if settings["target_mode"] == "contrast":
-        target = Contrast(settings["token"], settings["baseline"])
-    elif settings["target_mode"] == "token":
-        target = Logit((settings["token"],))
-    else:
-        target = TopLogits(settings["cum_prob"], settings["max_logits"])
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        graph = guarded(attribute, rm, settings["prompt"], target, method="auto")
-    for w in caught:
-        if issubclass(w.category, UserWarning):
-            st.warning(str(w.message))
-    if graph is None:
-        return
-    s["graph"] = graph
-    s["files"] = None
-    s["settings"] = dict(settings)
+    s["graph"], s["run"] = graph, run
     s["selected"] = None
-    s["ui"] = {"pins": [], "supernodes": [], "labels": {}}
+    s["files"] = None
+    s["ui"] = {"pins": [], "supernodes": [], "labels": {}, **(graph.metadata.get("ui") or {})}
+    for key in ("lens", "lens_key", "acts", "acts_key", "scores", "scores_key", "iv_nodes"):
+        s.pop(key, None)
+    s["ranked"] = (graph, ranked) if ranked is not None else None
+    s["shared_view"] = view  # the graph view of the example, published once per process (see graph_tab)
+
+
+def sidebar_from_graph(graph) -> dict:
+    """The sidebar values that trace `graph` again: its prompt, model and target (applied before the sidebar is
+    drawn next run, so that the sidebar shows the graph that the tabs use)."""
+    meta = graph.metadata
+    run = run_of(graph)
+    if run["prompt"] is None:
+        return {}
+    out = {"prompt": run["prompt"], "model": run["model"], "dicts": run["dicts"]}
+    if run["dictionaries"]:
+        layers = sorted({int(n.rsplit("_L", 1)[1]) for n in run["dictionaries"] if "_L" in n
+                         and n.rsplit("_L", 1)[1].isdigit()})
+        if layers:
+            out["layers"] = layers
+    target = meta.get("target") or {}
+    if target.get("kind") == "top_logits":
+        out.update(target_mode="salient logits", cum_prob=float(target.get("cum_prob", 0.95)),
+                   max_logits=int(target.get("max_logits", 10)))
+    elif target.get("kind") == "contrast":
+        out.update(target_mode="contrast", token=str(target.get("token", "")).strip(),
+                   baseline=str(target.get("baseline", "")).strip())
+    elif target.get("kind") == "logit" and target.get("tokens"):
+        out.update(target_mode="token", token=str(target["tokens"][0]).strip())
+    return out
+
+
+def do_trace(settings: dict) -> None:
+    """Trace the sidebar's prompt (the example's graph is made once per process); on an error the message shows
+    and the current graph stays."""
+    if trace_settings(settings) == trace_settings(SIDEBAR_DEFAULTS):
+        ex = guarded(example_view)
+        if ex is None:
+            return
+        show_graph(ex["graph"], ex["run"], _shared_view(ex), ex["ranked"])
+        return
+    result = on_model(trace, settings)
+    if result is None:
+        return
+    graph, messages = result
+    for m in messages:
+        st.warning(m)
+    show_graph(graph, run_of(graph, settings["dicts"]))
+
+
+def trace_settings(settings: dict) -> tuple:
+    return tuple(tuple(settings[k]) if isinstance(settings[k], list | tuple) else settings[k] for k in TRACE_KEYS)
+
+
+def _shared_view(ex: dict) -> dict:
+    return {"graph": ex["graph"], "packed": ex["packed"], "published": ex["published"], "shared": True,
+            "index": {n: i for i, n in enumerate(ex["graph"].nodes)}}
 
 
 def ranked_nodes(graph):
@@ -131,9 +274,55 @@ def pruned(node_threshold: float, edge_threshold: float, max_features: int | Non
 
 
 def with_ui(graph):
-    """The graph with the page's pins, supernodes and labels in its metadata (for saving)."""
-    graph.metadata["ui"] = state()["ui"]
-    return graph
+    """A copy of the graph with the page's pins, supernodes and labels in its metadata (for saving; the graph
+    itself may be the example shared by every tab, so it is not changed)."""
+    import copy
+
+    out = copy.copy(graph)
+    out.metadata = {**graph.metadata, "ui": state()["ui"]}
+    return out
+
+
+def header_text(graph, g) -> str:
+    """The page header: the graph's prompt (its own text: joining token strings loses the space before an unknown
+    word), or for an aggregated circuit its roles; the targets; node and edge counts."""
+    meta = graph.metadata
+    if meta.get("aggregated"):
+        title = "roles: " + " · ".join(str(t) for t in meta.get("token_strings", []))
+    elif isinstance(meta.get("prompt"), str):
+        title = meta["prompt"]
+    else:
+        toks = meta.get("token_strings", [])
+        title = "".join(toks[1:] if meta.get("bos_pos") == 0 else toks)
+    targets = []
+    for t in meta.get("targets", []):
+        label = str(t["label"])
+        text = label if "'" in label or '"' in label else repr(label)  # a contrast label quotes its tokens itself
+        if not meta.get("aggregated") and t.get("value") is not None:  # an aggregated target has no single value
+            text += f" {t['value']:.2f}"
+            if t.get("probability") is not None:
+                text += f" (p={t['probability']:.2f})"
+        targets.append(text)
+    return (f"**{_md_escape(title.strip())}** → {_md_escape(', '.join(targets))}  \n"
+            f"{graph.n_nodes} nodes / {graph.n_edges:,} edges, pruned to {g.n_nodes} / {g.n_edges:,}")
+
+
+def _md_escape(text: str) -> str:
+    """Text shown literally inside Markdown (a prompt may hold `*`, `_`, `<`, ...)."""
+    out = text.replace("\\", "\\\\")
+    for ch in "`*_[]<>#|~$":
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def context_html(tokens: list[str], focus: int, activation: float) -> str:
+    """One dashboard context as HTML: the activating token highlighted, every token shown literally."""
+    parts = []
+    for i, t in enumerate(tokens):
+        text = html.escape(t)
+        parts.append(f"<mark style='background:#fde68a;font-weight:600'>{text}</mark>" if i == focus else text)
+    return (f"<div style='white-space:pre-wrap;font-size:0.9em;margin:0.1em 0'><code>{activation:.2f}</code> "
+            f"{''.join(parts)}</div>")
 
 
 # -- views -----------------------------------------------------------------------------------------------------
@@ -200,7 +389,7 @@ def graph_figure(graph, influence, labels: dict):
     return fig
 
 
-def node_inspector(g, full, settings, influence) -> None:
+def node_inspector(g, full, run: dict, influence) -> None:
     import pandas as pd
     import plotly.express as px
 
@@ -228,19 +417,18 @@ def node_inspector(g, full, settings, influence) -> None:
                 s["ui"]["labels"].pop(export.node_id(node), None)
     with c2:
         if node.kind.endswith("_feature"):
-            db, why = dashboards_for(settings["model"], settings["dicts"])
+            db, why = dashboards_for(run["model"], run["dicts"])
             name = f"{'attn_sae' if node.kind == 'attn_feature' else 'transcoder'}_L{node.layer}"
             if db is None:
                 st.warning(f"no dashboard: {why}")
             else:
                 dash = guarded(db.get, name, node.index)
                 if dash is not None:
-                    st.markdown(f"**{dash.label}** — density {dash.density:.3%}, max {dash.max_activation:.2f}")
+                    st.markdown(f"**{_md_escape(dash.label)}** — density {dash.density:.3%}, max "
+                                f"{dash.max_activation:.2f}")
                     st.write("promotes: " + ", ".join(f"`{t}` {v:+.2f}" for t, v in dash.logits_top[:6]))
                     st.write("suppresses: " + ", ".join(f"`{t}` {v:+.2f}" for t, v in dash.logits_bottom[:6]))
-                    for e in dash.top_examples()[:5]:
-                        text = "".join(f"**[{t}]**" if i == e.focus else t for i, t in enumerate(e.tokens))
-                        st.markdown(f"`{e.activation:.2f}` {text}")
+                    st.html("".join(context_html(e.tokens, e.focus, e.activation) for e in dash.top_examples()[:5]))
     incoming = full.incoming(node)
     rows_in = [{"source": export.node_label(full, n), "weight": w} for n, w in incoming.items()]
     out_mask = full.edge_index[1] == row_full
@@ -253,14 +441,14 @@ def node_inspector(g, full, settings, influence) -> None:
     b.markdown(f"**outgoing edges** ({len(rows_out)})")
     b.dataframe(pd.DataFrame(rows_out).sort_values("weight", key=abs, ascending=False) if rows_out
                 else pd.DataFrame(), height=260, width="stretch")
-    if node.kind.endswith("_feature"):
+    if node.kind.endswith("_feature") and run["prompt"] is not None:
         from circuits import dashboards
 
         name = f"{'attn_sae' if node.kind == 'attn_feature' else 'transcoder'}_L{node.layer}"
-        key = (settings["model"], settings["dicts"], settings["layers"], settings["prompt"], name, node.index)
+        key = (id(full), name, node.index)
         if st.session_state.get("acts_key") != key:
-            rm = replacement(settings["model"], settings["dicts"], settings["layers"])
-            st.session_state["acts"] = guarded(dashboards.activations_on, rm, settings["prompt"], name, node.index)
+            rm = run_model(run)
+            st.session_state["acts"] = None if rm is None else on_model(dashboards.activations_on, rm, run["prompt"], name, node.index)
             st.session_state["acts_key"] = key
         acts = st.session_state["acts"]
         if acts:
@@ -284,7 +472,17 @@ def node_inspector(g, full, settings, influence) -> None:
                             width="stretch")
 
 
-def checks(full, g, settings) -> None:
+def single_prompt(graph, run: dict) -> bool:
+    """Whether the single-prompt tools (faithfulness, interventions, logit lens) apply; if not, say why."""
+    if aggregated_notice(graph):
+        return False
+    if run["prompt"] is None:
+        st.info("This graph does not record the prompt it was traced on, so the model cannot be run on it.")
+        return False
+    return True
+
+
+def checks(full, g, run: dict) -> None:
     from circuits.interventions import faithfulness, graph_metric, standard_ablations
     from circuits.pruning import graph_scores
 
@@ -298,10 +496,12 @@ def checks(full, g, settings) -> None:
     c[1].metric("completeness (full)", f"{fs.completeness:.3f}")
     c[2].metric("replacement (pruned)", f"{ps.replacement:.3f}")
     c[3].metric("completeness (pruned)", f"{ps.completeness:.3f}")
-    if aggregated_notice(full):
+    if not single_prompt(full, run):
+        return
+    rm = run_model(run)
+    if rm is None:
         return
     n = len(full.metadata["token_strings"])
-    rm = replacement(settings["model"], settings["dicts"], settings["layers"])
     shortest = min((d.context_size for d in rm.dictionaries), default=n)
     if n > shortest:
         st.warning(f"the prompt has {n} tokens but a dictionary was trained on {shortest}-token contexts")
@@ -310,9 +510,9 @@ def checks(full, g, settings) -> None:
     found = graph_metric(full)
     if found is not None and st.button("compute faithfulness (zero and mean ablation)", key="faith"):
         metric, _ = found
-        ablations = standard_ablations(rm)
-        for ab in ablations:
-            f = guarded(faithfulness, rm, settings["prompt"], g, metric, ab)
+        st.caption(f"on the graph's prompt: {run['prompt']!r}")
+        for ab in on_model(standard_ablations, rm) or []:
+            f = on_model(faithfulness, rm, run["prompt"], g, metric, ab)
             if f is not None:
                 st.write(f"faithfulness ({f.ablation} ablation): **{f.score:.3f}** — circuit {f.circuit:.3f}, "
                          f"empty {f.empty:.3f}, model {f.full:.3f} ({f.n_features} features, {f.n_errors} errors)")
@@ -328,22 +528,24 @@ def aggregated_notice(graph) -> bool:
     return True
 
 
-def interventions(g, settings) -> None:
+def interventions(g, run: dict) -> None:
     import pandas as pd
 
     from circuits import Edit, export, intervene
     from circuits.attribution.targets import token_string
+    from circuits.ids import parse_node
     from circuits.interventions import graph_metric
 
-    if aggregated_notice(g):
+    if not single_prompt(g, run):
         return
     feats = [n for n in g.nodes if n.kind.endswith("_feature")]
     if not feats:
         st.info("the pruned graph has no features to intervene on")
         return
     labels = {export.node_id(n): export.node_label(g, n) for n in feats}
-    chosen = st.multiselect("features", [export.node_id(n) for n in feats], format_func=lambda k: labels[k],
-                            key="iv_nodes")
+    # select_all=False: the picker's "Select all" entry is the one Enter picks after typing a search
+    chosen = st.multiselect("features", list(labels), format_func=lambda k: labels.get(k, k), key="iv_nodes",
+                            select_all=False, placeholder="type an id such as M3#1184@14, or a label")
     mode = st.radio("edit", ["zero", "scale", "clamp"], horizontal=True, key="iv_mode")
     value = st.number_input("value (scale factor or clamp value)", value=2.0, min_value=-1e4, max_value=1e4,
                             key="iv_value")
@@ -352,13 +554,13 @@ def interventions(g, settings) -> None:
         if not chosen:
             st.warning("choose at least one feature")
             return
-        from circuits.graph import Node
-
-        nodes = [Node(k.split(":")[0], *map(int, k.split(":")[1:])) for k in chosen]
+        nodes = [guarded(parse_node, k) for k in chosen]
+        if None in nodes:
+            return
         edits = [Edit.zero(n) if mode == "zero" else Edit(n, "scale" if mode == "scale" else "set", float(value))
                  for n in nodes]
-        rm = replacement(settings["model"], settings["dicts"], settings["layers"])
-        result = guarded(intervene, rm, settings["prompt"], edits, frozen=frozen)
+        rm = run_model(run)
+        result = None if rm is None else on_model(intervene, rm, run["prompt"], edits, frozen=frozen)
         if result is None:
             return
         before, after = result.clean_logits[-1].softmax(-1), result.logits[-1].softmax(-1)
@@ -375,24 +577,29 @@ def interventions(g, settings) -> None:
             st.write(f"metric {name}: {m0:.3f} → **{m1:.3f}** ({m1 - m0:+.3f})")
 
 
-def lens_view(settings) -> None:
+def lens_view(full, run: dict) -> None:
     import plotly.graph_objects as go
 
     from circuits.attribution.targets import token_string
     from circuits.lens import logit_lens
 
-    key = (settings["model"], settings["dicts"], settings["layers"], settings["prompt"])
-    if st.session_state.get("lens_key") != key:  # once per traced prompt, not on every rerun
-        rm = replacement(settings["model"], settings["dicts"], settings["layers"])
-        cache = guarded(rm.run, settings["prompt"])
+    if not single_prompt(full, run):
+        return
+    key = (id(full), run["prompt"])
+    if st.session_state.get("lens_key") != key:  # once per graph, not on every rerun
+        rm = run_model(run)
+        cache = None if rm is None else on_model(rm.run, run["prompt"])
         if cache is None:
             return
-        lens = logit_lens(rm, cache)
+        lens = guarded(logit_lens, rm, cache)
+        if lens is None:
+            return
         toks = [token_string(rm.model, t) for t in cache.tokens.tolist()]
         text = [[token_string(rm.model, t) for t in row] for row in lens.top_tokens]
         st.session_state["lens"] = (lens, toks, text)
         st.session_state["lens_key"] = key
     lens, toks, text = st.session_state["lens"]
+    st.caption(f"logit lens on the graph's prompt: {run['prompt']!r}")
     fig = go.Figure(go.Heatmap(z=lens.top_probs.tolist(), x=[f"{i}:{t}" for i, t in enumerate(toks)],
                                y=lens.layers, text=text, texttemplate="%{text}", colorscale="Blues",
                                colorbar={"title": "p(top)"}))
@@ -418,8 +625,13 @@ def files(full, g) -> None:
         if ready["svg"] is not None:
             c[3].download_button("SVG", ready["svg"], "graph.svg", "image/svg+xml", key="dl_svg")
     uploaded = st.file_uploader("open a saved graph (JSON)", type=["json"], key="upload")
-    if uploaded is not None:
+    # The uploader keeps its file across reruns: load each upload once (loading reruns the page, which would
+    # otherwise load it again, forever)
+    if uploaded is not None and st.session_state.get("uploaded_id") != uploaded.file_id:
+        st.session_state["uploaded_id"] = uploaded.file_id
         load_graph_bytes(uploaded.getvalue(), uploaded.name)
+    elif uploaded is None:
+        st.session_state.pop("uploaded_id", None)  # the same file uploaded again later is a new upload
     examples = sorted(GALLERY.glob("*.json")) if GALLERY.exists() else []
     if examples:
         pick = st.selectbox("example graphs", ["—"] + [p.name for p in examples], key="gallery")
@@ -437,20 +649,16 @@ def _svg(graph) -> str:
 
 
 def load_graph_bytes(data: bytes, name: str) -> None:
+    """Open a graph file's bytes: every defect (not UTF-8, not JSON, nested too deeply, not a graph) is one message
+    and keeps the current graph. The sidebar shows the opened graph's prompt from the next run on."""
     from circuits import export
 
     s = state()
-    try:
-        parsed = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        st.error(f"{name}: not valid JSON ({e})")
-        return
-    graph = guarded(export.from_dict, parsed, name)
+    graph = guarded(export.loads, data, name)
     if graph is None:
         return
-    s["graph"] = graph
-    s["ui"] = {"pins": [], "supernodes": [], "labels": {}, **(graph.metadata.get("ui") or {})}
-    s["selected"] = None
+    show_graph(graph, run_of(graph, st.session_state.get("dicts")))
+    s["pending_sidebar"] = sidebar_from_graph(graph)
     s["flash"] = f"opened {name}: {graph.n_nodes} nodes, {graph.n_edges} edges"
     st.rerun()
 
@@ -487,33 +695,57 @@ def apply_view_report() -> None:
         s["selected"] = view["graph"].nodes[picked]
 
 
+def init_sidebar_state() -> None:
+    """The sidebar widgets' values live in the session state (see SIDEBAR_DEFAULTS); an opened graph's prompt,
+    model and target are put there before the widgets are drawn."""
+    s = st.session_state
+    for k, v in SIDEBAR_DEFAULTS.items():
+        s.setdefault(k, list(v) if isinstance(v, list) else v)
+    pending = s.pop("pending_sidebar", None) or {}
+    for k, v in pending.items():
+        s[k] = v
+    if "layers" in pending:
+        s["layers_for"] = s["model"]
+    if s["model"] not in MODELS:
+        s["model"] = "organism"
+    if s["dicts"] not in DICTIONARY_SETS[s["model"]]:
+        s["dicts"] = DICTIONARY_SETS[s["model"]][0]
+    n_layers = N_LAYERS[s["model"]]
+    previous = s.get("layers_for")
+    if (previous is not None and previous != s["model"]) or any(not 0 <= x < n_layers for x in s["layers"]):
+        s["layers"] = list(range(n_layers))  # another model: all of its layers
+    s["layers_for"] = s["model"]
+
+
 def sidebar() -> dict:
+    """The sidebar. The trace button comes right after the prompt and target, so it is on screen without
+    scrolling; the model and pruning settings follow."""
+    init_sidebar_state()
     sb = st.sidebar
-    sb.title("circuits")
-    prompt = sb.text_area("prompt", EXAMPLE_PROMPT, height=90, key="prompt")
-    model = sb.selectbox("model", ["organism", "gpt2"], key="model")
-    dicts = sb.selectbox("dictionaries", ["organism"] if model == "organism" else
-                         ["gpt2-transcoders", "gpt2-attn-kk"], key="dicts")
-    n_layers = 4 if model == "organism" else 12
-    layers = sb.multiselect("replaced layers", list(range(n_layers)), default=list(range(n_layers)), key="layers")
-    mode = sb.radio("target", ["salient logits", "token", "contrast"], index=2, key="target_mode")
+    prompt = sb.text_area("prompt", height=90, key="prompt")
+    mode = sb.radio("target", list(TARGET_MODES), horizontal=True, key="target_mode")
     token = baseline = ""
     cum_prob, max_logits = 0.95, 10
     if mode == "salient logits":
-        cum_prob = sb.slider("cumulative probability", 0.05, 1.0, 0.95, 0.05, key="cum_prob")
-        max_logits = sb.number_input("max logits", 1, 50, 10, key="max_logits")
+        c = sb.columns(2)
+        cum_prob = c[0].slider("cumulative probability", 0.05, 1.0, step=0.05, key="cum_prob")
+        max_logits = c[1].number_input("max logits", 1, 50, key="max_logits")
     else:
-        token = sb.text_input("token", "Mary", key="token")
+        c = sb.columns(2)
+        token = c[0].text_input("token", key="token")
         if mode == "contrast":
-            baseline = sb.text_input("minus token", "John", key="baseline")
-    node_t = sb.slider("node threshold", 0.05, 1.0, 0.8, 0.01, key="node_threshold", on_change=_thresholds_moved)
-    edge_t = sb.slider("edge threshold", 0.05, 1.0, 0.98, 0.01, key="edge_threshold", on_change=_thresholds_moved)
-    cap = sb.number_input("feature cap (0 = none)", 0, 5000, 0, key="cap", on_change=_thresholds_moved)
-    go = sb.button("trace", type="primary", key="trace")
+            baseline = c[1].text_input("minus token", key="baseline")
+    go = sb.button("trace", type="primary", key="trace", width="stretch")
+    model = sb.selectbox("model", list(MODELS), key="model")
+    dicts = sb.selectbox("dictionaries", list(DICTIONARY_SETS[model]), key="dicts")
+    layers = sb.multiselect("replaced layers", list(range(N_LAYERS[model])), key="layers")
+    node_t = sb.slider("node threshold", 0.05, 1.0, step=0.01, key="node_threshold", on_change=_thresholds_moved)
+    edge_t = sb.slider("edge threshold", 0.05, 1.0, step=0.01, key="edge_threshold", on_change=_thresholds_moved)
+    cap = sb.number_input("feature cap (0 = none)", 0, 5000, key="cap", on_change=_thresholds_moved)
     return {"prompt": prompt, "model": model, "dicts": dicts, "layers": tuple(layers),
-            "target_mode": {"salient logits": "salient", "token": "token", "contrast": "contrast"}[mode],
-            "token": token, "baseline": baseline, "cum_prob": cum_prob, "max_logits": int(max_logits),
-            "node_threshold": node_t, "edge_threshold": edge_t, "cap": int(cap) or None, "go": go}
+            "target_mode": TARGET_MODES[mode], "token": token, "baseline": baseline, "cum_prob": cum_prob,
+            "max_logits": int(max_logits), "node_threshold": node_t, "edge_threshold": edge_t,
+            "cap": int(cap) or None, "go": go}
 
 
 def study_reports() -> dict[str, Path]:
@@ -541,6 +773,7 @@ def studies_page() -> None:
     if c[0].button("open the aggregated circuit in the explorer", key="study_open"):
         st.session_state["goto_explorer"] = True  # the page radio is switched before it is drawn next run
         load_graph_bytes((folder / "circuit.json").read_bytes(), f"{folder.name}/circuit.json")
+        st.session_state.pop("goto_explorer", None)  # not opened (the message says why): stay here
     if (folder / "results.json").exists():
         c[1].download_button("results.json", (folder / "results.json").read_bytes(), f"{folder.name}_results.json",
                              "application/json", key="study_dl")
@@ -568,8 +801,7 @@ def server_graph(g, influence, labels: dict) -> None:
 def graph_tab(full, g, influence, settings: dict, labels: dict) -> None:
     """The graph view component: the full graph goes to the browser once, which prunes and draws it for any
     thresholds at once (and reports them back); a click on a node selects it."""
-    from circuits import export
-    from circuits.graph_view import MAX_BROWSER_EDGES, graph_view, pack, publish
+    from circuits.graph_view import MAX_BROWSER_EDGES, component_dir, graph_view, publish, retire
 
     s = state()
     if full.n_edges > MAX_BROWSER_EDGES:
@@ -578,22 +810,40 @@ def graph_tab(full, g, influence, settings: dict, labels: dict) -> None:
         server_graph(g, influence, labels)
         return
     view = s.get("view")
+    shared = s.get("shared_view")
+    if (view is None or view["graph"] is not full) and shared is not None and shared["graph"] is full:
+        if view is not None and not view.get("shared"):
+            retire(view["packed"].graph_id)
+        view = s["view"] = shared
     if view is None or view["graph"] is not full:
         with st.spinner("preparing the graph view ..."):
-            packed = guarded(pack, full, [export.node_label(full, n) for n in full.nodes], KIND_COLOURS,
-                             ranked_nodes(full))
+            packed = guarded(_pack, full, ranked_nodes(full))
         if packed is None:
             return
-        published = guarded(publish, packed, retire=view["packed"].graph_id if view else None)
+        # the example's file is shared by every tab: it is never retired by one of them
+        old_id = view["packed"].graph_id if view and not view.get("shared") else None
+        published = guarded(publish, packed, retire=old_id)
         if published is None:
             return
         view = s["view"] = {"graph": full, "packed": packed, "published": published,
                             "index": {n: i for i, n in enumerate(full.nodes)}}
+    elif not (component_dir() / view["published"]["data_url"]).exists():  # removed as stale (a day old)
+        guarded(publish, view["packed"])
     selected = view["index"].get(s["selected"]) if s["selected"] is not None else None
     guarded(graph_view, view["published"], node_threshold=settings["node_threshold"],
             edge_threshold=settings["edge_threshold"], cap=settings["cap"],
             epoch=st.session_state.get("threshold_epoch", 0), selected=selected, user_labels=labels,
             key="graph_view")
+
+
+def first_graph(notices) -> None:
+    """A new tab's first graph: the example, made once per process (with a progress indicator while the first tab
+    of a fresh server loads the model and traces it)."""
+    with notices, st.spinner("loading the model and its dictionaries and tracing the example prompt (once per "
+                             "server) ...", show_time=True):
+        ex = guarded(example_view)
+    if ex is not None:
+        show_graph(ex["graph"], ex["run"], _shared_view(ex), ex["ranked"])
 
 
 def main() -> None:
@@ -604,31 +854,36 @@ def main() -> None:
         st.session_state["page"] = "explorer"
     page = st.sidebar.radio("page", ["explorer", "case studies"], horizontal=True, key="page")
     if page == "case studies":
+        for k in SIDEBAR_DEFAULTS:  # keep the explorer's sidebar values while its widgets are not drawn
+            if k in s:
+                s[k] = s[k]
         studies_page()
         return
     apply_view_report()
     settings = sidebar()
+    # Messages (a trace's error or warnings, "opened ...") go to one container that is always there, so the
+    # header and the tabs below keep their place on the page and the graph view is not drawn anew
+    notices = st.container()
+    header = st.empty()
     if s.get("flash"):
-        st.success(s.pop("flash"))
-    if settings["go"] or s["graph"] is None and s.get("settings") is None:
-        with st.spinner("tracing ..."):
+        notices.success(s.pop("flash"))
+    if s["graph"] is None and not s.get("tried_example"):
+        s["tried_example"] = True
+        first_graph(notices)
+    elif settings["go"]:
+        with notices, st.spinner("tracing ..."):
             do_trace(settings)
-        s.setdefault("settings", dict(settings))
     if s["graph"] is None:
-        st.info("Type a prompt and press trace.")
+        header.info("Type a prompt and press trace.")
         return
-    run = s.get("settings", settings)
+    run = s["run"]
     full = s["graph"]
-    result = pruned(settings["node_threshold"], settings["edge_threshold"], settings["cap"])
+    with notices:
+        result = pruned(settings["node_threshold"], settings["edge_threshold"], settings["cap"])
     if result is None:
         return
     g = result.graph
     influence = result.node_influence[result.node_mask]
-    targets = ", ".join(f"{t['label']!r} {t['value']:.2f}" + (f" (p={t['probability']:.2f})"
-                                                               if t.get("probability") is not None else "")
-                        for t in full.metadata["targets"])
-    st.markdown(f"**{''.join(full.metadata['token_strings'][1:]).strip()}** → {targets}  \n"
-                f"{full.n_nodes} nodes / {full.n_edges:,} edges, pruned to {g.n_nodes} / {g.n_edges:,}")
     tabs = st.tabs(["graph", "node", "subgraph", "checks", "intervene", "logit lens", "files"])
     labels = s["ui"]["labels"]
     with tabs[0]:
@@ -641,6 +896,8 @@ def main() -> None:
         if pick != "—":
             s["selected"] = by_id[pick]
         graph_tab(full, g, influence, settings, labels)
+    # the header after the graph view: the browser gets the new graph no later than its title
+    header.markdown(header_text(full, g))
     with tabs[1]:
         node_inspector(g, full, run, influence)
     with tabs[2]:
@@ -650,7 +907,7 @@ def main() -> None:
     with tabs[4]:
         interventions(g, run)
     with tabs[5]:
-        lens_view(run)
+        lens_view(full, run)
     with tabs[6]:
         files(full, g)
 
@@ -658,6 +915,7 @@ def main() -> None:
 def subgraph_view(g) -> None:
     from circuits import export
     from circuits.graph import Node
+    from circuits.ids import parse_node
 
     s = state()
     pins = [Node.from_json(p) for p in s["ui"]["pins"]]
@@ -679,13 +937,14 @@ def subgraph_view(g) -> None:
     with st.form("supernode"):
         name = st.text_input("supernode name", key="sn_name")
         members = st.multiselect("members", [export.node_id(n) for n in g.nodes if n.kind.endswith("_feature")],
-                                 key="sn_members")
+                                 key="sn_members", select_all=False)
         if st.form_submit_button("add supernode"):
             if not name.strip() or not members:
                 st.warning("a supernode needs a name and at least one member")
             else:
-                s["ui"]["supernodes"].append({"name": name.strip(), "nodes": [
-                    [k.split(":")[0], *map(int, k.split(":")[1:])] for k in members]})
+                nodes = [guarded(parse_node, k) for k in members]
+                if None not in nodes:
+                    s["ui"]["supernodes"].append({"name": name.strip(), "nodes": [n.to_json() for n in nodes]})
     for sn in s["ui"]["supernodes"]:
         st.write(f"**{sn['name']}**: " + ", ".join(export.node_label(g, Node.from_json(n)) for n in sn["nodes"]))
 

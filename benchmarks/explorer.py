@@ -8,6 +8,14 @@ click to the page showing the new result): tracing a new prompt; one step of the
 (the view re-prunes and redraws in the browser; also the time until the rest of the page — header, sidebar, other
 tabs — has followed through a rerun); one step of the sidebar's slider (a server rerun); showing every node of the
 full graph (thresholds at 1.0); the same on a prompt with more than 5,000 nodes; prints a table.
+
+    python benchmarks/explorer.py --first-graph [--repeats 3]
+
+Time to first graph (issue 16, targets: a new tab on a running server ≤ 5 s, a fresh server ≤ 15 s): for each
+repeat, starts a fresh server and opens a tab at once (from starting the server to the example's graph drawn in the
+graph view), then opens new tabs one after another on that running server (from `goto` to the graph drawn). Prints
+each repeat, the median and the load average of the machine before and after, since on a shared machine the
+numbers depend on it.
 """
 
 from __future__ import annotations
@@ -70,13 +78,92 @@ def _view_step(page, key: str = "ArrowLeft", control: str = "#node") -> tuple[fl
     return drawn, time.perf_counter() - t0, header
 
 
+def _start_server() -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
+                             "--server.headless", "true", "--server.fileWatcherType", "none",
+                             "--browser.gatherUsageStats", "false"], cwd=APP.parent,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _wait_health(url: str, timeout: float = 120.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError("the server did not start")
+
+
+def _open_to_first_graph(browser, url: str) -> tuple[float, float, object]:
+    """A new tab on `url`: seconds from `goto` until the header shows the graph, until the view has drawn it."""
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    t0 = time.perf_counter()
+    page.goto(url)
+    page.get_by_text("pruned to").first.wait_for(timeout=180_000)
+    header = time.perf_counter() - t0
+    _view_status(page)
+    return header, time.perf_counter() - t0, page
+
+
+def first_graph(args) -> None:
+    """Fresh server and new tabs on a running server: time to the first graph (see the module docstring)."""
+    import os
+
+    from playwright.sync_api import sync_playwright
+
+    load_before = os.getloadavg()
+    rows = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=args.chromium, args=FLAGS)
+        for r in range(args.repeats):
+            t0 = time.perf_counter()
+            proc, url = _start_server()
+            try:
+                _wait_health(url)
+                healthy = time.perf_counter() - t0
+                header, drawn, page = _open_to_first_graph(browser, url)
+                rows.append((f"fresh server #{r + 1}: start → graph drawn (server up after {healthy:.1f} s)",
+                             healthy + header, healthy + drawn, "<= 15 s"))
+                page.close()
+                for k in range(args.repeats):
+                    header, drawn, page = _open_to_first_graph(browser, url)
+                    rows.append((f"  new tab #{k + 1} on that running server: goto → graph drawn", header, drawn,
+                                 "<= 5 s"))
+                    page.close()
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+        browser.close()
+    load_after = os.getloadavg()
+    print(f"{'measure':<76} {'header s':>9} {'drawn s':>8} {'target':>8}")
+    for name, header, drawn, target in rows:
+        print(f"{name:<76} {header:>9.2f} {drawn:>8.2f} {target:>8}")
+    for label, prefix in (("fresh server", "fresh"), ("new tab on a running server", "  new tab")):
+        drawn = sorted(d for n, _, d, _ in rows if n.startswith(prefix))
+        print(f"median {label}: {drawn[len(drawn) // 2]:.2f} s (of {len(drawn)})")
+    print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f}, after {load_after[0]:.2f} "
+          f"{load_after[1]:.2f} (1/5 min) on {os.cpu_count()} CPUs")
+
+
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--screenshot", default="runs/explorer.png")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--first-graph", action="store_true", help="only time the first graph (fresh server, new "
+                        "tab on a running server)")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.first_graph:
+        first_graph(args)
+        return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -110,7 +197,7 @@ def main() -> None:
             old_status = status.inner_text()
             t0 = time.perf_counter()
             page.get_by_role("button", name="trace").click()
-            page.get_by_text("Anna −  David").first.wait_for(timeout=60_000)
+            page.get_by_text("When Anna and David went to the park").first.wait_for(timeout=60_000)
             t_header = time.perf_counter() - t0
             _wait_text_change(status, old_status)
             rows.append(("trace a new prompt (click → graph drawn in the view)", time.perf_counter() - t0, "<= 3 s"))

@@ -151,6 +151,11 @@ def publish(packed: PackedGraph, retire: str | None = None) -> dict:
             "index": index}
 
 
+def retire(graph_id: str) -> None:
+    """Remove a published graph's file (a tab that moved on to another graph)."""
+    (component_dir() / GRAPHS / f"{graph_id}.bin").unlink(missing_ok=True)
+
+
 def graph_view(published: dict, *, node_threshold: float, edge_threshold: float, cap: int | None,
                epoch: int, selected: int | None, user_labels: dict[str, str], key: str):
     """Draw the view of a `publish`ed graph; returns its last report (``{"instance", "seq", "graph_id",

@@ -146,7 +146,32 @@ function drawEdges() {
   ctx.restore();
 }
 
+// plotly.min.js (3.5 MB) loads after this script (async): the graph is fetched and unpacked meanwhile, and drawing
+// waits for it
+const plotlyReady = new Promise((resolve) => {
+  if (window.Plotly) { resolve(); return; }
+  const tag = document.getElementById("plotly-js");
+  tag.addEventListener("load", () => resolve());
+  tag.addEventListener("error", () => showError("could not load plotly.min.js"));
+});
+
+window.addEventListener("resize", () => setTimeout(drawEdges, 150));
+
+function clearView() {
+  // a new graph was asked for: the old one must not stay on screen under the page's new title while it loads
+  const plot = document.getElementById("plot"), canvas = document.getElementById("edges");
+  if (window.Plotly) Plotly.purge(plot);
+  delete plot.dataset.bound;
+  edgeGroups = [];
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  const status = document.getElementById("status");
+  status.textContent = "loading the graph ...";
+  delete status.dataset.graph;
+  lastDraw = "";
+}
+
 function draw(force) {
+  if (!window.Plotly) { plotlyReady.then(() => draw(force)); return; }
   const key = JSON.stringify([graphId, state, selected, userLabels]);
   if (!force && key === lastDraw) return;
   lastDraw = key;
@@ -155,8 +180,9 @@ function draw(force) {
   const t1 = performance.now();
   const fig = figure(result);
   edgeGroups = fig.edgeGroups;
-  const plot = document.getElementById("plot");
+  const plot = document.getElementById("plot"), drawing = graphId;
   Plotly.react(plot, fig.traces, fig.layout, { displaylogo: false, responsive: true }).then(() => {
+    if (drawing !== graphId) return; // another graph was asked for meanwhile (clearView)
     drawEdges();
     const t2 = performance.now();
     const status = document.getElementById("status");
@@ -166,12 +192,12 @@ function draw(force) {
     status.dataset.drawMs = (t2 - t1).toFixed(1);
     status.dataset.nodes = fig.nNodes;
     status.dataset.edges = fig.nEdges;
+    status.dataset.graph = graphId;
     if (loadStart !== null) { status.dataset.loadMs = (t2 - loadStart).toFixed(1); loadStart = null; }
     if (!plot.dataset.bound) {
       plot.dataset.bound = "1";
       plot.on("plotly_relayout", drawEdges);
       plot.on("plotly_relayouting", drawEdges);
-      window.addEventListener("resize", () => setTimeout(drawEdges, 150));
       plot.on("plotly_click", (ev) => {
         const p = ev.points && ev.points[0];
         if (!p || p.customdata === undefined) return;
@@ -236,6 +262,7 @@ window.addEventListener("message", (ev) => {
   if (latest.graph_id === loading) return;
   const wanted = loading = latest.graph_id;
   const started = performance.now();
+  if (graphId !== null) { graphId = null; clearView(); }
   fetch(latest.data_url)
     .then((r) => { if (!r.ok) throw new Error(`could not fetch the graph (HTTP ${r.status})`); return r.arrayBuffer(); })
     .then((buf) => {
