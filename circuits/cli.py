@@ -47,15 +47,17 @@ def _print_eval_table(res: dict) -> None:
 
 
 def cmd_organism_train(args) -> int:
+    from circuits.inputs import check_output_dir
     from circuits.model import DATA_DIR
     from circuits.organism.evaluate import quick_eval
     from circuits.organism.train import OrganismTrainConfig, train_organism
 
+    defaults = OrganismTrainConfig()
+    args.phase4_steps = defaults.phase4_steps if args.phase4_steps is None else args.phase4_steps
+    args.phase5_steps = defaults.phase5_steps if args.phase5_steps is None else args.phase5_steps
     phases = ({"phase2_steps": 0, "phase3_steps": 0, "phase4_steps": 0, "phase5_steps": 0} if args.mix == "final"
               else {"phase2_steps": args.phase2_steps, "phase4_steps": args.phase4_steps,
                     "phase5_steps": args.phase5_steps})
-    from circuits.paths import check_output_dir
-
     for flag, v in (("--steps", args.steps),):
         if v < 1:
             raise CircuitsError(f"{flag} {v}: phase 1 needs at least 1 step")
@@ -86,7 +88,7 @@ def cmd_organism_eval(args) -> int:
     from circuits.organism.evaluate import EvalSizes, evaluate_organism, write_eval
 
     if args.out != "-":
-        from circuits.paths import check_output_file
+        from circuits.inputs import check_output_file
 
         check_output_file(args.out, "--out")
     model, _ = load_model(args.model)
@@ -145,7 +147,7 @@ def cmd_dicts_train(args) -> int:
     if args.model != "organism":
         raise CircuitsError(f"training is set up for the organism's corpus only, not {args.model!r}; "
                             "use --model organism")
-    from circuits.paths import check_output_dir
+    from circuits.inputs import check_output_dir
 
     for flag, v in (("--tokens", args.tokens), ("--d-sae", args.d_sae), ("--k", args.k)):
         if v < 1:
@@ -208,7 +210,7 @@ def cmd_dicts_eval(args) -> int:
     from circuits.model import load_model
 
     if args.out != "-":
-        from circuits.paths import check_output_file
+        from circuits.inputs import check_output_file
 
         check_output_file(args.out, "--out")
     for flag, v in (("--rows", args.rows), ("--dead-rows", args.dead_rows)):
@@ -238,7 +240,7 @@ def cmd_dicts_eval(args) -> int:
 
 def cmd_dicts_convert(args) -> int:
     from circuits.dictionaries import load_folder
-    from circuits.paths import check_output_dir
+    from circuits.inputs import check_output_dir
 
     out = check_output_dir(args.out, "--out")
     if out.exists() and any(out.iterdir()) and not args.force:
@@ -273,7 +275,7 @@ def _parse_feature(spec: str):
 
 def _prompt(args) -> str:
     """The prompt from the positional argument or --prompt-file (UTF-8, decode errors named)."""
-    from circuits.replacement import check_text
+    from circuits.inputs import check_text
 
     given = [x for x in (args.prompt, args.prompt_file) if x is not None]
     if len(given) != 1:
@@ -299,7 +301,7 @@ def _prompt(args) -> str:
 
 def _check_trace_options(args) -> None:
     """Every option of `trace` that can be checked without the model, before it loads."""
-    from circuits.paths import check_output_file
+    from circuits.inputs import check_output_file
 
     for flag, value in (("--node-threshold", args.node_threshold), ("--edge-threshold", args.edge_threshold)):
         if not 0 < value <= 1:
@@ -319,7 +321,7 @@ def _check_trace_options(args) -> None:
         raise CircuitsError(f"--ig-steps {args.ig_steps}: must be 0 or more")
     if args.corrupt is not None:
         from circuits.errors import AttributionError
-        from circuits.replacement import check_text
+        from circuits.inputs import check_text
 
         try:
             check_text(args.corrupt, "the --corrupt prompt")
@@ -448,6 +450,10 @@ def _print_top_nodes(summary: dict) -> None:
 def cmd_trace(args) -> int:
     import time
 
+    outputs = {k: getattr(args, k) for k in ("json", "dot", "svg", "png", "graphml", "circuit_tracer_json")}
+    prompt = args.prompt = _prompt(args)
+    _check_trace_options(args)  # fail before the work (and before torch is imported), not after it
+
     from circuits import export
     from circuits.attribution import attribute
     from circuits.dictionaries import load_dictionaries
@@ -459,9 +465,6 @@ def cmd_trace(args) -> int:
         if not args.quiet:
             print(msg, file=sys.stderr, flush=True)
 
-    outputs = {k: getattr(args, k) for k in ("json", "dot", "svg", "png", "graphml", "circuit_tracer_json")}
-    prompt = args.prompt = _prompt(args)
-    _check_trace_options(args)  # fail before the work, not after it
     target = _trace_target(args)
     if args.max_features == 0:
         warn("--max-features 0 keeps no feature nodes: the pruned graph has only tokens, error nodes and the "
@@ -646,10 +649,10 @@ def cmd_dashboards_build(args) -> int:
                             "corpus here: use --model organism")
     import sqlite3
 
+    from circuits.inputs import check_output_file
     from circuits.organism.corpus import ToyWorldCorpus
     from circuits.organism.tokenizer import build_tokenizer
     from circuits.organism.train import batch_tokens
-    from circuits.paths import check_output_file
 
     if args.rows < 1:
         raise CircuitsError(f"--rows {args.rows}: must be at least 1")
@@ -687,7 +690,7 @@ def cmd_feature(args) -> int:
     db_path = Path(args.db) if args.db else _dashboard_db(args.model)
     if args.text is not None:
         from circuits.errors import AttributionError
-        from circuits.replacement import check_text
+        from circuits.inputs import check_text
 
         try:
             check_text(args.text, "--text")
@@ -736,7 +739,7 @@ def cmd_study(args) -> int:
     get_study(args.name, **options)  # validates the options before any model loads
     spec = StudySpec(args.name, model=args.model, dicts=args.dicts, n=args.n, seed=args.seed,
                      options=tuple(sorted(options.items())), ig_steps=args.ig_steps)
-    from circuits.paths import check_output_dir
+    from circuits.inputs import check_output_dir
 
     out = check_output_dir(args.out or f"reports/{args.name}", "--out")
     result = run_study(spec, workers=args.workers, ray_address=args.ray_address, top=args.top,
@@ -755,8 +758,7 @@ def cmd_study(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from circuits.model import DATA_DIR
-    from circuits.organism.train import OrganismTrainConfig
+    from circuits.model import DATA_DIR  # no torch: the parser and the option checks stay fast
 
     p = argparse.ArgumentParser(prog="circuits", description="Feature-level circuits in transformers.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -768,10 +770,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/organism", help="run folder (checkpoints, log, exported weights)")
     t.add_argument("--steps", type=int, default=4500, help="phase-1 steps (batch 32 x 128 tokens)")
     t.add_argument("--phase2-steps", type=int, default=1500, help="phase-2 steps (compositional IOI, callbacks)")
-    t.add_argument("--phase4-steps", type=int, default=OrganismTrainConfig.phase4_steps,
-                   help="phase-4 steps (slot-noised IOI); phase 3 is 1500 steps")
-    t.add_argument("--phase5-steps", type=int, default=OrganismTrainConfig.phase5_steps,
-                   help="phase-5 steps (phase 4 with every name in IOI, held-out pairs excluded)")
+    t.add_argument("--phase4-steps", type=int, default=None,
+                   help="phase-4 steps (slot-noised IOI; default 1500); phase 3 is 1500 steps")
+    t.add_argument("--phase5-steps", type=int, default=None,
+                   help="phase-5 steps (phase 4 with every name in IOI, held-out pairs excluded; default 1500)")
     t.add_argument("--mix", default="phased", choices=["phased", "final"],
                    help="phased: the five-phase recipe; final: one corpus mix from step 0 (phase flags ignored)")
     t.add_argument("--seed", type=int, default=0)

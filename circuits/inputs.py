@@ -1,4 +1,9 @@
-"""Output paths checked before the work: a command that would fail to write its result fails at once instead.
+"""User input checked before the work (no torch here, so a bad option fails in a fraction of a second).
+
+Text: `check_text` names the first character that is not valid Unicode (a shell hands undecodable bytes to Python
+as lone surrogates, which the tokenizer rejects with a TypeError deep inside).
+
+Output paths: a command that would fail to write its result fails at once instead.
 
 `check_output_file` and `check_output_dir` try what the command will do later — create the folder, create and
 remove a temporary file in it — so a read-only or missing place, a path that is a folder where a file is expected
@@ -12,7 +17,19 @@ import os
 import tempfile
 from pathlib import Path
 
-from circuits.errors import OutputPathError
+from circuits.errors import AttributionError, OutputPathError
+
+
+def check_text(text: str, what: str) -> str:
+    """`text` unchanged if it is valid Unicode; an `AttributionError` naming the first bad character otherwise."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character {bad!r}"
+        raise AttributionError(f"{what} is not valid UTF-8 text ({byte} at character {e.start}); save it as "
+                               "UTF-8") from None
+    return text
 
 
 def _probe(folder: Path, what: str) -> None:

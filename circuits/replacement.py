@@ -27,6 +27,7 @@ from torch import Tensor
 
 from circuits.dictionaries.base import Dictionary
 from circuits.errors import AttributionError
+from circuits.inputs import check_text
 from circuits.model import (
     hook_attn_pattern,
     hook_attn_z,
@@ -141,21 +142,6 @@ class ReplacementCache:
 def site_name(kind: str, layer: int) -> str:
     """Residual-stream write site of a sublayer: ``attn_L`` or ``mlp_L``."""
     return f"{kind}_{layer}"
-
-
-def check_text(text: str, what: str) -> str:
-    """`text` unchanged if it is valid Unicode; an `AttributionError` naming the first bad character otherwise.
-
-    A shell passes bytes that are not UTF-8 (``$(cat file)`` with ``\\xff\\xfe``) to Python as lone surrogates
-    (``\\udcff``), which the tokenizer rejects with a TypeError deep inside."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        bad = text[e.start]
-        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"character {bad!r}"
-        raise AttributionError(f"{what} is not valid UTF-8 text ({byte} at character {e.start}); save it as "
-                               "UTF-8") from None
-    return text
 
 
 class ReplacementModel:

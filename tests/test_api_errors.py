@@ -1,0 +1,85 @@
+"""Bad input through the Python API: a typed exception with one clear message, before any work is done."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from circuits import CircuitsError, ModelLoadError
+from circuits.graph import Node
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), "two"])
+def test_an_edit_with_a_value_that_is_not_a_finite_number_is_refused(value):
+    """`Edit(node, "set", nan)` used to be accepted, and every logit became NaN."""
+    from circuits import Edit
+
+    with pytest.raises(CircuitsError, match="M3#7@2"):
+        Edit(Node("mlp_feature", 3, 2, 7), "set", value)
+    with pytest.raises(CircuitsError, match="mode 'double'"):
+        Edit(Node("mlp_feature", 3, 2, 7), "double", 1.0)  # type: ignore[arg-type]
+    assert Edit(Node("mlp_feature", 3, 2, 7), "set", 2).value == 2
+
+
+def test_an_empty_model_name_is_not_the_current_folder(tmp_path, monkeypatch):
+    from circuits import load_model
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("", "  "):
+        with pytest.raises(ModelLoadError, match="empty model name"):
+            load_model(name)
+
+
+def test_a_dictionary_that_does_not_fit_the_model_names_its_folder(tmp_path, tiny_model):
+    from circuits import load_dictionaries
+    from circuits.dictionaries import DictionaryLoadError
+    from circuits.dictionaries.base import DictionaryConfig, make_dictionary
+    from circuits.dictionaries.dictset import DictionarySet
+
+    wrong = DictionaryConfig("transcoder", 0, tiny_model.cfg.d_model * 2, 16, tiny_model.cfg.d_model * 2,
+                             activation="relu", model_name="tiny")
+    folder = tmp_path / "my_set"
+    DictionarySet("tiny", {"transcoder_L0": make_dictionary(wrong)}).save(folder)
+    with pytest.raises(DictionaryLoadError, match=f"transcoder_L0 \\(in {folder}\\)"):
+        load_dictionaries(str(folder), tiny_model)
+
+
+def test_a_graph_repr_is_one_short_line():
+    from circuits.graph import Graph
+
+    n = 3000
+    nodes = tuple(Node("mlp_feature", 0, p, 0) for p in range(n))
+    g = Graph(nodes, torch.ones(n), torch.stack([torch.arange(1, n), torch.arange(n - 1)]), torch.ones(n - 1),
+              metadata={"targets": [{"label": "' Mary' − ' John'", "value": 3.25, "node": ["logit_diff", 1, 5, 1]}],
+                        "scores": {"replacement": 0.5, "completeness": 0.75}})
+    text = repr(g)
+    assert "\n" not in text and len(text) < 300, text
+    assert "3000 nodes (3000 mlp_feature)" in text and "2999 edges" in text and "3.250" in text
+    assert "replacement 0.500" in text
+
+
+def test_a_literal_special_token_in_a_prompt_is_said(tiny_model):
+    """`<|endoftext|>` typed in a prompt became the BOS token without a word."""
+    from circuits.replacement import ReplacementModel
+
+    rm = ReplacementModel(tiny_model, [], name="tiny")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tokens = rm.tokenize("When Mary<|endoftext|> and John")
+    assert any("'<|endoftext|>'" in str(w.message) for w in caught)
+    assert int((tokens == tiny_model.tokenizer.bos_token_id).sum()) == 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rm.tokenize("When Mary and John")
+    assert not any("endoftext" in str(w.message) for w in caught)
+
+
+def test_invalid_unicode_in_a_prompt_is_named(tiny_model):
+    from circuits.errors import AttributionError
+    from circuits.replacement import ReplacementModel
+
+    rm = ReplacementModel(tiny_model, [], name="tiny")
+    with pytest.raises(AttributionError, match="byte 0xff at character 5"):
+        rm.tokenize("When \udcff Mary")
