@@ -1,0 +1,241 @@
+"""The README's examples run, and the text it quotes about a feature is what the shipped data say (issue 16).
+
+* Every ```python block runs as a script in a fresh process (a temporary working folder, a timeout). A block is
+  skipped only when an HTML comment ``<!-- no-test: REASON -->`` right before it says it needs the network; the
+  study example runs with a smaller ``n`` (`SUBSTITUTIONS`).
+* Every command in the ```bash blocks is either run — ``circuits ...`` through the console script's ``main`` in
+  this process, in a temporary folder, in README order (later commands read files earlier ones wrote), some with
+  shorter options (`SHORTER`) — or skipped for a reason listed in `SKIPPED` (installs, servers, training, jobs of
+  minutes). A command that is neither fails the test, so a new README command must be classified here.
+* The generated regions of README.md (the feature example) equal what ``docs/readme_examples.py`` produces from
+  the current model, dictionaries and dashboard database.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+NO_TEST = re.compile(r"<!-- no-test: (?P<reason>.+?) -->")
+
+# (text in the block, replacement, why): applied to the ```python block that contains the text
+SUBSTITUTIONS = [
+    ('StudySpec("ioi", n=200,', 'StudySpec("ioi", n=4,',
+     "the full study takes ~6 min on 2 cores; n=4 runs the same pipeline, worker processes included"),
+]
+
+# command prefix → why the test does not run it
+SKIPPED = {
+    ("python", "-m", "venv"): "creates a virtual environment (the tests already run in one)",
+    (".",): "activates the virtual environment",
+    ("pip", "install"): "installs packages (network)",
+    ("apt-get",): "installs system packages (root, network)",
+    ("streamlit", "run"): "starts a server; tests/test_browser.py drives it in Chromium",
+    ("python", "-m", "pytest"): "the test suite itself",
+    ("circuits", "dicts", "train"): "trains dictionaries (18-76 min)",
+    ("cp",): "copies the output of those training runs",
+    ("circuits", "dicts", "eval"): "the fidelity report (~7 min; rewrites the shipped fidelity.json)",
+    ("circuits", "dashboards", "build"): "builds every dashboard (~5 min; rewrites the shipped database)",
+    ("circuits", "study", "ioi"): "a full study (5-6 min); the README's Python study example runs the same "
+                                  "pipeline with n=4, tests/test_studies.py the command",
+    ("circuits", "study", "induction"): "a full study (~5 min), as above",
+    ("circuits", "study", "two_hop"): "a full study (~2 min), as above",
+}
+
+# command prefix → options appended when the test runs it (why)
+SHORTER = {
+    ("circuits", "organism", "eval"): (["--subsample", "0.02", "--out", "-", "--quiet"],
+                                      "2% of the prompts, and the shipped eval.json is not rewritten"),
+}
+
+
+def fenced_blocks(lang: str) -> list[tuple[int, str | None, str]]:
+    """(line number, no-test reason or None, code) of every ```lang block of the README."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    out, i = [], 0
+    while i < len(lines):
+        if lines[i].strip() == f"```{lang}":
+            start, body = i + 1, []
+            i += 1
+            while lines[i].strip() != "```":
+                body.append(lines[i])
+                i += 1
+            prev = next((ln for ln in reversed(lines[:start - 1]) if ln.strip()), "")
+            m = NO_TEST.search(prev)
+            out.append((start, m.group("reason") if m else None, "\n".join(body) + "\n"))
+        i += 1
+    return out
+
+
+def strip_comment(line: str) -> str:
+    """`line` without a shell comment: a ``#`` that starts a word, outside quotes (``M3#1184`` is not one)."""
+    quote = None
+    for j, ch in enumerate(line):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (j == 0 or line[j - 1].isspace()):
+            return line[:j]
+    return line
+
+
+def shell_commands(code: str) -> list[list[str]]:
+    """The simple commands of a bash block (continuation lines joined, comments dropped, split at ``&&``)."""
+    commands = []
+    for line in code.replace("\\\n", " ").splitlines():
+        words = shlex.split(strip_comment(line))
+        while words:
+            cut = words.index("&&") if "&&" in words else len(words)
+            if words[:cut]:
+                commands.append(words[:cut])
+            words = words[cut + 1:]
+    return commands
+
+
+def classify(argv: list[str]) -> tuple[str, str | list[str]]:
+    """("skip", reason) or ("run", argv to run)."""
+    for prefix, reason in SKIPPED.items():
+        if tuple(argv[:len(prefix)]) == prefix:
+            return "skip", reason
+    if argv[0] != "circuits":
+        return "unknown", f"{shlex.join(argv)}: neither run nor listed in SKIPPED"
+    for prefix, (extra, _) in SHORTER.items():
+        if tuple(argv[:len(prefix)]) == prefix:
+            return "run", argv + extra
+    return "run", argv
+
+
+# -- python blocks ---------------------------------------------------------------------------------------------------
+
+
+PYTHON_BLOCKS = fenced_blocks("python")
+
+
+def test_python_blocks_are_found_and_skips_are_justified():
+    assert len(PYTHON_BLOCKS) >= 4
+    skipped = [(line, reason) for line, reason, _ in PYTHON_BLOCKS if reason is not None]
+    assert len(skipped) <= 2, f"too many README python blocks marked no-test: {skipped}"
+    for line, reason in skipped:
+        assert re.search(r"\b(network|hub|online|download)", reason), \
+            f"README line {line}: a python block may be skipped only when it needs the network ({reason!r})"
+    for text, _, _ in SUBSTITUTIONS:
+        assert sum(text in code for _, _, code in PYTHON_BLOCKS) == 1, f"substitution {text!r} matches no block"
+
+
+@pytest.mark.parametrize("line, reason, code", PYTHON_BLOCKS, ids=[f"line{b[0]}" for b in PYTHON_BLOCKS])
+def test_python_block_runs(line, reason, code, tmp_path):
+    if reason is not None:
+        pytest.skip(f"README line {line} is marked no-test: {reason}")
+    for text, replacement, _ in SUBSTITUTIONS:
+        code = code.replace(text, replacement)
+    script = tmp_path / f"readme_line{line}.py"
+    script.write_text(code, encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, f"README python block at line {line} failed:\n{proc.stderr[-4000:]}"
+    assert "Traceback" not in proc.stderr
+
+
+# -- bash blocks -----------------------------------------------------------------------------------------------------
+
+
+def test_shell_parsing():
+    code = ('circuits feature M3#1184 --text "a # b"   # a comment\n'
+            "pip install x && circuits trace \\\n    \"A B\" --json a.json\n")
+    assert shell_commands(code) == [["circuits", "feature", "M3#1184", "--text", "a # b"], ["pip", "install", "x"],
+                                    ["circuits", "trace", "A B", "--json", "a.json"]]
+
+
+def test_shell_commands_run(tmp_path, monkeypatch, capsys):
+    """Every cheap command of the README's bash blocks exits 0, in README order, in one temporary folder."""
+    from circuits.cli import main
+    from circuits.model import DATA_DIR
+
+    db_copy = tmp_path / "dashboards.sqlite"
+    shutil.copy(DATA_DIR / "dashboards" / "organism.sqlite", db_copy)  # --label writes: never into the shipped one
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    have_dot = shutil.which("dot") is not None
+    ran, skipped, unknown = [], [], []
+    for line, _, code in fenced_blocks("bash"):
+        for argv in shell_commands(code):
+            what, detail = classify(argv)
+            if what == "skip":
+                skipped.append((line, shlex.join(argv), detail))
+                continue
+            if what == "unknown":
+                unknown.append(f"README line {line}: {detail}")
+                continue
+            run = list(detail)
+            if run[:2] == ["circuits", "feature"] and "--label" in run:
+                run += ["--db", str(db_copy)]
+            if not have_dot:  # Graphviz missing: the rest of the command still runs (tests/test_export.py says so)
+                for flag in ("--svg", "--png"):
+                    while flag in run:
+                        k = run.index(flag)
+                        del run[k:k + 2]
+            code_ = main(run[1:])
+            out = capsys.readouterr()
+            assert code_ == 0, f"README line {line}: `{shlex.join(argv)}` exited {code_}:\n{out.err[-3000:]}"
+            assert out.out.strip(), f"README line {line}: `{shlex.join(argv)}` printed nothing"
+            ran.append(argv[:3])
+    assert not unknown, "\n".join(unknown)
+    assert ["circuits", "trace", "When Mary and John went to the store, John gave a drink to"] in ran
+    assert any(a[:2] == ["circuits", "feature"] for a in ran) and ["circuits", "graph", "diff"] in ran
+    # the skip list stays short and every entry is used (a stale entry hides nothing)
+    assert len(skipped) <= 20
+    used = {p for p in SKIPPED for _, cmd, _ in skipped if tuple(shlex.split(cmd)[:len(p)]) == p}
+    assert used == set(SKIPPED), f"SKIPPED entries no README command uses: {set(SKIPPED) - used}"
+
+
+# -- generated text --------------------------------------------------------------------------------------------------
+
+
+def test_quoted_feature_text_is_generated_from_the_current_data():
+    """The README's feature example (commands and description) is what docs/readme_examples.py writes for the
+    shipped model, dictionaries and dashboards; after retraining, `python docs/readme_examples.py --write`."""
+    spec = importlib.util.spec_from_file_location("readme_examples", ROOT / "docs" / "readme_examples.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = README.read_text(encoding="utf-8")
+    names = [m.group("name") for m in mod.MARKER.finditer(text)]
+    assert names == ["feature-commands", "feature-example"]
+    assert mod.render(text, mod.regions()) == text, \
+        "README.md quotes a feature differently from the current data: run `python docs/readme_examples.py --write`"
+    # and no hand-written quote of a particular feature is left outside the generated regions
+    outside = mod.MARKER.sub("", text)
+    stale = re.findall(r"circuits feature (?:[MA]\d+#|mlp:|attn:|transcoder_L|attn_sae_L)\S*", outside)
+    assert not stale, f"README quotes features outside the generated regions: {stale}"
+
+
+# -- pytest configuration (issue 16, item 15) ------------------------------------------------------------------------
+
+
+def test_pytest_prints_skip_reasons_and_every_skip_has_one():
+    """`python -m pytest -q` lists skipped tests with their reasons (-rs), and every skip in tests/ gives one."""
+    opts = re.search(r'^addopts = "(.*)"$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert re.search(r"(^|\s)-r\w*[sa]", opts), f"addopts {opts!r} does not print skip reasons (-rs)"
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            if name.endswith(("mark.skipif", "mark.skip")):
+                assert any(k.arg == "reason" for k in node.keywords), f"{path.name}:{node.lineno}: {name} without reason"
+            elif name.endswith("pytest.skip"):
+                assert node.args or node.keywords, f"{path.name}:{node.lineno}: pytest.skip() without a reason"
