@@ -3,8 +3,10 @@
 ``circuits study ioi --n 200`` runs a study and writes a report folder; in Python::
 
     from circuits.studies import StudySpec, run_study, write_report
-    result = run_study(StudySpec("ioi", n=200), workers=2)
-    write_report(result, "reports/ioi")
+
+    if __name__ == "__main__":  # in a script: worker processes re-import it (see `circuits.studies.batch`)
+        result = run_study(StudySpec("ioi", n=200), workers=2)
+        write_report(result, "reports/ioi")
 
 A new study is one short module: a `Study` subclass (prompt pairs, roles, checks) registered in `STUDIES`.
 """
