@@ -1,0 +1,111 @@
+"""Statistics of the case studies: paired bootstrap intervals over prompts, and verdicts that can say "no".
+
+Every effect a report states is a mean over prompts of a per-prompt quantity, or a ratio of such means
+(faithfulness ``(m̄(C) − m̄(∅)) / (m̄(M) − m̄(∅))``). Its uncertainty is the **paired bootstrap** over prompts: draw
+n prompts with replacement, recompute the statistic from the same draw for every quantity it uses (so the pairing
+between e.g. m(C) and m(∅) on one prompt is kept), repeat `n_boot` times, take the 2.5% and 97.5% percentiles.
+Draws come from a seeded generator: the same inputs give the same interval, byte for byte.
+
+A verdict is **confirmed** only when (1) the effect's interval excludes zero, (2) it lies entirely above the
+baseline's interval (a stratified random ablation of the same size), and (3) the effect is at least a stated
+minimum (default 10% of the clean metric). It is **not confirmed** when the interval contains zero or lies below the
+baseline's upper bound with a mean under the minimum; anything else is **inconclusive**. The numbers go with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+N_BOOT = 1000
+MIN_EFFECT_SHARE = 0.10
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its 95% paired-bootstrap interval."""
+
+    value: float
+    lo: float
+    hi: float
+    n: int
+
+    def excludes(self, x: float) -> bool:
+        return not self.lo <= x <= self.hi
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "lo": self.lo, "hi": self.hi, "n": self.n}
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.lo:.3f}, {self.hi:.3f}]"
+
+
+def bootstrap(columns: dict[str, Sequence[float]], statistic: Callable[[dict[str, np.ndarray]], float],
+              n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> Interval:
+    """`statistic` of the per-prompt `columns` (equal lengths, one entry per prompt) with a paired bootstrap
+    interval: every resample draws one set of prompt indices and applies it to all columns."""
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
+    lengths = {len(a) for a in arrays.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"columns differ in length: { {k: len(a) for k, a in arrays.items()} }")
+    n = lengths.pop()
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), 0)
+    value = float(statistic(arrays))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    draws = np.array([statistic({k: a[i] for k, a in arrays.items()}) for i in idx], dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return Interval(value, float("nan"), float("nan"), n)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(draws, [tail, 100 - tail])
+    return Interval(value, float(lo), float(hi), n)
+
+
+def mean_interval(values: Sequence[float], seed: int = 0, n_boot: int = N_BOOT) -> Interval:
+    """The mean of per-prompt `values` with its bootstrap interval."""
+    return bootstrap({"x": values}, lambda c: float(c["x"].mean()), n_boot, seed)
+
+
+def faithfulness_interval(circuit: Sequence[float], empty: Sequence[float], full: Sequence[float], seed: int = 0,
+                          n_boot: int = N_BOOT) -> Interval:
+    """``(m̄(C) − m̄(∅)) / (m̄(M) − m̄(∅))`` with a paired bootstrap interval (per-prompt metrics in; nan when
+    the model and the empty circuit agree on a resample)."""
+
+    def stat(c: dict[str, np.ndarray]) -> float:
+        denom = c["full"].mean() - c["empty"].mean()
+        return float((c["circuit"].mean() - c["empty"].mean()) / denom) if denom != 0 else float("nan")
+
+    return bootstrap({"circuit": circuit, "empty": empty, "full": full}, stat, n_boot, seed)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    word: str  # "confirmed", "not confirmed" or "inconclusive"
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"verdict": self.word, "reason": self.reason}
+
+
+def verdict(effect: Interval, baseline: Interval | None, clean_metric: float,
+            min_share: float = MIN_EFFECT_SHARE) -> Verdict:
+    """Is `effect` (a drop of the metric, positive = the ablation hurt) real and larger than `baseline`'s?
+
+    See the module docstring for the rule; `clean_metric` sets the minimum effect (`min_share` of it)."""
+    minimum = abs(clean_metric) * min_share
+    base = f"; random {baseline}" if baseline is not None else ""
+    numbers = f"effect {effect}{base}; minimum {minimum:.3f} ({min_share:.0%} of the clean metric {clean_metric:.3f})"
+    if not np.isfinite(effect.lo) or effect.n < 2:
+        return Verdict("inconclusive", f"too few prompts for an interval ({numbers})")
+    above_zero = effect.lo > 0
+    above_base = baseline is None or effect.lo > baseline.hi
+    big = effect.value >= minimum
+    if above_zero and above_base and big:
+        return Verdict("confirmed", numbers)
+    if not effect.excludes(0.0) or (baseline is not None and effect.hi < baseline.hi) or effect.hi < minimum:
+        return Verdict("not confirmed", numbers)
+    return Verdict("inconclusive", numbers)

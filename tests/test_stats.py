@@ -1,0 +1,50 @@
+"""Bootstrap intervals and verdicts: each branch reachable, negative controls say "not confirmed"."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from circuits.studies.stats import Interval, faithfulness_interval, mean_interval, verdict
+
+
+def test_interval_covers_the_true_mean_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    small, large = mean_interval(rng.normal(2.0, 1.0, 30)), mean_interval(rng.normal(2.0, 1.0, 600))
+    assert small.lo < 2.0 < small.hi and large.lo < 2.0 < large.hi
+    assert (large.hi - large.lo) < 0.5 * (small.hi - small.lo)
+
+
+def test_same_inputs_same_interval():
+    x = np.random.default_rng(2).normal(size=40)
+    assert mean_interval(x, seed=3) == mean_interval(x, seed=3)
+
+
+def test_faithfulness_interval_is_paired():
+    """m(C) and m(∅) move together across prompts: pairing makes the ratio's interval far tighter than the spread of
+    either column would suggest."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(0, 5, 60)  # a large per-prompt offset shared by every condition
+    f = faithfulness_interval(base + 5 + rng.normal(0, 0.1, 60), base + rng.normal(0, 0.1, 60),
+                              base + 10 + rng.normal(0, 0.1, 60))
+    assert abs(f.value - 0.5) < 0.02 and f.hi - f.lo < 0.05
+
+
+@pytest.mark.parametrize("effect,baseline,word", [
+    (Interval(1.0, 0.8, 1.2, 50), Interval(0.1, -0.1, 0.3, 50), "confirmed"),
+    (Interval(0.05, -0.1, 0.2, 50), Interval(0.0, -0.1, 0.1, 50), "not confirmed"),  # contains zero
+    (Interval(0.2, 0.1, 0.3, 50), Interval(0.25, 0.15, 0.35, 50), "not confirmed"),  # below the random baseline
+    (Interval(0.3, 0.2, 0.4, 50), Interval(0.0, -0.1, 0.1, 50), "not confirmed"),  # real but under the minimum
+    (Interval(0.6, 0.3, 0.9, 50), Interval(0.25, 0.1, 0.4, 50), "inconclusive"),  # overlaps the baseline
+    (Interval(0.6, float("nan"), float("nan"), 1), None, "inconclusive"),  # no interval
+])
+def test_every_verdict_branch(effect, baseline, word):
+    assert verdict(effect, baseline, clean_metric=5.0).word == word
+
+
+def test_a_drop_of_one_percent_against_noise_is_not_confirmed():
+    """The old rule ("drop > 0 and drop > 2 × random") confirmed a 1% drop against a 0.3% random drop."""
+    rng = np.random.default_rng(5)
+    effect = mean_interval(0.1 + rng.normal(0, 0.3, 100))  # 1% of a clean metric of 10
+    baseline = mean_interval(0.03 + rng.normal(0, 0.3, 100))
+    assert verdict(effect, baseline, clean_metric=10.0).word == "not confirmed"
