@@ -801,7 +801,7 @@ def server_graph(g, influence, labels: dict) -> None:
 def graph_tab(full, g, influence, settings: dict, labels: dict) -> None:
     """The graph view component: the full graph goes to the browser once, which prunes and draws it for any
     thresholds at once (and reports them back); a click on a node selects it."""
-    from circuits.graph_view import MAX_BROWSER_EDGES, component_dir, graph_view, publish, retire
+    from circuits.graph_view import MAX_BROWSER_EDGES, graph_view, is_published, publish, retire
 
     s = state()
     if full.n_edges > MAX_BROWSER_EDGES:
@@ -827,7 +827,7 @@ def graph_tab(full, g, influence, settings: dict, labels: dict) -> None:
             return
         view = s["view"] = {"graph": full, "packed": packed, "published": published,
                             "index": {n: i for i, n in enumerate(full.nodes)}}
-    elif not (component_dir() / view["published"]["data_url"]).exists():  # removed as stale (a day old)
+    elif not is_published(view["published"]):  # removed as stale (a day old) by another tab
         guarded(publish, view["packed"])
     selected = view["index"].get(s["selected"]) if s["selected"] is not None else None
     guarded(graph_view, view["published"], node_threshold=settings["node_threshold"],

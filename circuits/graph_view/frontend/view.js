@@ -254,6 +254,16 @@ function apply() {
   draw();
 }
 
+function fetchGraph(args) {
+  // the gzip file when there is one (inflated here, natively), else the raw arrays
+  const ok = (r) => { if (!r.ok) throw new Error(`could not fetch the graph (HTTP ${r.status})`); return r; };
+  if (args.gz_url && typeof DecompressionStream !== "undefined") {
+    return fetch(args.gz_url).then(ok)
+      .then((r) => new Response(r.body.pipeThrough(new DecompressionStream("gzip"))).arrayBuffer());
+  }
+  return fetch(args.data_url).then(ok).then((r) => r.arrayBuffer());
+}
+
 window.addEventListener("message", (ev) => {
   const d = ev.data;
   if (!d || d.type !== "streamlit:render") return;
@@ -263,8 +273,7 @@ window.addEventListener("message", (ev) => {
   const wanted = loading = latest.graph_id;
   const started = performance.now();
   if (graphId !== null) { graphId = null; clearView(); }
-  fetch(latest.data_url)
-    .then((r) => { if (!r.ok) throw new Error(`could not fetch the graph (HTTP ${r.status})`); return r.arrayBuffer(); })
+  fetchGraph(latest)
     .then((buf) => {
       if (loading !== wanted) return; // a newer graph was asked for meanwhile
       const args = { meta: latest.meta };

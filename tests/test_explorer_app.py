@@ -1,0 +1,215 @@
+"""The explorer's fixes for issue 16 through Streamlit's AppTest (no browser): opened graphs drive every tab, the
+header, dashboard contexts, uploads loaded once, bad uploads, the widget-state warning, the intervene picker."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import transformer_lens  # noqa: F401  imported before AppTest's script thread first imports torch (see test_app.py)
+
+pytest.importorskip("streamlit")
+import streamlit  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+LYON = "Lyon is a city in France. The capital of the country containing Lyon is"
+
+
+@pytest.fixture
+def app():
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _header(at) -> str:
+    """The header's text as shown (Markdown escapes removed)."""
+    head = next(m.value for m in at.markdown if "pruned to" in m.value)
+    return re.sub(r"\\(.)", r"\1", head)
+
+
+def _open_example(at, name: str) -> None:
+    at.selectbox(key="gallery").set_value(name).run()
+    at.button(key="open_example").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(f"opened {name}" in s.value for s in at.success)
+
+
+def _pick_feature(at, kind: str = "mlp_feature") -> str:
+    """Select a feature node of the shown (pruned) graph in the node list; its id."""
+    from circuits import export, prune
+
+    g = prune(at.session_state["graph"], at.slider(key="node_threshold").value,
+              at.slider(key="edge_threshold").value).graph
+    feature = export.node_id(next(n for n in g.nodes if n.kind == kind))
+    at.selectbox(key="node_pick").set_value(feature).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return feature
+
+
+def test_an_opened_example_drives_every_tab_with_its_own_prompt(app):
+    """Issue 16 item 2: after opening the two-hop example, faithfulness, the logit lens, node activations and
+    interventions run on the example's prompt (they used the sidebar's and failed with an IndexError), and the
+    sidebar shows that prompt (and its target) so that 'trace' reproduces it."""
+    at = app
+    _open_example(at, "two_hop_lyon.json")
+    assert at.text_area(key="prompt").value == LYON
+    assert at.radio(key="target_mode").value == "salient logits"
+    assert LYON in _header(at) and "Paris" in _header(at)
+    at.button(key="faith").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    text = " ".join(m.value for m in at.markdown)
+    assert "faithfulness (zero ablation)" in text and "faithfulness (mean ablation)" in text
+    assert any(LYON in c.value for c in at.caption if "faithfulness" not in c.value and "prompt" in c.value)
+    lens = [c for c in at.caption if c.value.startswith("logit lens on the graph's prompt")]
+    assert lens and LYON in lens[0].value
+    charts = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("Lyon" in spec and "France" in spec for spec in charts)  # the lens' token axis
+    _pick_feature(at)
+    assert not at.error, [e.value for e in at.error]
+    assert any("activation on every token" in m.value for m in at.markdown)
+    ms = at.multiselect(key="iv_nodes")
+    ms.select(ms.options[0]).run()
+    at.button(key="iv_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("metric" in m.value and "Paris" in m.value for m in at.markdown)
+
+
+def test_header_keeps_the_prompt_text_and_aggregated_roles_are_separated(app):
+    """Issue 16 item 3: an unknown word keeps its space in the header (was `and<|unk|>`); the aggregated IOI circuit
+    shows its roles apart and no made-up target value (was `IOS1S2andENDother → 'IO − S' 0.00`)."""
+    at = app
+    at.text_area(key="prompt").input("When Mary and Zorblax went to the store, Mary gave a drink to").run()
+    at.text_input(key="token").input("Zorblax").run()  # not one token: a message, the graph stays
+    at.button(key="trace").click().run()
+    assert any("not a single token" in e.value for e in at.error)
+    assert "When Mary and John went to the store" in _header(at)
+    at.text_input(key="token").input("Mary").run()
+    at.text_input(key="baseline").input("John").run()
+    at.button(key="trace").click().run()
+    assert not at.exception
+    assert "Mary and Zorblax went" in _header(at)
+    at.sidebar.radio(key="page").set_value("case studies").run()
+    options = at.selectbox(key="study_pick").options
+    at.selectbox(key="study_pick").set_value(next(o for o in options if o.startswith("ioi "))).run()
+    at.button(key="study_open").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    head = _header(at)
+    assert "roles: BOS · IO · S1 · S2 · and · END · other" in head
+    assert "IOS1S2" not in head and "0.00" not in head.split("\n")[0]
+    # the sidebar kept its prompt (an aggregated circuit has no single prompt to show)
+    assert at.text_area(key="prompt").value == "When Mary and Zorblax went to the store, Mary gave a drink to"
+
+
+def test_dashboard_contexts_highlight_the_token_without_raw_markers(app):
+    """Issue 16 item 3: contexts showed raw `**[...]**` markers; the activating token is now highlighted."""
+    at = app
+    _pick_feature(at)
+    assert not any("**[" in m.value for m in at.markdown)
+    bodies = [h.proto.body for h in at.get("html")]
+    contexts = [b for b in bodies if "<mark" in b]
+    assert contexts and all("**[" not in b for b in contexts)
+
+
+def test_the_intervene_picker_has_no_select_all_entry(app):
+    """Issue 16 item 3: Enter after typing in the picker chose Streamlit's "Select all" entry."""
+    assert app.multiselect(key="iv_nodes").proto.select_all is False or \
+        app.multiselect(key="iv_nodes").proto.select_all == 0
+
+
+def test_no_widget_default_value_warning_when_the_view_moves_the_thresholds(app, monkeypatch):
+    """Issue 16 item 3: `The widget with key "node_threshold" was created with a default value but also had its
+    value set via the Session State API` (Streamlit logs it once per process: the flag is reset here)."""
+    from streamlit.elements.lib import policies
+
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+    records: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Catch()
+    logger = logging.getLogger(policies._LOGGER.name)
+    logger.addHandler(handler)
+    try:
+        view = app.session_state["view"]
+        report = {"instance": "t", "seq": 1, "graph_id": view["packed"].graph_id, "node_threshold": 0.6,
+                  "edge_threshold": 0.9, "cap": 3, "selected": None}
+        app.session_state["graph_view"] = report
+        app.run()
+        _open_example(app, "two_hop_lyon.json")  # sets the sidebar's prompt and target from the graph
+        app.run()
+    finally:
+        logger.removeHandler(handler)
+    assert not app.exception
+    assert not [r for r in records if "created with a default value" in r], records
+
+
+class _Upload:
+    """What `st.file_uploader` returns; the same object on every rerun, as the real uploader keeps its file."""
+
+    def __init__(self, data: bytes, name: str, file_id: str):
+        self._data, self.name, self.file_id, self.size = data, name, file_id, len(data)
+
+    def getvalue(self) -> bytes:
+        return self._data
+
+
+def _uploading(monkeypatch, upload: _Upload) -> list[str]:
+    """Make the page's uploader hold `upload`; returns the list of names that `export.loads` was called with."""
+    from circuits import export
+
+    calls: list[str] = []
+    real = export.loads
+
+    def counting(data, source="graph"):
+        calls.append(source)
+        return real(data, source)
+
+    monkeypatch.setattr(export, "loads", counting)
+    monkeypatch.setattr(streamlit, "file_uploader", lambda *a, **k: upload)
+    return calls
+
+
+def test_an_uploaded_graph_is_loaded_once(app, monkeypatch):
+    """Issue 16 item 16: `st.rerun()` while the uploader still held the file loaded it again on every run, forever
+    (617 loads in 90 s). Now one load; the page settles; later reruns do not load it again."""
+    data = (ROOT / "data" / "graphs" / "two_hop_lyon.json").read_bytes()
+    calls = _uploading(monkeypatch, _Upload(data, "mine.json", "file-1"))
+    app.run(timeout=60)
+    assert not app.exception, [e.value for e in app.exception]
+    assert calls == ["mine.json"]
+    assert any("opened mine.json" in s.value for s in app.success) and "Paris" in _header(app)
+    app.slider(key="node_threshold").set_value(0.7).run(timeout=60)
+    assert calls == ["mine.json"] and app.text_area(key="prompt").value == LYON
+
+
+@pytest.mark.parametrize("data, says", [
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    (b'{"format": "circuits-graph", "x": "\xff\xfe"}', "not UTF-8"),
+    (b"{not json", "not valid JSON"),
+    (b'{"hello": 1}', "mine.json"),
+])
+def test_a_bad_upload_is_one_message_and_keeps_the_graph(app, monkeypatch, data, says):
+    """Issue 16 items 20 and 'never a traceback': a deeply nested JSON file (RecursionError), invalid UTF-8,
+    invalid JSON, a JSON file that is not a graph: one error message, the current graph stays."""
+    before = _header(app)
+    calls = _uploading(monkeypatch, _Upload(data, "mine.json", f"bad-{says}"))
+    app.run(timeout=60)
+    assert not app.exception, [e.value for e in app.exception]
+    assert len(app.error) == 1 and says in app.error[0].value and "Traceback" not in app.error[0].value
+    assert _header(app) == before and calls == ["mine.json"]
+    app.run(timeout=60)  # the same file still in the uploader: not read again
+    assert calls == ["mine.json"]
+
+
+def test_the_sidebar_trace_button_comes_right_after_the_target(app):
+    """Issue 16 item 3: the trace button was below the fold; it now follows the prompt and target inputs."""
+    keys = [getattr(w, "key", None) for w in app.sidebar]
+    assert keys.index("trace") < keys.index("model") < keys.index("node_threshold")
