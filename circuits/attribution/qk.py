@@ -1,0 +1,361 @@
+"""QK attribution: why an attention head attended where it did, as an exact sum over pairs of graph sources.
+
+Every edge into an attention feature is computed through the frozen pattern, so a graph shows what a head moved
+(OV) but not why it looked there (QK). This module decomposes the pre-softmax score of head h of layer l, from
+query position p to key position q, in the frozen local replacement model (LayerNorm scales σ held at the clean
+values, as everywhere in attribution):
+
+1. **The residual stream as a sum of sources.** The stream feeding layer l at position r is
+   ``x_r = Σ_s v_s + c``: the writes ``v_s`` of the graph's sources at r from sites before attention l (token +
+   position embedding, active transcoder and attention-SAE features, error nodes; `collect_sources`) and the
+   node-independent writes ``c`` (decoder and attention output biases; `constant_writes`). An earlier attention
+   layer without an SAE has no features: its whole output at r is one ``attn_error`` node (as an MLP without a
+   transcoder is one ``mlp_error`` node).
+2. **Frozen LayerNorm is affine.** ``x̂_r = P x_r / σ_r ⊙ γ + β`` (P = I − 11ᵀ/d, the centring; γ, β of ln1).
+   With σ_r fixed, each source's share is ``P v_s / σ_r ⊙ γ`` and the rest — ``P c / σ_r ⊙ γ + β`` — is the
+   position's constant part.
+3. **Query and key as sums.** ``q_p = Σ_s a_s + a_0`` with ``a_s = (P v_s / σ_p ⊙ γ) W_Q[h]`` and
+   ``a_0 = (P c / σ_p ⊙ γ + β) W_Q[h] + b_Q[h]``; likewise ``k_q = Σ_t b_t + b_0`` with W_K, b_K at position q.
+4. **The score as a sum of pairs.** ``s[p, q] = q_p · k_q / attn_scale`` (TransformerLens: attn_scale = √d_head)
+   ``= Σ_{s,t} a_s·b_t / attn_scale``: (query source, key source) pairs, query-only terms (s, constant),
+   key-only terms (constant, t) and the constant pair. Nothing is approximated: the terms sum to the score.
+5. **Contrasts and the pattern.** Any linear function ``Σ_j w_j s[p, j]`` of the score row decomposes the same
+   way, each key-side term weighted by ``w`` at its position: ``w = e_a − e_b`` gives the preference
+   ``s[p, a] − s[p, b]`` (IOI: END→IO minus END→S2); ``w = ∂A[p, q]/∂s[p, ·] = A_q (e_q − A)`` (the softmax
+   Jacobian over keys ≤ p, A the frozen pattern row) gives the first-order effect of each term on the pattern
+   ``A[p, q]`` (or on ``A[p, a] − A[p, b]``): removing a term changes the pattern by minus its share, to first
+   order. Those terms sum to ``Σ_j w_j s[p, j]``, the linearised pattern value, not to A itself.
+
+`explain_attention` returns a `QKAttribution`: the query-side and key-side parts as factors (``a_s`` and
+``w_j b_t / attn_scale``), so the full table (a matrix product) is formed only in chunks; ``top(k)`` gives the
+largest pairs, ``query_marginals()`` / ``key_marginals()`` the sums per side (removing query-side source s in the
+frozen model moves the quantity by exactly its query marginal), ``value`` the quantity computed independently from
+the cached residual stream. Reference: Kamath et al. 2025, "Tracing attentional computation" (Anthropic circuits
+updates); Elhage et al. 2021 (QK and OV circuits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from circuits.attribution.sources import Sources, attn_site, collect_sources, constant_writes
+from circuits.graph import Node
+from circuits.replacement import AttributionError, ReplacementCache, ReplacementModel
+
+Quantity = Literal["score", "pattern"]
+_CHUNK = 1 << 22  # table entries formed at once by top() and total()
+
+
+class QKTerm(NamedTuple):
+    """One entry of the table: a (query-side, key-side) pair; None is that side's constant part (biases, LN β and
+    node-independent writes). ``key_pos`` says where the key side sits (needed when ``key`` is None)."""
+
+    query: Node | None
+    key: Node | None
+    key_pos: int
+    contribution: float
+
+
+class Marginal(NamedTuple):
+    """The sum of one side's row or column of the table: a source (None = constant part) at ``pos``."""
+
+    node: Node | None
+    pos: int
+    contribution: float
+
+
+@dataclass
+class QKAttribution:
+    """The decomposition of one attention quantity of head (layer, head) at query position ``query_pos``.
+
+    ``keys`` are the key positions asked for: ``(q,)`` or ``(a, b)`` for a contrast. ``weights`` [pos ≤ p] is the
+    linear function of the score row being explained (``e_q``, ``e_a − e_b`` or the softmax-Jacobian row), and the
+    table entry of (query row i, key column j) is ``query_vectors[i] · key_vectors[j]``.
+    """
+
+    layer: int
+    head: int
+    query_pos: int
+    keys: tuple[int, ...]
+    quantity: Quantity  # "score": the pre-softmax score(s); "pattern": first-order effect on the pattern
+    value: float  # Σ_j weights[j] · scores[j], computed from the cached residual stream, not from the terms
+    scores: Tensor  # [pos ≤ p] pre-softmax scores of the query row
+    pattern: Tensor  # [pos ≤ p] the clean attention pattern of the query row
+    weights: Tensor  # [pos ≤ p]
+    query_nodes: tuple[Node | None, ...]  # Q rows; None = the constant part
+    query_vectors: Tensor  # [Q, d_head] each row's share of the query vector q_p
+    key_nodes: tuple[Node | None, ...]  # K columns; None = the constant part at key_positions[j]
+    key_positions: Tensor  # [K] long
+    key_vectors: Tensor  # [K, d_head] each column's share of k at its position, × weights[pos] / attn_scale
+
+    @property
+    def score(self) -> float:
+        """The quantity's pre-softmax score: s[p, q], or s[p, a] − s[p, b] for a contrast."""
+        s = self.scores
+        return float(s[self.keys[0]] - s[self.keys[1]]) if len(self.keys) == 2 else float(s[self.keys[0]])
+
+    def matrix(self) -> Tensor:
+        """[Q, K] the whole table (every pair's contribution); large for long prompts — prefer `top`."""
+        return self.query_vectors @ self.key_vectors.T
+
+    def _column_chunks(self):
+        step = max(1, _CHUNK // max(1, len(self.query_nodes)))
+        for start in range(0, len(self.key_nodes), step):
+            yield start, self.query_vectors @ self.key_vectors[start:start + step].T
+
+    def total(self) -> float:
+        """Σ of every table entry (equals `value` up to float rounding: the exactness check)."""
+        return float(sum(block.sum() for _, block in self._column_chunks()))
+
+    def top(self, k: int = 10) -> list[QKTerm]:
+        """The k pairs of largest |contribution|, largest first."""
+        best_v = torch.zeros(0, dtype=self.query_vectors.dtype, device=self.query_vectors.device)
+        best_i = torch.zeros(0, dtype=torch.long, device=self.query_vectors.device)
+        n_k = len(self.key_nodes)
+        for start, block in self._column_chunks():
+            flat = block.flatten()
+            v, i = flat.abs().topk(min(k, flat.numel()))
+            rows, cols = i // block.shape[1], i % block.shape[1] + start
+            best_v = torch.cat([best_v, flat[i]])
+            best_i = torch.cat([best_i, rows * n_k + cols])
+            keep = best_v.abs().topk(min(k, best_v.numel())).indices
+            best_v, best_i = best_v[keep], best_i[keep]
+        return [QKTerm(self.query_nodes[i // n_k], self.key_nodes[i % n_k], int(self.key_positions[i % n_k]),
+                       float(v)) for v, i in zip(best_v.tolist(), best_i.tolist(), strict=True)]
+
+    def query_marginals(self) -> list[Marginal]:
+        """Each query-side row summed over every key-side column, largest |contribution| first."""
+        m = self.query_vectors @ self.key_vectors.sum(0)
+        return _sorted([Marginal(n, self.query_pos, float(v)) for n, v in zip(self.query_nodes, m.tolist(),
+                                                                              strict=True)])
+
+    def key_marginals(self) -> list[Marginal]:
+        """Each key-side column summed over every query-side row, largest |contribution| first."""
+        m = self.key_vectors @ self.query_vectors.sum(0)
+        return _sorted([Marginal(n, int(p), float(v)) for n, p, v in zip(self.key_nodes, self.key_positions.tolist(),
+                                                                          m.tolist(), strict=True)])
+
+    def describe(self) -> str:
+        """The quantity in words: ``score L3.H5 14→9 − 14→4`` and the like."""
+        keys = " − ".join(f"{self.query_pos}→{q}" for q in self.keys)
+        what = "score" if self.quantity == "score" else "pattern (first order)"
+        return f"{what} L{self.layer}.H{self.head} {keys}"
+
+    def to_json(self, top: int = 10) -> dict:
+        """A JSON object (nodes as [kind, layer, pos, index], null for a constant part): the quantity, the pattern
+        values at the keys, the `top` pairs and the `top` marginals of each side."""
+        def node(n: Node | None):
+            return None if n is None else n.to_json()
+
+        return {
+            "layer": self.layer, "head": self.head, "query_pos": self.query_pos, "keys": list(self.keys),
+            "quantity": self.quantity, "value": self.value, "score": self.score, "terms_total": self.total(),
+            "pattern": [float(self.pattern[q]) for q in self.keys],
+            "pairs": [{"query": node(t.query), "key": node(t.key), "key_pos": t.key_pos,
+                       "contribution": t.contribution} for t in self.top(top)],
+            "query_marginals": [{"node": node(m.node), "pos": m.pos, "contribution": m.contribution}
+                                for m in self.query_marginals()[:top]],
+            "key_marginals": [{"node": node(m.node), "pos": m.pos, "contribution": m.contribution}
+                              for m in self.key_marginals()[:top]],
+        }
+
+
+def _sorted(rows: list[Marginal]) -> list[Marginal]:
+    return sorted(rows, key=lambda m: -abs(m.contribution))
+
+
+# -- the computation ------------------------------------------------------------------------------------------------
+
+
+def check_supported(rm: ReplacementModel) -> None:
+    """Raise unless the score is q·k / attn_scale of LayerNorm'd (or raw) residual streams with learned position
+    embeddings — the case in which the decomposition is exact."""
+    cfg = rm.cfg
+    problems = []
+    if cfg.positional_embedding_type != "standard":
+        problems.append(f"positional embeddings {cfg.positional_embedding_type!r} (only 'standard' is supported)")
+    if (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) > 0:
+        problems.append("soft-capped attention scores")
+    if cfg.normalization_type not in ("LN", "LNPre", None):
+        problems.append(f"normalization {cfg.normalization_type!r} (LN, LNPre or none are supported)")
+    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
+        problems.append("grouped-query attention")
+    if getattr(cfg, "use_attention_sinks", False):
+        problems.append("attention sinks")
+    if problems:
+        raise AttributionError(f"QK attribution does not support this model: {'; '.join(problems)}")
+
+
+def stream_sources(rm: ReplacementModel, cache: ReplacementCache, layer: int,
+                   src: Sources | None = None) -> tuple[list[Node], Tensor, Tensor, Tensor]:
+    """The residual stream feeding attention layer `layer` as sources: (nodes, writes [S, d_model], positions [S],
+    constant write [d_model]) with ``x_r = Σ_{pos s = r} writes[s] + constant`` at every position r (step 1)."""
+    src = src if src is not None else collect_sources(rm, cache)
+    rows = torch.nonzero(src.site < attn_site(layer)).flatten()
+    nodes = [src.nodes[i] for i in rows.tolist()]
+    writes, pos = [src.vectors[rows]], [src.pos[rows]]
+    n = cache.n_pos
+    for earlier in range(layer):
+        if earlier not in rm.attention_saes:  # no features: the layer's whole output is one error node per position
+            nodes += [Node("attn_error", earlier, p, -1) for p in range(n)]
+            writes.append((cache.resid_mid[earlier] - cache.resid_pre[earlier]).to(src.vectors.dtype))
+            pos.append(torch.arange(n))
+    constant = torch.stack(constant_writes(rm)[:attn_site(layer)]).sum(0).to(src.vectors.dtype)
+    return nodes, torch.cat(writes), torch.cat(pos), constant
+
+
+def _check_args(rm: ReplacementModel, cache: ReplacementCache, layer: int, head: int, query_pos: int,
+                keys: tuple[int, ...], quantity: str) -> None:
+    if not 0 <= layer < rm.n_layers:
+        raise AttributionError(f"layer {layer} does not exist (the model has layers 0-{rm.n_layers - 1})")
+    if not 0 <= head < rm.cfg.n_heads:
+        raise AttributionError(f"head {head} does not exist (layer {layer} has heads 0-{rm.cfg.n_heads - 1})")
+    if not 0 <= query_pos < cache.n_pos:
+        raise AttributionError(f"query position {query_pos} is outside the prompt (positions 0-{cache.n_pos - 1})")
+    for q in keys:
+        if not 0 <= q <= query_pos:
+            raise AttributionError(f"key position {q}: a query at {query_pos} attends to positions 0-{query_pos} "
+                                   "(causal attention)")
+    if len(keys) == 2 and keys[0] == keys[1]:
+        raise AttributionError(f"a contrast needs two different key positions (got {keys[0]} twice)")
+    if quantity not in ("score", "pattern"):
+        raise AttributionError(f"unknown quantity {quantity!r}; use 'score' or 'pattern'")
+
+
+def _normalised(rm: ReplacementModel, layer: int, vectors: Tensor, sigma: Tensor) -> Tensor:
+    """Each write's share of ln1's output without β: ``P v / σ ⊙ γ`` (step 2); σ [S] per row."""
+    gamma, _ = rm.ln_weights("ln1", layer)
+    centred = vectors - vectors.mean(-1, keepdim=True) if rm.has_ln else vectors
+    return centred / sigma[:, None] * gamma.to(vectors.dtype)
+
+
+def _score_row(rm: ReplacementModel, cache: ReplacementCache, layer: int, head: int, query_pos: int,
+               dtype) -> Tensor:
+    """[pos ≤ p] the pre-softmax scores of the query row, from the cached residual stream (independent of the
+    sources)."""
+    attn = rm.model.blocks[layer].attn
+    x = cache.resid_pre[layer][:query_pos + 1].to(dtype)
+    sigma = cache.ln1_scale[layer][:query_pos + 1].to(dtype)
+    _, beta = rm.ln_weights("ln1", layer)
+    xn = _normalised(rm, layer, x, sigma) + beta.to(dtype)
+    q = xn[query_pos] @ attn.W_Q[head].to(dtype) + attn.b_Q[head].to(dtype)
+    k = xn @ attn.W_K[head].to(dtype) + attn.b_K[head].to(dtype)
+    return k @ q / attn.attn_scale
+
+
+def _weights(quantity: str, keys: tuple[int, ...], pattern: Tensor) -> Tensor:
+    """[pos ≤ p] the linear function of the score row (step 5)."""
+    def basis(q: int) -> Tensor:
+        e = torch.zeros_like(pattern)
+        e[q] = 1.0
+        return e if quantity == "score" else pattern[q] * (e - pattern)  # ∂A[q]/∂s = A_q (e_q − A)
+
+    return basis(keys[0]) - basis(keys[1]) if len(keys) == 2 else basis(keys[0])
+
+
+@torch.no_grad()
+def explain_attention(rm: ReplacementModel, cache: ReplacementCache, layer: int, head: int, query_pos: int,
+                      key_pos: int | tuple[int, int], *, quantity: Quantity = "score",
+                      sources: Sources | None = None) -> QKAttribution:
+    """Decompose head (layer, head)'s attention from `query_pos` to `key_pos` into (query source, key source) pairs.
+
+    key_pos: one key position q (explain s[p, q]) or a pair (a, b) (explain s[p, a] − s[p, b]).
+    quantity: "score" (pre-softmax) or "pattern" (first-order effect on A[p, q], resp. A[p, a] − A[p, b]; the key
+    side then spans every position ≤ p, since the softmax couples them).
+    sources: `collect_sources(rm, cache)` when already computed (saves time over many heads).
+    """
+    check_supported(rm)
+    keys = (int(key_pos),) if isinstance(key_pos, int) else tuple(int(k) for k in key_pos)
+    if len(keys) not in (1, 2):
+        raise AttributionError(f"key_pos: give one key position or a pair (a, b), not {key_pos!r}")
+    _check_args(rm, cache, layer, head, query_pos, keys, quantity)
+    nodes, writes, pos, constant = stream_sources(rm, cache, layer, sources)
+    dtype = writes.dtype
+    attn = rm.model.blocks[layer].attn
+    W_Q, W_K = attn.W_Q[head].to(dtype), attn.W_K[head].to(dtype)  # [d_model, d_head]
+    _, beta = rm.ln_weights("ln1", layer)
+    beta = beta.to(dtype)
+    sigma = cache.ln1_scale[layer].to(dtype)  # [pos]
+    pattern = cache.patterns[layer][head, query_pos, :query_pos + 1].to(dtype)
+    scores = _score_row(rm, cache, layer, head, query_pos, dtype)
+    weights = _weights(quantity, keys, pattern)
+    key_set = list(keys) if quantity == "score" else list(range(query_pos + 1))
+
+    def side(r: int, W: Tensor, b: Tensor) -> tuple[list[Node | None], Tensor]:
+        """Position r's rows (constant part first) and their shares of q or k (step 3)."""
+        rows = torch.nonzero(pos == r).flatten()
+        parts = torch.cat([constant[None], writes[rows]])
+        shares = _normalised(rm, layer, parts, sigma[r].expand(len(parts))) @ W
+        shares[0] += beta @ W + b
+        return [None] + [nodes[i] for i in rows.tolist()], shares
+
+    query_nodes, query_vectors = side(query_pos, W_Q, attn.b_Q[head].to(dtype))
+    key_nodes: list[Node | None] = []
+    key_parts, key_positions = [], []
+    for r in key_set:
+        got, shares = side(r, W_K, attn.b_K[head].to(dtype))
+        key_nodes += got
+        key_parts.append(shares * (weights[r] / attn.attn_scale))
+        key_positions += [r] * len(got)
+    return QKAttribution(
+        layer=layer, head=head, query_pos=query_pos, keys=keys, quantity=quantity,
+        value=float(weights @ scores), scores=scores, pattern=pattern, weights=weights,
+        query_nodes=tuple(query_nodes), query_vectors=query_vectors, key_nodes=tuple(key_nodes),
+        key_positions=torch.tensor(key_positions, dtype=torch.long), key_vectors=torch.cat(key_parts))
+
+
+# -- heads behind a graph ---------------------------------------------------------------------------------------------
+
+
+class HeadRoute(NamedTuple):
+    """A head moving information from key position ``key_pos`` to query position ``query_pos``, with the summed
+    |per-head edge weight| of the graph's edges into attention features that go that way."""
+
+    layer: int
+    head: int
+    query_pos: int
+    key_pos: int
+    strength: float
+
+
+def strongest_routes(graph, n: int = 3) -> list[HeadRoute]:
+    """The `n` (head, query, key) routes carrying the most |edge weight| into attention features (per-head edge
+    parts, `Graph.head_weights`; graphs from the autograd method have none, and give an empty list)."""
+    if graph.head_weights is None or not graph.n_edges or not bool(graph.head_weights.abs().sum() > 0):
+        return []
+    tgt, src = graph.edge_index[0], graph.edge_index[1]
+    layer = torch.tensor([n.layer for n in graph.nodes])
+    pos = torch.tensor([n.pos for n in graph.nodes])
+    is_attn = torch.tensor([n.kind == "attn_feature" for n in graph.nodes], dtype=torch.bool)
+    idx = torch.nonzero(is_attn[tgt]).flatten()
+    n_heads, n_pos = graph.head_weights.shape[1], int(pos.max()) + 1
+    # one key per (layer, head, query, key) route; summed |per-head part| of every edge that takes it
+    route = ((layer[tgt[idx]] * n_heads)[:, None] + torch.arange(n_heads)) * n_pos + pos[tgt[idx]][:, None]
+    route = route * n_pos + pos[src[idx]][:, None]  # [E, H]
+    totals = torch.zeros(int(layer.max()) + 1, n_heads, n_pos, n_pos, dtype=graph.head_weights.dtype).flatten()
+    totals.index_add_(0, route.flatten(), graph.head_weights[idx].abs().flatten())
+    best = totals.topk(min(n, int((totals > 0).sum()))) if n > 0 else None
+    if best is None:
+        return []
+    out = []
+    for v, i in zip(best.values.tolist(), best.indices.tolist(), strict=True):
+        rest, key = divmod(i, n_pos)
+        rest, query = divmod(rest, n_pos)
+        lay, head = divmod(rest, n_heads)
+        out.append(HeadRoute(lay, head, query, key, v))
+    return out
+
+
+def qk_tables(rm: ReplacementModel, cache: ReplacementCache, graph, n_routes: int = 3, top: int = 10) -> list[dict]:
+    """The QK tables (`QKAttribution.to_json`) of the graph's `n_routes` strongest head routes, each with its
+    route strength: what ``circuits trace --qk`` stores in ``metadata["qk"]``."""
+    src = collect_sources(rm, cache)
+    out = []
+    for route in strongest_routes(graph, n_routes):
+        qk = explain_attention(rm, cache, route.layer, route.head, route.query_pos, route.key_pos, sources=src)
+        out.append({**qk.to_json(top), "route_strength": route.strength})
+    return out
