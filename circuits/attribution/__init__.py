@@ -6,6 +6,10 @@ the direct edge from every source to every target node (every active feature and
 analytically (`circuits.attribution.analytic`, batched matrix products with per-head breakdowns) or by autograd
 (`circuits.attribution.autograd`, which also handles attention layers without an SAE). Every target node gets a
 constant term so that incoming edges + constant = its pre-activation.
+
+``explain_attention(rm, cache, layer, head, query_pos, key_pos)`` (`circuits.attribution.qk`) explains the QK side
+that the graph's frozen patterns take as given: a head's attention score as a sum over (query source, key source)
+pairs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 from circuits.attribution.analytic import Edges, analytic_edges
 from circuits.attribution.autograd import autograd_edges
+from circuits.attribution.qk import Marginal, QKAttribution, QKTerm, explain_attention
 from circuits.attribution.sources import Sources, collect_sources
 from circuits.attribution.targets import (
     Contrast,
@@ -34,7 +39,8 @@ from circuits.replacement import AttributionError, ReplacementCache, Replacement
 
 Method = Literal["analytic", "autograd", "auto"]
 
-__all__ = ["Contrast", "FeatureTarget", "Logit", "TopLogits", "attribute", "Target"]
+__all__ = ["Contrast", "FeatureTarget", "Logit", "Marginal", "QKAttribution", "QKTerm", "TopLogits", "attribute",
+           "explain_attention", "Target"]
 
 
 def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target | None = None, *,
