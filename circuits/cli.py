@@ -7,6 +7,7 @@
     circuits dicts eval       [--model organism] [--dicts organism|NAME|DIR] [--out FILE]
     circuits dicts convert    SRC --out DIR [--n-heads N]
     circuits trace            PROMPT [--target T.. [--contrast B] | --feature K:L:P:I] [--json F --dot F ...]
+    circuits attention        PROMPT --head L.H --key Q [--query P] [--versus Q2] [--pattern] [--top N] [--json F]
     circuits graph show FILE  |  circuits graph diff A B
     circuits dashboards build [--model organism] [--rows N]  |  circuits feature ID [--text PROMPT] [--label L]
 
@@ -466,6 +467,8 @@ def cmd_trace(args) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     target = _trace_target(args)
+    if args.qk_heads < 1:
+        raise CircuitsError(f"--qk-heads {args.qk_heads}: must be at least 1")
     if args.max_features == 0:
         warn("--max-features 0 keeps no feature nodes: the pruned graph has only tokens, error nodes and the "
              "target (leave the option out for no cap)")
@@ -475,8 +478,9 @@ def cmd_trace(args) -> int:
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     load_s = time.perf_counter() - t0
     say("attributing ...")
+    cache = rm.run(prompt) if args.qk else None  # --qk reads the same forward pass
     graph = attribute(rm, prompt, target, method=args.method, demean_logits=args.demean,
-                      edge_tolerance=args.edge_tolerance, progress=not args.quiet)
+                      edge_tolerance=args.edge_tolerance, progress=not args.quiet, cache=cache)
     t1 = time.perf_counter()
     result = prune(graph, args.node_threshold, args.edge_threshold, args.max_features)
     labels = _feature_labels(rm, args, graph, say)
@@ -487,6 +491,9 @@ def cmd_trace(args) -> int:
         g.metadata["scores"] = {"replacement": full_scores.replacement, "completeness": full_scores.completeness}
     result.graph.metadata["scores_pruned"] = {"replacement": pruned_scores.replacement,
                                               "completeness": pruned_scores.completeness}
+    qk = _qk_tables(rm, cache, graph, args, say) if args.qk else None
+    if qk is not None:
+        result.graph.metadata["qk"] = graph.metadata["qk"] = qk
     faith = _faithfulness(rm, result.graph, prompt, say)
     if faith:
         result.graph.metadata["faithfulness"] = graph.metadata["faithfulness"] = faith
@@ -530,6 +537,7 @@ def cmd_trace(args) -> int:
         "top_nodes": [],
         "patching": patching,
         "faithfulness": faith,
+        "qk": qk,
         "written": written,
     }
     summary["top_nodes"], summary["by_position"] = _top_nodes(graph, result.node_influence, labels, args.top)
@@ -555,6 +563,8 @@ def cmd_trace(args) -> int:
               "held-out text) with live attention; 'empty' ablates them all; 1.0 = the pruned graph alone gives the "
               "model's value, 0 = no better than ablating everything")
     _print_top_nodes(summary)
+    for table in qk or []:
+        _print_qk_route(table, graph.metadata["token_strings"])
     if patching:
         print(f"{patching['method']} node effects on {patching['metric']} (clean {patching['metric_clean']:.3f}, "
               f"corrupted {patching['metric_corrupted']:.3f}):")
@@ -565,6 +575,108 @@ def cmd_trace(args) -> int:
             print(f"  {export.node_id(node):<14} {_token_at(graph, node):<14} {e:+.4f}")
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _qk_tables(rm, cache, graph, args, say) -> list[dict]:
+    """trace --qk: the QK tables of the heads carrying the strongest edges into attention features."""
+    from circuits.attribution.qk import qk_tables
+
+    say("QK tables ...")
+    tables = qk_tables(rm, cache, graph, args.qk_heads, top=10)
+    if not tables:
+        warn("--qk: this graph has no per-head edge weights (method autograd, or no attention-feature edges); "
+             "no QK tables attached (use --method analytic)")
+    return tables
+
+
+def _print_qk_route(table: dict, tokens: list[str]) -> None:
+    from circuits.graph import Node
+
+    def name(n, pos: int) -> str:
+        return _node_name(Node.from_json(n) if n is not None else None, pos)
+
+    p, (q,) = table["query_pos"], table["keys"]
+    best = table["pairs"][0] if table["pairs"] else None
+    pair = (f"; top pair {name(best['query'], p)} × {name(best['key'], best['key_pos'])} "
+            f"{best['contribution']:+.3f}") if best else ""
+    print(f"QK L{table['layer']}.H{table['head']} {p} {tokens[p]!r} → {q} {tokens[q]!r} (route |edges| "
+          f"{table['route_strength']:.3f}): score {table['score']:.3f}, pattern {table['pattern'][0]:.3f}{pair}")
+
+
+def _node_name(node, pos: int) -> str:
+    """A QK table entry: the node's id, or ``const@POS`` for a position's constant part."""
+    from circuits import export
+
+    return export.node_id(node) if node is not None else f"const@{pos}"
+
+
+def _parse_head(spec: str) -> tuple[int, int]:
+    """--head L.H → (layer, head)."""
+    parts = spec.split(".")
+    if len(parts) != 2 or not all(x.isdigit() for x in parts):
+        raise CircuitsError(f"--head {spec!r}: write LAYER.HEAD, e.g. 3.0 (layer 3, head 0)")
+    return int(parts[0]), int(parts[1])
+
+
+def _check_attention_options(args) -> tuple[int, int]:
+    from circuits.inputs import check_output_file
+
+    layer, head = _parse_head(args.head)
+    for flag, v in (("--key", args.key), ("--query", args.query), ("--versus", args.versus)):
+        if v is not None and v < 0:
+            raise CircuitsError(f"{flag} {v}: positions count from 0 (the BOS token)")
+    if args.versus is not None and args.versus == args.key:
+        raise CircuitsError(f"--versus {args.versus}: must differ from --key (the contrast is key minus versus)")
+    if args.query is not None:
+        for flag, v in (("--key", args.key), ("--versus", args.versus)):
+            if v is not None and v > args.query:
+                raise CircuitsError(f"{flag} {v}: a query at {args.query} attends to positions 0-{args.query} "
+                                    "(causal attention)")
+    if args.top < 1:
+        raise CircuitsError(f"--top {args.top}: must be at least 1")
+    if args.json:
+        check_output_file(args.json, "--json")
+    return layer, head
+
+
+def cmd_attention(args) -> int:
+    prompt = _prompt(args)
+    layer, head = _check_attention_options(args)  # before the model loads
+
+    from circuits.attribution.qk import explain_attention
+    from circuits.attribution.targets import token_string
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+    from circuits.replacement import ReplacementModel
+
+    model, _ = load_model(args.model)
+    rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
+    cache = rm.run(prompt)
+    tokens = [token_string(model, t) for t in cache.tokens.tolist()]
+    query = args.query if args.query is not None else cache.n_pos - 1
+    keys = args.key if args.versus is None else (args.key, args.versus)
+    qk = explain_attention(rm, cache, layer, head, query, keys, quantity="pattern" if args.pattern else "score")
+    out = {"model": args.model, "dictionaries": args.dicts, "prompt": prompt, "token_strings": tokens,
+           **qk.to_json(args.top)}
+    if args.json:
+        _write_json(Path(args.json), out)
+    print("tokens: " + " ".join(f"{i}:{t!r}" for i, t in enumerate(tokens)))
+    where = " − ".join(f"{query} {tokens[query]!r} → {q} {tokens[q]!r}" for q in qk.keys)
+    pattern = " − ".join(f"{float(qk.pattern[q]):.4f}" for q in qk.keys)
+    what = "linearised pattern change Σ_j ∂A/∂s_j · s_j" if args.pattern else "pre-softmax score"
+    print(f"L{layer}.H{head} {where}: {what} {qk.value:.4f} (Σ of all terms {qk.total():.4f}); pattern {pattern}")
+    print(f"top {args.top} pairs (query side × key side: contribution):")
+    for t in qk.top(args.top):
+        print(f"  {_node_name(t.query, query):<14} × {_node_name(t.key, t.key_pos):<14} {tokens[t.key_pos]!r:<12} "
+              f"{t.contribution:+.4f}")
+    for title, rows in (("query side (summed over the key side)", qk.query_marginals()),
+                        ("key side (summed over the query side)", qk.key_marginals())):
+        print(f"{title}:")
+        for m in rows[: args.top]:
+            print(f"  {_node_name(m.node, m.pos):<14} {tokens[m.pos]!r:<12} {m.contribution:+.4f}")
+    if args.json:
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -878,7 +990,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default data/dashboards/MODEL.sqlite when it exists)")
     a.add_argument("--quiet", action="store_true", help="no progress on stderr")
     a.add_argument("--json-summary", action="store_true", help="print the summary as one JSON object")
+    a.add_argument("--qk", action="store_true", help="attach the QK tables (why each head attended there) of the "
+                   "heads carrying the strongest edges into attention features to the graph (metadata.qk)")
+    a.add_argument("--qk-heads", type=int, default=3, metavar="N", help="with --qk: how many (head, query, key) "
+                   "routes (default 3)")
     a.set_defaults(func=cmd_trace)
+
+    at = sub.add_parser("attention", help="why a head attended where it did: its attention score as a sum over "
+                        "(query-side source, key-side source) pairs in the frozen replacement model")
+    at.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
+    at.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 text file")
+    at.add_argument("--model", default="organism")
+    at.add_argument("--dicts", default="organism", help="organism, a public set name, or a folder")
+    at.add_argument("--head", required=True, metavar="L.H", help="layer and head, e.g. 3.0")
+    at.add_argument("--query", type=int, default=None, metavar="P", help="query position (default: the last)")
+    at.add_argument("--key", type=int, required=True, metavar="Q", help="key position")
+    at.add_argument("--versus", type=int, default=None, metavar="Q2",
+                    help="explain the preference score(P→Q) − score(P→Q2) (IOI: END→IO minus END→S2)")
+    at.add_argument("--pattern", action="store_true", help="explain the first-order change of the attention "
+                    "pattern (softmax Jacobian × terms) instead of the pre-softmax score")
+    at.add_argument("--top", type=int, default=10, help="pairs and per-side sources to list")
+    at.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    at.set_defaults(func=cmd_attention)
 
     gr = sub.add_parser("graph", help="inspect graph files").add_subparsers(dest="action", required=True)
     sh = gr.add_parser("show", help="summary of a graph JSON file")

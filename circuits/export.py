@@ -1,10 +1,11 @@
 """Graph files: our lossless JSON (with a JSON Schema), DOT for Graphviz, GraphML, and circuit-tracer JSON.
 
-* **Our JSON** (`circuits/schemas/graph.schema.json`, ``schema_version`` 2) stores the node table and the edges as
-  parallel arrays (compact enough for full graphs with millions of edges), per-head parts only for edges into
-  attention features, metadata (model, dictionaries, tokens, targets, method, pruning thresholds, scores) and the
-  UI state (pins, supernodes, labels). `read_json` validates against the schema and then checks the arrays agree
-  (same lengths, edge ends inside the node table), naming the offending field. Graph → JSON → graph is exact.
+* **Our JSON** (`circuits/schemas/graph.schema.json`, ``schema_version`` 3; version-2 files are still read) stores
+  the node table and the edges as parallel arrays (compact enough for full graphs with millions of edges), per-head
+  parts only for edges into attention features, metadata (model, dictionaries, tokens, targets, method, pruning
+  thresholds, scores; since version 3 optionally ``qk``, the QK tables of `trace --qk`) and the UI state (pins,
+  supernodes, labels). `read_json` validates against the schema and then checks the arrays agree (same lengths,
+  edge ends inside the node table), naming the offending field. Graph → JSON → graph is exact.
 * **DOT**: one rank per sublayer (tokens at the bottom, then attention L / MLP L, logits on top), nodes ordered
   by position left to right, fill colour by kind, edges blue (positive) or red (negative) with width ∝ |weight|.
   Only the strongest `DOT_MAX_EDGES` edges are drawn (Graphviz cannot lay out tens of thousands); the caption says
@@ -34,7 +35,8 @@ import torch
 from circuits.errors import CircuitsError
 from circuits.graph import Graph, Node
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 3 added the optional metadata.qk; a version-2 file is a valid version-3 file
 FORMAT = "circuits-graph"
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "graph.schema.json"
 
@@ -72,7 +74,7 @@ def _canonical_labels(ui: dict) -> dict:
 
 
 def to_dict(graph: Graph) -> dict:
-    """The JSON object of `graph` (schema_version 2)."""
+    """The JSON object of `graph` (schema_version `SCHEMA_VERSION`)."""
     heads = None
     if graph.head_weights is not None and graph.n_edges:
         has = graph.head_weights.abs().sum(1) > 0
@@ -127,9 +129,9 @@ def validate(data, source: str = "graph") -> None:
             data).__name__
         raise GraphFileError(f"{source}: not a circuits graph file (format: {found!r}); write one with "
                              "`circuits trace ... --json FILE`")
-    if data.get("schema_version") != SCHEMA_VERSION:
+    if data.get("schema_version") not in READABLE_VERSIONS:
         raise GraphFileError(f"{source}: schema_version {data.get('schema_version')!r} is not supported "
-                             f"(this version reads {SCHEMA_VERSION})")
+                             f"(this version reads {', '.join(map(str, READABLE_VERSIONS))})")
     import jsonschema
 
     error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
