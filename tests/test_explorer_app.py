@@ -213,3 +213,22 @@ def test_the_sidebar_trace_button_comes_right_after_the_target(app):
     """Issue 16 item 3: the trace button was below the fold; it now follows the prompt and target inputs."""
     keys = [getattr(w, "key", None) for w in app.sidebar]
     assert keys.index("trace") < keys.index("model") < keys.index("node_threshold")
+
+
+def test_supernode_members_are_canonical_ids(app):
+    """Issue 16 item 5 (explorer side): the supernode form lists canonical ids (`M3#1184@14`) and stores the nodes
+    they name (it split them on ':' and failed); the node list shows canonical ids too."""
+    from circuits.graph import Node
+    from circuits.ids import format_node
+
+    at = app
+    ms = at.multiselect(key="sn_members")
+    members = ms.options[:2]
+    assert all("#" in m and "@" in m and ":" not in m for m in members)
+    at.text_input(key="sn_name").input("pair")
+    for m in members:
+        ms.select(m)
+    at.button[[b.label for b in at.button].index("add supernode")].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (sn,) = at.session_state["ui"]["supernodes"]
+    assert sn["name"] == "pair" and [format_node(Node.from_json(n)) for n in sn["nodes"]] == members
