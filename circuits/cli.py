@@ -857,13 +857,28 @@ def cmd_study(args) -> int:
     result = run_study(spec, workers=args.workers, ray_address=args.ray_address, top=args.top,
                        progress=not args.quiet)
     folder = write_report(result, out)
-    c = result.data["circuit"]
-    print(f"{result.title}: {result.data['n_prompts']} prompts, clean metric "
-          f"{result.data['metrics']['clean_mean']:.3f} (accuracy {result.data['metrics']['accuracy']:.1%})")
-    print(f"circuit of {c['n_features']} feature role nodes: faithfulness {c['faithfulness_features_only']:.3f} "
-          f"(errors ablated too), {c['faithfulness_with_errors']:.3f} with every error node kept; random "
-          f"{c['random_features_only']:.3f} / {c['random_with_errors']:.3f} (mean ablation)")
-    for ck in result.data["checks"].values():
+    d = result.data
+    c = d["circuit"]
+
+    def iv(x):
+        return f"{x['value']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]" if x and x.get("lo") is not None else "n/a"
+
+    sets = ", ".join(f"{k} {v['n']}" for k, v in d["sets"].items() if isinstance(v, dict) and "n" in v)
+    print(f"{result.title}: prompts {sets}; clean metric {d['metrics']['clean_mean']:.3f} "
+          f"(accuracy {d['metrics']['accuracy']:.1%}) on the evaluation set")
+    print(f"circuit of {c['n_features']} feature role nodes (chosen on the selection set), standard mean-ablation "
+          f"faithfulness on the evaluation set (95% intervals): features alone {iv(c['features_only'])}, with every "
+          f"error node {iv(c['with_errors'])}; stratified random {iv(c['random_features_only'])} / "
+          f"{iv(c['random_with_errors'])}")
+    print(f"labelled variants: zero ablation {iv(c['zero_features_only'])} / {iv(c['zero_with_errors'])}; "
+          f"held-inactive {iv(c['held_features_only'])} / {iv(c['held_with_errors'])}")
+    if "test" in d:
+        t = d["test"]["circuit"]
+        print(f"test set ({d['test']['n']} prompts, new templates): features alone {iv(t['features_only'])}, with "
+              f"errors {iv(t['with_errors'])}")
+    for w in d["sets"]["main_groups"]["warnings"]:
+        print(f"warning: {w}")
+    for ck in d["checks"].values():
         print(f"- {ck['title']}: {ck['verdict']}")
     print(f"report: {folder / 'report.md'} ({result.timings['total_s']:.0f} s)")
     return 0
@@ -1047,7 +1062,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("study", help="scripted case studies (ioi, induction, two_hop) → a report folder")
     st.add_argument("name", help="ioi | induction | two_hop | list")
-    st.add_argument("--n", type=int, default=200, help="number of prompts (default 200)")
+    st.add_argument("--n", type=int, default=200,
+                    help="evaluation prompts (default 200); selection and reference sets are drawn beside them")
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--model", default="organism")
     st.add_argument("--dicts", default="organism")

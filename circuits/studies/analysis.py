@@ -11,13 +11,23 @@ Pass 1, for each prompt (`analyse_prompt`):
 * a **roll-up to components**: the gradient of the metric with respect to each dictionary's output (frozen model)
   splits every attention feature's and error's effect exactly over the heads it writes through (the output lives in
   z-space: concatenated heads), and gives each MLP layer's share;
-* **integrated gradients under mean ablation**: every node's value is interpolated between its group mean and its
-  live value, ``v = mean + g (live − mean)``, and ``∫₀¹ ∂m/∂g`` is the node's share of ``m(model) − m(all
-  ablated)`` (the shares sum to it as the number of steps grows). This score ranks nodes for the circuit, because
-  faithfulness measures exactly that ablation.
+* **node scores** that rank role nodes for a circuit (each summed per role node; see `SCORES`):
 
-Pass 2 (`evaluate_prompt`): the metric with circuits of growing size kept and everything else mean-ablated (live
-attention and LayerNorm), the aggregated edges among the circuit's role nodes, and the study's checks.
+  - ``ig``: integrated gradients under standard mean ablation: every feature's value (inactive ones included) and
+    every error's is interpolated between its reference mean and its live value, ``v = mean + g (live − mean)``,
+    and ``∫₀¹ ∂m/∂g`` is the node's share of ``m(model) − m(all mean-ablated)`` (the shares sum to it as the
+    number of steps grows). Faithfulness measures exactly that ablation;
+  - ``atp``: attribution patching (Nanda 2023; Kramár et al. 2024), the first-order estimate of the same share:
+    ``(live − mean) · ∂m/∂v`` at the live point (IG with one step at g = 1);
+  - ``act_grad``: activation × gradient, ``live · ∂m/∂v`` (a zero baseline; live model, not frozen);
+  - ``influence``: the attribution graph's normalised influence on the target (`circuits.pruning.influence`, the
+    score that pruning keeps nodes by); unsigned, active features only;
+
+  and ``presence``: on which role nodes each feature is active (for the stratified random baseline).
+
+Pass 2 (`evaluate_prompt`): the metric with each circuit of the curves kept and everything else ablated under its
+convention (`circuits.studies.ablate`: batched forward passes, live attention and LayerNorm), the study's checks,
+and (on the first prompts) the aggregated edges among the circuit's role nodes.
 """
 
 from __future__ import annotations
@@ -28,9 +38,12 @@ import torch
 
 from circuits.attribution import Contrast, attribute
 from circuits.graph import FEATURE_KINDS
-from circuits.interventions import Ablation, hold_inactive, run_edited
-from circuits.pruning import total_effects
-from circuits.studies.base import PreparedPrompt, RoleKey, keep_masks
+from circuits.interventions import Ablation, run_edited
+from circuits.pruning import influence, total_effects
+from circuits.studies.ablate import circuit_metrics
+from circuits.studies.base import PreparedPrompt, RoleKey
+
+SCORES = ("ig", "atp", "act_grad", "influence")
 
 
 def role_keys(graph, pp: PreparedPrompt) -> list[RoleKey]:
@@ -87,8 +100,45 @@ def analyse_prompt(rm, pp: PreparedPrompt, ablation: Ablation, ig_steps: int = 4
                 traffic[(ly, h, role_name[rs], role_name[rt])] = float(sums[k, h])
     record["traffic"] = traffic
     record["components"] = component_rollup(rm, cache, pp)
-    record["ig"], record["ig_empty"] = integrated_gradients(rm, cache, pp, ablation, ig_steps)
+    ig, record["ig_empty"], record["ig_errors"] = integrated_gradients(rm, cache, pp, ablation, ig_steps)
+    atp, _ = gate_gradients(rm, cache, pp, ablation)
+    act_grad, _ = gate_gradients(rm, cache, pp, Ablation("zero"))
+    record["scores"] = {"ig": _role_tables(rm, pp, ig), "atp": _role_tables(rm, pp, atp),
+                        "act_grad": _role_tables(rm, pp, act_grad),
+                        "influence": _role_tables(rm, pp, _graph_table(rm, graph, influence(graph).float()))}
+    record["presence"] = _role_tables(rm, pp, {n: (c != 0).float() for n, c in cache.codes.items()}, reduce="any")
     return record
+
+
+def _graph_table(rm, graph, values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per dictionary, a [pos, d_sae] table of a per-graph-node value (features only; 0 elsewhere)."""
+    by_site = {(f"{d.cfg.site}_feature", d.cfg.layer): d for d in rm.dictionaries}
+    n_pos = max(n.pos for n in graph.nodes) + 1
+    out = {d.cfg.name: torch.zeros(n_pos, d.d_sae) for d in rm.dictionaries}
+    for row, n in enumerate(graph.nodes):
+        d = by_site.get((n.kind, n.layer))
+        if d is not None:
+            out[d.cfg.name][n.pos, n.index] += float(values[row])
+    return out
+
+
+def _role_tables(rm, pp: PreparedPrompt, tables: dict[str, torch.Tensor], reduce: str = "sum"
+                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """[pos, d_sae] tables → per dictionary the nonzero entries of the [role, d_sae] sums (or any-of, for
+    presence) as (flat index into role × d_sae, value) — small to send between processes."""
+    n_roles = int(pp.role_index.max()) + 1
+    out = {}
+    for name, t in tables.items():
+        t = t[: len(pp.roles)].float()
+        if reduce == "any":
+            t = (t != 0).float()
+        summed = torch.zeros(n_roles, t.shape[1]).index_add_(0, pp.role_index, t)
+        if reduce == "any":
+            summed = (summed > 0).float()
+        flat = summed.flatten()
+        idx = torch.nonzero(flat).flatten()
+        out[name] = (idx, flat[idx].clone())
+    return out
 
 
 def component_rollup(rm, cache, pp: PreparedPrompt) -> dict[tuple[str, int, int, str], tuple[float, float]]:
@@ -126,57 +176,56 @@ def component_rollup(rm, cache, pp: PreparedPrompt) -> dict[tuple[str, int, int,
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
+def gate_gradients(rm, cache, pp: PreparedPrompt, ablation: Ablation, alpha: float = 1.0
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """∂m/∂g of every feature gate ([pos, d_sae] per dictionary) and error gate ([pos]) at g = `alpha` everywhere,
+    with ``v = ablated + g (live − ablated)``. At g = 1 this is ``(live − ablated) · ∂m/∂v``: AtP for mean values,
+    activation × gradient for zero ablation."""
+    gates = {n: (torch.full(c.shape, alpha).requires_grad_(True), torch.full((cache.n_pos,), alpha).requires_grad_(True))
+             for n, c in cache.codes.items()}
+    with torch.enable_grad():
+        logits = run_edited(rm, cache, gates=gates, ablation=ablation)[0]
+        flat = [t for n in gates for t in gates[n]]
+        grads = torch.autograd.grad(pp.metric(logits), flat)
+    names = list(gates)
+    return ({n: grads[2 * j] for j, n in enumerate(names)}, {n: grads[2 * j + 1] for j, n in enumerate(names)})
+
+
 def integrated_gradients(rm, cache, pp: PreparedPrompt, ablation: Ablation, steps: int
-                         ) -> tuple[dict[RoleKey, float], float]:
-    """IG of the metric over node gates (0 = ablated, 1 = live), midpoint rule; returns the per-role-node scores
-    and m(all nodes ablated). Features inactive on the prompt stay at 0 along the whole path (`hold_inactive`)."""
-    ablation = hold_inactive(ablation, cache)
-    acc: dict[str, list[torch.Tensor]] = {}
-    active = {n: cache.codes[n] != 0 for n in cache.codes}
+                         ) -> tuple[dict[str, torch.Tensor], float, dict[RoleKey, float]]:
+    """IG of the metric over node gates (0 = ablated, 1 = live; every feature, active or not, and every error),
+    midpoint rule: ([pos, d_sae] feature scores per dictionary, m(all nodes ablated), error scores per role node).
+    With `ablation` the reference means this is standard mean ablation (see `circuits.studies.ablate`)."""
+    feats: dict[str, torch.Tensor] = {n: torch.zeros(c.shape) for n, c in cache.codes.items()}
+    errs: dict[str, torch.Tensor] = {n: torch.zeros(cache.n_pos) for n in cache.codes}
     for k in range(steps):
-        alpha = (k + 0.5) / steps
-        gates = {}
-        for n, act in active.items():
-            fg = torch.where(act, torch.full(act.shape, alpha), torch.zeros(act.shape)).requires_grad_(True)
-            eg = torch.full((cache.n_pos,), alpha).requires_grad_(True)
-            gates[n] = (fg, eg)
-        with torch.enable_grad():
-            logits = run_edited(rm, cache, gates=gates, ablation=ablation)[0]
-            flat = [t for n in gates for t in gates[n]]
-            grads = torch.autograd.grad(pp.metric(logits), flat)
-        for j, n in enumerate(gates):
-            if n not in acc:
-                acc[n] = [torch.zeros(active[n].shape), torch.zeros(cache.n_pos)]
-            acc[n][0] += grads[2 * j] / steps
-            acc[n][1] += grads[2 * j + 1] / steps
-    out: dict[RoleKey, float] = defaultdict(float)
+        f, e = gate_gradients(rm, cache, pp, ablation, (k + 0.5) / steps)
+        for n in feats:
+            feats[n] += f[n] / steps
+            errs[n] += e[n] / steps
     by_name = {d.cfg.name: d for d in rm.dictionaries}
-    for n, (fg, eg) in acc.items():
+    err_out: dict[RoleKey, float] = defaultdict(float)
+    for n, eg in errs.items():
         d = by_name[n]
-        kind = d.cfg.site
-        p_idx, f_idx = torch.nonzero(active[n], as_tuple=True)
-        for p, i, v in zip(p_idx.tolist(), f_idx.tolist(), fg[p_idx, f_idx].tolist(), strict=True):
-            out[(f"{kind}_feature", d.cfg.layer, pp.roles[p], i)] += v
         for p, v in enumerate(eg.tolist()):
-            out[(f"{kind}_error", d.cfg.layer, pp.roles[p], -1)] += v
+            err_out[(f"{d.cfg.site}_error", d.cfg.layer, pp.roles[p], -1)] += v
     with torch.no_grad():
-        none = ({k: torch.zeros_like(v) for k, v in active.items()},
-                {k: torch.zeros(cache.n_pos, dtype=torch.bool) for k in active})
+        none = ({k: torch.zeros_like(v, dtype=torch.bool) for k, v in cache.codes.items()},
+                {k: torch.zeros(cache.n_pos, dtype=torch.bool) for k in cache.codes})
         empty = float(pp.metric(run_edited(rm, cache, keep=none, ablation=ablation)[0]))
-    return dict(out), empty
+    return feats, empty, dict(err_out)
 
 
 @torch.no_grad()
-def evaluate_prompt(rm, pp: PreparedPrompt, ablation: Ablation, curve: list[tuple[str, frozenset, bool]],
-                    circuit: list[RoleKey], checks: list, check_context: dict) -> dict:
-    """Pass 2 for one prompt: metric for each circuit on the curve, aggregated circuit edges, and checks."""
+def evaluate_prompt(rm, pp: PreparedPrompt, ablation: Ablation, curve: list, circuit: list[RoleKey], checks: list,
+                    check_context: dict, edges: bool = False) -> dict:
+    """Pass 2 for one prompt: the metric for each `Circuit` of the curves, the checks, and (if `edges`) the
+    aggregated edges among the circuit's role nodes."""
     cache = rm.run(pp.tokens)
-    held = hold_inactive(ablation, cache)
-    record: dict = {"index": pp.index, "metric": float(pp.metric(cache.logits)), "curve": {}}
-    for label, keys, errors in curve:
-        logits = run_edited(rm, cache, keep=keep_masks(rm, cache, pp, keys, errors), ablation=held)[0]
-        record["curve"][label] = float(pp.metric(logits))
-    record["edges"] = circuit_edges(rm, cache, pp, set(circuit))
+    record: dict = {"index": pp.index, "metric": float(pp.metric(cache.logits))}
+    values = circuit_metrics(rm, cache, pp, curve, ablation)
+    record["curve"] = {c.label: v for c, v in zip(curve, values, strict=True)}
+    record["edges"] = circuit_edges(rm, cache, pp, set(circuit)) if edges else {}
     record["checks"] = {c.name: c.run(rm, cache, pp, ablation, check_context) for c in checks}
     return record
 

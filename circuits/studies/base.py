@@ -13,10 +13,18 @@ Everything else is shared (`circuits.studies.runner`): per-prompt attribution gr
 role, roll-ups to heads and MLP layers, integrated-gradient scores for circuit selection, faithfulness curves
 against random circuits, and the report.
 
+**Three disjoint prompt sets.** A study draws, from its generator with seeds derived from the run's seed, a
+*selection* set (node rankings and the choice of the circuit), an *evaluation* set (faithfulness, checks and every
+number reported) and a *reference* set (the means that ablation uses); no clean prompt text is in two sets
+(`prompt_sets`). A study may add a *test* set of structurally new prompts, with its own reference set, from a seed
+reserved for it (`Study.test_sets`), reported separately and never used while developing the study.
+
 **Mean ablation by group.** Prompts carry a `group` (for IOI: template and name order): prompts of one group share
-their token layout, so a node is mean-ablated to its mean *over the study's prompts of the same group at the same
+their token layout, so a node is mean-ablated to its mean *over the reference prompts of the same group at the same
 position* (Wang et al. 2022 ablate to a dataset mean the same way). A corpus-wide mean would replace, say, the BOS
-position's features by an average over all positions and break the model for reasons unrelated to the task.
+position's features by an average over all positions and break the model for reasons unrelated to the task. A group
+with fewer than `MIN_GROUP` reference prompts falls back to a coarser grouping (same name order, token count and
+role layout), and the report warns when even that is small (`ReferenceMeans`).
 """
 
 from __future__ import annotations
@@ -30,6 +38,14 @@ from circuits.errors import CircuitsError
 from circuits.interventions import Ablation
 
 OTHER = "other"
+MIN_GROUP = 20  # reference prompts per mean-ablation group, at least
+SETS = ("selection", "evaluation", "reference")
+SET_SEED_OFFSETS = {"selection": 1, "evaluation": 2, "reference": 3, "test": 4, "test_reference": 5}
+
+
+def set_seed(seed: int, name: str, attempt: int = 0) -> int:
+    """The generator seed of one prompt set (`SET_SEED_OFFSETS`; the test set's offset is reserved for it)."""
+    return 1000 * seed + SET_SEED_OFFSETS[name] + 100 * attempt
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,19 @@ class Study:
     def checks(self) -> list:
         return []
 
+    def set_sizes(self, n: int) -> dict[str, int]:
+        """Sizes of the three sets for an evaluation set of `n` prompts."""
+        return {"selection": max(4, n // 2), "evaluation": n, "reference": max(n, MIN_GROUP)}
+
+    def prompt_sets(self, model, n: int, seed: int) -> dict[str, list[StudyPrompt]]:
+        """The selection, evaluation and reference sets (see the module docstring): each from `prompts` with its own
+        seed, dropping prompts whose clean text an earlier set (or the set itself) already holds."""
+        return disjoint_sets(self, model, self.set_sizes(n), seed)
+
+    def test_sets(self, model, n: int, seed: int) -> dict[str, list[StudyPrompt]] | None:
+        """Optionally {"test": ..., "test_reference": ...}: structurally new prompts and their reference set."""
+        return None
+
     @property
     def all_roles(self) -> tuple[str, ...]:
         return self.roles + (OTHER,)
@@ -84,6 +113,29 @@ class Study:
     def bos_end_roles(n_tokens: int) -> list[str]:
         """Roles with BOS at position 0, END at the last position and `OTHER` between (to fill in)."""
         return ["BOS"] + [OTHER] * (n_tokens - 2) + ["END"]
+
+
+def disjoint_sets(study: Study, model, sizes: dict[str, int], seed: int, generate=None,
+                  used: set[str] | None = None) -> dict[str, list[StudyPrompt]]:
+    """One list per entry of `sizes` (in order), each from `generate(model, n, seed)` (default `study.prompts`) with
+    `set_seed(seed, name)`, no clean text in two lists; more seeds are tried until a set is full."""
+    generate = generate or study.prompts
+    used = set() if used is None else used
+    out: dict[str, list[StudyPrompt]] = {}
+    for name, size in sizes.items():
+        got: list[StudyPrompt] = []
+        for attempt in range(20):
+            for p in generate(model, size + size // 4 + 4, set_seed(seed, name, attempt)):
+                if p.clean not in used and len(got) < size:
+                    used.add(p.clean)
+                    got.append(p)
+            if len(got) == size:
+                break
+        else:
+            raise CircuitsError(f"study {study.name!r}: only {len(got)} distinct new prompts for the {name} set "
+                                f"({size} wanted); use a smaller --n")
+        out[name] = got
+    return out
 
 
 def single_token_id(model, word: str) -> int:
@@ -115,6 +167,11 @@ class PreparedPrompt:
         """The mean-ablation group: the study's group and the token count (so that positions always line up)."""
         return f"{self.prompt.group}/{self.tokens.shape[0]}"
 
+    @property
+    def layout(self) -> str:
+        """The coarser grouping: name order (if the study has one), token count and the role of every position."""
+        return f"{self.prompt.meta.get('order', '')}/{self.tokens.shape[0]}/{','.join(self.roles)}"
+
     def metric(self, logits: Tensor) -> Tensor:
         return logits[-1, self.answer] - logits[-1, self.wrong]
 
@@ -139,13 +196,14 @@ def prepare(rm, study: Study, prompts: list[StudyPrompt]) -> list[PreparedPrompt
 
 
 @torch.no_grad()
-def group_means(rm, prepared: list[PreparedPrompt]) -> dict[str, Ablation]:
-    """Per group: mean codes and errors of every dictionary at each position over the group's prompts."""
+def group_means(rm, prepared: list[PreparedPrompt], key=None) -> dict[str, Ablation]:
+    """Per group (`key(pp)`, default `pp.group`): mean codes and errors of every dictionary at each position over
+    the group's prompts."""
     sums: dict[str, dict[str, list[Tensor]]] = {}
     counts: dict[str, int] = {}
     for pp in prepared:
         cache = rm.run(pp.tokens)
-        g = pp.group
+        g = pp.group if key is None else key(pp)
         acc = sums.setdefault(g, {})
         first = g not in counts
         counts[g] = counts.get(g, 0) + 1
@@ -162,6 +220,71 @@ def group_means(rm, prepared: list[PreparedPrompt]) -> dict[str, Ablation]:
     return {g: Ablation("mean", {n: v[0].div(counts[g]).float() for n, v in acc.items()},
                         {n: v[1].div(counts[g]).float() for n, v in acc.items()})
             for g, acc in sums.items()}
+
+
+@dataclass
+class ReferenceMeans:
+    """Mean-ablation values for the prompts of a study, from its reference set (never from the prompts scored).
+
+    A prompt's group (`PreparedPrompt.group`) is used when the reference set holds at least `MIN_GROUP` prompts of
+    it; otherwise its coarser `layout` group; `sizes` records the reference count behind each prompt's means."""
+
+    means: dict[str, Ablation]  # group or layout key -> Ablation
+    counts: dict[str, int]
+    warnings: list[str]
+
+    def key(self, pp: PreparedPrompt) -> str:
+        if self.counts.get(pp.group, 0) >= MIN_GROUP or pp.layout not in self.means:
+            if pp.group not in self.means:
+                raise CircuitsError(f"no reference prompts for group {pp.group!r} (or its layout); the reference set "
+                                    "must cover every group of the prompts it serves")
+            return pp.group
+        return pp.layout
+
+    def for_prompt(self, pp: PreparedPrompt) -> Ablation:
+        return self.means[self.key(pp)]
+
+    def summary(self, prompts: list[PreparedPrompt]) -> dict:
+        """Groups used by `prompts`: how many, their reference sizes, whether any fell back to the layout."""
+        keys = [self.key(pp) for pp in prompts]
+        sizes = sorted({k: self.counts[k] for k in keys}.values())
+        return {"groups": len(set(keys)), "smallest": sizes[0] if sizes else 0, "largest": sizes[-1] if sizes else 0,
+                "coarse": sorted({k for k, pp in zip(keys, prompts, strict=True) if k != pp.group}),
+                "min_group": MIN_GROUP, "warnings": list(self.warnings)}
+
+
+def reference_means(rm, reference: list[PreparedPrompt], served: list[PreparedPrompt],
+                    min_size: int = MIN_GROUP) -> ReferenceMeans:
+    """Group means over `reference` for the groups of `served`, with the coarser layout grouping where a group has
+    fewer than `min_size` reference prompts (a warning says so, and another one when the layout is small too)."""
+    fine: dict[str, list[PreparedPrompt]] = {}
+    coarse: dict[str, list[PreparedPrompt]] = {}
+    for pp in reference:
+        fine.setdefault(pp.group, []).append(pp)
+        coarse.setdefault(pp.layout, []).append(pp)
+    wanted: dict[str, list[PreparedPrompt]] = {}
+    warnings: list[str] = []
+    for pp in served:
+        if len(fine.get(pp.group, [])) >= min_size:
+            wanted[pp.group] = fine[pp.group]
+        elif pp.layout in coarse:
+            wanted[pp.layout] = coarse[pp.layout]
+        elif pp.group in fine:
+            wanted[pp.group] = fine[pp.group]
+        else:
+            raise CircuitsError(f"the reference set has no prompt of group {pp.group!r} or layout {pp.layout!r}")
+    small_fine = sorted({pp.group for pp in served if len(fine.get(pp.group, [])) < min_size})
+    if small_fine:
+        warnings.append(f"{len(small_fine)} group(s) have fewer than {min_size} reference prompts; their prompts use "
+                        "the coarser grouping (same name order, token count and role layout)")
+    small = sorted(k for k, v in wanted.items() if len(v) < min_size)
+    if small:
+        warnings.append(f"{len(small)} mean-ablation group(s) still have fewer than {min_size} reference prompts "
+                        f"(smallest: {min(len(wanted[k]) for k in small)}): their means are noisy; use a larger --n")
+    means: dict[str, Ablation] = {}
+    for key, pps in wanted.items():
+        means[key] = group_means(rm, pps, key=lambda _pp, key=key: key)[key]
+    return ReferenceMeans(means, {k: len(v) for k, v in wanted.items()}, warnings)
 
 
 def keep_masks(rm, cache, pp: PreparedPrompt, keys: set[RoleKey] | frozenset, errors: bool

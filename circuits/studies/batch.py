@@ -1,8 +1,8 @@
 """Batch attribution over many prompts: in-process, in parallel worker processes, or on a Ray cluster.
 
 Work is described by a picklable `StudySpec` (model, dictionary set, study name and options, n, seed): every worker
-rebuilds the same replacement model, dataset and group means from it once (deterministically), then handles chunks
-of prompt indices. Results come back tagged with their prompt index and are put in prompt order, so the outcome does
+rebuilds the same replacement model, prompt sets and reference means from it once (deterministically), then handles
+chunks of prompt indices of one set. Results come back tagged with their prompt index and are put in prompt order, so the outcome does
 not depend on the number of workers or on which worker ran what. Each worker uses one torch thread, which also makes
 the floating-point results identical however the work is split.
 
@@ -34,7 +34,7 @@ class StudySpec:
     study: str
     model: str = "organism"
     dicts: str = "organism"
-    n: int = 200
+    n: int = 200  # evaluation prompts (the selection and reference sets are sized from it: Study.set_sizes)
     seed: int = 0
     options: tuple[tuple[str, object], ...] = ()
     ig_steps: int = 4
@@ -44,15 +44,23 @@ class StudySpec:
 class WorkerState:
     rm: object
     study: object
-    prepared: list
-    means: dict = field(default_factory=dict)
+    sets: dict  # "selection", "evaluation", "reference" (and "test", "test_reference"): list[PreparedPrompt]
+    means: dict = field(default_factory=dict)  # "main" (selection + evaluation), "test": ReferenceMeans
+
+    @property
+    def prepared(self) -> list:
+        """The evaluation set (every reported number is measured on it)."""
+        return self.sets["evaluation"]
+
+    def ablation(self, set_name: str, pp):
+        return self.means["test" if set_name == "test" else "main"].for_prompt(pp)
 
 
 _STATES: dict[StudySpec, WorkerState] = {}
 
 
 def build_state(spec: StudySpec, rm=None, study=None) -> WorkerState:
-    """The replacement model, study, prepared prompts and group means for `spec` (cached per process).
+    """The replacement model, study, prepared prompt sets and reference means for `spec` (cached per process).
 
     `rm` and `study` may be given directly (in-process runs, e.g. tests with tiny models); otherwise they are
     rebuilt from the spec's names."""
@@ -60,7 +68,7 @@ def build_state(spec: StudySpec, rm=None, study=None) -> WorkerState:
     if cached is not None and (rm is None or cached.rm is rm) and (study is None or cached.study is study):
         return cached
     from circuits.studies import get_study
-    from circuits.studies.base import group_means, prepare
+    from circuits.studies.base import prepare, reference_means
 
     if rm is None:
         from circuits import load_dictionaries, load_model
@@ -69,15 +77,21 @@ def build_state(spec: StudySpec, rm=None, study=None) -> WorkerState:
         model, _ = load_model(spec.model)
         rm = ReplacementModel(model, load_dictionaries(spec.dicts, model), name=spec.model)
     study = study if study is not None else get_study(spec.study, **dict(spec.options))
-    prepared = prepare(rm, study, study.prompts(rm.model, spec.n, spec.seed))
-    state = WorkerState(rm, study, prepared, group_means(rm, prepared))
+    raw = dict(study.prompt_sets(rm.model, spec.n, spec.seed))
+    raw.update(study.test_sets(rm.model, spec.n, spec.seed) or {})
+    sets = {name: prepare(rm, study, prompts) for name, prompts in raw.items()}
+    means = {"main": reference_means(rm, sets["reference"], sets["selection"] + sets["evaluation"])}
+    if "test" in sets:
+        means["test"] = reference_means(rm, sets["test_reference"], sets["test"])
+    state = WorkerState(rm, study, sets, means)
     _STATES.clear()  # one study per process at a time
     _STATES[spec] = state
     return state
 
 
 def run_chunk(spec: StudySpec, task: str, indices: list[int], payload: dict, rm=None, study=None) -> list[dict]:
-    """Run `task` ("analyse" or "evaluate") on the given prompt indices; the unit of parallel work."""
+    """Run `task` ("analyse" or "evaluate") on the given prompt indices of the set `payload["set"]`; the unit of
+    parallel work."""
     import torch
 
     from circuits.studies.analysis import analyse_prompt, evaluate_prompt
@@ -86,16 +100,17 @@ def run_chunk(spec: StudySpec, task: str, indices: list[int], payload: dict, rm=
     torch.set_num_threads(1)
     try:
         state = build_state(spec, rm, study)
+        set_name = payload["set"]
         out = []
         for i in indices:
-            pp = state.prepared[i]
-            ablation = state.means[pp.group]
+            pp = state.sets[set_name][i]
+            ablation = state.ablation(set_name, pp)
             if task == "analyse":
                 out.append(analyse_prompt(state.rm, pp, ablation, spec.ig_steps))
             elif task == "evaluate":
                 out.append(evaluate_prompt(state.rm, pp, ablation, payload["curve"], payload["circuit"],
                                            state.study.checks() if payload.get("checks", True) else [],
-                                           payload["context"]))
+                                           payload["context"], edges=i < payload.get("edge_prompts", 0)))
             else:
                 raise CircuitsError(f"unknown task {task!r}")
         return out
@@ -221,19 +236,20 @@ def run_pool(fn: Callable, calls: list[tuple], workers: int, on_done: Callable[[
                 proc.join(timeout=10)
 
 
-def map_prompts(spec: StudySpec, task: str, payload: dict, *, workers: int = 1, ray_address: str | None = None,
-                rm=None, study=None, chunk_size: int = 8, progress: bool = False, desc: str = "") -> list[dict]:
-    """`run_chunk` over all prompts of `spec`, in prompt order."""
+def map_prompts(spec: StudySpec, task: str, payload: dict, *, n: int, workers: int = 1,
+                ray_address: str | None = None, rm=None, study=None, chunk_size: int = 8, progress: bool = False,
+                desc: str = "") -> list[dict]:
+    """`run_chunk` over the `n` prompts of the set `payload["set"]`, in prompt order."""
     from tqdm.auto import tqdm
 
     check_not_bootstrapping()
-    parts = list(chunks(spec.n, chunk_size))
+    parts = list(chunks(n, chunk_size))
     if workers > 1 and not ray_address and study is None:
         guarded, where = main_module_guarded()
         if not guarded:
             _warn_unguarded(where)
             workers = 1
-    bar = tqdm(total=spec.n, desc=desc or task, disable=not progress, unit="prompt")
+    bar = tqdm(total=n, desc=desc or task, disable=not progress, unit="prompt")
     results: list[dict] = []
     if ray_address:
         try:

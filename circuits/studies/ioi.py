@@ -15,20 +15,40 @@ class means) and test it, together with the metric, on two edits of every prompt
 * **no "and"**: "A and B" becomes "A, B" — every absolute position is unchanged but the "and" is gone.
 
 If the order signal is relative to "and", it survives the filler and breaks without "and"; if it is absolute, the
-reverse.
+reverse. Each edit's effect is the paired drop in probe accuracy (clean − edited, per test prompt) with a bootstrap
+interval: an edit "degrades" the signal when the interval lies above 0 and the drop is at least 10 points, and
+"keeps" it when the whole interval lies below a 10-point drop; otherwise the verdict is inconclusive.
+
+**Test set.** Prompts from templates that share no structure with the training or held-out ones (`TEST_TEMPLATES`:
+names as objects, another clause order, longer distances, other connectives), on held-out names, from a seed
+reserved for them; scored with the circuit chosen on the selection prompts and reported separately. They were
+written and checked to tokenize before any result on them was looked at, and nothing was tuned on them.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import random
 import re
 from statistics import mean
 
 import torch
 
-from circuits.studies.base import Study, StudyPrompt, positions_of, single_token_id
+from circuits.studies import stats
+from circuits.studies.base import MIN_GROUP, Study, StudyPrompt, disjoint_sets, positions_of, single_token_id
 from circuits.studies.checks import AblateRoleFeatures, PatchRoleFeatures
 
 FILLER = "It was a quiet day at the park."
+
+# The test set's templates (never used while developing the study): names out of subject position, another clause
+# order, a longer IO–S2 distance, other connectives. Every word is in the organism's vocabulary (tested).
+TEST_TEMPLATES: tuple[str, ...] = (
+    "The {object} was for {A} and {B} at the {place}, so {S} gave it to",
+    "It was {day} and {A} and {B} went to the {place}. {S} sent a {object} to",
+    "When {A} and {B} went to the {place} on {day} and talked for a long time at the old {place}, {S} gave a "
+    "{object} to",
+    "{A} and {B} were at the {place}, so {S} handed a {object} to",
+)
 
 
 def _swap(text: str, a: str, b: str) -> str:
@@ -43,13 +63,56 @@ class IOIStudy(Study):
     answer_label = "IO"
     wrong_label = "S"
 
+    test_description = ("structurally new templates (names as objects, another clause order, a longer IO–S2 "
+                        "distance, other connectives) on held-out names, from a reserved seed")
+
     def __init__(self, templates: str = "heldout"):
         if templates not in ("heldout", "train", "all"):
             raise ValueError(f"templates must be 'heldout', 'train' or 'all', got {templates!r}")
         self.templates = templates
 
-    def prompts(self, model, n: int, seed: int) -> list[StudyPrompt]:
+    def test_sets(self, model, n: int, seed: int) -> dict[str, list[StudyPrompt]]:
+        groups = 2 * len(TEST_TEMPLATES)
+        return disjoint_sets(self, model, {"test": max(groups, n // 2), "test_reference": max(n, MIN_GROUP * groups)},
+                             seed, generate=self.test_prompts)
+
+    def test_prompts(self, model, n: int, seed: int) -> list[StudyPrompt]:
+        """Prompts from `TEST_TEMPLATES`, balanced over templates and name orders (held-out names)."""
         from circuits.organism import world as W
+
+        rng = random.Random(f"ioi-test-{seed}")
+        out = []
+        for i in range(n):
+            t, order = (i // 2) % len(TEST_TEMPLATES), ("ABBA", "BABA")[i % 2]
+            io, s = rng.sample(W.IOI_HELDOUT_NAMES, 2)
+            a, b = (io, s) if order == "ABBA" else (s, io)
+            text = TEST_TEMPLATES[t].format(A=a, B=b, S=s, place=rng.choice(W.PLACES), object=rng.choice(W.OBJECTS),
+                                            day=rng.choice(W.DAYS))
+            out.append(self._prompt(text, io, s, order, f"test-template-{t}-{order}", f"test templates {order}", i))
+        return out
+
+    def _prompt(self, text: str, io: str, s: str, order: str, group: str, subset: str, i: int) -> StudyPrompt:
+        from circuits.organism import world as W
+
+        third = [c for c in W.IOI_HELDOUT_NAMES if c not in (io, s)][(i * 7) % (len(W.IOI_HELDOUT_NAMES) - 2)]
+        head, _, tail = text.rpartition(f" {s} ")
+        a, b = (io, s) if order == "ABBA" else (s, io)
+        pair = f"{a} and {b}"
+        return StudyPrompt(clean=text, corrupt=f"{head} {third} {tail}", answer=io, wrong=s, group=group,
+                           meta={"order": order, "subset": subset, "third": third, "swapped": _swap(text, io, s),
+                                 "filler": f"{FILLER} {text}", "no_and": text.replace(pair, f"{a}, {b}", 1)})
+
+    def head_analysis(self, rm, evaluation: list, reference: list, seed: int) -> dict | None:
+        """The per-head component analysis (`circuits.studies.heads`, when that module exists): called by the
+        runner with the evaluation and reference `PreparedPrompt` lists; its result goes to the report as
+        ``data["heads"]`` and is rendered by `heads.render_head_section`."""
+        if importlib.util.find_spec("circuits.studies.heads") is None:
+            return None
+        from circuits.studies import heads
+
+        return heads.ioi_head_analysis(rm.model, evaluation, reference, seed)
+
+    def prompts(self, model, n: int, seed: int) -> list[StudyPrompt]:
         from circuits.organism.corpus import ToyWorldCorpus
 
         corpus = ToyWorldCorpus(seed)
@@ -61,17 +124,9 @@ class IOIStudy(Study):
                 raw += corpus.ioi_prompts(k, order, heldout_templates=heldout)
         out = []
         for i, p in enumerate(raw):
-            third = [c for c in W.IOI_HELDOUT_NAMES if c not in (p.io, p.s)][(i * 7) % (len(W.IOI_HELDOUT_NAMES) - 2)]
-            head, sep, tail = p.text.rpartition(f" {p.s} ")
-            a, b = (p.io, p.s) if p.order == "ABBA" else (p.s, p.io)
-            pair = f"{a} and {b}"
             tset = "heldout" if p.heldout_template else "train"
-            out.append(StudyPrompt(
-                clean=p.text, corrupt=f"{head} {third} {tail}", answer=p.io, wrong=p.s,
-                group=f"{tset}-template-{p.template}-{p.order}",
-                meta={"order": p.order, "subset": f"{tset} templates {p.order}", "third": third,
-                      "swapped": _swap(p.text, p.io, p.s), "filler": f"{FILLER} {p.text}",
-                      "no_and": p.text.replace(pair, f"{a}, {b}", 1)}))
+            out.append(self._prompt(p.text, p.io, p.s, p.order, f"{tset}-template-{p.template}-{p.order}",
+                                    f"{tset} templates {p.order}", i))
         # interleave ABBA and BABA so that any prefix of the dataset is balanced
         abba = [p for p in out if p.meta["order"] == "ABBA"]
         baba = [p for p in out if p.meta["order"] == "BABA"]
@@ -123,7 +178,7 @@ class PositionalCheck:
                       "S2": _attn_codes(rm, c, s2 + shift)}
         return out
 
-    def summarize(self, rows: list[dict]) -> dict:
+    def summarize(self, rows: list[dict], clean_mean: float | None = None, seed: int = 0) -> dict:
         res: dict = {"title": self.title,
                      "how": "probe = difference of mean attention-SAE codes (all layers, concatenated) between ABBA "
                             "and BABA prompts, trained on half the clean prompts (alternate pairs), threshold at the midpoint; "
@@ -137,6 +192,7 @@ class PositionalCheck:
         # prompts alternate ABBA, BABA: split by pairs so that both halves hold both orders
         train = [r for r in rows if r["index"] % 4 < 2]
         test = [r for r in rows if r["index"] % 4 >= 2] or train
+        hits: dict[str, list[float]] = {}
         for where in ("S2", "END"):
             def avg(rs, where=where):
                 acc: dict[int, float] = {}
@@ -150,22 +206,49 @@ class PositionalCheck:
             w = {k: a.get(k, 0.0) - b.get(k, 0.0) for k in keys}
             mid = (sum(w[k] * a.get(k, 0.0) for k in keys) + sum(w[k] * b.get(k, 0.0) for k in keys)) / 2
 
-            def acc_on(variant: str, w=w, mid=mid, where=where) -> float:
-                hits = [float((sum(w.get(k, 0.0) * x for k, x in r[variant][where].items()) > mid)
+            def hits_on(variant: str, w=w, mid=mid, where=where) -> list[float]:
+                return [float((sum(w.get(k, 0.0) * x for k, x in r[variant][where].items()) > mid)
                               == (r["order"] == "ABBA")) for r in test]
-                return mean(hits) if hits else float("nan")
             for v in self.variants:
-                res[f"probe_{where}_{v}"] = acc_on(v)
-        f, na = res["probe_S2_filler"], res["probe_S2_no_and"]
-        c = res["probe_S2_clean"]
-        if c < 0.75:
-            res["verdict"] = "inconclusive: order is not linearly readable at S2 on clean prompts"
-        elif f >= c - 0.1 and na < c - 0.2:
-            res["verdict"] = "relative to 'and' (order survives the filler, breaks without 'and')"
-        elif na >= c - 0.1 and f < c - 0.2:
-            res["verdict"] = "absolute position (order survives removing 'and', breaks with the filler)"
-        elif f >= c - 0.1 and na >= c - 0.1:
-            res["verdict"] = "neither edit breaks it: the order signal uses other cues (e.g. token order itself)"
-        else:
-            res["verdict"] = "mixed: both edits degrade the order signal"
+                h = hits_on(v)
+                res[f"probe_{where}_{v}"] = mean(h) if h else float("nan")
+                if where == "S2":
+                    hits[v] = h
+        res["probe_test_prompts"] = len(test)
+        res.update(positional_verdict(hits, seed))
         return res
+
+
+def _edit_state(drop: stats.Interval) -> str:
+    """'degrades' (interval above 0, drop ≥ 10 points), 'keeps' (whole interval under a 10-point drop) or 'unclear'."""
+    if drop.lo > 0 and drop.value >= 0.1:
+        return "degrades"
+    if drop.hi < 0.1:
+        return "keeps"
+    return "unclear"
+
+
+def positional_verdict(hits: dict[str, list[float]], seed: int = 0) -> dict:
+    """The positional verdict from per-test-prompt probe hits at S2 (1 = order read correctly) on clean, filler and
+    no-'and' prompts: intervals of the clean accuracy and of each edit's paired drop, and the verdict."""
+    clean = stats.mean_interval(hits["clean"], seed)
+    drops = {v: stats.bootstrap({"c": hits["clean"], "e": hits[v]}, lambda c: float(c["c"].mean() - c["e"].mean()),
+                                seed=seed) for v in ("filler", "no_and")}
+    f, na = _edit_state(drops["filler"]), _edit_state(drops["no_and"])
+    numbers = f"clean accuracy {clean}; drop with filler {drops['filler']}; drop without 'and' {drops['no_and']}"
+    if clean.lo < 0.75:
+        word = "inconclusive: the order is not reliably readable at S2 on clean prompts"
+    elif f == "keeps" and na == "degrades":
+        word = "relative to 'and': the order signal survives the filler and breaks without 'and'"
+    elif f == "degrades" and na == "keeps":
+        word = "absolute position: the order signal survives removing 'and' and breaks with the filler"
+    elif f == "keeps" and na == "keeps":
+        word = "neither edit breaks it: the order signal uses other cues (e.g. the token order itself)"
+    elif f == "degrades" and na == "degrades":
+        word = "mixed: both edits degrade the order signal"
+    else:
+        word = (f"inconclusive: the filler {f.replace('unclear', 'has an unclear effect on')} the order signal and "
+                f"removing 'and' {na.replace('unclear', 'has an unclear effect on')} it")
+    return {"verdict": f"{word} ({numbers})", "verdict_word": word.split(":")[0],
+            "probe_clean_interval": clean.as_dict(), "probe_drop_filler": drops["filler"].as_dict(),
+            "probe_drop_no_and": drops["no_and"].as_dict()}

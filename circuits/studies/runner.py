@@ -1,15 +1,24 @@
-"""Running a case study end to end: metrics, splice fidelity, graphs aggregated by role, the circuit, its
-faithfulness curve against random circuits, the checks — returned as one `StudyResult` (see `report` for files).
+"""Running a case study end to end: metrics, splice fidelity, graphs aggregated by role, node rankings, the circuit,
+its faithfulness under named ablation conventions against a stratified random baseline, the checks, and the test
+set — returned as one `StudyResult` (see `report` for files).
 
-The circuit is the top-K *supporting* feature role nodes: the largest positive mean integrated-gradient scores
-(their share of the metric under mean ablation, averaged over prompts). Ranking by |score| instead (which also
-keeps nodes that work against the answer) is reported alongside; so are circuits with every error node kept.
-Keeping only supporting nodes can give faithfulness above 1: the ablated remainder includes nodes that lowered the
-metric. Faithfulness of a circuit C over the dataset
-(Marks et al. 2024): ``(m̄(C) − m̄(∅)) / (m̄(M) − m̄(∅))`` with m̄ the mean metric over prompts, everything outside C
-mean-ablated to its group mean (see `circuits.studies.base`), attention and LayerNorm live. Two curves are drawn:
-features with every error node kept, and features alone (errors ablated too); each against random circuits of the
-same size drawn uniformly from all feature role nodes seen in the dataset.
+The discipline (`circuits.studies.base`): node rankings and the circuit come from the *selection* prompts; every
+number reported is measured on the *evaluation* prompts; ablation uses means over the *reference* prompts; the three
+sets share no prompt. A study may add a *test* set of structurally new prompts, reported separately.
+
+**Rankings** (`circuits.studies.analysis.SCORES`): role nodes (feature × role) ranked by their mean score over the
+selection prompts: integrated gradients under standard mean ablation (the default: the circuit is its top `top`
+*supporting* nodes, largest positive scores), graph influence (pruning's), attribution patching, activation ×
+gradient. **Faithfulness** of a circuit C (Marks et al. 2024): ``(m̄(C) − m̄(∅)) / (m̄(M) − m̄(∅))`` with m̄ the
+mean metric over evaluation prompts, everything outside C ablated under a convention (`circuits.studies.ablate`):
+standard mean ablation (the headline), zero ablation, and the earlier held-inactive variant. Each is given with a
+paired bootstrap 95% interval over prompts (`circuits.studies.stats`). Two curves per ranking: features with every
+error node kept, and features alone. Keeping only supporting nodes can give faithfulness above 1 (the ablated rest
+includes nodes that lowered the metric).
+
+**Stratified random baseline**: for a circuit of k nodes, k random role nodes with the same (kind, layer, role)
+counts, drawn from the role nodes active on at least 25% of the selection prompts (uniform draws over every role
+node seen would pick mostly silent nodes and make any circuit look good).
 """
 
 from __future__ import annotations
@@ -24,11 +33,18 @@ import torch
 
 from circuits.graph import FEATURE_KINDS
 from circuits.replacement import splice_hooks
+from circuits.studies import stats
+from circuits.studies.ablate import CONVENTION_LABELS, CONVENTIONS, Circuit
 from circuits.studies.base import OTHER, RoleKey, role_key_str
 from circuits.studies.batch import StudySpec, build_state, check_not_bootstrapping, map_prompts
 
-CURVE_SIZES = (0, 5, 10, 20, 50, 100, 200, 500)
-RANDOM_SEEDS = 3
+CURVE_SIZES = (10, 20, 50, 100, 200)
+RANDOM_DRAWS = 3
+PRESENCE_MIN = 0.25  # stratified random nodes are active on at least this fraction of selection prompts
+EDGE_PROMPTS = 40  # evaluation prompts whose graphs give the aggregated circuit's edges
+RANKINGS = {"ig": "integrated gradients (mean ablation)", "influence": "graph influence (pruning)",
+            "atp": "attribution patching (AtP)", "act_grad": "activation × gradient"}
+SIGNED = {"ig", "atp", "act_grad"}  # rank by the largest positive mean (supporting nodes); influence is unsigned
 
 
 @dataclass
@@ -55,7 +71,7 @@ def _batched_metric(model, prepared, tokens_of, hooks=None) -> list[float]:
     return out
 
 
-def dataset_metrics(rm, prepared) -> dict:
+def dataset_metrics(rm, prepared, seed: int = 0) -> dict:
     clean = _batched_metric(rm.model, prepared, lambda pp: pp.tokens)
     corrupt = _batched_metric(rm.model, prepared, lambda pp: pp.corrupt_tokens)
     by_group: dict[str, list[float]] = defaultdict(list)
@@ -64,7 +80,9 @@ def dataset_metrics(rm, prepared) -> dict:
     return {
         "per_prompt": {"clean": clean, "corrupt": corrupt},
         "clean_mean": mean(clean), "corrupt_mean": mean(corrupt),
+        "clean_interval": stats.mean_interval(clean, seed).as_dict(),
         "accuracy": mean(float(m > 0) for m in clean),
+        "accuracy_interval": stats.mean_interval([float(m > 0) for m in clean], seed).as_dict(),
         "subsets": {g: {"n": len(v), "metric_mean": mean(v), "accuracy": mean(float(m > 0) for m in v)}
                     for g, v in sorted(by_group.items())},
     }
@@ -89,28 +107,174 @@ def _mean_dicts(records: list[dict], field_name: str) -> dict:
     return {k: v / len(records) for k, v in acc.items()}
 
 
-def _presence(records: list[dict]) -> dict:
-    acc: dict = defaultdict(int)
+def mean_role_scores(rm, roles, records: list[dict], field_name: str, method: str | None = None
+                     ) -> dict[RoleKey, float]:
+    """Mean over prompts of a per-prompt role-node table (`analysis._role_tables`) → {role key: value}."""
+    out: dict[RoleKey, float] = {}
+    for d in rm.dictionaries:
+        name, acc = d.cfg.name, torch.zeros(len(roles) * d.d_sae, dtype=torch.float64)
+        for r in records:
+            idx, val = (r[field_name][method] if method else r[field_name])[name]
+            acc.index_add_(0, idx, val.double())
+        acc /= len(records)
+        kind = f"{d.cfg.site}_feature"
+        for i in torch.nonzero(acc).flatten().tolist():
+            role, index = divmod(i, d.d_sae)
+            out[(kind, d.cfg.layer, roles[role], index)] = float(acc[i])
+    return out
+
+
+def rank(scores: dict[RoleKey, float], signed: bool) -> list[RoleKey]:
+    """Role nodes by decreasing score (signed scores: supporting nodes only, largest first)."""
+    keys = [k for k, v in scores.items() if (v > 0 if signed else v != 0)]
+    return sorted(keys, key=lambda k: (-scores[k], k))
+
+
+def stratified_random(circuit: list[RoleKey], presence: dict[RoleKey, float], seed: str) -> tuple[list, int]:
+    """Random role nodes with the circuit's (kind, layer, role) counts, drawn from nodes active on ≥ PRESENCE_MIN of
+    the selection prompts and not in the circuit; a stratum too small is filled from the same kind and role, then
+    from any eligible node. Returns (nodes, how many came from a wider pool)."""
+    rng = random.Random(seed)
+    taken = set(circuit)
+    eligible = sorted(k for k, v in presence.items() if v >= PRESENCE_MIN and k not in taken)
+    strata: dict[tuple, int] = defaultdict(int)
+    for k in circuit:
+        strata[k[:3]] += 1
+    pick: list[RoleKey] = []
+    wider = 0
+    for stratum, count in sorted(strata.items()):
+        for level, match in enumerate((lambda k, s=stratum: k[:3] == s,
+                                       lambda k, s=stratum: (k[0], k[2]) == (s[0], s[2]), lambda k: True)):
+            pool = [k for k in eligible if match(k) and k not in taken]
+            got = rng.sample(pool, min(count, len(pool)))
+            taken.update(got)
+            pick += got
+            wider += len(got) if level else 0
+            count -= len(got)
+            if count == 0:
+                break
+    return pick, wider
+
+
+def curve_plan(rankings: dict[str, list[RoleKey]], presence: dict[RoleKey, float], seed: int, sizes,
+               test: bool = False) -> tuple[list[Circuit], dict]:
+    """The circuits of the faithfulness curves: empty and errors-only under each convention; each ranking's top k
+    (standard mean ablation); IG's top k under zero and held-inactive ablation; stratified random draws for IG's
+    top k. A test set gets only the largest k. Returns (circuits, random-draw details)."""
+    plan = [Circuit(f"{conv}:{what}", frozenset(), errors, conv)
+            for conv in CONVENTIONS for what, errors in (("empty", False), ("errors", True))]
+    ig = rankings["ig"]
+    ks = [k for k in sizes if k <= len(ig)] or ([len(ig)] if ig else [])
+    if test:
+        ks = ks[-1:]
+    random_info = {}
+    for k in ks:
+        for method, order in rankings.items():
+            if (test and method != "ig") or k > len(order):
+                continue
+            for errors in (False, True):
+                plan.append(Circuit(f"mean:{method}:{k}:{int(errors)}", frozenset(order[:k]), errors, "mean"))
+        for conv in ("zero", "held"):
+            for errors in (False, True):
+                plan.append(Circuit(f"{conv}:ig:{k}:{int(errors)}", frozenset(ig[:k]), errors, conv))
+        short = []
+        for draw in range(RANDOM_DRAWS):
+            pick, s = stratified_random(ig[:k], presence, f"{seed}-{k}-{draw}")
+            short.append(s)
+            for errors in (False, True):
+                plan.append(Circuit(f"mean:random#{draw}:{k}:{int(errors)}", frozenset(pick), errors, "mean"))
+        random_info[k] = {"k": k, "outside_stratum": mean(short)}
+    return plan, random_info
+
+
+def faithfulness_table(records: list[dict], plan: list[Circuit], rankings: dict, seed: int) -> dict:
+    """Every faithfulness value of the plan with its paired bootstrap interval over prompts, organised as curves."""
+    full = [r["metric"] for r in records]
+    col = {c.label: [r["curve"][c.label] for r in records] for c in plan}
+    ks = sorted({int(c.label.split(":")[2]) for c in plan if c.label.count(":") == 3})
+
+    def faith(label: str, conv: str) -> dict:
+        return stats.faithfulness_interval(col[label], col[f"{conv}:empty"], full, seed).as_dict()
+
+    def random_col(k: int, errors: int) -> list[float]:
+        draws = [col[f"mean:random#{d}:{k}:{errors}"] for d in range(RANDOM_DRAWS)]
+        return [mean(v) for v in zip(*draws, strict=True)]
+
+    out: dict = {"conventions": {}, "rows": []}
+    for conv in CONVENTIONS:
+        out["conventions"][conv] = {
+            "label": CONVENTION_LABELS[conv],
+            "empty_metric": stats.mean_interval(col[f"{conv}:empty"], seed).as_dict(),
+            "errors_only": faith(f"{conv}:errors", conv)}
+    out["full_metric"] = stats.mean_interval(full, seed).as_dict()
+    for k in ks:
+        row: dict = {"k": k}
+        for errors, tag in ((0, "features_only"), (1, "with_errors")):
+            for method in rankings:
+                if f"mean:{method}:{k}:{errors}" in col:
+                    row[f"{method}_{tag}"] = faith(f"mean:{method}:{k}:{errors}", "mean")
+            for conv in ("zero", "held"):
+                if f"{conv}:ig:{k}:{errors}" in col:
+                    row[f"ig_{conv}_{tag}"] = faith(f"{conv}:ig:{k}:{errors}", conv)
+            rnd = random_col(k, errors)
+            row[f"random_{tag}"] = stats.faithfulness_interval(rnd, col["mean:empty"], full, seed).as_dict()
+            row[f"ig_minus_random_{tag}"] = _difference(col[f"mean:ig:{k}:{errors}"], rnd, col["mean:empty"], full,
+                                                        seed)
+        out["rows"].append(row)
+    return out
+
+
+def _difference(a: list[float], b: list[float], empty: list[float], full: list[float], seed: int) -> dict:
+    """Faithfulness of circuit a minus that of circuit b, paired bootstrap interval (same prompts, same draws)."""
+
+    def stat(c):
+        denom = c["full"].mean() - c["empty"].mean()
+        return float((c["a"].mean() - c["b"].mean()) / denom) if denom != 0 else float("nan")
+
+    return stats.bootstrap({"a": a, "b": b, "empty": empty, "full": full}, stat, seed=seed).as_dict()
+
+
+def by_subset(records: list[dict], prepared, plan: list[Circuit], rankings: dict, top: int, seed: int) -> list[dict]:
+    """The headline faithfulness (IG's top k, standard mean ablation) on each subset of the evaluation prompts (e.g.
+    name order, or seen/unseen two-hop questions), with intervals."""
+    groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        for k in r["ig"]:
-            if k[0] in FEATURE_KINDS:
-                acc[k] += 1
-    return acc
+        groups[prepared[r["index"]].prompt.meta.get("subset", prepared[r["index"]].prompt.group)].append(r)
+    k = min(top, len(rankings["ig"]))
+    labels = {c.label for c in plan}
+    out = []
+    for name, rs in sorted(groups.items()):
+        row = {"subset": name, "n": len(rs), "clean": stats.mean_interval([r["metric"] for r in rs], seed).as_dict()}
+        empty = [r["curve"]["mean:empty"] for r in rs]
+        for errors, tag in ((0, "features_only"), (1, "with_errors")):
+            if f"mean:ig:{k}:{errors}" in labels:
+                row[tag] = stats.faithfulness_interval([r["curve"][f"mean:ig:{k}:{errors}"] for r in rs], empty,
+                                                       [r["metric"] for r in rs], seed).as_dict()
+        out.append(row)
+    return out
 
 
-def curve_plan(ranking: list[RoleKey], magnitude: list[RoleKey], pool: list[RoleKey], seed: int,
-               sizes=CURVE_SIZES) -> list[tuple[str, frozenset, bool]]:
-    plan = [("empty", frozenset(), False), ("errors only", frozenset(), True)]
-    for k in sizes:
-        if k == 0 or k > len(pool):
-            continue
-        plan += [(f"top {k} + errors", frozenset(ranking[:k]), True), (f"top {k}", frozenset(ranking[:k]), False),
-                 (f"|top| {k} + errors", frozenset(magnitude[:k]), True),
-                 (f"|top| {k}", frozenset(magnitude[:k]), False)]
-        for s in range(RANDOM_SEEDS):
-            pick = frozenset(random.Random(f"{seed}-{k}-{s}").sample(pool, k))
-            plan += [(f"random {k} + errors #{s}", pick, True), (f"random {k} #{s}", pick, False)]
-    return plan
+def _headline(table: dict, top: int) -> dict:
+    row = next((r for r in table["rows"] if r["k"] == top), table["rows"][-1] if table["rows"] else {})
+    get = row.get
+    return {"k": row.get("k", 0),
+            "features_only": get("ig_features_only"), "with_errors": get("ig_with_errors"),
+            "random_features_only": get("random_features_only"), "random_with_errors": get("random_with_errors"),
+            "minus_random_features_only": get("ig_minus_random_features_only"),
+            "minus_random_with_errors": get("ig_minus_random_with_errors"),
+            "zero_features_only": get("ig_zero_features_only"), "zero_with_errors": get("ig_zero_with_errors"),
+            "held_features_only": get("ig_held_features_only"), "held_with_errors": get("ig_held_with_errors"),
+            "errors_only": table["conventions"]["mean"]["errors_only"]}
+
+
+def _sets_summary(state) -> dict:
+    out = {name: {"n": len(pps)} for name, pps in state.sets.items()}
+    out["main_groups"] = state.means["main"].summary(state.sets["evaluation"])
+    if "test" in state.means:
+        out["test_groups"] = state.means["test"].summary(state.sets["test"])
+    texts = [{pp.prompt.clean for pp in pps} for pps in state.sets.values()]
+    out["disjoint"] = sum(len(t) for t in texts) == len(set().union(*texts))
+    return out
 
 
 def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_address: str | None = None,
@@ -125,116 +289,115 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     timings: dict[str, float] = {}
     state = build_state(spec, rm, study)
     given_study = study  # a study object given by the caller forces in-process work (it cannot be rebuilt by name)
-    rm, study, prepared = state.rm, state.study, state.prepared
-    metrics = dataset_metrics(rm, prepared)
-    sizes: dict[str, int] = defaultdict(int)
-    for pp in prepared:
-        sizes[pp.group] += 1
-    metrics["groups"] = {"count": len(sizes), "smallest": min(sizes.values()), "largest": max(sizes.values())}
-    fidelity = splice_fidelity(rm, prepared, metrics["clean_mean"])
+    rm, study = state.rm, state.study
+    evaluation, selection = state.sets["evaluation"], state.sets["selection"]
+    roles = list(study.all_roles)
+    metrics = dataset_metrics(rm, evaluation, spec.seed)
+    sets = _sets_summary(state)
+    fidelity = splice_fidelity(rm, evaluation, metrics["clean_mean"])
     timings["setup_s"] = time.perf_counter() - t0
+    run = dict(workers=workers, ray_address=ray_address, rm=rm, study=given_study, progress=progress)
 
     t1 = time.perf_counter()
-    pass1 = map_prompts(spec, "analyse", {}, workers=workers, ray_address=ray_address, rm=rm, study=given_study,
-                        progress=progress, desc=f"{spec.study}: graphs")
+    pass1 = map_prompts(spec, "analyse", {"set": "selection"}, n=len(selection), desc=f"{spec.study}: graphs", **run)
     timings["graphs_s"] = time.perf_counter() - t1
 
-    ig = _mean_dicts(pass1, "ig")
+    scores = {m: mean_role_scores(rm, roles, pass1, "scores", m) for m in RANKINGS}
+    presence = mean_role_scores(rm, roles, pass1, "presence")
+    rankings = {m: rank(scores[m], m in SIGNED) for m in RANKINGS}
+    ig_errors = _mean_dicts(pass1, "ig_errors")
+    ig = {**scores["ig"], **ig_errors}
     effects = _mean_dicts(pass1, "effects")
-    presence = _presence(pass1)
-    # supporting ranking (default circuit): largest positive mean IG first; magnitude ranking: largest |mean IG|
-    features = sorted((k for k in ig if k[0] in FEATURE_KINDS), key=lambda k: (-ig[k], k))
-    magnitude = sorted(features, key=lambda k: (-abs(ig[k]), k))
+    features = rankings["ig"]
     circuit = features[:top]
-    ranking = [(k, ig[k]) for k in features]
-    plan = curve_plan(features, magnitude, sorted(features), spec.seed, sorted(set(CURVE_SIZES) | {top}))
+    sizes = sorted(set(CURVE_SIZES) | {top})
+    plan, random_info = curve_plan(rankings, presence, spec.seed, sizes)
+    context = {"ranking": [(k, scores["ig"][k]) for k in sorted(scores["ig"], key=lambda k: (-scores["ig"][k], k))],
+               "presence": presence}
 
     t2 = time.perf_counter()
-    context = {"ranking": ranking}  # checks pick their role's top features from the whole ranking
-    pass2 = map_prompts(spec, "evaluate", {"curve": plan, "circuit": circuit, "context": context}, workers=workers,
-                        ray_address=ray_address, rm=rm, study=given_study, progress=progress,
-                        desc=f"{spec.study}: circuits")
+    payload = {"set": "evaluation", "curve": plan, "circuit": circuit, "context": context,
+               "edge_prompts": EDGE_PROMPTS}
+    pass2 = map_prompts(spec, "evaluate", payload, n=len(evaluation), desc=f"{spec.study}: circuits", **run)
     timings["circuits_s"] = time.perf_counter() - t2
 
-    curve = faithfulness_curve(pass2, plan)
-    checks = {}
-    for c in study.checks():
-        checks[c.name] = c.summarize([r["checks"][c.name] for r in pass2])
-    n = len(prepared)
-    ig_gap = [sum(r["ig"].values()) - (r["metric"] - r["ig_empty"]) for r in pass1]
+    table = faithfulness_table(pass2, plan, rankings, spec.seed)
+    clean_mean = metrics["clean_mean"]
+    checks = {c.name: c.summarize([r["checks"][c.name] for r in pass2], clean_mean, spec.seed)
+              for c in study.checks()}
+    ig_gap = [sum(float(v[1].sum()) for v in r["scores"]["ig"].values()) + sum(r["ig_errors"].values())
+              - (r["metric"] - r["ig_empty"]) for r in pass1]
+    n_sel = len(pass1)
     data = {
         "study": spec.study, "title": study.title, "description": study.description,
         "spec": {"model": spec.model, "dicts": spec.dicts, "n": spec.n, "seed": spec.seed,
                  "options": dict(spec.options), "ig_steps": spec.ig_steps, "top": top},
-        "roles": list(study.all_roles),
+        "roles": roles,
         "metric": f"logit({study.answer_label}) − logit({study.wrong_label}) at the last position",
+        "sets": sets,
         "metrics": metrics,
         "fidelity": fidelity,
         "graphs": {"mean_nodes": mean(r["graph_nodes"] for r in pass1),
                    "mean_edges": mean(r["graph_edges"] for r in pass1)},
         "ig_completeness": {"mean_abs_gap": mean(abs(g) for g in ig_gap),
                             "mean_metric_minus_empty": mean(r["metric"] - r["ig_empty"] for r in pass1)},
+        "rankings": {m: {"label": RANKINGS[m], "candidates": len(rankings[m]),
+                         "overlap_with_ig_at_top": len(set(rankings[m][:top]) & set(circuit))} for m in RANKINGS},
         "features": [{"node": role_key_str(k), "kind": k[0], "layer": k[1], "role": k[2], "index": k[3],
-                      "ig_mean": ig[k], "effect_mean": effects.get(k, 0.0), "presence": presence[k] / n}
+                      "ig_mean": scores["ig"].get(k, 0.0), "atp_mean": scores["atp"].get(k, 0.0),
+                      "act_grad_mean": scores["act_grad"].get(k, 0.0), "influence_mean": scores["influence"].get(k, 0.0),
+                      "effect_mean": effects.get(k, 0.0), "presence": presence.get(k, 0.0)}
                      for k in features[: max(top, 200)]],
         "errors": sorted(({"node": role_key_str(k), "ig_mean": v, "effect_mean": effects.get(k, 0.0)}
-                          for k, v in ig.items() if k[0] not in FEATURE_KINDS),
-                         key=lambda r: (-abs(r["ig_mean"]), r["node"]))[:40],
+                          for k, v in ig_errors.items()), key=lambda r: (-abs(r["ig_mean"]), r["node"]))[:40],
         "roles_summary": _role_summary(ig, effects, study.all_roles),
         "components": _components(pass1),
         "traffic": _traffic(pass1),
-        "curve": curve,
-        "circuit": {"n_features": len(circuit), "n_candidates": len(features),
-                    "faithfulness_with_errors": curve["points"].get(f"top {len(circuit)} + errors", {}).get("score"),
-                    "faithfulness_features_only": curve["points"].get(f"top {len(circuit)}", {}).get("score"),
-                    **_random_at(curve, len(circuit))},
+        "curve": {**table, "random": [random_info[k] for k in sorted(random_info)],
+                  "ablation": "reference-set mean of the same group at the same position"},
+        "circuit": {"n_features": len(circuit), "n_candidates": len(features), "n_selection": n_sel,
+                    **_headline(table, len(circuit))},
+        "by_subset": by_subset(pass2, evaluation, plan, rankings, top, spec.seed),
         "checks": checks,
-        "n_prompts": n,
+        "n_prompts": len(evaluation),
     }
+    if "test" in state.sets:
+        t3 = time.perf_counter()
+        data["test"] = _test_set(spec, state, rankings, presence, top, run, study)
+        timings["test_s"] = time.perf_counter() - t3
     extra = getattr(study, "extra_analysis", None)
     if extra is not None:
-        data["extra"] = extra(rm, prepared, pass1, pass2, context)
-    graph = aggregated_graph(study, spec, pass2, pass1, circuit, ig, rm)
+        data["extra"] = extra(rm, evaluation, pass1, pass2, context)
+    heads = getattr(study, "head_analysis", None)
+    if heads is not None:
+        t4 = time.perf_counter()
+        found = heads(rm, evaluation, state.sets["reference"], spec.seed)
+        if found is not None:
+            data["heads"] = found
+            timings["heads_s"] = time.perf_counter() - t4
+    graph = aggregated_graph(study, spec, [r for r in pass2 if r["edges"]], pass1, circuit, ig, rm)
     timings["total_s"] = time.perf_counter() - t0
     return StudyResult(spec, study.title, data, graph, timings)
+
+
+def _test_set(spec, state, rankings, presence, top, run, study) -> dict:
+    """The circuit chosen on the selection prompts, scored on the test prompts (their own reference means)."""
+    test = state.sets["test"]
+    plan, _ = curve_plan(rankings, presence, spec.seed, [min(top, len(rankings["ig"]))], test=True)
+    payload = {"set": "test", "curve": plan, "circuit": [], "context": {}, "checks": False}
+    records = map_prompts(spec, "evaluate", payload, n=len(test), desc=f"{spec.study}: test set", **run)
+    table = faithfulness_table(records, plan, {"ig": rankings["ig"]}, spec.seed)
+    metrics = dataset_metrics(state.rm, test, spec.seed)
+    return {"n": len(test), "n_reference": len(state.sets["test_reference"]), "metrics": metrics,
+            "groups": state.means["test"].summary(test), "circuit": _headline(table, min(top, len(rankings["ig"]))),
+            "conventions": table["conventions"], "full_metric": table["full_metric"],
+            "description": getattr(study, "test_description", "")}
 
 
 def pstdev(values: list[float]) -> float:
     """Population standard deviation (nan-safe: statistics.pstdev fails on nan)."""
     m = mean(values)
     return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5
-
-
-def faithfulness_curve(pass2: list[dict], plan) -> dict:
-    means = {label: mean(r["curve"][label] for r in pass2) for label, _, _ in plan}
-    full = mean(r["metric"] for r in pass2)
-    empty = means["empty"]
-    denom = full - empty
-
-    def score(label: str) -> float:
-        return (means[label] - empty) / denom if denom else float("nan")
-
-    points = {label: {"metric_mean": means[label], "score": score(label)} for label, _, _ in plan}
-    sizes = sorted({int(label.split()[1]) for label, _, _ in plan if label.startswith("top ")})
-    rows = []
-    for k in sizes:
-        row = {"k": k}
-        for suffix, tag in ((" + errors", "with_errors"), ("", "features_only")):
-            rnd = [score(f"random {k}{suffix} #{s}") for s in range(RANDOM_SEEDS)]
-            row[f"top_{tag}"] = score(f"top {k}{suffix}")
-            row[f"magnitude_{tag}"] = score(f"|top| {k}{suffix}")
-            row[f"random_{tag}_mean"] = mean(rnd)
-            row[f"random_{tag}_sd"] = pstdev(rnd)
-        rows.append(row)
-    return {"full_metric": full, "empty_metric": empty, "errors_only": score("errors only"), "rows": rows,
-            "points": points,
-            "ablation": "mean over the study's prompts of the same group at the same position"}
-
-
-def _random_at(curve: dict, k: int) -> dict:
-    row = next((r for r in curve["rows"] if r["k"] == k), None)
-    return {"random_features_only": row["random_features_only_mean"] if row else float("nan"),
-            "random_with_errors": row["random_with_errors_mean"] if row else float("nan")}
 
 
 def _role_summary(ig: dict, effects: dict, roles) -> list[dict]:
