@@ -46,12 +46,16 @@ class Sources:
         return len(self.nodes)
 
 
-def feature_writes(rm: ReplacementModel, kind: str, layer: int) -> Tensor:
-    """[d_sae, d_model]: what one unit of each feature writes into the residual stream."""
+def feature_writes(rm: ReplacementModel, kind: str, layer: int, index: Tensor | None = None) -> Tensor:
+    """[d_sae, d_model] (or [len(index), d_model] for the features in `index`): what one unit of each feature writes
+    into the residual stream. Pass `index` for a few features: an attention SAE's writes go through W_O, and
+    forming all d_sae of them costs d_sae × d_model² (seconds per layer at GPT-2 size)."""
     if kind == "attn":
         d = rm.attention_saes[layer]
-        return d.W_dec.to(rm.W_O_cat(layer).dtype) @ rm.W_O_cat(layer)
-    return rm.transcoders[layer].W_dec
+        W_dec = d.W_dec if index is None else d.W_dec[index]
+        return W_dec.to(rm.W_O_cat(layer).dtype) @ rm.W_O_cat(layer)
+    W_dec = rm.transcoders[layer].W_dec
+    return W_dec if index is None else W_dec[index]
 
 
 @torch.no_grad()
@@ -77,7 +81,7 @@ def collect_sources(rm: ReplacementModel, cache: ReplacementCache) -> Sources:
                 codes = cache.codes[d.cfg.name]
                 p_idx, f_idx = torch.nonzero(codes, as_tuple=True)
                 a = codes[p_idx, f_idx].to(dtype)
-                vecs.append(a[:, None] * feature_writes(rm, kind, layer)[f_idx].to(dtype))
+                vecs.append(a[:, None] * feature_writes(rm, kind, layer, f_idx).to(dtype))
                 nodes += [Node(f"{kind}_feature", layer, p, i) for p, i in zip(p_idx.tolist(), f_idx.tolist(),
                                                                                strict=True)]
                 pos.append(p_idx)
