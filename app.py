@@ -176,9 +176,9 @@ def run_of(graph, dicts_hint: str | None = None) -> dict:
     """What every tab uses to run the model on `graph`: its model, dictionary set and dictionaries, and its prompt
     (None when the graph has no single prompt: an aggregated case-study circuit, or a graph saved without one)."""
     meta = graph.metadata
-    model = meta.get("model") if meta.get("model") in MODELS else "organism"
-    sets = DICTIONARY_SETS[model]
-    dicts = dicts_hint if dicts_hint in sets else sets[0]
+    model = meta.get("model") or "organism"
+    sets = DICTIONARY_SETS.get(model, ())
+    dicts = dicts_hint if dicts_hint in sets else (sets[0] if sets else None)
     names = meta.get("dictionaries")
     prompt = meta.get("prompt") if isinstance(meta.get("prompt"), str) and not meta.get("aggregated") else None
     return {"model": model, "dicts": dicts, "dictionaries": tuple(names) if names else None, "prompt": prompt}
@@ -207,7 +207,7 @@ def sidebar_from_graph(graph) -> dict:
     drawn next run, so that the sidebar shows the graph that the tabs use)."""
     meta = graph.metadata
     run = run_of(graph)
-    if run["prompt"] is None:
+    if run["prompt"] is None or run["model"] not in MODELS:
         return {}
     out = {"prompt": run["prompt"], "model": run["model"], "dicts": run["dicts"]}
     if run["dictionaries"]:
@@ -416,7 +416,7 @@ def node_inspector(g, full, run: dict, influence) -> None:
             else:
                 s["ui"]["labels"].pop(export.node_id(node), None)
     with c2:
-        if node.kind.endswith("_feature"):
+        if node.kind.endswith("_feature") and run["model"] in MODELS:
             db, why = dashboards_for(run["model"], run["dicts"])
             name = f"{'attn_sae' if node.kind == 'attn_feature' else 'transcoder'}_L{node.layer}"
             if db is None:
@@ -441,7 +441,7 @@ def node_inspector(g, full, run: dict, influence) -> None:
     b.markdown(f"**outgoing edges** ({len(rows_out)})")
     b.dataframe(pd.DataFrame(rows_out).sort_values("weight", key=abs, ascending=False) if rows_out
                 else pd.DataFrame(), height=260, width="stretch")
-    if node.kind.endswith("_feature") and run["prompt"] is not None:
+    if node.kind.endswith("_feature") and run["prompt"] is not None and run["model"] in MODELS:
         from circuits import dashboards
 
         name = f"{'attn_sae' if node.kind == 'attn_feature' else 'transcoder'}_L{node.layer}"
@@ -478,6 +478,9 @@ def single_prompt(graph, run: dict) -> bool:
         return False
     if run["prompt"] is None:
         st.info("This graph does not record the prompt it was traced on, so the model cannot be run on it.")
+        return False
+    if run["model"] not in MODELS:
+        st.info(f"This graph was traced on the model {run['model']!r}; the explorer runs {' and '.join(MODELS)}.")
         return False
     return True
 

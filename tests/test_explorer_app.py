@@ -232,3 +232,16 @@ def test_supernode_members_are_canonical_ids(app):
     assert not at.exception, [e.value for e in at.exception]
     (sn,) = at.session_state["ui"]["supernodes"]
     assert sn["name"] == "pair" and [format_node(Node.from_json(n)) for n in sn["nodes"]] == members
+
+
+def test_a_graph_of_another_model_says_so_instead_of_running_the_organism(app, monkeypatch):
+    """An opened graph is never run on a model it was not traced on: single-prompt tabs say which model it needs."""
+    import json
+
+    data = json.loads((ROOT / "data" / "graphs" / "two_hop_lyon.json").read_text())
+    data["metadata"]["model"] = "my-model"
+    _uploading(monkeypatch, _Upload(json.dumps(data).encode(), "other.json", "other-1"))
+    app.run(timeout=60)
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert any("'my-model'" in i.value for i in app.info)
+    assert app.text_area(key="prompt").value != LYON  # the sidebar cannot trace it: left as it was
