@@ -58,6 +58,37 @@ def hook_attn_pattern(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_pattern"
 
 
+def hook_attn_q(layer: int) -> str:
+    """Per-head queries: [batch, pos, n_heads, d_head]."""
+    return f"blocks.{layer}.attn.hook_q"
+
+
+def hook_attn_k(layer: int) -> str:
+    """Per-head keys: [batch, pos, n_heads, d_head]."""
+    return f"blocks.{layer}.attn.hook_k"
+
+
+def hook_attn_v(layer: int) -> str:
+    """Per-head values: [batch, pos, n_heads, d_head]."""
+    return f"blocks.{layer}.attn.hook_v"
+
+
+def hook_q_input(layer: int) -> str:
+    """Per-head query input (the residual stream before ln1): [batch, pos, n_heads, d_model]; exists only while
+    ``model.cfg.use_split_qkv_input`` is True (``model.set_use_split_qkv_input(True)``)."""
+    return f"blocks.{layer}.hook_q_input"
+
+
+def hook_k_input(layer: int) -> str:
+    """Per-head key input; see `hook_q_input`."""
+    return f"blocks.{layer}.hook_k_input"
+
+
+def hook_v_input(layer: int) -> str:
+    """Per-head value input; see `hook_q_input`."""
+    return f"blocks.{layer}.hook_v_input"
+
+
 def hook_attn_out(layer: int) -> str:
     return f"blocks.{layer}.hook_attn_out"
 
