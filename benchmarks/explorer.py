@@ -197,7 +197,8 @@ def main() -> None:
             old_status = status.inner_text()
             t0 = time.perf_counter()
             page.get_by_role("button", name="trace").click()
-            page.get_by_text("When Anna and David went to the park").first.wait_for(timeout=60_000)
+            page.get_by_test_id("stMarkdownContainer").filter(has_text="pruned to").filter(
+                has_text="When Anna and David went to the park").first.wait_for(timeout=60_000)  # the header
             t_header = time.perf_counter() - t0
             _wait_text_change(status, old_status)
             rows.append(("trace a new prompt (click → graph drawn in the view)", time.perf_counter() - t0, "<= 3 s"))
