@@ -670,6 +670,10 @@ def cmd_attention(args) -> int:
     for t in qk.top(args.top):
         print(f"  {_node_name(t.query, query):<14} × {_node_name(t.key, t.key_pos):<14} {tokens[t.key_pos]!r:<12} "
               f"{t.contribution:+.4f}")
+    print(f"top {args.top} pairs of two sources (constant parts left out):")
+    for t in qk.top(args.top, constants=False):
+        print(f"  {_node_name(t.query, query):<14} × {_node_name(t.key, t.key_pos):<14} {tokens[t.key_pos]!r:<12} "
+              f"{t.contribution:+.4f}")
     for title, rows in (("query side (summed over the key side)", qk.query_marginals()),
                         ("key side (summed over the query side)", qk.key_marginals())):
         print(f"{title}:")

@@ -111,12 +111,17 @@ class QKAttribution:
         """Σ of every table entry (equals `value` up to float rounding: the exactness check)."""
         return float(sum(block.sum() for _, block in self._column_chunks()))
 
-    def top(self, k: int = 10) -> list[QKTerm]:
-        """The k pairs of largest |contribution|, largest first."""
+    def top(self, k: int = 10, constants: bool = True) -> list[QKTerm]:
+        """The k pairs of largest |contribution|, largest first; ``constants=False``: pairs of two sources only
+        (in a contrast the constant parts' pairs are often large and cancel between the two keys)."""
         best_v = torch.zeros(0, dtype=self.query_vectors.dtype, device=self.query_vectors.device)
         best_i = torch.zeros(0, dtype=torch.long, device=self.query_vectors.device)
         n_k = len(self.key_nodes)
+        row_ok = torch.tensor([constants or n is not None for n in self.query_nodes], device=best_v.device)
+        col_ok = torch.tensor([constants or n is not None for n in self.key_nodes], device=best_v.device)
         for start, block in self._column_chunks():
+            if not constants:
+                block = block * (row_ok[:, None] & col_ok[None, start:start + block.shape[1]])
             flat = block.flatten()
             v, i = flat.abs().topk(min(k, flat.numel()))
             rows, cols = i // block.shape[1], i % block.shape[1] + start
@@ -147,16 +152,20 @@ class QKAttribution:
 
     def to_json(self, top: int = 10) -> dict:
         """A JSON object (nodes as [kind, layer, pos, index], null for a constant part): the quantity, the pattern
-        values at the keys, the `top` pairs and the `top` marginals of each side."""
+        values at the keys, the `top` pairs (``source_pairs``: without the constant parts) and the `top`
+        marginals of each side."""
         def node(n: Node | None):
             return None if n is None else n.to_json()
+
+        def pair(t: QKTerm) -> dict:
+            return {"query": node(t.query), "key": node(t.key), "key_pos": t.key_pos, "contribution": t.contribution}
 
         return {
             "layer": self.layer, "head": self.head, "query_pos": self.query_pos, "keys": list(self.keys),
             "quantity": self.quantity, "value": self.value, "score": self.score, "terms_total": self.total(),
             "pattern": [float(self.pattern[q]) for q in self.keys],
-            "pairs": [{"query": node(t.query), "key": node(t.key), "key_pos": t.key_pos,
-                       "contribution": t.contribution} for t in self.top(top)],
+            "pairs": [pair(t) for t in self.top(top)],
+            "source_pairs": [pair(t) for t in self.top(top, constants=False)],
             "query_marginals": [{"node": node(m.node), "pos": m.pos, "contribution": m.contribution}
                                 for m in self.query_marginals()[:top]],
             "key_marginals": [{"node": node(m.node), "pos": m.pos, "contribution": m.contribution}
