@@ -367,3 +367,24 @@ def test_cli_attention_on_the_organism(tmp_path):
     assert abs(data["terms_total"] - data["value"]) < 1e-4 * max(1.0, abs(data["value"]))
     proc = run_cli("attention", PROMPT, "--head", "9.0", "--key", "2")
     assert proc.returncode == 2 and "layer 9 does not exist" in proc.stderr
+
+
+def test_autograd_graphs_have_no_head_routes(variants):
+    from circuits.attribution import attribute
+
+    rm = variants["all"]
+    assert strongest_routes(attribute(rm, PROMPT, method="autograd"), 3) == []
+
+
+def test_cli_trace_qk_attaches_tables_to_the_graph(tmp_path):
+    from circuits import export
+
+    out = tmp_path / "g.json"
+    proc = run_cli("trace", PROMPT, "--target", " Mary", "--contrast", " John", "--qk", "--qk-heads", "2",
+                   "--json", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    graph = export.read_json(out)
+    tables = graph.metadata["qk"]
+    assert len(tables) == 2 and tables[0]["route_strength"] >= tables[1]["route_strength"] > 0
+    assert all(abs(t["terms_total"] - t["value"]) < 1e-4 * max(1.0, abs(t["value"])) for t in tables)
+    assert sum(line.startswith("QK L") for line in proc.stdout.splitlines()) == 2
