@@ -499,7 +499,7 @@ def set_label(path: Path, dictionary: str, feature: int, label: str | None) -> N
     con.commit()
     con.close()
     if cur.rowcount == 0:
-        raise DashboardError(f"no feature {dictionary}#{feature} in {path}")
+        raise DashboardError(f"no feature {feature_id(dictionary, feature)} ({dictionary}) in {path}")
 
 
 def _dictionary_of(node: Node) -> str | None:
@@ -511,19 +511,23 @@ def _dictionary_of(node: Node) -> str | None:
 
 
 def parse_feature_id(text: str) -> tuple[str, int]:
-    """'transcoder_L2#517', 'attn_sae_L1:33', 'mlp:2:517', 'attn:1:33' → (dictionary, feature)."""
-    t = text.strip().replace("#", ":")
-    parts = t.split(":")
+    """A feature id in any accepted spelling (`circuits.ids`: ``M2#517``, ``A1#33``; also ``transcoder_L2#517``,
+    ``mlp:2:517``; a position is ignored) → (dictionary, feature)."""
+    from circuits.ids import NodeIdError, parse_feature
+
     try:
-        if len(parts) == 2 and parts[0].startswith(("transcoder_L", "attn_sae_L")):
-            return parts[0], int(parts[1])
-        if len(parts) == 3 and parts[0] in ("mlp", "attn"):
-            return (f"transcoder_L{int(parts[1])}" if parts[0] == "mlp" else f"attn_sae_L{int(parts[1])}",
-                    int(parts[2]))
-    except ValueError:
-        pass
-    raise DashboardError(f"feature id {text!r}: write DICTIONARY#FEATURE (e.g. transcoder_L2#517) or "
-                         "KIND:LAYER:FEATURE (e.g. mlp:2:517, attn:1:33)")
+        ref = parse_feature(text)
+    except NodeIdError as e:
+        raise DashboardError(str(e)) from None
+    return ref.dictionary, ref.index
+
+
+def feature_id(dictionary: str, feature: int) -> str:
+    """The canonical id of a dictionary's feature (``transcoder_L3``, 1184 → ``M3#1184``)."""
+    from circuits.ids import FeatureRef
+
+    kind = "attn_feature" if dictionary.startswith("attn_sae_L") else "mlp_feature"
+    return str(FeatureRef(kind, int(dictionary.rsplit("L", 1)[1]), feature))
 
 
 @torch.no_grad()
@@ -543,7 +547,7 @@ def activations_on(rm, prompt: str, dictionary: str, feature: int) -> list[tuple
 
 def render_text(dash: Dashboard, width: int = 100) -> str:
     """A terminal rendering: header, logit effects, histogram, and contexts with the activating token marked."""
-    lines = [f"{dash.dictionary}#{dash.feature}: {dash.label}",
+    lines = [f"{feature_id(dash.dictionary, dash.feature)} ({dash.dictionary}): {dash.label}",
              f"density {dash.density:.4%} ({dash.n_active} tokens), max activation {dash.max_activation:.3f}"]
     if dash.label != dash.auto_label:
         lines.append(f"(automatic label: {dash.auto_label})")

@@ -136,6 +136,7 @@ def test_rendering_marks_the_activating_token(planted, db):
     rm, _ = planted
     text = dashboards.render_text(Dashboards(db, rm).get("transcoder_L0", 0))
     assert f"[[{PLANTED}]]" in text and "promotes:" in text and "histogram" in text
+    assert text.startswith("M0#0 (transcoder_L0): ")  # the canonical id first
 
 
 def test_bad_input(planted, db, tmp_path):
@@ -147,10 +148,13 @@ def test_bad_input(planted, db, tmp_path):
         d.get("transcoder_L0", 99)
     with pytest.raises(DashboardError, match="no dictionary 'transcoder_L7'"):
         d.get("transcoder_L7", 0)
-    with pytest.raises(DashboardError, match="write DICTIONARY#FEATURE"):
+    with pytest.raises(DashboardError, match="M3#1184"):
         dashboards.parse_feature_id("banana")
     assert dashboards.parse_feature_id("mlp:2:517") == ("transcoder_L2", 517)
     assert dashboards.parse_feature_id("attn_sae_L1#33") == ("attn_sae_L1", 33)
+    assert dashboards.parse_feature_id("M2#517") == ("transcoder_L2", 517)  # the canonical id
+    assert dashboards.parse_feature_id("A1#33@5") == ("attn_sae_L1", 33)  # a position is ignored
+    assert dashboards.feature_id("attn_sae_L1", 33) == "A1#33"
     other = ReplacementModel(rm.model, random_dictionaries(rm.model, d_sae=16, k=4, seed=5, layers=[0, 1]))
     with pytest.raises(DashboardError, match="fingerprint"):
         Dashboards(db, other)
