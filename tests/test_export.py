@@ -180,7 +180,13 @@ def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
     assert "nodes only in B" in capsys.readouterr().out
     g = export.read_json(abba)
     assert g.metadata["model"] == "organism" and g.metadata["patching"]["method"] == "atp"
-    assert g.metadata["scores"]["replacement"] > 0
+    from circuits.pruning import graph_scores
+
+    # the file holds the pruned graph: its own scores, recomputed from the file, are the ones recorded as pruned
+    recomputed = graph_scores(g)
+    assert g.metadata["scores_pruned"]["replacement"] == pytest.approx(recomputed.replacement, rel=1e-5)
+    assert g.metadata["scores_pruned"]["completeness"] == pytest.approx(recomputed.completeness, rel=1e-5)
+    assert 0 < g.metadata["scores"]["replacement"] <= 1 and 0 < g.metadata["scores"]["completeness"] <= 1
     assert [f["ablation"] for f in g.metadata["faithfulness"]] == ["zero", "mean"]
     labels = g.metadata["ui"]["labels"]  # from the committed dashboard database
     assert labels and all(export.node_id(n) in labels for n in g.nodes if n.kind.endswith("_feature"))

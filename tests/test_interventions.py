@@ -10,7 +10,17 @@ from circuits.attribution import Contrast, attribute
 from circuits.attribution.patching import attribution_patching, integrated_gradients
 from circuits.errors import CircuitsError
 from circuits.graph import Node
-from circuits.interventions import Ablation, Edit, faithfulness, intervene, logit_diff_metric, mean_ablation, run_edited
+from circuits.interventions import (
+    Ablation,
+    Edit,
+    circuit_masks,
+    faithfulness,
+    hold_inactive,
+    intervene,
+    logit_diff_metric,
+    mean_ablation,
+    run_edited,
+)
 from circuits.pruning import prune
 from circuits.replacement import AttributionError, ReplacementModel
 
@@ -54,9 +64,16 @@ def test_faithfulness_of_full_and_empty_circuits(rm64):
         full = faithfulness(rm64, cache, g, metric, ablation)
         assert full.ablation == ablation.mode and abs(full.score - 1.0) < 1e-9
         empty = faithfulness(rm64, cache, [], metric, ablation)
-        assert abs(empty.score) < 1e-9 and empty.n_features == 0
+        assert empty.n_features == 0 and empty.circuit == empty.empty  # m(∅) is the empty circuit's own metric
         pruned = faithfulness(rm64, cache, prune(g, 0.5, 0.9).graph, metric, ablation)
         assert pruned.n_features < full.n_features and pruned.empty == full.empty
+        # the score is the stated ratio of three independently measured metrics (not a tautology of the code)
+        masks = circuit_masks(rm64, cache, prune(g, 0.5, 0.9).graph.nodes)
+        held = hold_inactive(ablation, cache)
+        m_c = float(metric(run_edited(rm64, cache, keep=masks, ablation=held)[0]))
+        assert pruned.circuit == pytest.approx(m_c, abs=1e-9)
+        assert pruned.score == pytest.approx((m_c - empty.empty) / (float(metric(cache.logits)) - empty.empty))
+        assert full.empty != float(metric(cache.logits))  # the ablation changes the metric: the ratio is defined
 
 
 def _linear_model(tmp_path):

@@ -81,6 +81,11 @@ def test_organism_doubling_a_feature_moves_targets_by_edge_weights(organism_rm, 
 def test_organism_pruned_graph_scores(ioi_graph):
     _, g = ioi_graph
     pruned = prune(g).graph
-    scores = graph_scores(g)
+    full, scores = graph_scores(g), graph_scores(pruned)
     assert 0 < pruned.n_nodes < g.n_nodes and pruned.n_edges < g.n_edges
     assert 0.5 < scores.replacement <= 1 and 0.5 < scores.completeness <= 1
+    # the pruned graph is scored on its own edges and nodes, not the full graph's
+    assert (scores.replacement, scores.completeness) != (full.replacement, full.completeness)
+    keep_all = prune(g, 1.0, 1.0).graph
+    if keep_all.n_nodes == g.n_nodes and keep_all.n_edges == g.n_edges:  # nothing pruned: the same scores
+        assert graph_scores(keep_all) == full

@@ -13,10 +13,11 @@ from circuits.attribution import Contrast, attribute
 from circuits.interventions import Ablation, run_edited
 from circuits.pruning import total_effects
 from circuits.replacement import ReplacementModel
+from circuits.studies.ablate import Circuit, circuit_masks, circuit_metrics, convention_ablation
 from circuits.studies.analysis import component_rollup, integrated_gradients
-from circuits.studies.base import Study, StudyPrompt, group_means, prepare
+from circuits.studies.base import MIN_GROUP, Study, StudyPrompt, group_means, prepare, reference_means
 from circuits.studies.checks import AblateRoleFeatures, PatchRoleFeatures
-from circuits.studies.ioi import IOIStudy, PositionalCheck
+from circuits.studies.ioi import IOIStudy, PositionalCheck, positional_verdict
 from tests.conftest import build_tiny, random_dictionaries
 
 
@@ -107,10 +108,12 @@ def test_integrated_gradients_are_complete(tiny64):
     abl = Ablation("zero")
     gap = float(pp.metric(cache.logits))
     errs = []
-    for steps in (2, 32):
-        scores, empty = integrated_gradients(rm, cache, pp, abl, steps)
-        errs.append(abs(sum(scores.values()) - (gap - empty)))
-    assert errs[1] < 0.05 * abs(gap - empty) + 1e-6
+    for steps in (1, 64):
+        feats, empty, err_scores = integrated_gradients(rm, cache, pp, abl, steps)
+        total = sum(float(t.sum()) for t in feats.values()) + sum(err_scores.values())
+        errs.append(abs(total - (gap - empty)))
+    # every feature is gated (inactive ones too: they switch on along the path), so ReLU kinks slow convergence
+    assert errs[1] < 0.15 * abs(gap - empty) + 1e-6
     assert errs[1] < errs[0]
 
 
@@ -206,8 +209,45 @@ def test_ablating_the_planted_feature_flips_the_answer(planted):
         rows.append(check.run(rm, cache, pp, Ablation("zero"), context))
     assert all(r["before"] > 0 and r["after"] < 0 for r in rows)  # the feature alone carries the answer
     summary = check.summarize(rows)
-    assert summary["verdict"].startswith("confirmed: the metric falls") and summary["fraction_lowered"] == 1.0
-    assert summary["drop"] > 2 * max(summary["drop_random"], 0.0)
+    assert summary["verdict_word"] == "confirmed" and summary["fraction_lowered"] == 1.0
+    assert summary["effect"]["lo"] > summary["baseline"]["hi"]
+
+
+def _other_feature(rm, prepared, key):
+    """A transcoder L1 feature other than the planted one that is active at END on every prompt (a non-circuit)."""
+    name = next(d.cfg.name for d in rm.dictionaries if d.cfg.kind == "transcoder" and d.cfg.layer == 1)
+    on = torch.stack([rm.run(pp.tokens).codes[name][-1] != 0 for pp in prepared]).all(0)
+    on[key[3]] = False
+    return ("mlp_feature", 1, "END", int(torch.nonzero(on).flatten()[0]))
+
+
+def test_negative_controls_are_not_confirmed(planted):
+    """A planted non-circuit (another feature active at END) and a role that does not matter (BOS: the metric is
+    decided at END) must come out "not confirmed" — the checks can say no."""
+    rm, study, prepared, key = planted
+    other = _other_feature(rm, prepared, key)
+    for role, ranking in (("END", [(other, 1.0)]), ("BOS", [(("mlp_feature", 1, "BOS", key[3]), 1.0)])):
+        check = AblateRoleFeatures(role, k=1)
+        rows = [check.run(rm, rm.run(pp.tokens), pp, Ablation("zero"), {"ranking": ranking}) for pp in prepared]
+        summary = check.summarize(rows)
+        assert summary["verdict_word"] == "not confirmed", (role, summary["verdict"])
+    patch = PatchRoleFeatures("END", "mlp_feature", k=1)
+    rows = [patch.run(rm, rm.run(pp.tokens), pp, None, {"ranking": [(other, 1.0)]}) for pp in prepared]
+    assert patch.summarize(rows)["verdict_word"] != "confirmed"
+
+
+def test_planted_circuit_is_faithful_and_a_non_circuit_is_not(planted):
+    """Zero ablation: keeping the planted feature (with the error nodes) keeps the answer on every prompt; keeping
+    another active feature instead loses it. (Under mean ablation over these all-ON prompts the planted feature's
+    mean still carries the answer, so the two are not separable there.)"""
+    rm, study, prepared, key = planted
+    other = _other_feature(rm, prepared, key)
+    means = group_means(rm, prepared)
+    circuits = [Circuit("planted", frozenset([key]), True, "zero"), Circuit("other", frozenset([other]), True, "zero")]
+    for pp in prepared:
+        cache = rm.run(pp.tokens)
+        kept, wrong = circuit_metrics(rm, cache, pp, circuits, means[pp.group])
+        assert kept > 0 > wrong
 
 
 def test_patching_the_planted_feature_from_the_corrupted_prompt(planted):
@@ -222,7 +262,7 @@ def test_patching_the_planted_feature_from_the_corrupted_prompt(planted):
         assert r["after_top"] < 0  # the answer flips with one feature patched
     summary = check.summarize(rows)
     assert summary["flipped_top"] == 1.0
-    assert summary["verdict"].startswith("confirmed")
+    assert summary["verdict_word"] == "confirmed"
 
 
 def test_positional_verdict_logic():
@@ -240,6 +280,152 @@ def test_positional_verdict_logic():
     assert res["verdict"].startswith("relative")
 
 
+def _hits(acc: float, n: int = 100) -> list[float]:
+    k = round(acc * n)
+    return [1.0] * k + [0.0] * (n - k)
+
+
+@pytest.mark.parametrize("clean, filler, no_and, expect", [
+    (1.0, 1.0, 0.5, "relative to 'and'"),
+    (1.0, 0.5, 1.0, "absolute position"),
+    (1.0, 1.0, 1.0, "neither edit breaks it"),
+    (1.0, 0.5, 0.5, "mixed"),
+    (0.6, 0.6, 0.3, "inconclusive: the order is not reliably readable"),
+    (1.0, 0.94, 0.5, "inconclusive: the filler has an unclear effect"),
+])
+def test_positional_verdict_every_branch(clean, filler, no_and, expect):
+    """Paired hits: a prompt read correctly after the edit was read correctly before (drops are nested)."""
+    res = positional_verdict({"clean": _hits(clean), "filler": _hits(filler), "no_and": _hits(no_and)})
+    assert res["verdict"].startswith(expect), res["verdict"]
+
+
+def test_positional_filler_that_does_not_degrade_is_not_mixed():
+    """The committed report said "mixed: both edits degrade" when the filler took accuracy from 0.81 to 0.82."""
+    clean = _hits(0.81)
+    filler = [1.0] * 82 + [0.0] * 18
+    res = positional_verdict({"clean": clean, "filler": filler, "no_and": _hits(0.5)})
+    assert not res["verdict"].startswith("mixed")
+    assert res["probe_drop_filler"]["value"] == pytest.approx(-0.01)
+
+
+# -- prompt sets, reference means, conventions, baselines -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ioi", "induction", "two_hop"])
+def test_prompt_sets_are_disjoint(name):
+    from circuits.studies import get_study
+
+    study = get_study(name)
+    sets = study.prompt_sets(None, 40, 3)
+    texts = [[p.clean for p in v] for v in sets.values()]
+    assert all(len(t) == len(set(t)) for t in texts)
+    assert sum(len(t) for t in texts) == len(set().union(*map(set, texts)))
+    assert sets["evaluation"] and sets["selection"] and sets["reference"]
+    if name != "two_hop":
+        assert len(sets["evaluation"]) == 40 and len(sets["reference"]) >= MIN_GROUP
+    else:  # seen and unseen questions in every set; at least MIN_GROUP reference cities (one group)
+        for v in sets.values():
+            assert {p.meta["subset"].split()[0] for p in v} == {"seen", "unseen"}
+        assert len(sets["reference"]) >= MIN_GROUP
+    assert study.prompt_sets(None, 40, 3) == sets  # same seed, same sets
+
+
+def test_ioi_test_set_is_new_disjoint_and_tokenizes():
+    from circuits import load_model
+    from circuits.organism.corpus import IOI_HELDOUT_TEMPLATES, IOI_TRAIN_TEMPLATES
+    from circuits.studies.ioi import TEST_TEMPLATES
+
+    model, _ = load_model("organism")
+    study = IOIStudy()
+    assert not set(TEST_TEMPLATES) & set(IOI_TRAIN_TEMPLATES + IOI_HELDOUT_TEMPLATES)
+    main, test = study.prompt_sets(model, 40, 0), study.test_sets(model, 40, 0)
+    main_texts = {p.clean for v in main.values() for p in v}
+    assert not main_texts & {p.clean for v in test.values() for p in v}
+    assert not {p.clean for p in test["test"]} & {p.clean for p in test["test_reference"]}
+    unk = model.tokenizer.unk_token_id if hasattr(model.tokenizer, "unk_token_id") else None
+    for p in test["test"][: 2 * len(TEST_TEMPLATES)]:
+        assert unk is None or unk not in model.to_tokens(p.clean)[0].tolist(), p.clean
+        assert model.to_tokens(p.clean).shape == model.to_tokens(p.corrupt).shape
+
+
+def test_reference_means_fall_back_to_a_coarser_grouping(ioi_tiny):
+    """Groups smaller than MIN_GROUP use the layout grouping (with a warning); means never use the served prompts."""
+    rm, _ = ioi_tiny
+    study = IOIStudy("train")
+    every = prepare(rm, study, study.prompts(rm.model, 16, 5))
+    ref = every[:10]
+    served = [pp for pp in every[10:] if pp.layout in {r.layout for r in ref} or pp.group in {r.group for r in ref}]
+    assert served
+    means = reference_means(rm, ref, served)
+    assert means.warnings and all(means.counts[means.key(pp)] < MIN_GROUP for pp in served)
+    assert any(means.key(pp) == pp.layout for pp in served if pp.layout in means.means)
+    big = reference_means(rm, ref, served, min_size=1)
+    assert all(big.key(pp) == pp.group for pp in served if pp.group in big.means)
+
+
+def test_batched_circuits_equal_run_edited_under_every_convention(ioi_tiny):
+    """`circuit_metrics` (one batch row per circuit) = `run_edited` with the same masks and ablated values; standard
+    mean ablation moves inactive features (unlike the held-inactive variant)."""
+    rm, prepared = ioi_tiny
+    pp = prepared[0]
+    cache = rm.run(pp.tokens)
+    abl = group_means(rm, prepared)[pp.group]
+    rng = random.Random(0)
+    keys = [(f"{d.cfg.site}_feature", d.cfg.layer, role, i) for d in rm.dictionaries for role in ("IO", "S2", "END")
+            for i in rng.sample(range(d.d_sae), 3)]
+    circuits = [Circuit(f"c{i}", frozenset(rng.sample(keys, 6)), i % 2 == 0, conv)
+                for i, conv in enumerate(["mean", "zero", "held"] * 3)] + [Circuit("e", frozenset(), False, "mean")]
+    got = circuit_metrics(rm, cache, pp, circuits, abl, batch=4)
+    for c, v in zip(circuits, got, strict=True):
+        want = run_edited(rm, cache, keep=circuit_masks(rm, pp, c.keys, c.errors),
+                          ablation=convention_ablation(abl, cache, c.convention))[0]
+        assert v == pytest.approx(float(pp.metric(want)), abs=1e-9)
+    shifted = Ablation("mean", {n: v + 0.1 for n, v in abl.code_means.items()}, abl.error_means)
+    empty = {conv: circuit_metrics(rm, cache, pp, [Circuit("e", frozenset(), False, conv)], shifted)[0]
+             for conv in ("mean", "held")}
+    assert empty["mean"] != empty["held"]
+
+
+def test_stratified_random_matches_strata():
+    from circuits.studies.runner import stratified_random
+
+    circuit = [("attn_feature", 1, "S2", i) for i in range(3)] + [("mlp_feature", 2, "END", 0)]
+    presence = {("attn_feature", 1, "S2", i): 0.5 for i in range(10)}
+    presence.update({("attn_feature", 1, "S2", 99): 0.1, ("mlp_feature", 2, "END", 5): 0.9,
+                     ("mlp_feature", 0, "END", 7): 0.9})
+    pick, wider = stratified_random(circuit, presence, "s")
+    assert len(pick) == 4 and wider == 0 and not set(pick) & set(circuit)
+    assert sorted(k[:3] for k in pick) == sorted(k[:3] for k in circuit)
+    assert ("attn_feature", 1, "S2", 99) not in pick  # active on < 25% of prompts
+    pick, wider = stratified_random(circuit + [("mlp_feature", 2, "END", 1)], presence, "s")
+    assert wider == 1 and ("mlp_feature", 0, "END", 7) in pick  # same kind and role, another layer
+
+
+def test_faithfulness_table_known_value():
+    """Per-prompt metrics built so that the circuit keeps exactly a quarter of the metric (a large shared offset per
+    prompt): the table's value is 0.25 and its paired interval is tight around it; random keeps 0.1."""
+    from circuits.studies.runner import RANDOM_DRAWS, faithfulness_table
+
+    rng = random.Random(0)
+    records = []
+    for i in range(40):
+        o = rng.gauss(0, 5)
+        curve = {f"{c}:{w}": o for c in ("mean", "zero", "held") for w in ("empty", "errors")}
+        curve.update({"mean:ig:10:0": o + 1 + rng.gauss(0, 0.01), "mean:ig:10:1": o + 2})
+        curve.update({f"{c}:ig:10:{e}": o + 2 for c in ("zero", "held") for e in (0, 1)})
+        curve.update({f"mean:random#{d}:10:{e}": o + 0.4 for d in range(RANDOM_DRAWS) for e in (0, 1)})
+        records.append({"index": i, "metric": o + 4, "curve": curve})
+    plan = [Circuit(label, frozenset(), False, label.split(":")[0]) for label in records[0]["curve"]]
+    table = faithfulness_table(records, plan, {"ig": []}, seed=0)
+    row = table["rows"][0]
+    assert row["k"] == 10 and row["ig_features_only"]["value"] == pytest.approx(0.25, abs=1e-3)
+    assert row["ig_features_only"]["lo"] <= 0.25 <= row["ig_features_only"]["hi"]
+    assert row["ig_features_only"]["hi"] - row["ig_features_only"]["lo"] < 0.01
+    assert row["ig_with_errors"]["value"] == pytest.approx(0.5)
+    assert row["random_features_only"]["value"] == pytest.approx(0.1)
+    assert row["ig_minus_random_features_only"]["value"] == pytest.approx(0.15, abs=1e-3)
+
+
 # -- end to end on the organism -------------------------------------------------------------------------------------
 
 
@@ -247,13 +433,26 @@ def _files(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "timings.json"}
 
 
+def _intervals(x, path=""):
+    """Every interval dict (value, lo, hi, n) nested in `x`, with its path."""
+    if isinstance(x, dict):
+        if {"value", "lo", "hi", "n"} <= set(x):
+            yield path, x
+        else:
+            for k, v in x.items():
+                yield from _intervals(v, f"{path}.{k}")
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from _intervals(v, f"{path}[{i}]")
+
+
 def test_ioi_study_end_to_end_reproducible_and_parallel(tmp_path):
     """A small IOI study runs end to end; the report is byte-identical between an in-process run and a run split
-    over two worker processes (same seed), apart from timings."""
+    over two worker processes (same seed), apart from timings; its numbers are sane."""
     from circuits.studies import StudySpec, run_study, write_report
     from circuits.studies.report import FILES
 
-    spec = StudySpec("ioi", n=12, seed=0, ig_steps=2)  # held-out templates: 6 groups of 2
+    spec = StudySpec("ioi", n=12, seed=0, ig_steps=2)
     one = run_study(spec, workers=1, top=20, progress=False)
     write_report(one, tmp_path / "report")
     a = _files(tmp_path / "report")
@@ -263,13 +462,33 @@ def test_ioi_study_end_to_end_reproducible_and_parallel(tmp_path):
     assert set(FILES) <= set(a)
     assert a == b
     d = one.data
-    assert d["n_prompts"] == 12 and d["circuit"]["n_features"] == 20
+    sets = d["sets"]
+    assert d["n_prompts"] == 12 and d["circuit"]["n_features"] == 20 and sets["disjoint"]
+    assert sets["evaluation"]["n"] == 12 and sets["selection"]["n"] == 6 and sets["reference"]["n"] >= 20
+    assert sets["test"]["n"] >= 8 and d["test"]["n"] == sets["test"]["n"]
+    assert sets["main_groups"]["warnings"]  # 20 reference prompts over 6 templates × orders: groups are small
     assert set(d["checks"]) == {"ablate_S2_features", "ablate_END_features", "patch_END_attn_from_swapped",
                                 "positional"}
-    # the curve's end points are what they claim: nothing kept = 0, every node kept = the model
-    assert d["curve"]["points"]["empty"]["score"] == pytest.approx(0.0, abs=1e-12)
+    for ck in d["checks"].values():
+        assert ck["verdict"].split(":")[0].split(" (")[0] in ("confirmed", "not confirmed", "inconclusive",
+                                                              "relative to 'and'", "absolute position",
+                                                              "neither edit breaks it", "mixed")
+    found = list(_intervals(d))
+    assert len(found) > 50
+    for path, iv in found:  # every value lies in its own bootstrap interval, over the prompts it claims
+        if iv["lo"] is not None and iv["lo"] == iv["lo"]:
+            assert iv["lo"] - 1e-9 <= iv["value"] <= iv["hi"] + 1e-9, path
+            assert iv["n"] in (12, 6, sets["test"]["n"]) or ".by_subset" in path, path
+    c = d["circuit"]
+    # the full circuit with errors cannot be worse than nothing kept by much, and the model's metric is positive
+    assert d["curve"]["full_metric"]["lo"] > 0 and d["metrics"]["accuracy"] > 0.9
+    assert -0.5 < c["features_only"]["value"] < 1.5 and -0.5 < c["with_errors"]["value"] < 1.5
+    assert {r["k"] for r in d["curve"]["rows"]} == {10, 20}
+    assert {"ig_features_only", "influence_features_only", "atp_features_only", "act_grad_features_only",
+            "random_features_only", "ig_zero_features_only", "ig_held_features_only"} <= set(d["curve"]["rows"][0])
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "Faithfulness of the 20-feature circuit" in report and "circuits study ioi --n 12" in report
+    assert "Standard mean ablation, features alone" in report and "circuits study ioi --n 12" in report
+    assert report.index("## Headline") < report.index("held-inactive") and "## Test set" in report
     from circuits.export import read_json
 
     g = read_json(tmp_path / "report" / "circuit.json")
@@ -333,7 +552,7 @@ def test_study_runs_with_transcoders_only(tiny64, tmp_path):
     d = result.data
     assert d["traffic"] == [] and d["circuit"]["n_features"] == 5
     assert {c["site"] for c in d["components"]} == {"mlp"}
-    assert d["curve"]["points"]["empty"]["score"] == pytest.approx(0.0, abs=1e-12)
+    assert d["sets"]["disjoint"] and d["sets"]["evaluation"]["n"] == 8
     write_report(result, tmp_path / "r")
     assert (tmp_path / "r" / "report.md").exists()
 

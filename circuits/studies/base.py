@@ -232,9 +232,10 @@ class ReferenceMeans:
     means: dict[str, Ablation]  # group or layout key -> Ablation
     counts: dict[str, int]
     warnings: list[str]
+    min_size: int = MIN_GROUP
 
     def key(self, pp: PreparedPrompt) -> str:
-        if self.counts.get(pp.group, 0) >= MIN_GROUP or pp.layout not in self.means:
+        if self.counts.get(pp.group, 0) >= self.min_size or pp.layout not in self.means:
             if pp.group not in self.means:
                 raise CircuitsError(f"no reference prompts for group {pp.group!r} (or its layout); the reference set "
                                     "must cover every group of the prompts it serves")
@@ -250,7 +251,7 @@ class ReferenceMeans:
         sizes = sorted({k: self.counts[k] for k in keys}.values())
         return {"groups": len(set(keys)), "smallest": sizes[0] if sizes else 0, "largest": sizes[-1] if sizes else 0,
                 "coarse": sorted({k for k, pp in zip(keys, prompts, strict=True) if k != pp.group}),
-                "min_group": MIN_GROUP, "warnings": list(self.warnings)}
+                "min_group": self.min_size, "warnings": list(self.warnings)}
 
 
 def reference_means(rm, reference: list[PreparedPrompt], served: list[PreparedPrompt],
@@ -284,7 +285,7 @@ def reference_means(rm, reference: list[PreparedPrompt], served: list[PreparedPr
     means: dict[str, Ablation] = {}
     for key, pps in wanted.items():
         means[key] = group_means(rm, pps, key=lambda _pp, key=key: key)[key]
-    return ReferenceMeans(means, {k: len(v) for k, v in wanted.items()}, warnings)
+    return ReferenceMeans(means, {k: len(v) for k, v in wanted.items()}, warnings, min_size)
 
 
 def keep_masks(rm, cache, pp: PreparedPrompt, keys: set[RoleKey] | frozenset, errors: bool
