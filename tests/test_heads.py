@@ -242,3 +242,29 @@ def test_path_patching_matches_split_qkv_inputs(planted, tmp_path, which):
             torch.testing.assert_close(fast[p], ref_out[p], rtol=1e-5, atol=1e-5)
         if which == "layernorm":  # and the patch does something in a random model with LayerNorm
             assert max((fast[p] - c.metric).abs().max().item() for p in "qkv") > 1e-6
+
+
+def test_feature_parts_add_up_to_the_heads_direct_effect(planted):
+    """Item 5: a head's direct effect = Σ features' parts + the SAE error's part, prompt by prompt (checks that the
+    head's slice of the decoder and of W_O line up with `_direct_effects`)."""
+    from circuits.studies.heads import (
+        _batches,
+        _clean_pass,
+        _direct_effects,
+        _feature_parts,
+        _logit_directions,
+        _reference_means,
+    )
+    from tests.conftest import random_dictionaries
+
+    model, ev, ref = planted
+    sae = random_dictionaries(model, d_sae=40, k=5, kinds=("attention_sae",), layers=[1])[0]
+    means = _reference_means(model, _batches(model, ref))
+    b = _batches(model, ev)[0]
+    c = _clean_pass(model, b, means)
+    de = _direct_effects(model, b, c.z, c.zbar, c.lnf)  # [L, H, B]
+    for head in (0, 1):
+        z, zref = c.z[b.rows, b.end, 1], c.zbar[b.rows, b.end, 1]
+        f, e = _feature_parts(sae, 1, head, model, z, zref, _logit_directions(model, b, c.lnf))
+        torch.testing.assert_close(f.sum(-1) + e, de[1, head], rtol=1e-5, atol=1e-4)
+        assert f.abs().sum() > 0

@@ -34,7 +34,9 @@ Markdown. Heads are named ``L{layer}H{head}``.
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -393,6 +395,7 @@ def _path_patch(model, b: _Batch, c: _Clean, source: str, sender: tuple[int, int
     return out
 
 
+ROUTE_SOURCES = ("mean", "abc", "swapped")  # "mean": the head's reference mean (mean ablation)
 PATCH_MODES = {
     "total": "everything downstream live",
     "no_heads": "every other head frozen at clean (direct + through MLPs)",
@@ -404,7 +407,8 @@ PATCH_MODES = {
 def _patch_head(model, b: _Batch, c: _Clean, source: str, head: tuple[int, int], mode: str,
                 live_mlp: int | None = None) -> Tensor:
     """Metric [B] with `head`'s z taken from `source`; what else may respond is set by `mode` (`PATCH_MODES`);
-    ``mode="mlp"`` freezes every other head and every MLP except layer `live_mlp`."""
+    ``mode="mlp"`` freezes every other head and every MLP except layer `live_mlp`; ``mode="no_mlp"`` freezes every
+    other head and MLP `live_mlp` only."""
     ls, hs = head
     L = model.cfg.n_layers
     hooks = []
@@ -413,12 +417,13 @@ def _patch_head(model, b: _Batch, c: _Clean, source: str, head: tuple[int, int],
             break
         frozen = c.z[:, :, layer].clone()
         if layer == ls:
-            frozen[:, :, hs] = c.source_z[source][:, :, ls, hs]
+            frozen[:, :, hs] = c.zbar[:, :, ls, hs] if source == "mean" else c.source_z[source][:, :, ls, hs]
         if mode == "total":
             hooks.append((hook_attn_z(layer), _set_head(frozen[:, :, hs], hs)))
         else:
             hooks.append((hook_attn_z(layer), _set_all(frozen)))
-        if c.mlp is not None and (mode == "direct" or (mode == "mlp" and layer != live_mlp)):
+        if c.mlp is not None and (mode == "direct" or (mode == "mlp" and layer != live_mlp)
+                                  or (mode == "no_mlp" and layer == live_mlp)):
             hooks.append((hook_mlp_out(layer), _set_all(c.mlp[:, :, layer])))
     logits, _ = _run(model, b.tokens, hooks, start=ls, resid=c.resid)
     return b.metric(logits)
@@ -460,9 +465,12 @@ def _verdict(effect: dict, baseline: dict | None, scale: float) -> dict:
     return verdict(_interval(effect), _interval(baseline) if baseline else None, scale).as_dict()
 
 
+_T0 = [time.perf_counter()]
+
+
 def _log(progress: bool, msg: str) -> None:
     if progress:
-        print(f"[heads] {msg}", file=sys.stderr, flush=True)
+        print(f"[heads {time.perf_counter() - _T0[0]:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
 @torch.no_grad()
@@ -477,6 +485,7 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
     L, H = hm.cfg.n_layers, hm.cfg.n_heads
     heads = [(layer, h) for layer in range(L) for h in range(H)]
     names = [head_name(*x) for x in heads]
+    _T0[0] = time.perf_counter()
     ev, ref = _batches(hm, evaluation), _batches(hm, reference)
     _log(progress, f"reference means over {len(reference)} prompts")
     means = _reference_means(hm, ref)
@@ -534,9 +543,10 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
         components[f"attn{layer}"] = {"direct": d, "direct_verdict": _verdict(d, None, clean_mean)}
     out["components"] = components
 
-    # activation patching of each head from each source, and what may carry its effect
+    # activation patching of each head from each source, and the routes of every confirmed effect
     _log(progress, "patching each head from the ABC and swapped prompts")
     totals = {s: _iv(m_clean - cat(lambda b, c, s=s: c.source_metric[s]), seed) for s in SOURCES}
+    totals["mean"] = {**_iv(m_clean, seed)}
     patch: dict = {}
 
     def patched(s, x, mode, live=None):
@@ -546,15 +556,20 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
     for s in SOURCES:
         for x in heads:
             patch.setdefault(head_name(*x), {})[s] = {"total": patched(s, x, "total")}
-    senders_abc = [n for n in names if patch[n]["abc"]["total"]["verdict"] == "confirmed"]
-    for n in senders_abc:  # routes: with every other head frozen, then every MLP too, then one MLP live at a time
-        ls, _ = _parse_head(n)
-        for mode in ("no_heads", "direct"):
-            patch[n]["abc"][mode] = patched("abc", _parse_head(n), mode)
-        if _has_mlp(hm):
-            for layer in range(ls, L):
-                patch[n]["abc"][f"via_mlp{layer}"] = patched("abc", _parse_head(n), "mlp", layer)
-    out["patching"] = {"modes": PATCH_MODES, "totals": totals, "heads": patch, "abc_senders": senders_abc}
+    for n in names:
+        patch[n]["mean"] = {"total": {**table[n]["ablation"], **table[n]["ablation_verdict"]}}
+    confirmed = {s: [n for n in names if patch[n][s]["total"]["verdict"] == "confirmed"] for s in ROUTE_SOURCES}
+    for s, ns in confirmed.items():  # routes: every other head frozen; every MLP too; all MLPs but one
+        for n in ns:
+            x = _parse_head(n)
+            _log(progress, f"routes of {n} ({s})")
+            if x[0] < L - 1:
+                patch[n][s]["no_heads"] = patched(s, x, "no_heads")
+            patch[n][s]["direct"] = patched(s, x, "direct")
+            if _has_mlp(hm):
+                for layer in range(x[0], L):
+                    patch[n][s][f"without_mlp{layer}"] = patched(s, x, "no_mlp", layer)
+    out["patching"] = {"modes": PATCH_MODES, "totals": totals, "heads": patch, "confirmed": confirmed}
 
     # name movers: confirmed positive direct effect and attention END→IO above END→S1 + END→S2
     def attends_io(name):
@@ -570,12 +585,17 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
         recv = [_parse_head(n) for n in receivers]
         top = max((lr for lr, _ in recv), default=0)
         senders = [x for x in heads if x[0] < top and head_name(*x) not in receivers]
-        res: dict = {"receivers": receivers, "senders": [head_name(*x) for x in senders], "sources": {}}
+        res: dict = {"receivers": receivers, "senders": [head_name(*x) for x in senders], "sources": {},
+                     "screen": "a sender is path-patched from a source when its activation-patching interval from "
+                               "that source reaches 10% of the source's total effect (no smaller path can be "
+                               "confirmed unless paths cancel)"}
         for s in SOURCES:
-            total = m_clean - cat(lambda b, c, s=s: c.source_metric[s])
-            total_iv = _iv(total, seed)
+            total_iv = totals[s]
+            minimum = abs(total_iv["value"]) * MIN_EFFECT_SHARE
+            kept = [x for x in senders if patch[head_name(*x)][s]["total"]["hi"] >= minimum
+                    or patch[head_name(*x)][s]["total"]["lo"] <= -minimum]
             rows = {}
-            for x in senders:
+            for x in kept:
                 _log(progress, f"path patching ({label}, {s}) from {head_name(*x)}")
                 parts = [_path_patch(hm, b, c, s, x, recv) for b, c in zip(ev, cleans, strict=True)]
                 row = {}
@@ -583,7 +603,8 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
                     eff = _iv(m_clean - torch.cat([q[p] for q in parts]).cpu().numpy(), seed)
                     row[p] = {**eff, **_verdict(eff, None, total_iv["value"])}
                 rows[head_name(*x)] = row
-            res["sources"][s] = {"total": total_iv, "senders": rows}
+            res["sources"][s] = {"total": total_iv, "senders": rows,
+                                 "screened_out": [head_name(*x) for x in senders if x not in kept]}
         return res
 
     out["path_patching"] = {}
@@ -658,7 +679,7 @@ def _fmt(d: dict) -> str:
     return f"{d['value']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"
 
 
-def _role_rows(table, names, movers, direct_pos, negative, s_inh, feeders, backup, out, clean_mean) -> list[dict]:
+def _role_rows(table, names, movers, direct_pos, negative, s_inh, feeders, backup, out, clean_mean) -> list[dict]:  # noqa: C901
     rows = []
     minimum = abs(clean_mean) * MIN_EFFECT_SHARE
 
@@ -698,23 +719,44 @@ def _role_rows(table, names, movers, direct_pos, negative, s_inh, feeders, backu
     # heads whose output from the ABC prompt changes the metric, and the route of that effect
     patching = out["patching"]
     explained = set(movers) | set(s_inh) | set(negative)
-    for n in patching["abc_senders"]:
-        if n in explained:
+    conf = patching["confirmed"]
+    source_words = {"mean": "mean ablation", "abc": "patching its z from the ABC prompt",
+                    "swapped": "patching its z from the IO/S-swapped prompt"}
+    for n in names:
+        srcs = [s for s in ROUTE_SOURCES if n in conf[s]]
+        if n in explained or not srcs:
             continue
-        r = patching["heads"][n]["abc"]
         a = table[n]["attention"]
-        what = ("moves S2's name to END" if a["end_s2"]["value"] >= 0.5 else
-                "S2-sensitive head (activation patching)")
-        routes = [f"{PATCH_MODES[m].split(' (')[0] if m != 'total' else 'total'}: {_fmt(r[m])}"
-                  for m in ("no_heads", "direct")]
-        vias = [f"via MLP{k[7:]} alone {_fmt(v)}" for k, v in r.items() if k.startswith("via_mlp")]
-        rows.append(head_row(what, n, "activation patching from the ABC prompt (its z only); routes with other "
-                             "heads / MLPs frozen", {k: r["total"][k] for k in ("value", "lo", "hi", "n")},
-                             r["total"]["verdict"], "; ".join(routes + vias)))
-    if not patching["abc_senders"]:
-        rows.append({"role": "S2-sensitive head", "head": None, "verdict": "none found",
-                     "evidence": "no head's z from the ABC prompt changes the metric (confirmed)", "effect": None,
-                     "note": ""})
+        if a["end_s2"]["value"] >= 0.5:
+            what = "moves S2 (the latest name) to END"
+        elif a["end_io"]["value"] + a["end_s1"]["value"] >= 0.5:
+            what = "moves the first-clause names (IO and S1) to END"
+        else:
+            what = "matters causally (no name-moving attention)"
+        notes = []
+        for s in srcs:
+            r = patching["heads"][n][s]
+            total = r["total"]["value"]
+            parts = [f"{source_words[s]}: {_fmt(r['total'])}"]
+            if "no_heads" in r:
+                parts.append(f"other heads frozen {_fmt(r['no_heads'])}")
+            parts.append(f"direct only {_fmt(r['direct'])}")
+            parts += [f"MLP{k[11:]} frozen {_fmt(v)}" for k, v in r.items() if k.startswith("without_mlp")]
+            if abs(r["direct"]["value"]) >= 0.5 * abs(total):
+                route = "mostly direct"
+            elif abs(r.get("no_heads", r["total"])["value"]) >= 0.5 * abs(total):
+                route = "through MLPs, not other heads"
+            else:
+                route = "through later heads"
+            notes.append(f"{'; '.join(parts)} → {route}")
+        main = patching["heads"][n][srcs[0]]["total"]
+        rows.append(head_row(what, n, "causal: " + ", ".join(source_words[s] for s in srcs) +
+                             "; routes with other heads / MLPs frozen",
+                             {k: main[k] for k in ("value", "lo", "hi", "n")}, main["verdict"], " | ".join(notes)))
+    if not any(conf.values()):
+        rows.append({"role": "causally relevant head", "head": None, "verdict": "none found",
+                     "evidence": "no head's mean ablation or patching from ABC / swapped is confirmed",
+                     "effect": None, "note": ""})
     for comp, v in out["components"].items():
         if comp.startswith("MLP") and v["direct_verdict"]["verdict"] == "confirmed":
             rows.append({"role": "writes the answer (direct effect)", "head": comp,
@@ -727,11 +769,12 @@ def _role_rows(table, names, movers, direct_pos, negative, s_inh, feeders, backu
         target = "name movers'" if movers_named else "name-attending heads' (candidates)"
         for n in s_inh:
             r = senders[n]
-            sw = pp["name_movers"]["sources"]["swapped"]["senders"][n]["q"]
+            sw = pp["name_movers"]["sources"]["swapped"]["senders"].get(n, {}).get("q")
             rows.append(head_row("S-inhibition" if movers_named else "S-inhibition (into candidates)", n,
                                  f"path patching ABC → {target} queries (k, v smaller)",
                                  {k: r["q"][k] for k in ("value", "lo", "hi", "n")}, r["q"]["verdict"],
-                                 f"k {_fmt(r['k'])}, v {_fmt(r['v'])}; from the swapped prompt q {_fmt(sw)}"))
+                                 f"k {_fmt(r['k'])}, v {_fmt(r['v'])}"
+                                 + (f"; from the swapped prompt q {_fmt(sw)}" if sw else "")))
         if not s_inh:
             best = _best(senders, lambda r: r["q"]["value"])
             rows.append({"role": "S-inhibition", "head": None, "verdict": "none found",
@@ -792,7 +835,7 @@ def _features(rm, hm, ev, cleans, roles) -> dict:
     out = {}
     for row in roles:
         n = row.get("head")
-        if n is None or n in out or not n.startswith("L"):
+        if n is None or n in out or not re.fullmatch(r"L\d+H\d+", n):
             continue
         layer, head = _parse_head(n)
         sae = rm.attention_saes.get(layer)
