@@ -388,3 +388,61 @@ def test_cli_trace_qk_attaches_tables_to_the_graph(tmp_path):
     assert len(tables) == 2 and tables[0]["route_strength"] >= tables[1]["route_strength"] > 0
     assert all(abs(t["terms_total"] - t["value"]) < 1e-4 * max(1.0, abs(t["value"])) for t in tables)
     assert sum(line.startswith("QK L") for line in proc.stdout.splitlines()) == 2
+
+
+# -- helpers for the explorer's "why this attention" panel -----------------------------------------------------------
+
+
+def test_key_net_sums_each_source_over_both_keys(variants):
+    """`key_net`: every key-side source's marginals at the two keys of a contrast, summed per (kind, layer, index);
+    the nets still sum to the preference, and a source at both keys is one entry with its two parts."""
+    rm = variants["all"]
+    cache = rm.run(PROMPT)
+    qk = explain_attention(rm, cache, 1, 1, 12, (3, 7))
+    net = qk.key_net()
+    marg = qk.key_marginals()
+    assert abs(sum(n.contribution for n in net) - qk.value) < 1e-10
+    assert net == sorted(net, key=lambda n: -abs(n.contribution))
+    assert sum(len(n.parts) for n in net) == len(marg)  # every marginal in exactly one group
+    for n in net:
+        assert abs(n.contribution - sum(m.contribution for m in n.parts)) < 1e-12
+        assert [m.pos for m in n.parts] == sorted(m.pos for m in n.parts)
+        for m in n.parts:
+            assert (None, -1, -1) == (n.kind, n.layer, n.index) if m.node is None else \
+                (m.node.kind, m.node.layer, m.node.index) == (n.kind, n.layer, n.index)
+    const = next(n for n in net if n.kind is None)
+    assert const.name == "const" and [m.pos for m in const.parts] == [3, 7]
+    both = [n for n in net if n.kind is not None and len(n.parts) == 2]
+    assert both and all("@" not in n.name for n in both)
+    # by hand: the constant parts' net is their key marginals at 3 and 7 summed
+    by_hand = sum(m.contribution for m in marg if m.node is None)
+    assert abs(const.contribution - by_hand) < 1e-12
+
+
+def test_head_shares_and_default_route(variants):
+    """`head_shares` adds up |per-head part| of a node's incoming edges by head and source position (checked
+    edge by edge); `default_route` is its largest head and that head's largest position; autograd graphs and
+    non-attention nodes have none."""
+    from circuits.attribution import attribute
+    from circuits.attribution.qk import default_route, head_shares
+
+    rm = variants["all"]
+    graph = attribute(rm, PROMPT)
+    node = next(n for n in reversed(graph.nodes) if n.kind == "attn_feature" and n.layer == 1)
+    shares = head_shares(graph, node)
+    by_hand = torch.zeros_like(shares)
+    row = graph.row(node)
+    for k in range(graph.n_edges):
+        if int(graph.edge_index[0, k]) == row:
+            src = graph.nodes[int(graph.edge_index[1, k])]
+            by_hand[:, src.pos] += graph.head_weights[k].abs()
+    assert torch.allclose(shares, by_hand) and float(shares.sum()) > 0
+    head, key = default_route(graph, node)
+    assert float(shares[head].sum()) == float(shares.sum(1).max()) and float(shares[head, key]) == float(
+        shares[head].max())
+    assert key <= node.pos
+    mlp = next(n for n in graph.nodes if n.kind == "mlp_feature")
+    assert head_shares(graph, mlp) is None and default_route(graph, mlp) is None
+    auto = attribute(rm, PROMPT, method="autograd")
+    attn = next(n for n in auto.nodes if n.kind == "attn_feature")
+    assert head_shares(auto, attn) is None and default_route(auto, attn) is None

@@ -68,6 +68,27 @@ class Marginal(NamedTuple):
     contribution: float
 
 
+class NetSource(NamedTuple):
+    """One key-side source summed over every key position: a feature, error or embedding named by kind, layer and
+    index whatever its position (``kind`` None: the constant parts). In a contrast a source present at both keys
+    counts + at one and − at the other, so its two parts cancel in the net (`QKAttribution.key_net`)."""
+
+    kind: str | None
+    layer: int
+    index: int
+    contribution: float
+    parts: tuple[Marginal, ...]  # its key marginal at each key position, in position order
+
+    @property
+    def name(self) -> str:
+        """The canonical id without a position (``A0#996``, ``errM1``, ``E#412``); ``const`` for the constant parts."""
+        from circuits.ids import format_node
+
+        if self.kind is None:
+            return "const"
+        return format_node(Node(self.kind, self.layer, self.parts[0].pos, self.index), with_pos=False)
+
+
 @dataclass
 class QKAttribution:
     """The decomposition of one attention quantity of head (layer, head) at query position ``query_pos``.
@@ -143,6 +164,18 @@ class QKAttribution:
         m = self.key_vectors @ self.query_vectors.sum(0)
         return _sorted([Marginal(n, int(p), float(v)) for n, p, v in zip(self.key_nodes, self.key_positions.tolist(),
                                                                           m.tolist(), strict=True)])
+
+    def key_net(self) -> list[NetSource]:
+        """The key marginals summed per source over the key positions (largest |net| first): for a contrast
+        s[p, a] − s[p, b], what each feature adds to the preference wherever it sits (dense features active at both
+        keys cancel here, while `key_marginals` lists their two large parts apart)."""
+        groups: dict[tuple, list[Marginal]] = {}
+        for m in self.key_marginals():
+            ident = (None, -1, -1) if m.node is None else (m.node.kind, m.node.layer, m.node.index)
+            groups.setdefault(ident, []).append(m)
+        out = [NetSource(kind, layer, index, float(sum(m.contribution for m in parts)),
+                         tuple(sorted(parts, key=lambda m: m.pos))) for (kind, layer, index), parts in groups.items()]
+        return sorted(out, key=lambda n: -abs(n.contribution))
 
     def describe(self) -> str:
         """The quantity in words: ``score L3.H5 14→9 − 14→4`` and the like."""
@@ -368,3 +401,32 @@ def qk_tables(rm: ReplacementModel, cache: ReplacementCache, graph, n_routes: in
         qk = explain_attention(rm, cache, route.layer, route.head, route.query_pos, route.key_pos, sources=src)
         out.append({**qk.to_json(top), "route_strength": route.strength})
     return out
+
+
+def head_shares(graph, node: Node) -> Tensor | None:
+    """[n_heads, n_pos] the summed |per-head part| of the edges into attention feature `node`, by head and by the
+    edge source's position (a key position of that head: every edge into an attention feature is carried by the
+    heads' OV from its source position). None when the graph keeps no per-head parts (autograd graphs) or the node
+    has no incoming edge with one."""
+    if graph.head_weights is None or node.kind != "attn_feature" or node not in set(graph.nodes):
+        return None
+    mask = graph.edge_index[0] == graph.row(node)
+    parts = graph.head_weights[mask].abs()
+    if not parts.numel() or not bool(parts.sum() > 0):
+        return None
+    n_pos = max(len(graph.metadata.get("token_strings") or []), max(n.pos for n in graph.nodes) + 1)
+    src_pos = torch.tensor([graph.nodes[int(s)].pos for s in graph.edge_index[1][mask]], dtype=torch.long)
+    out = torch.zeros(parts.shape[1], n_pos, dtype=parts.dtype)
+    out.index_add_(1, src_pos, parts.T)
+    return out
+
+
+def default_route(graph, node: Node) -> tuple[int, int] | None:
+    """(head, key position) to explain first for attention feature `node`: the head with the largest share of the
+    per-head parts of the node's incoming edges (`head_shares`), and that head's source position with the largest
+    share. None where `head_shares` is None."""
+    shares = head_shares(graph, node)
+    if shares is None:
+        return None
+    head = int(shares.sum(1).argmax())
+    return head, int(shares[head].argmax())
