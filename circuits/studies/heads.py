@@ -753,6 +753,7 @@ def _role_rows(table, names, movers, direct_pos, negative, s_inh, feeders, backu
         rows.append(head_row(what, n, "causal: " + ", ".join(source_words[s] for s in srcs) +
                              "; routes with other heads / MLPs frozen",
                              {k: main[k] for k in ("value", "lo", "hi", "n")}, main["verdict"], " | ".join(notes)))
+        rows[-1]["sources"] = srcs
     if not any(conf.values()):
         rows.append({"role": "causally relevant head", "head": None, "verdict": "none found",
                      "evidence": "no head's mean ablation or patching from ABC / swapped is confirmed",
@@ -844,6 +845,7 @@ def _features(rm, hm, ev, cleans, roles) -> dict:
         direct = row["role"] in ("name mover", "negative name mover", "backup name mover",
                                  "direct writer (not IO-attending)")
         at = "S2" if row["role"] in ("duplicate token", "induction") else "END"
+        source = row.get("sources", ["abc"])[0]
         fsum, esum, total = None, 0.0, 0.0
         for b, c in zip(ev, cleans, strict=True):
             pos = b.end if at == "END" else b.pos["S2"]
@@ -851,9 +853,12 @@ def _features(rm, hm, ev, cleans, roles) -> dict:
             if direct:
                 zref = c.zbar[b.rows, pos, layer]
                 direction = _logit_directions(hm, b, c.lnf)
+            elif source == "mean":
+                zref = c.zbar[b.rows, pos, layer]
+                direction = None
             else:
                 zref = z
-                z = c.source_z["abc"][b.rows, pos, layer]
+                z = c.source_z[source][b.rows, pos, layer]
                 direction = None
             f, e = _feature_parts(sae, layer, head, hm, z, zref, direction)
             fsum = f.sum(0) if fsum is None else fsum + f.sum(0)
@@ -864,7 +869,8 @@ def _features(rm, hm, ev, cleans, roles) -> dict:
         out[n] = {
             "role": row["role"], "position": at,
             "quantity": ("direct effect (z − z̄ at END, through W_O and W_U)" if direct else
-                         "output change clean → ABC, projected on itself (shares sum to 1)"),
+                         f"output change {'clean → reference mean' if source == 'mean' else 'clean → ' + source} "
+                         "(z·W_O), projected on itself (shares sum to 1)"),
             "total": total / n_prompts, "error_part": esum / n_prompts,
             "top": [{"feature": f"A{layer}#{i}", "part": float(fsum[i]) / n_prompts,
                      "share": float(fsum[i]) / total if total else float("nan")} for i in order],
@@ -913,7 +919,9 @@ def render_head_section(data: dict) -> str:
         a = t["attention"]
         lines.append(f"| {n} | {_fmt(t['ablation'])} | {t['ablation_verdict']['verdict']} | {_fmt(t['direct'])} | "
                      + " | ".join(f"{a[k]['value']:.2f}" for k in ATTENTION_STATS) + " |")
-    for key, title in (("name_movers", "into the name movers"), ("s_inhibition", "into the S-inhibition heads")):
+    movers_title = ("into the name movers" if data.get("receivers", {}).get("kind") == "name movers"
+                    else "into the name-attending heads (candidates; no name mover is confirmed)")
+    for key, title in (("name_movers", movers_title), ("s_inhibition", "into the S-inhibition heads")):
         pp = data["path_patching"].get(key)
         if not pp:
             continue
@@ -925,11 +933,15 @@ def render_head_section(data: dict) -> str:
             for n, row in ranked:
                 cells = [f"{_fmt(row[p])}{' ✓' if row[p]['verdict'] == 'confirmed' else ''}" for p in PATHS]
                 lines.append(f"| {n} | " + " | ".join(cells) + " |")
+            if res.get("screened_out"):
+                lines += [f"Not path-patched (activation patching below the screen): {', '.join(res['screened_out'])}.",
+                          ""]
             lines.append("")
     if "backup" in data:
         b = data["backup"]
+        who = "name movers" if b.get("kind") == "name movers" else "name-attending heads (candidates)"
         lines += ["### Backup", "",
-                  f"Mean-ablating the name movers ({', '.join(b['ablated'])}) together drops the metric by "
+                  f"Mean-ablating the {who} ({', '.join(b['ablated'])}) together drops the metric by "
                   f"{_fmt(b['metric_drop'])}; their summed direct effect is {_fmt(b['direct_of_movers'])}. "
                   "Largest rises of another head's direct effect:", "",
                   "| head | rise | verdict |", "|---|---|---|"]
