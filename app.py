@@ -583,19 +583,21 @@ def qk_panel(full, g, run: dict, node) -> None:
         s["qk_key_for"] = route[0]
     c = st.columns([3, 3, 3, 2, 2, 1])
     head = c[0].selectbox("head", list(range(n_heads)), key="qk_head",
-                          format_func=lambda h: f"L{node.layer}.H{h} — {float(head_total[h] / head_total.sum()):.0%} "
-                                                "of the per-head parts")
+                          format_func=lambda h: f"L{node.layer}.H{h} ({float(head_total[h] / head_total.sum()):.0%})",
+                          help="the head's share of the per-head parts of the feature's incoming edges")
     if s.get("qk_key_for") != head:  # another head: its own strongest source position
         s["qk_key_for"] = head
         ss["qk_key"] = int(shares[head].argmax())
     row = shares[head]
     key = c[1].selectbox("key position", positions, key="qk_key",
-                         format_func=lambda p: f"{p}: {tok(p)} — {float(row[p] / row.sum().clamp_min(1e-30)):.0%}")
+                         format_func=lambda p: f"{p}: {tok(p)} ({float(row[p] / row.sum().clamp_min(1e-30)):.0%})",
+                         help="the share of this head's edge parts that come from each source position")
     versus = c[2].selectbox("versus (a contrast)", [-1] + positions, key="qk_versus",
                             format_func=lambda p: "none" if p < 0 else f"{p}: {tok(p)}")
     quantity = c[3].radio("explain", ["score", "pattern"], key="qk_quantity",
                           format_func=lambda q: "score" if q == "score" else "pattern (1st order)")
-    constants = c[4].toggle("constant parts in pairs", key="qk_constants")
+    constants = c[4].toggle("constants", key="qk_constants",
+                            help="list pairs with a constant part (biases, LayerNorm β) among the top pairs")
     k = int(c[5].number_input("pairs", 1, 100, value=10, key="qk_top"))
     if versus == key:
         st.info("A contrast needs a second key position different from the first: choose another, or none.")
@@ -644,7 +646,7 @@ def qk_panel(full, g, run: dict, node) -> None:
 
     pairs = qk.top(k, constants=constants)
     st.markdown(f"**top {len(pairs)} query-side × key-side pairs**"
-                + ("" if constants else " (pairs of two sources; turn on 'constant parts in pairs' for the rest)"))
+                + ("" if constants else " (pairs of two sources; turn on 'constants' for the rest)"))
     st.dataframe(pd.DataFrame([{"query": ident(t.query, query), "query label": label(t.query),
                                 "key": ident(t.key, t.key_pos), "key label": label(t.key), "key pos": t.key_pos,
                                 "contribution": t.contribution} for t in pairs]),
@@ -663,7 +665,7 @@ def qk_panel(full, g, run: dict, node) -> None:
         net = qk.key_net()
         st.markdown(f"**key side, net per source over both keys** ({keys[0]} counts +, {keys[1]} counts −: a source "
                     "at both keys — e.g. a dense feature — mostly cancels here)")
-        st.dataframe(pd.DataFrame([{"source": n.name, "net": n.contribution,
+        st.dataframe(pd.DataFrame([{"key-side source": n.name, "net": n.contribution,
                                     **{f"at {q}": sum(m.contribution for m in n.parts if m.pos == q) for q in keys}}
                                    for n in net]), width="stretch", hide_index=True, height=240, key="qk_net")
     # jump to a node shown above (those of the pruned graph: the inspector shows its nodes)
