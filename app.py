@@ -685,8 +685,9 @@ def qk_panel(full, g, run: dict, node) -> None:
                               format_func=lambda i: texts.get(i, i))
         c[1].button("select in the inspector", key="qk_go", on_click=_jump_to, args=(names[pick],))
     if len(here) < len(shown):
-        st.caption(f"{len(shown) - len(here)} of the {len(shown)} nodes shown are not in the pruned graph (lower the "
-                   "thresholds to inspect them)")
+        missing = len(shown) - len(here)
+        st.caption(f"{missing} of the {len(shown)} nodes shown {'is' if missing == 1 else 'are'} not in the pruned "
+                   "graph (lower the thresholds to inspect them)")
 
 
 def single_prompt(graph, run: dict) -> bool:
