@@ -543,6 +543,15 @@ def _jump_to(node) -> None:
     st.session_state.pop("node_pick", None)
 
 
+def _qk_from_edge(edges: list) -> None:
+    """The edge picker's callback: explain the chosen edge's strongest head at its source's position."""
+    ss = st.session_state
+    i = ss.get("qk_edge", -1)
+    if isinstance(i, int) and 0 <= i < len(edges):
+        ss["qk_head"], ss["qk_key"], ss["qk_versus"] = edges[i].head, edges[i].source.pos, -1
+        state()["qk_key_for"] = edges[i].head
+
+
 def qk_panel(full, g, run: dict, node) -> None:
     """"Why this attention": the QK decomposition of one head's attention from the attention feature's position —
     the pattern row, the top (query-side, key-side) pairs, the per-side marginals, and a way to jump to those nodes.
@@ -551,7 +560,7 @@ def qk_panel(full, g, run: dict, node) -> None:
     import plotly.graph_objects as go
 
     from circuits import export
-    from circuits.attribution.qk import default_route, head_shares
+    from circuits.attribution.qk import default_route, edge_routes, head_shares
 
     s, ss = state(), st.session_state
     st.markdown("#### why this attention")
@@ -577,10 +586,16 @@ def qk_panel(full, g, run: dict, node) -> None:
     head_total = shares.sum(1)
     prev = s.get("qk_for")
     # a new node (or the widgets' values dropped while another node was shown): the node's own defaults
-    if prev is None or prev[0] is not full or prev[1] != node or not {"qk_head", "qk_key", "qk_versus"} <= set(ss):
+    if prev is None or prev[0] is not full or prev[1] != node or not {"qk_head", "qk_key", "qk_versus", "qk_edge"} <= set(ss):
         s["qk_for"] = (full, node)
-        ss["qk_head"], ss["qk_key"], ss["qk_versus"] = route[0], route[1], -1
+        ss["qk_head"], ss["qk_key"], ss["qk_versus"], ss["qk_edge"] = route[0], route[1], -1, -1
         s["qk_key_for"] = route[0]
+    edges = guarded(edge_routes, full, node, 20) or []
+    edge_texts = {i: f"{export.node_label(full, r.source)} (pos {r.source.pos}): weight {r.weight:+.3f}, of which "
+                     f"L{node.layer}.H{r.head} carries {r.head_part:+.3f}" for i, r in enumerate(edges)}
+    st.selectbox("start from an incoming edge (its strongest head, its source's position)", [-1] + list(edge_texts),
+                 key="qk_edge", format_func=lambda i: edge_texts.get(i, "—"), on_change=_qk_from_edge,
+                 args=(edges,))
     c = st.columns([3, 3, 3, 2, 2, 1])
     head = c[0].selectbox("head", list(range(n_heads)), key="qk_head",
                           format_func=lambda h: f"L{node.layer}.H{h} ({float(head_total[h] / head_total.sum()):.0%})",

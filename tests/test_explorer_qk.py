@@ -150,6 +150,27 @@ def test_the_panel_shows_explain_attention_of_the_default_head_and_key(app, orga
             (node.layer, other_head, node.pos, (int(shares[other_head].argmax()),), "score")} <= set(results)
 
 
+def test_starting_from_an_incoming_edge_explains_its_strongest_head(app, organism_rm):
+    """"On an edge through a head": choosing one of the feature's incoming edges explains the head carrying most
+    of it, from the feature's position to the edge source's position — the value shown is `explain_attention`'s."""
+    from circuits.attribution.qk import edge_routes, explain_attention
+
+    at = app
+    full, g = at.session_state["graph"], _shown(at)
+    node = next(n for n in reversed(g.nodes) if n.kind == "attn_feature" and n.layer == 3)
+    _pick(at, node)
+    routes = edge_routes(full, node, 20)
+    i = next(i for i, r in enumerate(routes) if r.source.pos != at.selectbox(key="qk_key").value)
+    at.selectbox(key="qk_edge").set_value(i).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    r = routes[i]
+    assert (at.selectbox(key="qk_head").value, at.selectbox(key="qk_key").value) == (r.head, r.source.pos)
+    qk = explain_attention(organism_rm, organism_rm.run(PROMPT), node.layer, r.head, node.pos, r.source.pos)
+    header = next(m.value for m in at.markdown if m.value.startswith(f"**score L{node.layer}.H{r.head} "))
+    assert f"{qk.value:+.4f}" in header and f"{node.pos}→{r.source.pos}" in header
+    assert _pattern_chart(at) == pytest.approx(qk.pattern.tolist(), abs=1e-6)
+
+
 def test_go_to_a_node_selects_it_in_the_inspector(app):
     """The panel's "select in the inspector" selects the chosen node: the inspector shows it, and the node list
     follows (no widget-state warning: the list is reset, not set)."""

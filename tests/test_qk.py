@@ -424,7 +424,7 @@ def test_head_shares_and_default_route(variants):
     edge by edge); `default_route` is its largest head and that head's largest position; autograd graphs and
     non-attention nodes have none."""
     from circuits.attribution import attribute
-    from circuits.attribution.qk import default_route, head_shares
+    from circuits.attribution.qk import default_route, edge_routes, head_shares
 
     rm = variants["all"]
     graph = attribute(rm, PROMPT)
@@ -443,6 +443,18 @@ def test_head_shares_and_default_route(variants):
     assert key <= node.pos
     mlp = next(n for n in graph.nodes if n.kind == "mlp_feature")
     assert head_shares(graph, mlp) is None and default_route(graph, mlp) is None
+    # the strongest incoming edges and the head carrying most of each
+    routes = edge_routes(graph, node, 5)
+    weights = {graph.nodes[int(graph.edge_index[1, k])]: k for k in range(graph.n_edges)
+               if int(graph.edge_index[0, k]) == row}
+    assert len(routes) == min(5, len(weights))
+    assert [abs(r.weight) for r in routes] == sorted((abs(float(graph.edge_weight[k])) for k in weights.values()),
+                                                     reverse=True)[:len(routes)]
+    for r in routes:
+        parts = graph.head_weights[weights[r.source]]
+        assert r.head == int(parts.abs().argmax()) and r.head_part == float(parts[r.head])
+        assert abs(float(parts.sum()) - r.weight) < 1e-9  # the parts sum to the edge's weight
+    assert edge_routes(graph, mlp) == []
     auto = attribute(rm, PROMPT, method="autograd")
     attn = next(n for n in auto.nodes if n.kind == "attn_feature")
-    assert head_shares(auto, attn) is None and default_route(auto, attn) is None
+    assert head_shares(auto, attn) is None and default_route(auto, attn) is None and edge_routes(auto, attn) == []

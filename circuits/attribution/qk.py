@@ -430,3 +430,31 @@ def default_route(graph, node: Node) -> tuple[int, int] | None:
         return None
     head = int(shares.sum(1).argmax())
     return head, int(shares[head].argmax())
+
+
+class EdgeRoute(NamedTuple):
+    """An edge into an attention feature and the head carrying most of it: from ``source`` (at key position
+    ``source.pos``) with total ``weight``, of which head ``head`` carries ``head_part``."""
+
+    source: Node
+    weight: float
+    head: int
+    head_part: float
+
+
+def edge_routes(graph, node: Node, n: int = 20) -> list[EdgeRoute]:
+    """The `n` incoming edges of attention feature `node` of largest |weight|, each with the head of largest
+    |per-head part| (`Graph.head_weights`); empty when the graph keeps no per-head parts."""
+    if graph.head_weights is None or node.kind != "attn_feature" or node not in set(graph.nodes):
+        return []
+    idx = torch.nonzero(graph.edge_index[0] == graph.row(node)).flatten()
+    if not idx.numel() or not bool(graph.head_weights[idx].abs().sum() > 0):
+        return []
+    idx = idx[graph.edge_weight[idx].abs().argsort(descending=True, stable=True)[:n]]
+    out = []
+    for e in idx.tolist():
+        parts = graph.head_weights[e]
+        head = int(parts.abs().argmax())
+        out.append(EdgeRoute(graph.nodes[int(graph.edge_index[1, e])], float(graph.edge_weight[e]), head,
+                             float(parts[head])))
+    return out
