@@ -471,7 +471,7 @@ def node_inspector(g, full, run: dict, influence) -> None:
                                       color_continuous_midpoint=0, aspect="auto", height=300),
                             width="stretch")
     if node.kind == "attn_feature":
-        qk_panel(full, g, run, node)
+        guarded(qk_panel, full, g, run, node)  # whatever fails in the panel is a message, never a traceback
 
 
 # -- why this attention (QK) ------------------------------------------------------------------------------------
@@ -543,6 +543,11 @@ def _jump_to(node) -> None:
     st.session_state.pop("node_pick", None)
 
 
+def _qk_by_hand() -> None:
+    """Head, key or contrast chosen by hand: the edge picker no longer describes the choice."""
+    st.session_state["qk_edge"] = -1
+
+
 def _qk_from_edge(edges: list) -> None:
     """The edge picker's callback: explain the chosen edge's strongest head at its source's position."""
     ss = st.session_state
@@ -599,16 +604,18 @@ def qk_panel(full, g, run: dict, node) -> None:
     c = st.columns([3, 3, 3, 2, 2, 1])
     head = c[0].selectbox("head", list(range(n_heads)), key="qk_head",
                           format_func=lambda h: f"L{node.layer}.H{h} ({float(head_total[h] / head_total.sum()):.0%})",
-                          help="the head's share of the per-head parts of the feature's incoming edges")
+                          help="the head's share of the per-head parts of the feature's incoming edges",
+                          on_change=_qk_by_hand)
     if s.get("qk_key_for") != head:  # another head: its own strongest source position
         s["qk_key_for"] = head
         ss["qk_key"] = int(shares[head].argmax())
     row = shares[head]
     key = c[1].selectbox("key position", positions, key="qk_key",
                          format_func=lambda p: f"{p}: {tok(p)} ({float(row[p] / row.sum().clamp_min(1e-30)):.0%})",
-                         help="the share of this head's edge parts that come from each source position")
+                         help="the share of this head's edge parts that come from each source position",
+                         on_change=_qk_by_hand)
     versus = c[2].selectbox("versus (a contrast)", [-1] + positions, key="qk_versus",
-                            format_func=lambda p: "none" if p < 0 else f"{p}: {tok(p)}")
+                            format_func=lambda p: "none" if p < 0 else f"{p}: {tok(p)}", on_change=_qk_by_hand)
     quantity = c[3].radio("explain", ["score", "pattern"], key="qk_quantity",
                           format_func=lambda q: "score" if q == "score" else "pattern (1st order)")
     constants = c[4].toggle("constants", key="qk_constants",

@@ -169,12 +169,35 @@ def test_starting_from_an_incoming_edge_explains_its_strongest_head(app, organis
     header = next(m.value for m in at.markdown if m.value.startswith(f"**score L{node.layer}.H{r.head} "))
     assert f"{qk.value:+.4f}" in header and f"{node.pos}→{r.source.pos}" in header
     assert _pattern_chart(at) == pytest.approx(qk.pattern.tolist(), abs=1e-6)
+    at.selectbox(key="qk_head").set_value((r.head + 1) % full.metadata["n_heads"]).run()  # by hand: no edge
+    assert at.selectbox(key="qk_edge").value == -1 and not at.exception
 
 
-def test_go_to_a_node_selects_it_in_the_inspector(app):
+def test_go_to_a_node_selects_it_in_the_inspector(app, monkeypatch):
     """The panel's "select in the inspector" selects the chosen node: the inspector shows it, and the node list
-    follows (no widget-state warning: the list is reset, not set)."""
-    at = app
+    follows, without Streamlit's "created with a default value but also had its value set via the Session State
+    API" warning (the list is reset, not set; the panel's widgets take their values from the session state only)."""
+    import logging
+
+    from streamlit.elements.lib import policies
+
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+    records: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Catch()
+    logging.getLogger(policies._LOGGER.name).addHandler(handler)
+    try:
+        _go_to(app)
+    finally:
+        logging.getLogger(policies._LOGGER.name).removeHandler(handler)
+    assert not [r for r in records if "created with a default value" in r], records
+
+
+def _go_to(at) -> None:
     g = _shown(at)
     node = next(n for n in reversed(g.nodes) if n.kind == "attn_feature" and n.layer == 3)
     _pick(at, node)
