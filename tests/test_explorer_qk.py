@@ -137,6 +137,16 @@ def test_the_panel_shows_explain_attention_of_the_default_head_and_key(app, orga
     assert list(net["net"]) == pytest.approx([n.contribution for n in want_net], rel=1e-4, abs=1e-6)
     assert list(net[f"at {key}"] + net[f"at {other}"]) == pytest.approx(list(net["net"]), abs=1e-5)
 
+    # the first-order pattern change instead of the score (the key side then spans every position ≤ the query)
+    at.radio(key="qk_quantity").set_value("pattern").run()
+    qk3 = explain_attention(organism_rm, cache, node.layer, head, node.pos, (key, other), quantity="pattern")
+    header = next(m.value for m in at.markdown if m.value.startswith("**pattern (first order) L3."))
+    assert f"{qk3.value:+.4f}" in header
+    _, k_side = _frame(at, "node")
+    assert set(k_side["pos"]) == set(range(node.pos + 1))
+    assert float(k_side["contribution"].sum()) == pytest.approx(qk3.value, rel=1e-4, abs=1e-5)
+    at.radio(key="qk_quantity").set_value("score").run()
+
     # another head: its own strongest key; the results are kept per (graph, head, query, keys) in the session
     from circuits.attribution.qk import head_shares
 
