@@ -10,7 +10,9 @@ exactly. Options:
 * ``direct=True`` also holds every feature that is not intervened on at its clean code (and an MLP without a
   transcoder at its clean output), so a change reaches a target only along direct edges: with ``frozen=True`` this is
   exactly the linear model whose edges `attribute` computes, and scaling a source by 2 moves each target's
-  pre-activation by that edge's weight.
+  pre-activation by that edge's weight. A skip transcoder's skip term stays live (it is a linear channel of the
+  frozen model, not a node); a cross-layer transcoder feature's edit changes all its decoder writes (every later
+  MLP output of the CLT is rebuilt from the edited codes).
 
 Ablation faithfulness of a circuit C (Marks et al. 2024): ``(m(C) − m(∅)) / (m(M) − m(∅))``, where m(C) keeps the
 circuit's features and error nodes live and ablates every other *graph node* — every other feature active on the
@@ -32,7 +34,7 @@ from torch import Tensor
 from circuits.errors import CircuitsError
 from circuits.graph import Graph, Node
 from circuits.model import hook_mlp_out, hook_resid_pre
-from circuits.replacement import ReplacementCache, ReplacementModel
+from circuits.replacement import ReplacementCache, ReplacementModel, clt_upstream, reconstruct
 
 Metric = Callable[[Tensor], Tensor]  # logits [pos, vocab] -> scalar
 EditMode = Literal["set", "scale", "add"]
@@ -219,13 +221,15 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
     pres: dict[str, Tensor] = {}
     codes_out: dict[str, Tensor] = {}
     hooks = []
+    upstream = clt_upstream(list(rm.dictionaries))
     for d in rm.dictionaries:
         name = d.cfg.name
         captured: dict[str, Tensor] = {}
 
         def replace(act, hook, d=d, name=name, captured=captured):
             x = captured.pop("x") if "x" in captured else d.flatten_input(act)
-            pre = d.pre_activation(x[0].to(d.W_enc.dtype))
+            x = x[0].to(d.W_enc.dtype)
+            pre = d.pre_activation(x)
             codes = cache.codes[name].clone() if direct else d.activation(pre)
             err = cache.errors[name].clone()
             if keep is not None:
@@ -252,7 +256,7 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
                 grad_codes[name] = (codes, err)
             pres[name] = pre.detach()
             codes_out[name] = codes.detach()
-            out = d.decode(codes) + err
+            out = reconstruct(d, codes, x, upstream) + err  # skip term live; a CLT layer sums earlier layers
             if outputs is not None:
                 outputs[name] = out
             return d.unflatten_output(out.to(act.dtype))[None]

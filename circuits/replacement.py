@@ -6,8 +6,10 @@ activation at ``hook_out`` by
     output = decode(encode(input))            (error off: the dictionary alone)
     output + (original − output) = original   (error on: exact, the error node is ``original − output``)
 
-Transcoders read ``ln2.hook_normalized`` and replace ``hook_mlp_out`` later in the same block; attention SAEs read
-and replace ``attn.hook_z`` (flattened over heads), so their error ``z − ẑ`` flows through W_O like everything else.
+Transcoders read ``ln2.hook_normalized`` and replace ``hook_mlp_out`` later in the same block (a skip transcoder's
+output includes its skip term ``x @ W_skip.T``; a cross-layer transcoder's layer l' output sums the decoders of
+every encoder layer l ≤ l', whose codes come from the same forward pass); attention SAEs read and replace
+``attn.hook_z`` (flattened over heads), so their error ``z − ẑ`` flows through W_O like everything else.
 With errors on, logits equal the original model's to float precision — the first invariant of the product.
 
 `ablation_hooks` gives the comparison points used by fidelity reports: a component zero-ablated or replaced by its
@@ -52,6 +54,8 @@ def splice_hooks(dictionaries: Iterable[Dictionary], error: ErrorMode = "off",
     If `store` is a dict, it receives ``store[name] = (codes [batch, pos, d_sae], error [batch, pos, d_out])``.
     """
     hooks: list[Hook] = []
+    dictionaries = list(dictionaries)
+    upstream = clt_upstream(dictionaries)
     for d in dictionaries:
         captured: dict[str, Tensor] = {}
 
@@ -61,8 +65,9 @@ def splice_hooks(dictionaries: Iterable[Dictionary], error: ErrorMode = "off",
 
         def replace(act, hook, d=d, captured=captured):
             x = captured.pop("x") if "x" in captured else d.flatten_input(act)
-            codes = d.encode(x.to(d.W_enc.dtype))
-            out = d.decode(codes).to(act.dtype)
+            x = x.to(d.W_enc.dtype)
+            codes = d.encode(x)
+            out = reconstruct(d, codes, x, upstream).to(act.dtype)
             original = d.flatten_input(act)
             err = original - out
             if store is not None:
@@ -76,6 +81,34 @@ def splice_hooks(dictionaries: Iterable[Dictionary], error: ErrorMode = "off",
             hooks.append((d.hook_in, capture))
             hooks.append((d.hook_out, replace))
     return hooks
+
+
+def clt_upstream(dictionaries: Iterable[Dictionary]) -> dict[int, dict[int, Tensor]]:
+    """Per cross-layer transcoder among `dictionaries` (keyed by id), an empty layer -> codes table that the hooks of
+    one forward pass fill in layer order. Raises unless every CLT enters with all its layers."""
+    from circuits.dictionaries.clt import CLTLayer
+
+    tables: dict[int, dict[int, Tensor]] = {}
+    names = {d.cfg.name for d in dictionaries}
+    for d in dictionaries:
+        if isinstance(d, CLTLayer) and id(d.clt) not in tables:
+            missing = [layer.cfg.name for layer in d.clt.layers if layer.cfg.name not in names]
+            if missing:
+                raise AttributionError(f"a cross-layer transcoder is spliced whole; missing its layers {missing}")
+            tables[id(d.clt)] = {}
+    return tables
+
+
+def reconstruct(d: Dictionary, codes: Tensor, x: Tensor, upstream: dict[int, dict[int, Tensor]]) -> Tensor:
+    """A dictionary's output from its codes and input in one forward pass; a CLT layer records its codes in
+    `upstream` (from `clt_upstream`) and sums the decoders of its CLT's earlier layers."""
+    from circuits.dictionaries.clt import CLTLayer
+
+    if isinstance(d, CLTLayer):
+        table = upstream[id(d.clt)]
+        table[d.cfg.layer] = codes
+        return d.reconstruct(codes, x, table)
+    return d.reconstruct(codes, x)
 
 
 def ablation_hooks(hook_names: Iterable[str], mode: Literal["zero", "mean"],

@@ -15,6 +15,13 @@ from its (fixed) codes, each target's pre-activation is an affine function of th
    plus the reading side's own biases (β, b_V, −b_in·W_enc, b_enc, b_U). Computed independently of the edges, so
    ``Σ edges + constant = pre-activation`` is a real check of the whole computation, not a definition.
 
+5. **Skip transcoders and CLTs** (`_Stream`): targets read each source's *contribution* at their site, not its raw
+   write. A skip transcoder at MLP l is linear in its input in the frozen model, so every contribution that reaches
+   MLP l's input (and the constant) gains ``(P v / σ2[p]) @ W_skip.T`` at MLP l — a pass-through channel, not a
+   node; a CLT feature of layer l gains its decoder ``a · W_dec_l[i, l' − l]`` at every later MLP l'. Edges from a
+   source to later targets thus include every path through skip channels and every decoder write of a CLT feature;
+   the constant term becomes position-dependent (σ2 differs by position).
+
 P is the LayerNorm centering ``I − 11ᵀ/d``; ``v · P u = P v · u``. Needs an SAE on every attention layer (an
 attention layer without one is a linear channel: use the autograd path); an MLP without a transcoder is an error
 node. Reference: Kissane et al. 2024 (attention-output SAEs, recursive DFA), Dunefsky et al. 2024 (transcoders),
@@ -28,8 +35,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuits.attribution.sources import Sources, attn_site, constant_writes, mlp_site
+from circuits.attribution.sources import Sources, attn_site, constant_writes, later_writes, mlp_site
 from circuits.attribution.targets import LogitRead
+from circuits.dictionaries.clt import CLTLayer
 from circuits.replacement import AttributionError, ReplacementCache, ReplacementModel
 
 
@@ -110,19 +118,54 @@ def analytic_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, 
     col = _Collector(n_src + len(reads), rm.cfg.n_heads, dtype, tolerance, byte_limit)
     kind = torch.tensor([{"attn_feature": 1, "mlp_feature": 2}.get(n.kind, 0) for n in src.nodes])
     index = torch.tensor([n.index for n in src.nodes])
-    cw = constant_writes(rm)
-    before = torch.stack(cw).cumsum(0) - torch.stack(cw)  # before[k]: constant writes of sites < k
+    stream = _Stream(rm, cache, src)
     from tqdm.auto import tqdm
 
     for layer in tqdm(range(rm.n_layers), desc="edges by layer", disable=not progress, leave=False):
         rows = torch.nonzero((kind == 1) & (src.site == attn_site(layer))).flatten()
         if len(rows):
-            _attention_layer(rm, cache, src, layer, rows, index[rows], before[attn_site(layer)], col)
+            _attention_layer(rm, cache, src, stream.V, layer, rows, index[rows], stream.C, col)
+        stream.after_attention(layer)
         rows = torch.nonzero((kind == 2) & (src.site == mlp_site(layer))).flatten()
         if len(rows):
-            _mlp_layer(rm, cache, src, layer, rows, index[rows], before[mlp_site(layer)], col)
-    _logits(rm, cache, src, reads, torch.stack(cw).sum(0), col)
+            _mlp_layer(rm, cache, src, stream.V, layer, rows, index[rows], stream.C, col)
+        stream.after_mlp(layer)
+    _logits(rm, cache, src, stream.V, reads, stream.C[cache.n_pos - 1], col)
     return col.finish()
+
+
+class _Stream:
+    """What each source, and the node-independent constant, contributes to the residual stream at the current point
+    of the forward order: ``V [S, d_model]`` (a source's contribution at its own position) and ``C [pos, d_model]``.
+
+    Without skip transcoders or CLTs, V is each source's write and C the sum of earlier constant writes. A skip
+    transcoder at MLP l adds ``(P v / σ2[p]) @ W_skip.T`` to every contribution that reaches its input (the frozen
+    skip channel, same position); a CLT adds each earlier-layer feature's decoder into MLP l to that feature's V."""
+
+    def __init__(self, rm: ReplacementModel, cache: ReplacementCache, src: Sources):
+        self.rm, self.cache, self.src = rm, cache, src
+        self.cw = constant_writes(rm)
+        dtype = src.vectors.dtype
+        self.C = torch.zeros(cache.n_pos, rm.cfg.d_model, dtype=dtype)
+        self.changes = any(tc.cfg.skip or isinstance(tc, CLTLayer) for tc in rm.transcoders.values())
+        self.V = src.vectors.clone() if self.changes else src.vectors
+
+    def after_attention(self, layer: int) -> None:
+        self.C = self.C + self.cw[attn_site(layer)].to(self.C.dtype)
+
+    def after_mlp(self, layer: int) -> None:
+        tc = self.rm.transcoders.get(layer)
+        dtype = self.C.dtype
+        if tc is not None and tc.W_skip is not None:
+            sigma = self.cache.ln2_scale[layer].to(dtype)  # [pos]
+            W_skip_T = tc.W_skip.to(dtype).T  # [d_model(in), d_model(out)]
+            rows = torch.nonzero(self.src.site < mlp_site(layer)).flatten()
+            self.V[rows] += (_center(self.V[rows], 1) / sigma[self.src.pos[rows], None]) @ W_skip_T
+            self.C = self.C + (_center(self.C, 1) / sigma[:, None]) @ W_skip_T
+        rows, writes = later_writes(self.rm, self.src, layer)
+        if len(rows):
+            self.V.index_add_(0, rows, writes.to(dtype))
+        self.C = self.C + self.cw[mlp_site(layer)].to(dtype)
 
 
 def _by_position(src: Sources, before_site: int, n_pos: int) -> tuple[Tensor, Tensor]:
@@ -133,26 +176,26 @@ def _by_position(src: Sources, before_site: int, n_pos: int) -> tuple[Tensor, Te
     return rows, torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
 
 
-def _mlp_layer(rm, cache, src: Sources, layer: int, rows: Tensor, feats: Tensor, c_before: Tensor,
-               col: _Collector) -> None:
+def _mlp_layer(rm, cache, src: Sources, vectors: Tensor, layer: int, rows: Tensor, feats: Tensor,
+               c_before: Tensor, col: _Collector) -> None:
     tc = rm.transcoders[layer]
     dtype = src.vectors.dtype
     W = tc.W_enc.to(dtype)[:, feats]  # [d_model, T]
     pos = src.pos[rows]
     sigma = cache.ln2_scale[layer].to(dtype)[pos]
     R = _center(W, 0) / sigma  # [d_model, T] read vectors (ln2.hook_normalized is P x / σ2, before γ2 and β2)
-    col.constants[rows] = c_before @ R - tc.b_in.to(dtype) @ W + tc.b_enc.to(dtype)[feats]
+    col.constants[rows] = (c_before[pos] * R.T).sum(1) - tc.b_in.to(dtype) @ W + tc.b_enc.to(dtype)[feats]
     col.pre[rows] = cache.pre_activations[tc.cfg.name].to(dtype)[pos, feats]
     s_rows, start = _by_position(src, mlp_site(layer), cache.n_pos)
-    V = src.vectors[s_rows]
+    V = vectors[s_rows]
     for p in pos.unique().tolist():
         t_cols = torch.nonzero(pos == p).flatten()
         block = slice(int(start[p]), int(start[p + 1]))  # sources at position p only
         col.add(rows[t_cols], s_rows[block], R[:, t_cols].T @ V[block].T)
 
 
-def _attention_layer(rm, cache, src: Sources, layer: int, rows: Tensor, feats: Tensor, c_before: Tensor,
-                     col: _Collector) -> None:
+def _attention_layer(rm, cache, src: Sources, vectors: Tensor, layer: int, rows: Tensor, feats: Tensor,
+                     c_before: Tensor, col: _Collector) -> None:
     sae = rm.attention_saes[layer]
     attn = rm.model.blocks[layer].attn
     dtype = src.vectors.dtype
@@ -165,7 +208,7 @@ def _attention_layer(rm, cache, src: Sources, layer: int, rows: Tensor, feats: T
     pos = src.pos[rows]
     # constant term: node-independent writes and biases, through the frozen pattern
     value_w = gamma[None, :, None] * W_V  # [H, d_model, d_head]
-    k = (_center(c_before, 0) @ value_w)[:, None, :] / sigma[None, :, None] \
+    k = torch.einsum("qd,hde->hqe", _center(c_before, 1), value_w) / sigma[None, :, None] \
         + (torch.einsum("d,hde->he", beta, W_V) + b_V)[:, None, :]  # [H, pos, d_head]
     z_const = torch.einsum("hpq,hqd->phd", A, k).reshape(A.shape[1], H * dh)  # [pos, H*d_head]
     W_flat = sae.W_enc.to(dtype)[:, feats]  # [H*d_head, T]
@@ -175,7 +218,7 @@ def _attention_layer(rm, cache, src: Sources, layer: int, rows: Tensor, feats: T
     # source position; the targets at query position p read the prefix of sources at positions ≤ p
     s_rows, start = _by_position(src, attn_site(layer), cache.n_pos)
     q = src.pos[s_rows]
-    G = torch.einsum("sd,hde->hes", _center(src.vectors[s_rows], 1), value_w) / sigma[q]  # [H, d_head, S]
+    G = torch.einsum("sd,hde->hes", _center(vectors[s_rows], 1), value_w) / sigma[q]  # [H, d_head, S]
     for p in pos.unique().tolist():
         t_cols = torch.nonzero(pos == p).flatten()
         n = int(start[p + 1])
@@ -184,7 +227,8 @@ def _attention_layer(rm, cache, src: Sources, layer: int, rows: Tensor, feats: T
         col.add(rows[t_cols], s_rows[:n], heads.sum(0), heads)
 
 
-def _logits(rm, cache, src: Sources, reads: list[LogitRead], c_all: Tensor, col: _Collector) -> None:
+def _logits(rm, cache, src: Sources, vectors: Tensor, reads: list[LogitRead], c_all: Tensor,
+            col: _Collector) -> None:
     if not reads:
         return
     dtype = src.vectors.dtype
@@ -196,4 +240,4 @@ def _logits(rm, cache, src: Sources, reads: list[LogitRead], c_all: Tensor, col:
     col.constants[rows] = c_all @ R + beta @ D + torch.tensor([r.bias for r in reads], dtype=dtype)
     col.pre[rows] = torch.tensor([r.value for r in reads], dtype=dtype)
     s_rows = torch.nonzero(src.pos == last).flatten()
-    col.add(rows, s_rows, R.T @ src.vectors[s_rows].T)
+    col.add(rows, s_rows, R.T @ vectors[s_rows].T)

@@ -7,7 +7,9 @@ paths remain — and a zero perturbation ``δ_k [batch, pos, d_model]`` added at
 pre-activation read from its hook, or a logit direction read after the final LayerNorm); one backward pass gives
 ``∂ target_b / ∂ δ_k[b, q]`` for a whole batch of targets, and the edge from a source writing ``v`` at (k, q) is
 ``grad · v``. An attention layer without an SAE is left live, so it acts as a linear channel through its frozen
-pattern; an MLP without a transcoder is replaced by its cached output (an error node).
+pattern; an MLP without a transcoder is replaced by its cached output (an error node). A skip transcoder's MLP
+output is its cached output minus the clean skip term plus the skip term of the live input (a linear channel); a
+CLT feature's edge sums ``grad · write`` over its write sites (its own MLP and every later one).
 
 The constant term is computed independently: one more forward pass in which every source's write is subtracted
 (the residual stream then carries only biases), whose target values are the constants.
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor
 
 from circuits.attribution.analytic import Edges
-from circuits.attribution.sources import Sources, attn_site, mlp_site
+from circuits.attribution.sources import Sources, attn_site, later_writes, mlp_site
 from circuits.attribution.targets import LogitRead
 from circuits.model import (
     hook_attn_out,
@@ -40,10 +42,15 @@ def _site_hook(rm: ReplacementModel, site: int) -> str:
     return hook_attn_out(layer) if site % 2 == 1 else hook_mlp_out(layer)
 
 
-def _site_writes(src: Sources, n_sites: int, n_pos: int) -> Tensor:
-    """[n_sites, pos, d_model]: the sum of all source writes at each site and position."""
+def _site_writes(rm: ReplacementModel, src: Sources, n_sites: int, n_pos: int) -> Tensor:
+    """[n_sites, pos, d_model]: the sum of all source writes at each site and position (CLT features' later
+    decoder writes included)."""
     out = torch.zeros(n_sites, n_pos, src.vectors.shape[1], dtype=src.vectors.dtype)
     out.index_put_((src.site, src.pos), src.vectors, accumulate=True)
+    for layer in range(rm.n_layers):
+        rows, writes = later_writes(rm, src, layer)
+        if len(rows):
+            out[mlp_site(layer)].index_add_(0, src.pos[rows], writes.to(out.dtype))
     return out
 
 
@@ -63,7 +70,9 @@ def autograd_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, 
     target_site = torch.cat([src.site, torch.full((len(reads),), n_sites, dtype=torch.long)])
     target_pos = torch.cat([src.pos, torch.full((len(reads),), n - 1, dtype=torch.long)])
     fixed = _fixed_outputs(rm, cache)
-    writes = _site_writes(src, n_sites, n)
+    writes = _site_writes(rm, src, n_sites, n)
+    later = [(mlp_site(layer), *later_writes(rm, src, layer)) for layer in range(rm.n_layers)]
+    later = [(site, rows, w) for site, rows, w in later if len(rows)]
     parts_t, parts_s, parts_w = [], [], []
     constants = torch.zeros(n_src + len(reads), dtype=dtype)
     pre = torch.zeros(n_src + len(reads), dtype=dtype)
@@ -81,6 +90,9 @@ def autograd_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, 
             grads = torch.stack([grads[k] if grads.get(k) is not None else torch.zeros_like(deltas[0])
                                  for k in range(n_sites)])  # [sites, B, pos, d_model]
             w = torch.einsum("sbd,sd->bs", grads[src.site, :, src.pos], src.vectors)  # [B, S]
+            for site, l_rows, l_writes in later:  # a CLT feature's writes into later MLPs
+                w.index_add_(1, l_rows, torch.einsum("bsd,sd->bs", grads[site][:, src.pos[l_rows]],
+                                                     l_writes.to(w.dtype)))
             rows_t = torch.tensor(rows)
             upstream = (src.site[None, :] < target_site[rows_t][:, None]) & \
                        (src.pos[None, :] <= target_pos[rows_t][:, None]) & (w != 0)
@@ -98,7 +110,8 @@ def autograd_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, 
 
 
 def _fixed_outputs(rm: ReplacementModel, cache: ReplacementCache) -> dict[str, Tensor]:
-    """Cached sublayer outputs that the frozen direct-effect model holds constant."""
+    """Cached sublayer outputs that the frozen direct-effect model holds constant (a skip transcoder's MLP output
+    without its skip term, which stays live: `_frozen_targets` adds it from the live input)."""
     out = {hook_resid_pre(0): cache.resid_pre[0]}
     for layer in range(rm.n_layers):
         if layer in rm.attention_saes:
@@ -106,6 +119,10 @@ def _fixed_outputs(rm: ReplacementModel, cache: ReplacementCache) -> dict[str, T
         if rm.has_mlp:
             nxt = cache.resid_pre[layer + 1] if layer + 1 < rm.n_layers else cache.resid_final
             out[hook_mlp_out(layer)] = nxt - cache.resid_mid[layer]
+            tc = rm.transcoders.get(layer)
+            if tc is not None and tc.W_skip is not None:
+                x = cache.hook_values[hook_ln2_normalized(layer)]
+                out[hook_mlp_out(layer)] = out[hook_mlp_out(layer)] - tc.skip_write(x.to(tc.W_skip.dtype)).to(x.dtype)
     return out
 
 
@@ -116,20 +133,27 @@ def _frozen_targets(rm: ReplacementModel, cache: ReplacementCache, src: Sources,
     B, n = len(rows), cache.n_pos
     captured: dict[str, Tensor] = {}
     hooks = []
+    skip_inputs: dict[str, Tensor] = {}
     for site in deltas:
         name = _site_hook(rm, site)
         base = fixed.get(name)
+        tc = rm.transcoders.get((site - 2) // 2) if site > 0 and site % 2 == 0 else None
+        skip = tc if tc is not None and tc.W_skip is not None else None
 
-        def add(act, hook, base=base, site=site):
+        def add(act, hook, base=base, site=site, skip=skip):
             start = base.to(act.dtype).expand_as(act) if base is not None else act
+            if skip is not None:  # the skip channel, live in the frozen model
+                start = start + skip.skip_write(skip_inputs[skip.cfg.name].to(skip.W_skip.dtype)).to(act.dtype)
             return start + deltas[site]
         hooks.append((name, add))
     for layer, sae in rm.attention_saes.items():
         hooks.append((hook_attn_z(layer), lambda act, hook, d=sae: captured.__setitem__(
             d.cfg.name, d.pre_activation(d.flatten_input(act).to(d.W_enc.dtype)))))
     for layer, tc in rm.transcoders.items():
-        hooks.append((hook_ln2_normalized(layer), lambda act, hook, d=tc: captured.__setitem__(
-            d.cfg.name, d.pre_activation(act.to(d.W_enc.dtype)))))
+        def read(act, hook, d=tc):
+            captured[d.cfg.name] = d.pre_activation(act.to(d.W_enc.dtype))
+            skip_inputs[d.cfg.name] = act
+        hooks.append((hook_ln2_normalized(layer), read))
     final_hook = hook_ln_final_normalized() if rm.has_ln else hook_resid_post(rm.n_layers - 1)
     hooks.append((final_hook, lambda act, hook: captured.__setitem__("final", act)))
     tokens = cache.tokens[None].expand(B, n)

@@ -9,6 +9,11 @@ In forward order (``site``: 0 = embeddings, 2L+1 = attention L, 2L+2 = MLP L):
 
 What is left — ``b_dec W_O_cat + b_O`` of each attention layer with an SAE and each transcoder's output bias — is
 the same at every position and depends on no node: it is part of each target's constant term (`constant_writes`).
+
+A cross-layer transcoder feature is one source at its encoder layer l: ``vectors`` holds its write into MLP l
+(``a · W_dec_l[i, 0]``) and `later_writes` its writes into every later MLP l' (``a · W_dec_l[i, l' − l]``). A skip
+transcoder's skip term is no source: it is a linear channel of the frozen model that the engines apply to the
+writes that reach its input.
 An attention layer *without* an SAE writes nothing of its own: in the frozen model it is a linear channel that
 carries earlier writes to later positions (only the autograd path handles it).
 """
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from circuits.dictionaries.clt import CLTLayer
 from circuits.graph import Node
 from circuits.replacement import ReplacementCache, ReplacementModel, site_name
 
@@ -45,6 +51,14 @@ class Sources:
     def __len__(self) -> int:
         return len(self.nodes)
 
+    @property
+    def feature_layer(self) -> Tensor:
+        """[S] long: the layer of each transcoder (MLP) feature, −1 for every other source."""
+        if "_feature_layer" not in self.__dict__:
+            self.__dict__["_feature_layer"] = torch.tensor(
+                [n.layer if n.kind == "mlp_feature" else -1 for n in self.nodes], dtype=torch.long)
+        return self.__dict__["_feature_layer"]
+
 
 def feature_writes(rm: ReplacementModel, kind: str, layer: int, index: Tensor | None = None) -> Tensor:
     """[d_sae, d_model] (or [len(index), d_model] for the features in `index`): what one unit of each feature writes
@@ -54,8 +68,30 @@ def feature_writes(rm: ReplacementModel, kind: str, layer: int, index: Tensor | 
         d = rm.attention_saes[layer]
         W_dec = d.W_dec if index is None else d.W_dec[index]
         return W_dec.to(rm.W_O_cat(layer).dtype) @ rm.W_O_cat(layer)
-    W_dec = rm.transcoders[layer].W_dec
+    tc = rm.transcoders[layer]
+    W_dec = tc.decoder_to(layer) if isinstance(tc, CLTLayer) else tc.W_dec
     return W_dec if index is None else W_dec[index]
+
+
+def later_writes(rm: ReplacementModel, src: Sources, layer: int) -> tuple[Tensor, Tensor]:
+    """(rows [R], writes [R, d_model]): what the CLT features encoded at layers before `layer` write into MLP
+    `layer`'s output — ``a · W_dec_l[i, layer − l]`` — beyond their first write at their own layer. Empty without a
+    cross-layer transcoder."""
+    rows_all, writes = [], []
+    feature_layer = src.feature_layer
+    for l0 in range(layer):
+        tc = rm.transcoders.get(l0)
+        if not isinstance(tc, CLTLayer):
+            continue
+        rows = torch.nonzero(feature_layer == l0).flatten()
+        if len(rows):
+            index = torch.tensor([src.nodes[r].index for r in rows.tolist()])
+            dtype = src.vectors.dtype
+            writes.append(src.activations[rows, None] * tc.decoder_to(layer)[index].to(dtype))
+            rows_all.append(rows)
+    if not rows_all:
+        return torch.zeros(0, dtype=torch.long), src.vectors.new_zeros(0, src.vectors.shape[1])
+    return torch.cat(rows_all), torch.cat(writes)
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Sparse dictionaries (transcoders, attention-output SAEs): classes, file formats, loading by name.
+"""Sparse dictionaries (transcoders, skip transcoders, cross-layer transcoders, attention-output SAEs): classes,
+file formats, loading by name.
 
 `load_dictionaries(name, model)` returns a `DictionarySet` checked against the model it will be spliced into:
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from circuits.dictionaries.base import AttentionSAE, Dictionary, DictionaryConfig, Transcoder
+from circuits.dictionaries.clt import CLTConfig, CLTLayer, CrossLayerTranscoder
 from circuits.dictionaries.dictset import DictionarySet
 from circuits.dictionaries.io import DictionaryLoadError, load_dictionary
 
@@ -22,7 +24,7 @@ PUBLIC_SETS: dict[str, str] = {
     "gpt2-attn-kk": "ckkissane/attn-saes-gpt2-small-all-layers",
 }
 
-__all__ = ["AttentionSAE", "Dictionary", "DictionaryConfig", "DictionaryLoadError", "DictionarySet", "Transcoder",
+__all__ = ["AttentionSAE", "CLTConfig", "CLTLayer", "CrossLayerTranscoder", "Dictionary", "DictionaryConfig", "DictionaryLoadError", "DictionarySet", "Transcoder",
            "load_dictionaries", "load_folder"]
 
 
@@ -38,10 +40,10 @@ def load_folder(folder: Path, n_heads: int | None = None, model_name: str | None
                                   "(set.json, config.yaml, cfg.json or .pt files)")
     if (folder / "set.json").exists():
         return DictionarySet.load(folder)
-    if (folder / "config.yaml").exists():
-        dicts = formats.load_circuit_tracer_folder(folder)
-    elif (folder / "cfg.json").exists():
+    if (folder / "cfg.json").exists():  # a SAELens folder, or one of our CLT folders (which has config.yaml too)
         dicts = [load_dictionary(folder, n_heads)]
+    elif (folder / "config.yaml").exists():
+        dicts = formats.load_circuit_tracer_folder(folder)
     else:
         dicts = []
         for p in sorted(folder.glob("*.pt")):

@@ -6,7 +6,10 @@ Both share one interface (`Dictionary`):
     output = codes @ W_dec + b_dec                                         output: [..., d_out]
 
 * `Transcoder` (Dunefsky et al. 2024) reads ``blocks.L.ln2.hook_normalized`` and predicts
-  ``blocks.L.hook_mlp_out``; input centering ``b_in`` and output bias ``b_dec`` are separate parameters.
+  ``blocks.L.hook_mlp_out``; input centering ``b_in`` and output bias ``b_dec`` are separate parameters. A **skip
+  transcoder** (``cfg.skip``; Paulo et al. 2025) adds a linear term of its raw input to the output:
+  ``output = codes @ W_dec + b_dec + x @ W_skip.T`` with ``W_skip [d_out, d_in]`` (SAELens' and circuit-tracer's
+  orientation). `reconstruct(codes, x)` is the full output; `decode(codes)` the feature part and bias only.
 * `AttentionSAE` (Kissane et al. 2024) reads and reconstructs ``blocks.L.attn.hook_z`` flattened over heads
   (d_in = d_out = n_heads·d_head); input centering is its own decoder bias (``b_in`` is ``b_dec``). Its write to
   the residual stream is ``output @ W_O_cat``: feature i writes ``codes_i · (W_dec[i] @ W_O_cat)``.
@@ -43,10 +46,13 @@ class DictionaryConfig:
     n_heads: int | None = None  # attention SAEs: z is [n_heads, d_head] flattened to d_in
     context_size: int = 128  # tokens per sequence the dictionary was trained on
     model_name: str = "organism"
+    skip: bool = False  # transcoders: output adds x @ W_skip.T (a skip transcoder)
 
     def __post_init__(self):
         if self.kind not in ("transcoder", "attention_sae"):
             raise ValueError(f"unknown dictionary kind {self.kind!r}")
+        if self.skip and self.kind != "transcoder":
+            raise ValueError("only transcoders can have a skip connection (W_skip)")
         if min(self.d_in, self.d_sae, self.d_out) <= 0 or self.layer < 0:
             raise ValueError("d_in, d_sae, d_out must be positive and layer non-negative")
         if self.kind == "attention_sae":
@@ -91,13 +97,17 @@ class DictionaryOutput(NamedTuple):
 class Dictionary(nn.Module):
     """Base class: encoder, activation, decoder. Subclasses fix the hook points and input reshaping."""
 
+    plain_decoder = True  # W_dec [d_sae, d_out] is a parameter (a cross-layer transcoder's layer has its own)
+
     def __init__(self, cfg: DictionaryConfig, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.cfg = cfg
         self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae, dtype=dtype))
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
-        self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_out, dtype=dtype))
+        if self.plain_decoder:
+            self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_out, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_out, dtype=dtype))
+        self.W_skip = nn.Parameter(torch.zeros(cfg.d_out, cfg.d_in, dtype=dtype)) if cfg.skip else None
         self.activation = make_activation(cfg.activation, cfg.d_sae, cfg.k)
 
     # -- the shared interface -----------------------------------------------------------------------------------
@@ -147,9 +157,22 @@ class Dictionary(nn.Module):
         """Output [..., d_out] from codes [..., d_sae]."""
         return codes @ self.W_dec + self.b_dec
 
+    def skip_write(self, x: Tensor) -> Tensor | None:
+        """[..., d_out]: the skip term ``x @ W_skip.T`` of raw inputs x [..., d_in]; None without a skip."""
+        return None if self.W_skip is None else x @ self.W_skip.T
+
+    def reconstruct(self, codes: Tensor, x: Tensor, upstream: dict[int, Tensor] | None = None) -> Tensor:
+        """The full output [..., d_out]: ``decode(codes)`` plus the skip term of the input x [..., d_in].
+
+        `upstream` (layer -> codes of earlier layers in the same forward pass) is used by cross-layer transcoders
+        only; a per-layer dictionary ignores it."""
+        out = self.decode(codes)
+        skip = self.skip_write(x)
+        return out if skip is None else out + skip
+
     def forward(self, x: Tensor) -> DictionaryOutput:
         codes = self.encode(x)
-        return DictionaryOutput(codes, self.decode(codes))
+        return DictionaryOutput(codes, self.reconstruct(codes, x))
 
     @torch.no_grad()
     def set_decoder_norm_to_unit(self) -> None:
@@ -160,11 +183,15 @@ class Dictionary(nn.Module):
         out = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec, "b_dec": self.b_dec}
         if hasattr(self.activation, "threshold"):
             out["threshold"] = self.activation.threshold
+        if self.W_skip is not None:
+            out["W_skip"] = self.W_skip
         return out
 
     def __repr__(self) -> str:
         c = self.cfg
-        return f"{type(self).__name__}(layer={c.layer}, d_in={c.d_in}, d_sae={c.d_sae}, activation={c.activation})"
+        skip = ", skip" if c.skip else ""
+        return (f"{type(self).__name__}(layer={c.layer}, d_in={c.d_in}, d_sae={c.d_sae}, "
+                f"activation={c.activation}{skip})")
 
 
 class Transcoder(Dictionary):

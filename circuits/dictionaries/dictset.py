@@ -1,5 +1,8 @@
 """A set of dictionaries for one model (one transcoder per MLP, one attention SAE per attention layer, or any
 subset), saved as a folder of SAELens folders plus ``set.json``, and checked against the model it splices into.
+
+A cross-layer transcoder enters a set whole: its layers become the set's ``transcoder_L{l}`` members (one
+`CLTLayer` per layer) and it is saved once, as the folder ``clt`` (see `circuits.dictionaries.io.save_clt`).
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from circuits.dictionaries.base import Dictionary
-from circuits.dictionaries.io import DictionaryLoadError, load_dictionary, save_dictionary
+from circuits.dictionaries.clt import CLTLayer, CrossLayerTranscoder
+from circuits.dictionaries.io import DictionaryLoadError, load_dictionary, save_clt, save_dictionary
 
 SET_FILE = "set.json"
 
@@ -29,10 +33,26 @@ class DictionarySet:
     folder: Path | None = None  # where the set was read from (named in errors); None when built in memory
 
     def __post_init__(self):
-        names = [dictionary_name(d) for d in self.dictionaries.values()]
+        members: list[Dictionary] = []
+        for d in self.dictionaries.values():
+            members += list(d.layers) if isinstance(d, CrossLayerTranscoder) else [d]
+        names = [dictionary_name(d) for d in members]
         if len(set(names)) != len(names):
             raise ValueError("a set holds at most one transcoder and one attention SAE per layer")
-        self.dictionaries = {dictionary_name(d): d for d in self.dictionaries.values()}
+        self.dictionaries = {dictionary_name(d): d for d in members}
+        for clt in self.clts:
+            missing = [layer.cfg.name for layer in clt.layers if self.dictionaries.get(layer.cfg.name) is not layer]
+            if missing:
+                raise ValueError(f"a cross-layer transcoder enters a set whole; missing layers {missing}")
+
+    @property
+    def clts(self) -> list[CrossLayerTranscoder]:
+        """The cross-layer transcoders of the set (their layers are members as ``transcoder_L{l}``)."""
+        out: list[CrossLayerTranscoder] = []
+        for d in self.dictionaries.values():
+            if isinstance(d, CLTLayer) and all(d.clt is not c for c in out):
+                out.append(d.clt)
+        return out
 
     def __iter__(self) -> Iterator[Dictionary]:
         return iter(sorted(self.dictionaries.values(), key=lambda d: (d.cfg.layer, d.cfg.kind != "attention_sae")))
@@ -54,6 +74,9 @@ class DictionarySet:
             where = f"dictionary {dictionary_name(d)}" + (f" (in {self.folder})" if self.folder else "")
             if c.layer >= cfg.n_layers:
                 raise DictionaryLoadError(f"{where}: layer {c.layer} but the model has {cfg.n_layers} layers")
+            if isinstance(d, CLTLayer) and d.clt.cfg.n_layers != cfg.n_layers:
+                raise DictionaryLoadError(f"{where}: a cross-layer transcoder over {d.clt.cfg.n_layers} layers "
+                                          f"but the model has {cfg.n_layers}")
             for hook in (c.hook_in, c.hook_out):
                 if hook not in model.hook_dict:
                     raise DictionaryLoadError(f"{where}: hook {hook!r} does not exist in the model")
@@ -71,10 +94,16 @@ class DictionarySet:
     def save(self, folder: Path) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        names = []
         for d in self:
+            if isinstance(d, CLTLayer):
+                if d.cfg.layer == 0:
+                    save_clt(d.clt, folder / d.clt.name)
+                    names.append(d.clt.name)
+                continue
             save_dictionary(d, folder / dictionary_name(d))
-        meta = {"format": "circuits-dictionary-set/1", "model_name": self.model_name,
-                "dictionaries": [dictionary_name(d) for d in self]}
+            names.append(dictionary_name(d))
+        meta = {"format": "circuits-dictionary-set/1", "model_name": self.model_name, "dictionaries": names}
         tmp = folder / (SET_FILE + ".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(folder / SET_FILE)

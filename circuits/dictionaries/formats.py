@@ -9,9 +9,15 @@
   (``act_name``, ``act_size``, ``dict_size``, ``layer``, ...); ReLU; input centered by ``b_dec``.
 * SAELens folders: `circuits.dictionaries.io.load_dictionary` (JumpReLU ``threshold`` required when named;
   ``n_heads`` from the caller or the model name for attention SAEs on hook_z).
-* circuit-tracer transcoder folders: ``config.yaml`` + ``layer_{i}.safetensors`` with ``W_enc [d_tc, d_model]``
-  (transposed relative to SAELens), ``W_dec [d_tc, d_model]``, ``b_enc``, ``b_dec``, optional
-  ``activation_function.threshold`` (JumpReLU) and ``W_skip`` (not supported: refused with a clear message).
+* circuit-tracer 0.5.0 transcoder folders (``config.yaml``, ``model_kind: transcoder_set``) +
+  ``layer_{i}.safetensors`` with ``W_enc [d_tc, d_model]`` (transposed relative to SAELens), ``W_dec [d_tc,
+  d_model]``, ``b_enc``, ``b_dec``, optional ``activation_function.threshold`` (JumpReLU, ``pre > θ``) and
+  ``W_skip [d_model, d_model]`` (skip transcoder: ``x @ W_skip.T``, the orientation we keep).
+* circuit-tracer 0.5.0 cross-layer transcoders (``model_kind: cross_layer_transcoder``): ``W_enc_{l}.safetensors``
+  holding ``W_enc_{l} [d_tc, d_model]``, ``b_enc_{l} [d_tc]``, ``b_dec_{l} [d_model]`` (layer l's output bias) and
+  optionally ``threshold_{l} [d_tc]``; ``W_dec_{l}.safetensors`` holding ``W_dec_{l} [d_tc, n_layers − l,
+  d_model]``. As in its ``load_clt``: n_layers = the number of ``W_enc_*`` files, JumpReLU when ``threshold_0``
+  exists, ReLU otherwise. Its CLT files never hold a skip connection (its loader never reads one).
 
 Every converted dictionary computes exactly the original's codes and outputs (same operations in the same order).
 """
@@ -147,14 +153,17 @@ def load_circuit_tracer_folder(folder: Path) -> list[Dictionary]:
         raw = yaml.safe_load(cfg_path.read_text())
     except yaml.YAMLError as e:
         raise DictionaryLoadError(f"{cfg_path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict) or raw.get("model_kind") != "transcoder_set":
+    kinds = ("transcoder_set", "cross_layer_transcoder")
+    if not isinstance(raw, dict) or raw.get("model_kind") not in kinds:
         kind = raw.get("model_kind") if isinstance(raw, dict) else None
-        raise DictionaryLoadError(f"{cfg_path}: model_kind {kind!r} is not supported (only 'transcoder_set')")
+        raise DictionaryLoadError(f"{cfg_path}: model_kind {kind!r} is not supported (only {' or '.join(kinds)})")
     if str(raw.get("feature_input_hook")) not in ("ln2.hook_normalized",):
         raise DictionaryLoadError(f"{cfg_path}: feature_input_hook {raw.get('feature_input_hook')!r}; only "
                                   "'ln2.hook_normalized' transcoders can be spliced")
     if str(raw.get("feature_output_hook")) != "hook_mlp_out":
         raise DictionaryLoadError(f"{cfg_path}: feature_output_hook must be 'hook_mlp_out'")
+    if raw["model_kind"] == "cross_layer_transcoder":
+        return [load_circuit_tracer_clt(folder, str(raw.get("model_name", "unknown")))]
     files = sorted(folder.glob("layer_*.safetensors"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
     if not files:
         raise DictionaryLoadError(f"{folder}: no layer_<i>.safetensors files")
@@ -162,20 +171,45 @@ def load_circuit_tracer_folder(folder: Path) -> list[Dictionary]:
     for f in files:
         layer = int(re.findall(r"\d+", f.stem)[0])
         t = read_safetensors(f)
-        if "W_skip" in t:
-            raise DictionaryLoadError(f"{f}: skip transcoders (W_skip) are not supported")
         if "W_enc" not in t or "W_dec" not in t:
             raise DictionaryLoadError(f"{f}: needs W_enc and W_dec (found {sorted(t)})")
         d_sae, d_model = t["W_enc"].shape
         threshold = t.get("activation_function.threshold")
         cfg = _config(f, "transcoder", layer, int(d_model), int(d_sae), int(t["W_dec"].shape[1]),
                                activation="jumprelu" if threshold is not None else "relu", k=None,
-                               model_name=str(raw.get("model_name", "unknown")))
+                               model_name=str(raw.get("model_name", "unknown")), skip="W_skip" in t)
         tensors = {"W_enc": t["W_enc"].T.contiguous(), "b_enc": t.get("b_enc"), "W_dec": t["W_dec"],
                    "b_dec": t.get("b_dec")}
         if any(v is None for v in tensors.values()):
             raise DictionaryLoadError(f"{f}: needs b_enc and b_dec")
         if threshold is not None:
             tensors["threshold"] = threshold.reshape(-1)
+        if "W_skip" in t:
+            tensors["W_skip"] = t["W_skip"]  # [d_model, d_model], applied as x @ W_skip.T: our orientation too
         out.append(dictionary_from_tensors(cfg, tensors, f))
     return out
+
+
+def load_circuit_tracer_clt(folder: Path, model_name: str = "unknown"):
+    """circuit-tracer's CLT files (``W_enc_{l}`` / ``W_dec_{l}``) in `folder`, read as its ``load_clt`` does."""
+    from circuits.dictionaries.clt import CLTConfig
+    from circuits.dictionaries.io import clt_from_circuit_tracer_files, read_safetensors
+
+    folder = Path(folder)
+    enc_files = list(folder.glob("W_enc_*.safetensors"))
+    n_layers = len(enc_files)
+    if not n_layers:
+        raise DictionaryLoadError(f"{folder}: no W_enc_<l>.safetensors files (a circuit-tracer CLT folder)")
+    layers = sorted(int(m.group(1)) for p in enc_files if (m := re.fullmatch(r"W_enc_(\d+)", p.stem)))
+    if layers != list(range(n_layers)):
+        raise DictionaryLoadError(f"{folder}: W_enc files must be numbered 0..{n_layers - 1}; found {layers}")
+    first = read_safetensors(folder / "W_enc_0.safetensors")
+    if "W_enc_0" not in first:
+        raise DictionaryLoadError(f"{folder / 'W_enc_0.safetensors'}: no 'W_enc_0' (found {sorted(first)})")
+    d_sae, d_model = first["W_enc_0"].shape
+    activation = "jumprelu" if "threshold_0" in first else "relu"
+    try:
+        cfg = CLTConfig(n_layers, int(d_model), int(d_sae), activation=activation, k=None, model_name=model_name)
+    except ValueError as e:
+        raise DictionaryLoadError(f"{folder}: {e}") from None
+    return clt_from_circuit_tracer_files(folder, cfg)

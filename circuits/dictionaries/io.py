@@ -4,7 +4,8 @@ Our on-disk layout *is* the SAELens v6 layout, so SAELens can read a set we writ
 
     <set>/<name>/cfg.json                  SAELens config (architecture, d_in, d_sae, [d_out], metadata, ...)
     <set>/<name>/sae_weights.safetensors   W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out],
-                                           threshold [d_sae] for JumpReLU
+                                           threshold [d_sae] for JumpReLU, W_skip [d_out, d_in] for skip transcoders
+    <set>/clt/                             a cross-layer transcoder (`save_clt`): cfg.json + circuit-tracer's files
     <set>/set.json                         the set: model name, member folders in splice order
 
 Our own fields (kind, layer, n_heads, k, training activation) sit in cfg.json under ``"circuits"``; SAELens ignores
@@ -18,6 +19,7 @@ Every loader validates before returning: tensor names, shapes, finiteness, thres
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -39,6 +41,8 @@ CFG_FILE = "cfg.json"
 def _saelens_architecture(d: Dictionary) -> str:
     act = d.cfg.activation
     jump = act in ("jumprelu", "batchtopk")
+    if d.cfg.skip:
+        return "skip_transcoder"  # SAELens' name (its SkipTranscoder is ReLU; our circuits block has the activation)
     if d.cfg.kind == "transcoder":
         return "jumprelu_transcoder" if jump else "transcoder"
     return {"relu": "standard", "topk": "topk"}.get(act, "jumprelu")
@@ -55,6 +59,8 @@ def save_dictionary(d: Dictionary, folder: Path) -> Path:
         tensors = {"W_enc": d.W_enc, "b_enc": b_enc, "W_dec": d.W_dec, "b_dec": d.b_dec}
         if d.cfg.activation in ("jumprelu", "batchtopk"):
             tensors["threshold"] = d.activation.threshold
+        if d.W_skip is not None:
+            tensors["W_skip"] = d.W_skip
         tensors = {k: v.detach().float().contiguous().clone() for k, v in tensors.items()}
     c = d.cfg
     saved_activation = "jumprelu" if c.activation == "batchtopk" else c.activation
@@ -98,6 +104,10 @@ def validate_tensors(tensors: dict[str, Tensor], cfg: DictionaryConfig, source: 
                 "b_dec": (cfg.d_out,)}
     if cfg.activation == "jumprelu":
         expected["threshold"] = (cfg.d_sae,)
+    if cfg.skip:
+        expected["W_skip"] = (cfg.d_out, cfg.d_in)
+    elif "W_skip" in tensors:
+        raise DictionaryLoadError(f"{source}: has W_skip but its config is not a skip transcoder")
     for name, shape in expected.items():
         if name not in tensors:
             what = "a JumpReLU dictionary without its threshold" if name == "threshold" else f"no tensor {name!r}"
@@ -122,6 +132,8 @@ def dictionary_from_tensors(cfg: DictionaryConfig, tensors: dict[str, Tensor], s
         d.b_dec.copy_(tensors["b_dec"])
         if "threshold" in tensors and hasattr(d.activation, "threshold"):
             d.activation.threshold.copy_(tensors["threshold"])
+        if d.W_skip is not None:
+            d.W_skip.copy_(tensors["W_skip"])
         if b_in is not None:
             d.b_in_param.copy_(b_in)
     d.eval()
@@ -170,8 +182,13 @@ def load_dictionary(folder: Path, n_heads: int | None = None) -> Dictionary:
     folder = Path(folder)
     cfg_path, w_path = folder / CFG_FILE, folder / WEIGHTS_FILE
     raw = read_json(cfg_path)
+    if isinstance(raw, dict) and raw.get("circuits", {}).get("kind") == "cross_layer_transcoder":
+        return load_clt(folder)
     tensors = read_safetensors(w_path)
-    return dictionary_from_tensors(config_from_saelens(raw, cfg_path, n_heads), tensors, w_path)
+    cfg = config_from_saelens(raw, cfg_path, n_heads)
+    if "W_skip" in tensors and not cfg.skip and "circuits" not in raw:  # a foreign skip transcoder
+        cfg = dataclasses.replace(cfg, skip=True)
+    return dictionary_from_tensors(cfg, tensors, w_path)
 
 
 def config_from_saelens(raw: dict, source: Path, n_heads: int | None = None) -> DictionaryConfig:
@@ -203,6 +220,110 @@ def config_from_saelens(raw: dict, source: Path, n_heads: int | None = None) -> 
             d_out=int(raw.get("d_out", raw["d_in"])), activation=activation, k=raw.get("k") or None,
             n_heads=n_heads_for(model_name, n_heads, source) if kind == "attention_sae" else None,
             context_size=int(meta.get("context_size") or 128), model_name=model_name,
+            skip=arch == "skip_transcoder",
         )
     except ValueError as e:
         raise DictionaryLoadError(f"{source}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cross-layer transcoders: circuit-tracer's file layout plus our cfg.json
+# ---------------------------------------------------------------------------------------------------------------
+
+CLT_FORMAT = "circuits-clt/1"
+
+
+def save_clt(clt, folder: Path) -> Path:
+    """Write a cross-layer transcoder as one folder in circuit-tracer's CLT layout, plus our ``cfg.json``:
+
+    ``W_enc_{l}.safetensors``: ``W_enc_{l} [d_sae, d_model]`` (circuit-tracer's orientation), ``b_enc_{l}`` (input
+    centering folded in), ``b_dec_{l}`` (layer l's output bias), ``threshold_{l}`` for JumpReLU / BatchTopK;
+    ``W_dec_{l}.safetensors``: ``W_dec_{l} [d_sae, n_layers − l, d_model]``. A ``config.yaml`` is written too
+    when circuit-tracer computes the same codes (ReLU or JumpReLU), so its own ``load_clt`` reads the folder.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    c = clt.cfg
+    saved_activation = "jumprelu" if c.activation == "batchtopk" else c.activation
+    for layer in clt.layers:
+        i = layer.cfg.layer
+        with torch.no_grad():
+            enc = {f"W_enc_{i}": layer.W_enc.T, f"b_enc_{i}": layer.b_enc - layer.b_in @ layer.W_enc,
+                   f"b_dec_{i}": layer.b_dec}
+            if saved_activation == "jumprelu":
+                enc[f"threshold_{i}"] = layer.activation.threshold
+            dec = {f"W_dec_{i}": layer.W_dec_out}
+            for name, tensors in ((f"W_enc_{i}", enc), (f"W_dec_{i}", dec)):
+                tensors = {k: v.detach().float().contiguous().clone() for k, v in tensors.items()}
+                tmp = folder / f"{name}.safetensors.tmp"
+                save_file(tensors, str(tmp))
+                tmp.replace(folder / f"{name}.safetensors")
+    cfg = {"format": CLT_FORMAT, "circuits": {**c.to_dict(), "activation": saved_activation,
+                                              "trained_activation": c.activation},
+           "hook_name": "blocks.{l}.ln2.hook_normalized", "hook_name_out": "blocks.{l}.hook_mlp_out"}
+    (folder / CFG_FILE).write_text(json.dumps(cfg, indent=2))
+    if saved_activation in ("relu", "jumprelu"):
+        (folder / "config.yaml").write_text(
+            f"model_kind: cross_layer_transcoder\nmodel_name: {c.model_name}\n"
+            "feature_input_hook: ln2.hook_normalized\nfeature_output_hook: hook_mlp_out\n")
+    return folder
+
+
+def load_clt(folder: Path):
+    """One of our CLT folders (`save_clt`): cfg.json with a "circuits" block of kind cross_layer_transcoder."""
+    from circuits.dictionaries.clt import CLTConfig
+
+    folder = Path(folder)
+    raw = read_json(folder / CFG_FILE)
+    fields = dict(raw.get("circuits", {}))
+    fields.pop("trained_activation", None)
+    fields.pop("kind", None)
+    try:
+        cfg = CLTConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise DictionaryLoadError(f"{folder / CFG_FILE}: bad cross-layer transcoder config ({e})") from None
+    return clt_from_circuit_tracer_files(folder, cfg)
+
+
+def clt_from_circuit_tracer_files(folder: Path, cfg):
+    """Build a CLT from circuit-tracer's files in `folder` (checked against `cfg`: layers, shapes, threshold)."""
+    from circuits.dictionaries.clt import CrossLayerTranscoder
+
+    folder = Path(folder)
+    n, d_model, d_sae = cfg.n_layers, cfg.d_model, cfg.d_sae
+    clt = CrossLayerTranscoder(cfg)
+    for i in range(n):
+        enc_path, dec_path = folder / f"W_enc_{i}.safetensors", folder / f"W_dec_{i}.safetensors"
+        enc, dec = read_safetensors(enc_path), read_safetensors(dec_path)
+        extra = sorted(k for k in enc if k.startswith("W_skip"))
+        if extra:
+            raise DictionaryLoadError(f"{enc_path}: cross-layer transcoders with a skip connection are not supported")
+        want = {f"W_enc_{i}": (enc, enc_path, (d_sae, d_model)), f"b_enc_{i}": (enc, enc_path, (d_sae,)),
+                f"b_dec_{i}": (enc, enc_path, (d_model,)), f"W_dec_{i}": (dec, dec_path, (d_sae, n - i, d_model))}
+        if cfg.activation == "jumprelu":
+            want[f"threshold_{i}"] = (enc, enc_path, (d_sae,))
+        for name, (tensors, path, shape) in want.items():
+            if name not in tensors:
+                what = "a JumpReLU CLT without its threshold" if name.startswith("threshold") else f"no {name!r}"
+                raise DictionaryLoadError(f"{path}: {what}; found {sorted(tensors)}")
+            t = tensors[name]
+            if name.startswith("threshold"):
+                t = t.reshape(-1)  # circuit-tracer writes [d_sae]; its in-memory form is [1, d_sae]
+            if tuple(t.shape) != shape:
+                raise DictionaryLoadError(f"{path}: tensor {name} has shape {tuple(t.shape)}, expected {shape}")
+            if not torch.isfinite(t).all():
+                raise DictionaryLoadError(f"{path}: tensor {name} contains NaN or inf values")
+            tensors[name] = t
+        layer = clt[i]
+        with torch.no_grad():
+            layer.W_enc.copy_(enc[f"W_enc_{i}"].T)
+            layer.b_enc.copy_(enc[f"b_enc_{i}"])
+            layer.b_dec.copy_(enc[f"b_dec_{i}"])
+            layer.W_dec_out.copy_(dec[f"W_dec_{i}"])
+            if cfg.activation == "jumprelu":
+                layer.activation.threshold.copy_(enc[f"threshold_{i}"])
+    if (folder / f"W_enc_{n}.safetensors").exists():
+        raise DictionaryLoadError(f"{folder}: has W_enc_{n}.safetensors but the config says {n} layers")
+    return clt.eval()
