@@ -82,7 +82,8 @@ def write_saelens_jumprelu_transcoder(folder: Path, layer: int, d_model: int, d_
     return folder
 
 
-def write_circuit_tracer(folder: Path, n_layers: int, d_model: int, d_sae: int, jumprelu: bool = True) -> Path:
+def write_circuit_tracer(folder: Path, n_layers: int, d_model: int, d_sae: int, jumprelu: bool = True,
+                         skip: bool = False) -> Path:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,5 +95,28 @@ def write_circuit_tracer(folder: Path, n_layers: int, d_model: int, d_sae: int, 
              "b_enc": _rand(d_sae, seed=i), "b_dec": _rand(d_model, seed=i)}
         if jumprelu:
             t["activation_function.threshold"] = _rand(d_sae, seed=i).abs()
+        if skip:
+            t["W_skip"] = _rand(d_model, d_model, seed=i + 3)  # circuit-tracer: skip = x @ W_skip.T
         save_file(t, str(folder / f"layer_{i}.safetensors"))
+    return folder
+
+
+def write_circuit_tracer_clt(folder: Path, n_layers: int, d_model: int, d_sae: int, jumprelu: bool = True) -> Path:
+    """circuit-tracer 0.5.0's CLT layout (its CrossLayerTranscoder.to_safetensors): per layer i,
+    W_enc_{i}.safetensors = {W_enc_{i} [d_sae, d_model], b_enc_{i} [d_sae], b_dec_{i} [d_model], threshold_{i}
+    [d_sae] (JumpReLU only)} and W_dec_{i}.safetensors = {W_dec_{i} [d_sae, n_layers - i, d_model]}."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(
+        "model_kind: cross_layer_transcoder\nmodel_name: gpt2\nfeature_input_hook: ln2.hook_normalized\n"
+        "feature_output_hook: hook_mlp_out\n")
+    for i in range(n_layers):
+        enc = {f"W_enc_{i}": _rand(d_sae, d_model, seed=i), f"b_enc_{i}": _rand(d_sae, seed=i + 1),
+               f"b_dec_{i}": _rand(d_model, seed=i + 2)}
+        if jumprelu:
+            enc[f"threshold_{i}"] = _rand(d_sae, seed=i + 4).abs() * 0.5
+        save_file(enc, str(folder / f"W_enc_{i}.safetensors"))
+        save_file({f"W_dec_{i}": _rand(d_sae, n_layers - i, d_model, seed=i + 5)},
+                  str(folder / f"W_dec_{i}.safetensors"))
     return folder
