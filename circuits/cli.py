@@ -168,7 +168,8 @@ def cmd_dicts_train(args) -> int:
     site_act = _site_values(args.site_activation, "--site-activation", "topk or batchtopk", names,
                             lambda v: v if v in ("topk", "batchtopk") else None)
     configs = [dataclasses.replace(c, d_sae=site_d_sae.get(c.name, c.d_sae),
-                                   activation=site_act.get(c.name, c.activation)) for c in configs]
+                                   activation=site_act.get(c.name, c.activation),
+                                   skip=args.skip_transcoders and c.kind == "transcoder") for c in configs]
     if args.sites:
         if args.export:
             raise CircuitsError("--export writes the whole organism set; it cannot be combined with --sites")
@@ -942,6 +943,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--site-activation", action="append", metavar="NAME=ACT",
                    help="training activation for one dictionary: batchtopk (default; saved as JumpReLU with its "
                    "learned threshold) or topk (exactly k features per token), e.g. transcoder_L3=topk (repeatable)")
+    t.add_argument("--skip-transcoders", action="store_true", help="train skip transcoders: each transcoder's "
+                   "output adds a linear term W_skip·x of its input (Paulo et al. 2025)")
     t.add_argument("--sites", nargs="+", metavar="NAME", help="train only these dictionaries (e.g. transcoder_L3); "
                    "default: all (same activation stream; initial weights differ from a full run)")
     t.add_argument("--aux-coef", type=float, default=1 / 32, help="AuxK loss weight")

@@ -227,3 +227,36 @@ def test_a_clt_is_spliced_whole(rm_clt):
 
     with pytest.raises(ValueError, match="whole"):
         DictionarySet("custom", {"t": rm_clt.transcoders[1]})
+
+
+def test_clt_graph_downstream_pruning_scores_exports_faithfulness_dashboards(rm_clt, tmp_path):
+    """A CLT graph goes through pruning, scores, exports, faithfulness and the dashboards' logit effect."""
+    import json
+
+    from circuits import export
+    from circuits.dashboards import logit_effects, write_directions
+    from circuits.interventions import Ablation, faithfulness, logit_diff_metric, mean_ablation
+    from circuits.pruning import influence, prune
+
+    cache = rm_clt.run(PROMPT)
+    g = attribute(rm_clt, PROMPT, Contrast(" Mary", " John"), cache=cache)
+    # CLT features of layer 0 have edges into targets at every later layer (their decoders reach MLP 1 and 2)
+    rows0 = [i for i, n in enumerate(g.nodes) if n.kind == "mlp_feature" and n.layer == 0]
+    tgt, src = g.edge_index
+    reached = {g.nodes[int(t)].layer for t, s in zip(tgt, src, strict=True) if int(s) in set(rows0)}
+    assert {1, 2, 3} <= reached  # attention 1/2, MLP 1/2 features and the logit (layer 3)
+    assert torch.isfinite(influence(g)).all()
+    pruned = prune(g, 0.6, 0.9).graph
+    assert 0 < pruned.n_nodes < g.n_nodes
+    back = export.from_dict(json.loads(json.dumps(export.to_dict(pruned))))
+    assert back.nodes == pruned.nodes
+    ct = export.to_circuit_tracer(pruned)
+    assert any(n["feature_type"] == "cross layer transcoder" for n in ct["nodes"])
+    metric = logit_diff_metric(rm_clt.model, " Mary", " John")
+    tokens = rm_clt.model.to_tokens([PROMPT])
+    for ablation in (Ablation("zero"), mean_ablation(rm_clt, [tokens])):
+        assert abs(faithfulness(rm_clt, cache, g, metric, ablation).score - 1.0) < 1e-9
+    tc = rm_clt.transcoders[0]
+    assert_close(write_directions(rm_clt, tc), tc.W_dec_out.sum(1), rtol=0, atol=0, what="summed decoders")
+    top, _ = logit_effects(rm_clt, tc, n=3)
+    assert len(top) == tc.d_sae

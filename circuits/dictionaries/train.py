@@ -11,7 +11,8 @@ Algorithm (one pass, all dictionaries at once):
    Rows go into a per-site shuffle buffer; training batches are drawn from it at random and the buffer is
    refilled when half empty, so consecutive batches mix many sequences.
 2. Every dictionary is initialised from the first buffer: decoder rows of unit norm, encoder = decoder
-   transposed, input centering and output bias set to the data means.
+   transposed, input centering and output bias set to the data means. A skip transcoder's ``W_skip`` starts at
+   zero (Paulo et al. 2025) and is trained with everything else by the same loss on ``reconstruct(codes, x)``.
 3. Loss = MSE(output, target) / Var(target) (the fraction of variance unexplained, FVU) plus, for TopK-style
    activations, the AuxK loss of Gao et al. (2024): the residual error is reconstructed from the top
    ``aux_k`` *dead* features (no activation for ``dead_after_tokens`` tokens), weighted ``aux_coef``. This is
@@ -176,7 +177,7 @@ def dictionary_loss(d: Dictionary, x: Tensor, y: Tensor, steps_since_fired: Tens
     """FVU + AuxK loss for one batch; updates `steps_since_fired` in place (in tokens)."""
     pre = d.pre_activation(x)
     codes = d.activation(pre)
-    out = d.decode(codes)
+    out = d.reconstruct(codes, x)  # a skip transcoder's x @ W_skip.T included (W_skip starts at zero)
     err = y - out
     var = (y - y.mean(0)).pow(2).sum(-1).mean()
     fvu = err.pow(2).sum(-1).mean() / var
