@@ -48,10 +48,12 @@ ErrorMode = Literal["on", "off"]
 
 
 def splice_hooks(dictionaries: Iterable[Dictionary], error: ErrorMode = "off",
-                 store: dict | None = None) -> list[Hook]:
+                 store: dict | None = None, outputs: dict | None = None) -> list[Hook]:
     """TransformerLens (name, fn) hooks that splice each dictionary in.
 
-    If `store` is a dict, it receives ``store[name] = (codes [batch, pos, d_sae], error [batch, pos, d_out])``.
+    If `store` is a dict, it receives ``store[name] = (codes [batch, pos, d_sae], error [batch, pos, d_out])``;
+    if `outputs` is a dict, ``outputs[name]`` = the reconstruction [batch, pos, d_out] (skip term and a CLT's
+    earlier layers included), so that ``outputs[name] + error`` is the original activation.
     """
     hooks: list[Hook] = []
     dictionaries = list(dictionaries)
@@ -72,6 +74,8 @@ def splice_hooks(dictionaries: Iterable[Dictionary], error: ErrorMode = "off",
             err = original - out
             if store is not None:
                 store[d.cfg.name] = (codes, err)
+            if outputs is not None:
+                outputs[d.cfg.name] = out
             new = out + err if error == "on" else out
             return d.unflatten_output(new)
 

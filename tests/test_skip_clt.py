@@ -260,3 +260,20 @@ def test_clt_graph_downstream_pruning_scores_exports_faithfulness_dashboards(rm_
     assert_close(write_directions(rm_clt, tc), tc.W_dec_out.sum(1), rtol=0, atol=0, what="summed decoders")
     top, _ = logit_effects(rm_clt, tc, n=3)
     assert len(top) == tc.d_sae
+
+
+def test_autograd_with_attention_channels_and_skip(model3):
+    """Attention layers without an SAE (linear channels) together with skip transcoders: autograd edges still sum
+    to the pre-activations and doubling a source moves targets by its edge weights."""
+    attn = random_dictionaries(model3, kinds=("attention_sae",), layers=[1])
+    rm = ReplacementModel(model3, attn + skip_transcoders(model3))
+    cache = rm.run(PROMPT)
+    g = attribute(rm, PROMPT, Contrast(" Mary", " John"), cache=cache)
+    assert g.metadata["method"] == "autograd"
+    mask = g.explained_mask()
+    assert_close((g.incoming_sum() + g.constants)[mask], g.pre_activations[mask], rtol=1e-9, atol=1e-11,
+                 what="edges + constant")
+    rows = [next(i for i, n in enumerate(g.nodes) if n.kind == "token" and n.pos == 2),
+            next(i for i, n in enumerate(g.nodes) if n.kind == "mlp_feature" and n.layer == 0)]
+    for row in rows:
+        _doubling_matches_edges(rm, g, cache, row)

@@ -114,14 +114,15 @@ def evaluate_fidelity(model, dset: DictionarySet, sizes: FidelitySizes = Fidelit
         ce_s, ce_z, ce_m, kl = [], [], [], []
         for b, logp_clean in zip(batches, clean_logp, strict=True):
             store: dict = {}
-            nll, logp = _ce_and_logprobs(model, b, splice_hooks(members, "off", store))
+            outs: dict = {}
+            nll, logp = _ce_and_logprobs(model, b, splice_hooks(members, "off", store, outs))
             ce_s.append(nll)
             kl.append((logp_clean.exp() * (logp_clean - logp)).sum(-1).flatten())
             ce_z.append(_ce_and_logprobs(model, b, ablation_hooks(names, "zero"))[0])
             ce_m.append(_ce_and_logprobs(model, b, ablation_hooks(names, "mean", means))[0])
             for d in members:
                 codes, err = store[d.cfg.name]
-                target = (err + d.decode(codes)).reshape(-1, d.cfg.d_out).double()
+                target = (err + outs[d.cfg.name]).reshape(-1, d.cfg.d_out).double()  # the original activation
                 s = stats[d.cfg.name]
                 s["sq_err"] += err.double().pow(2).sum().item()
                 s["sum"] = target.sum(0) if s["sum"] is None else s["sum"] + target.sum(0)
