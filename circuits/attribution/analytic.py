@@ -168,6 +168,22 @@ class _Stream:
         self.C = self.C + self.cw[mlp_site(layer)].to(dtype)
 
 
+@torch.no_grad()
+def stream_contributions(rm: ReplacementModel, cache: ReplacementCache, src: Sources,
+                         layer: int) -> tuple[Tensor, Tensor]:
+    """(V [S, d_model], C [pos, d_model]): each source's contribution to the residual stream entering attention
+    layer `layer` (at its own position, skip channels and later CLT decoder writes included) and the
+    node-independent constant's at every position — `_Stream` advanced past every sublayer before attention
+    `layer`, so ``resid_pre[layer][r] = Σ_{pos s = r} V[s] + C[r]`` over the sources written before it. Rows of
+    sources written at or after that point hold their raw writes (no meaning here). V is ``src.vectors`` itself
+    (not a copy) when the model has no skip transcoder or CLT."""
+    stream = _Stream(rm, cache, src)
+    for earlier in range(layer):
+        stream.after_attention(earlier)
+        stream.after_mlp(earlier)
+    return stream.V, stream.C
+
+
 def _by_position(src: Sources, before_site: int, n_pos: int) -> tuple[Tensor, Tensor]:
     """Rows of sources written before `before_site`, sorted by position, and offsets[p] where position p starts."""
     rows = torch.nonzero(src.site < before_site).flatten()

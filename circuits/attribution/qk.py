@@ -6,16 +6,21 @@ query position p to key position q, in the frozen local replacement model (Layer
 values, as everywhere in attribution):
 
 1. **The residual stream as a sum of sources.** The stream feeding layer l at position r is
-   ``x_r = Σ_s v_s + c``: the writes ``v_s`` of the graph's sources at r from sites before attention l (token +
+   ``x_r = Σ_s v_s + c_r``: the writes ``v_s`` of the graph's sources at r from sites before attention l (token +
    position embedding, active transcoder and attention-SAE features, error nodes; `collect_sources`) and the
    node-independent writes ``c`` (decoder and attention output biases; `constant_writes`). An earlier attention
    layer without an SAE has no features: its whole output at r is one ``attn_error`` node (as an MLP without a
-   transcoder is one ``mlp_error`` node).
+   transcoder is one ``mlp_error`` node). With skip transcoders or a cross-layer transcoder upstream, ``v_s`` is
+   the source's *contribution* at layer l rather than its raw write — the write, plus its path through the frozen
+   skip channel ``(P v / σ2) W_skipᵀ`` of every MLP before l, plus (CLT feature) its decoder writes into every later
+   MLP before l — and ``c_r`` (then position-dependent) gains the skip channel of the constant writes; both come
+   from the analytic engine's own bookkeeping (`analytic.stream_contributions`), so QK and the graph's edges see
+   the same frozen model.
 2. **Frozen LayerNorm is affine.** ``x̂_r = P x_r / σ_r ⊙ γ + β`` (P = I − 11ᵀ/d, the centring; γ, β of ln1).
-   With σ_r fixed, each source's share is ``P v_s / σ_r ⊙ γ`` and the rest — ``P c / σ_r ⊙ γ + β`` — is the
+   With σ_r fixed, each source's share is ``P v_s / σ_r ⊙ γ`` and the rest — ``P c_r / σ_r ⊙ γ + β`` — is the
    position's constant part.
 3. **Query and key as sums.** ``q_p = Σ_s a_s + a_0`` with ``a_s = (P v_s / σ_p ⊙ γ) W_Q[h]`` and
-   ``a_0 = (P c / σ_p ⊙ γ + β) W_Q[h] + b_Q[h]``; likewise ``k_q = Σ_t b_t + b_0`` with W_K, b_K at position q.
+   ``a_0 = (P c_p / σ_p ⊙ γ + β) W_Q[h] + b_Q[h]``; likewise ``k_q = Σ_t b_t + b_0`` with W_K, b_K at position q.
 4. **The score as a sum of pairs.** ``s[p, q] = q_p · k_q / attn_scale`` (TransformerLens: attn_scale = √d_head)
    ``= Σ_{s,t} a_s·b_t / attn_scale``: (query source, key source) pairs, query-only terms (s, constant),
    key-only terms (constant, t) and the constant pair. Nothing is approximated: the terms sum to the score.
@@ -36,13 +41,15 @@ updates); Elhage et al. 2021 (QK and OV circuits).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from circuits.attribution.sources import Sources, attn_site, collect_sources, constant_writes
+from circuits.attribution.analytic import stream_contributions
+from circuits.attribution.sources import Sources, attn_site, collect_sources
 from circuits.graph import Node
 from circuits.replacement import AttributionError, ReplacementCache, ReplacementModel
 
@@ -232,22 +239,36 @@ def check_supported(rm: ReplacementModel) -> None:
         raise AttributionError(f"QK attribution does not support this model: {'; '.join(problems)}")
 
 
-def stream_sources(rm: ReplacementModel, cache: ReplacementCache, layer: int,
-                   src: Sources | None = None) -> tuple[list[Node], Tensor, Tensor, Tensor]:
-    """The residual stream feeding attention layer `layer` as sources: (nodes, writes [S, d_model], positions [S],
-    constant write [d_model]) with ``x_r = Σ_{pos s = r} writes[s] + constant`` at every position r (step 1)."""
+@torch.no_grad()
+def stream_sources(rm: ReplacementModel, cache: ReplacementCache, layer: int, src: Sources | None = None,
+                   positions: Sequence[int] | None = None) -> tuple[list[Node], Tensor, Tensor, Tensor]:
+    """The residual stream feeding attention layer `layer` as sources: (nodes, contributions [S, d_model],
+    positions [S], constant [pos, d_model]) with ``x_r = Σ_{pos s = r} contributions[s] + constant[r]`` at every
+    position r (step 1). A source's contribution is its write plus what it adds through every skip transcoder's
+    channel before `layer` and, for a CLT feature, its decoder writes into the later MLPs before `layer`
+    (`analytic.stream_contributions`, the analytic engine's own bookkeeping); without either it is the write.
+    `positions`: keep only the sources at these positions (the constant still covers every position)."""
     src = src if src is not None else collect_sources(rm, cache)
-    rows = torch.nonzero(src.site < attn_site(layer)).flatten()
-    nodes = [src.nodes[i] for i in rows.tolist()]
-    writes, pos = [src.vectors[rows]], [src.pos[rows]]
     n = cache.n_pos
+    where = torch.arange(n) if positions is None else torch.tensor(sorted({int(p) for p in positions}),
+                                                                   dtype=torch.long)
+    keep = src.site < attn_site(layer)
+    if positions is not None:
+        keep &= torch.isin(src.pos, where)
+    rows = torch.nonzero(keep).flatten()
+    dtype = src.vectors.dtype
+    nodes = [src.nodes[i] for i in rows.tolist()]
+    writes, pos, site, acts = [src.vectors[rows]], [src.pos[rows]], [src.site[rows]], [src.activations[rows]]
     for earlier in range(layer):
         if earlier not in rm.attention_saes:  # no features: the layer's whole output is one error node per position
-            nodes += [Node("attn_error", earlier, p, -1) for p in range(n)]
-            writes.append((cache.resid_mid[earlier] - cache.resid_pre[earlier]).to(src.vectors.dtype))
-            pos.append(torch.arange(n))
-    constant = torch.stack(constant_writes(rm)[:attn_site(layer)]).sum(0).to(src.vectors.dtype)
-    return nodes, torch.cat(writes), torch.cat(pos), constant
+            nodes += [Node("attn_error", earlier, p, -1) for p in where.tolist()]
+            writes.append((cache.resid_mid[earlier] - cache.resid_pre[earlier])[where].to(dtype))
+            pos.append(where)
+            site.append(torch.full_like(where, attn_site(earlier)))
+            acts.append(torch.ones(len(where), dtype=dtype))
+    stream = Sources(nodes, torch.cat(writes), torch.cat(pos), torch.cat(site), torch.cat(acts))
+    contributions, constant = stream_contributions(rm, cache, stream, layer)
+    return nodes, contributions, stream.pos, constant
 
 
 def _check_args(rm: ReplacementModel, cache: ReplacementCache, layer: int, head: int, query_pos: int,
@@ -315,7 +336,8 @@ def explain_attention(rm: ReplacementModel, cache: ReplacementCache, layer: int,
     if len(keys) not in (1, 2):
         raise AttributionError(f"key_pos: give one key position or a pair (a, b), not {key_pos!r}")
     _check_args(rm, cache, layer, head, query_pos, keys, quantity)
-    nodes, writes, pos, constant = stream_sources(rm, cache, layer, sources)
+    key_set = list(keys) if quantity == "score" else list(range(query_pos + 1))
+    nodes, writes, pos, constant = stream_sources(rm, cache, layer, sources, positions=[*key_set, query_pos])
     dtype = writes.dtype
     attn = rm.model.blocks[layer].attn
     W_Q, W_K = attn.W_Q[head].to(dtype), attn.W_K[head].to(dtype)  # [d_model, d_head]
@@ -325,12 +347,11 @@ def explain_attention(rm: ReplacementModel, cache: ReplacementCache, layer: int,
     pattern = cache.patterns[layer][head, query_pos, :query_pos + 1].to(dtype)
     scores = _score_row(rm, cache, layer, head, query_pos, dtype)
     weights = _weights(quantity, keys, pattern)
-    key_set = list(keys) if quantity == "score" else list(range(query_pos + 1))
 
     def side(r: int, W: Tensor, b: Tensor) -> tuple[list[Node | None], Tensor]:
         """Position r's rows (constant part first) and their shares of q or k (step 3)."""
         rows = torch.nonzero(pos == r).flatten()
-        parts = torch.cat([constant[None], writes[rows]])
+        parts = torch.cat([constant[r][None], writes[rows]])
         shares = _normalised(rm, layer, parts, sigma[r].expand(len(parts))) @ W
         shares[0] += beta @ W + b
         return [None] + [nodes[i] for i in rows.tolist()], shares
