@@ -4,8 +4,10 @@
 scales and attention patterns, collects every source node (tokens, active features, error nodes), and computes
 the direct edge from every source to every target node (every active feature and the logit targets) — either
 analytically (`circuits.attribution.analytic`, batched matrix products with per-head breakdowns) or by autograd
-(`circuits.attribution.autograd`, which also handles attention layers without an SAE). Every target node gets a
-constant term so that incoming edges + constant = its pre-activation.
+(`circuits.attribution.autograd`, the slow reference for any set of dictionaries), or by batched reverse sweeps
+through the frozen linear model (`circuits.attribution.reverse`, the fast path when some attention layer has no
+SAE: transcoder-only graphs). Every target node gets a constant term so that incoming edges + constant = its
+pre-activation.
 
 ``explain_attention(rm, cache, layer, head, query_pos, key_pos)`` (`circuits.attribution.qk`) explains the QK side
 that the graph's frozen patterns take as given: a head's attention score as a sum over (query source, key source)
@@ -23,6 +25,7 @@ import torch
 from circuits.attribution.analytic import Edges, analytic_edges
 from circuits.attribution.autograd import autograd_edges
 from circuits.attribution.qk import Marginal, QKAttribution, QKTerm, explain_attention
+from circuits.attribution.reverse import reverse_edges
 from circuits.attribution.sources import Sources, collect_sources
 from circuits.attribution.targets import (
     Contrast,
@@ -37,7 +40,7 @@ from circuits.attribution.targets import (
 from circuits.graph import Graph
 from circuits.replacement import AttributionError, ReplacementCache, ReplacementModel
 
-Method = Literal["analytic", "autograd", "auto"]
+Method = Literal["analytic", "reverse", "autograd", "auto"]
 
 __all__ = ["Contrast", "FeatureTarget", "Logit", "Marginal", "QKAttribution", "QKTerm", "TopLogits", "attribute",
            "explain_attention", "Target"]
@@ -49,14 +52,16 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
               progress: bool = False) -> Graph:
     """The attribution graph of `prompt` for `target` (default: the salient top logits) in `rm`.
 
-    method: "analytic" (needs an SAE on every attention layer), "autograd", or "auto" (analytic when possible).
+    method: "analytic" (needs an SAE on every attention layer; per-head parts of edges into attention features),
+    "reverse" (any set of dictionaries: attention layers without an SAE are linear channels), "autograd" (the
+    reference, slow), or "auto" (analytic when possible, else reverse).
     edge_tolerance: store only edges with |w| ≥ tolerance × (Σ |w| of all edges into the same target); the sum of
     what is dropped is kept per node in ``graph.dropped``, so the exactness identity still holds. 0 (default) stores
     every edge; large models need e.g. 1e-3 (each target keeps at most 1,000 edges).
     """
     target = TopLogits() if target is None else target
-    if method not in ("analytic", "autograd", "auto"):
-        raise AttributionError(f"unknown method {method!r}; use 'analytic', 'autograd' or 'auto'")
+    if method not in ("analytic", "reverse", "autograd", "auto"):
+        raise AttributionError(f"unknown method {method!r}; use 'analytic', 'reverse', 'autograd' or 'auto'")
     if not 0 <= edge_tolerance < 1:
         raise AttributionError(f"edge_tolerance must be in [0, 1), got {edge_tolerance}")
     t0 = time.perf_counter()
@@ -74,13 +79,15 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
     else:
         raise AttributionError(f"unknown target {target!r}; use TopLogits, Logit, Contrast or FeatureTarget")
     if method == "auto":
-        method = "analytic" if len(rm.attention_saes) == rm.n_layers else "autograd"
+        method = "analytic" if len(rm.attention_saes) == rm.n_layers else "reverse"
     limit = memory_limit_bytes if memory_limit_bytes is not None else _available_memory() // 2
     if edge_tolerance == 0:
         _check_memory(rm, src, limit)
     t1 = time.perf_counter()
     if method == "analytic":
         edges = analytic_edges(rm, cache, src, reads, tolerance=edge_tolerance, byte_limit=limit, progress=progress)
+    elif method == "reverse":
+        edges = reverse_edges(rm, cache, src, reads, tolerance=edge_tolerance, byte_limit=limit, progress=progress)
     else:
         edges = autograd_edges(rm, cache, src, reads)
     timings["edges"] = time.perf_counter() - t1

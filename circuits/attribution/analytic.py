@@ -78,13 +78,20 @@ class _Collector:
                 f"computed; pass a larger edge_tolerance (e.g. 1e-3: store only edges above that fraction of each "
                 f"target's total), a shorter prompt, or fewer dictionaries")
 
-    def add(self, t_rows: Tensor, s_rows: Tensor, w: Tensor, heads: Tensor | None = None) -> None:
-        """A complete block of edges: every source that can reach each target. w [n_t, n_s]; heads [H, n_t, n_s]."""
+    def add(self, t_rows: Tensor, s_rows: Tensor, w: Tensor, heads: Tensor | None = None,
+            mask: Tensor | None = None) -> None:
+        """A complete block of edges: every source that can reach each target. w [n_t, n_s]; heads [H, n_t, n_s];
+        mask [n_t, n_s] (optional): the sources that can reach each target, when they differ by target (w is
+        zero elsewhere)."""
         if self.tolerance > 0:
             w_abs = w.abs()
             keep = w_abs >= self.tolerance * w_abs.sum(1, keepdim=True)
+            if mask is not None:
+                keep &= mask
             self.dropped.index_add_(0, t_rows, w.sum(1) - (w * keep).sum(1))
             ti, si = torch.nonzero(keep, as_tuple=True)
+        elif mask is not None:
+            ti, si = torch.nonzero(mask, as_tuple=True)
         else:
             ti = torch.arange(w.shape[0]).repeat_interleave(w.shape[1])
             si = torch.arange(w.shape[1]).repeat(w.shape[0])

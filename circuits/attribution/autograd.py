@@ -127,10 +127,12 @@ def _fixed_outputs(rm: ReplacementModel, cache: ReplacementCache) -> dict[str, T
 
 
 def _frozen_targets(rm: ReplacementModel, cache: ReplacementCache, src: Sources, reads: list[LogitRead],
-                    rows: list[int], fixed: dict[str, Tensor], deltas: dict[int, Tensor]) -> Tensor:
-    """[B] value of target rows[b] in batch element b, with `deltas[site]` added at each write site."""
+                    rows: list[int], fixed: dict[str, Tensor], deltas: dict[int, Tensor],
+                    shared: bool = False) -> Tensor:
+    """[B] value of target rows[b] in batch element b, with `deltas[site]` added at each write site (`shared`: one
+    batch element, deltas [1, pos, d_model], read for every row)."""
     n_src = len(src)
-    B, n = len(rows), cache.n_pos
+    B, n = (1 if shared else len(rows)), cache.n_pos
     captured: dict[str, Tensor] = {}
     hooks = []
     skip_inputs: dict[str, Tensor] = {}
@@ -161,7 +163,8 @@ def _frozen_targets(rm: ReplacementModel, cache: ReplacementCache, src: Sources,
         rm.model(tokens, stop_at_layer=None)
     gamma, beta = rm.ln_weights("ln_final")
     values = []
-    for b, row in enumerate(rows):
+    for i, row in enumerate(rows):
+        b = 0 if shared else i
         if row < n_src:
             node = src.nodes[row]
             d = rm.attention_saes[node.layer] if node.kind == "attn_feature" else rm.transcoders[node.layer]

@@ -1,0 +1,272 @@
+"""Reverse edges: batched reverse sweeps through the frozen linear model, for any set of dictionaries.
+
+In the frozen local replacement model (LayerNorm scales σ and attention patterns A held, codes and errors fixed)
+every target's pre-activation is linear in the source writes, and the edge s → t is ``g_t(site_s, pos_s) · v_s``,
+where ``g_t(k, q)`` is the gradient of target t with respect to the residual stream at position q right after
+write site k. This module computes those gradients by hand, many targets at once, without running the model:
+
+1. **Seed.** Targets are grouped by where they read (the residual before MLP l for a transcoder feature, before
+   attention l for an attention-SAE feature, the final residual for logits) and batched, sorted by position. A
+   transcoder feature j at (l, p) seeds ``g[p] = P W_enc[:, j] / σ2[p]``; a logit ``P(γf ⊙ W_U[:, t]) / σf[p]``;
+   an attention-SAE feature i at (l, p) reads every q ≤ p through its layer's frozen pattern:
+   ``g[q] = P(γ1 ⊙ Σ_h A_h[p, q] W_V[h] W_enc[h-slice, i]) / σ1[q]``.
+2. **Sweep.** Going back site by site, the sources written at site k take ``g · v`` at their position (a CLT
+   feature also at each later MLP it writes into). Then g crosses site k: an **attention layer without an SAE**
+   is the linear channel ``out[p] = Σ_h Σ_q A_h[p, q] (γ1 ⊙ P x_q / σ1[q]) W_V[h] W_O[h]`` (+ constants), whose
+   transpose is ``g[q] += P(γ1 ⊙ Σ_h W_V[h] Σ_p A_h[p, q] W_O[h] g[p]) / σ1[q]``; a **skip transcoder** adds
+   ``P(g W_skip) / σ2``; every other sublayer's output is fixed (features and errors are sources), so g passes
+   unchanged. While g is non-zero at the target's own position only (before its first unreplaced attention
+   layer), the attention transpose is formed once per head instead of once per position.
+3. **Constant term**, independently: one frozen TransformerLens forward pass in which every source's write is
+   subtracted (`autograd._frozen_targets`), read at each target. So ``Σ edges + constant = pre-activation`` checks
+   the sweep against the model itself.
+
+The cost is, per target, one d_model × (n_heads·d_head) product each way per unreplaced attention layer below it
+and per position at or before it — the same work circuit-tracer's batched backward passes do, without the MLPs,
+the attention scores or the autograd graph. Batches are sized from the memory limit; edges below
+``tolerance × Σ|w|`` of their target are dropped into ``dropped`` as in the analytic engine. Edges into attention
+features carry no per-head parts here (zeros, as in the autograd engine); the analytic engine has them when every
+attention layer has an SAE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuits.attribution.analytic import Edges, _Collector
+from circuits.attribution.autograd import _fixed_outputs, _frozen_targets, _site_writes
+from circuits.attribution.sources import Sources, attn_site, later_writes, mlp_site
+from circuits.attribution.targets import LogitRead
+from circuits.replacement import ReplacementCache, ReplacementModel
+
+
+@dataclass
+class _Targets:
+    """Target rows (graph rows) with where they read: ``start`` = the site after which the residual is read (the
+    sweep begins there), ``pos``, ``kind`` (0 logit, 1 attention feature, 2 transcoder feature), ``index``."""
+
+    rows: Tensor
+    start: Tensor
+    pos: Tensor
+    kind: Tensor
+    index: Tensor
+    layer: Tensor
+
+
+class _SiteWrites:
+    """Per site k, the writes read at the residual right after k, padded by position: ``vectors[k] [pos, m, d]``
+    and ``rows[k] [pos, m]`` (padding points at the dummy column n_src). Includes CLT features' later writes."""
+
+    def __init__(self, rm: ReplacementModel, src: Sources, n_pos: int):
+        n_src, d = len(src), src.vectors.shape[1]
+        entries: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
+        for k in src.site.unique().tolist():
+            rows = torch.nonzero(src.site == k).flatten()
+            entries.setdefault(k, []).append((rows, src.pos[rows], src.vectors[rows]))
+        for layer in range(rm.n_layers):
+            rows, writes = later_writes(rm, src, layer)
+            if len(rows):
+                entries.setdefault(mlp_site(layer), []).append((rows, src.pos[rows], writes.to(src.vectors.dtype)))
+        self.vectors: dict[int, Tensor] = {}
+        self.rows: dict[int, Tensor] = {}
+        for k, parts in entries.items():
+            rows, pos, vecs = (torch.cat(x) for x in zip(*parts, strict=True))
+            order = torch.argsort(pos, stable=True)
+            rows, pos, vecs = rows[order], pos[order], vecs[order]
+            counts = torch.bincount(pos, minlength=n_pos)
+            m = int(counts.max())
+            slot = torch.arange(len(pos)) - torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[pos]
+            V = vecs.new_zeros(n_pos, m, d)
+            R = torch.full((n_pos, m), n_src, dtype=torch.long)
+            V[pos, slot] = vecs
+            R[pos, slot] = rows
+            self.vectors[k], self.rows[k] = V, R
+
+
+class _Layers:
+    """The frozen linear maps the sweep crosses, in the sources' dtype."""
+
+    def __init__(self, rm: ReplacementModel, cache: ReplacementCache, dtype):
+        self.rm, self.center = rm, rm.has_ln
+        H, dh, d = rm.cfg.n_heads, rm.cfg.d_head, rm.cfg.d_model
+        self.attn: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        for layer in range(rm.n_layers):
+            if layer in rm.attention_saes:
+                continue
+            attn = rm.model.blocks[layer].attn
+            gamma, _ = rm.ln_weights("ln1", layer)
+            W_O = attn.W_O.detach().to(dtype).reshape(H * dh, d)  # [H*dh, d]
+            W_V = (attn.W_V.detach().to(dtype) * gamma.detach().to(dtype)[None, :, None])  # [H, d, dh]
+            W_V = W_V.permute(1, 0, 2).reshape(d, H * dh)  # [d, H*dh], γ1 folded in
+            self.attn[layer] = (W_O, W_V, cache.patterns[layer].to(dtype), cache.ln1_scale[layer].to(dtype))
+        self.skip: dict[int, tuple[Tensor, Tensor]] = {}
+        for layer, tc in rm.transcoders.items():
+            if tc.W_skip is not None:
+                self.skip[layer] = (tc.W_skip.detach().to(dtype), cache.ln2_scale[layer].to(dtype))
+
+    def _norm(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """P x / σ over the last dim, σ per position (dim −2)."""
+        if self.center:
+            x = x - x.mean(-1, keepdim=True)
+        return x / sigma[: x.shape[-2], None]
+
+    def attention_back(self, layer: int, g: Tensor, single: Tensor | None) -> Tensor:
+        """g [B, P, d] at attention `layer`'s output → its transpose at the input (added to g by the caller).
+        `single`: when g is non-zero only at each target's own position (single[b]), the cheap form."""
+        W_O, W_V, A, sigma = self.attn[layer]
+        H, dh = self.rm.cfg.n_heads, self.rm.cfg.d_head
+        B, P, d = g.shape
+        if single is not None:
+            U = g[torch.arange(B), single] @ W_O.T  # [B, H*dh]
+            Z = torch.einsum("bhe,dhe->bhd", U.view(B, H, dh), W_V.view(d, H, dh))  # [B, H, d]
+            X = torch.einsum("hbq,bhd->bqd", A[:, single, :P], Z)  # A[h, p_b, q]
+        else:
+            U = (g.reshape(B * P, d) @ W_O.T).view(B, P, H, dh)
+            Y = torch.einsum("hpq,bphe->bqhe", A[:, :P, :P], U)
+            X = (Y.reshape(B * P, H * dh) @ W_V.T).view(B, P, d)
+        return self._norm(X, sigma)
+
+    def skip_back(self, layer: int, g: Tensor) -> Tensor:
+        W_skip, sigma = self.skip[layer]
+        return self._norm(g @ W_skip, sigma)
+
+
+def _first_channel(rm: ReplacementModel) -> Tensor:
+    """[n_sites]: per write site k, the first attention site after k without an SAE (a large number if none) — a
+    source at an earlier position reaches a target only when that channel lies before the target reads."""
+    n_sites = 2 * rm.n_layers + 1
+    out = torch.full((n_sites,), 4 * n_sites, dtype=torch.long)
+    nxt = 4 * n_sites
+    for k in range(n_sites - 1, -1, -1):
+        out[k] = nxt
+        if k % 2 == 1 and (k - 1) // 2 not in rm.attention_saes:
+            nxt = k
+    return out
+
+
+def _targets(rm: ReplacementModel, src: Sources, reads: list[LogitRead], n_pos: int) -> _Targets:
+    rows, start, pos, kind, index, layer = [], [], [], [], [], []
+    for i, node in enumerate(src.nodes):
+        if node.kind == "mlp_feature":
+            rows.append(i), start.append(attn_site(node.layer)), kind.append(2)
+        elif node.kind == "attn_feature":
+            rows.append(i), start.append(attn_site(node.layer) - 1), kind.append(1)
+        else:
+            continue
+        pos.append(node.pos), index.append(node.index), layer.append(node.layer)
+    for k in range(len(reads)):
+        rows.append(len(src) + k), start.append(2 * rm.n_layers), kind.append(0)
+        pos.append(n_pos - 1), index.append(k), layer.append(rm.n_layers)
+    t = _Targets(*(torch.tensor(x, dtype=torch.long) for x in (rows, start, pos, kind, index, layer)))
+    order = torch.argsort(t.pos, stable=True)
+    order = order[torch.argsort(t.start[order], stable=True)]  # by read site, then position
+    return _Targets(*(x[order] for x in (t.rows, t.start, t.pos, t.kind, t.index, t.layer)))
+
+
+def _seed(rm: ReplacementModel, cache: ReplacementCache, reads: list[LogitRead], layers: _Layers, t: _Targets,
+          sel: Tensor, P: int, dtype) -> tuple[Tensor, bool]:
+    """g [B, P, d] for the targets `sel` (all reading after the same site), and whether it sits at one position."""
+    B, d = len(sel), rm.cfg.d_model
+    kind, layer = int(t.kind[sel[0]]), int(t.layer[sel[0]])
+    pos, index = t.pos[sel], t.index[sel]
+    g = torch.zeros(B, P, d, dtype=dtype)
+    if kind == 1:  # attention-SAE feature: its own layer's frozen pattern and value map
+        sae, attn = rm.attention_saes[layer], rm.model.blocks[layer].attn
+        H, dh = rm.cfg.n_heads, rm.cfg.d_head
+        gamma, _ = rm.ln_weights("ln1", layer)
+        W_enc = sae.W_enc.detach().to(dtype)[:, index].T.reshape(B, H, dh)
+        u = torch.einsum("bhe,hde->bhd", W_enc, attn.W_V.detach().to(dtype)) * gamma.detach().to(dtype)
+        A = cache.patterns[layer].to(dtype)[:, pos, :P]  # [H, B, P]
+        g = layers._norm(torch.einsum("hbq,bhd->bqd", A, u), cache.ln1_scale[layer].to(dtype))
+        return g, False
+    if kind == 2:
+        R = rm.transcoders[layer].W_enc.detach().to(dtype)[:, index].T  # [B, d]
+        sigma = cache.ln2_scale[layer].to(dtype)[pos]
+    else:
+        gamma, _ = rm.ln_weights("ln_final")
+        R = torch.stack([reads[int(i)].direction.to(dtype) for i in index]) * gamma.detach().to(dtype)
+        sigma = cache.lnf_scale.to(dtype)[pos]
+    if layers.center:
+        R = R - R.mean(1, keepdim=True)
+    g[torch.arange(B), pos] = R / sigma[:, None]
+    return g, True
+
+
+def _batches(t: _Targets, size: int) -> list[Tensor]:
+    out = []
+    for s in t.start.unique().tolist():
+        idx = torch.nonzero(t.start == s).flatten()
+        kinds = t.kind[idx]
+        for k in kinds.unique().tolist():
+            sub = idx[kinds == k]
+            out += list(torch.split(sub, size))
+    return out
+
+
+def batch_size_for(rm: ReplacementModel, n_pos: int, n_src: int, itemsize: int, byte_limit: float) -> int:
+    """Targets per sweep: about six [pos, d_model] gradients and three rows of source weights per target within a
+    quarter of the memory limit (at most 256: larger batches only add position padding)."""
+    per_target = 6 * n_pos * rm.cfg.d_model * itemsize + 3 * (n_src + 1) * max(itemsize, 8)
+    return int(max(1, min(256, (byte_limit / 4) // per_target)))
+
+
+@torch.no_grad()
+def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, reads: list[LogitRead],
+                  tolerance: float = 0.0, byte_limit: float = float("inf"), progress: bool = False,
+                  batch_size: int | None = None) -> Edges:
+    """All edges into every active feature and every logit target of the cached prompt (no per-head parts)."""
+    dtype = src.vectors.dtype
+    n, n_src = cache.n_pos, len(src)
+    col = _Collector(n_src + len(reads), rm.cfg.n_heads, dtype, tolerance, byte_limit)
+    t = _targets(rm, src, reads, n)
+    _constants_and_pre(rm, cache, src, reads, t, col)
+    writes = _SiteWrites(rm, src, n)
+    layers = _Layers(rm, cache, dtype)
+    size = batch_size or batch_size_for(rm, n, n_src, torch.finfo(dtype).bits // 8, min(byte_limit, 2**33))
+    s_rows = torch.arange(n_src)
+    channel = _first_channel(rm)
+    from tqdm.auto import tqdm
+
+    for sel in tqdm(_batches(t, size), desc="edges (reverse sweeps)", disable=not progress, leave=False):
+        P = int(t.pos[sel].max()) + 1
+        g, single = _seed(rm, cache, reads, layers, t, sel, P, dtype)
+        pos = t.pos[sel]
+        w = torch.zeros(len(sel), n_src + 1, dtype=dtype)
+        for k in range(int(t.start[sel[0]]), -1, -1):
+            if k in writes.vectors:  # sources written at k read the residual right after k
+                V, R = writes.vectors[k][:P], writes.rows[k][:P]
+                part = torch.bmm(g.transpose(0, 1), V.transpose(1, 2))  # [P, B, m]
+                w.index_add_(1, R.reshape(-1), part.permute(1, 0, 2).reshape(len(sel), -1))
+            layer = (k - 1) // 2
+            if k % 2 == 1 and layer in layers.attn:
+                g = g + layers.attention_back(layer, g, pos if single else None)
+                single = False
+            elif k % 2 == 0 and k > 0 and layer in layers.skip:
+                g = g + layers.skip_back(layer, g)
+        mask = (src.site[None, :] <= t.start[sel][:, None]) & ((src.pos[None, :] == pos[:, None]) | (
+            (src.pos[None, :] < pos[:, None]) & ((channel[src.site][None, :] <= t.start[sel][:, None])
+                                                 | (t.kind[sel][:, None] == 1))))  # attention features read q ≤ p
+        col.add(t.rows[sel], s_rows, w[:, :n_src], mask=mask)
+    return col.finish()
+
+
+def _constants_and_pre(rm: ReplacementModel, cache: ReplacementCache, src: Sources, reads: list[LogitRead],
+                       t: _Targets, col: _Collector) -> None:
+    """Constants from one frozen forward pass with every source write removed; pre-activations from the cache."""
+    dtype = src.vectors.dtype
+    n_sites = 2 * rm.n_layers + 1
+    writes = _site_writes(rm, src, n_sites, cache.n_pos)
+    no_sources = {k: -writes[k][None] for k in range(n_sites) if rm.has_mlp or k % 2 == 1 or k == 0}
+    rows = t.rows.tolist()
+    col.constants[t.rows] = _frozen_targets(rm, cache, src, reads, rows, _fixed_outputs(rm, cache), no_sources,
+                                            shared=True)
+    for r in rows:
+        if r < len(src):
+            node = src.nodes[r]
+            d = rm.attention_saes[node.layer] if node.kind == "attn_feature" else rm.transcoders[node.layer]
+            col.pre[r] = cache.pre_activations[d.cfg.name][node.pos, node.index].to(dtype)
+        else:
+            col.pre[r] = reads[r - len(src)].value
