@@ -290,6 +290,7 @@ def _hits(acc: float, n: int = 100) -> list[float]:
     (1.0, 0.5, 1.0, "absolute position"),
     (1.0, 1.0, 1.0, "neither edit breaks it"),
     (1.0, 0.5, 0.5, "mixed"),
+    (0.89, 0.79, 0.61, "mixed"),  # a 10-point drop is a 10-point drop, whatever the float rounding
     (0.6, 0.6, 0.3, "inconclusive: the order is not reliably readable"),
     (1.0, 0.94, 0.5, "inconclusive: the filler has an unclear effect"),
 ])
@@ -483,7 +484,7 @@ def test_ioi_study_end_to_end_reproducible_and_parallel(tmp_path):
     # the full circuit with errors cannot be worse than nothing kept by much, and the model's metric is positive
     assert d["curve"]["full_metric"]["lo"] > 0 and d["metrics"]["accuracy"] > 0.9
     assert -0.5 < c["features_only"]["value"] < 1.5 and -0.5 < c["with_errors"]["value"] < 1.5
-    assert {r["k"] for r in d["curve"]["rows"]} == {10, 20}
+    assert {r["k"] for r in d["curve"]["rows"]} == {10, 20, 50, 100, 200}  # up to the 200 candidates of 6 prompts
     assert {"ig_features_only", "influence_features_only", "atp_features_only", "act_grad_features_only",
             "random_features_only", "ig_zero_features_only", "ig_held_features_only"} <= set(d["curve"]["rows"][0])
     report = (tmp_path / "report" / "report.md").read_text()

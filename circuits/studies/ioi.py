@@ -221,7 +221,7 @@ class PositionalCheck:
 
 def _edit_state(drop: stats.Interval) -> str:
     """'degrades' (interval above 0, drop ≥ 10 points), 'keeps' (whole interval under a 10-point drop) or 'unclear'."""
-    if drop.lo > 0 and drop.value >= 0.1:
+    if drop.lo > 0 and drop.value >= 0.1 - 1e-9:  # (a drop of 10 of 100 prompts is 0.1 up to rounding)
         return "degrades"
     if drop.hi < 0.1:
         return "keeps"
