@@ -101,11 +101,18 @@ class _Layers:
             W_O = attn.W_O.detach().to(dtype).reshape(H * dh, d)  # [H*dh, d]
             W_V = (attn.W_V.detach().to(dtype) * gamma.detach().to(dtype)[None, :, None])  # [H, d, dh]
             W_V = W_V.permute(1, 0, 2).reshape(d, H * dh)  # [d, H*dh], γ1 folded in
-            self.attn[layer] = (W_O, W_V, cache.patterns[layer].to(dtype), cache.ln1_scale[layer].to(dtype))
+            if self.center:
+                W_V = W_V - W_V.mean(0, keepdim=True)  # the centring P of the output folded in too
+            sigma = cache.ln1_scale[layer].to(dtype)
+            A = cache.patterns[layer].to(dtype) / sigma  # A[h, p, q] / σ1[q]: the scale folded in as well
+            self.attn[layer] = (W_O, W_V, A, sigma)
         self.skip: dict[int, tuple[Tensor, Tensor]] = {}
         for layer, tc in rm.transcoders.items():
             if tc.W_skip is not None:
-                self.skip[layer] = (tc.W_skip.detach().to(dtype), cache.ln2_scale[layer].to(dtype))
+                W_skip = tc.W_skip.detach().to(dtype)  # [d_out, d_in]; g @ W_skip is read over d_in, centred
+                if self.center:
+                    W_skip = W_skip - W_skip.mean(1, keepdim=True)
+                self.skip[layer] = (W_skip, cache.ln2_scale[layer].to(dtype))
 
     def _norm(self, x: Tensor, sigma: Tensor) -> Tensor:
         """P x / σ over the last dim, σ per position (dim −2)."""
@@ -113,10 +120,11 @@ class _Layers:
             x = x - x.mean(-1, keepdim=True)
         return x / sigma[: x.shape[-2], None]
 
-    def attention_back(self, layer: int, g: Tensor, single: Tensor | None) -> Tensor:
-        """g [B, P, d] at attention `layer`'s output → its transpose at the input (added to g by the caller).
-        `single`: when g is non-zero only at each target's own position (single[b]), the cheap form."""
-        W_O, W_V, A, sigma = self.attn[layer]
+    def attention_back(self, layer: int, g: Tensor, single: Tensor | None) -> None:
+        """g [B, P, d] at attention `layer`'s output → g plus the channel's transpose (at its input), in place.
+        `single`: when g is non-zero only at each target's own position (single[b]), the cheap form. P, γ1 and
+        1/σ1 are folded into W_V and A (`__init__`)."""
+        W_O, W_V, A, _ = self.attn[layer]
         H, dh = self.rm.cfg.n_heads, self.rm.cfg.d_head
         B, P, d = g.shape
         if single is not None:
@@ -126,12 +134,13 @@ class _Layers:
         else:
             U = (g.reshape(B * P, d) @ W_O.T).view(B, P, H, dh)
             Y = torch.einsum("hpq,bphe->bqhe", A[:, :P, :P], U)
-            X = (Y.reshape(B * P, H * dh) @ W_V.T).view(B, P, d)
-        return self._norm(X, sigma)
+            g.view(B * P, d).addmm_(Y.reshape(B * P, H * dh), W_V.T)
+            return
+        g.add_(X)
 
-    def skip_back(self, layer: int, g: Tensor) -> Tensor:
+    def skip_back(self, layer: int, g: Tensor) -> None:
         W_skip, sigma = self.skip[layer]
-        return self._norm(g @ W_skip, sigma)
+        g.add_((g @ W_skip) / sigma[: g.shape[1], None])
 
 
 def _first_channel(rm: ReplacementModel) -> Tensor:
@@ -208,9 +217,10 @@ def _batches(t: _Targets, size: int) -> list[Tensor]:
 
 def batch_size_for(rm: ReplacementModel, n_pos: int, n_src: int, itemsize: int, byte_limit: float) -> int:
     """Targets per sweep: about six [pos, d_model] gradients and three rows of source weights per target within a
-    quarter of the memory limit (at most 256: larger batches only add position padding)."""
+    quarter of the memory limit (at most 64: targets are sorted by position, and a batch pads every target to its
+    last position)."""
     per_target = 6 * n_pos * rm.cfg.d_model * itemsize + 3 * (n_src + 1) * max(itemsize, 8)
-    return int(max(1, min(256, (byte_limit / 4) // per_target)))
+    return int(max(1, min(64, (byte_limit / 4) // per_target)))
 
 
 @torch.no_grad()
@@ -242,10 +252,10 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
                 w.index_add_(1, R.reshape(-1), part.permute(1, 0, 2).reshape(len(sel), -1))
             layer = (k - 1) // 2
             if k % 2 == 1 and layer in layers.attn:
-                g = g + layers.attention_back(layer, g, pos if single else None)
+                layers.attention_back(layer, g, pos if single else None)
                 single = False
             elif k % 2 == 0 and k > 0 and layer in layers.skip:
-                g = g + layers.skip_back(layer, g)
+                layers.skip_back(layer, g)
         mask = (src.site[None, :] <= t.start[sel][:, None]) & ((src.pos[None, :] == pos[:, None]) | (
             (src.pos[None, :] < pos[:, None]) & ((channel[src.site][None, :] <= t.start[sel][:, None])
                                                  | (t.kind[sel][:, None] == 1))))  # attention features read q ≤ p

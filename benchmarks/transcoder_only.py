@@ -1,0 +1,230 @@
+"""Benchmark: transcoder-only graphs (attention layers left as frozen linear channels), issue 20.
+
+    python benchmarks/transcoder_only.py organism [--repeats 3] [--autograd] [--no-circuit-tracer]
+    python benchmarks/transcoder_only.py scale [--d-sae 24576] [--k 30] [--pos 64] [--tolerance 1e-3]
+
+``organism``: the organism with its four transcoders and no attention SAEs, three IOI prompts of 34–49 tokens.
+Times our reverse sweeps (median of the repeats) and, side by side in the same process, circuit-tracer 0.5.0 on the
+same model, transcoders and prompts when it is importable (an optional dependency: ``pip install --no-deps
+circuit-tracer==0.5.0``; never needed by the tests) and our autograd path with ``--autograd``; edges are compared
+as max |Δ| / max |w| per edge class (and for circuit-tracer on the shared feature set).
+
+``scale``: a random GPT-2-small-shaped model (12 layers, d_model 768, 12 heads) with TopK(k) transcoders of d_sae
+features at every layer and no attention SAEs; a 64-token prompt to its top logits; prints time and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+
+PROMPTS = (  # (prompt, indirect object, subject): 35, 47 and 47 tokens with BOS
+    ("When Mary and John went to the store, John gave a drink to Mary. Then Mary and John went home. After Anna "
+     "and David went to the park, David gave a book to", "Anna", "David"),
+    ("After Anna and David went to the park, David gave a book to Anna. When Lisa and Paul met at the cafe, Lisa "
+     "handed a cup to Paul. When Mary and John went to the store, John gave a drink to", "Mary", "John"),
+    ("When Lisa and Paul met at the cafe, Lisa handed a cup to Paul. When Mary and John went to the store, John "
+     "gave a drink to Mary. After Anna and David went to the park, David gave a book to", "Anna", "David"),
+)
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def load_avg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def edge_classes(g) -> dict[str, torch.Tensor]:
+    """Boolean masks over g's edges by (source kind, target kind)."""
+    t_kind = [g.nodes[i].kind for i in g.edge_index[0].tolist()]
+    s_kind = [g.nodes[i].kind for i in g.edge_index[1].tolist()]
+    names = [f"{s.split('_')[-1] if s != 'mlp_feature' else 'feature'}→"
+             f"{'logit' if t.startswith('logit') else 'feature'}" for s, t in zip(s_kind, t_kind, strict=True)]
+    return {n: torch.tensor([m == n for m in names]) for n in sorted(set(names))}
+
+
+def compare(g, ref) -> tuple[float, dict[str, float]]:
+    """(max |Δ| / max |w| over all edges, per class), both graphs on the same node table."""
+    assert g.nodes == ref.nodes, "different node tables"
+    a, b = g.adjacency(), ref.adjacency()
+    w = b[ref.edge_index[0], ref.edge_index[1]]
+    d = (a - b)[ref.edge_index[0], ref.edge_index[1]]
+    per = {n: float(d[m].abs().max() / w[m].abs().max()) for n, m in edge_classes(ref).items()}
+    return float((a - b).abs().max() / b.abs().max()), per
+
+
+# -- circuit-tracer, built on the same HookedTransformer weights and transcoders --------------------------------
+
+
+def circuit_tracer_model(model, transcoders):
+    """circuit-tracer's ReplacementModel over a copy of `model` with our transcoders (input centring b_in folded into
+    b_enc, W_enc transposed to its [d_sae, d_model]). None with the reason when it cannot be imported."""
+    try:
+        import huggingface_hub.constants as hc
+
+        if not hasattr(hc, "HF_HUB_ENABLE_HF_TRANSFER"):  # removed in huggingface_hub 1.x; circuit-tracer imports it
+            hc.HF_HUB_ENABLE_HF_TRANSFER = False
+        from circuit_tracer.replacement_model import ReplacementModel as CTModel
+        from circuit_tracer.transcoder.activation_functions import JumpReLU, TopK
+        from circuit_tracer.transcoder.single_layer_transcoder import SingleLayerTranscoder, TranscoderSet
+    except Exception as e:  # noqa: BLE001 - optional dependency: report why
+        return None, f"{type(e).__name__}: {e}"
+    dtype = model.cfg.dtype
+    width = max(tc.cfg.d_sae for tc in transcoders.values())  # its TranscoderSet needs one width: pad with features
+    tcs = {}                                                   # that never fire (zero encoder, threshold 1)
+    for layer, tc in sorted(transcoders.items()):
+        c, n = tc.cfg, tc.cfg.d_sae
+        if c.activation == "jumprelu":
+            threshold = torch.ones(width, dtype=dtype)
+            threshold[:n] = tc.activation.threshold.detach()
+            act = JumpReLU(threshold, 0.1)
+        else:
+            act = TopK(c.k)
+        t = SingleLayerTranscoder(c.d_in, width, act, layer, device=torch.device("cpu"), dtype=dtype)
+        with torch.no_grad():
+            t.W_enc[:n].copy_(tc.W_enc.T)
+            t.b_enc[:n].copy_(tc.b_enc - tc.b_in @ tc.W_enc)
+            t.W_dec[:n].copy_(tc.W_dec)
+            t.b_dec.copy_(tc.b_dec)
+        tcs[layer] = t
+    tset = TranscoderSet(tcs, feature_input_hook="ln2.hook_normalized", feature_output_hook="hook_mlp_out")
+    ct = CTModel.from_config(model.cfg, tset, backend="transformerlens") if _takes_backend(CTModel) else \
+        CTModel.from_config(model.cfg, tset)
+    own = set(ct.state_dict())
+    state = {}
+    for k, v in model.state_dict().items():  # its ReplacementMLP / ReplacementUnembed wrap the originals
+        for name in (k, k.replace(".mlp.", ".mlp.old_mlp."), k.replace("unembed.", "unembed.old_unembed.")):
+            if name in own:
+                state[name] = v
+                break
+    result = ct.load_state_dict(state, strict=False)
+    unset = [k for k in result.missing_keys if not k.startswith("transcoders.") and ".old_mlp." not in k]
+    if result.unexpected_keys or unset:
+        return None, f"weights do not map onto its model: unexpected {result.unexpected_keys}, unset {unset}"
+    ct.set_tokenizer(model.tokenizer)
+    return ct, "built from the organism's weights and our four transcoders"
+
+
+def _takes_backend(cls) -> bool:
+    import inspect
+
+    return "backend" in inspect.signature(cls.from_config).parameters
+
+
+def organism(repeats: int, autograd: bool, circuit_tracer: bool) -> None:
+    from circuits import load_dictionaries, load_model
+    from circuits.attribution import Contrast, attribute
+    from circuits.replacement import ReplacementModel
+
+    model, _ = load_model("organism")
+    dicts = load_dictionaries("organism", model)
+    rm = ReplacementModel(model, [d for d in dicts if d.cfg.kind == "transcoder"])
+    ct, why = circuit_tracer_model(model, rm.transcoders) if circuit_tracer else (None, "not asked")
+    print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; circuit-tracer: {why}")
+    print(f"{'tokens':>6} {'nodes':>6} {'edges':>9} {'reverse s':>9} {'autograd s':>10} {'c-t s':>8} "
+          f"{'ratio c-t':>9} {'ratio ag':>8} {'max Δ/max|w| vs autograd':>24}")
+    for prompt, io, s in PROMPTS:
+        target = Contrast(io, s)
+        attribute(rm, prompt, target)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            g = attribute(rm, prompt, target)
+            times.append(time.perf_counter() - t)
+        rev = statistics.median(times)
+        ag_s, diff = float("nan"), "-"
+        if autograd:
+            t = time.perf_counter()
+            ga = attribute(rm, prompt, target, method="autograd")
+            ag_s = time.perf_counter() - t
+            total, per = compare(g, ga)
+            diff = f"{total:.1e} (" + ", ".join(f"{k} {v:.0e}" for k, v in per.items()) + ")"
+        ct_s = float("nan")
+        if ct is not None:
+            from circuit_tracer import attribute as ct_attribute
+
+            ct_times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                ct_attribute(rm.tokenize(prompt), ct, max_n_logits=10, desired_logit_prob=0.95, batch_size=256)
+                ct_times.append(time.perf_counter() - t)
+            ct_s = statistics.median(ct_times)
+        print(f"{g.metadata['tokens'].__len__():>6} {g.n_nodes:>6} {g.n_edges:>9} {rev:>9.2f} {ag_s:>10.1f} "
+              f"{ct_s:>8.1f} {ct_s / rev:>9.1f} {ag_s / rev:>8.0f}  {diff}")
+    print(f"load average at end {load_avg()}; peak RSS {peak_rss_gib():.2f} GiB; reverse = median of {repeats} after "
+          "a warm-up, full uncapped graph (method auto = reverse); circuit-tracer = its attribute() on the same "
+          "tokens (top logits, batch 256), median of the same number of repeats")
+
+
+def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from circuits.attribution import TopLogits, attribute
+    from circuits.dictionaries.base import DictionaryConfig, make_dictionary
+    from circuits.replacement import ReplacementModel
+
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024,
+                                  d_vocab=50257, act_fn="gelu_new", normalization_type="LN")
+    model = HookedTransformer(cfg).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    dicts = []
+    for layer in range(12):
+        c = DictionaryConfig("transcoder", layer, 768, d_sae, 768, activation="topk", k=k, context_size=1024,
+                             model_name="gpt2-shaped-random")
+        d = make_dictionary(c)
+        with torch.no_grad():
+            d.W_enc.normal_(0, 768 ** -0.5)
+            d.W_dec.normal_(0, d_sae ** -0.5)
+        d.requires_grad_(False)
+        dicts.append(d.eval())
+    rm = ReplacementModel(model, dicts)
+    build_s = time.perf_counter() - t0
+    tokens = torch.randint(1, 50257, (n_pos,), generator=torch.Generator().manual_seed(0))
+    print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; 12 layers, d_model 768, "
+          f"12 heads, 12 transcoders x {d_sae} features (TopK k={k}), no attention SAEs, {n_pos} tokens, "
+          f"edge_tolerance {tolerance}; build {build_s:.1f} s (not counted); RSS after build {peak_rss_gib():.2f} GiB")
+    t = time.perf_counter()
+    g = attribute(rm, tokens, TopLogits(), edge_tolerance=tolerance, memory_limit_bytes=6 * 2**30)
+    graph_s = time.perf_counter() - t
+    tm = g.metadata["timings_s"]
+    n_feat = sum(n.kind.endswith("_feature") for n in g.nodes)
+    mask = g.explained_mask()
+    gap = (g.incoming_sum() + g.dropped + g.constants - g.pre_activations)[mask].abs().max().item()
+    print(f"full graph (attribute, method {g.metadata['method']}): {graph_s:.1f} s (forward {tm['forward']:.1f}, "
+          f"edges {tm['edges']:.1f}); nodes {g.n_nodes} ({n_feat} features), edges stored {g.n_edges:,}")
+    print(f"exactness: max |edges + dropped + constant − pre-activation| = {gap:.2e} "
+          f"(largest |pre-activation| {g.pre_activations[mask].abs().max().item():.2f})")
+    print(f"peak resident memory of the process: {peak_rss_gib():.2f} GiB; load average at end {load_avg()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="which", required=True)
+    o = sub.add_parser("organism")
+    o.add_argument("--repeats", type=int, default=3)
+    o.add_argument("--autograd", action="store_true", help="also run (and compare with) the autograd path")
+    o.add_argument("--no-circuit-tracer", action="store_true")
+    s = sub.add_parser("scale")
+    s.add_argument("--d-sae", type=int, default=24576)
+    s.add_argument("--k", type=int, default=30)
+    s.add_argument("--pos", type=int, default=64)
+    s.add_argument("--tolerance", type=float, default=1e-3)
+    args = parser.parse_args()
+    if args.which == "organism":
+        organism(args.repeats, args.autograd, not args.no_circuit_tracer)
+    else:
+        scale(args.d_sae, args.k, args.pos, args.tolerance)
+
+
+if __name__ == "__main__":
+    main()
