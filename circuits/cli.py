@@ -995,7 +995,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. M2#517@11 (transcoder L2 feature 517 at position 11) or A1#33@5")
     a.add_argument("--cum-prob", type=float, default=0.95, help="salient logits: probability mass to cover")
     a.add_argument("--max-logits", type=int, default=10)
-    a.add_argument("--method", default="auto", choices=["auto", "analytic", "autograd"])
+    a.add_argument("--method", default="auto", choices=["auto", "analytic", "reverse", "autograd"])
     a.add_argument("--demean", action="store_true", help="explain logits minus their mean over the vocabulary")
     a.add_argument("--edge-tolerance", type=float, default=0.0,
                    help="store only edges above this fraction of each target's total |weight|")

@@ -268,7 +268,7 @@ def test_autograd_with_attention_channels_and_skip(model3):
     attn = random_dictionaries(model3, kinds=("attention_sae",), layers=[1])
     rm = ReplacementModel(model3, attn + skip_transcoders(model3))
     cache = rm.run(PROMPT)
-    g = attribute(rm, PROMPT, Contrast(" Mary", " John"), cache=cache)
+    g = attribute(rm, PROMPT, Contrast(" Mary", " John"), cache=cache, method="autograd")
     assert g.metadata["method"] == "autograd"
     mask = g.explained_mask()
     assert_close((g.incoming_sum() + g.constants)[mask], g.pre_activations[mask], rtol=1e-9, atol=1e-11,

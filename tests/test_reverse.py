@@ -1,0 +1,133 @@
+"""The reverse-sweep engine (issue 20): attention layers without an SAE as frozen linear channels, exact.
+
+On tiny random float64 3-layer models with some attention layers replaced and some not (transcoders only; plain,
+skip and cross-layer transcoders; an MLP without a transcoder):
+(b) incoming edges + constant = pre-activation for every feature and logit target;
+(c) doubling a source in the frozen direct model moves every target by its edge weight;
+(d) reverse edges = autograd edges (and constants), and = analytic edges when every attention layer has an SAE;
+plus: auto picks it, the batch size does not change the edges, edge_tolerance keeps the identity.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny, random_dictionaries
+from test_attribution import assert_close
+from test_skip_clt import _doubling_matches_edges, random_clt, skip_transcoders
+
+from circuits.attribution import Contrast, Logit, attribute
+from circuits.attribution.reverse import reverse_edges
+from circuits.attribution.sources import collect_sources
+from circuits.attribution.targets import resolve_logit_targets
+from circuits.replacement import ReplacementModel
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def model3(tmp_path_factory):
+    return build_tiny(tmp_path_factory.mktemp("reverse"), n_layers=3, dtype=torch.float64)
+
+
+def _dictionaries(model, case: str):
+    from circuits.dictionaries.dictset import DictionarySet
+
+    attn = {layer: random_dictionaries(model, kinds=("attention_sae",), layers=[layer], seed=3 + layer)
+            for layer in range(3)}
+    if case == "transcoders only":
+        return random_dictionaries(model, kinds=("transcoder",))
+    if case == "attention 1 replaced":
+        return random_dictionaries(model, kinds=("transcoder",)) + attn[1]
+    if case == "skip, attention 1 replaced":
+        return skip_transcoders(model) + attn[1]
+    if case == "clt, attention 2 replaced":
+        return DictionarySet("custom", {"clt": random_clt(model), **{d.cfg.name: d for d in attn[2]}})
+    if case == "mlp 1 unreplaced, attention 0 replaced":
+        return random_dictionaries(model, kinds=("transcoder",), layers=[0, 2]) + attn[0]
+    raise ValueError(case)
+
+
+CASES = ["transcoders only", "attention 1 replaced", "skip, attention 1 replaced", "clt, attention 2 replaced",
+         "mlp 1 unreplaced, attention 0 replaced"]
+
+
+@pytest.fixture(scope="module", params=CASES)
+def rm(request, model3):
+    return ReplacementModel(model3, _dictionaries(model3, request.param))
+
+
+def test_b_identity_and_auto_picks_reverse(rm):
+    for target in (Contrast(" Mary", " John"), Logit((" Mary", " the"))):
+        g = attribute(rm, PROMPT, target)
+        assert g.metadata["method"] == "reverse"
+        mask = g.explained_mask()
+        assert mask.sum() > 20
+        assert_close((g.incoming_sum() + g.constants)[mask], g.pre_activations[mask], rtol=1e-9, atol=1e-11,
+                     what="edges + constant")
+        assert g.head_weights.abs().max() == 0  # no per-head parts on this path
+
+
+def test_d_reverse_equals_autograd(rm):
+    gr = attribute(rm, PROMPT, Contrast(" Mary", " John"), method="reverse")
+    gg = attribute(rm, PROMPT, Contrast(" Mary", " John"), method="autograd")
+    assert gr.nodes == gg.nodes
+    assert gr.n_edges >= gg.n_edges  # autograd drops exact zeros; the reverse engine keeps every reachable pair
+    assert_close(gr.adjacency(), gg.adjacency(), rtol=1e-9, atol=1e-12, what="reverse vs autograd edges")
+    mask = gr.explained_mask()
+    assert_close(gr.constants[mask], gg.constants[mask], rtol=1e-9, atol=1e-12, what="constants")
+
+
+def test_c_doubling_a_source_moves_each_target_by_its_edge_weight(rm):
+    cache = rm.run(PROMPT)
+    g = attribute(rm, PROMPT, Contrast(" Mary", " John"), cache=cache)
+    gen = torch.Generator().manual_seed(0)
+    sources = [i for i, n in enumerate(g.nodes) if n.kind != "logit_diff"]
+    picks = [sources[int(j)] for j in torch.randint(len(sources), (4,), generator=gen)]
+    picks.append(next(i for i, n in enumerate(g.nodes) if n.kind == "token" and n.pos == 2))  # via the channels
+    picks.append(next(i for i, n in enumerate(g.nodes) if n.kind == "mlp_error" and n.layer == 0))
+    picks.append(next(i for i, n in enumerate(g.nodes) if n.kind == "mlp_feature" and n.layer == 0))
+    picks += [i for i, n in enumerate(g.nodes) if n.kind == "attn_feature"][:1]
+    for row in picks:
+        _doubling_matches_edges(rm, g, cache, row)
+
+
+def test_reverse_equals_analytic_when_every_attention_layer_has_an_sae(rm64):
+    ga = attribute(rm64, PROMPT, Contrast(" Mary", " John"), method="analytic")
+    gr = attribute(rm64, PROMPT, Contrast(" Mary", " John"), method="reverse")
+    assert ga.nodes == gr.nodes and ga.n_edges == gr.n_edges  # the same reachable pairs
+    assert_close(gr.adjacency(), ga.adjacency(), rtol=1e-9, atol=1e-12, what="reverse vs analytic edges")
+    mask = ga.explained_mask()
+    assert_close(gr.constants[mask], ga.constants[mask], rtol=1e-9, atol=1e-12, what="constants")
+
+
+def test_batch_size_does_not_change_edges_and_tolerance_keeps_identity(model3):
+    rm = ReplacementModel(model3, _dictionaries(model3, "attention 1 replaced"))
+    cache = rm.run(PROMPT)
+    src = collect_sources(rm, cache)
+    reads = resolve_logit_targets(rm.model, cache.logits[-1], Contrast(" Mary", " John"), False, cache.n_pos - 1)
+    one = reverse_edges(rm, cache, src, reads, batch_size=1)
+    many = reverse_edges(rm, cache, src, reads, progress=True)
+    assert torch.equal(one.target, many.target) and torch.equal(one.source, many.source)
+    assert_close(one.weight, many.weight, rtol=1e-12, atol=1e-13, what="batch 1 vs default")
+    g = attribute(rm, PROMPT, Contrast(" Mary", " John"), edge_tolerance=0.05, cache=cache)
+    full = attribute(rm, PROMPT, Contrast(" Mary", " John"), cache=cache)
+    assert g.n_edges < 0.9 * full.n_edges and g.dropped.abs().sum() > 0
+    mask = g.explained_mask()
+    assert_close((g.incoming_sum() + g.dropped + g.constants)[mask], g.pre_activations[mask], rtol=1e-9,
+                 atol=1e-11, what="tolerance")
+
+
+def test_tokens_reach_other_positions_only_through_unreplaced_attention(model3):
+    """With attention 0 replaced, MLP-0 features read the tokens at their own position only; with it left as a
+    channel, every earlier token reaches them."""
+    for replaced, other_positions in ((True, False), (False, True)):
+        dicts = random_dictionaries(model3, kinds=("transcoder",), layers=[0])
+        if replaced:
+            dicts += random_dictionaries(model3, kinds=("attention_sae",), layers=[0])
+        g = attribute(ReplacementModel(model3, dicts), PROMPT, Contrast(" Mary", " John"), method="reverse")
+        t, s = g.edge_index
+        into_mlp0 = [(g.nodes[int(a)], g.nodes[int(b)]) for a, b in zip(t, s, strict=True)
+                     if g.nodes[int(a)].kind == "mlp_feature" and g.nodes[int(b)].kind == "token"]
+        assert into_mlp0
+        assert any(src.pos != tgt.pos for tgt, src in into_mlp0) == other_positions
