@@ -57,8 +57,11 @@ class _Targets:
 
 
 class _SiteWrites:
-    """Per site k, the writes read at the residual right after k, padded by position: ``vectors[k] [pos, m, d]``
-    and ``rows[k] [pos, m]`` (padding points at the dummy column n_src). Includes CLT features' later writes."""
+    """Per site k, the writes read at the residual right after k, in padded chunks of at most m sources of one
+    position (m = the mean number per position, so padding stays below the writes' own size even when one position,
+    e.g. BOS, has far more active features than the rest): ``vectors[k] [chunks, m, d]``, ``rows[k] [chunks, m]``
+    (padding points at the dummy column n_src) and ``pos[k] [chunks]``, sorted by position. Includes CLT features'
+    later writes."""
 
     def __init__(self, rm: ReplacementModel, src: Sources, n_pos: int):
         n_src, d = len(src), src.vectors.shape[1]
@@ -72,18 +75,24 @@ class _SiteWrites:
                 entries.setdefault(mlp_site(layer), []).append((rows, src.pos[rows], writes.to(src.vectors.dtype)))
         self.vectors: dict[int, Tensor] = {}
         self.rows: dict[int, Tensor] = {}
+        self.pos: dict[int, Tensor] = {}
         for k, parts in entries.items():
             rows, pos, vecs = (torch.cat(x) for x in zip(*parts, strict=True))
             order = torch.argsort(pos, stable=True)
             rows, pos, vecs = rows[order], pos[order], vecs[order]
             counts = torch.bincount(pos, minlength=n_pos)
-            m = int(counts.max())
-            slot = torch.arange(len(pos)) - torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[pos]
-            V = vecs.new_zeros(n_pos, m, d)
-            R = torch.full((n_pos, m), n_src, dtype=torch.long)
-            V[pos, slot] = vecs
-            R[pos, slot] = rows
+            m = max(1, -(-len(pos) // n_pos))
+            rank = torch.arange(len(pos)) - torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[pos]
+            chunks_per_pos = -(-counts // m)  # ceil
+            first_chunk = torch.cat([torch.zeros(1, dtype=torch.long), chunks_per_pos.cumsum(0)])
+            chunk = first_chunk[pos] + rank // m
+            n_chunks = int(first_chunk[-1])
+            V = vecs.new_zeros(n_chunks, m, d)
+            R = torch.full((n_chunks, m), n_src, dtype=torch.long)
+            V[chunk, rank % m] = vecs
+            R[chunk, rank % m] = rows
             self.vectors[k], self.rows[k] = V, R
+            self.pos[k] = torch.repeat_interleave(torch.arange(n_pos), chunks_per_pos)
 
 
 class _Layers:
@@ -247,8 +256,9 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
         w = torch.zeros(len(sel), n_src + 1, dtype=dtype)
         for k in range(int(t.start[sel[0]]), -1, -1):
             if k in writes.vectors:  # sources written at k read the residual right after k
-                V, R = writes.vectors[k][:P], writes.rows[k][:P]
-                part = torch.bmm(g.transpose(0, 1), V.transpose(1, 2))  # [P, B, m]
+                c = int(torch.searchsorted(writes.pos[k], P))  # chunks at positions < P
+                V, R = writes.vectors[k][:c], writes.rows[k][:c]
+                part = torch.bmm(g.transpose(0, 1)[writes.pos[k][:c]], V.transpose(1, 2))  # [chunks, B, m]
                 w.index_add_(1, R.reshape(-1), part.permute(1, 0, 2).reshape(len(sel), -1))
             layer = (k - 1) // 2
             if k % 2 == 1 and layer in layers.attn:
