@@ -380,7 +380,7 @@ def test_batched_circuits_equal_run_edited_under_every_convention(ioi_tiny):
     for c, v in zip(circuits, got, strict=True):
         want = run_edited(rm, cache, keep=circuit_masks(rm, pp, c.keys, c.errors),
                           ablation=convention_ablation(abl, cache, c.convention))[0]
-        assert v == pytest.approx(float(pp.metric(want)), abs=1e-9)
+        assert v == pytest.approx(float(pp.metric(want.detach())), abs=1e-9)
     shifted = Ablation("mean", {n: v + 0.1 for n, v in abl.code_means.items()}, abl.error_means)
     empty = {conv: circuit_metrics(rm, cache, pp, [Circuit("e", frozenset(), False, conv)], shifted)[0]
              for conv in ("mean", "held")}
