@@ -1,7 +1,7 @@
 """The reverse-sweep engine (issue 20): attention layers without an SAE as frozen linear channels, exact.
 
 On tiny random float64 3-layer models with some attention layers replaced and some not (transcoders only; plain,
-skip and cross-layer transcoders; an MLP without a transcoder):
+skip and cross-layer transcoders; an MLP without a transcoder; a skip channel below the lowest unreplaced layer):
 (b) incoming edges + constant = pre-activation for every feature and logit target;
 (c) doubling a source in the frozen direct model moves every target by its edge weight;
 (d) reverse edges = autograd edges (and constants), and = analytic edges when every attention layer has an SAE;
@@ -41,6 +41,8 @@ def _dictionaries(model, case: str):
         return random_dictionaries(model, kinds=("transcoder",)) + attn[1]
     if case == "skip, attention 1 replaced":
         return skip_transcoders(model) + attn[1]
+    if case == "skip, attention 0 replaced":  # a skip channel below the lowest unreplaced attention layer
+        return skip_transcoders(model) + attn[0]
     if case == "clt, attention 2 replaced":
         return DictionarySet("custom", {"clt": random_clt(model), **{d.cfg.name: d for d in attn[2]}})
     if case == "mlp 1 unreplaced, attention 0 replaced":
@@ -48,8 +50,8 @@ def _dictionaries(model, case: str):
     raise ValueError(case)
 
 
-CASES = ["transcoders only", "attention 1 replaced", "skip, attention 1 replaced", "clt, attention 2 replaced",
-         "mlp 1 unreplaced, attention 0 replaced"]
+CASES = ["transcoders only", "attention 1 replaced", "skip, attention 1 replaced", "skip, attention 0 replaced",
+         "clt, attention 2 replaced", "mlp 1 unreplaced, attention 0 replaced"]
 
 
 @pytest.fixture(scope="module", params=CASES)

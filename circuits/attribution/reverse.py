@@ -56,43 +56,51 @@ class _Targets:
     layer: Tensor
 
 
-class _SiteWrites:
-    """Per site k, the writes read at the residual right after k, in padded chunks of at most m sources of one
-    position (m = the mean number per position, so padding stays below the writes' own size even when one position,
-    e.g. BOS, has far more active features than the rest): ``vectors[k] [chunks, m, d]``, ``rows[k] [chunks, m]``
-    (padding points at the dummy column n_src) and ``pos[k] [chunks]``, sorted by position. Includes CLT features'
-    later writes."""
+@dataclass
+class _Chunks:
+    """Writes in padded chunks of at most m sources of one position, sorted by position (m = the mean number per
+    position, so padding stays below the writes' own size even when one position, e.g. BOS, has far more active
+    features than the rest): ``vectors [chunks, m, width]``, ``rows [chunks, m]`` (padding: the dummy column
+    n_src), ``pos [chunks]``."""
 
-    def __init__(self, rm: ReplacementModel, src: Sources, n_pos: int):
-        n_src, d = len(src), src.vectors.shape[1]
-        entries: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {}
-        for k in src.site.unique().tolist():
-            rows = torch.nonzero(src.site == k).flatten()
-            entries.setdefault(k, []).append((rows, src.pos[rows], src.vectors[rows]))
-        for layer in range(rm.n_layers):
-            rows, writes = later_writes(rm, src, layer)
-            if len(rows):
-                entries.setdefault(mlp_site(layer), []).append((rows, src.pos[rows], writes.to(src.vectors.dtype)))
-        self.vectors: dict[int, Tensor] = {}
-        self.rows: dict[int, Tensor] = {}
-        self.pos: dict[int, Tensor] = {}
-        for k, parts in entries.items():
-            rows, pos, vecs = (torch.cat(x) for x in zip(*parts, strict=True))
-            order = torch.argsort(pos, stable=True)
-            rows, pos, vecs = rows[order], pos[order], vecs[order]
-            counts = torch.bincount(pos, minlength=n_pos)
-            m = max(1, -(-len(pos) // n_pos))
-            rank = torch.arange(len(pos)) - torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[pos]
-            chunks_per_pos = -(-counts // m)  # ceil
-            first_chunk = torch.cat([torch.zeros(1, dtype=torch.long), chunks_per_pos.cumsum(0)])
-            chunk = first_chunk[pos] + rank // m
-            n_chunks = int(first_chunk[-1])
-            V = vecs.new_zeros(n_chunks, m, d)
-            R = torch.full((n_chunks, m), n_src, dtype=torch.long)
-            V[chunk, rank % m] = vecs
-            R[chunk, rank % m] = rows
-            self.vectors[k], self.rows[k] = V, R
-            self.pos[k] = torch.repeat_interleave(torch.arange(n_pos), chunks_per_pos)
+    vectors: Tensor
+    rows: Tensor
+    pos: Tensor
+
+    @staticmethod
+    def build(rows: Tensor, pos: Tensor, vecs: Tensor, n_pos: int, n_src: int) -> _Chunks:
+        order = torch.argsort(pos, stable=True)
+        rows, pos, vecs = rows[order], pos[order], vecs[order]
+        counts = torch.bincount(pos, minlength=n_pos)
+        m = max(1, -(-len(pos) // n_pos))
+        rank = torch.arange(len(pos)) - torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[pos]
+        chunks_per_pos = -(-counts // m)  # ceil
+        first_chunk = torch.cat([torch.zeros(1, dtype=torch.long), chunks_per_pos.cumsum(0)])
+        chunk = first_chunk[pos] + rank // m
+        V = vecs.new_zeros(int(first_chunk[-1]), m, vecs.shape[1])
+        R = torch.full((int(first_chunk[-1]), m), n_src, dtype=torch.long)
+        V[chunk, rank % m] = vecs
+        R[chunk, rank % m] = rows
+        return _Chunks(V, R, torch.repeat_interleave(torch.arange(n_pos), chunks_per_pos))
+
+    def read(self, g: Tensor, w: Tensor) -> None:
+        """w[:, row] += g[:, pos] · vector for every write at a position < P (g [B, P, width], w [B, n_src + 1])."""
+        c = int(torch.searchsorted(self.pos, g.shape[1]))
+        part = torch.bmm(g.transpose(0, 1)[self.pos[:c]], self.vectors[:c].transpose(1, 2))  # [chunks, B, m]
+        w.index_add_(1, self.rows[:c].reshape(-1), part.permute(1, 0, 2).reshape(g.shape[0], -1))
+
+
+def _site_entries(rm: ReplacementModel, src: Sources) -> dict[int, tuple[Tensor, Tensor]]:
+    """Per site k, (rows, writes [R, d]) read at the residual right after k, CLT features' later writes included."""
+    entries: dict[int, list[tuple[Tensor, Tensor]]] = {}
+    for k in src.site.unique().tolist():
+        rows = torch.nonzero(src.site == k).flatten()
+        entries.setdefault(k, []).append((rows, src.vectors[rows]))
+    for layer in range(rm.n_layers):
+        rows, writes = later_writes(rm, src, layer)
+        if len(rows):
+            entries.setdefault(mlp_site(layer), []).append((rows, writes.to(src.vectors.dtype)))
+    return {k: (torch.cat([r for r, _ in v]), torch.cat([x for _, x in v])) for k, v in entries.items()}
 
 
 class _Layers:
@@ -129,10 +137,11 @@ class _Layers:
             x = x - x.mean(-1, keepdim=True)
         return x / sigma[: x.shape[-2], None]
 
-    def attention_back(self, layer: int, g: Tensor, single: Tensor | None) -> None:
+    def attention_back(self, layer: int, g: Tensor, single: Tensor | None, mix_only: bool = False) -> Tensor | None:
         """g [B, P, d] at attention `layer`'s output → g plus the channel's transpose (at its input), in place.
         `single`: when g is non-zero only at each target's own position (single[b]), the cheap form. P, γ1 and
-        1/σ1 are folded into W_V and A (`__init__`)."""
+        1/σ1 are folded into W_V and A (`__init__`). `mix_only`: return Y [B, P, H*dh] (g mixed over positions in
+        each head's value space, before W_V'ᵀ) and leave g as it is."""
         W_O, W_V, A, _ = self.attn[layer]
         H, dh = self.rm.cfg.n_heads, self.rm.cfg.d_head
         B, P, d = g.shape
@@ -143,9 +152,12 @@ class _Layers:
         else:
             U = (g.reshape(B * P, d) @ W_O.T).view(B, P, H, dh)
             Y = torch.einsum("hpq,bphe->bqhe", A[:, :P, :P], U)
+            if mix_only:
+                return Y.reshape(B, P, H * dh)
             g.view(B * P, d).addmm_(Y.reshape(B * P, H * dh), W_V.T)
-            return
+            return None
         g.add_(X)
+        return None
 
     def skip_back(self, layer: int, g: Tensor) -> None:
         W_skip, sigma = self.skip[layer]
@@ -163,6 +175,18 @@ def _first_channel(rm: ReplacementModel) -> Tensor:
         if k % 2 == 1 and (k - 1) // 2 not in rm.attention_saes:
             nxt = k
     return out
+
+
+def _floor_site(rm: ReplacementModel) -> int:
+    """The lowest attention site without an SAE when below it g passes unchanged (no skip transcoder there), else
+    0. The sweep reads every write below it at once: ``(g + Y W_V'ᵀ) · v = [g, Y] · [v, v W_V']`` with the sources'
+    value-space projections formed once per graph instead of W_V'ᵀ once per target."""
+    channels = [layer for layer in range(rm.n_layers) if layer not in rm.attention_saes]
+    if not channels:
+        return 0
+    lowest = channels[0]
+    skip_below = any(layer < lowest and tc.W_skip is not None for layer, tc in rm.transcoders.items())
+    return 0 if skip_below else attn_site(lowest)
 
 
 def _targets(rm: ReplacementModel, src: Sources, reads: list[LogitRead], n_pos: int) -> _Targets:
@@ -242,8 +266,14 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
     col = _Collector(n_src + len(reads), rm.cfg.n_heads, dtype, tolerance, byte_limit)
     t = _targets(rm, src, reads, n)
     _constants_and_pre(rm, cache, src, reads, t, col)
-    writes = _SiteWrites(rm, src, n)
     layers = _Layers(rm, cache, dtype)
+    entries = _site_entries(rm, src)
+    floor = _floor_site(rm)
+    writes = {k: _Chunks.build(r, src.pos[r], v, n, n_src) for k, (r, v) in entries.items()}
+    if floor:  # every write below the lowest channel, read with the channel's value map: [v, v W_V'] against [g, Y]
+        below = [(r, v) for k, (r, v) in entries.items() if k < floor]
+        r, v = torch.cat([r for r, _ in below]), torch.cat([v for _, v in below])
+        low = _Chunks.build(r, src.pos[r], torch.cat([v, v @ layers.attn[(floor - 1) // 2][1]], 1), n, n_src)
     size = batch_size or batch_size_for(rm, n, n_src, torch.finfo(dtype).bits // 8, min(byte_limit, 2**33))
     s_rows = torch.arange(n_src)
     channel = _first_channel(rm)
@@ -255,12 +285,12 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
         pos = t.pos[sel]
         w = torch.zeros(len(sel), n_src + 1, dtype=dtype)
         for k in range(int(t.start[sel[0]]), -1, -1):
-            if k in writes.vectors:  # sources written at k read the residual right after k
-                c = int(torch.searchsorted(writes.pos[k], P))  # chunks at positions < P
-                V, R = writes.vectors[k][:c], writes.rows[k][:c]
-                part = torch.bmm(g.transpose(0, 1)[writes.pos[k][:c]], V.transpose(1, 2))  # [chunks, B, m]
-                w.index_add_(1, R.reshape(-1), part.permute(1, 0, 2).reshape(len(sel), -1))
+            if k in writes:  # sources written at k read the residual right after k
+                writes[k].read(g, w)
             layer = (k - 1) // 2
+            if floor and k == floor and not single:  # the last crossing: read every write below in the value space
+                low.read(torch.cat([g, layers.attention_back(layer, g, None, mix_only=True)], 2), w)
+                break
             if k % 2 == 1 and layer in layers.attn:
                 layers.attention_back(layer, g, pos if single else None)
                 single = False
