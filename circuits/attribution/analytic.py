@@ -23,7 +23,7 @@ from its (fixed) codes, each target's pre-activation is an affine function of th
    the constant term becomes position-dependent (σ2 differs by position).
 
 P is the LayerNorm centering ``I − 11ᵀ/d``; ``v · P u = P v · u``. Needs an SAE on every attention layer (an
-attention layer without one is a linear channel: use the autograd path); an MLP without a transcoder is an error
+attention layer without one is a linear channel: use the reverse engine); an MLP without a transcoder is an error
 node. Reference: Kissane et al. 2024 (attention-output SAEs, recursive DFA), Dunefsky et al. 2024 (transcoders),
 Ameisen et al. 2025 (attribution graphs).
 """
@@ -119,7 +119,7 @@ def analytic_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, 
     missing = [layer for layer in range(rm.n_layers) if layer not in rm.attention_saes]
     if missing:
         raise AttributionError(f"analytic attribution needs an attention SAE on every layer (missing: {missing}); "
-                               "use method='autograd'")
+                               "use method='reverse' (or 'auto')")
     dtype = src.vectors.dtype
     n_src = len(src)
     col = _Collector(n_src + len(reads), rm.cfg.n_heads, dtype, tolerance, byte_limit)

@@ -15,7 +15,7 @@ A cross-layer transcoder feature is one source at its encoder layer l: ``vectors
 transcoder's skip term is no source: it is a linear channel of the frozen model that the engines apply to the
 writes that reach its input.
 An attention layer *without* an SAE writes nothing of its own: in the frozen model it is a linear channel that
-carries earlier writes to later positions (only the autograd path handles it).
+carries earlier writes to later positions (the reverse and autograd engines handle it).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def constant_writes(rm: ReplacementModel) -> list[Tensor]:
     """Per site [d_model]: the node-independent part of what that site writes (same at every position).
 
     Site 0 (embeddings) writes nothing constant; an attention site without an SAE has no entry of its own (its
-    constant output is carried by the linear channel and only the autograd path accounts for it).
+    constant output is carried by the linear channel, which the reverse and autograd engines run).
     """
     dtype = rm.model.W_E.dtype
     zero = torch.zeros(rm.cfg.d_model, dtype=dtype, device=rm.model.W_E.device)
