@@ -250,10 +250,11 @@ def _batches(t: _Targets, size: int) -> list[Tensor]:
 
 def batch_size_for(rm: ReplacementModel, n_pos: int, n_src: int, itemsize: int, byte_limit: float) -> int:
     """Targets per sweep: about six [pos, d_model] gradients and three rows of source weights per target within a
-    quarter of the memory limit (at most 64: targets are sorted by position, and a batch pads every target to its
-    last position)."""
+    quarter of the memory limit, and at most 64 × 768 / d_model (64 at GPT-2 width: targets are sorted by position
+    and a batch pads every target to its last position; narrower models take more per sweep, fewer small ops)."""
     per_target = 6 * n_pos * rm.cfg.d_model * itemsize + 3 * (n_src + 1) * max(itemsize, 8)
-    return int(max(1, min(64, (byte_limit / 4) // per_target)))
+    cap = max(64, 64 * 768 // rm.cfg.d_model)
+    return int(max(1, min(cap, (byte_limit / 4) // per_target)))
 
 
 @torch.no_grad()
