@@ -127,7 +127,7 @@ def test_case_studies_page_lists_reports_and_opens_the_circuit(app):
     options = at.selectbox(key="study_pick").options
     assert any(o.startswith("ioi ") for o in options)
     at.selectbox(key="study_pick").set_value(next(o for o in options if o.startswith("ioi "))).run()
-    assert any("-feature circuit alone" in m.value for m in at.markdown)
+    assert any("Standard mean ablation, features alone" in m.value for m in at.markdown)  # the report's headline
     at.button(key="study_open").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.sidebar.radio(key="page").value == "explorer"
