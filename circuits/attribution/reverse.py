@@ -16,7 +16,9 @@ write site k. This module computes those gradients by hand, many targets at once
    transpose is ``g[q] += P(γ1 ⊙ Σ_h W_V[h] Σ_p A_h[p, q] W_O[h] g[p]) / σ1[q]``; a **skip transcoder** adds
    ``P(g W_skip) / σ2``; every other sublayer's output is fixed (features and errors are sources), so g passes
    unchanged. While g is non-zero at the target's own position only (before its first unreplaced attention
-   layer), the attention transpose is formed once per head instead of once per position.
+   layer), the attention transpose is formed once per head instead of once per position; at the lowest unreplaced
+   attention layer (when no skip channel lies below it) the writes below are read in its value space,
+   ``[g, Y] · [v, v W_V']``, with the sources' projections formed once per graph (`_floor_site`).
 3. **Constant term**, independently: one frozen TransformerLens forward pass in which every source's write is
    subtracted (`autograd._frozen_targets`), read at each target. So ``Σ edges + constant = pre-activation`` checks
    the sweep against the model itself.
@@ -250,10 +252,12 @@ def _batches(t: _Targets, size: int) -> list[Tensor]:
 
 def batch_size_for(rm: ReplacementModel, n_pos: int, n_src: int, itemsize: int, byte_limit: float) -> int:
     """Targets per sweep: about six [pos, d_model] gradients and three rows of source weights per target within a
-    quarter of the memory limit, and at most 64 × 768 / d_model (64 at GPT-2 width: targets are sorted by position
-    and a batch pads every target to its last position; narrower models take more per sweep, fewer small ops)."""
+    quarter of the memory limit, and at most 64 · (768 / d_model)²: about the same arithmetic per tensor op at every
+    width (64 at GPT-2 width, where the products dominate and a batch that spans fewer positions pads less —
+    targets are sorted by position and padded to the batch's last one; narrow models take many more per sweep, so
+    that per-op overheads, large on a shared machine, are paid fewer times)."""
     per_target = 6 * n_pos * rm.cfg.d_model * itemsize + 3 * (n_src + 1) * max(itemsize, 8)
-    cap = max(64, 64 * 768 // rm.cfg.d_model)
+    cap = max(64, 64 * (768 // rm.cfg.d_model) ** 2)
     return int(max(1, min(cap, (byte_limit / 4) // per_target)))
 
 
