@@ -15,6 +15,7 @@ from circuits.studies.base import Study, StudyPrompt
 from circuits.studies.checks import AblateRoleFeatures, PatchRoleFeatures
 
 SPAN = 8
+QK_PROMPTS = 80  # evaluation prompts of the QK section (bounds its run time)
 CUT = 4  # the repeat ends on the span's CUT-th word (1-based): END = A, answer = the next word
 
 
@@ -46,6 +47,18 @@ class InductionStudy(Study):
         roles[CUT] = "A"  # BOS is position 0, so the span's k-th word (1-based) is at position k
         roles[CUT + 1] = "B"
         return roles
+
+    def qk_analysis(self, rm, evaluation: list, head_data: dict | None, seed: int) -> dict | None:
+        """The QK decomposition (`circuits.studies.qk_section`) of the copying heads — those attending from END (the
+        second copy of A) to B (the token after the first copy), mean attention ≥ 0.3 and above END→A — of their
+        END→B versus END→A preference, on the first `QK_PROMPTS` evaluation prompts."""
+        from circuits.studies.qk_section import attending_heads, qk_section
+
+        subset = evaluation[:QK_PROMPTS]
+        chosen = attending_heads(rm, subset, "END", "B", "A")
+        if not chosen:
+            return None
+        return qk_section(rm, evaluation, chosen, seed, n_prompts=QK_PROMPTS)
 
     def checks(self) -> list:
         return [AblateRoleFeatures("B", 10), AblateRoleFeatures("END", 10),

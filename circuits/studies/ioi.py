@@ -39,6 +39,7 @@ from circuits.studies.base import MIN_GROUP, Study, StudyPrompt, disjoint_sets, 
 from circuits.studies.checks import AblateRoleFeatures, PatchRoleFeatures
 
 FILLER = "It was a quiet day at the park."
+QK_PROMPTS = 80  # evaluation prompts of the QK section (bounds its run time)
 
 # The test set's templates (never used while developing the study): names out of subject position, another clause
 # order, a longer IO–S2 distance, other connectives. Every word is in the organism's vocabulary (tested).
@@ -105,12 +106,24 @@ class IOIStudy(Study):
     def head_analysis(self, rm, evaluation: list, reference: list, seed: int) -> dict | None:
         """The per-head component analysis (`circuits.studies.heads`, when that module exists): called by the
         runner with the evaluation and reference `PreparedPrompt` lists; its result goes to the report as
-        ``data["heads"]`` and is rendered by `heads.render_head_section`."""
+        ``data["heads"]`` and is rendered by `heads.render_head_section`. It gets the ReplacementModel, so that it
+        also reports which attention-SAE features of each role head carry the head's effect (issue 17 item 5)."""
         if importlib.util.find_spec("circuits.studies.heads") is None:
             return None
         from circuits.studies import heads
 
-        return heads.ioi_head_analysis(rm.model, evaluation, reference, seed)
+        return heads.ioi_head_analysis(rm, evaluation, reference, seed)
+
+    def qk_analysis(self, rm, evaluation: list, head_data: dict | None, seed: int) -> dict | None:
+        """The QK decomposition (`circuits.studies.qk_section`) of the role heads of the head analysis that attend
+        from END to the names: their END→IO versus END→S2 preference, on the first `QK_PROMPTS` evaluation prompts
+        (ABBA and BABA alternate, so the subset is balanced)."""
+        from circuits.studies.qk_section import ioi_heads, qk_section
+
+        chosen = ioi_heads(head_data)
+        if not chosen:
+            return None
+        return qk_section(rm, evaluation, chosen, seed, n_prompts=QK_PROMPTS)
 
     def prompts(self, model, n: int, seed: int) -> list[StudyPrompt]:
         from circuits.organism.corpus import ToyWorldCorpus

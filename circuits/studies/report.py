@@ -343,6 +343,10 @@ def _markdown(result: StudyResult, out: str) -> str:
         from circuits.studies.heads import render_head_section
 
         lines += [render_head_section(d["heads"]), ""]
+    if "qk" in d:
+        from circuits.studies.qk_section import render_qk_section
+
+        lines += [render_qk_section(d["qk"]), ""]
     lines += _check_lines(d)
     if "extra" in d:
         lines += ["## More", "", "```", json.dumps(_round(d["extra"]), indent=1), "```", ""]

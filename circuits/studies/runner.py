@@ -375,6 +375,13 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
         if found is not None:
             data["heads"] = found
             timings["heads_s"] = time.perf_counter() - t4
+    qk = getattr(study, "qk_analysis", None)
+    if qk is not None:
+        t5 = time.perf_counter()
+        found = qk(rm, evaluation, data.get("heads"), spec.seed)
+        if found is not None:
+            data["qk"] = found
+            timings["qk_s"] = time.perf_counter() - t5
     graph = aggregated_graph(study, spec, [r for r in pass2 if r["edges"]], pass1, circuit, ig, rm)
     timings["total_s"] = time.perf_counter() - t0
     return StudyResult(spec, study.title, data, graph, timings)
