@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from gpt2_shaped import gpt2_shaped
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -68,30 +69,8 @@ def organism(repeats: int) -> None:
 
 
 def scale(d_sae: int, k: int, n_pos: int) -> None:
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    from circuits.dictionaries.base import DictionaryConfig, make_dictionary
-    from circuits.replacement import ReplacementModel
-
     t0 = time.perf_counter()
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024,
-                                  d_vocab=50257, act_fn="gelu_new", normalization_type="LN")
-    model = HookedTransformer(cfg).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    dicts = []
-    for layer in range(12):
-        for kind in ("transcoder", "attention_sae"):
-            c = DictionaryConfig(kind, layer, 768, d_sae, 768, activation="topk", k=k, n_heads=12,
-                                 context_size=1024, model_name="gpt2-shaped-random")
-            d = make_dictionary(c)
-            with torch.no_grad():
-                d.W_enc.normal_(0, 768 ** -0.5)
-                d.W_dec.normal_(0, d_sae ** -0.5)
-            d.requires_grad_(False)
-            dicts.append(d.eval())
-    rm = ReplacementModel(model, dicts)
+    rm = gpt2_shaped(d_sae, k)
     build_s = time.perf_counter() - t0
     tokens = torch.randint(1, 50257, (n_pos,), generator=torch.Generator().manual_seed(0))
     t = time.perf_counter()

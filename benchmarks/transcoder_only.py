@@ -23,6 +23,7 @@ import statistics
 import time
 
 import torch
+from gpt2_shaped import gpt2_shaped
 
 PROMPTS = (  # (prompt, indirect object, subject): 35, 47 and 47 tokens with BOS
     ("When Mary and John went to the store, John gave a drink to Mary. Then Mary and John went home. After Anna "
@@ -187,30 +188,10 @@ def organism(repeats: int, autograd: bool, circuit_tracer: bool, sample: int) ->
 
 
 def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
     from circuits.attribution import TopLogits, attribute
-    from circuits.dictionaries.base import DictionaryConfig, make_dictionary
-    from circuits.replacement import ReplacementModel
 
     t0 = time.perf_counter()
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024,
-                                  d_vocab=50257, act_fn="gelu_new", normalization_type="LN")
-    model = HookedTransformer(cfg).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    dicts = []
-    for layer in range(12):
-        c = DictionaryConfig("transcoder", layer, 768, d_sae, 768, activation="topk", k=k, context_size=1024,
-                             model_name="gpt2-shaped-random")
-        d = make_dictionary(c)
-        with torch.no_grad():
-            d.W_enc.normal_(0, 768 ** -0.5)
-            d.W_dec.normal_(0, d_sae ** -0.5)
-        d.requires_grad_(False)
-        dicts.append(d.eval())
-    rm = ReplacementModel(model, dicts)
+    rm = gpt2_shaped(d_sae, k, ("transcoder",))
     build_s = time.perf_counter() - t0
     tokens = torch.randint(1, 50257, (n_pos,), generator=torch.Generator().manual_seed(0))
     print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; 12 layers, d_model 768, "
