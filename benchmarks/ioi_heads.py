@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def main() -> None:
     evaluation = prepare(rm, study, study.prompts(model, args.n, args.eval_seed))
     reference = prepare(rm, study, study.prompts(model, args.n, args.ref_seed))
     t1 = time.perf_counter()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the analysis' progress lines
     data = ioi_head_analysis(rm, evaluation, reference, seed=args.seed, progress=True)
     t2 = time.perf_counter()
     out = Path(args.out)

@@ -290,7 +290,7 @@ def test_a_graph_of_another_model_gets_a_message(app, monkeypatch):
 # -- in a real browser ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install -y chromium)")
 def test_the_panel_renders_in_chromium(page, tmp_path):
     """In headless Chromium: select a layer-3 attention feature from the list; the node tab shows the panel — its
     heading, the score line, the pattern row chart and the pairs table — and no traceback. Screenshot:

@@ -62,7 +62,7 @@ def _check_same(graph, settings=SETTINGS):
         assert len(nodes) == r.graph.n_nodes and len(edges) == r.graph.n_edges
 
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install -y chromium)")
 
 
 def test_browser_pruning_equals_prune_on_a_tiny_random_model(rm64):

@@ -34,8 +34,8 @@ Markdown. Heads are named ``L{layer}H{head}``.
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 import time
 from dataclasses import dataclass
 
@@ -468,9 +468,12 @@ def _verdict(effect: dict, baseline: dict | None, scale: float) -> dict:
 _T0 = [time.perf_counter()]
 
 
+_LOGGER = logging.getLogger(__name__)
+
+
 def _log(progress: bool, msg: str) -> None:
-    if progress:
-        print(f"[heads {time.perf_counter() - _T0[0]:6.1f} s] {msg}", file=sys.stderr, flush=True)
+    """Progress of the analysis through `logging` (INFO when asked for, DEBUG otherwise); never in the result."""
+    _LOGGER.log(logging.INFO if progress else logging.DEBUG, "[heads %6.1f s] %s", time.perf_counter() - _T0[0], msg)
 
 
 @torch.no_grad()
