@@ -21,6 +21,19 @@ def no_network(monkeypatch):
     yield
 
 
+@pytest.fixture
+def app():
+    """The explorer (app.py) under Streamlit's AppTest, opened and run once without an exception."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A seeded 2-layer HookedTransformer with the organism's tokenizer (d_model 32 != d_vocab)."""

@@ -16,14 +16,6 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-@pytest.fixture
-def app():
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def _header(at) -> str:
     return at.markdown[0].value
 

@@ -12,19 +12,9 @@ import transformer_lens  # noqa: F401  imported before AppTest's script thread f
 
 pytest.importorskip("streamlit")
 import streamlit  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
 LYON = "Lyon is a city in France. The capital of the country containing Lyon is"
-
-
-@pytest.fixture
-def app():
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def _header(at) -> str:

@@ -16,22 +16,12 @@ import transformer_lens  # noqa: F401  imported before AppTest's script thread f
 pytest.importorskip("streamlit")
 import streamlit  # noqa: E402
 import test_browser  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
 from test_browser import CHROMIUM, _show_node_tab  # noqa: E402
 
 server, page = test_browser.server, test_browser.page  # the browser fixtures (a server for this module)
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-
-
-@pytest.fixture
-def app():
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 @pytest.fixture(scope="module")
