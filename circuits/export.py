@@ -1,10 +1,11 @@
 """Graph files: our lossless JSON (with a JSON Schema), DOT for Graphviz, GraphML, and circuit-tracer JSON.
 
-* **Our JSON** (`circuits/schemas/graph.schema.json`, ``schema_version`` 3; version-2 files are still read) stores
-  the node table and the edges as parallel arrays (compact enough for full graphs with millions of edges), per-head
-  parts only for edges into attention features, metadata (model, dictionaries, tokens, targets, method, pruning
-  thresholds, scores; since version 3 optionally ``qk``, the QK tables of `trace --qk`) and the UI state (pins,
-  supernodes, labels). `read_json` validates against the schema and then checks the arrays agree (same lengths,
+* **Our JSON** (`circuits/schemas/graph.schema.json`, ``schema_version`` 4; versions 2 and 3 are still read)
+  stores the node table and the edges as parallel arrays (compact enough for full graphs with millions of edges),
+  per-head parts only for edges into attention features, metadata (model, dictionaries, tokens, targets, method,
+  pruning thresholds, scores; since version 3 optionally ``qk``, the QK tables of `trace --qk`; since version 4
+  ``bos_folded``), the UI state (pins, supernodes — manual and automatic —, labels) and, since version 4, the
+  BOS part of each constant (``nodes.bos_constant``, when BOS nodes were folded) and the top paths (``paths``). `read_json` validates against the schema and then checks the arrays agree (same lengths,
   edge ends inside the node table), naming the offending field. Graph → JSON → graph is exact.
 * **DOT**: one rank per sublayer (tokens at the bottom, then attention L / MLP L, logits on top), nodes ordered
   by position left to right, fill colour by kind, edges blue (positive) or red (negative) with width ∝ |weight|.
@@ -35,8 +36,10 @@ import torch
 from circuits.errors import CircuitsError
 from circuits.graph import Graph, Node
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (2, 3)  # 3 added the optional metadata.qk; a version-2 file is a valid version-3 file
+SCHEMA_VERSION = 4
+#: 3 added the optional metadata.qk; 4 the optional nodes.bos_constant, paths and metadata.bos_folded. Each older
+#: file is a valid file of the newer versions (nothing was removed or renamed).
+READABLE_VERSIONS = (2, 3, 4)
 FORMAT = "circuits-graph"
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "graph.schema.json"
 
@@ -80,7 +83,7 @@ def to_dict(graph: Graph) -> dict:
         has = graph.head_weights.abs().sum(1) > 0
         idx = torch.nonzero(has).flatten()
         heads = {"edge": idx.tolist(), "weights": graph.head_weights[idx].tolist()}
-    meta = {k: v for k, v in graph.metadata.items() if k != "ui"}
+    meta = {k: v for k, v in graph.metadata.items() if k not in ("ui", "paths")}
     meta.setdefault("model", "unknown")
     meta["dtype"] = str(graph.edge_weight.dtype).removeprefix("torch.")
     out = {
@@ -99,11 +102,15 @@ def to_dict(graph: Graph) -> dict:
     }
     if heads is not None:
         out["edges"]["heads"] = heads
+    if bool((graph.bos_constants != 0).any()):
+        out["nodes"]["bos_constant"] = graph.bos_constants.tolist()
     labels = graph.metadata.get("ui", {}).get("labels", {})
     if labels:  # a per-node label column for other tools (ui.labels stays the source of truth)
         out["nodes"]["label"] = [labels.get(node_id(n)) for n in graph.nodes]
     if graph.metadata.get("ui"):
         out["ui"] = graph.metadata["ui"]
+    if graph.metadata.get("paths"):
+        out["paths"] = graph.metadata["paths"]
     return out
 
 
@@ -175,6 +182,8 @@ def from_dict(data: dict, source: str = "graph") -> Graph:
     meta = dict(data["metadata"])
     if data.get("ui"):
         meta["ui"] = _canonical_labels(data["ui"])
+    if data.get("paths"):
+        meta["paths"] = data["paths"]
 
     def t(key):
         return torch.tensor(nodes[key], dtype=dtype)
@@ -183,7 +192,8 @@ def from_dict(data: dict, source: str = "graph") -> Graph:
         return Graph(table, t("activation"), torch.tensor([edges["target"], edges["source"]], dtype=torch.long
                                                           ).reshape(2, m),
                      torch.tensor(edges["weight"], dtype=dtype), head_weights, meta, constants=t("constant"),
-                     pre_activations=t("pre_activation"), dropped=t("dropped"), target_weights=t("target_weight"))
+                     pre_activations=t("pre_activation"), dropped=t("dropped"), target_weights=t("target_weight"),
+                     bos_constants=t("bos_constant") if "bos_constant" in nodes else None)
     except ValueError as e:
         raise GraphFileError(f"{source}: {e}") from None
 
@@ -411,6 +421,11 @@ CT_FEATURE_TYPES = {"mlp_feature": "cross layer transcoder", "attn_feature": "at
                     "token": "embedding", "logit": "logit", "logit_diff": "logit"}
 
 
+def _json_id(value) -> str:
+    """The canonical id of a node stored as ``[kind, layer, pos, index]`` in the UI state."""
+    return node_id(Node.from_json(value))
+
+
 def to_circuit_tracer(graph: Graph, slug: str = "circuits-graph", influence=None) -> dict:
     """The graph in circuit-tracer's frontend JSON layout (see the module docstring for the mapping)."""
     meta = graph.metadata
@@ -450,8 +465,8 @@ def to_circuit_tracer(graph: Graph, slug: str = "circuits-graph", influence=None
                      "transcoder_list": list(meta.get("dictionaries", [])),
                      "prompt_tokens": list(meta.get("token_strings", [])), "prompt": str(meta.get("prompt") or ""),
                      "node_threshold": float(pruning.get("node_threshold", 0.8)), "schema_version": 1},
-        "qParams": {"pinnedIds": [to_ct.get(":".join(map(str, p)), "") for p in ui.get("pins", [])],
-                    "supernodes": [[s["name"]] + [to_ct.get(":".join(map(str, n)), "") for n in s["nodes"]]
+        "qParams": {"pinnedIds": [to_ct[k] for k in (_json_id(p) for p in ui.get("pins", [])) if k in to_ct],
+                    "supernodes": [[s["name"]] + [to_ct[k] for k in (_json_id(n) for n in s["nodes"]) if k in to_ct]
                                    for s in ui.get("supernodes", [])],
                     "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": nodes,

@@ -22,6 +22,11 @@ does not depend on any node — biases, LayerNorm offsets — read through the f
 
 exactly (``dropped`` is the sum of edges below an optional storage tolerance; zero by default).
 
+**BOS folding** (`fold_bos`): the features and error nodes at the beginning-of-sequence position are the same on
+every prompt (a causal model sees nothing else there), so they explain nothing about *this* prompt. The default
+graph folds them away: each edge from such a node into a node that stays is added to that node's constant (and
+recorded in ``bos_constants``, the BOS part of the constant), so the identity above still holds exactly.
+
 Layers: attention features of layer L have ``layer = L``; so do transcoder features; within a layer attention comes
 before the MLP (`Node.order`). Tokens have layer -1 and logits ``n_layers``.
 """
@@ -100,12 +105,13 @@ class Graph:
     pre_activations: Tensor | None = None  # [n_nodes] pre-activation of each target node (0 for pure sources)
     dropped: Tensor | None = None  # [n_nodes] sum of edges not stored (below the storage tolerance)
     target_weights: Tensor | None = None  # [n_nodes] weight of each target in influence (0 for non-targets)
+    bos_constants: Tensor | None = None  # [n_nodes] the part of `constants` folded in from BOS nodes (`fold_bos`)
 
     def __post_init__(self):
         n = len(self.nodes)
         if self.activations.shape != (n,):
             raise ValueError(f"activations must have shape ({n},)")
-        for name in ("constants", "pre_activations", "dropped", "target_weights"):
+        for name in ("constants", "pre_activations", "dropped", "target_weights", "bos_constants"):
             value = getattr(self, name)
             if value is None:
                 setattr(self, name, torch.zeros(n, dtype=self.edge_weight.dtype))
@@ -189,6 +195,7 @@ class Graph:
             head_weights=None if self.head_weights is None else self.head_weights[e_keep],
             metadata=dict(self.metadata), constants=self.constants[keep], pre_activations=self.pre_activations[keep],
             dropped=self.dropped[keep], target_weights=self.target_weights[keep],
+            bos_constants=self.bos_constants[keep],
         )
 
     # -- serialisation (the format lives in circuits.export) ---------------------------------------------------
@@ -217,3 +224,45 @@ class Graph:
         for (t, s), w in zip(self.edge_index.T.tolist(), self.edge_weight.tolist(), strict=True):
             g.add_edge(s, t, weight=w)
         return g
+
+
+def bos_mask(graph: Graph) -> Tensor:
+    """[n_nodes] bool: the features and error nodes at the graph's BOS position (``metadata["bos_pos"]``), except
+    targets. All false when the prompt has no BOS token."""
+    pos = graph.metadata.get("bos_pos")
+    if pos is None:
+        return torch.zeros(graph.n_nodes, dtype=torch.bool)
+    at_bos = torch.tensor([n.pos == pos and (n.kind in FEATURE_KINDS or n.kind in ERROR_KINDS) for n in graph.nodes],
+                          dtype=torch.bool)
+    return at_bos & ~(graph.target_weights > 0)
+
+
+def fold_bos(graph: Graph) -> Graph:
+    """The graph without its BOS features and BOS error nodes, their effects folded into constants.
+
+    Nothing at the BOS position depends on the prompt (causal attention: position 0 sees only itself), so its
+    features and error terms are the same on every prompt — attention-sink features that dominate every graph while
+    saying nothing about this one. For each edge ``s → t`` with ``s`` at BOS and ``t`` not, ``w`` moves into
+    ``constants[t]`` (and ``bos_constants[t]``); edges into BOS nodes go with them. Because only the bookkeeping
+    changes, ``Σ incoming + constant (+ dropped) = pre-activation`` holds exactly for every remaining node, and the
+    remaining edge weights are untouched. The BOS token node stays (tokens are the graph's inputs).
+
+    ``metadata["bos_folded"]`` records the position and how many nodes and edges were folded; folding a folded graph
+    (or one without a BOS token, ``metadata["bos_pos"] is None``) returns it unchanged.
+    """
+    if graph.metadata.get("bos_folded") is not None:
+        return graph
+    fold = bos_mask(graph)
+    tgt, src = graph.edge_index
+    into_kept = fold[src] & ~fold[tgt]
+    add = torch.zeros(graph.n_nodes, dtype=graph.edge_weight.dtype).index_add_(
+        0, tgt[into_kept], graph.edge_weight[into_kept])
+    folded = Graph(graph.nodes, graph.activations, graph.edge_index, graph.edge_weight, graph.head_weights,
+                   dict(graph.metadata), constants=graph.constants + add.to(graph.constants.dtype),
+                   pre_activations=graph.pre_activations, dropped=graph.dropped,
+                   target_weights=graph.target_weights,
+                   bos_constants=graph.bos_constants + add.to(graph.bos_constants.dtype))
+    out = folded.subgraph(~fold)
+    out.metadata["bos_folded"] = {"pos": graph.metadata.get("bos_pos"), "nodes": int(fold.sum()),
+                                  "edges": int((fold[src] | fold[tgt]).sum())}
+    return out

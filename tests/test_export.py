@@ -214,3 +214,37 @@ def test_contrast_graph_json_names_the_pair(tiny64, tmp_path):
     g = attribute(ReplacementModel(model, dicts), PROMPT, Contrast(" Mary", " John"))
     back = export.read_json(export.write_json(g, tmp_path / "c.json"))
     assert back.metadata["contrast"] == g.metadata["contrast"] and back.nodes[-1].kind == "logit_diff"
+
+
+# -- pictures sized to a circuit (issue 21 item 5) -------------------------------------------------------------
+
+
+def test_picture_draws_at_most_max_boxes_on_a_position_grid(graph):
+    from circuits import picture
+
+    for most in (20, 40):  # tokens (15) and targets (3) are always drawn
+        source = picture.to_picture_dot(graph, picture.PictureConfig(max_boxes=most))
+        assert picture.box_count(source) <= most
+    pic = picture.choose(graph, picture.PictureConfig(max_boxes=20))
+    g = pic.contracted.graph
+    tokens = [i for i in pic.boxes if g.nodes[i].kind == "token"]
+    assert len(tokens) == len(graph.metadata["token_strings"])  # every token along the bottom
+    assert any(float(g.target_weights[i]) > 0 for i in pic.boxes)
+    at = picture.layout(pic)
+    xs = [at[i][0] for i in sorted(tokens, key=lambda i: g.nodes[i].pos)]
+    assert xs == sorted(xs) and len({at[i][1] for i in tokens}) == 1  # one row, in prompt order
+    assert all(at[i][1] > at[tokens[0]][1] for i in pic.boxes if g.nodes[i].kind != "token")
+    for s, t, _, share in pic.edges:  # edges join drawn boxes, upwards
+        assert s in pic.boxes and t in pic.boxes and at[s][1] < at[t][1] and 0 < share <= 1
+
+
+@needs_dot
+def test_picture_renders_svg_and_png(graph, tmp_path):
+    from circuits import picture
+
+    svg = picture.render_picture(graph, tmp_path / "p.svg", "svg")
+    png = picture.render_picture(graph, tmp_path / "p.png", "png")
+    assert "<svg" in svg.read_text() and png.read_bytes()[:4] == b"\x89PNG"
+    scored = Graph.from_json(graph.to_json())
+    scored.metadata["scores"] = {"replacement": 0.625, "completeness": 0.75}
+    assert "replacement 0.62, completeness 0.75" in picture.to_picture_dot(scored)  # the caption has the scores

@@ -9,6 +9,12 @@ redraws the graph at once, without a round trip to the server, and shows the sam
 `prune` keeps (tests/test_graph_view.py runs both and compares). The view then reports the thresholds (debounced)
 and clicked nodes back to the app, which reruns its other tabs with them.
 
+The view opens on the **supernode level**: `pack` groups the features of the graph pruned at the default thresholds
+(`circuits.supernodes.auto_supernodes`, after any supernodes stored in the graph's UI state) and sends the groups as
+lists of node indices; the browser draws each group whose members are shown as one diamond (edges summed), expands
+it on a click and merges it back on an alt-click or "collapse all". `pack` also sends that pruned graph's top paths
+(`circuits.paths.top_paths`), listed under the plot; a click on one highlights it.
+
 The component is plain HTML and JavaScript (no build step). Its folder is served with plotly.js from the installed
 ``plotly`` package, assembled once in the temporary directory.
 """
@@ -29,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuits.graph import Graph
+from circuits.graph import Graph, Node
 from circuits.pruning import NodeRanking, rank_nodes
 
 FRONTEND = Path(__file__).parent / "frontend"
@@ -64,9 +70,37 @@ def _le(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes()
 
 
-def pack(graph: Graph, labels: list[str], colours: dict[str, str], ranked: NodeRanking | None = None) -> PackedGraph:
+def groups_and_paths(graph: Graph, ranked: NodeRanking, labels: list[str] | None = None,
+                     n_paths: int = 5) -> tuple[list[dict], list[dict]]:
+    """The supernodes and top paths the view starts with, as full-graph node indices: ``[{"name", "members"}]``
+    and ``[{"text", "weight", "nodes"}]``. Both come from the graph pruned at the default thresholds; stored UI
+    supernodes come first, then automatic ones over the features they leave."""
+    from circuits import export
+    from circuits.paths import format_path, top_paths
+    from circuits.pruning import prune
+    from circuits.supernodes import auto_supernodes
+
+    pruned = prune(graph, ranked=ranked).graph
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    groups, taken = [], set()
+    stored = [s for s in (graph.metadata.get("ui") or {}).get("supernodes", []) if not s.get("auto")]
+    for s in stored + auto_supernodes(pruned):
+        members = [index[m] for m in (Node.from_json(v) for v in s["nodes"]) if m in index and index[m] not in taken]
+        if len(members) >= 2:
+            taken.update(members)
+            groups.append({"name": str(s["name"]), "members": members})
+    by_id = {export.node_id(n): labels[i] for i, n in enumerate(graph.nodes)  # real labels, not the id itself
+             if labels and labels[i] and n.kind.endswith("_feature") and not labels[i].startswith(export.node_id(n))}
+    paths = [{"text": format_path(pruned, p, by_id), "weight": p.weight, "nodes": [index[n] for n in p.nodes]}
+             for p in top_paths(pruned, n_paths)]
+    return groups, paths
+
+
+def pack(graph: Graph, labels: list[str], colours: dict[str, str], ranked: NodeRanking | None = None,
+         supernodes: bool = True) -> PackedGraph:
     """The full `graph` with its node ranking (`rank_nodes(graph)`, computed if not given) as component arguments
-    (`labels`: one display label per node). Edge endpoints are 16-bit when the graph has fewer than 65,536 nodes."""
+    (`labels`: one display label per node), with the starting supernodes and top paths (`groups_and_paths`; not
+    when `supernodes` is false). Edge endpoints are 16-bit when the graph has fewer than 65,536 nodes."""
     from circuits import export
 
     ranked = rank_nodes(graph) if ranked is None else ranked
@@ -82,7 +116,9 @@ def pack(graph: Graph, labels: list[str], colours: dict[str, str], ranked: NodeR
             "kinds": list(KINDS), "colours": colours, "labels": labels,
             "ids": [export.node_id(n) for n in graph.nodes],
             "tokens": list(graph.metadata.get("token_strings", [])),
-            "rank_names": [[r, names[r]] for r in sorted(names)]}
+            "rank_names": [[r, names[r]] for r in sorted(names)], "supernodes": [], "paths": []}
+    if supernodes:
+        meta["supernodes"], meta["paths"] = groups_and_paths(graph, ranked, labels)
     tgt, src = graph.edge_index.numpy()
     arrays = {
         "tgt": _le(tgt.astype(idx)), "src": _le(src.astype(idx)),

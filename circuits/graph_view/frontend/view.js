@@ -10,6 +10,9 @@ const REPORT_DELAY_MS = 250;
 let G = null, meta = null, graphId = null, epoch = null;
 let state = { node: 0.8, edge: 0.98, cap: null };
 let selected = null, userLabels = {}, seq = 0, reportTimer = null, lastDraw = "", loadStart = null;
+// supernodes (meta.supernodes: [{name, members: [node index]}]) start collapsed; a click on one expands it, a click
+// on an expanded member (or the list) collapses it again. meta.paths: [{text, weight, nodes: [node index]}].
+let grouped = true, expanded = new Set(), highlight = null;
 const instance = Math.random().toString(36).slice(2); // tells this view's reports from an earlier one's
 
 function send(type, data) {
@@ -29,11 +32,11 @@ function syncControls() {
   document.getElementById("edge_v").textContent = state.edge.toFixed(2);
 }
 
-function strongestEdges(edges, limit) {
-  // the `limit` kept edges of largest |weight| (a native sort of the magnitudes finds the cut; ties by index)
+function strongestEdges(edges, limit, magnitude) {
+  // the `limit` edges of largest magnitude (a native sort of the magnitudes finds the cut; ties by index)
   if (edges.length <= limit) return edges;
   const mags = new Float64Array(edges.length);
-  for (let j = 0; j < edges.length; j++) mags[j] = Math.abs(G.w[edges[j]]);
+  for (let j = 0; j < edges.length; j++) mags[j] = magnitude(edges[j]);
   const cut = mags.slice().sort()[edges.length - limit];
   let ties = 0;
   for (let j = 0; j < edges.length; j++) if (mags[j] > cut) ties++;
@@ -45,44 +48,87 @@ function strongestEdges(edges, limit) {
   return out;
 }
 
+function groupsOf(nodeMask) {
+  // node index -> supernode index, for the collapsed supernodes with at least two members shown
+  const groupOf = new Map();
+  if (!grouped || !meta.supernodes) return groupOf;
+  meta.supernodes.forEach((sn, k) => {
+    if (expanded.has(k)) return;
+    const shownMembers = sn.members.filter((i) => nodeMask[i] && !groupOf.has(i));
+    if (shownMembers.length >= 2) for (const i of shownMembers) groupOf.set(i, k);
+  });
+  return groupOf;
+}
+
 function figure(result) {
   const { nodeMask, edges } = result;
+  const groupOf = groupsOf(nodeMask);
   const shown = [];
-  for (let i = 0; i < G.n; i++) if (nodeMask[i]) shown.push(i);
+  for (let i = 0; i < G.n; i++) if (nodeMask[i] && !groupOf.has(i)) shown.push(i);
+  // one marker per collapsed supernode: index G.n + k, in the cell of its first shown member
+  const groupRows = new Map(); // k -> [member node indices shown]
+  for (const [i, k] of groupOf) { if (!groupRows.has(k)) groupRows.set(k, []); groupRows.get(k).push(i); }
+  const N = G.n + (meta.supernodes ? meta.supernodes.length : 0);
+  const rankOf = (v) => (v < G.n ? G.rank[v] : G.rank[groupRows.get(v - G.n)[0]]);
+  const posOf = (v) => (v < G.n ? G.pos[v] : G.pos[groupRows.get(v - G.n)[0]]);
+  const infOf = (v) => (v < G.n ? G.influence[v] : groupRows.get(v - G.n).reduce((a, i) => a + G.influence[i], 0));
+  const vis = (i) => (groupOf.has(i) ? G.n + groupOf.get(i) : i); // the marker a node is drawn as
+  const markers = shown.concat([...groupRows.keys()].sort((a, b) => a - b).map((k) => G.n + k));
   // layout: x = token position (nodes of one sublayer and position spread around it by influence), y = sublayer
   const slots = new Map();
-  for (const i of shown) {
-    const key = G.rank[i] * 100000 + G.pos[i];
+  for (const v of markers) {
+    const key = rankOf(v) * 100000 + posOf(v);
     if (!slots.has(key)) slots.set(key, []);
-    slots.get(key).push(i);
+    slots.get(key).push(v);
   }
-  const x = new Float64Array(G.n), y = new Float64Array(G.n);
+  const x = new Float64Array(N), y = new Float64Array(N);
   for (const rows of slots.values()) {
-    rows.sort((a, b) => G.influence[b] - G.influence[a] || a - b);
+    rows.sort((a, b) => infOf(b) - infOf(a) || a - b);
     const step = Math.min(0.8 / Math.max(1, rows.length), 0.2);
-    rows.forEach((i, k) => { x[i] = G.pos[i] + (k - (rows.length - 1) / 2) * step; y[i] = G.rank[i]; });
+    rows.forEach((v, k) => { x[v] = posOf(v) + (k - (rows.length - 1) / 2) * step; y[v] = rankOf(v); });
   }
+  // edges between markers: a collapsed supernode's edges are summed; edges inside one are not drawn
+  const merged = new Map(); // "s,t" -> [s, t, summed weight, path edge?]
+  const onPath = pathEdges();
+  for (const e of edges) {
+    const s = vis(G.src[e]), t = vis(G.tgt[e]);
+    if (s === t) continue;
+    const key = s * N + t;
+    if (!merged.has(key)) merged.set(key, [s, t, 0, false]);
+    const m = merged.get(key);
+    m[2] += G.w[e];
+    if (onPath.has(e)) m[3] = true;
+  }
+  const drawn = [...merged.values()];
   // edges go to a canvas under the plot (drawEdges): plotly's SVG lines were most of the redraw time
   const edgeGroups = [];
-  if (edges.length) {
+  if (drawn.length) {
     let scale = 0;
-    for (const e of edges) scale = Math.max(scale, Math.abs(G.w[e]));
-    const strongest = strongestEdges(edges, EDGE_LIMIT);
+    for (const d of drawn) scale = Math.max(scale, Math.abs(d[2]));
+    const strongest = strongestEdges(drawn, EDGE_LIMIT, (d) => Math.abs(d[2]));
     for (const [lo, hi, width] of [[0.0, 0.15, 0.6], [0.15, 0.5, 1.6], [0.5, 1.01, 3.0]]) { // faint ones first
       for (const [sign, colour] of [[1, "33,102,172"], [-1, "178,24,43"]]) {
         const segs = [];
-        for (const e of strongest) {
-          const v = G.w[e], r = Math.abs(v) / scale;
+        for (const [s, t, v] of strongest) {
+          const r = Math.abs(v) / scale;
           if ((v >= 0) !== (sign > 0) || r < lo || r >= hi) continue;
-          segs.push(x[G.src[e]], y[G.src[e]], x[G.tgt[e]], y[G.tgt[e]]);
+          segs.push(x[s], y[s], x[t], y[t]);
         }
         if (segs.length) edgeGroups.push({ width, colour: `rgba(${colour},${0.35 + 0.5 * lo})`, segs });
       }
     }
+    const path = [];
+    for (const [s, t, , hit] of drawn) if (hit) path.push(x[s], y[s], x[t], y[t]);
+    if (path.length) edgeGroups.push({ width: 5, colour: "rgba(230,120,0,0.9)", segs: path }); // on top
   }
   const traces = [];
   let maxInf = 1e-12;
-  for (const i of shown) maxInf = Math.max(maxInf, G.influence[i]);
+  for (const v of markers) maxInf = Math.max(maxInf, infOf(v));
+  const onPathNodes = pathNodes(vis);
+  const outline = (v) => (v === selected ? 4 : onPathNodes.has(v) ? 3 : 1);
+  const outlineColour = (v) => (v === selected ? "#000" : onPathNodes.has(v) ? "#e67800" : "#333");
+  const inGroup = new Set();
+  if (meta.supernodes) meta.supernodes.forEach((sn, k) => { if (expanded.has(k)) for (const i of sn.members) inGroup.add(i); });
   meta.kinds.forEach((kind, code) => {
     const rows = shown.filter((i) => G.kind[i] === code);
     if (!rows.length) return;
@@ -91,14 +137,28 @@ function figure(result) {
       type: "scatter", mode: "markers", name: kind, x: rows.map((i) => x[i]), y: rows.map((i) => y[i]),
       customdata: rows,
       hovertext: rows.map((i) => `${label(i)}<br>activation ${G.activation[i].toFixed(3)}<br>influence ` +
-                                  G.influence[i].toFixed(4)),
+                                  G.influence[i].toFixed(4) + (inGroup.has(i) ? "<br>(in an expanded supernode)" : "")),
       hoverinfo: "text",
       marker: { size: rows.map((i) => 8 + 30 * Math.sqrt(Math.max(G.influence[i], 0) / maxInf)),
                 color: meta.colours[kind] || "#777",
-                line: { width: rows.map((i) => (i === selected ? 4 : 1)),
-                        color: rows.map((i) => (i === selected ? "#000" : "#333")) } },
+                symbol: rows.map((i) => (inGroup.has(i) ? "square" : "circle")),
+                line: { width: rows.map(outline), color: rows.map(outlineColour) } },
     });
   });
+  const groups = markers.filter((v) => v >= G.n);
+  if (groups.length) {
+    traces.push({
+      type: "scatter", mode: "markers+text", name: "supernode", x: groups.map((v) => x[v]), y: groups.map((v) => y[v]),
+      customdata: groups.map((v) => `g${v - G.n}`),
+      text: groups.map((v) => `×${groupRows.get(v - G.n).length}`), textposition: "middle center",
+      textfont: { size: 10, color: "#fff" },
+      hovertext: groups.map((v) => `${meta.supernodes[v - G.n].name}<br>${groupRows.get(v - G.n).length} features ` +
+                                   `shown (click to expand)<br>influence ${infOf(v).toFixed(4)}`),
+      hoverinfo: "text",
+      marker: { symbol: "diamond", size: groups.map((v) => 14 + 30 * Math.sqrt(Math.max(infOf(v), 0) / maxInf)),
+                color: "#6a51a3", line: { width: groups.map(outline), color: groups.map(outlineColour) } },
+    });
+  }
   const ranks = meta.rank_names.map((r) => r[0]);
   const layout = {
     height: 620, margin: { l: 10, r: 10, t: 10, b: 10 }, clickmode: "event", hovermode: "closest",
@@ -110,7 +170,46 @@ function figure(result) {
     legend: { orientation: "h" }, uirevision: graphId,
     paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", // the edge canvas shows through
   };
-  return { traces, layout, edgeGroups, nNodes: shown.length, nEdges: edges.length };
+  let nMembers = 0;
+  for (const rows of groupRows.values()) nMembers += rows.length;
+  return { traces, layout, edgeGroups, nNodes: shown.length + nMembers, nEdges: edges.length,
+           nMarkers: markers.length, nGroups: groups.length };
+}
+
+function pathEdges() {
+  // edge indices along the highlighted path (consecutive path nodes joined by an edge of the full graph)
+  const out = new Set();
+  if (highlight === null || !meta.paths || !meta.paths[highlight]) return out;
+  const nodes = meta.paths[highlight].nodes;
+  const want = new Set();
+  for (let k = 0; k + 1 < nodes.length; k++) want.add(nodes[k] * G.n + nodes[k + 1]);
+  for (let e = 0; e < G.m; e++) if (want.has(G.src[e] * G.n + G.tgt[e])) out.add(e);
+  return out;
+}
+
+function pathNodes(vis) {
+  const out = new Set();
+  if (highlight === null || !meta.paths || !meta.paths[highlight]) return out;
+  for (const i of meta.paths[highlight].nodes) out.add(vis(i));
+  return out;
+}
+
+function listPaths() {
+  // the top paths under the plot: a click highlights one (again: clears it)
+  const box = document.getElementById("paths");
+  box.textContent = "";
+  if (!meta.paths || !meta.paths.length) return;
+  const title = document.createElement("div");
+  title.textContent = "top paths (weight = share of the target's attribution along the path; click to highlight):";
+  box.appendChild(title);
+  meta.paths.forEach((p, k) => {
+    const b = document.createElement("button");
+    b.className = "path" + (k === highlight ? " on" : "");
+    b.dataset.index = k;
+    b.textContent = p.text;
+    b.addEventListener("click", () => { highlight = highlight === k ? null : k; listPaths(); draw(true); });
+    box.appendChild(b);
+  });
 }
 
 let edgeGroups = [];
@@ -172,7 +271,7 @@ function clearView() {
 
 function draw(force) {
   if (!window.Plotly) { plotlyReady.then(() => draw(force)); return; }
-  const key = JSON.stringify([graphId, state, selected, userLabels]);
+  const key = JSON.stringify([graphId, state, selected, userLabels, grouped, [...expanded], highlight]);
   if (!force && key === lastDraw) return;
   lastDraw = key;
   const t0 = performance.now();
@@ -187,7 +286,10 @@ function draw(force) {
     const t2 = performance.now();
     const status = document.getElementById("status");
     status.textContent = `showing ${fig.nNodes.toLocaleString("en")} of ${G.n.toLocaleString("en")} nodes, ` +
-      `${fig.nEdges.toLocaleString("en")} edges`;
+      `${fig.nEdges.toLocaleString("en")} edges` + (fig.nGroups ? ` (${fig.nGroups} supernodes collapsed)` : "");
+    status.dataset.markers = fig.nMarkers;
+    status.dataset.groups = fig.nGroups;
+    status.dataset.expanded = expanded.size;
     status.dataset.pruneMs = (t1 - t0).toFixed(1);
     status.dataset.drawMs = (t2 - t1).toFixed(1);
     status.dataset.nodes = fig.nNodes;
@@ -201,6 +303,13 @@ function draw(force) {
       plot.on("plotly_click", (ev) => {
         const p = ev.points && ev.points[0];
         if (!p || p.customdata === undefined) return;
+        if (typeof p.customdata === "string" && p.customdata[0] === "g") { // a supernode: expand it
+          expanded.add(Number(p.customdata.slice(1)));
+          draw();
+          return;
+        }
+        const k = memberOf(p.customdata);
+        if (k !== null && ev.event && ev.event.altKey) { expanded.delete(k); draw(); return; } // alt-click: merge back
         selected = p.customdata;
         draw();
         report(true);
@@ -208,6 +317,13 @@ function draw(force) {
     }
     send("streamlit:setFrameHeight", { height: document.body.scrollHeight });
   });
+}
+
+function memberOf(i) {
+  // the expanded supernode a node belongs to (or null)
+  if (!meta.supernodes) return null;
+  for (const k of expanded) if (meta.supernodes[k].members.includes(i)) return k;
+  return null;
 }
 
 function report(now) {
@@ -231,6 +347,9 @@ function onControl() {
 }
 
 for (const id of ["node", "edge"]) document.getElementById(id).addEventListener("input", onControl);
+document.getElementById("grouped").addEventListener("change", (ev) => { grouped = ev.target.checked; draw(); });
+document.getElementById("collapse").addEventListener("click", () => { expanded = new Set(); grouped = true;
+  document.getElementById("grouped").checked = true; draw(); });
 document.getElementById("cap").addEventListener("change", onControl);
 
 let latest = null, loading = null; // the last render's arguments; the graph id being fetched
@@ -280,6 +399,9 @@ window.addEventListener("message", (ev) => {
       for (const [name, [offset, length]] of Object.entries(latest.index)) args[name] = new Uint8Array(buf, offset, length);
       loadStart = started;
       load(args);
+      expanded = new Set();
+      highlight = null;
+      listPaths();
       graphId = wanted;
       epoch = null;
       loading = null;
