@@ -63,7 +63,7 @@ def test_skip_transcoder_round_trip_in_our_layout(tmp_path):
     t = load_file(str(folder / "sae_weights.safetensors"))
     assert t["W_skip"].shape == (16, 16) and torch.equal(t["W_skip"], d.W_skip.detach())
     raw = json.loads((folder / "cfg.json").read_text())
-    assert raw["architecture"] == "skip_transcoder" and raw["circuits"]["skip"] is True
+    assert raw["architecture"] == "topk_skip_transcoder" and raw["circuits"]["skip"] is True
     again = load_dictionary(folder)
     x = torch.randn(20, 16)
     assert again.cfg.skip and torch.equal(again.W_skip, d.W_skip)

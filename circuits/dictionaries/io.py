@@ -9,9 +9,16 @@ Our on-disk layout *is* the SAELens v6 layout, so SAELens can read a set we writ
     <set>/set.json                         the set: model name, member folders in splice order
 
 Our own fields (kind, layer, n_heads, k, training activation) sit in cfg.json under ``"circuits"``; SAELens ignores
-unknown keys. A transcoder's input centering has no SAELens field, so it is folded into the encoder bias on save
+unknown keys. ``metadata.sae_lens_version`` is `SAELENS_FORMAT_VERSION`: without it SAELens 6 takes a config for a
+pre-6.0 one and rebuilds ``metadata`` from top-level keys, losing ``hook_name``, ``model_name`` and the rest.
+A transcoder's input centering has no SAELens field, so it is folded into the encoder bias on save
 (``b_enc' = b_enc − b_in @ W_enc``, exact up to float rounding) and loads back as ``b_in = 0``. A BatchTopK
 dictionary is saved as JumpReLU with its learned threshold (its inference-time form), as SAELens does.
+
+SAELens computes the same codes as we do (same operations, same order) for every architecture we write except a
+TopK *transcoder*: SAELens 6 has none, so it is written as ``topk_transcoder`` / ``topk_skip_transcoder``, names
+SAELens refuses (rather than silently computing ReLU codes). SAELens's JumpReLU is ``relu(pre) · 1[pre > θ]``, ours
+``pre · 1[pre > θ]``: equal for θ ≥ 0 (ours are), and a foreign threshold θ < 0 is read as 0, which is exact.
 
 Every loader validates before returning: tensor names, shapes, finiteness, threshold presence; failures raise
 `DictionaryLoadError` naming the file and the mismatch. Nothing partially loaded is returned.
@@ -38,14 +45,99 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
 
 
-def _saelens_architecture(d: Dictionary) -> str:
-    act = d.cfg.activation
-    jump = act in ("jumprelu", "batchtopk")
-    if d.cfg.skip:
-        return "skip_transcoder"  # SAELens' name (its SkipTranscoder is ReLU; our circuits block has the activation)
-    if d.cfg.kind == "transcoder":
-        return "jumprelu_transcoder" if jump else "transcoder"
-    return {"relu": "standard", "topk": "topk"}.get(act, "jumprelu")
+#: ``metadata.sae_lens_version`` in the cfg.json files we write: the SAELens config format (6.x) they follow. A
+#: constant, not the installed SAELens version, so files do not change with the environment that wrote them.
+SAELENS_FORMAT_VERSION = "6.0.0"
+
+
+def saelens_architecture(c: DictionaryConfig) -> str:
+    """SAELens's ``architecture`` name for a dictionary of config `c` (the class SAELens builds from cfg.json)."""
+    jump = c.activation in ("jumprelu", "batchtopk")
+    if c.kind == "transcoder":
+        base = "skip_transcoder" if c.skip else "transcoder"
+        if jump:
+            return f"jumprelu_{base}"
+        return f"topk_{base}" if c.activation == "topk" else base  # topk_*: no such SAELens class (it refuses)
+    return {"relu": "standard", "topk": "topk"}.get(c.activation, "jumprelu")
+
+
+def saelens_metadata(c: DictionaryConfig) -> dict:
+    """SAELens 6 ``metadata`` (its LLM keys: model, hooks, tokenization) for a dictionary of config `c`."""
+    meta = {
+        "sae_lens_version": SAELENS_FORMAT_VERSION,
+        "sae_lens_training_version": None,
+        "model_name": c.model_name,
+        "model_class_name": "HookedTransformer",
+        "model_from_pretrained_kwargs": {},
+        "hook_name": c.hook_in,
+        "hook_head_index": None,
+        "prepend_bos": True,
+        "exclude_special_tokens": False,
+        "context_size": c.context_size,
+        "seqpos_slice": [None],
+        "dataset_path": "circuits toy-world corpus" if c.model_name == "organism" else None,
+        "neuronpedia_id": None,
+    }
+    if c.kind == "transcoder":
+        meta["hook_name_out"] = c.hook_out
+        meta["hook_head_index_out"] = None
+    return meta
+
+
+def saelens_cfg(c: DictionaryConfig) -> dict:
+    """The cfg.json of a dictionary of config `c`: every field SAELens 6 reads, plus our "circuits" block."""
+    saved_activation = "jumprelu" if c.activation == "batchtopk" else c.activation
+    cfg = {
+        "architecture": saelens_architecture(c),
+        "d_in": c.d_in,
+        "d_sae": c.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": c.kind == "attention_sae",
+        "normalize_activations": "none",
+        "reshape_activations": "hook_z" if c.kind == "attention_sae" else "none",
+        "metadata": saelens_metadata(c),
+        "circuits": {**c.to_dict(), "activation": saved_activation, "trained_activation": c.activation},
+    }
+    if c.kind == "transcoder":
+        cfg["d_out"] = c.d_out
+    if saved_activation == "topk":
+        cfg["k"] = c.k
+        cfg["rescale_acts_by_decoder_norm"] = False
+    return cfg
+
+
+def write_cfg(folder: Path, cfg: dict) -> Path:
+    """Write cfg.json atomically (also used alone to refresh the configs of saved folders: weights untouched)."""
+    tmp = Path(folder) / (CFG_FILE + ".tmp")
+    tmp.write_text(json.dumps(cfg, indent=2))
+    tmp.replace(Path(folder) / CFG_FILE)
+    return Path(folder) / CFG_FILE
+
+
+def refresh_cfg(folder: Path) -> Path:
+    """Rewrite a saved folder's cfg.json from its "circuits" block with today's `saelens_cfg` (weights untouched).
+
+    How the shipped sets' configs are brought up to date when the SAELens fields we write change:
+    ``python -c "from circuits.dictionaries.io import refresh_set; refresh_set('data/dictionaries/organism')"``."""
+    cfg_path = Path(folder) / CFG_FILE
+    raw = read_json(cfg_path)
+    fields = dict(raw.get("circuits") or {})
+    if not fields or fields.get("kind") == "cross_layer_transcoder":
+        raise DictionaryLoadError(f"{cfg_path}: not one of our per-layer dictionary folders (no 'circuits' block)")
+    fields["activation"] = fields.pop("trained_activation", fields.get("activation"))
+    try:
+        cfg = DictionaryConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise DictionaryLoadError(f"{cfg_path}: bad 'circuits' block ({e})") from None
+    return write_cfg(folder, saelens_cfg(cfg))
+
+
+def refresh_set(folder: Path) -> list[Path]:
+    """`refresh_cfg` for every per-layer dictionary of a saved set (``set.json``); returns the files written."""
+    members = read_json(Path(folder) / "set.json").get("dictionaries", [])
+    return [refresh_cfg(Path(folder) / m) for m in members
+            if (read_json(Path(folder) / m / CFG_FILE).get("circuits") or {}).get("kind") != "cross_layer_transcoder"]
 
 
 def save_dictionary(d: Dictionary, folder: Path) -> Path:
@@ -62,39 +154,10 @@ def save_dictionary(d: Dictionary, folder: Path) -> Path:
         if d.W_skip is not None:
             tensors["W_skip"] = d.W_skip
         tensors = {k: v.detach().float().contiguous().clone() for k, v in tensors.items()}
-    c = d.cfg
-    saved_activation = "jumprelu" if c.activation == "batchtopk" else c.activation
-    cfg = {
-        "architecture": _saelens_architecture(d),
-        "d_in": c.d_in,
-        "d_sae": c.d_sae,
-        "dtype": "float32",
-        "device": "cpu",
-        "apply_b_dec_to_input": c.kind == "attention_sae",
-        "normalize_activations": "none",
-        "reshape_activations": "hook_z" if c.kind == "attention_sae" else "none",
-        "metadata": {
-            "model_name": c.model_name,
-            "hook_name": c.hook_in,
-            "hook_head_index": None,
-            "prepend_bos": True,
-            "context_size": c.context_size,
-            "dataset_path": "circuits toy-world corpus" if c.model_name == "organism" else None,
-            "sae_lens_training_version": None,
-        },
-        "circuits": {**c.to_dict(), "activation": saved_activation, "trained_activation": c.activation},
-    }
-    if c.kind == "transcoder":
-        cfg["d_out"] = c.d_out
-        cfg["metadata"]["hook_name_out"] = c.hook_out
-    if saved_activation == "topk":
-        cfg["k"] = c.k
     tmp = folder / (WEIGHTS_FILE + ".tmp")
     save_file(tensors, str(tmp))
     tmp.replace(folder / WEIGHTS_FILE)
-    tmp = folder / (CFG_FILE + ".tmp")
-    tmp.write_text(json.dumps(cfg, indent=2))
-    tmp.replace(folder / CFG_FILE)
+    write_cfg(folder, saelens_cfg(d.cfg))
     return folder
 
 
@@ -186,13 +249,43 @@ def load_dictionary(folder: Path, n_heads: int | None = None) -> Dictionary:
         return load_clt(folder)
     tensors = read_safetensors(w_path)
     cfg = config_from_saelens(raw, cfg_path, n_heads)
-    if "W_skip" in tensors and not cfg.skip and "circuits" not in raw:  # a foreign skip transcoder
-        cfg = dataclasses.replace(cfg, skip=True)
+    if "circuits" not in raw:
+        cfg, tensors = _foreign_saelens_tensors(raw, cfg, tensors, w_path)
     return dictionary_from_tensors(cfg, tensors, w_path)
 
 
+#: SAELens 6 inference architectures we read: the ones whose maths is ours (see the module docstring), plus the
+#: names we write for TopK transcoders (which SAELens does not have).
+SAELENS_ARCHITECTURES = ("standard", "topk", "jumprelu", "transcoder", "skip_transcoder", "jumprelu_transcoder",
+                         "jumprelu_skip_transcoder")
+READABLE_ARCHITECTURES = SAELENS_ARCHITECTURES + ("topk_transcoder", "topk_skip_transcoder")
+
+
+def _foreign_saelens_tensors(raw: dict, cfg: DictionaryConfig, tensors: dict[str, Tensor],
+                             source: Path) -> tuple[DictionaryConfig, dict[str, Tensor]]:
+    """Map a folder written by SAELens (or anyone, no "circuits" block) onto our maths, exactly where possible.
+
+    * W_skip present → a skip transcoder whatever the architecture says (SAELens reads it the same way);
+    * JumpReLU θ < 0 → 0: SAELens computes ``relu(pre) · 1[pre > θ]``, which is ``pre · 1[pre > max(θ, 0)]``;
+    * an attention SAE with ``apply_b_dec_to_input: false`` encodes ``x @ W_enc + b_enc``; ours always centres by
+      b_dec, so ``b_dec @ W_enc`` is added to b_enc (the same function; codes equal up to float rounding)."""
+    if "W_skip" in tensors and not cfg.skip:
+        cfg = dataclasses.replace(cfg, skip=True)
+    if cfg.activation == "jumprelu" and "threshold" in tensors:
+        tensors = {**tensors, "threshold": tensors["threshold"].clamp_min(0.0)}
+    if cfg.kind == "attention_sae" and raw.get("apply_b_dec_to_input") is False:
+        validate_tensors(tensors, cfg, source)
+        tensors = {**tensors, "b_enc": tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]}
+    return cfg, tensors
+
+
 def config_from_saelens(raw: dict, source: Path, n_heads: int | None = None) -> DictionaryConfig:
-    """Our config from a SAELens cfg.json (our own "circuits" block when present)."""
+    """Our config from a SAELens cfg.json (our own "circuits" block when present).
+
+    A foreign config (SAELens 6, or pre-6.0 with its keys at top level) must describe something we can splice with
+    the same maths: a transcoder ``blocks.L.ln2.hook_normalized → blocks.L.hook_mlp_out`` or an SAE on
+    ``blocks.L.attn.hook_z``, one of `SAELENS_ARCHITECTURES`, no activation normalization, no head index; anything
+    else raises `DictionaryLoadError` saying what is not supported."""
     if not isinstance(raw, dict) or "d_in" not in raw or "d_sae" not in raw:
         raise DictionaryLoadError(f"{source}: not a SAELens cfg.json (no d_in / d_sae)")
     if "circuits" in raw:
@@ -202,25 +295,55 @@ def config_from_saelens(raw: dict, source: Path, n_heads: int | None = None) -> 
             return DictionaryConfig(**fields)
         except (TypeError, ValueError) as e:
             raise DictionaryLoadError(f"{source}: bad 'circuits' block ({e})") from None
-    from circuits.model import parse_layer
+    from circuits.model import hook_ln2_normalized, hook_mlp_out, parse_layer
 
-    meta = raw.get("metadata", raw)
-    hook = meta.get("hook_name") or raw.get("hook_name", "")
-    arch = raw.get("architecture", "standard")
-    kind = "transcoder" if "transcoder" in arch or raw.get("d_out") else (
-        "attention_sae" if hook.endswith("attn.hook_z") else None)
-    if kind is None:
+    meta = {**raw, **(raw.get("metadata") or {})}  # SAELens 6 keeps these in metadata, earlier versions at top level
+    hook = str(meta.get("hook_name") or meta.get("hook_point") or "")
+    arch = raw.get("architecture")
+    fn = raw.get("activation_fn") or raw.get("activation_fn_str")
+    k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
+    if arch is None:  # a pre-6.0 config
+        arch = "topk" if fn == "topk" and k else ("transcoder" if raw.get("d_out") else "standard")
+    if arch.startswith("topk") and not k:
+        k = 100  # SAELens's TopKSAEConfig default
+    if arch not in READABLE_ARCHITECTURES:
+        raise DictionaryLoadError(f"{source}: SAELens architecture {arch!r} is not supported (only "
+                                  f"{', '.join(SAELENS_ARCHITECTURES)}: the ones whose codes we compute exactly)")
+    norm = raw.get("normalize_activations") or "none"
+    if norm not in ("none", False):
+        raise DictionaryLoadError(f"{source}: normalize_activations {norm!r} is not supported (only 'none'); fold "
+                                  "the normalization into the weights first")
+    if meta.get("hook_head_index") is not None:
+        raise DictionaryLoadError(f"{source}: an SAE on one head (hook_head_index {meta['hook_head_index']}) cannot "
+                                  "be spliced; only SAEs on every head of attn.hook_z")
+    if raw.get("rescale_acts_by_decoder_norm"):
+        raise DictionaryLoadError(f"{source}: rescale_acts_by_decoder_norm is not supported (TopK on rescaled "
+                                  "pre-activations)")
+    try:
+        layer = parse_layer(hook)
+    except ValueError:
+        layer = None
+    if "transcoder" in arch:
+        out = meta.get("hook_name_out")
+        if layer is None or hook != hook_ln2_normalized(layer) or (out is not None and out != hook_mlp_out(layer)):
+            raise DictionaryLoadError(f"{source}: a transcoder from {hook!r} to {out!r}; only blocks.L.ln2."
+                                      "hook_normalized → blocks.L.hook_mlp_out transcoders can be spliced")
+        kind = "transcoder"
+    elif layer is not None and hook.endswith("attn.hook_z"):
+        kind = "attention_sae"
+    else:
         raise DictionaryLoadError(f"{source}: hook {hook!r} is neither ln2.hook_normalized nor attn.hook_z; "
                                   "only transcoders and attention-output SAEs can be spliced")
-    activation = "jumprelu" if "jumprelu" in arch else ("topk" if arch == "topk" else "relu")
-    model_name = meta.get("model_name") or "unknown"
+    activation = "jumprelu" if "jumprelu" in arch else ("topk" if arch.startswith("topk") else "relu")
+    model_name = str(meta.get("model_name") or "unknown")
     try:
         return DictionaryConfig(
-            kind=kind, layer=parse_layer(hook), d_in=int(raw["d_in"]), d_sae=int(raw["d_sae"]),
-            d_out=int(raw.get("d_out", raw["d_in"])), activation=activation, k=raw.get("k") or None,
+            kind=kind, layer=layer, d_in=int(raw["d_in"]), d_sae=int(raw["d_sae"]),
+            d_out=int(raw.get("d_out") or raw["d_in"]), activation=activation,
+            k=int(k) if activation == "topk" and k else None,
             n_heads=n_heads_for(model_name, n_heads, source) if kind == "attention_sae" else None,
             context_size=int(meta.get("context_size") or 128), model_name=model_name,
-            skip=arch == "skip_transcoder",
+            skip="skip_transcoder" in arch,
         )
     except ValueError as e:
         raise DictionaryLoadError(f"{source}: {e}") from None
