@@ -1,5 +1,13 @@
 """The strongest paths from the prompt's tokens to the target: which few routes carry the answer.
 
+Two levels. `top_paths` finds the best paths between single nodes of any graph. `top_routes` (what `circuits trace`
+prints and stores) first merges the features of each **cell** — one position, one layer, one kind (attention /
+transcoder) and, when the labels engine knows them, one label category — into one node with summed edges
+(`circuits.supernodes.contract`), and finds the best paths of that graph: a route such as
+``'Mary'@2 → A0@2 ×25 [head 2] → M0@2 ×15 → A3@14 ×46 [head 0] → logit ' Mary' − ' John'`` says which positions,
+layers and heads carry the answer, where single-feature paths each carry a sliver of it (hundreds of features
+share the target's input).
+
 **Path weight.** Pruning's normalised adjacency ``Â[t, s] = |A[t, s]| / Σ_s' |A[t, s']|`` gives every node's
 incoming edges shares that sum to 1. The weight of a path ``s₀ → s₁ → … → t`` is
 
@@ -159,16 +167,70 @@ def format_path(graph: Graph, path: Path, labels: dict[str, str] | None = None) 
     return f"{path.weight:.4f} {'+' if path.sign > 0 else '−'}  " + " → ".join(steps)
 
 
-def attach_paths(graph: Graph, k: int = 5) -> list[Path]:
-    """Compute the top paths of `graph` and store them in ``metadata["paths"]`` (written to the JSON's ``paths``)."""
-    paths = top_paths(graph, k)
-    graph.metadata["paths"] = [p.to_json() for p in paths]
-    return paths
+@dataclass(frozen=True)
+class Route:
+    """A path of the cell graph: each step is a set of member nodes (one token, a cell of features, an error node,
+    the target) with its printed label and, for a step into attention features, the heads carrying that edge."""
+
+    steps: tuple[tuple[Node, ...], ...]
+    labels: tuple[str, ...]
+    heads: tuple[tuple[int, ...], ...]  # heads[i]: heads of the edge into step i (empty for i = 0 and non-attention)
+    weight: float
+    sign: int
+
+    def text(self) -> str:
+        steps = [label + (f" [head{'s' if len(h) > 1 else ''} {', '.join(map(str, h))}]" if h else "")
+                 for label, h in zip(self.labels, self.heads, strict=True)]
+        return f"{self.weight:.4f} {'+' if self.sign > 0 else '−'}  " + " → ".join(steps)
+
+    def to_json(self) -> dict:
+        from circuits.ids import format_node
+
+        return {"weight": self.weight, "sign": self.sign, "text": self.text(),
+                "steps": [{"label": label, "nodes": [format_node(n) for n in nodes], "heads": list(h)}
+                          for label, nodes, h in zip(self.labels, self.steps, self.heads, strict=True)]}
 
 
-def path_nodes(graph: Graph, stored: dict) -> list[Node]:
-    """The nodes of a stored path (``metadata["paths"][i]``), parsed from their canonical ids."""
-    from circuits.ids import parse_node
+def cells(graph: Graph, categorize=None) -> list[dict]:
+    """The graph's features grouped by (position, layer, kind, label category), in the ``ui.supernodes`` format
+    (every cell, also of one feature). `categorize(node) -> str | None` defaults to the labels engine."""
+    from circuits.supernodes import category
 
-    return [parse_node(s) for s in stored["nodes"]]
+    found: dict[tuple, list[Node]] = {}
+    for node in graph.nodes:
+        if node.kind in ("attn_feature", "mlp_feature"):
+            cat = category(graph, node) if categorize is None else categorize(node)
+            kind_word = "attention" if node.kind == "attn_feature" else "transcoder"
+            found.setdefault((node.pos, node.layer, node.kind, None if cat == kind_word else cat), []).append(node)
+    out = []
+    for (pos, layer, kind, cat), nodes in sorted(found.items(), key=lambda kv: (kv[0][:3], kv[0][3] or "")):
+        tag = "A" if kind == "attn_feature" else "M"
+        name = f"{tag}{layer}@{pos} ×{len(nodes)}" + (f" ({cat})" if cat else "")
+        out.append({"name": name, "nodes": [n.to_json() for n in nodes]})
+    return out
+
+
+def top_routes(graph: Graph, k: int = 5, categorize=None) -> list[Route]:
+    """The `k` best paths of the cell graph of `graph` (see the module docstring), best first."""
+    from circuits.supernodes import contract
+
+    c = contract(graph, cells(graph, categorize))
+    g = c.graph
+    routes = []
+    for path in top_paths(g, k):
+        rows = [g.row(n) for n in path.nodes]
+        steps = tuple(tuple(c.member_nodes[i] for i in c.members[r]) for r in rows)
+        labels = tuple(c.names[r] if c.names[r] and len(c.members[r]) > 1 else describe_node(graph, path.nodes[j])
+                       for j, r in enumerate(rows))
+        heads = ((),) + tuple(tuple(heads_of(g, e)) if n.kind == "attn_feature" else ()
+                              for n, e in zip(path.nodes[1:], path.edge_rows, strict=True))
+        routes.append(Route(steps, labels, heads, path.weight, path.sign))
+    return routes
+
+
+def attach_routes(graph: Graph, k: int = 5, categorize=None) -> list[Route]:
+    """Compute `top_routes` of `graph` and store them in ``metadata["paths"]`` (written to the JSON's ``paths``)."""
+    routes = top_routes(graph, k, categorize)
+    graph.metadata["paths"] = [r.to_json() for r in routes]
+    return routes
 

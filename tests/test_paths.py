@@ -121,3 +121,26 @@ def test_bad_k_and_backward_edges():
     bad = build((T1, F, G, L), [(F, G, 1.0), (L, F, 1.0)])
     with pytest.raises(CircuitsError, match="earlier to later"):
         top_paths(bad)
+
+
+def test_routes_merge_each_cell_and_sum_its_edges():
+    from circuits.paths import cells, top_routes
+
+    # two features in one cell (mlp L0 @1) split the token's input; merged they carry the whole route
+    f1, f2 = Node("mlp_feature", 0, 1, 1), Node("mlp_feature", 0, 1, 2)
+    g = build((T0, T1, f1, f2, G, L), [(L, G, 4.0), (L, f1, 1.0), (G, f1, 1.0), (G, f2, 1.0), (G, T1, 2.0),
+                                       (f1, T1, 1.0), (f2, T1, 1.0), (f2, T0, 0.5)], heads={3: [0.0, 1.0]})
+    assert [c["name"] for c in cells(g, lambda n: None)] == ["M0@1 ×2", "A1@1 ×1"]
+    routes = top_routes(g, k=3, categorize=lambda n: None)
+    # cell graph Â: L ← A1 .8, M0 .2;  A1 ← M0 .5, T1 .5;  M0 ← T1 .8, T0 .2
+    assert [r.labels for r in routes] == [("' Mary'@1", "A1#4@1", "logit ' Mary' − ' John'"),
+                                         ("' Mary'@1", "M0@1 ×2", "A1#4@1", "logit ' Mary' − ' John'"),
+                                         ("' Mary'@1", "M0@1 ×2", "logit ' Mary' − ' John'")]
+    assert [r.weight for r in routes] == pytest.approx([0.4, 0.32, 0.16], abs=1e-15)
+    assert routes[1].steps[1] == (f1, f2) and routes[1].heads == ((), (), (1,), ())
+    assert routes[1].text() == ("0.3200 +  ' Mary'@1 → M0@1 ×2 → A1#4@1 [head 1] → logit ' Mary' − ' John'")
+    stored = routes[1].to_json()
+    assert stored["steps"][1] == {"label": "M0@1 ×2", "nodes": ["M0#1@1", "M0#2@1"], "heads": []}
+    # label categories split a cell
+    split = cells(g, lambda n: "name" if n.index == 1 else None)
+    assert [c["name"] for c in split] == ["M0@1 ×1", "M0@1 ×1 (name)", "A1@1 ×1"]

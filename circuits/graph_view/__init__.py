@@ -13,7 +13,7 @@ The view opens on the **supernode level**: `pack` groups the features of the gra
 (`circuits.supernodes.auto_supernodes`, after any supernodes stored in the graph's UI state) and sends the groups as
 lists of node indices; the browser draws each group whose members are shown as one diamond (edges summed), expands
 it on a click and merges it back on an alt-click or "collapse all". `pack` also sends that pruned graph's top paths
-(`circuits.paths.top_paths`), listed under the plot; a click on one highlights it.
+(`circuits.paths.top_routes`), listed under the plot; a click on one highlights it.
 
 The component is plain HTML and JavaScript (no build step). Its folder is served with plotly.js from the installed
 ``plotly`` package, assembled once in the temporary directory.
@@ -70,13 +70,11 @@ def _le(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes()
 
 
-def groups_and_paths(graph: Graph, ranked: NodeRanking, labels: list[str] | None = None,
-                     n_paths: int = 5) -> tuple[list[dict], list[dict]]:
-    """The supernodes and top paths the view starts with, as full-graph node indices: ``[{"name", "members"}]``
-    and ``[{"text", "weight", "nodes"}]``. Both come from the graph pruned at the default thresholds; stored UI
+def groups_and_paths(graph: Graph, ranked: NodeRanking, n_paths: int = 5) -> tuple[list[dict], list[dict]]:
+    """The supernodes and top routes the view starts with, as full-graph node indices: ``[{"name", "members"}]``
+    and ``[{"text", "weight", "steps": [[node index, ...], ...]}]``. Both come from the graph pruned at the default thresholds; stored UI
     supernodes come first, then automatic ones over the features they leave."""
-    from circuits import export
-    from circuits.paths import format_path, top_paths
+    from circuits.paths import top_routes
     from circuits.pruning import prune
     from circuits.supernodes import auto_supernodes
 
@@ -89,10 +87,8 @@ def groups_and_paths(graph: Graph, ranked: NodeRanking, labels: list[str] | None
         if len(members) >= 2:
             taken.update(members)
             groups.append({"name": str(s["name"]), "members": members})
-    by_id = {export.node_id(n): labels[i] for i, n in enumerate(graph.nodes)  # real labels, not the id itself
-             if labels and labels[i] and n.kind.endswith("_feature") and not labels[i].startswith(export.node_id(n))}
-    paths = [{"text": format_path(pruned, p, by_id), "weight": p.weight, "nodes": [index[n] for n in p.nodes]}
-             for p in top_paths(pruned, n_paths)]
+    paths = [{"text": r.text(), "weight": r.weight, "steps": [[index[n] for n in step] for step in r.steps]}
+             for r in top_routes(pruned, n_paths)]
     return groups, paths
 
 
@@ -118,7 +114,7 @@ def pack(graph: Graph, labels: list[str], colours: dict[str, str], ranked: NodeR
             "tokens": list(graph.metadata.get("token_strings", [])),
             "rank_names": [[r, names[r]] for r in sorted(names)], "supernodes": [], "paths": []}
     if supernodes:
-        meta["supernodes"], meta["paths"] = groups_and_paths(graph, ranked, labels)
+        meta["supernodes"], meta["paths"] = groups_and_paths(graph, ranked)
     tgt, src = graph.edge_index.numpy()
     arrays = {
         "tgt": _le(tgt.astype(idx)), "src": _le(src.astype(idx)),

@@ -176,21 +176,34 @@ function figure(result) {
            nMarkers: markers.length, nGroups: groups.length };
 }
 
-function pathEdges() {
-  // edge indices along the highlighted path (consecutive path nodes joined by an edge of the full graph)
-  const out = new Set();
+function stepOf() {
+  // node index -> its step in the highlighted route (a step is a token, a cell of features, an error, the target)
+  const out = new Map();
   if (highlight === null || !meta.paths || !meta.paths[highlight]) return out;
-  const nodes = meta.paths[highlight].nodes;
-  const want = new Set();
-  for (let k = 0; k + 1 < nodes.length; k++) want.add(nodes[k] * G.n + nodes[k + 1]);
-  for (let e = 0; e < G.m; e++) if (want.has(G.src[e] * G.n + G.tgt[e])) out.add(e);
+  meta.paths[highlight].steps.forEach((rows, k) => { for (const i of rows) out.set(i, k); });
+  return out;
+}
+
+let pathCache = { key: null, edges: new Set() };
+
+function pathEdges() {
+  // edges from one step of the highlighted route to the next (one pass over the edges per route and graph)
+  const key = `${graphId}:${highlight}`;
+  if (pathCache.key === key) return pathCache.edges;
+  const out = new Set(), step = stepOf();
+  if (step.size) {
+    for (let e = 0; e < G.m; e++) {
+      const a = step.get(G.src[e]);
+      if (a !== undefined && step.get(G.tgt[e]) === a + 1) out.add(e);
+    }
+  }
+  pathCache = { key, edges: out };
   return out;
 }
 
 function pathNodes(vis) {
   const out = new Set();
-  if (highlight === null || !meta.paths || !meta.paths[highlight]) return out;
-  for (const i of meta.paths[highlight].nodes) out.add(vis(i));
+  for (const i of stepOf().keys()) out.add(vis(i));
   return out;
 }
 
@@ -200,7 +213,7 @@ function listPaths() {
   box.textContent = "";
   if (!meta.paths || !meta.paths.length) return;
   const title = document.createElement("div");
-  title.textContent = "top paths (weight = share of the target's attribution along the path; click to highlight):";
+  title.textContent = "top routes (weight = share of the target's attribution along the route; click to highlight):";
   box.appendChild(title);
   meta.paths.forEach((p, k) => {
     const b = document.createElement("button");
