@@ -58,9 +58,19 @@ class BatchTopK(nn.Module):
             return pre * (pre > self.threshold)
         flat = torch.relu(pre).reshape(-1)
         n_keep = min(self.k * pre.reshape(-1, pre.shape[-1]).shape[0], flat.numel())
-        values, indices = flat.topk(n_keep)
-        out = torch.zeros_like(flat).scatter(0, indices, values).reshape(pre.shape)
-        kept_min = values[values > 0].min() if (values > 0).any() else values.new_tensor(0.0)
+        # keep every value at or above the n_keep-th largest θ: the same set as a topk(n_keep) up to exact ties,
+        # which only zeros have in practice (kept as zeros). θ is found by selection among the values above half
+        # the running threshold when there are at least n_keep of them (then θ is among them: exact), else among all
+        fd = flat.detach()
+        cutoff = 0.5 * float(self.threshold.min()) if int(self.updates) > 0 else 0.0
+        cand = fd[fd >= cutoff] if cutoff > 0 else fd
+        if cand.numel() < n_keep:
+            cand = fd
+        theta = cand.kthvalue(cand.numel() - n_keep + 1).values
+        out = torch.where(flat >= theta, flat, torch.zeros_like(flat)).reshape(pre.shape)
+        positive = fd[fd >= theta]
+        positive = positive[positive > 0]
+        kept_min = positive.min() if positive.numel() else flat.new_tensor(0.0)
         with torch.no_grad():
             # a plain running mean over the first 1/momentum batches, an exponential average after that
             rate = max(self.momentum, 1.0 / (int(self.updates) + 1))

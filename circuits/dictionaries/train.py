@@ -157,6 +157,20 @@ def site_tensors(d: Dictionary, batch: dict[str, Tensor]) -> tuple[Tensor, Tenso
     return batch[d.hook_in], batch[d.hook_out]
 
 
+def sparse_decode(codes: Tensor, W_dec: Tensor) -> Tensor:
+    """``codes @ W_dec`` [n, d_out] for sparse codes [n, d_sae] and W_dec [d_sae, d_out], reading only the nonzero
+    codes: each row is a weighted bag of decoder rows (``embedding_bag``, sum mode, codes as the weights).
+
+    With ≈ k of d_sae features active this costs n·k·d_out instead of n·d_sae·d_out, forward and backward (the
+    gradient reaches only the decoder rows and codes that were used, exactly what the dense product gives them:
+    a zero code's gradient is discarded by TopK / BatchTopK / ReLU anyway)."""
+    import torch.nn.functional as F
+
+    rows, feats = codes.nonzero(as_tuple=True)  # row-major: rows ascending
+    offsets = torch.searchsorted(rows, torch.arange(codes.shape[0], device=codes.device))
+    return F.embedding_bag(feats, W_dec, offsets, mode="sum", per_sample_weights=codes[rows, feats])
+
+
 @torch.no_grad()
 def initialise(d: Dictionary, x: Tensor, y: Tensor, generator: torch.Generator) -> None:
     """Unit-norm random decoder, tied encoder, data-mean biases."""
@@ -177,7 +191,10 @@ def dictionary_loss(d: Dictionary, x: Tensor, y: Tensor, steps_since_fired: Tens
     """FVU + AuxK loss for one batch; updates `steps_since_fired` in place (in tokens)."""
     pre = d.pre_activation(x)
     codes = d.activation(pre)
-    out = d.reconstruct(codes, x)  # a skip transcoder's x @ W_skip.T included (W_skip starts at zero)
+    out = sparse_decode(codes, d.W_dec) + d.b_dec  # = d.decode(codes), touching only the active features
+    skip = d.skip_write(x)  # a skip transcoder's x @ W_skip.T (W_skip starts at zero)
+    if skip is not None:
+        out = out + skip
     err = y - out
     var = (y - y.mean(0)).pow(2).sum(-1).mean()
     fvu = err.pow(2).sum(-1).mean() / var
@@ -187,11 +204,10 @@ def dictionary_loss(d: Dictionary, x: Tensor, y: Tensor, steps_since_fired: Tens
     dead = steps_since_fired > cfg.dead_after_tokens
     aux = torch.zeros((), dtype=x.dtype)
     if dead.any() and cfg.aux_coef > 0:
-        k_aux = min(cfg.aux_k, int(dead.sum()))
-        dead_pre = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
-        vals, idx = dead_pre.topk(k_aux, dim=-1)
-        aux_codes = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-        aux_out = aux_codes @ d.W_dec
+        dead_idx = dead.nonzero().squeeze(-1)  # top-k over the dead columns only
+        vals, j = pre[:, dead_idx].topk(min(cfg.aux_k, dead_idx.numel()), dim=-1)
+        aux_codes = torch.zeros_like(pre).scatter(-1, dead_idx[j], torch.relu(vals))
+        aux_out = sparse_decode(aux_codes, d.W_dec)
         aux = (err.detach() - aux_out).pow(2).sum(-1).mean() / var
         aux = torch.nan_to_num(aux, nan=0.0)
     l0 = (codes > 0).float().sum(-1).mean()
@@ -278,8 +294,8 @@ def check_resumable(state: dict, path: Path, dicts: dict[str, Dictionary], cfg: 
     for name in sorted(set(saved) & set(dicts)):
         mine = {k: tuple(v.shape) for k, v in dicts[name].state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in saved[name].items()}
-        if mine != theirs:
-            d_old = theirs.get("W_enc", (None, None))[-1]
+        if mine != theirs:  # W_enc [d_in, d_sae] (a CLT: layers.{l}.W_enc)
+            d_old = next((v[-1] for k, v in theirs.items() if k.split(".")[-1] == "W_enc"), None)
             diffs.append(f"{name} has d_sae {d_old} in the checkpoint, {dicts[name].cfg.d_sae} now"
                          if d_old != dicts[name].cfg.d_sae else f"{name}'s parameter shapes differ")
     try:

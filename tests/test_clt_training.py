@@ -1,0 +1,120 @@
+"""Cross-layer transcoder training on a tiny model: every output layer's FVU falls, L0 stays at k per layer, a
+resumed run is the uninterrupted run, the sparse decoder equals the dense one, and the trained CLT saves, loads
+and splices exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from circuits.dictionaries.clt import CLTConfig, CrossLayerTranscoder
+from circuits.dictionaries.train import DictTrainConfig, sparse_decode
+from circuits.dictionaries.train_clt import decode_all, set_decoder_norm_to_unit, train_clt
+
+CFG = DictTrainConfig(total_tokens=256 * 80, batch_size=256, lr=3e-3, rows_per_forward=16, buffer_tokens=2048,
+                      dead_after_tokens=2048, checkpoint_every=40, log_every=10, resample_every=20,
+                      resample_until=0.5, resample_dead_after_tokens=2048)
+
+
+def _clt_cfg(model, activation="batchtopk"):
+    return CLTConfig(model.cfg.n_layers, model.cfg.d_model, 64, activation=activation, k=4,
+                     context_size=model.cfg.n_ctx, model_name="tiny")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clt")
+    return out, train_clt(tiny_model, _clt_cfg(tiny_model), out, CFG, progress=False)
+
+
+def test_training_lowers_every_layers_fvu_and_keeps_l0(trained):
+    out, clt = trained
+    log = [json.loads(line) for line in (out / "clt_log.jsonl").read_text().splitlines()]
+    assert len(log) == 8 and log[-1]["step"] == 80
+    for layer in ("L0", "L1"):
+        first, last = log[0][layer], log[-1][layer]
+        assert last["fvu"] < 0.7 * first["fvu"], (layer, first, last)
+        assert last["l0"] == pytest.approx(4, abs=1e-6)  # BatchTopK keeps k·B per batch and layer
+    # the decoders to later layers were trained (they start at zero), and every feature's concatenated decoder
+    # has unit norm
+    assert clt[0].W_dec_out[:, 1].abs().max() > 0
+    for layer in clt.layers:
+        torch.testing.assert_close(layer.W_dec_out.flatten(1).norm(dim=-1), torch.ones(64))
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_model, trained, tmp_path):
+    _, full = trained
+    train_clt(tiny_model, _clt_cfg(tiny_model), tmp_path, CFG, progress=False, stop_after=40)
+    resumed = train_clt(tiny_model, _clt_cfg(tiny_model), tmp_path, CFG, progress=False)
+    for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_with_another_width_is_refused_before_streaming(tiny_model, trained):
+    from circuits.errors import CheckpointError
+
+    out, _ = trained
+    wider = dataclasses.replace(_clt_cfg(tiny_model), d_sae=96)
+    with pytest.raises(CheckpointError, match="d_sae 64 in the checkpoint, 96 now"):
+        train_clt(tiny_model, wider, out, CFG, progress=False)
+
+
+def test_sparse_decode_equals_the_dense_product_with_gradients():
+    gen = torch.Generator().manual_seed(0)
+    pre = torch.randn(50, 40, generator=gen, dtype=torch.float64)
+    pre[3] = -1.0  # a row with no active feature
+    codes = torch.relu(pre) * (pre > 1.0)
+    W = torch.randn(40, 7, generator=gen, dtype=torch.float64)
+    g = torch.randn(50, 7, generator=gen, dtype=torch.float64)
+    grads = []
+    for f in (sparse_decode, torch.matmul):
+        c, w = codes.clone().requires_grad_(), W.clone().requires_grad_()
+        out = f(c, w)
+        (out * g).sum().backward()
+        grads.append((out.detach(), c.grad * (codes > 0), w.grad))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_sparse_decode_of_all_layers_equals_the_clt_reconstruction():
+    clt = CrossLayerTranscoder(CLTConfig(3, 8, 16, activation="topk", k=3), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    set_decoder_norm_to_unit(clt)
+    xs = [torch.randn(20, 8, generator=gen, dtype=torch.float64) for _ in range(3)]
+    codes = clt.encode(xs)
+    for a, b in zip(decode_all(clt, codes), clt.reconstruct(codes), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_trained_clt_saves_loads_and_splices_exactly(tiny_model, trained, tmp_path):
+    """Train -> save (our CLT folder in a set) -> load gives the same codes and outputs; spliced with its error
+    terms the model's logits are unchanged, and without them each MLP output is the CLT's reconstruction."""
+    from circuits.dictionaries.dictset import DictionarySet
+    from circuits.replacement import splice_hooks
+
+    _, clt = trained
+    folder = DictionarySet("tiny", {"clt": clt}).save(tmp_path / "set")
+    assert json.loads((folder / "set.json").read_text())["dictionaries"] == ["clt"]
+    loaded = DictionarySet.load(folder)
+    assert [d.cfg.name for d in loaded] == ["transcoder_L0", "transcoder_L1"]
+    tokens = torch.randint(0, tiny_model.cfg.d_vocab, (2, tiny_model.cfg.n_ctx), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clean, cache = tiny_model.run_with_cache(tokens)
+        xs = [cache[f"blocks.{layer}.ln2.hook_normalized"] for layer in range(2)]
+        codes = clt.encode(xs)
+        want = clt.reconstruct(codes)
+        codes2 = [d.encode(x) for d, x in zip(loaded, xs, strict=True)]
+        for a, b in zip(codes, codes2, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        outputs: dict = {}
+        tiny_model.run_with_hooks(tokens, fwd_hooks=splice_hooks(list(loaded), error="on", outputs=outputs))
+        exact = tiny_model.run_with_hooks(tokens, fwd_hooks=splice_hooks(list(loaded), error="on"))
+    torch.testing.assert_close(exact, clean, rtol=0, atol=1e-5)
+    for layer in range(2):  # with errors on, every hook sees the clean inputs: outputs = the trained CLT's
+        torch.testing.assert_close(outputs[f"transcoder_L{layer}"], want[layer], rtol=1e-5, atol=1e-5)
