@@ -276,8 +276,7 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
                     return base * error_scale[name][None, :, None].to(act.dtype) if name in error_scale else base
                 hooks.append((hook_mlp_out(layer), mlp))
     if token_edits:
-        model = rm.model
-        write = (model.W_E[cache.tokens] + model.W_pos[:n]).detach()
+        write = cache.resid_pre[0].detach()  # the token node's write (embedding, + position embedding if any)
 
         def tokens_hook(act, hook):
             act = act.clone()

@@ -28,7 +28,11 @@ def logit_lens(rm: ReplacementModel, cache: ReplacementCache, tokens: list[int] 
     streams = [cache.resid_pre[0]] + [cache.resid_pre[layer + 1] for layer in range(rm.n_layers - 1)]
     streams.append(cache.resid_final)
     x = torch.stack(streams)  # [n_layers + 1, pos, d_model]
-    probs = rm.model.unembed(rm.model.ln_final(x)).softmax(-1)
+    logits = rm.model.unembed(rm.model.ln_final(x))
+    cap = getattr(rm.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap > 0:  # Gemma-2: the model's own output soft-cap
+        logits = cap * torch.tanh(logits / cap)
+    probs = logits.softmax(-1)
     top = probs.max(-1)
     return LogitLens(["embed"] + [f"L{layer}" for layer in range(rm.n_layers)], top.indices.tolist(), top.values,
                      {t: probs[..., t] for t in tokens})

@@ -1,9 +1,11 @@
 """Loading models and tokenizers; the one place where TransformerLens hook names are built.
 
 `load_model("organism")` reads the embedded default from ``data/organism/`` (safetensors weights, a JSON config
-and a tokenizer folder) with no network access. `load_model("gpt2")` loads GPT-2 small through TransformerLens
-when the Hugging Face hub is reachable (or the weights are already in the local cache), and otherwise fails within
-seconds with one message naming the offline default.
+and a tokenizer folder) with no network access. `load_model("gpt2")` and the families' public models
+(``"gemma-2-2b"``, ``"llama-3.2-1b"``, ``"qwen3-0.6b"``, ...; `circuits.families.PUBLIC_MODELS`) load through
+TransformerLens when the Hugging Face hub is reachable (or the weights are already in the local cache), and
+otherwise fail within seconds with one message naming the offline default. A folder path loads an organism folder
+or a folder written by `circuits.families.save_model` (any TransformerLens config: the tiny family models).
 
 Hook names: every module that touches a hook calls a function below and never spells a hook string itself;
 `check_hooks` fails loudly when a name is missing from a model's ``hook_dict``.
@@ -23,7 +25,7 @@ from circuits.errors import ModelLoadError
 #: Folder of shipped artifacts: $CIRCUITS_DATA, else ``data/`` beside the package (an editable install or a clone).
 DATA_DIR = Path(os.environ.get("CIRCUITS_DATA", Path(__file__).resolve().parent.parent / "data"))
 
-KNOWN_MODELS: tuple[str, ...] = ("organism", "gpt2")
+KNOWN_MODELS: tuple[str, ...] = ("organism", "gpt2", "gemma-2-2b", "llama-3.2-1b", "qwen3-0.6b")
 
 
 # -- hook names ---------------------------------------------------------------------------------------------------
@@ -111,6 +113,31 @@ def hook_mlp_out(layer: int) -> str:
     return f"blocks.{layer}.hook_mlp_out"
 
 
+def hook_ln1_post_scale(layer: int) -> str:
+    """Scale of Gemma-2's norm after attention (``ln1_post``, applied before hook_attn_out): [batch, pos, 1]."""
+    return f"blocks.{layer}.ln1_post.hook_scale"
+
+
+def hook_ln2_post_scale(layer: int) -> str:
+    """Scale of Gemma-2's norm after the MLP (``ln2_post``, applied before hook_mlp_out): [batch, pos, 1]."""
+    return f"blocks.{layer}.ln2_post.hook_scale"
+
+
+def hook_attn_scores(layer: int) -> str:
+    """Attention scores after scaling, soft-capping and masking, before the softmax: [batch, head, q, k]."""
+    return f"blocks.{layer}.attn.hook_attn_scores"
+
+
+def hook_rot_q(layer: int) -> str:
+    """Rotary models: queries after the rotation (what the score reads): [batch, pos, n_heads, d_head]."""
+    return f"blocks.{layer}.attn.hook_rot_q"
+
+
+def hook_rot_k(layer: int) -> str:
+    """Rotary models: keys after the rotation, [batch, pos, n_key_value_heads, d_head] with GQA."""
+    return f"blocks.{layer}.attn.hook_rot_k"
+
+
 def hook_ln_final_scale() -> str:
     return "ln_final.hook_scale"
 
@@ -146,7 +173,10 @@ class LoadedModel(NamedTuple):
 
 
 def load_model(name: str = "organism", device: str = "cpu") -> LoadedModel:
-    """Load a model by name ("organism", "gpt2") or from an organism-format folder path."""
+    """Load a model by name ("organism", "gpt2", a public family model such as "gemma-2-2b") or from a folder
+    (an organism folder, or one written by `circuits.families.save_model`)."""
+    from circuits import families
+
     if not str(name).strip():
         raise ModelLoadError(f"empty model name; use one of {', '.join(KNOWN_MODELS)} or a folder written by "
                              "`circuits organism train`")
@@ -154,7 +184,11 @@ def load_model(name: str = "organism", device: str = "cpu") -> LoadedModel:
         return load_organism(DATA_DIR / "organism", device)
     if name == "gpt2":
         return _load_gpt2(device)
+    if name in families.PUBLIC_MODELS:
+        return families.load_public(name, device)
     if Path(name).is_dir():
+        if families.is_saved_model(Path(name)):
+            return families.load_saved(Path(name), device)
         return load_organism(Path(name), device)
     raise ModelLoadError(
         f"unknown model {name!r}; use one of {', '.join(KNOWN_MODELS)} or a folder written by "

@@ -12,6 +12,13 @@ every encoder layer l ≤ l', whose codes come from the same forward pass); atte
 ``attn.hook_z`` (flattened over heads), so their error ``z − ẑ`` flows through W_O like everything else.
 With errors on, logits equal the original model's to float precision — the first invariant of the product.
 
+Normalisation (`ReplacementModel.frozen`): LayerNorm (``P x / σ · γ + β``, P the centring) and RMSNorm (``x / σ · w``,
+no centring, no bias: Gemma-2, Llama-3, Qwen3) are both linear once their per-position scale σ is held. Gemma-2's
+norms after attention and after the MLP (``ln1_post``, ``ln2_post``) are held the same way, so what attention writes
+at position p is ``(z W_O + b_O) · w1_post / σ1_post[p]`` — a linear, position-dependent scale on written vectors
+(`ReplacementModel.attn_out_scale`). A transcoder replaces the whole MLP (``ln2_post`` included: it predicts
+``hook_mlp_out``).
+
 `ablation_hooks` gives the comparison points used by fidelity reports: a component zero-ablated or replaced by its
 mean activation over a reference corpus.
 """
@@ -33,8 +40,10 @@ from circuits.inputs import check_text
 from circuits.model import (
     hook_attn_pattern,
     hook_attn_z,
+    hook_ln1_post_scale,
     hook_ln1_scale,
     hook_ln2_normalized,
+    hook_ln2_post_scale,
     hook_ln2_scale,
     hook_ln_final_scale,
     hook_mlp_out,
@@ -163,13 +172,15 @@ class ReplacementCache:
     error_writes: dict[str, Tensor]  # site name ("attn_L", "mlp_L") -> [pos, d_model] error written to the residual
     pre_activations: dict[str, Tensor]  # dictionary name -> [pos, d_sae] encoder pre-activations
     patterns: list[Tensor]  # per layer [n_heads, pos(query), pos(key)]
-    ln1_scale: list[Tensor]  # per layer [pos]
+    ln1_scale: list[Tensor]  # per layer [pos] (LayerNorm or RMSNorm σ; ones without a norm)
     ln2_scale: list[Tensor]  # per layer [pos]
     lnf_scale: Tensor  # [pos]
     resid_pre: list[Tensor]  # per layer [pos, d_model]
     resid_mid: list[Tensor]  # per layer [pos, d_model]
     resid_final: Tensor  # [pos, d_model] (input of ln_final)
     hook_values: dict[str, Tensor] = field(default_factory=dict)  # raw cached hook activations (batch 1 removed)
+    attn_post_scale: list[Tensor] = field(default_factory=list)  # Gemma-2: per layer [pos] σ of ln1_post
+    mlp_post_scale: list[Tensor] = field(default_factory=list)  # Gemma-2: per layer [pos] σ of ln2_post
 
     @property
     def n_pos(self) -> int:
@@ -251,10 +262,12 @@ class ReplacementModel:
             names |= {hook_attn_pattern(layer), hook_resid_pre(layer), hook_attn_z(layer)}
             if self.has_mlp:
                 names |= {hook_resid_mid(layer), hook_mlp_out(layer), hook_ln2_normalized(layer)}
-            if self.has_ln:
+            if self.has_norm:
                 names |= {hook_ln1_scale(layer)} | ({hook_ln2_scale(layer)} if self.has_mlp else set())
+            if self.has_post_norm:
+                names |= {hook_ln1_post_scale(layer)} | ({hook_ln2_post_scale(layer)} if self.has_mlp else set())
         names.add(hook_resid_post(self.n_layers - 1))
-        if self.has_ln:
+        if self.has_norm:
             names.add(hook_ln_final_scale())
         values: dict[str, Tensor] = {}
 
@@ -265,7 +278,7 @@ class ReplacementModel:
         logits = self.model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
         n = tokens.shape[0]
         ones = torch.ones(n, dtype=logits.dtype, device=logits.device)
-        scale = (lambda name: values[name].reshape(n)) if self.has_ln else (lambda name: ones)
+        scale = (lambda name: values[name].reshape(n)) if self.has_norm else (lambda name: ones)
         codes, errors, error_writes, pre = {}, {}, {}, {}
         for d in self.dictionaries:
             c, e = store[d.cfg.name]
@@ -275,8 +288,10 @@ class ReplacementModel:
         for layer in range(self.n_layers):
             sae = self.attention_saes.get(layer)
             if sae is not None:
-                error_writes[site_name("attn", layer)] = errors[sae.cfg.name].to(self.W_O_cat(layer).dtype) \
-                    @ self.W_O_cat(layer)
+                write = errors[sae.cfg.name].to(self.W_O_cat(layer).dtype) @ self.W_O_cat(layer)
+                if self.has_post_norm:
+                    write = write * self._post_factor("ln1_post", layer, values[hook_ln1_post_scale(layer)].reshape(n))
+                error_writes[site_name("attn", layer)] = write
             if self.has_mlp:
                 tc = self.transcoders.get(layer)
                 mlp_out = values[hook_mlp_out(layer)]
@@ -294,13 +309,18 @@ class ReplacementModel:
             resid_mid=[values[hook_resid_mid(layer)] if self.has_mlp else after[layer] for layer in range(self.n_layers)],
             resid_final=values[hook_resid_post(self.n_layers - 1)],
             hook_values=values,
+            attn_post_scale=[values[hook_ln1_post_scale(layer)].reshape(n) for layer in range(self.n_layers)]
+            if self.has_post_norm else [],
+            mlp_post_scale=[values[hook_ln2_post_scale(layer)].reshape(n) for layer in range(self.n_layers)]
+            if self.has_post_norm and self.has_mlp else [],
         )
 
     # -- the frozen (linear) model ------------------------------------------------------------------------------
 
     @contextmanager
     def frozen(self, cache: ReplacementCache):
-        """Hold LayerNorm scales and attention patterns at `cache`'s values inside the block.
+        """Hold normalisation scales (LayerNorm / RMSNorm, Gemma-2's post-norms too) and attention patterns at
+        `cache`'s values inside the block.
 
         Batches of any size are accepted (the cached values broadcast over the batch). The prompt must have the
         cache's length. With nothing else changed, a forward pass inside equals the clean forward pass.
@@ -317,11 +337,15 @@ class ReplacementModel:
 
         for layer in range(self.n_layers):
             hooks.append((hook_attn_pattern(layer), hold(cache.patterns[layer][None])))
-            if self.has_ln:
+            if self.has_norm:
                 hooks.append((hook_ln1_scale(layer), hold(cache.ln1_scale[layer].reshape(1, n, 1))))
                 if self.has_mlp:
                     hooks.append((hook_ln2_scale(layer), hold(cache.ln2_scale[layer].reshape(1, n, 1))))
-        if self.has_ln:
+            if self.has_post_norm:
+                hooks.append((hook_ln1_post_scale(layer), hold(cache.attn_post_scale[layer].reshape(1, n, 1))))
+                if self.has_mlp:
+                    hooks.append((hook_ln2_post_scale(layer), hold(cache.mlp_post_scale[layer].reshape(1, n, 1))))
+        if self.has_norm:
             hooks.append((hook_ln_final_scale(), hold(cache.lnf_scale.reshape(1, n, 1))))
         with self.model.hooks(fwd_hooks=hooks):
             yield self
@@ -333,8 +357,36 @@ class ReplacementModel:
         return not getattr(self.cfg, "attn_only", False)
 
     @property
+    def has_norm(self) -> bool:
+        """Whether the blocks normalise their inputs (LayerNorm or RMSNorm, with scale hooks)."""
+        return self.cfg.normalization_type in ("LN", "LNPre", "RMS", "RMSPre")
+
+    @property
     def has_ln(self) -> bool:
+        """Whether the normalisation centres (LayerNorm: ``P = I − 11ᵀ/d`` before the scale); RMSNorm does not."""
         return self.cfg.normalization_type in ("LN", "LNPre")
+
+    @property
+    def has_post_norm(self) -> bool:
+        """Gemma-2: norms after attention and the MLP (``ln1_post``, ``ln2_post``), frozen like the others."""
+        return bool(getattr(self.cfg, "use_normalization_before_and_after", False))
+
+    def center(self, x: Tensor, dim: int = -1) -> Tensor:
+        """``P x`` along `dim` for a centring LayerNorm; x itself for RMSNorm or no norm."""
+        return x - x.mean(dim, keepdim=True) if self.has_ln else x
+
+    def _post_factor(self, which: str, layer: int, sigma: Tensor) -> Tensor:
+        """[pos, d_model]: ``w / σ[p]`` of post-norm `which` of `layer` (frozen: a linear scale on what the sublayer
+        writes); σ [pos]."""
+        w = getattr(self.model.blocks[layer], which).w
+        return w.to(sigma.dtype)[None, :] / sigma[:, None]
+
+    def attn_out_scale(self, cache: ReplacementCache, layer: int) -> Tensor | None:
+        """[pos, d_model]: the frozen ``ln1_post`` factor ``w / σ[p]`` on what attention `layer` writes at p (Gemma-2),
+        or None when attention writes ``z W_O + b_O`` directly."""
+        if not self.has_post_norm:
+            return None
+        return self._post_factor("ln1_post", layer, cache.attn_post_scale[layer])
 
     def W_O_cat(self, layer: int) -> Tensor:
         """[n_heads * d_head, d_model]: attention output weights with heads concatenated (hook_z order)."""

@@ -22,7 +22,11 @@ from its (fixed) codes, each target's pre-activation is an affine function of th
    source to later targets thus include every path through skip channels and every decoder write of a CLT feature;
    the constant term becomes position-dependent (σ2 differs by position).
 
-P is the LayerNorm centering ``I − 11ᵀ/d``; ``v · P u = P v · u``. Needs an SAE on every attention layer (an
+P is the LayerNorm centering ``I − 11ᵀ/d``; ``v · P u = P v · u``; with RMSNorm (Gemma-2, Llama-3, Qwen3) P = I and
+β = 0 (`ReplacementModel.center`), and σ is the frozen RMS scale. Grouped-query attention: ``W_V[h]`` is the value
+head that query head h shares (TransformerLens repeats the shared heads), so each per-head part reads the right one.
+Gemma-2's post-norms enter through the source writes and constants (`sources`), soft-capping and sliding windows
+through the frozen pattern. Needs an SAE on every attention layer (an
 attention layer without one is a linear channel: use the reverse engine); an MLP without a transcoder is an error
 node. Reference: Kissane et al. 2024 (attention-output SAEs, recursive DFA), Dunefsky et al. 2024 (transcoders),
 Ameisen et al. 2025 (attribution graphs).
@@ -52,10 +56,6 @@ class Edges:
     constants: Tensor  # [n_rows]
     pre_activations: Tensor  # [n_rows]
     dropped: Tensor  # [n_rows] sum of edges below the storage tolerance
-
-
-def _center(x: Tensor, dim: int) -> Tensor:
-    return x - x.mean(dim, keepdim=True)
 
 
 class _Collector:
@@ -151,7 +151,7 @@ class _Stream:
 
     def __init__(self, rm: ReplacementModel, cache: ReplacementCache, src: Sources):
         self.rm, self.cache, self.src = rm, cache, src
-        self.cw = constant_writes(rm)
+        self.cw = constant_writes(rm, cache)
         dtype = src.vectors.dtype
         self.C = torch.zeros(cache.n_pos, rm.cfg.d_model, dtype=dtype)
         self.changes = any(tc.cfg.skip or isinstance(tc, CLTLayer) for tc in rm.transcoders.values())
@@ -167,8 +167,9 @@ class _Stream:
             sigma = self.cache.ln2_scale[layer].to(dtype)  # [pos]
             W_skip_T = tc.W_skip.to(dtype).T  # [d_model(in), d_model(out)]
             rows = torch.nonzero(self.src.site < mlp_site(layer)).flatten()
-            self.V[rows] += (_center(self.V[rows], 1) / sigma[self.src.pos[rows], None]) @ W_skip_T
-            self.C = self.C + (_center(self.C, 1) / sigma[:, None]) @ W_skip_T
+            center = self.rm.center
+            self.V[rows] += (center(self.V[rows], 1) / sigma[self.src.pos[rows], None]) @ W_skip_T
+            self.C = self.C + (center(self.C, 1) / sigma[:, None]) @ W_skip_T
         rows, writes = later_writes(self.rm, self.src, layer)
         if len(rows):
             self.V.index_add_(0, rows, writes.to(dtype))
@@ -206,7 +207,7 @@ def _mlp_layer(rm, cache, src: Sources, vectors: Tensor, layer: int, rows: Tenso
     W = tc.W_enc.to(dtype)[:, feats]  # [d_model, T]
     pos = src.pos[rows]
     sigma = cache.ln2_scale[layer].to(dtype)[pos]
-    R = _center(W, 0) / sigma  # [d_model, T] read vectors (ln2.hook_normalized is P x / σ2, before γ2 and β2)
+    R = rm.center(W, 0) / sigma  # [d_model, T] read vectors (ln2.hook_normalized is P x / σ2, before γ2 and β2)
     col.constants[rows] = (c_before[pos] * R.T).sum(1) - tc.b_in.to(dtype) @ W + tc.b_enc.to(dtype)[feats]
     col.pre[rows] = cache.pre_activations[tc.cfg.name].to(dtype)[pos, feats]
     s_rows, start = _by_position(src, mlp_site(layer), cache.n_pos)
@@ -231,7 +232,7 @@ def _attention_layer(rm, cache, src: Sources, vectors: Tensor, layer: int, rows:
     pos = src.pos[rows]
     # constant term: node-independent writes and biases, through the frozen pattern
     value_w = gamma[None, :, None] * W_V  # [H, d_model, d_head]
-    k = torch.einsum("qd,hde->hqe", _center(c_before, 1), value_w) / sigma[None, :, None] \
+    k = torch.einsum("qd,hde->hqe", rm.center(c_before, 1), value_w) / sigma[None, :, None] \
         + (torch.einsum("d,hde->he", beta, W_V) + b_V)[:, None, :]  # [H, pos, d_head]
     z_const = torch.einsum("hpq,hqd->phd", A, k).reshape(A.shape[1], H * dh)  # [pos, H*d_head]
     W_flat = sae.W_enc.to(dtype)[:, feats]  # [H*d_head, T]
@@ -241,7 +242,7 @@ def _attention_layer(rm, cache, src: Sources, vectors: Tensor, layer: int, rows:
     # source position; the targets at query position p read the prefix of sources at positions ≤ p
     s_rows, start = _by_position(src, attn_site(layer), cache.n_pos)
     q = src.pos[s_rows]
-    G = torch.einsum("sd,hde->hes", _center(vectors[s_rows], 1), value_w) / sigma[q]  # [H, d_head, S]
+    G = torch.einsum("sd,hde->hes", rm.center(vectors[s_rows], 1), value_w) / sigma[q]  # [H, d_head, S]
     for p in pos.unique().tolist():
         t_cols = torch.nonzero(pos == p).flatten()
         n = int(start[p + 1])
@@ -258,7 +259,7 @@ def _logits(rm, cache, src: Sources, vectors: Tensor, reads: list[LogitRead], c_
     gamma, beta = (w.to(dtype) for w in rm.ln_weights("ln_final"))
     last = cache.n_pos - 1
     D = torch.stack([r.direction.to(dtype) for r in reads], 1)  # [d_model, n_targets]
-    R = _center(gamma[:, None] * D, 0) / cache.lnf_scale.to(dtype)[last]
+    R = rm.center(gamma[:, None] * D, 0) / cache.lnf_scale.to(dtype)[last]
     rows = torch.arange(len(src), len(src) + len(reads))
     col.constants[rows] = c_all @ R + beta @ D + torch.tensor([r.bias for r in reads], dtype=dtype)
     col.pre[rows] = torch.tensor([r.value for r in reads], dtype=dtype)

@@ -13,6 +13,11 @@ CLT feature's edge sums ``grad · write`` over its write sites (its own MLP and 
 
 The constant term is computed independently: one more forward pass in which every source's write is subtracted
 (the residual stream then carries only biases), whose target values are the constants.
+
+Nothing here depends on the architecture beyond the hooks: RMSNorm, Gemma-2's post-norms (held by `frozen`, so the
+perturbations at ``hook_attn_out`` sit after them, where the source writes are measured), rotary embeddings,
+grouped-query attention, soft-capping and sliding windows all live inside TransformerLens' forward pass. A logit
+target of a soft-capped model is read before the cap (``ln_final`` output · direction), as `targets` defines it.
 """
 
 from __future__ import annotations
@@ -156,7 +161,7 @@ def _frozen_targets(rm: ReplacementModel, cache: ReplacementCache, src: Sources,
             captured[d.cfg.name] = d.pre_activation(act.to(d.W_enc.dtype))
             skip_inputs[d.cfg.name] = act
         hooks.append((hook_ln2_normalized(layer), read))
-    final_hook = hook_ln_final_normalized() if rm.has_ln else hook_resid_post(rm.n_layers - 1)
+    final_hook = hook_ln_final_normalized() if rm.has_norm else hook_resid_post(rm.n_layers - 1)
     hooks.append((final_hook, lambda act, hook: captured.__setitem__("final", act)))
     tokens = cache.tokens[None].expand(B, n)
     with rm.frozen(cache), rm.model.hooks(fwd_hooks=hooks):
@@ -172,7 +177,7 @@ def _frozen_targets(rm: ReplacementModel, cache: ReplacementCache, src: Sources,
         else:
             r = reads[row - n_src]
             x = captured["final"][b, n - 1]
-            values.append((x * gamma + beta) @ r.direction + r.bias if rm.has_ln else x @ r.direction + r.bias)
+            values.append((x * gamma + beta) @ r.direction + r.bias if rm.has_norm else x @ r.direction + r.bias)
     return torch.stack(values).to(src.vectors.dtype)
 
 

@@ -31,6 +31,17 @@ values, as everywhere in attribution):
    ``A[p, q]`` (or on ``A[p, a] − A[p, b]``): removing a term changes the pattern by minus its share, to first
    order. Those terms sum to ``Σ_j w_j s[p, j]``, the linearised pattern value, not to A itself.
 
+6. **Other families** (Gemma-2, Llama-3, Qwen3). RMSNorm: P = I and β = 0. Grouped-query attention: query head h
+   reads key head ``h // (n_heads / n_key_value_heads)`` (TransformerLens' ``W_K`` repeats the shared heads).
+   QK-norm (Qwen3): q and k are RMS-normalised per head; with their scales held at the clean values (as every norm
+   in attribution) each share is divided by ``σ_q[p, h]`` (``σ_k[q, h]``) and multiplied by the norm's weight.
+   Rotary embeddings: q at position p and k at position q are rotated by their positions — a linear map per
+   position, applied to each share after the projection (and QK-norm), so the terms still sum to the score and
+   positions enter only here, never as a node. Soft-capped scores (Gemma-2: ``c·tanh(s/c)``): the decomposed score
+   is the raw one before the cap (``scores``, ``value``); for the pattern quantity the softmax Jacobian row is
+   multiplied by the cap's slope ``1 − tanh²(s/c)`` at the clean scores, so the terms are still the first-order
+   effects on the pattern. A sliding window only masks keys: a key outside the head's window is refused.
+
 `explain_attention` returns a `QKAttribution`: the query-side and key-side parts as factors (``a_s`` and
 ``w_j b_t / attn_scale``), so the full table (a matrix product) is formed only in chunks; ``top(k)`` gives the
 largest pairs, ``query_marginals()`` / ``key_marginals()`` the sums per side (removing query-side source s in the
@@ -221,20 +232,22 @@ def _sorted(rows: list[Marginal]) -> list[Marginal]:
 
 
 def check_supported(rm: ReplacementModel) -> None:
-    """Raise unless the score is q·k / attn_scale of LayerNorm'd (or raw) residual streams with learned position
-    embeddings — the case in which the decomposition is exact."""
+    """Raise unless the (raw) score is q·k / attn_scale of normalised (or raw) residual streams, with learned
+    position embeddings or rotary ones, per-head QK-norm or none — the cases in which the decomposition is exact."""
     cfg = rm.cfg
     problems = []
-    if cfg.positional_embedding_type != "standard":
-        problems.append(f"positional embeddings {cfg.positional_embedding_type!r} (only 'standard' is supported)")
-    if (getattr(cfg, "attn_scores_soft_cap", -1.0) or -1.0) > 0:
-        problems.append("soft-capped attention scores")
-    if cfg.normalization_type not in ("LN", "LNPre", None):
-        problems.append(f"normalization {cfg.normalization_type!r} (LN, LNPre or none are supported)")
-    if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-        problems.append("grouped-query attention")
+    if cfg.positional_embedding_type not in ("standard", "rotary"):
+        problems.append(f"positional embeddings {cfg.positional_embedding_type!r} (standard or rotary are supported)")
+    if cfg.normalization_type not in ("LN", "LNPre", "RMS", "RMSPre", None):
+        problems.append(f"normalization {cfg.normalization_type!r} (LN, LNPre, RMS, RMSPre or none are supported)")
+    if str(getattr(cfg, "original_architecture", "")).startswith("Olmo"):
+        problems.append("OLMo's QK-norm over all heads")
     if getattr(cfg, "use_attention_sinks", False):
         problems.append("attention sinks")
+    if getattr(cfg, "use_logn_attn", False) or getattr(cfg, "clip_qkv", None) is not None:
+        problems.append("log-n query scaling or clipped q/k/v")
+    if getattr(cfg, "use_dynamic_ntk_rope", False):
+        problems.append("dynamic NTK rotary scaling")
     if problems:
         raise AttributionError(f"QK attribution does not support this model: {'; '.join(problems)}")
 
@@ -271,6 +284,12 @@ def stream_sources(rm: ReplacementModel, cache: ReplacementCache, layer: int, sr
     return nodes, contributions, stream.pos, constant
 
 
+def _window(rm: ReplacementModel, layer: int) -> int | None:
+    """The sliding window of `layer` (keys q with p − q < window are seen), or None for global attention."""
+    attn = rm.model.blocks[layer].attn
+    return rm.cfg.window_size if getattr(attn, "attn_type", "global") == "local" else None
+
+
 def _check_args(rm: ReplacementModel, cache: ReplacementCache, layer: int, head: int, query_pos: int,
                 keys: tuple[int, ...], quantity: str) -> None:
     if not 0 <= layer < rm.n_layers:
@@ -283,6 +302,12 @@ def _check_args(rm: ReplacementModel, cache: ReplacementCache, layer: int, head:
         if not 0 <= q <= query_pos:
             raise AttributionError(f"key position {q}: a query at {query_pos} attends to positions 0-{query_pos} "
                                    "(causal attention)")
+    window = _window(rm, layer)
+    for q in keys:
+        if window is not None and query_pos - q >= window:
+            raise AttributionError(f"key position {q}: layer {layer} attends within a sliding window of {window} "
+                                   f"keys, so a query at {query_pos} sees positions {query_pos - window + 1}-"
+                                   f"{query_pos} only")
     if len(keys) == 2 and keys[0] == keys[1]:
         raise AttributionError(f"a contrast needs two different key positions (got {keys[0]} twice)")
     if quantity not in ("score", "pattern"):
@@ -296,18 +321,52 @@ def _normalised(rm: ReplacementModel, layer: int, vectors: Tensor, sigma: Tensor
     return centred / sigma[:, None] * gamma.to(vectors.dtype)
 
 
-def _score_row(rm: ReplacementModel, cache: ReplacementCache, layer: int, head: int, query_pos: int,
-               dtype) -> Tensor:
-    """[pos ≤ p] the pre-softmax scores of the query row, from the cached residual stream (independent of the
-    sources)."""
+def _projections(rm: ReplacementModel, cache: ReplacementCache, layer: int, head: int, upto: int,
+                 dtype) -> tuple[Tensor, Tensor]:
+    """(q, k) [pos ≤ upto, d_head] of head `head` before QK-norm and rotation, from the cached residual stream."""
     attn = rm.model.blocks[layer].attn
-    x = cache.resid_pre[layer][:query_pos + 1].to(dtype)
-    sigma = cache.ln1_scale[layer][:query_pos + 1].to(dtype)
+    x = cache.resid_pre[layer][:upto + 1].to(dtype)
+    sigma = cache.ln1_scale[layer][:upto + 1].to(dtype)
     _, beta = rm.ln_weights("ln1", layer)
     xn = _normalised(rm, layer, x, sigma) + beta.to(dtype)
-    q = xn[query_pos] @ attn.W_Q[head].to(dtype) + attn.b_Q[head].to(dtype)
-    k = xn @ attn.W_K[head].to(dtype) + attn.b_K[head].to(dtype)
-    return k @ q / attn.attn_scale
+    return (xn @ attn.W_Q[head].to(dtype) + attn.b_Q[head].to(dtype),
+            xn @ attn.W_K[head].to(dtype) + attn.b_K[head].to(dtype))
+
+
+def _qk_norm_scale(attn, which: str, x: Tensor) -> Tensor | None:
+    """[rows] the RMS scale of QK-norm `which` ("q_norm" / "k_norm") at the clean vectors x [rows, d_head]; None
+    without QK-norm."""
+    if not getattr(attn.cfg, "use_qk_norm", False):
+        return None
+    norm = getattr(attn, which)
+    return (x.pow(2).mean(-1) + norm.eps).sqrt()
+
+
+def _position_map(attn, which: str, x: Tensor, r: int, scale: Tensor | None) -> Tensor:
+    """What happens to q (or k) shares x [S, d_head] at position r after the projection: the frozen QK-norm
+    (``/ σ · w``) and the rotation by position r. Linear in x."""
+    if scale is not None:
+        x = x / scale * getattr(attn, which).w.to(x.dtype)
+    if attn.cfg.positional_embedding_type == "rotary":
+        rd = attn.cfg.rotary_dim
+        x_rot, x_pass = x[..., :rd], x[..., rd:]
+        cos, sin = attn.rotary_cos[r].to(x.dtype), attn.rotary_sin[r].to(x.dtype)
+        x = torch.cat([x_rot * cos + attn.rotate_every_two(x_rot) * sin, x_pass], -1)
+    return x
+
+
+def _score_row(rm: ReplacementModel, cache: ReplacementCache, layer: int, head: int, query_pos: int,
+               dtype) -> Tensor:
+    """[pos ≤ p] the pre-softmax scores of the query row (before any soft-cap), from the cached residual stream
+    (independent of the sources): QK-norm computed live, rotation applied, no mask."""
+    attn = rm.model.blocks[layer].attn
+    q, k = _projections(rm, cache, layer, head, query_pos, dtype)
+    q_rot = _position_map(attn, "q_norm", q[query_pos][None], query_pos,
+                          _qk_norm_scale(attn, "q_norm", q[query_pos][None]))[0]
+    k_scale = _qk_norm_scale(attn, "k_norm", k)
+    k_rot = torch.stack([_position_map(attn, "k_norm", k[r][None], r, None if k_scale is None else k_scale[r])[0]
+                         for r in range(query_pos + 1)])
+    return k_rot @ q_rot / attn.attn_scale
 
 
 def _weights(quantity: str, keys: tuple[int, ...], pattern: Tensor) -> Tensor:
@@ -347,20 +406,28 @@ def explain_attention(rm: ReplacementModel, cache: ReplacementCache, layer: int,
     pattern = cache.patterns[layer][head, query_pos, :query_pos + 1].to(dtype)
     scores = _score_row(rm, cache, layer, head, query_pos, dtype)
     weights = _weights(quantity, keys, pattern)
+    cap = getattr(rm.cfg, "attn_scores_soft_cap", -1.0) or -1.0
+    if cap > 0 and quantity == "pattern":  # chain rule through the soft-cap, at the clean raw scores
+        weights = weights * (1 - torch.tanh(scores / cap) ** 2)
+    q_pre, k_pre = _projections(rm, cache, layer, head, query_pos, dtype)  # clean q, k: the frozen QK-norm scales
+    scales = {"q_norm": _qk_norm_scale(attn, "q_norm", q_pre), "k_norm": _qk_norm_scale(attn, "k_norm", k_pre)}
 
-    def side(r: int, W: Tensor, b: Tensor) -> tuple[list[Node | None], Tensor]:
-        """Position r's rows (constant part first) and their shares of q or k (step 3)."""
+    def side(r: int, W: Tensor, b: Tensor, which: str) -> tuple[list[Node | None], Tensor]:
+        """Position r's rows (constant part first) and their shares of q or k (step 3; QK-norm and rotation,
+        step 6)."""
         rows = torch.nonzero(pos == r).flatten()
         parts = torch.cat([constant[r][None], writes[rows]])
         shares = _normalised(rm, layer, parts, sigma[r].expand(len(parts))) @ W
         shares[0] += beta @ W + b
+        scale = scales[which]
+        shares = _position_map(attn, which, shares, r, None if scale is None else scale[r])
         return [None] + [nodes[i] for i in rows.tolist()], shares
 
-    query_nodes, query_vectors = side(query_pos, W_Q, attn.b_Q[head].to(dtype))
+    query_nodes, query_vectors = side(query_pos, W_Q, attn.b_Q[head].to(dtype), "q_norm")
     key_nodes: list[Node | None] = []
     key_parts, key_positions = [], []
     for r in key_set:
-        got, shares = side(r, W_K, attn.b_K[head].to(dtype))
+        got, shares = side(r, W_K, attn.b_K[head].to(dtype), "k_norm")
         key_nodes += got
         key_parts.append(shares * (weights[r] / attn.attn_scale))
         key_positions += [r] * len(got)

@@ -2,13 +2,18 @@
 
 In forward order (``site``: 0 = embeddings, 2L+1 = attention L, 2L+2 = MLP L):
 
-* token nodes — ``W_E[t_p] + W_pos[p]`` (the position embedding is folded into the token node);
+* token nodes — ``W_E[t_p] + W_pos[p]`` (the position embedding is folded into the token node; a rotary model has
+  none: its positions enter only the QK side), read from the cached ``hook_resid_pre`` of layer 0 so that any
+  embedding (scaled, rotary) is exact;
 * attention-SAE features — ``f_i(p) · W_dec[i] W_O_cat``; the attention error — ``(z − ẑ)[p] W_O_cat``;
 * transcoder features — ``g_j(p) · W_dec[j]``; the MLP error — ``mlp_out − ô``; an MLP without a transcoder is
   one error node per position carrying its whole output.
 
 What is left — ``b_dec W_O_cat + b_O`` of each attention layer with an SAE and each transcoder's output bias — is
 the same at every position and depends on no node: it is part of each target's constant term (`constant_writes`).
+With Gemma-2's frozen norm after attention, everything attention writes at position p — features, error and that
+constant — is scaled by ``w1_post / σ1_post[p]`` (`ReplacementModel.attn_out_scale`): the constant then depends on
+the position. Grouped-query attention changes nothing here (``hook_z`` has one slot per query head).
 
 A cross-layer transcoder feature is one source at its encoder layer l: ``vectors`` holds its write into MLP l
 (``a · W_dec_l[i, 0]``) and `later_writes` its writes into every later MLP l' (``a · W_dec_l[i, l' − l]``). A skip
@@ -101,7 +106,7 @@ def collect_sources(rm: ReplacementModel, cache: ReplacementCache) -> Sources:
     n = cache.n_pos
     dtype = model.W_E.dtype
     nodes: list[Node] = [Node("token", -1, p, int(t)) for p, t in enumerate(cache.tokens.tolist())]
-    vecs = [model.W_E[cache.tokens] + model.W_pos[:n]]
+    vecs = [cache.resid_pre[0].to(dtype)]  # W_E[t] (+ W_pos[p]): the embedding as the model computed it
     pos = [torch.arange(n)]
     site = [torch.zeros(n, dtype=torch.long)]
     acts = [torch.ones(n, dtype=dtype)]
@@ -117,7 +122,9 @@ def collect_sources(rm: ReplacementModel, cache: ReplacementCache) -> Sources:
                 codes = cache.codes[d.cfg.name]
                 p_idx, f_idx = torch.nonzero(codes, as_tuple=True)
                 a = codes[p_idx, f_idx].to(dtype)
-                vecs.append(a[:, None] * feature_writes(rm, kind, layer, f_idx).to(dtype))
+                write = a[:, None] * feature_writes(rm, kind, layer, f_idx).to(dtype)
+                post = rm.attn_out_scale(cache, layer) if kind == "attn" else None
+                vecs.append(write if post is None else write * post[p_idx].to(dtype))
                 nodes += [Node(f"{kind}_feature", layer, p, i) for p, i in zip(p_idx.tolist(), f_idx.tolist(),
                                                                                strict=True)]
                 pos.append(p_idx)
@@ -132,8 +139,9 @@ def collect_sources(rm: ReplacementModel, cache: ReplacementCache) -> Sources:
 
 
 @torch.no_grad()
-def constant_writes(rm: ReplacementModel) -> list[Tensor]:
-    """Per site [d_model]: the node-independent part of what that site writes (same at every position).
+def constant_writes(rm: ReplacementModel, cache: ReplacementCache | None = None) -> list[Tensor]:
+    """Per site [d_model] (same at every position), or [pos, d_model] for an attention site behind Gemma-2's frozen
+    post-norm (which needs `cache`): the node-independent part of what that site writes.
 
     Site 0 (embeddings) writes nothing constant; an attention site without an SAE has no entry of its own (its
     constant output is carried by the linear channel, which the reverse and autograd engines run).
@@ -144,7 +152,12 @@ def constant_writes(rm: ReplacementModel) -> list[Tensor]:
     for layer in range(rm.n_layers):
         sae = rm.attention_saes.get(layer)
         attn = rm.model.blocks[layer].attn
-        out.append(sae.b_dec.to(dtype) @ rm.W_O_cat(layer) + attn.b_O if sae is not None else zero)
+        write = sae.b_dec.to(dtype) @ rm.W_O_cat(layer) + attn.b_O if sae is not None else zero
+        if sae is not None and rm.has_post_norm:
+            if cache is None:
+                raise ValueError("constant_writes: a model with post-norms needs the cache (its frozen scales)")
+            write = write * rm.attn_out_scale(cache, layer).to(dtype)
+        out.append(write)
         tc = rm.transcoders.get(layer)
         out.append(tc.b_dec.to(dtype) if tc is not None else zero)
     return out

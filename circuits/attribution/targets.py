@@ -12,6 +12,10 @@ Logit targets read the final residual stream at the last position through the fr
 ``logit_t = (γf ⊙ P x / σf + βf) · W_U[:, t] + b_U[t]``; a contrast uses ``W_U[:, a] − W_U[:, b]``. With
 ``demean=True`` each unembedding column has its mean over the vocabulary removed (as circuit-tracer does), which
 explains ``logit_t − mean(logits)`` instead of the raw logit.
+
+Soft-capped logits (Gemma-2: ``30·tanh(l / 30)``): the cap is a monotone function applied after the unembedding, so a
+logit target is the logit *before* the cap, ``l = c·atanh(capped / c)`` — the quantity that is linear in the frozen
+residual stream. Probabilities (the TopLogits choice and weights) come from the model's real, capped logits.
 """
 
 from __future__ import annotations
@@ -97,6 +101,14 @@ def single_token(model, token: str | int) -> int:
                            "give one vocabulary token")
 
 
+def uncapped_logits(model, logits: Tensor) -> Tensor:
+    """The logits before the model's output soft-cap (``c·atanh(l / c)``); `logits` itself without a cap."""
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap <= 0:
+        return logits
+    return cap * torch.atanh(logits / cap)
+
+
 def resolve_logit_targets(model, logits_last: Tensor, target, demean: bool, pos: int) -> list[LogitRead]:
     """Resolve a logit-type target; `logits_last` [vocab] are the clean logits at position `pos` (the last)."""
     from circuits.errors import AttributionError
@@ -105,6 +117,7 @@ def resolve_logit_targets(model, logits_last: Tensor, target, demean: bool, pos:
     W_U, b_U = model.W_U.detach(), model.b_U.detach()
     logits_last = logits_last.detach()
     probs = torch.softmax(logits_last.double(), -1)
+    logits_last = uncapped_logits(model, logits_last)
     if demean:
         W_U = W_U - W_U.mean(1, keepdim=True)
         b_U = b_U - b_U.mean()

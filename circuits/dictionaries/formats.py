@@ -141,8 +141,10 @@ def load_kissane_attention_sae(path: Path, n_heads: int | None = None) -> Dictio
     return dictionary_from_tensors(cfg, sd, path)
 
 
-def load_circuit_tracer_folder(folder: Path) -> list[Dictionary]:
-    """A circuit-tracer transcoder set: ``config.yaml`` + ``layer_{i}.safetensors``."""
+def load_circuit_tracer_folder(folder: Path, input_hooks: tuple[str, ...] = ("ln2.hook_normalized",),
+                               output_hooks: tuple[str, ...] = ("hook_mlp_out",)) -> list[Dictionary]:
+    """A circuit-tracer transcoder set: ``config.yaml`` + ``layer_{i}.safetensors``. `input_hooks` /
+    `output_hooks`: the config hooks accepted (`public_sets` widens them and folds ``mlp.hook_in`` itself)."""
     import yaml
 
     folder = Path(folder)
@@ -157,11 +159,11 @@ def load_circuit_tracer_folder(folder: Path) -> list[Dictionary]:
     if not isinstance(raw, dict) or raw.get("model_kind") not in kinds:
         kind = raw.get("model_kind") if isinstance(raw, dict) else None
         raise DictionaryLoadError(f"{cfg_path}: model_kind {kind!r} is not supported (only {' or '.join(kinds)})")
-    if str(raw.get("feature_input_hook")) not in ("ln2.hook_normalized",):
+    if str(raw.get("feature_input_hook")) not in input_hooks:
         raise DictionaryLoadError(f"{cfg_path}: feature_input_hook {raw.get('feature_input_hook')!r}; only "
-                                  "'ln2.hook_normalized' transcoders can be spliced")
-    if str(raw.get("feature_output_hook")) != "hook_mlp_out":
-        raise DictionaryLoadError(f"{cfg_path}: feature_output_hook must be 'hook_mlp_out'")
+                                  f"{' or '.join(map(repr, input_hooks))} transcoders can be spliced")
+    if str(raw.get("feature_output_hook")) not in output_hooks:
+        raise DictionaryLoadError(f"{cfg_path}: feature_output_hook must be {' or '.join(map(repr, output_hooks))}")
     if raw["model_kind"] == "cross_layer_transcoder":
         return [load_circuit_tracer_clt(folder, str(raw.get("model_name", "unknown")))]
     files = sorted(folder.glob("layer_*.safetensors"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))

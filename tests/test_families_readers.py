@@ -1,0 +1,173 @@
+"""Public dictionaries for Gemma-2, Llama-3.2 and Qwen3 (issue 23 item 3): readers round-trip small synthetic files in
+the exact layouts (Gemma Scope ``params.npz``, circuit-tracer ``config.yaml`` sets with a ``transcoders:`` list,
+``mlp.hook_in`` sets folded exactly), and named sets fail at once offline naming the default."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from public_format_fixtures import write_circuit_tracer, write_circuit_tracer_clt
+
+from circuits.dictionaries import DictionarySet
+from circuits.dictionaries.io import DictionaryLoadError
+from circuits.dictionaries.public_sets import (
+    ALIASES,
+    NAMED_SETS,
+    load_config_folder,
+    load_named,
+    read_gemma_scope,
+    resolve,
+)
+from circuits.families import PUBLIC_MODELS, tiny_model
+from circuits.model import hook_ln2_normalized
+from circuits.replacement import ReplacementModel
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def _gemma_scope_arrays(d_model: int, d_sae: int, seed: int) -> dict[str, np.ndarray]:
+    g = np.random.default_rng(seed)
+    return {"W_enc": g.normal(0, 0.3, (d_model, d_sae)).astype(np.float32),
+            "W_dec": g.normal(0, 0.3, (d_sae, d_model)).astype(np.float32),
+            "b_enc": g.normal(0, 0.1, d_sae).astype(np.float32),
+            "b_dec": g.normal(0, 0.1, d_model).astype(np.float32),
+            "threshold": np.abs(g.normal(0, 0.2, d_sae)).astype(np.float32)}
+
+
+def _reference(arrays: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma Scope's JumpReLU transcoder computed from the arrays: (codes, output)."""
+    t = {k: torch.from_numpy(v).double() for k, v in arrays.items()}
+    pre = x @ t["W_enc"] + t["b_enc"]
+    codes = pre * (pre > t["threshold"])
+    return codes, codes @ t["W_dec"] + t["b_dec"]
+
+
+@pytest.mark.parametrize("suffix", ["npz", "safetensors"])
+def test_gemma_scope_file_round_trips(tmp_path, suffix):
+    arrays = _gemma_scope_arrays(16, 40, seed=0)
+    path = tmp_path / f"params.{suffix}"
+    if suffix == "npz":
+        np.savez(path, **arrays)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(arrays, str(path))
+    d = read_gemma_scope(path, layer=3)
+    assert d.cfg.activation == "jumprelu" and d.cfg.layer == 3 and d.cfg.d_sae == 40 and d.cfg.d_in == 16
+    x = torch.randn(5, 16, dtype=torch.float64)
+    codes, out = _reference(arrays, x)
+    got = d.double().encode(x)
+    assert torch.allclose(got, codes, atol=1e-6) and (codes > 0).any() and (codes == 0).any()
+    assert torch.allclose(d.reconstruct(got, x), out, atol=1e-6)
+
+
+def test_gemma_scope_bad_files_are_one_clear_error(tmp_path):
+    arrays = _gemma_scope_arrays(8, 12, seed=1)
+    np.savez(tmp_path / "no_threshold.npz", **{k: v for k, v in arrays.items() if k != "threshold"})
+    with pytest.raises(DictionaryLoadError, match="threshold"):
+        read_gemma_scope(tmp_path / "no_threshold.npz", 0)
+    np.savez(tmp_path / "pickled.npz", W_enc=np.array([object()], dtype=object))
+    with pytest.raises(DictionaryLoadError, match="not a readable .npz"):
+        read_gemma_scope(tmp_path / "pickled.npz", 0)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DictionaryLoadError, match="not a readable .npz"):
+        read_gemma_scope(tmp_path / "junk.npz", 0)
+
+
+def test_a_gemma_scope_config_with_a_transcoders_list_splices_into_a_tiny_gemma2(tmp_path):
+    """circuit-tracer's Gemma set: config.yaml (ln2.hook_normalized → hook_mlp_out) listing one params.npz per layer
+    (local relative paths here, hf:// online); spliced exactly, and each transcoder's codes are Gemma Scope's."""
+    model = tiny_model("gemma2", seed=0, tokenizer_folder=tmp_path / "tok")
+    d_model = model.cfg.d_model
+    arrays = []
+    for layer in range(model.cfg.n_layers):
+        arrays.append(_gemma_scope_arrays(d_model, 48, seed=10 + layer))
+        (tmp_path / "set" / f"layer_{layer}").mkdir(parents=True)
+        np.savez(tmp_path / "set" / f"layer_{layer}" / "params.npz", **arrays[-1])
+    (tmp_path / "set" / "config.yaml").write_text(
+        'model_name: "google/gemma-2-2b"\nmodel_kind: "transcoder_set"\nfeature_input_hook: "ln2.hook_normalized"\n'
+        "feature_output_hook: 'hook_mlp_out'\ntranscoders:\n"
+        + "".join(f'  - "layer_{i}/params.npz"\n' for i in range(model.cfg.n_layers)))
+    dicts = [d.double() for d in load_config_folder(tmp_path / "set", model)]
+    rm = ReplacementModel(model, DictionarySet("gemma-2-2b", {d.cfg.name: d for d in dicts}))
+    cache = rm.run(PROMPT)
+    with torch.no_grad():
+        assert (cache.logits - model(cache.tokens[None])[0]).abs().max() <= 1e-12
+    for layer, a in enumerate(arrays):
+        x = cache.hook_values[hook_ln2_normalized(layer)]
+        codes, _ = _reference(a, x)
+        assert torch.allclose(cache.codes[f"transcoder_L{layer}"], codes, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen3"])
+def test_mlp_hook_in_sets_are_folded_exactly(tmp_path, family):
+    """Newer circuit-tracer sets read ``mlp.hook_in`` (ln2's output x̂ ⊙ w): folded into the encoder and the skip
+    term, our transcoder on ln2.hook_normalized computes circuit-tracer's pre-activations and skip output."""
+    model = tiny_model(family, seed=0, tokenizer_folder=tmp_path / "tok")
+    n, d_model = model.cfg.n_layers, model.cfg.d_model
+    folder = write_circuit_tracer(tmp_path / "set", n, d_model, 40, jumprelu=True, skip=True)
+    config = (folder / "config.yaml").read_text()
+    (folder / "config.yaml").write_text(config.replace("ln2.hook_normalized", "mlp.hook_in")
+                                        .replace("hook_mlp_out", "mlp.hook_out"))
+    with pytest.raises(DictionaryLoadError, match="give the model"):
+        load_config_folder(folder)
+    from safetensors.torch import load_file
+
+    dicts = {d.cfg.layer: d.double() for d in load_config_folder(folder, model)}
+    _, store = model.run_with_cache(model.to_tokens(PROMPT))
+    for layer in range(n):
+        x_hat = store[hook_ln2_normalized(layer)][0]
+        mlp_in = x_hat * model.blocks[layer].ln2.w  # circuit-tracer's mlp.hook_in
+        t = {k: v.double() for k, v in load_file(str(folder / f"layer_{layer}.safetensors")).items()}
+        pre_ref = mlp_in @ t["W_enc"].T + t["b_enc"]
+        d = dicts[layer]
+        assert torch.allclose(d.pre_activation(x_hat), pre_ref, atol=1e-5)
+        assert torch.allclose(d.skip_write(x_hat), mlp_in @ t["W_skip"].T, atol=1e-5)
+
+
+def test_a_clt_reading_mlp_hook_in_is_folded_layer_by_layer(tmp_path):
+    model = tiny_model("llama3", seed=1, tokenizer_folder=tmp_path / "tok")
+    n, d_model = model.cfg.n_layers, model.cfg.d_model
+    folder = write_circuit_tracer_clt(tmp_path / "clt", n, d_model, 24)
+    (folder / "config.yaml").write_text((folder / "config.yaml").read_text().replace("ln2.hook_normalized",
+                                                                                     "mlp.hook_in"))
+    (clt,) = load_config_folder(folder, model)
+    from safetensors.torch import load_file
+
+    _, store = model.run_with_cache(model.to_tokens(PROMPT))
+    for layer in range(n):
+        x_hat = store[hook_ln2_normalized(layer)][0]
+        enc = {k: v.double() for k, v in load_file(str(folder / f"W_enc_{layer}.safetensors")).items()}
+        pre_ref = (x_hat * model.blocks[layer].ln2.w) @ enc[f"W_enc_{layer}"].T + enc[f"b_enc_{layer}"]
+        got = clt.layers[layer].double().pre_activation(x_hat)
+        assert torch.allclose(got, pre_ref, atol=1e-5)
+
+
+def test_a_gemma2_model_refuses_a_set_predicting_the_mlp_output_before_its_post_norm(tmp_path):
+    model = tiny_model("gemma2", seed=0, tokenizer_folder=tmp_path / "tok")
+    folder = write_circuit_tracer(tmp_path / "set", model.cfg.n_layers, model.cfg.d_model, 16)
+    (folder / "config.yaml").write_text((folder / "config.yaml").read_text().replace("hook_mlp_out", "mlp.hook_out"))
+    with pytest.raises(DictionaryLoadError, match="ln2_post"):
+        load_config_folder(folder, model)
+
+
+def test_every_public_model_names_sets_that_exist_and_aliases_resolve():
+    for spec in PUBLIC_MODELS.values():
+        for name in spec.dictionary_sets:
+            assert NAMED_SETS[name].model == spec.name
+    assert resolve("gemma")[1].repo == "mwhanna/gemma-scope-transcoders"
+    assert resolve("llama")[1].repo == "mntss/transcoder-Llama-3.2-1B"
+    assert set(ALIASES.values()) <= set(NAMED_SETS)
+    with pytest.raises(DictionaryLoadError, match="unknown public set"):
+        resolve("gemma-7b-transcoders")
+
+
+@pytest.mark.parametrize("name", sorted(NAMED_SETS) + ["gemma"])
+def test_named_sets_fail_at_once_offline_naming_the_default(no_network, name):
+    t0 = time.perf_counter()
+    with pytest.raises(DictionaryLoadError, match=r"offline.*organism"):
+        load_named(name)
+    assert time.perf_counter() - t0 < 1.0
