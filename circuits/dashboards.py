@@ -14,9 +14,14 @@ For every feature of every dictionary in a set, two streaming passes over held-o
 SAE feature) through the final LayerNorm as the graph reads it — centred, scaled by γ (σ omitted: it only rescales)
 — and the unembedding; the top and bottom tokens.
 
-**Automatic label** (deterministic): the token on which the feature most often peaks in its top contexts, with the
-share of top contexts where it does, and the token it promotes most — ``"on ' Mary' (9/10) → ' John'"``; features
-with no activation are labelled ``"dead"``. A user label (`set_label`) overrides it everywhere.
+**Labels.** The label shown everywhere is, first found: the user's label (`set_label`); the enrichment label
+(:mod:`circuits.labels`: the token set the feature's top tokens, the tokens before them and its logit effects are
+enriched in — ``"name → promotes names"``), computed at the end of every build over named token sets
+(:mod:`circuits.token_sets`); the *peak-token label* (`auto_label`, always kept as a second field): the token on
+which the feature most often peaks in its top contexts, with the share of top contexts where it does, and the token
+it promotes most — ``"on ' Mary' (9/10) → ' John'"``. Features with no activation are labelled ``"dead"``.
+Other code reads labels only through `Dashboards.label` / `Dashboards.labels` (text) and
+`Dashboards.label_category` / `Dashboards.label_categories` (the category, for grouping).
 
 Layout (plain SQL; every JSON column is a JSON text):
 
@@ -28,6 +33,7 @@ Layout (plain SQL; every JSON column is a JSON text):
     examples(dictionary TEXT, feature INTEGER, kind TEXT ('top' | 'quantile'), rank INTEGER, activation REAL,
              row INTEGER, pos INTEGER, tokens TEXT, activations TEXT, PRIMARY KEY (dictionary, feature, kind, rank))
     done(dictionary TEXT PRIMARY KEY)                           -- dictionaries finished (the build resumes)
+    labels(...), token_sets(...)                                -- enrichment labels: see circuits.labels
 
 The fingerprint (a hash of every dictionary tensor and the model's weights) is stored in ``meta``; opening a
 database built for different dictionaries is refused with the build command.
@@ -89,6 +95,8 @@ class Dashboard:
     examples: list[Example] = field(default_factory=list)
     heads: list[float] | None = None  # attention features: share of |contribution| per head
     source_offsets: dict[str, float] | None = None  # attention features: share by (query − source) distance
+    enrichment_label: str | None = None  # the token-set enrichment label (None: no set passed its test)
+    enrichment: object | None = None  # its claims with p-values (a circuits.labels.FeatureLabel)
 
     def top_examples(self) -> list[Example]:
         return [e for e in self.examples if e.kind == "top"]
@@ -254,13 +262,13 @@ def _label(tokens: list[str], logits_top: list, decode: Callable[[int], str]) ->
 
 @torch.no_grad()
 def build(rm, rows: Tensor, path: Path, batch_size: int = 32, seed: int = 0, progress: bool = True,
-          meta: dict | None = None) -> Path:
-    """Build (or finish) the dashboard database for every dictionary of `rm` over token `rows` [n_rows, n_ctx].
+          meta: dict | None = None, token_sets: list | None = None, label_config=None) -> Path:
+    """Build (or finish) the dashboard database for every dictionary of `rm` over token `rows` [n_rows, n_ctx],
+    then (re)compute the enrichment labels over `token_sets` (default: `circuits.token_sets.default_sets` of the
+    model's vocabulary) with `label_config` (default `circuits.labels.LabelConfig()`).
 
     Dictionaries already finished in the database (same fingerprint) are skipped, so an interrupted build resumes.
     """
-    from tqdm.auto import tqdm
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(rm)
@@ -274,8 +282,29 @@ def build(rm, rows: Tensor, path: Path, batch_size: int = 32, seed: int = 0, pro
     con.commit()
     done = {r[0] for r in con.execute("SELECT dictionary FROM done")}
     todo = [d for d in rm.dictionaries if d.cfg.name not in done]
-    if not todo:
-        return path
+    if todo:
+        _build_dictionaries(rm, rows, con, todo, batch_size, seed, progress)
+    relabel(con, rm, rows, token_sets, label_config, progress)
+    con.execute("VACUUM")
+    con.close()
+    return path
+
+
+def relabel(path_or_con, rm, rows: Tensor, token_sets: list | None = None, label_config=None,
+            progress: bool = False) -> int:
+    """(Re)compute the enrichment labels of a built database (`rows`: the rows it was built from); returns how many
+    features got one. A database built before labels existed is migrated by this alone (no rebuild)."""
+    from circuits import labels
+    from circuits.token_sets import default_sets, vocabulary_strings
+
+    sets = token_sets if token_sets is not None else default_sets(vocabulary_strings(rm.model))
+    return labels.label_database(path_or_con, rm, rows, sets, label_config or labels.LabelConfig(), progress)
+
+
+def _build_dictionaries(rm, rows: Tensor, con, todo: list, batch_size: int, seed: int, progress: bool) -> None:
+    """Passes 1 and 2 for the dictionaries `todo`, written to `con`."""
+    from tqdm.auto import tqdm
+
     gen = torch.Generator().manual_seed(seed)
     stats = {d.cfg.name: _Stats(d.d_sae) for d in todo}
     n_ctx = rows.shape[1]
@@ -315,9 +344,6 @@ def build(rm, rows: Tensor, path: Path, batch_size: int = 32, seed: int = 0, pro
                 if kind == "top" and d.cfg.kind == "attention_sae":
                     _attention_terms(rm, d, extra, b, pos, f, attn.setdefault((name, f), {}))
     _write(con, rm, todo, stats, contexts, attn, progress)
-    con.execute("VACUUM")
-    con.close()
-    return path
 
 
 def _attention_terms(rm, d, extra: dict, b: int, pos: int, f: int, acc: dict) -> None:
@@ -415,6 +441,8 @@ class Dashboards:
             raise DashboardError(f"{self.path} was built for different dictionaries or a different model "
                                  f"(fingerprint mismatch); rebuild it with `{build_hint}`")
         self._tokens = getattr(rm, "model", None)
+        self._has_labels = self.con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND "
+                                            "name = 'labels'").fetchone()[0] > 0
 
     def _decode(self, ids: list[int]) -> list[str]:
         from circuits.attribution.targets import token_string
@@ -422,12 +450,20 @@ class Dashboards:
         return [token_string(self._tokens, t) if self._tokens is not None else f"<{t}>" for t in ids]
 
     def label(self, dictionary: str, feature: int) -> str | None:
-        row = self.con.execute("SELECT COALESCE(user_label, auto_label) FROM features WHERE dictionary = ? AND "
-                               "feature = ?", (dictionary, feature)).fetchone()
+        """THE label shown for a feature (graphs, explorer, CLI): the user's label, else the enrichment label, else
+        the peak-token label; None for a feature not in the database."""
+        if self._has_labels:
+            row = self.con.execute(
+                "SELECT COALESCE(f.user_label, l.label, f.auto_label) FROM features f LEFT JOIN labels l ON "
+                "l.dictionary = f.dictionary AND l.feature = f.feature WHERE f.dictionary = ? AND f.feature = ?",
+                (dictionary, feature)).fetchone()
+        else:
+            row = self.con.execute("SELECT COALESCE(user_label, auto_label) FROM features WHERE dictionary = ? AND "
+                                   "feature = ?", (dictionary, feature)).fetchone()
         return row[0] if row else None
 
     def labels(self, nodes: list[Node]) -> dict[Node, str]:
-        """Labels of the feature nodes among `nodes` (for graph exports)."""
+        """Labels (as `label`) of the feature nodes among `nodes` (for graph exports)."""
         out = {}
         for node in nodes:
             name = _dictionary_of(node)
@@ -436,6 +472,40 @@ class Dashboards:
                 if lab is not None:
                     out[node] = lab
         return out
+
+    def label_category(self, feature) -> str | None:
+        """The category of a feature's enrichment label, for grouping (supernodes): the token set it fires on
+        (``"name"``, ``"city"``, ``"BOS"``), else ``"→ <what it promotes>"`` (``"→ names"``), else None (no set
+        passed its test, or no labels in this database). User labels do not change it.
+
+        `feature`: a graph `Node`, a `circuits.ids.FeatureRef`, a feature id (``"M2#517"``, ``"A1#33@5"``), or a
+        (dictionary, index) pair."""
+        if not self._has_labels:
+            return None
+        key = _feature_key(feature)
+        if key is None:
+            return None
+        row = self.con.execute("SELECT category FROM labels WHERE dictionary = ? AND feature = ?", key).fetchone()
+        return row[0] if row else None
+
+    def label_categories(self, nodes: list[Node]) -> dict[Node, str]:
+        """Categories (as `label_category`) of the feature nodes among `nodes` that have one."""
+        out = {}
+        for node in nodes:
+            cat = self.label_category(node)
+            if cat is not None:
+                out[node] = cat
+        return out
+
+    def enrichment(self, dictionary: str, feature: int):
+        """The stored enrichment claims (a `circuits.labels.FeatureLabel`) and label text, or (None, None)."""
+        if not self._has_labels:
+            return None, None
+        from circuits.labels import claims_from_row
+
+        row = self.con.execute("SELECT * FROM labels WHERE dictionary = ? AND feature = ?",
+                               (dictionary, feature)).fetchone()
+        return (claims_from_row(row[4:]), row[2]) if row else (None, None)
 
     def get(self, dictionary: str, feature: int) -> Dashboard:
         row = self.con.execute(
@@ -449,6 +519,7 @@ class Dashboards:
             n = self.con.execute("SELECT COUNT(*) FROM features WHERE dictionary = ?", (dictionary,)).fetchone()[0]
             raise DashboardError(f"{dictionary} has no feature {feature} (features are 0..{n - 1})")
         density, maxact, n_active, hist, top, bottom, heads, offsets, auto, user = row
+        claims, enriched = self.enrichment(dictionary, feature)
         examples = []
         for kind, rank, act, r, pos, toks, acts in self.con.execute(
                 "SELECT kind, rank, activation, row, pos, tokens, activations FROM examples WHERE dictionary = ? "
@@ -456,10 +527,11 @@ class Dashboards:
             toks = json.loads(toks)
             examples.append(Example(kind, rank, act, r, pos, self._decode(toks), json.loads(acts),
                                     min(pos, WINDOW_BEFORE)))
-        return Dashboard(dictionary, feature, user or auto, auto, density, maxact, n_active,
+        return Dashboard(dictionary, feature, user or enriched or auto, auto, density, maxact, n_active,
                          [tuple(h) for h in json.loads(hist)], [tuple(x) for x in json.loads(top)],
                          [tuple(x) for x in json.loads(bottom)], examples,
-                         json.loads(heads) if heads else None, json.loads(offsets) if offsets else None)
+                         json.loads(heads) if heads else None, json.loads(offsets) if offsets else None,
+                         enriched, claims)
 
     @property
     def con(self) -> sqlite3.Connection:
@@ -500,6 +572,18 @@ def set_label(path: Path, dictionary: str, feature: int, label: str | None) -> N
     con.close()
     if cur.rowcount == 0:
         raise DashboardError(f"no feature {feature_id(dictionary, feature)} ({dictionary}) in {path}")
+
+
+def _feature_key(feature) -> tuple[str, int] | None:
+    """(dictionary, index) of a Node, FeatureRef, feature id text or pair; None for a node that is no feature."""
+    if isinstance(feature, Node):
+        name = _dictionary_of(feature)
+        return (name, feature.index) if name is not None else None
+    if isinstance(feature, str):
+        return parse_feature_id(feature)
+    if isinstance(feature, tuple):
+        return str(feature[0]), int(feature[1])
+    return feature.dictionary, feature.index  # a circuits.ids.FeatureRef
 
 
 def _dictionary_of(node: Node) -> str | None:
@@ -550,7 +634,12 @@ def render_text(dash: Dashboard, width: int = 100) -> str:
     lines = [f"{feature_id(dash.dictionary, dash.feature)} ({dash.dictionary}): {dash.label}",
              f"density {dash.density:.4%} ({dash.n_active} tokens), max activation {dash.max_activation:.3f}"]
     if dash.label != dash.auto_label:
-        lines.append(f"(automatic label: {dash.auto_label})")
+        lines.append(f"peak-token label: {dash.auto_label}")
+    if dash.enrichment is not None:
+        parts = [f"{what} {c.name} ({c.count}/{c.n}, p={c.p:.2g})" for what, c in
+                 zip(("on", "after", "promotes", "suppresses"), (dash.enrichment.on, dash.enrichment.after,
+                     dash.enrichment.promotes, dash.enrichment.suppresses), strict=True) if c is not None]
+        lines.append("token-set enrichment (Bonferroni p): " + "; ".join(parts))
     lines.append("promotes: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in dash.logits_top))
     lines.append("suppresses: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in dash.logits_bottom))
     if dash.heads:

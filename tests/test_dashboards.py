@@ -114,6 +114,8 @@ def test_labels_are_stable_across_rebuilds_and_user_labels_override(planted, db,
     q = "SELECT dictionary, feature, auto_label FROM features ORDER BY dictionary, feature"
     assert sqlite3.connect(db).execute(q).fetchall() == sqlite3.connect(again).execute(q).fetchall()
     qe = "SELECT * FROM examples ORDER BY dictionary, feature, kind, rank"
+    ql = "SELECT * FROM labels ORDER BY dictionary, feature"
+    assert sqlite3.connect(db).execute(ql).fetchall() == sqlite3.connect(again).execute(ql).fetchall()
     assert sqlite3.connect(db).execute(qe).fetchall() == sqlite3.connect(again).execute(qe).fetchall()
     dashboards.set_label(again, "transcoder_L0", 0, "the detector")
     d = Dashboards(again, rm)
@@ -123,6 +125,32 @@ def test_labels_are_stable_across_rebuilds_and_user_labels_override(planted, db,
 
     assert d.labels([Node("mlp_feature", 0, 3, 0), Node("token", -1, 0, 5)]) == {
         Node("mlp_feature", 0, 3, 0): "the detector"}
+
+
+def test_labels_prefer_user_then_enrichment_then_peak_token_and_old_databases_migrate(planted, db, tmp_path):
+    import shutil
+
+    rm, rows = planted
+    d = Dashboards(db, rm)
+    enriched = sqlite3.connect(db).execute("SELECT dictionary, feature, label FROM labels").fetchall()
+    for name, f, text in enriched:  # every stored enrichment label is the one shown (no user labels here)
+        assert d.label(name, f) == text == d.get(name, f).label != d.get(name, f).auto_label
+    dash = d.get("transcoder_L0", 0)
+    assert dash.auto_label.startswith(f"on {PLANTED!r}")  # the peak-token label is kept as a second field
+    if dash.enrichment_label is not None:
+        assert "token-set enrichment" in dashboards.render_text(dash)
+    old = tmp_path / "old.sqlite"  # a database built before labels existed: no labels table
+    shutil.copy(db, old)
+    con = sqlite3.connect(old)
+    con.executescript("DROP TABLE labels; DROP TABLE token_sets;")
+    con.close()
+    d_old = Dashboards(old, rm)
+    assert d_old.label("transcoder_L0", 0) == dash.auto_label and d_old.label_category("M0#0") is None
+    d_old.close()
+    n = dashboards.relabel(old, rm, rows)  # the migration: labels only, nothing rebuilt
+    assert n == len(enriched)
+    q = "SELECT * FROM labels ORDER BY dictionary, feature"
+    assert sqlite3.connect(old).execute(q).fetchall() == sqlite3.connect(db).execute(q).fetchall()
 
 
 def test_custom_text_activations(planted):
@@ -175,6 +203,7 @@ def test_committed_organism_database_matches_its_dictionaries():
     live = db.con.execute("SELECT dictionary, feature FROM features WHERE n_active > 100 LIMIT 1").fetchone()
     dash = db.get(*live)
     assert dash.top_examples() and dash.logits_top and dash.label != "dead"
+    assert db._has_labels and "label_config" in db.meta  # enrichment labels are stored (circuits.labels)
     top = dash.top_examples()[0]
     acts = dashboards.activations_on(rm, "".join(top.tokens).strip(), live[0], live[1])
     assert max(a for _, a in acts) > 0  # the feature fires again on its own top context
