@@ -118,3 +118,104 @@ def test_trained_clt_saves_loads_and_splices_exactly(tiny_model, trained, tmp_pa
     torch.testing.assert_close(exact, clean, rtol=0, atol=1e-5)
     for layer in range(2):  # with errors on, every hook sees the clean inputs: outputs = the trained CLT's
         torch.testing.assert_close(outputs[f"transcoder_L{layer}"], want[layer], rtol=1e-5, atol=1e-5)
+
+
+def test_fidelity_report_splices_a_clt_whole(tiny_model, trained):
+    """Per-dictionary entries of a CLT's layers come from the whole CLT spliced: shared CE/KL, own FVU and L0; the
+    report also has the IOI logit difference on held-out templates with everything spliced."""
+    from circuits.dictionaries.dictset import DictionarySet
+    from circuits.dictionaries.evaluate import FidelitySizes, evaluate_fidelity
+
+    _, clt = trained
+    sizes = FidelitySizes(rows=4, mean_rows=4, ioi_prompts=4, batch=4, dead_rows=4)
+    report = evaluate_fidelity(tiny_model, DictionarySet("tiny", {"clt": clt}), sizes)
+    l0, l1 = report["dictionaries"]["transcoder_L0"], report["dictionaries"]["transcoder_L1"]
+    assert l0["spliced_with"] == "clt" and l0["ce_spliced"] == l1["ce_spliced"] == report["all"]["ce_spliced"]
+    assert l0["fvu"] != l1["fvu"] and 0 < l0["l0"] <= 8 and 0 <= l1["fvu"]
+    assert report["all"]["ioi_ld_retained_heldout_templates"] == pytest.approx(
+        report["all"]["ioi_ld_spliced_heldout_templates"] / report["all"]["ioi_ld_clean_heldout_templates"])
+
+
+def test_a_set_can_link_members_of_another_set(tiny_model, trained, tmp_path):
+    """`save(links=...)` writes a member as a path to a folder that already holds it; loading follows the path."""
+    from circuits.dictionaries.base import DictionaryConfig, make_dictionary
+    from circuits.dictionaries.dictset import DictionarySet
+    from circuits.dictionaries.io import DictionaryLoadError
+
+    _, clt = trained
+    c = tiny_model.cfg
+    attn = make_dictionary(DictionaryConfig("attention_sae", 0, c.n_heads * c.d_head, 16, c.n_heads * c.d_head,
+                                            activation="topk", k=2, n_heads=c.n_heads))
+    with torch.no_grad():
+        attn.W_dec.normal_(generator=torch.Generator().manual_seed(0))
+    DictionarySet("tiny", {"a": attn}).save(tmp_path / "base")
+    dset = DictionarySet("tiny", {"a": attn, "clt": clt})
+    with pytest.raises(DictionaryLoadError, match="no dictionary folder"):
+        dset.save(tmp_path / "bad", links={"attn_sae_L0": "../nowhere/attn_sae_L0"})
+    folder = dset.save(tmp_path / "linked", links={"attn_sae_L0": "../base/attn_sae_L0"})
+    assert not (folder / "attn_sae_L0").exists()
+    assert json.loads((folder / "set.json").read_text())["dictionaries"] == ["../base/attn_sae_L0", "clt"]
+    loaded = DictionarySet.load(folder)
+    assert sorted(loaded.dictionaries) == ["attn_sae_L0", "transcoder_L0", "transcoder_L1"]
+    torch.testing.assert_close(loaded.attention_sae(0).W_dec, attn.W_dec)
+
+
+@pytest.fixture(scope="module", params=["skip", "clt"])
+def study_rm(request, tiny64):
+    """The float64 tiny model with its attention SAEs and skip transcoders or a random CLT for the MLPs."""
+    from circuits.dictionaries.dictset import DictionarySet
+    from circuits.replacement import ReplacementModel
+    from circuits.studies.base import prepare
+    from circuits.studies.ioi import IOIStudy
+    from tests.test_skip_clt import random_clt, skip_transcoders
+
+    model, dicts = tiny64
+    attn = {d.cfg.name: d for d in dicts if d.cfg.kind == "attention_sae"}
+    mlps = {"clt": random_clt(model)} if request.param == "clt" else {
+        d.cfg.name: d for d in skip_transcoders(model)}
+    rm = ReplacementModel(model, DictionarySet("tiny", {**attn, **mlps}))
+    return rm, prepare(rm, IOIStudy("train"), IOIStudy("train").prompts(model, 4, 0))
+
+
+def test_study_circuits_with_skip_and_clt_equal_run_edited(study_rm):
+    """The case studies' batched circuit ablation (`circuit_metrics`) keeps a skip transcoder's skip term live and
+    rebuilds a CLT's later layers from the kept codes: it equals `run_edited` (the intervention engine), and with
+    every feature and error kept it is the clean metric."""
+    import random
+
+    from circuits.interventions import run_edited
+    from circuits.studies.ablate import Circuit, circuit_masks, circuit_metrics, convention_ablation
+    from circuits.studies.base import group_means
+
+    rm, prepared = study_rm
+    pp = prepared[0]
+    cache = rm.run(pp.tokens)
+    abl = group_means(rm, prepared)[pp.group]
+    rng = random.Random(0)
+    keys = [(f"{d.cfg.site}_feature", d.cfg.layer, role, i) for d in rm.dictionaries for role in ("IO", "S2", "END")
+            for i in rng.sample(range(d.d_sae), 3)]
+    circuits = [Circuit(f"c{i}", frozenset(rng.sample(keys, 6)), i % 2 == 0, conv)
+                for i, conv in enumerate(["mean", "zero"] * 2)]
+    got = circuit_metrics(rm, cache, pp, circuits, abl, batch=4)
+    for c, v in zip(circuits, got, strict=True):
+        want = run_edited(rm, cache, keep=circuit_masks(rm, pp, c.keys, c.errors),
+                          ablation=convention_ablation(abl, cache, c.convention))[0]
+        assert v == pytest.approx(float(pp.metric(want.detach())), abs=1e-9)
+
+
+def test_component_rollup_with_skip_and_clt_matches_the_graph(study_rm):
+    """Per MLP layer, the rolled-up effect of the features that write there (a CLT: every encoder layer at or before
+    it) sums, over layers, to the graph's total feature effects."""
+    from circuits.attribution import Contrast, attribute
+    from circuits.pruning import total_effects
+    from circuits.studies.analysis import component_rollup
+
+    rm, prepared = study_rm
+    pp = prepared[1]
+    cache = rm.run(pp.tokens)
+    graph = attribute(rm, pp.tokens, Contrast(pp.answer, pp.wrong), cache=cache)
+    effects = total_effects(graph)
+    roll = component_rollup(rm, cache, pp)
+    from_graph = sum(float(effects[i]) for i, n in enumerate(graph.nodes) if n.kind == "mlp_feature")
+    from_roll = sum(v[0] for k, v in roll.items() if k[0] == "mlp")
+    assert from_roll == pytest.approx(from_graph, rel=1e-9, abs=1e-9)

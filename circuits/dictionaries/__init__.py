@@ -4,6 +4,8 @@ file formats, loading by name.
 `load_dictionaries(name, model)` returns a `DictionarySet` checked against the model it will be spliced into:
 
 * ``"organism"``: the set trained for the embedded organism, shipped in ``data/dictionaries/organism``;
+  ``"organism-skip"`` (skip transcoders) and ``"organism-clt"`` (a cross-layer transcoder), with the same
+  attention SAEs, in ``data/dictionaries/organism-skip`` / ``organism-clt``;
 * ``"gpt2-transcoders"`` (Dunefsky et al.) and ``"gpt2-attn-kk"`` (Kissane et al.): downloaded through
   ``huggingface_hub`` when online; offline this fails at once with a message saying so;
 * a local folder: one of our sets (``set.json``), a circuit-tracer folder (``config.yaml``), a SAELens folder
@@ -23,6 +25,10 @@ PUBLIC_SETS: dict[str, str] = {
     "gpt2-transcoders": "pchlenski/gpt2-transcoders",
     "gpt2-attn-kk": "ckkissane/attn-saes-gpt2-small-all-layers",
 }
+
+#: The organism's sets in data/dictionaries: per-layer transcoders (the default), skip transcoders, a cross-layer
+#: transcoder; all three with the same attention SAEs (docs/skip-and-clt.md compares them).
+ORGANISM_SETS: tuple[str, ...] = ("organism", "organism-skip", "organism-clt")
 
 __all__ = ["AttentionSAE", "CLTConfig", "CLTLayer", "CrossLayerTranscoder", "Dictionary", "DictionaryConfig", "DictionaryLoadError", "DictionarySet", "Transcoder",
            "load_dictionaries", "load_folder"]
@@ -77,23 +83,33 @@ def _download_public(name: str) -> Path:
     return Path(snapshot_download(repo, allow_patterns=wanted))
 
 
+def _family_sets() -> tuple[str, ...]:
+    from circuits.dictionaries.public_sets import ALIASES, NAMED_SETS
+
+    return (*NAMED_SETS, *ALIASES)
+
+
 def load_dictionaries(name: str = "organism", model=None) -> DictionarySet:
     """Load a dictionary set by name or path; checked against `model` (loaded by the set's model name if None)."""
     from circuits.model import DATA_DIR, load_model
 
-    if name == "organism":
-        folder = DATA_DIR / "dictionaries" / "organism"
+    if name in ORGANISM_SETS:
+        folder = DATA_DIR / "dictionaries" / name
         if not (folder / "set.json").exists():
             raise DictionaryLoadError(f"missing {folder / 'set.json'}; restore data/ with git or train the set "
                                       "with `circuits dicts train --model organism`")
         dset = DictionarySet.load(folder)
     elif name in PUBLIC_SETS:
         dset = load_folder(_download_public(name), model_name="gpt2")
+    elif name in _family_sets():  # Gemma-2 / Llama-3.2 / Qwen3 sets: circuits.dictionaries.public_sets (issue 23)
+        from circuits.dictionaries.public_sets import load_named
+
+        dset, model = load_named(name, model)
     elif Path(name).exists():
         dset = load_folder(Path(name), n_heads=model.cfg.n_heads if model is not None else None)
     else:
-        raise DictionaryLoadError(f"unknown dictionary set {name!r}; use organism, {', '.join(PUBLIC_SETS)} "
-                                  "or a folder")
+        raise DictionaryLoadError(f"unknown dictionary set {name!r}; use {', '.join(ORGANISM_SETS)}, "
+                                  f"{', '.join(PUBLIC_SETS)} or a folder")
     if model is None:
         model_name = "gpt2" if dset.model_name.startswith("gpt2") else dset.model_name
         model = load_model(model_name).model

@@ -3,6 +3,9 @@ subset), saved as a folder of SAELens folders plus ``set.json``, and checked aga
 
 A cross-layer transcoder enters a set whole: its layers become the set's ``transcoder_L{l}`` members (one
 `CLTLayer` per layer) and it is saved once, as the folder ``clt`` (see `circuits.dictionaries.io.save_clt`).
+
+A member of ``set.json`` is a folder path relative to the set's folder, so sets can share dictionaries without
+copying them: ``organism-skip`` and ``organism-clt`` list ``../organism/attn_sae_L0`` etc. (`save(links=...)`).
 """
 
 from __future__ import annotations
@@ -91,11 +94,23 @@ class DictionarySet:
                         f"{where}: d_in {c.d_in} does not match the model's n_heads*d_head = "
                         f"{cfg.n_heads}*{cfg.d_head} = {z} (hook_z flattened over heads)")
 
-    def save(self, folder: Path) -> Path:
+    def save(self, folder: Path, links: dict[str, str] | None = None) -> Path:
+        """Write every member's folder and ``set.json``. `links` {member name: folder path relative to `folder`}:
+        members written as a reference to a folder that already holds them (it must exist), not copied."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        links = dict(links or {})
+        unknown = sorted(set(links) - set(self.dictionaries))
+        if unknown:
+            raise ValueError(f"links name {unknown}, which are not members of the set")
+        for name, rel in links.items():
+            if not (folder / rel / "cfg.json").exists():
+                raise DictionaryLoadError(f"link {name} -> {folder / rel}: no dictionary folder there")
         names = []
         for d in self:
+            if dictionary_name(d) in links:
+                names.append(links[dictionary_name(d)])
+                continue
             if isinstance(d, CLTLayer):
                 if d.cfg.layer == 0:
                     save_clt(d.clt, folder / d.clt.name)

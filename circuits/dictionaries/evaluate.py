@@ -11,7 +11,14 @@ For each dictionary alone, and for all of them spliced at once (error terms off)
   (component replaced by its mean activation on other held-out rows); ``ce_increase = ce_spliced − ce_clean``;
   ``ce_recovered_zero = (ce_zero − ce_spliced)/(ce_zero − ce_clean)`` and the same against mean ablation;
   ``kl``: mean KL(clean ‖ spliced) per token;
-* ``ioi_ld_retained``: mean IOI logit difference (IO − S, unseen name pairs, both orders) spliced / clean.
+* ``ioi_ld_retained``: mean IOI logit difference (IO − S, unseen name pairs, both orders, training templates)
+  spliced / clean; for all dictionaries at once also ``ioi_ld_retained_heldout_templates``: the same on the
+  organism's held-out templates (the prompts the IOI case study draws, `IOIStudy("heldout")`).
+
+A cross-layer transcoder is spliced whole (its layers need each other's codes), so its per-dictionary entries
+``transcoder_L{l}`` share the cross-entropy, KL and IOI numbers of the whole CLT spliced (``spliced_with`` names
+it) and have their own ``l0``, ``fvu`` (output layer l) and ``dead`` (encoder layer l). Its zero- and mean-
+ablation baselines ablate every MLP output it replaces.
 
 The ablated component is the dictionary's replaced activation: ``hook_mlp_out`` for a transcoder, ``attn.hook_z``
 for an attention SAE (so the attention output falls back to its bias b_O).
@@ -56,12 +63,13 @@ def _ce_and_logprobs(model, tokens: Tensor, hooks) -> tuple[Tensor, Tensor]:
     return nll, logp
 
 
-def _ioi_ld(model, hooks, n: int) -> float:
+def _ioi_ld(model, hooks, n: int, heldout_templates: bool = False) -> float:
     from circuits.organism.corpus import ToyWorldCorpus
     from circuits.organism.evaluate import ioi_logit_diffs
 
     corpus = ToyWorldCorpus(0)
-    prompts = corpus.ioi_prompts(n, "ABBA") + corpus.ioi_prompts(n, "BABA")
+    prompts = (corpus.ioi_prompts(n, "ABBA", heldout_templates=heldout_templates)
+               + corpus.ioi_prompts(n, "BABA", heldout_templates=heldout_templates))
     return ioi_logit_diffs(model, prompts, hooks).mean().item()
 
 
@@ -105,7 +113,7 @@ def evaluate_fidelity(model, dset: DictionarySet, sizes: FidelitySizes = Fidelit
     ce_clean = torch.cat(clean_nll).mean().item()
     ld_clean = _ioi_ld(model, None, sizes.ioi_prompts)
 
-    def run(members: list) -> dict:
+    def run(members: list, per_member: bool) -> dict:
         names = [d.hook_out for d in members]
         res: dict = {}
         stats = {d.cfg.name: {"sq_err": 0.0, "sq_tot": 0.0, "l0": 0.0, "n": 0,
@@ -143,23 +151,53 @@ def evaluate_fidelity(model, dset: DictionarySet, sizes: FidelitySizes = Fidelit
         ld = _ioi_ld(model, splice_hooks(members, "off"), sizes.ioi_prompts)
         res["ioi_ld_clean"], res["ioi_ld_spliced"] = ld_clean, ld
         res["ioi_ld_retained"] = ld / ld_clean if ld_clean else float("nan")
-        if len(members) == 1:
-            s = stats[members[0].cfg.name]
-            total = s["sumsq"] - (s["sum"].pow(2).sum().item() / s["n"])
-            res.update({"l0": s["l0"] / s["n"], "fvu": s["sq_err"] / total,
-                        "dead_scored": 1 - s["fired"].float().mean().item(), "tokens": s["n"]})
-            fired = fired_long[members[0].cfg.name] | s["fired"]
-            res.update({"dead": 1 - fired.float().mean().item(),
-                        "dead_tokens": max(sizes.dead_rows, sizes.rows) * model.cfg.n_ctx})
+        if per_member:
+            res["members"] = {}
+            for d in members:
+                s = stats[d.cfg.name]
+                total = s["sumsq"] - (s["sum"].pow(2).sum().item() / s["n"])
+                fired = fired_long[d.cfg.name] | s["fired"]
+                res["members"][d.cfg.name] = {
+                    "l0": s["l0"] / s["n"], "fvu": s["sq_err"] / total,
+                    "dead_scored": 1 - s["fired"].float().mean().item(), "tokens": s["n"],
+                    "dead": 1 - fired.float().mean().item(),
+                    "dead_tokens": max(sizes.dead_rows, sizes.rows) * model.cfg.n_ctx}
         return res
 
     members = list(dset)
     fired_long = fired_features(model, dset, sizes.dead_rows, progress=progress)
     report = {"dictionaries": {}, "sizes": sizes.__dict__}
-    for d in tqdm(members, desc="fidelity", disable=not progress):
-        report["dictionaries"][d.cfg.name] = run([d])
-    report["all"] = run(members)
+    for unit in tqdm(splice_units(members), desc="fidelity", disable=not progress):
+        res = run(unit, per_member=True)
+        shared = {k: v for k, v in res.items() if k != "members"}
+        if len(unit) > 1:
+            shared["spliced_with"] = unit[0].clt.name
+        for name, own in res["members"].items():
+            report["dictionaries"][name] = {**shared, **own}
+    report["all"] = run(members, per_member=False)
+    heldout = _ioi_ld(model, splice_hooks(members, "off"), sizes.ioi_prompts, heldout_templates=True)
+    heldout_clean = _ioi_ld(model, None, sizes.ioi_prompts, heldout_templates=True)
+    report["all"].update({"ioi_ld_clean_heldout_templates": heldout_clean,
+                          "ioi_ld_spliced_heldout_templates": heldout,
+                          "ioi_ld_retained_heldout_templates": heldout / heldout_clean if heldout_clean
+                          else float("nan")})
     return report
+
+
+def splice_units(members: list) -> list[list]:
+    """The dictionaries of a set grouped into what can be spliced alone: each per-layer dictionary by itself, a
+    cross-layer transcoder's layers together (in set order)."""
+    from circuits.dictionaries.clt import CLTLayer
+
+    units: list[list] = []
+    seen: set[int] = set()
+    for d in members:
+        if not isinstance(d, CLTLayer):
+            units.append([d])
+        elif id(d.clt) not in seen:
+            seen.add(id(d.clt))
+            units.append([m for m in members if isinstance(m, CLTLayer) and m.clt is d.clt])
+    return units
 
 
 def check_targets(report: dict) -> dict[str, bool]:

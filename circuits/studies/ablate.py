@@ -98,8 +98,11 @@ def circuit_metrics(rm, cache, pp: PreparedPrompt, circuits: list[Circuit], abla
 
 def _batched_forward(rm, cache, masks, ablations: list[Ablation]) -> Tensor:
     """[B, pos, vocab] logits: row b keeps the nodes of masks[b] and sets the rest to ablations[b]'s values."""
+    from circuits.replacement import clt_upstream, reconstruct
+
     B = len(masks)
     hooks = []
+    upstream = clt_upstream(rm.dictionaries)  # a CLT layer's output needs its earlier layers' (kept) codes
     for d in rm.dictionaries:
         name = d.cfg.name
         codes0, err0 = cache.codes[name], cache.errors[name]
@@ -112,9 +115,11 @@ def _batched_forward(rm, cache, masks, ablations: list[Ablation]) -> Tensor:
 
         def replace(act, hook, d=d, fmask=fmask, a_code=a_code, err=err, captured=captured):
             x = captured.pop("x") if "x" in captured else d.flatten_input(act)
-            codes = d.activation(d.pre_activation(x.to(d.W_enc.dtype)))
+            x = x.to(d.W_enc.dtype)
+            codes = d.activation(d.pre_activation(x))
             codes = torch.where(fmask, codes, a_code.to(codes.dtype))
-            return d.unflatten_output((d.decode(codes) + err.to(codes.dtype)).to(act.dtype))
+            out = reconstruct(d, codes, x, upstream)  # skip term of the live input; a CLT's earlier layers
+            return d.unflatten_output((out + err.to(codes.dtype)).to(act.dtype))
 
         if d.hook_in != d.hook_out:
             hooks.append((d.hook_in, lambda act, hook, d=d, captured=captured: captured.__setitem__(

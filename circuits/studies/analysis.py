@@ -154,7 +154,11 @@ def component_rollup(rm, cache, pp: PreparedPrompt) -> dict[tuple[str, int, int,
     for name, g in zip(names, grads, strict=True):
         d = by_name[name]
         codes = cache.codes[name]
-        feat = (d.decode(codes.to(d.W_enc.dtype)) - d.decode(torch.zeros_like(codes[:1]).to(d.W_enc.dtype)))
+        if getattr(d, "clt_layers", None) is not None:  # a CLT layer: the features of every layer ≤ it write here
+            ups = {u: cache.codes[d.clt_layers[u].cfg.name].to(d.W_enc.dtype) for u in range(d.cfg.layer)}
+            feat = d.reconstruct(codes.to(d.W_enc.dtype), None, ups) - d.b_dec
+        else:
+            feat = (d.decode(codes.to(d.W_enc.dtype)) - d.decode(torch.zeros_like(codes[:1]).to(d.W_enc.dtype)))
         err = cache.errors[name]
         g = g.to(feat.dtype)
         if d.cfg.site == "attn":
