@@ -170,6 +170,27 @@ def test_layers_without_attention_saes_autograd_identity(family, tmp_path):
     assert_close((g.incoming_sum() + g.constants)[mask], g.pre_activations[mask], what="autograd identity")
 
 
+def test_the_reverse_engine_equals_autograd_or_is_not_picked(family, tmp_path):
+    """Transcoder-only layers (auto picks the reverse sweeps): reverse = autograd for RMSNorm, rotary, GQA, QK-norm
+    models; for Gemma-2, whose attention channels carry a post-norm the sweeps do not apply, auto picks autograd and
+    an explicit 'reverse' is refused with a clear message."""
+    from circuits.errors import AttributionError
+
+    model = tiny_model(family, seed=2, tokenizer_folder=tmp_path / "tokenizer")
+    dicts = random_dictionaries(model, seed=3, kinds=("transcoder",)) + \
+        random_dictionaries(model, seed=4, layers=[1], kinds=("attention_sae",))
+    rm = ReplacementModel(model, dicts)
+    auto = attribute(rm, PROMPT, TARGET)
+    grad = attribute(rm, PROMPT, TARGET, method="autograd")
+    assert_close(auto.adjacency(), grad.adjacency(), rtol=1e-9, atol=1e-12, what="auto vs autograd")
+    if rm.has_post_norm:
+        assert auto.metadata["method"] == "autograd"
+        with pytest.raises(AttributionError, match="ln1_post"):
+            attribute(rm, PROMPT, TARGET, method="reverse")
+    else:
+        assert auto.metadata["method"] == "reverse"
+
+
 def _scores(rm, cache, layer):
     """[heads, q, k] pre-softmax scores read from TransformerLens' hook, before the soft-cap."""
     _, store = rm.model.run_with_cache(cache.tokens[None], names_filter=hook_attn_scores(layer))

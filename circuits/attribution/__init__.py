@@ -78,8 +78,12 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
         reads = resolve_logit_targets(rm.model, cache.logits[last], target, demean_logits, last)
     else:
         raise AttributionError(f"unknown target {target!r}; use TopLogits, Logit, Contrast or FeatureTarget")
-    if method == "auto":
-        method = "analytic" if len(rm.attention_saes) == rm.n_layers else "reverse"
+    if method == "auto":  # the reverse sweeps do not apply Gemma-2's post-norm on attention channels (yet): autograd
+        method = "analytic" if len(rm.attention_saes) == rm.n_layers else (
+            "autograd" if rm.has_post_norm else "reverse")
+    if method == "reverse" and rm.has_post_norm and len(rm.attention_saes) < rm.n_layers:
+        raise AttributionError("method 'reverse' does not yet apply the norm after attention (Gemma-2's ln1_post) on "
+                               "attention layers without an SAE; use method='autograd' (or 'auto')")
     limit = memory_limit_bytes if memory_limit_bytes is not None else _available_memory() // 2
     if edge_tolerance == 0:
         _check_memory(rm, src, limit)
@@ -152,7 +156,8 @@ def _build_graph(rm, cache, src: Sources, reads: list[LogitRead], edges: Edges, 
         "dictionaries": sorted(d.cfg.name for d in rm.dictionaries),
         "demean_logits": demean,
         "edge_tolerance": tolerance,
-        "position_embeddings": "folded into token nodes",
+        "position_embeddings": "rotary (QK side only)" if rm.cfg.positional_embedding_type == "rotary"
+        else "folded into token nodes",
     }
     if row is not None:
         meta["targets"] = [{"label": f"feature {target.node.short()}", "node": target.node.to_json(), "weight": 1.0,
