@@ -157,6 +157,26 @@ def test_e_per_head_parts_equal_edges_through_that_head_alone(rm):
         assert_close(dense[rows], per_head[rows], rtol=1e-9, atol=1e-12, what=f"head {head}")
 
 
+def test_pruning_faithfulness_and_the_logit_lens_run_on_each_family(rm):
+    """The full graph scores 1 under zero and mean ablation, a pruned one keeps fewer features, and the logit lens
+    (with Gemma-2's output soft-cap) ends at the model's own next-token probabilities."""
+    from circuits import prune
+    from circuits.interventions import Ablation, faithfulness, logit_diff_metric, mean_ablation
+    from circuits.lens import logit_lens
+
+    cache = rm.run(PROMPT)
+    g = attribute(rm, PROMPT, TARGET, cache=cache)
+    metric = logit_diff_metric(rm.model, " Mary", " John")
+    for ablation in (Ablation("zero"), mean_ablation(rm, [rm.model.to_tokens([PROMPT, "The store gave John a drink"])])):
+        full = faithfulness(rm, cache, g, metric, ablation)
+        assert abs(full.score - 1.0) < 1e-9 and full.empty != full.full
+        pruned = faithfulness(rm, cache, prune(g, 0.5, 0.9).graph, metric, ablation)
+        assert pruned.n_features < full.n_features
+    lens = logit_lens(rm, cache)
+    probs = torch.softmax(cache.logits, -1)
+    assert torch.allclose(lens.top_probs[-1], probs.max(-1).values, atol=1e-12)
+
+
 def test_layers_without_attention_saes_autograd_identity(family, tmp_path):
     """Attention layers without an SAE are linear channels of the frozen model (post-norm, window and soft-cap
     included): the autograd engine's edges + constants still equal every pre-activation."""
