@@ -9,8 +9,9 @@ the target included):
    nodes have no inputs, so merging them keeps the drawing acyclic); the graph is contracted with edges summed
    (`circuits.supernodes.contract`).
 2. **The strongest boxes**: every token and target, then the other boxes in order of influence on the target in
-   the supernode graph (`circuits.pruning.influence`) until ``max_boxes``; boxes left without a drawn edge towards
-   the target are dropped.
+   the supernode graph (`circuits.pruning.influence`) until ``max_boxes``, at most ``max_per_cell`` side by side
+   in one cell (so no row grows wider than the page); boxes left without a drawn edge towards the target are
+   dropped.
 3. **Layout**: one column per token position (the tokens along the bottom, in prompt order), one row per sublayer
    (attention L, MLP L; the target on top; each box names its layer: ``A3``, ``M0 ×4``); boxes of one cell side
    by side. Coordinates are computed here and given to Graphviz's ``neato -n2``, which only routes the edges, so
@@ -46,6 +47,7 @@ class PictureConfig:
     """What the picture draws (see the module docstring)."""
 
     max_boxes: int = 40
+    max_per_cell: int = 3  # boxes side by side in one (sublayer, position) cell, at most
     min_share: float = 0.05  # edges below this share of their target box's drawn input are not drawn
     max_edges: int = 80
     width_px: int = 1600  # the PNG is at most this wide
@@ -94,7 +96,15 @@ def choose(graph: Graph, config: PictureConfig | None = None) -> Picture:
     others = [i for i in range(g.n_nodes) if i not in set(fixed)]
     others.sort(key=lambda i: (-float(inf[i]), i))
     budget = max(0, config.max_boxes - len(fixed))
-    chosen = set(fixed) | set(others[:budget])
+    chosen, per_cell = set(fixed), {}
+    for i in others:  # the most influential first, at most max_per_cell side by side in one cell
+        if budget <= 0:
+            break
+        cell = (g.nodes[i].sublayer_rank, g.nodes[i].pos)
+        if per_cell.get(cell, 0) < config.max_per_cell:
+            per_cell[cell] = per_cell.get(cell, 0) + 1
+            chosen.add(i)
+            budget -= 1
     tgt, src = g.edge_index.tolist()
     weight = g.edge_weight.tolist()
     while True:  # drop boxes with no drawn edge towards the target (they would float unconnected)
@@ -148,10 +158,14 @@ def box_label(pic: Picture, row: int) -> str:
         span = f"{layers[0]}" if len(layers) == 1 else f"{layers[0]}–{layers[-1]}"
         head = f"{tag}{span} ×{len(members)}"
         cat = _category_of_name(name)
-        return f"{head}\n{_clip(cat, 18)}" if cat else head
-    label = g.metadata.get("ui", {}).get("labels", {}).get(export.node_id(node))
+        return f"{head}\n{_clip(cat, 16)}" if cat else head
+    from circuits.supernodes import category
+
     short = export.node_id(node).split("@")[0]
-    return f"{short}\n{_clip(label, 18)}" if label else short
+    cat = category(g, node)
+    if cat in ("attention", "transcoder"):  # no label category: the label itself, shortened
+        cat = g.metadata.get("ui", {}).get("labels", {}).get(export.node_id(node))
+    return f"{short}\n{_clip(cat, 16)}" if cat else short
 
 
 def _category_of_name(name: str | None) -> str | None:
@@ -174,7 +188,7 @@ def layout(pic: Picture) -> dict[int, tuple[float, float, float]]:
         node = g.nodes[i]
         cells.setdefault((node.sublayer_rank, node.pos), []).append(i)
     widths = {i: _box_width(box_label(pic, i)) for i in pic.boxes}
-    gap = 10.0
+    gap = 8.0
     n_pos = max([n.pos for n in g.nodes] + [len(g.metadata.get("token_strings", [])) - 1]) + 1
     col_width = [0.0] * n_pos
     for (_, pos), rows in cells.items():
@@ -186,7 +200,7 @@ def layout(pic: Picture) -> dict[int, tuple[float, float, float]]:
     col_x = []
     for w in col_width:
         col_x.append(x0 + w / 2)
-        x0 += w + 2 * gap
+        x0 += w + 1.5 * gap
     for (rank, pos), rows in cells.items():
         rows.sort(key=lambda i: (-float(abs(g.activations[i])), i) if g.nodes[i].kind in FEATURE_KINDS else (0, i))
         total = sum(widths[i] for i in rows) + gap * (len(rows) - 1)
@@ -199,7 +213,7 @@ def layout(pic: Picture) -> dict[int, tuple[float, float, float]]:
 
 def _box_width(label: str) -> float:
     longest = max(len(line) for line in label.split("\n"))
-    return max(38.0, 6.2 * longest + 12)
+    return max(34.0, 5.6 * longest + 10)
 
 
 def to_picture_dot(graph: Graph, config: PictureConfig | None = None) -> str:
