@@ -1,0 +1,112 @@
+"""`circuits dashboards build` and `circuits feature`: feature dashboards (SQLite)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from circuits.cli.common import _dashboard_db
+from circuits.errors import CircuitsError
+
+
+def cmd_dashboards_build(args) -> int:
+    import time
+
+    from circuits import dashboards
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+    from circuits.replacement import ReplacementModel
+
+    if args.model != "organism":
+        raise CircuitsError(f"dashboards are built from the organism's held-out corpus; {args.model!r} has no "
+                            "corpus here: use --model organism")
+    import sqlite3
+
+    from circuits.inputs import check_output_file
+    from circuits.organism.corpus import ToyWorldCorpus
+    from circuits.organism.tokenizer import build_tokenizer
+    from circuits.organism.train import batch_tokens
+
+    if args.rows < 1:
+        raise CircuitsError(f"--rows {args.rows}: must be at least 1")
+    out = check_output_file(Path(args.out) if args.out else _dashboard_db(args.model), "--out")
+    model, _ = load_model(args.model)
+    rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
+    rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, args.rows, model.cfg.n_ctx, stream="heldout-dash")
+    t0 = time.perf_counter()
+    try:
+        dashboards.build(rm, rows, out, seed=args.seed, progress=not args.quiet,
+                         meta={"dictionaries": args.dicts, "stream": "heldout-dash"})
+    except sqlite3.OperationalError as e:
+        if "full" in str(e) or "disk" in str(e):
+            raise CircuitsError(f"the disk is full while writing {out} ({e}); the database is consistent up to its "
+                                "last committed batch: free some space and run the same command again (it resumes)"
+                                ) from None
+        raise CircuitsError(f"cannot write {out}: {e}") from None
+    size = out.stat().st_size / 2**20
+    print(f"wrote {out} ({size:.1f} MB) from {rows.numel():,} tokens in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_feature(args) -> int:
+    from circuits import dashboards
+    from circuits.dictionaries import load_dictionaries
+    from circuits.ids import NodeIdError, parse_feature
+    from circuits.model import load_model
+    from circuits.replacement import ReplacementModel
+
+    try:
+        ref = parse_feature(args.id)
+    except NodeIdError as e:
+        raise CircuitsError(str(e)) from None
+    name, feature = ref.dictionary, ref.index
+    db_path = Path(args.db) if args.db else _dashboard_db(args.model)
+    if args.text is not None:
+        from circuits.errors import AttributionError
+        from circuits.inputs import check_text
+
+        try:
+            check_text(args.text, "--text")
+        except AttributionError as e:
+            raise CircuitsError(str(e)) from None
+    elif not db_path.is_file():
+        raise CircuitsError(f"no dashboard database at {db_path}; build it with `circuits dashboards build` or give "
+                            "--db FILE")
+    model, _ = load_model(args.model)
+    rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
+    if args.text is not None:
+        print(f"{ref}: activation on every token of the text")
+        for tok, act in dashboards.activations_on(rm, args.text, name, feature):
+            act = round(act, 3) + 0.0  # never print -0.000
+            print(f"{tok!r:<16} {act:8.3f} {'#' * max(0, min(40, round(4 * act)))}")
+        return 0
+    db = dashboards.Dashboards(db_path, rm)
+    if args.label is not None:
+        db.close()
+        dashboards.set_label(db.path, name, feature, args.label or None)
+        print(f"{ref}: label {'cleared' if not args.label else repr(args.label)}")
+        return 0
+    print(dashboards.render_text(db.get(name, feature)))
+    return 0
+
+
+def add_parser(sub) -> None:
+    """`dashboards build` and `feature`."""
+    dash = sub.add_parser("dashboards", help="feature dashboards (SQLite)").add_subparsers(dest="action",
+                                                                                         required=True)
+    b = dash.add_parser("build", help="build every feature's dashboard over held-out text (resumes)")
+    b.add_argument("--model", default="organism")
+    b.add_argument("--dicts", default="organism")
+    b.add_argument("--rows", type=int, default=2000, help="held-out rows of n_ctx tokens")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", help="database path (default data/dashboards/MODEL.sqlite)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(func=cmd_dashboards_build)
+    f = sub.add_parser("feature", help="print a feature's dashboard (or its activations on --text)")
+    f.add_argument("id", help="feature id: M2#517 (transcoder L2 feature 517), A1#33 (attention SAE L1); a "
+                   "position (@5) is ignored; old forms transcoder_L2#517, mlp:2:517 are accepted")
+    f.add_argument("--model", default="organism")
+    f.add_argument("--dicts", default="organism")
+    f.add_argument("--db", help="database path (default data/dashboards/MODEL.sqlite)")
+    f.add_argument("--text", help="test on custom text: the feature's activation on every token")
+    f.add_argument("--label", help="set a label that overrides the automatic one ('' clears it)")
+    f.set_defaults(func=cmd_feature)

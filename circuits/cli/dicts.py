@@ -1,0 +1,210 @@
+"""`circuits dicts train | eval | convert`: transcoders and attention-output SAEs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from circuits.errors import CircuitsError
+
+
+def organism_dictionary_configs(model, d_sae: int, k: int) -> list:
+    """One BatchTopK transcoder per MLP and one attention SAE per attention layer."""
+    from circuits.dictionaries.base import DictionaryConfig
+
+    c = model.cfg
+    z = c.n_heads * c.d_head
+    configs = []
+    for layer in range(c.n_layers):
+        configs.append(DictionaryConfig("attention_sae", layer, z, d_sae, z, activation="batchtopk", k=k,
+                                        n_heads=c.n_heads, context_size=c.n_ctx, model_name="organism"))
+        configs.append(DictionaryConfig("transcoder", layer, c.d_model, d_sae, c.d_model, activation="batchtopk",
+                                        k=k, context_size=c.n_ctx, model_name="organism"))
+    return configs
+
+
+def _site_values(specs: list[str] | None, flag: str, what: str, names: set[str], parse) -> dict:
+    """{dictionary name: value} from repeated NAME=VALUE options; `parse` returns None for a bad value."""
+    out = {}
+    for spec in specs or []:
+        name, _, raw = spec.partition("=")
+        value = parse(raw)
+        if value is None or name not in names:
+            raise CircuitsError(f"{flag} {spec!r}: use NAME=VALUE with NAME one of {', '.join(sorted(names))} "
+                                f"and VALUE {what}")
+        out[name] = value
+    return out
+
+
+def cmd_dicts_train(args) -> int:
+    from circuits.dictionaries.dictset import DictionarySet
+    from circuits.dictionaries.train import DictTrainConfig, train_dictionaries
+    from circuits.model import DATA_DIR, load_model
+
+    if args.model != "organism":
+        raise CircuitsError(f"training is set up for the organism's corpus only, not {args.model!r}; "
+                            "use --model organism")
+    from circuits.inputs import check_output_dir
+
+    for flag, v in (("--tokens", args.tokens), ("--d-sae", args.d_sae), ("--k", args.k)):
+        if v < 1:
+            raise CircuitsError(f"{flag} {v}: must be at least 1")
+    check_output_dir(args.out, "--out")
+    if args.export:
+        check_output_dir(DATA_DIR / "dictionaries" / "organism", "--export")
+    model, _ = load_model("organism")
+    cfg = DictTrainConfig(total_tokens=args.tokens, seed=args.seed, aux_coef=args.aux_coef,
+                          dead_after_tokens=args.dead_after, resample_every=args.resample_every,
+                          resample_until=args.resample_until, resample_dead_after_tokens=args.resample_dead_after,
+                          resample_scale=args.resample_scale, calibrate_tokens=args.calibrate_tokens)
+    configs = organism_dictionary_configs(model, args.d_sae, args.k)
+    names = {c.name for c in configs}
+    site_d_sae = _site_values(args.site_d_sae, "--site-d-sae", "a positive integer", names,
+                              lambda v: int(v) if v.isdigit() and int(v) > 0 else None)
+    site_act = _site_values(args.site_activation, "--site-activation", "topk or batchtopk", names,
+                            lambda v: v if v in ("topk", "batchtopk") else None)
+    configs = [dataclasses.replace(c, d_sae=site_d_sae.get(c.name, c.d_sae),
+                                   activation=site_act.get(c.name, c.activation),
+                                   skip=args.skip_transcoders and c.kind == "transcoder") for c in configs]
+    if args.sites:
+        if args.export:
+            raise CircuitsError("--export writes the whole organism set; it cannot be combined with --sites")
+        unknown = sorted(set(args.sites) - {c.name for c in configs})
+        if unknown:
+            raise CircuitsError(f"--sites: unknown {', '.join(unknown)}; use {', '.join(c.name for c in configs)}")
+        configs = [c for c in configs if c.name in args.sites]
+    dicts = train_dictionaries(model, configs, Path(args.out), cfg,
+                               resume=not args.no_resume, progress=not args.quiet)
+    dset = DictionarySet("organism", dicts)
+    dset.save(Path(args.out) / "set")
+    print(f"saved {len(dset)} dictionaries to {Path(args.out) / 'set'}")
+    if args.export:
+        dest = DATA_DIR / "dictionaries" / "organism"
+        dset.save(dest)
+        shutil.copy2(Path(args.out) / "dict_log.jsonl", dest / "train_log.jsonl")
+        print(f"exported to {dest}")
+    return 0
+
+
+def _print_fidelity(report: dict) -> None:
+    from circuits.dictionaries.evaluate import check_targets
+
+    ok = check_targets(report)
+    cols = ("l0", "fvu", "dead", "dead_scored", "ce_increase", "zero_ablation_cost", "ce_recovered_zero", "ce_recovered_mean", "kl",
+            "ioi_ld_retained")
+    print(f"{'dictionary':<14} " + " ".join(f"{c[:12]:>12}" for c in cols) + "  targets")
+    rows = list(report["dictionaries"].items()) + [("ALL", report["all"])]
+    for name, m in rows:
+        vals = " ".join(f"{m[c]:>12.4f}" if c in m else f"{'':>12}" for c in cols)
+        verdict = ok.get(name if name != "ALL" else "all")
+        print(f"{name:<14} {vals}  {'met' if verdict else 'MISSED'}")
+    print(f"clean CE {report['all']['ce_clean']:.4f} nats/token; IOI logit diff clean "
+          f"{report['all']['ioi_ld_clean']:.3f}, all spliced {report['all']['ioi_ld_spliced']:.3f}")
+
+
+def cmd_dicts_eval(args) -> int:
+    from circuits.dictionaries import load_dictionaries
+    from circuits.dictionaries.evaluate import FidelitySizes, evaluate_fidelity
+    from circuits.model import load_model
+
+    if args.out != "-":
+        from circuits.inputs import check_output_file
+
+        check_output_file(args.out, "--out")
+    for flag, v in (("--rows", args.rows), ("--dead-rows", args.dead_rows)):
+        if v is not None and v < 1:
+            raise CircuitsError(f"{flag} {v}: must be at least 1")
+    model, _ = load_model(args.model)
+    dset = load_dictionaries(args.dicts, model)
+    sizes = FidelitySizes() if args.rows is None else FidelitySizes(rows=args.rows, mean_rows=args.rows,
+                                                                   ioi_prompts=args.rows)
+    if args.dead_rows is not None:
+        sizes = dataclasses.replace(sizes, dead_rows=args.dead_rows)
+    report = evaluate_fidelity(model, dset, sizes, progress=not args.quiet)
+    _print_fidelity(report)
+    if args.dicts == "organism" and args.rows is None:
+        from circuits.dictionaries.evaluate import CI_SIZES
+
+        report["ci_subsample"] = {"sizes": CI_SIZES.__dict__, "report": evaluate_fidelity(model, dset, CI_SIZES)}
+    if args.out != "-":
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(out)
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_dicts_convert(args) -> int:
+    from circuits.dictionaries import load_folder
+    from circuits.inputs import check_output_dir
+
+    out = check_output_dir(args.out, "--out")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise CircuitsError(f"{out} exists and is not empty; choose another --out or pass --force")
+    dset = load_folder(Path(args.src), n_heads=args.n_heads, model_name=args.model_name)
+    dset.save(out)
+    print(f"converted {len(dset)} dictionaries ({', '.join(d.cfg.name for d in dset)}) to {out}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """`dicts` and its actions."""
+    from circuits.model import DATA_DIR  # no torch: the parser and the option checks stay fast
+
+    dicts = sub.add_parser("dicts", help="transcoders and attention-output SAEs").add_subparsers(dest="action",
+                                                                                              required=True)
+    t = dicts.add_parser("train", help="train every dictionary of a model on its corpus (resumable)")
+    t.add_argument("--model", default="organism")
+    t.add_argument("--out", default="runs/dicts")
+    t.add_argument("--tokens", type=int, default=4_000_000, help="activations per dictionary")
+    t.add_argument("--d-sae", type=int, default=2048)
+    t.add_argument("--k", type=int, default=30, help="BatchTopK mean active features per token")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--site-d-sae", action="append", metavar="NAME=N",
+                   help="features for one dictionary, e.g. transcoder_L3=4096 (repeatable)")
+    t.add_argument("--site-activation", action="append", metavar="NAME=ACT",
+                   help="training activation for one dictionary: batchtopk (default; saved as JumpReLU with its "
+                   "learned threshold) or topk (exactly k features per token), e.g. transcoder_L3=topk (repeatable)")
+    t.add_argument("--skip-transcoders", action="store_true", help="train skip transcoders: each transcoder's "
+                   "output adds a linear term W_skip·x of its input (Paulo et al. 2025)")
+    t.add_argument("--sites", nargs="+", metavar="NAME", help="train only these dictionaries (e.g. transcoder_L3); "
+                   "default: all (same activation stream; initial weights differ from a full run)")
+    t.add_argument("--aux-coef", type=float, default=1 / 32, help="AuxK loss weight")
+    t.add_argument("--dead-after", type=int, default=200_000, help="tokens without firing before AuxK treats a "
+                   "feature as dead")
+    t.add_argument("--resample-every", type=int, default=0, help="steps between resampling dead features "
+                   "(0 = never; AuxK only)")
+    t.add_argument("--resample-until", type=float, default=0.7, help="fraction of the run after which nothing "
+                   "is resampled")
+    t.add_argument("--resample-dead-after", type=int, default=100_000, help="tokens without firing before a "
+                   "feature is resampled")
+    t.add_argument("--resample-scale", type=float, default=0.2, help="resampled encoder norm / mean live "
+                   "encoder norm")
+    t.add_argument("--calibrate-tokens", type=int, default=0, help="BatchTopK: after training, set the inference "
+                   "threshold so that L0 = k on this many training tokens (0 = keep the running threshold)")
+    t.add_argument("--no-resume", action="store_true")
+    t.add_argument("--export", action="store_true", help="write the set to data/dictionaries/organism")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_dicts_train)
+
+    e = dicts.add_parser("eval", help="fidelity report: L0, FVU, dead, CE spliced/ablated, KL, IOI")
+    e.add_argument("--model", default="organism")
+    e.add_argument("--dicts", default="organism", help="organism, gpt2-transcoders, gpt2-attn-kk or a folder")
+    e.add_argument("--out", default=str(DATA_DIR / "dictionaries" / "organism" / "fidelity.json"))
+    e.add_argument("--rows", type=int, default=None, help="held-out rows (default 256)")
+    e.add_argument("--dead-rows", type=int, default=None,
+                   help="held-out rows over which a feature must fire once not to count as dead (default 8192)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_dicts_eval)
+
+    v = dicts.add_parser("convert", help="convert public dictionary files to our (SAELens) layout")
+    v.add_argument("src", help="a Dunefsky/Kissane .pt folder, a SAELens folder or a circuit-tracer folder")
+    v.add_argument("--out", required=True)
+    v.add_argument("--n-heads", type=int, default=None, help="heads of the model (attention SAEs on hook_z)")
+    v.add_argument("--model-name", default=None)
+    v.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    v.set_defaults(func=cmd_dicts_convert)

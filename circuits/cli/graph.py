@@ -1,0 +1,84 @@
+"""`circuits graph show | diff`: inspect graph JSON files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from circuits.cli.common import _token_at
+
+
+def cmd_graph_show(args) -> int:
+    from circuits import export
+
+    g = export.read_json(Path(args.file))
+    m = g.metadata
+    kinds: dict[str, int] = {}
+    for n in g.nodes:
+        kinds[n.kind] = kinds.get(n.kind, 0) + 1
+    print(f"{args.file}: {m.get('model')} with {len(m.get('dictionaries', []))} dictionaries, method {m.get('method')}")
+    print(f"prompt: {' '.join(repr(t) for t in m.get('token_strings', []))}")
+    for t in m.get("targets", []):
+        print(f"target {export.target_label(t)}: value {t['value']:.4f}, weight {t['weight']:.3f}")
+    print(f"{g.n_nodes} nodes ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}), {g.n_edges} edges")
+    if "pruning" in m:
+        pr = m["pruning"]
+        print(f"pruned from {pr['nodes_before']} nodes / {pr['edges_before']} edges at node {pr['node_threshold']}, "
+              f"edge {pr['edge_threshold']}")
+    if "scores" in m:
+        print(f"scores of the full graph: replacement {m['scores']['replacement']:.3f}, completeness "
+              f"{m['scores']['completeness']:.3f}")
+    strongest = g.edge_weight.abs().argsort(descending=True)[: args.top].tolist()
+    print(f"strongest {len(strongest)} edges (source -> target, weight):")
+    for k in strongest:
+        t, s = g.edge_index[:, k].tolist()
+        print(f"  {_describe(g, g.nodes[s])} -> {_describe(g, g.nodes[t])}  {float(g.edge_weight[k]):+.4f}")
+    return 0
+
+
+def _describe(graph, node) -> str:
+    """A node as printed by `graph show` / `graph diff`: its id (with position), the token there, its label."""
+    from circuits import export
+
+    nid = export.node_id(node)
+    if node.kind.startswith("logit"):
+        return f"{nid} ({export.node_label(graph, node)})"
+    label = (graph.metadata.get("ui") or {}).get("labels", {}).get(nid)
+    return f"{nid} {_token_at(graph, node)}" + (f" [{label}]" if label else "")
+
+
+def cmd_graph_diff(args) -> int:
+    from circuits import export
+
+    a, b = export.read_json(Path(args.a)), export.read_json(Path(args.b))
+    d = export.diff(a, b, args.rel_tol)
+    print(f"A: {args.a} ({a.n_nodes} nodes, {a.n_edges} edges); B: {args.b} ({b.n_nodes} nodes, {b.n_edges} edges)")
+    print(f"nodes only in B: {len(d.added_nodes)}; only in A: {len(d.removed_nodes)}; edges only in B: "
+          f"{len(d.added_edges)}; only in A: {len(d.removed_edges)}; changed by > {args.rel_tol:.0%}: "
+          f"{len(d.changed_edges)}")
+
+    lab = _describe
+
+    for title, rows, g in (("nodes only in B", d.added_nodes, b), ("nodes only in A", d.removed_nodes, a)):
+        if rows:
+            print(f"{title}: " + ", ".join(lab(g, n) for n in rows[: args.top]))
+    for title, rows, g in (("edges only in B", d.added_edges, b), ("edges only in A", d.removed_edges, a)):
+        for s, t, w in rows[: args.top]:
+            print(f"  {title}: {lab(g, s)} -> {lab(g, t)} {w:+.4f}")
+    for s, t, wa, wb in d.changed_edges[: args.top]:
+        print(f"  changed: {lab(a, s)} -> {lab(a, t)} {wa:+.4f} -> {wb:+.4f}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """`graph` and its actions."""
+    gr = sub.add_parser("graph", help="inspect graph files").add_subparsers(dest="action", required=True)
+    sh = gr.add_parser("show", help="summary of a graph JSON file")
+    sh.add_argument("file")
+    sh.add_argument("--top", type=int, default=10)
+    sh.set_defaults(func=cmd_graph_show)
+    df = gr.add_parser("diff", help="nodes and edges that appear, vanish or change between two graphs")
+    df.add_argument("a")
+    df.add_argument("b")
+    df.add_argument("--rel-tol", type=float, default=0.1, help="relative weight change that counts")
+    df.add_argument("--top", type=int, default=10)
+    df.set_defaults(func=cmd_graph_diff)

@@ -1,0 +1,69 @@
+"""The `circuits` command. Subcommands per capability; every user error is one line on stderr and exit status 2.
+
+    circuits organism train   [--out DIR] [--steps N] [--seed S] [--no-resume] [--export]
+    circuits organism eval    [--model organism|DIR] [--out FILE] [--subsample F]
+    circuits organism corpus  [--rows N] [--seed S] [--stream train|heldout]
+    circuits dicts train      [--model organism] [--out DIR] [--tokens N] [--d-sae N] [--k K] [--export]
+    circuits dicts eval       [--model organism] [--dicts organism|NAME|DIR] [--out FILE]
+    circuits dicts convert    SRC --out DIR [--n-heads N]
+    circuits trace            PROMPT [--target T.. [--contrast B] | --feature K:L:P:I] [--json F --dot F ...]
+    circuits attention        PROMPT --head L.H --key Q [--query P] [--versus Q2] [--pattern] [--top N] [--json F]
+    circuits graph show FILE  |  circuits graph diff A B
+    circuits dashboards build [--model organism] [--rows N]  |  circuits feature ID [--text PROMPT] [--label L]
+
+``--debug`` (before the subcommand) shows the traceback of an error.
+
+Layout: this module assembles the parser (global options, one `add_parser(sub)` per command module) and dispatches;
+each command group lives in its own module (`organism`, `dicts`, `trace`, `graph`, `dashboards`, `study`), shared
+helpers in `common`. Note that `circuits.cli.main` (the attribute of the package) is the function `main`, not this
+module: import the module as `sys.modules["circuits.cli.main"]` if ever needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from circuits.cli import dashboards, dicts, graph, organism, study, trace
+from circuits.cli.common import report_error, warn
+from circuits.errors import CircuitsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="circuits", description="Feature-level circuits in transformers.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    for group in (organism, dicts, trace, graph, dashboards, study):  # the order of `circuits --help`
+        group.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "subsample", 1.0) <= 0 or getattr(args, "subsample", 1.0) > 1:
+        parser.error("--subsample must be in (0, 1]")
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        warn(str(message))
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            for noise in (DeprecationWarning, FutureWarning, PendingDeprecationWarning, ResourceWarning):
+                warnings.simplefilter("ignore", noise)  # libraries' notes to developers, not to the user
+            warnings.showwarning = show
+            return args.func(args)
+    except CircuitsError as e:
+        if args.debug:
+            raise
+        return report_error(str(e))
+    except KeyboardInterrupt:
+        print("circuits: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `circuits ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,83 @@
+"""`circuits study NAME`: scripted case studies (ioi, induction, two_hop) written to a report folder."""
+
+from __future__ import annotations
+
+import os
+
+from circuits.errors import CircuitsError
+
+
+def cmd_study(args) -> int:
+    from circuits.studies import STUDY_NAMES, StudySpec, get_study, run_study, write_report
+
+    if args.name == "list":
+        for name in STUDY_NAMES:
+            study = get_study(name)
+            print(f"{name:10s} {study.title} — roles: {', '.join(study.roles)}")
+        return 0
+    if args.n < 4:
+        raise CircuitsError(f"--n must be at least 4 (got {args.n}); mean ablation needs several prompts per group")
+    if args.workers < 1:
+        raise CircuitsError(f"--workers must be at least 1 (got {args.workers})")
+    if args.top < 1:
+        raise CircuitsError(f"--top must be at least 1 (got {args.top})")
+    options = {}
+    if args.templates is not None:
+        if args.name != "ioi":
+            raise CircuitsError("--templates applies to the ioi study only")
+        options["templates"] = args.templates
+    get_study(args.name, **options)  # validates the options before any model loads
+    spec = StudySpec(args.name, model=args.model, dicts=args.dicts, n=args.n, seed=args.seed,
+                     options=tuple(sorted(options.items())), ig_steps=args.ig_steps)
+    from circuits.inputs import check_output_dir
+
+    out = check_output_dir(args.out or f"reports/{args.name}", "--out")
+    result = run_study(spec, workers=args.workers, ray_address=args.ray_address, top=args.top,
+                       progress=not args.quiet)
+    folder = write_report(result, out)
+    d = result.data
+    c = d["circuit"]
+
+    def iv(x):
+        return f"{x['value']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]" if x and x.get("lo") is not None else "n/a"
+
+    sets = ", ".join(f"{k} {v['n']}" for k, v in d["sets"].items() if isinstance(v, dict) and "n" in v)
+    print(f"{result.title}: prompts {sets}; clean metric {d['metrics']['clean_mean']:.3f} "
+          f"(accuracy {d['metrics']['accuracy']:.1%}) on the evaluation set")
+    print(f"circuit of {c['n_features']} feature role nodes (chosen on the selection set), standard mean-ablation "
+          f"faithfulness on the evaluation set (95% intervals): features alone {iv(c['features_only'])}, with every "
+          f"error node {iv(c['with_errors'])}; stratified random {iv(c['random_features_only'])} / "
+          f"{iv(c['random_with_errors'])}")
+    print(f"labelled variants: zero ablation {iv(c['zero_features_only'])} / {iv(c['zero_with_errors'])}; "
+          f"held-inactive {iv(c['held_features_only'])} / {iv(c['held_with_errors'])}")
+    if "test" in d:
+        t = d["test"]["circuit"]
+        print(f"test set ({d['test']['n']} prompts, new templates): features alone {iv(t['features_only'])}, with "
+              f"errors {iv(t['with_errors'])}")
+    for w in d["sets"]["main_groups"]["warnings"]:
+        print(f"warning: {w}")
+    for ck in d["checks"].values():
+        print(f"- {ck['title']}: {ck['verdict']}")
+    print(f"report: {folder / 'report.md'} ({result.timings['total_s']:.0f} s)")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """`study`."""
+    st = sub.add_parser("study", help="scripted case studies (ioi, induction, two_hop) → a report folder")
+    st.add_argument("name", help="ioi | induction | two_hop | list")
+    st.add_argument("--n", type=int, default=200,
+                    help="evaluation prompts (default 200); selection and reference sets are drawn beside them")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--model", default="organism")
+    st.add_argument("--dicts", default="organism")
+    st.add_argument("--templates", choices=["heldout", "train", "all"], default=None,
+                    help="ioi: which templates (default heldout); names are always the held-out ones")
+    st.add_argument("--top", type=int, default=100, help="feature role nodes in the circuit (default 100)")
+    st.add_argument("--ig-steps", type=int, default=4, help="integrated-gradient steps for node scores")
+    st.add_argument("--workers", type=int, default=max(1, min(2, os.cpu_count() or 1)),
+                    help="parallel worker processes (default: up to 2)")
+    st.add_argument("--ray-address", default=None, help="run the per-prompt work as Ray tasks on this cluster")
+    st.add_argument("--out", default=None, help="report folder (default reports/NAME)")
+    st.add_argument("--quiet", action="store_true")
+    st.set_defaults(func=cmd_study)

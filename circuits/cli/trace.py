@@ -1,0 +1,460 @@
+"""`circuits trace` (alias `attribute`): a prompt's attribution graph; `circuits attention`: why a head
+attended where it did (QK attribution)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from circuits.cli.common import _dashboard_db, _prompt, _token_at, _write_json, warn
+from circuits.errors import CircuitsError
+
+
+def _parse_feature(spec: str):
+    """--feature: a feature at a position, canonical ``M2#517@11`` (old ``mlp:2:11:517`` accepted)."""
+    from circuits.ids import NodeIdError, parse_feature
+
+    try:
+        ref = parse_feature(spec)
+    except NodeIdError as e:
+        raise CircuitsError(f"--feature: {e}") from None
+    if ref.pos is None:
+        raise CircuitsError(f"--feature {spec!r} needs the position of the feature: write e.g. {ref}@11 "
+                            "(or KIND:LAYER:POS:INDEX, e.g. mlp:2:11:517)")
+    return ref.node()
+
+
+def _check_trace_options(args) -> None:
+    """Every option of `trace` that can be checked without the model, before it loads."""
+    from circuits.inputs import check_output_file
+
+    for flag, value in (("--node-threshold", args.node_threshold), ("--edge-threshold", args.edge_threshold)):
+        if not 0 < value <= 1:
+            raise CircuitsError(f"{flag} {value}: must be in (0, 1] (the fraction of influence to keep)")
+    if not 0 < args.cum_prob <= 1:
+        raise CircuitsError(f"--cum-prob {args.cum_prob}: must be in (0, 1] (the probability mass of the logits "
+                            "to explain)")
+    if args.max_logits < 1:
+        raise CircuitsError(f"--max-logits {args.max_logits}: must be at least 1")
+    if args.max_features is not None and args.max_features < 0:
+        raise CircuitsError(f"--max-features {args.max_features}: must be 0 or more")
+    if args.edge_tolerance < 0 or args.edge_tolerance >= 1:
+        raise CircuitsError(f"--edge-tolerance {args.edge_tolerance}: must be in [0, 1)")
+    if args.top < 0:
+        raise CircuitsError(f"--top {args.top}: must be 0 or more")
+    if args.ig_steps < 0:
+        raise CircuitsError(f"--ig-steps {args.ig_steps}: must be 0 or more")
+    if args.corrupt is not None:
+        from circuits.errors import AttributionError
+        from circuits.inputs import check_text
+
+        try:
+            check_text(args.corrupt, "the --corrupt prompt")
+        except AttributionError as e:
+            raise CircuitsError(str(e)) from None
+    if args.ig_steps and not args.corrupt:
+        raise CircuitsError("--ig-steps needs --corrupt PROMPT (integrated gradients between two prompts)")
+    if (args.svg or args.png) and shutil.which("dot") is None:
+        raise CircuitsError("--svg/--png need Graphviz's `dot`, which is not installed: install it (apt-get install "
+                            "graphviz, brew install graphviz) or write --dot FILE and render it elsewhere")
+    if args.dashboards and not Path(args.dashboards).is_file():
+        raise CircuitsError(f"--dashboards {args.dashboards}: no such database file; build one with "
+                            "`circuits dashboards build` or leave the option out")
+    for kind in ("json", "dot", "svg", "png", "graphml", "circuit_tracer_json"):
+        path = getattr(args, kind)
+        if path:
+            check_output_file(path, f"--{kind.replace('_', '-')}")
+
+
+def _trace_target(args):
+    from circuits.attribution import Contrast, FeatureTarget, Logit, TopLogits
+
+    if args.feature and (args.target or args.contrast):
+        raise CircuitsError("give either --feature or --target/--contrast, not both")
+    if args.contrast:
+        if not args.target or len(args.target) != 1:
+            raise CircuitsError("--contrast B needs exactly one --target A (the graph explains logit(A) − logit(B))")
+        return Contrast(args.target[0], args.contrast)
+    if args.target:
+        return Logit(tuple(args.target))
+    if args.feature:
+        return FeatureTarget(_parse_feature(args.feature))
+    return TopLogits(args.cum_prob, args.max_logits)
+
+
+def _feature_labels(rm, args, graph, say) -> dict[str, str]:
+    """{node id: label} of the graph's features from the model's dashboard database, when there is one built for
+    these dictionaries (empty otherwise)."""
+    from circuits import dashboards, export
+
+    path = Path(args.dashboards) if getattr(args, "dashboards", None) else _dashboard_db(args.model)
+    if not path.exists():
+        return {}
+    try:
+        db = dashboards.Dashboards(path, rm)
+    except dashboards.DashboardError as e:
+        say(f"no feature labels: {e}")
+        return {}
+    try:
+        return {export.node_id(n): lab for n, lab in db.labels(list(graph.nodes)).items()}
+    finally:
+        db.close()
+
+
+def _attach_labels(graph, labels: dict[str, str]) -> None:
+    """Put the labels of `graph`'s nodes into its UI state (saved with the file; user labels win)."""
+    from circuits import export
+
+    ids = {export.node_id(n) for n in graph.nodes}
+    ui = graph.metadata.setdefault("ui", {})
+    ui["labels"] = {**{k: v for k, v in labels.items() if k in ids}, **ui.get("labels", {})}
+
+
+def _faithfulness(rm, pruned, prompt: str, say) -> list[dict] | None:
+    """Ablation faithfulness of the pruned graph on its target metric (zero, and mean for the organism)."""
+    from circuits.interventions import faithfulness, graph_metric, standard_ablations
+
+    found = graph_metric(pruned)
+    if found is None:
+        return None
+    metric, name = found
+    say("faithfulness ...")
+    out = []
+    for ablation in standard_ablations(rm):
+        f = faithfulness(rm, prompt, pruned, metric, ablation)
+        out.append({"metric": name, "ablation": f.ablation, "score": f.score, "circuit": f.circuit, "empty": f.empty,
+                    "full": f.full, "features": f.n_features, "errors": f.n_errors})
+    return out
+
+
+def _top_nodes(graph, influence, labels: dict, top: int, per_position: int = 3) -> tuple[list, list]:
+    """The `top` most influential nodes (targets and tokens excluded), and for every position before the last the
+    `per_position` most influential nodes there (tokens included): the second list shows where the circuit starts,
+    which the first hides when most influence sits at the last position."""
+    from circuits import export
+
+    def entry(row: int) -> dict:
+        node = graph.nodes[row]
+        nid = export.node_id(node)
+        return {"node": node.to_json(), "id": nid, "pos": node.pos, "token": graph.metadata["token_strings"][node.pos],
+                "label": labels.get(nid), "influence": float(influence[row]),
+                "activation": float(graph.activations[row])}
+
+    order = [r for r in influence.argsort(descending=True).tolist() if graph.target_weights[r] <= 0]
+    best = [entry(r) for r in order if graph.nodes[r].kind != "token"][:top]
+    last = len(graph.metadata["token_strings"]) - 1
+    by_pos: dict[int, list[dict]] = {}
+    for r in order:
+        p = graph.nodes[r].pos
+        if p < last and len(by_pos.setdefault(p, [])) < per_position and float(influence[r]) > 0:
+            by_pos[p].append(entry(r))
+    return best, [{"pos": p, "token": graph.metadata["token_strings"][p], "nodes": by_pos[p]} for p in sorted(by_pos)]
+
+
+def _print_top_nodes(summary: dict) -> None:
+    def label(n: dict) -> str:
+        return f"  {n['label'][:60]}" if n.get("label") else ""
+
+    print(f"top {len(summary['top_nodes'])} nodes by influence (id, token at its position, influence, activation, "
+          "label):")
+    for n in summary["top_nodes"]:
+        print(f"  {n['id']:<14} {n['token']!r:<14} influence {n['influence']:.4f}  activation {n['activation']:8.3f}"
+              f"{label(n)}")
+    if summary["by_position"]:
+        print("strongest nodes at each earlier position (where the circuit starts):")
+        for row in summary["by_position"]:
+            print(f"  {row['pos']:>3} {row['token']!r:<12} " + "; ".join(
+                f"{n['id']} {n['influence']:.4f}{label(n)}" for n in row["nodes"]))
+
+
+def cmd_trace(args) -> int:
+    import time
+
+    outputs = {k: getattr(args, k) for k in ("json", "dot", "svg", "png", "graphml", "circuit_tracer_json")}
+    prompt = args.prompt = _prompt(args)
+    _check_trace_options(args)  # fail before the work (and before torch is imported), not after it
+
+    from circuits import export
+    from circuits.attribution import attribute
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+    from circuits.pruning import graph_scores, prune
+    from circuits.replacement import ReplacementModel
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    target = _trace_target(args)
+    if args.qk_heads < 1:
+        raise CircuitsError(f"--qk-heads {args.qk_heads}: must be at least 1")
+    if args.max_features == 0:
+        warn("--max-features 0 keeps no feature nodes: the pruned graph has only tokens, error nodes and the "
+             "target (leave the option out for no cap)")
+    t0 = time.perf_counter()
+    say(f"loading {args.model} and dictionaries {args.dicts} ...")
+    model, _ = load_model(args.model)
+    rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
+    load_s = time.perf_counter() - t0
+    say("attributing ...")
+    cache = rm.run(prompt) if args.qk else None  # --qk reads the same forward pass
+    graph = attribute(rm, prompt, target, method=args.method, demean_logits=args.demean,
+                      edge_tolerance=args.edge_tolerance, progress=not args.quiet, cache=cache)
+    t1 = time.perf_counter()
+    result = prune(graph, args.node_threshold, args.edge_threshold, args.max_features)
+    labels = _feature_labels(rm, args, graph, say)
+    _attach_labels(graph if args.full else result.graph, labels)
+    prune_s = time.perf_counter() - t1
+    full_scores, pruned_scores = graph_scores(graph), graph_scores(result.graph)
+    for g in (graph, result.graph):
+        g.metadata["scores"] = {"replacement": full_scores.replacement, "completeness": full_scores.completeness}
+    result.graph.metadata["scores_pruned"] = {"replacement": pruned_scores.replacement,
+                                              "completeness": pruned_scores.completeness}
+    qk = _qk_tables(rm, cache, graph, args, say) if args.qk else None
+    if qk is not None:
+        result.graph.metadata["qk"] = graph.metadata["qk"] = qk
+    faith = _faithfulness(rm, result.graph, prompt, say)
+    if faith:
+        result.graph.metadata["faithfulness"] = graph.metadata["faithfulness"] = faith
+    patching = None
+    if args.corrupt:
+        from circuits.attribution.patching import attribution_patching, integrated_gradients
+
+        say(f"attribution patching against {args.corrupt!r} ...")
+        from circuits.interventions import graph_metric
+
+        found = graph_metric(graph)
+        if found is None:
+            raise CircuitsError("--corrupt needs a logit target (not --feature)")
+        metric, metric_name = found
+        effects = (integrated_gradients(rm, prompt, args.corrupt, metric, args.ig_steps) if args.ig_steps
+                   else attribution_patching(rm, prompt, args.corrupt, metric))
+        patching = {"method": effects.method, "metric": metric_name, "corrupt": args.corrupt,
+                    "metric_clean": effects.metric_clean, "metric_corrupted": effects.metric_corrupted,
+                    "top": [[n.to_json(), e] for n, e in effects.top(args.top)]}
+        result.graph.metadata["patching"] = graph.metadata["patching"] = patching
+    kept = result.graph
+    written = []
+    out_graph = graph if args.full else kept
+    influence = result.node_influence if args.full else result.node_influence[result.node_mask]
+    writers = {"json": export.write_json, "dot": export.write_dot, "graphml": export.write_graphml,
+               "svg": lambda g, p: export.render(g, p, "svg"), "png": lambda g, p: export.render(g, p, "png"),
+               "circuit_tracer_json": lambda g, p: export.write_circuit_tracer(g, p, influence)}
+    for kind, path in outputs.items():
+        if path:
+            writers[kind](out_graph, Path(path))
+            written.append(path)
+    summary = {
+        "tokens": graph.metadata["token_strings"],
+        "targets": graph.metadata["targets"],
+        "method": graph.metadata["method"],
+        "full": {"nodes": graph.n_nodes, "edges": graph.n_edges, **graph.metadata["scores"]},
+        "pruned": {"nodes": kept.n_nodes, "edges": kept.n_edges, "replacement": pruned_scores.replacement,
+                   "completeness": pruned_scores.completeness},
+        "seconds": {"load": round(load_s, 3), "attribute": graph.metadata["timings_s"]["total"],
+                    "prune": round(prune_s, 4)},
+        "top_nodes": [],
+        "patching": patching,
+        "faithfulness": faith,
+        "qk": qk,
+        "written": written,
+    }
+    summary["top_nodes"], summary["by_position"] = _top_nodes(graph, result.node_influence, labels, args.top)
+    if args.json_summary:
+        print(json.dumps(summary))
+        return 0
+    print("tokens: " + " ".join(f"{i}:{t!r}" for i, t in enumerate(summary["tokens"])))
+    for t in summary["targets"]:
+        prob = f", p={t['probability']:.3f}" if t.get("probability") is not None else ""
+        print(f"target {export.target_label(t)}: value {t['value']:.4f}{prob}, weight {t['weight']:.3f}")
+    f, pr = summary["full"], summary["pruned"]
+    print(f"full graph: {f['nodes']} nodes, {f['edges']} edges ({summary['method']}, "
+          f"{summary['seconds']['attribute']:.3f} s); replacement score {f['replacement']:.3f}, "
+          f"completeness {f['completeness']:.3f}")
+    print(f"pruned (node {args.node_threshold}, edge {args.edge_threshold}): {pr['nodes']} nodes, {pr['edges']} edges "
+          f"({prune_s:.3f} s); replacement {pr['replacement']:.3f}, completeness {pr['completeness']:.3f}")
+    for f in faith or []:
+        print(f"faithfulness of the pruned graph on {f['metric']} ({f['ablation']} ablation): {f['score']:.3f} "
+              f"(circuit {f['circuit']:.3f}, empty {f['empty']:.3f}, model {f['full']:.3f})")
+    if faith:
+        print("  = (circuit − empty) / (model − empty): 'circuit' keeps the pruned graph's feature and error nodes "
+              "and ablates every other active feature and error node (zero: set to 0; mean: set to its mean over "
+              "held-out text) with live attention; 'empty' ablates them all; 1.0 = the pruned graph alone gives the "
+              "model's value, 0 = no better than ablating everything")
+    _print_top_nodes(summary)
+    for table in qk or []:
+        _print_qk_route(table, graph.metadata["token_strings"])
+    if patching:
+        print(f"{patching['method']} node effects on {patching['metric']} (clean {patching['metric_clean']:.3f}, "
+              f"corrupted {patching['metric_corrupted']:.3f}):")
+        for nid, e in patching["top"]:
+            from circuits.graph import Node
+
+            node = Node.from_json(nid)
+            print(f"  {export.node_id(node):<14} {_token_at(graph, node):<14} {e:+.4f}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _qk_tables(rm, cache, graph, args, say) -> list[dict]:
+    """trace --qk: the QK tables of the heads carrying the strongest edges into attention features."""
+    from circuits.attribution.qk import qk_tables
+
+    say("QK tables ...")
+    tables = qk_tables(rm, cache, graph, args.qk_heads, top=10)
+    if not tables:
+        warn("--qk: this graph has no per-head edge weights (method autograd, or no attention-feature edges); "
+             "no QK tables attached (use --method analytic)")
+    return tables
+
+
+def _print_qk_route(table: dict, tokens: list[str]) -> None:
+    from circuits.graph import Node
+
+    def name(n, pos: int) -> str:
+        return _node_name(Node.from_json(n) if n is not None else None, pos)
+
+    p, (q,) = table["query_pos"], table["keys"]
+    best = table["pairs"][0] if table["pairs"] else None
+    pair = (f"; top pair {name(best['query'], p)} × {name(best['key'], best['key_pos'])} "
+            f"{best['contribution']:+.3f}") if best else ""
+    print(f"QK L{table['layer']}.H{table['head']} {p} {tokens[p]!r} → {q} {tokens[q]!r} (route |edges| "
+          f"{table['route_strength']:.3f}): score {table['score']:.3f}, pattern {table['pattern'][0]:.3f}{pair}")
+
+
+def _node_name(node, pos: int) -> str:
+    """A QK table entry: the node's id, or ``const@POS`` for a position's constant part."""
+    from circuits import export
+
+    return export.node_id(node) if node is not None else f"const@{pos}"
+
+
+def _parse_head(spec: str) -> tuple[int, int]:
+    """--head L.H → (layer, head)."""
+    parts = spec.split(".")
+    if len(parts) != 2 or not all(x.isdigit() for x in parts):
+        raise CircuitsError(f"--head {spec!r}: write LAYER.HEAD, e.g. 3.0 (layer 3, head 0)")
+    return int(parts[0]), int(parts[1])
+
+
+def _check_attention_options(args) -> tuple[int, int]:
+    from circuits.inputs import check_output_file
+
+    layer, head = _parse_head(args.head)
+    for flag, v in (("--key", args.key), ("--query", args.query), ("--versus", args.versus)):
+        if v is not None and v < 0:
+            raise CircuitsError(f"{flag} {v}: positions count from 0 (the BOS token)")
+    if args.versus is not None and args.versus == args.key:
+        raise CircuitsError(f"--versus {args.versus}: must differ from --key (the contrast is key minus versus)")
+    if args.query is not None:
+        for flag, v in (("--key", args.key), ("--versus", args.versus)):
+            if v is not None and v > args.query:
+                raise CircuitsError(f"{flag} {v}: a query at {args.query} attends to positions 0-{args.query} "
+                                    "(causal attention)")
+    if args.top < 1:
+        raise CircuitsError(f"--top {args.top}: must be at least 1")
+    if args.json:
+        check_output_file(args.json, "--json")
+    return layer, head
+
+
+def cmd_attention(args) -> int:
+    prompt = _prompt(args)
+    layer, head = _check_attention_options(args)  # before the model loads
+
+    from circuits.attribution.qk import explain_attention
+    from circuits.attribution.targets import token_string
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+    from circuits.replacement import ReplacementModel
+
+    model, _ = load_model(args.model)
+    rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
+    cache = rm.run(prompt)
+    tokens = [token_string(model, t) for t in cache.tokens.tolist()]
+    query = args.query if args.query is not None else cache.n_pos - 1
+    keys = args.key if args.versus is None else (args.key, args.versus)
+    qk = explain_attention(rm, cache, layer, head, query, keys, quantity="pattern" if args.pattern else "score")
+    out = {"model": args.model, "dictionaries": args.dicts, "prompt": prompt, "token_strings": tokens,
+           **qk.to_json(args.top)}
+    if args.json:
+        _write_json(Path(args.json), out)
+    print("tokens: " + " ".join(f"{i}:{t!r}" for i, t in enumerate(tokens)))
+    where = " − ".join(f"{query} {tokens[query]!r} → {q} {tokens[q]!r}" for q in qk.keys)
+    pattern = " − ".join(f"{float(qk.pattern[q]):.4f}" for q in qk.keys)
+    what = "linearised pattern change Σ_j ∂A/∂s_j · s_j" if args.pattern else "pre-softmax score"
+    print(f"L{layer}.H{head} {where}: {what} {qk.value:.4f} (Σ of all terms {qk.total():.4f}); pattern {pattern}")
+    print(f"top {args.top} pairs (query side × key side: contribution):")
+    for t in qk.top(args.top):
+        print(f"  {_node_name(t.query, query):<14} × {_node_name(t.key, t.key_pos):<14} {tokens[t.key_pos]!r:<12} "
+              f"{t.contribution:+.4f}")
+    print(f"top {args.top} pairs of two sources (constant parts left out):")
+    for t in qk.top(args.top, constants=False):
+        print(f"  {_node_name(t.query, query):<14} × {_node_name(t.key, t.key_pos):<14} {tokens[t.key_pos]!r:<12} "
+              f"{t.contribution:+.4f}")
+    for title, rows in (("query side (summed over the key side)", qk.query_marginals()),
+                        ("key side (summed over the query side)", qk.key_marginals())):
+        print(f"{title}:")
+        for m in rows[: args.top]:
+            print(f"  {_node_name(m.node, m.pos):<14} {tokens[m.pos]!r:<12} {m.contribution:+.4f}")
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """`trace` (alias `attribute`) and `attention`."""
+    a = sub.add_parser("trace", aliases=["attribute"],
+                       help="attribution graph of a prompt: summary, and JSON / DOT / SVG / PNG / GraphML files")
+    a.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
+    a.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 text file")
+    a.add_argument("--model", default="organism")
+    a.add_argument("--dicts", default="organism", help="organism, a public set name, or a folder")
+    a.add_argument("--target", nargs="+", metavar="TOKEN", help="explain these tokens' logits")
+    a.add_argument("--contrast", metavar="TOKEN", help="with one --target A: explain logit(A) − logit(TOKEN)")
+    a.add_argument("--feature", metavar="ID@POS", help="explain one active feature at a position (local circuit), "
+                   "e.g. M2#517@11 (transcoder L2 feature 517 at position 11) or A1#33@5")
+    a.add_argument("--cum-prob", type=float, default=0.95, help="salient logits: probability mass to cover")
+    a.add_argument("--max-logits", type=int, default=10)
+    a.add_argument("--method", default="auto", choices=["auto", "analytic", "reverse", "autograd"])
+    a.add_argument("--demean", action="store_true", help="explain logits minus their mean over the vocabulary")
+    a.add_argument("--edge-tolerance", type=float, default=0.0,
+                   help="store only edges above this fraction of each target's total |weight|")
+    a.add_argument("--node-threshold", type=float, default=0.8)
+    a.add_argument("--edge-threshold", type=float, default=0.98)
+    a.add_argument("--max-features", type=int, default=None, help="cap on feature nodes after pruning")
+    a.add_argument("--corrupt", metavar="PROMPT", help="also run attribution patching against this prompt")
+    a.add_argument("--ig-steps", type=int, default=0, help="with --corrupt: integrated gradients with N steps")
+    a.add_argument("--top", type=int, default=15, help="nodes to list")
+    for flag in ("--json", "--dot", "--svg", "--png", "--graphml", "--circuit-tracer-json"):
+        a.add_argument(flag, metavar="FILE")
+    a.add_argument("--full", action="store_true", help="write the unpruned graph (default: the pruned one)")
+    a.add_argument("--dashboards", metavar="DB", help="feature labels from this dashboard database "
+                   "(default data/dashboards/MODEL.sqlite when it exists)")
+    a.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    a.add_argument("--json-summary", action="store_true", help="print the summary as one JSON object")
+    a.add_argument("--qk", action="store_true", help="attach the QK tables (why each head attended there) of the "
+                   "heads carrying the strongest edges into attention features to the graph (metadata.qk)")
+    a.add_argument("--qk-heads", type=int, default=3, metavar="N", help="with --qk: how many (head, query, key) "
+                   "routes (default 3)")
+    a.set_defaults(func=cmd_trace)
+
+    at = sub.add_parser("attention", help="why a head attended where it did: its attention score as a sum over "
+                        "(query-side source, key-side source) pairs in the frozen replacement model")
+    at.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
+    at.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 text file")
+    at.add_argument("--model", default="organism")
+    at.add_argument("--dicts", default="organism", help="organism, a public set name, or a folder")
+    at.add_argument("--head", required=True, metavar="L.H", help="layer and head, e.g. 3.0")
+    at.add_argument("--query", type=int, default=None, metavar="P", help="query position (default: the last)")
+    at.add_argument("--key", type=int, required=True, metavar="Q", help="key position")
+    at.add_argument("--versus", type=int, default=None, metavar="Q2",
+                    help="explain the preference score(P→Q) − score(P→Q2) (IOI: END→IO minus END→S2)")
+    at.add_argument("--pattern", action="store_true", help="explain the first-order change of the attention "
+                    "pattern (softmax Jacobian × terms) instead of the pre-softmax score")
+    at.add_argument("--top", type=int, default=10, help="pairs and per-side sources to list")
+    at.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    at.set_defaults(func=cmd_attention)
