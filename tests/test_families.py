@@ -279,6 +279,24 @@ def _trace_with_the_cli(family: str, folder) -> tuple:
     return model, out
 
 
+def test_a_broken_saved_model_folder_is_one_clear_error(tmp_path):
+    from circuits.errors import ModelLoadError
+    from circuits.families import save_model
+    from circuits.model import load_model
+
+    model = tiny_model("llama3", seed=0, tokenizer_folder=tmp_path / "tok")
+    for name in ("weights", "vocab"):
+        save_model(model, tmp_path / name, tokenizer_folder=tmp_path / "tok")
+    (tmp_path / "weights" / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(ModelLoadError, match="corrupt weight file"):
+        load_model(str(tmp_path / "weights"))
+    meta = json.loads((tmp_path / "vocab" / "config.json").read_text())
+    meta["config"]["d_vocab"] = 7
+    (tmp_path / "vocab" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="tokenizer .* has .* tokens but the config says d_vocab 7"):
+        load_model(str(tmp_path / "vocab"))
+
+
 def test_the_cli_traces_a_saved_tiny_model_of_each_family(family, tmp_path, capsys):
     from circuits import Graph
     from circuits.model import load_model
