@@ -128,16 +128,6 @@ def hook_attn_scores(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_attn_scores"
 
 
-def hook_rot_q(layer: int) -> str:
-    """Rotary models: queries after the rotation (what the score reads): [batch, pos, n_heads, d_head]."""
-    return f"blocks.{layer}.attn.hook_rot_q"
-
-
-def hook_rot_k(layer: int) -> str:
-    """Rotary models: keys after the rotation, [batch, pos, n_key_value_heads, d_head] with GQA."""
-    return f"blocks.{layer}.attn.hook_rot_k"
-
-
 def hook_ln_final_scale() -> str:
     return "ln_final.hook_scale"
 
