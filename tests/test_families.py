@@ -79,6 +79,20 @@ def test_a_splice_with_errors_is_exact_and_the_frozen_model_equals_clean(rm):
         assert (cache.patterns[local] > 0).sum(-1).max() <= rm.cfg.window_size
 
 
+def test_a_float32_three_layer_model_splices_to_1e4_and_keeps_the_identity(family, tmp_path):
+    """The families at the organism's width in float32 (3 layers, d_model 64, alternating local/global layers)."""
+    model = tiny_model(family, seed=5, tokenizer_folder=tmp_path / "tokenizer", n_layers=3, d_model=64, d_mlp=128,
+                       dtype="float32")
+    rm = ReplacementModel(model, random_dictionaries(model, d_sae=96, k=8, seed=6))
+    cache = rm.run(PROMPT)
+    with torch.no_grad():
+        assert (cache.logits - model(cache.tokens[None])[0]).abs().max().item() <= 1e-4
+    g = attribute(rm, PROMPT, TARGET, cache=cache)
+    mask = g.explained_mask()
+    assert_close((g.incoming_sum() + g.constants)[mask], g.pre_activations[mask], rtol=1e-4, atol=1e-4,
+                 what="float32 identity")
+
+
 @pytest.mark.parametrize("target", [TARGET, TopLogits(0.5, 3)], ids=["contrast", "top"])
 def test_b_incoming_edges_plus_constant_equal_pre_activation(rm, target):
     g = attribute(rm, PROMPT, target, method="analytic")
