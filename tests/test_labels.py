@@ -366,3 +366,41 @@ def test_module_level_label_category_finds_the_graphs_database(planted, planted_
     kind = "attn_feature" if d.startswith("attn") else "mlp_feature"
     graph = SimpleNamespace(metadata={"model": "organism", "dictionaries": [d]})
     assert labels.label_category(Node(kind, int(d[-1]), 3, f), graph) == cat
+
+
+def test_user_sets_replace_or_add_to_the_defaults_when_relabelling(planted, planted_db, tmp_path):
+    import shutil
+
+    from circuits.organism import world as W
+
+    rm, rows = planted
+    db_path = tmp_path / "user.sqlite"
+    shutil.copy(planted_db, db_path)
+    vocab = vocabulary_strings(rm.model)
+    defaults = organism_sets(vocab)
+    (tmp_path / "no_cities.json").write_text(json.dumps({"city": ["Paris"]}))  # replaces the default "city"
+    dashboards.relabel(db_path, rm, rows, load_token_sets(tmp_path / "no_cities.json", vocab, defaults))
+    claims, _ = dashboards.Dashboards(db_path, rm).enrichment("transcoder_L0", 1)
+    assert claims is None or claims.on is None  # no set holds the cities it fires on: no claim
+    (tmp_path / "towns.txt").write_text("town: " + ", ".join(W.CITIES) + "\n")
+    others = [s for s in defaults if s.name != "city"]
+    dashboards.relabel(db_path, rm, rows, load_token_sets(tmp_path / "towns.txt", vocab, others))
+    db = dashboards.Dashboards(db_path, rm)
+    assert db.enrichment("transcoder_L0", 1)[0].on.name == "town" and db.label_category("M0#1") == "town"
+    assert {r[0] for r in db.con.execute("SELECT name FROM token_sets")} == {s.name for s in others} | {"town"}
+
+
+def test_cli_label_commands_refuse_bad_input_in_one_line(tmp_path, capsys):
+    from circuits.cli import main
+
+    assert main(["dashboards", "label", "--db", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no dashboard database at" in capsys.readouterr().err
+    assert main(["dashboards", "label", "--model", "gpt2"]) == 2
+    assert "use --model organism" in capsys.readouterr().err
+    db = tmp_path / "db.sqlite"
+    db.write_bytes(b"")
+    assert main(["dashboards", "label", "--db", str(db), "--token-sets", str(tmp_path / "sets.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--token-sets" in err and "no such file" in err
+    assert main(["dashboards", "label-accuracy", "--rows", "0"]) == 2
+    assert "--rows 0" in capsys.readouterr().err

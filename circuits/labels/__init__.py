@@ -100,6 +100,7 @@ class LabelPopulations:
 
     @classmethod
     def from_rows(cls, rows: Tensor, d_vocab: int) -> LabelPopulations:
+        rows = rows.cpu()
         on = torch.bincount(rows.reshape(-1), minlength=d_vocab).numpy()
         after = torch.bincount(rows[:, :-1].reshape(-1), minlength=d_vocab).numpy()
         return cls(on, after, (on > 0).astype(np.int64))
@@ -129,8 +130,9 @@ def _effects(rm, d, used: np.ndarray) -> Tensor:
     gamma, _ = rm.ln_weights("ln_final")
     v = write_directions(rm, d).to(rm.model.W_U.dtype)
     eff = ((v - v.mean(-1, keepdim=True)) * gamma) @ rm.model.W_U
+    eff = eff.float().cpu()
     eff[:, torch.from_numpy(used == 0)] = float("nan")
-    return eff.float()
+    return eff
 
 
 def label_features(rm, d, tops: dict, pops: LabelPopulations, tests: dict[str, Enrichment],

@@ -151,7 +151,7 @@ def heldout_top_tokens(rm, rows: Tensor, k: int = 10, batch_size: int = 32,
     for start in tqdm(range(0, rows.shape[0], batch_size), desc="held-out top tokens", disable=not progress):
         store, _ = _codes_by_dictionary(rm, rows[start:start + batch_size])
         for name, codes in store.items():
-            codes = codes.reshape(-1, codes.shape[-1]).float()
+            codes = codes.reshape(-1, codes.shape[-1]).float().cpu()
             kk = min(k, codes.shape[0])
             vals, idx = codes.topk(kk, dim=0)
             idx = idx + start * n_ctx
