@@ -56,9 +56,12 @@ def _check_trace_options(args) -> None:
             raise CircuitsError(str(e)) from None
     if args.ig_steps and not args.corrupt:
         raise CircuitsError("--ig-steps needs --corrupt PROMPT (integrated gradients between two prompts)")
-    if (args.svg or args.png) and shutil.which("dot") is None:
-        raise CircuitsError("--svg/--png need Graphviz's `dot`, which is not installed: install it (apt-get install "
-                            "graphviz, brew install graphviz) or write --dot FILE and render it elsewhere")
+    if args.paths < 0:
+        raise CircuitsError(f"--paths {args.paths}: must be 0 or more")
+    drawer = "dot" if args.detail == "full" else "neato"
+    if (args.svg or args.png) and shutil.which(drawer) is None:
+        raise CircuitsError(f"--svg/--png need Graphviz's `{drawer}`, which is not installed: install it (apt-get "
+                            "install graphviz, brew install graphviz) or write --dot FILE and render it elsewhere")
     if args.dashboards and not Path(args.dashboards).is_file():
         raise CircuitsError(f"--dashboards {args.dashboards}: no such database file; build one with "
                             "`circuits dashboards build` or leave the option out")
@@ -112,8 +115,9 @@ def _attach_labels(graph, labels: dict[str, str]) -> None:
     ui["labels"] = {**{k: v for k, v in labels.items() if k in ids}, **ui.get("labels", {})}
 
 
-def _faithfulness(rm, pruned, prompt: str, say) -> list[dict] | None:
-    """Ablation faithfulness of the pruned graph on its target metric (zero, and mean for the organism)."""
+def _faithfulness(rm, pruned, prompt: str, say, constant_nodes=()) -> list[dict] | None:
+    """Ablation faithfulness of the pruned graph on its target metric (zero, and mean for the organism).
+    `constant_nodes` (the BOS nodes folded into constants) are kept with the circuit, as the graph assumes."""
     from circuits.interventions import faithfulness, graph_metric, standard_ablations
 
     found = graph_metric(pruned)
@@ -123,7 +127,7 @@ def _faithfulness(rm, pruned, prompt: str, say) -> list[dict] | None:
     say("faithfulness ...")
     out = []
     for ablation in standard_ablations(rm):
-        f = faithfulness(rm, prompt, pruned, metric, ablation)
+        f = faithfulness(rm, prompt, [*pruned.nodes, *constant_nodes], metric, ablation)
         out.append({"metric": name, "ablation": f.ablation, "score": f.score, "circuit": f.circuit, "empty": f.empty,
                     "full": f.full, "features": f.n_features, "errors": f.n_errors})
     return out
@@ -202,6 +206,12 @@ def cmd_trace(args) -> int:
     cache = rm.run(prompt) if args.qk else None  # --qk reads the same forward pass
     graph = attribute(rm, prompt, target, method=args.method, demean_logits=args.demean,
                       edge_tolerance=args.edge_tolerance, progress=not args.quiet, cache=cache)
+    bos_nodes = []
+    if not args.show_bos:  # BOS features and errors are the same on every prompt: fold them into constants
+        from circuits.graph import bos_mask, fold_bos
+
+        bos_nodes = [n for n, m in zip(graph.nodes, bos_mask(graph).tolist(), strict=True) if m]
+        graph = fold_bos(graph)
     t1 = time.perf_counter()
     result = prune(graph, args.node_threshold, args.edge_threshold, args.max_features)
     labels = _feature_labels(rm, args, graph, say)
@@ -215,7 +225,16 @@ def cmd_trace(args) -> int:
     qk = _qk_tables(rm, cache, graph, args, say) if args.qk else None
     if qk is not None:
         result.graph.metadata["qk"] = graph.metadata["qk"] = qk
-    faith = _faithfulness(rm, result.graph, prompt, say)
+    from circuits.paths import attach_routes
+    from circuits.supernodes import attach_supernodes
+
+    attach_supernodes(result.graph)
+    routes = attach_routes(result.graph, args.paths) if args.paths else []
+    if args.full:  # the unpruned file gets the pruned graph's supernodes and routes
+        ui = graph.metadata.setdefault("ui", {})
+        ui["supernodes"] = result.graph.metadata["ui"]["supernodes"]
+        graph.metadata["paths"] = result.graph.metadata.get("paths", [])
+    faith = _faithfulness(rm, result.graph, prompt, say, bos_nodes)
     if faith:
         result.graph.metadata["faithfulness"] = graph.metadata["faithfulness"] = faith
     patching = None
@@ -242,6 +261,11 @@ def cmd_trace(args) -> int:
     writers = {"json": export.write_json, "dot": export.write_dot, "graphml": export.write_graphml,
                "svg": lambda g, p: export.render(g, p, "svg"), "png": lambda g, p: export.render(g, p, "png"),
                "circuit_tracer_json": lambda g, p: export.write_circuit_tracer(g, p, influence)}
+    if args.detail == "supernodes":  # pictures sized to a circuit: the pruned graph's supernodes, <= 40 boxes
+        from circuits.picture import render_picture
+
+        for kind in ("dot", "svg", "png"):
+            writers[kind] = lambda g, p, fmt=kind: render_picture(kept, p, fmt)
     for kind, path in outputs.items():
         if path:
             writers[kind](out_graph, Path(path))
@@ -259,6 +283,9 @@ def cmd_trace(args) -> int:
         "patching": patching,
         "faithfulness": faith,
         "qk": qk,
+        "paths": [r.to_json() for r in routes],
+        "supernodes": len([s for s in result.graph.metadata["ui"]["supernodes"] if s.get("auto")]),
+        "bos_folded": graph.metadata.get("bos_folded"),
         "written": written,
     }
     summary["top_nodes"], summary["by_position"] = _top_nodes(graph, result.node_influence, labels, args.top)
@@ -275,14 +302,24 @@ def cmd_trace(args) -> int:
           f"completeness {f['completeness']:.3f}")
     print(f"pruned (node {args.node_threshold}, edge {args.edge_threshold}): {pr['nodes']} nodes, {pr['edges']} edges "
           f"({prune_s:.3f} s); replacement {pr['replacement']:.3f}, completeness {pr['completeness']:.3f}")
+    bos = summary["bos_folded"]
+    if bos and bos["nodes"]:
+        print(f"BOS: {bos['nodes']} features and error nodes at position {bos['pos']} folded into the constants "
+              "(the same on every prompt; --show-bos keeps them)")
     for f in faith or []:
         print(f"faithfulness of the pruned graph on {f['metric']} ({f['ablation']} ablation): {f['score']:.3f} "
               f"(circuit {f['circuit']:.3f}, empty {f['empty']:.3f}, model {f['full']:.3f})")
     if faith:
         print("  = (circuit − empty) / (model − empty): 'circuit' keeps the pruned graph's feature and error nodes "
-              "and ablates every other active feature and error node (zero: set to 0; mean: set to its mean over "
+              + ("(and the BOS nodes folded into its constants) " if bos_nodes else "")
+              + "and ablates every other active feature and error node (zero: set to 0; mean: set to its mean over "
               "held-out text) with live attention; 'empty' ablates them all; 1.0 = the pruned graph alone gives the "
               "model's value, 0 = no better than ablating everything")
+    if routes:
+        print(f"top {len(routes)} routes from the tokens to the target (features merged per position, layer and "
+              "kind; weight = share of the target's attribution along the route, + pushes it up):")
+        for r in routes:
+            print(f"  {r.text()}")
     _print_top_nodes(summary)
     for table in qk or []:
         _print_qk_route(table, graph.metadata["token_strings"])
@@ -432,6 +469,13 @@ def add_parser(sub) -> None:
     for flag in ("--json", "--dot", "--svg", "--png", "--graphml", "--circuit-tracer-json"):
         a.add_argument(flag, metavar="FILE")
     a.add_argument("--full", action="store_true", help="write the unpruned graph (default: the pruned one)")
+    a.add_argument("--show-bos", action="store_true", help="keep the features and error nodes at the BOS position "
+                   "(default: folded into the constants, as they are the same on every prompt)")
+    a.add_argument("--detail", choices=["supernodes", "full"], default="supernodes",
+                   help="--dot/--svg/--png draw the supernode graph, at most 40 boxes on a tokens × layers grid "
+                   "(default), or every node of the pruned graph (full)")
+    a.add_argument("--paths", type=int, default=5, metavar="N", help="routes from the tokens to the target to print "
+                   "and store in the JSON (default 5; 0: none)")
     a.add_argument("--dashboards", metavar="DB", help="feature labels from this dashboard database "
                    "(default data/dashboards/MODEL.sqlite when it exists)")
     a.add_argument("--quiet", action="store_true", help="no progress on stderr")
