@@ -2,11 +2,11 @@
 
 Two levels. `top_paths` finds the best paths between single nodes of any graph. `top_routes` (what `circuits trace`
 prints and stores) first merges the features of each **cell** — one position, one layer, one kind (attention /
-transcoder) and, when the labels engine knows them, one label category — into one node with summed edges
-(`circuits.supernodes.contract`), and finds the best paths of that graph: a route such as
-``'Mary'@2 → A0@2 ×25 [head 2] → M0@2 ×15 → A3@14 ×46 [head 0] → logit ' Mary' − ' John'`` says which positions,
-layers and heads carry the answer, where single-feature paths each carry a sliver of it (hundreds of features
-share the target's input).
+transcoder) — into one node with summed edges (`circuits.supernodes.contract`), and finds the best paths of that
+graph: a route such as ``'Mary'@2 → A0@2 ×25 (name 13) [head 2] → M0@2 ×15 → A3@14 ×46 [head 0] → logit ' Mary' −
+' John'`` says which positions, layers and heads carry the answer (and the most common label category in each
+cell), where single-feature paths each carry a sliver of it (hundreds of features share the target's input).
+Cells are not split by label category: that splits the target's input further and buries the routes.
 
 **Path weight.** Pruning's normalised adjacency ``Â[t, s] = |A[t, s]| / Σ_s' |A[t, s']|`` gives every node's
 incoming edges shares that sum to 1. The weight of a path ``s₀ → s₁ → … → t`` is
@@ -192,20 +192,28 @@ class Route:
 
 
 def cells(graph: Graph, categorize=None) -> list[dict]:
-    """The graph's features grouped by (position, layer, kind, label category), in the ``ui.supernodes`` format
-    (every cell, also of one feature). `categorize(node) -> str | None` defaults to the labels engine."""
+    """The graph's features grouped by (position, layer, kind), in the ``ui.supernodes`` format (every cell, also of
+    one feature), named ``A0@2 ×25`` plus the most common label category of its members when one is known
+    (``A0@2 ×25 (name 13)``). `categorize(node) -> str | None` defaults to the labels engine. Feature targets stay
+    single."""
     from circuits.supernodes import category
 
     found: dict[tuple, list[Node]] = {}
-    for node in graph.nodes:
-        if node.kind in ("attn_feature", "mlp_feature"):
-            cat = category(graph, node) if categorize is None else categorize(node)
-            kind_word = "attention" if node.kind == "attn_feature" else "transcoder"
-            found.setdefault((node.pos, node.layer, node.kind, None if cat == kind_word else cat), []).append(node)
+    for node, weight in zip(graph.nodes, graph.target_weights.tolist(), strict=True):
+        if node.kind in ("attn_feature", "mlp_feature") and not weight > 0:  # a feature target stays itself
+            found.setdefault((node.pos, node.layer, node.kind), []).append(node)
     out = []
-    for (pos, layer, kind, cat), nodes in sorted(found.items(), key=lambda kv: (kv[0][:3], kv[0][3] or "")):
+    for (pos, layer, kind), nodes in sorted(found.items()):
+        counts: dict[str, int] = {}
+        for node in nodes:
+            cat = category(graph, node) if categorize is None else categorize(node)
+            if cat and cat not in ("attention", "transcoder"):
+                counts[cat] = counts.get(cat, 0) + 1
         tag = "A" if kind == "attn_feature" else "M"
-        name = f"{tag}{layer}@{pos} ×{len(nodes)}" + (f" ({cat})" if cat else "")
+        name = f"{tag}{layer}@{pos} ×{len(nodes)}"
+        if counts:
+            top = min(counts, key=lambda c: (-counts[c], c))
+            name += f" ({top} {counts[top]})" if len(nodes) > 1 else f" ({top})"
         out.append({"name": name, "nodes": [n.to_json() for n in nodes]})
     return out
 

@@ -165,11 +165,21 @@ def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
             str(tmp_path / "g.graphml"), "--circuit-tracer-json", str(tmp_path / "ct.json"), "--quiet",
             "--corrupt", "When Mary and John went to the store, Anna gave a drink to", "--top", "4"]
     if shutil.which("dot"):
-        argv += ["--svg", str(tmp_path / "g.svg")]
+        argv += ["--svg", str(tmp_path / "g.svg"), "--dot", str(tmp_path / "g.dot")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "tokens: 0:'<|endoftext|>'" in out and "top 4 nodes by influence" in out and "atp node effects" in out
     assert "(zero ablation)" in out and "(mean ablation)" in out
+    # issue 21: BOS folded, routes printed and stored, the default picture is the supernode graph (<= 40 boxes)
+    assert "folded into the constants" in out and "top 5 routes from the tokens" in out
+    routes = [line for line in out.splitlines() if line.startswith("  0.") and " → " in line]
+    assert len(routes) == 5 and all(line.rstrip().endswith("logit ' Mary' − ' John'") for line in routes)
+    if shutil.which("dot"):
+        from circuits.picture import box_count
+
+        dot = (tmp_path / "g.dot").read_text()
+        assert box_count(dot) <= 40 and "' Mary'" in dot and "pos=" in dot
+        assert "<svg" in (tmp_path / "g.svg").read_text()
     assert main(["trace", "When John and Mary went to the store, John gave a drink to", "--target", "Mary",
                  "--contrast", "John", "--json", str(baba), "--json-summary", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -180,6 +190,9 @@ def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
     assert "nodes only in B" in capsys.readouterr().out
     g = export.read_json(abba)
     assert g.metadata["model"] == "organism" and g.metadata["patching"]["method"] == "atp"
+    assert not [n for n in g.nodes if n.pos == 0 and n.kind != "token"] and g.metadata["bos_folded"]["nodes"] > 0
+    assert len(g.metadata["paths"]) == 5 and g.metadata["paths"][0]["weight"] >= g.metadata["paths"][-1]["weight"]
+    assert any(s.get("auto") for s in g.metadata["ui"]["supernodes"])
     from circuits.pruning import graph_scores
 
     # the file holds the pruned graph: its own scores, recomputed from the file, are the ones recorded as pruned
@@ -192,10 +205,23 @@ def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
     assert labels and all(export.node_id(n) in labels for n in g.nodes if n.kind.endswith("_feature"))
 
 
+def test_trace_show_bos_and_full_detail(tmp_path, capsys):
+    """--show-bos keeps the BOS features; --detail full draws every pruned node (the picture before issue 21)."""
+    argv = ["trace", PROMPT, "--target", "Mary", "--contrast", "John", "--quiet", "--show-bos", "--paths", "0",
+            "--json", str(tmp_path / "g.json"), "--dot", str(tmp_path / "g.dot"), "--detail", "full"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "routes" not in out and "folded" not in out
+    g = export.read_json(tmp_path / "g.json")
+    assert [n for n in g.nodes if n.pos == 0 and n.kind != "token"] and "bos_folded" not in g.metadata
+    assert (tmp_path / "g.dot").read_text().count("rank=same") > 3  # the sublayer-ranked drawing of every node
+
+
 def test_trace_bad_input_is_one_line(tmp_path, capsys):
     cases = [
         (["trace", PROMPT, "--json", str(tmp_path / "no" / "g.json")], "does not exist"),
         (["trace", PROMPT, "--contrast", "John"], "needs exactly one --target"),
+        (["trace", PROMPT, "--paths", "-1"], "--paths -1"),
         (["trace", PROMPT, "--model", "nosuch"], "unknown model"),
         (["trace", PROMPT, "--dicts", "nosuchset"], "nosuchset"),
         (["graph", "show", str(tmp_path / "missing.json")], "does not exist"),
