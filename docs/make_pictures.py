@@ -24,8 +24,14 @@ def main() -> int:
 
     out = ROOT / "docs" / "images" / "ioi.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    code = cli(["trace", PROMPT, "--target", "Mary", "--contrast", "John", "--png", str(out),
-                "--dot", str(out.with_suffix(".dot")), "--quiet"])
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # the trace's report; shown only on failure
+        code = cli(["trace", PROMPT, "--target", "Mary", "--contrast", "John", "--png", str(out),
+                    "--dot", str(out.with_suffix(".dot")), "--quiet"])
+    if code != 0:
+        print(printed.getvalue())
     if code == 0:
         from PIL import Image
 
