@@ -128,6 +128,16 @@ def hook_attn_scores(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_attn_scores"
 
 
+def hook_q_norm_scale(layer: int) -> str:
+    """Qwen3's per-head QK-norm of the queries: scale [batch * pos * n_heads, 1] (rows in that order)."""
+    return f"blocks.{layer}.attn.q_norm.hook_scale"
+
+
+def hook_k_norm_scale(layer: int) -> str:
+    """Qwen3's per-head QK-norm of the keys: scale [batch * pos * n_key_value_heads, 1]."""
+    return f"blocks.{layer}.attn.k_norm.hook_scale"
+
+
 def hook_ln_final_scale() -> str:
     return "ln_final.hook_scale"
 

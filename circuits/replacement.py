@@ -40,6 +40,7 @@ from circuits.inputs import check_text
 from circuits.model import (
     hook_attn_pattern,
     hook_attn_z,
+    hook_k_norm_scale,
     hook_ln1_post_scale,
     hook_ln1_scale,
     hook_ln2_normalized,
@@ -47,6 +48,7 @@ from circuits.model import (
     hook_ln2_scale,
     hook_ln_final_scale,
     hook_mlp_out,
+    hook_q_norm_scale,
     hook_resid_mid,
     hook_resid_post,
     hook_resid_pre,
@@ -181,6 +183,8 @@ class ReplacementCache:
     hook_values: dict[str, Tensor] = field(default_factory=dict)  # raw cached hook activations (batch 1 removed)
     attn_post_scale: list[Tensor] = field(default_factory=list)  # Gemma-2: per layer [pos] σ of ln1_post
     mlp_post_scale: list[Tensor] = field(default_factory=list)  # Gemma-2: per layer [pos] σ of ln2_post
+    q_norm_scale: list[Tensor] = field(default_factory=list)  # Qwen3: per layer [pos, n_heads] σ of the QK-norm of q
+    k_norm_scale: list[Tensor] = field(default_factory=list)  # Qwen3: per layer [pos, n_kv_heads] σ of k's QK-norm
 
     @property
     def n_pos(self) -> int:
@@ -266,13 +270,15 @@ class ReplacementModel:
                 names |= {hook_ln1_scale(layer)} | ({hook_ln2_scale(layer)} if self.has_mlp else set())
             if self.has_post_norm:
                 names |= {hook_ln1_post_scale(layer)} | ({hook_ln2_post_scale(layer)} if self.has_mlp else set())
+            if self.has_qk_norm:
+                names |= {hook_q_norm_scale(layer), hook_k_norm_scale(layer)}
         names.add(hook_resid_post(self.n_layers - 1))
         if self.has_norm:
             names.add(hook_ln_final_scale())
         values: dict[str, Tensor] = {}
 
-        def keep(act, hook):
-            values[hook.name] = act[0].detach()
+        def keep(act, hook):  # batch 1 removed; QK-norm scales have rows [pos * heads] for batch 1 already
+            values[hook.name] = (act if hook.name.endswith("_norm.hook_scale") else act[0]).detach()
 
         hooks = splice_hooks(self.dictionaries, "on", store) + [(n, keep) for n in sorted(names)]
         logits = self.model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0]
@@ -313,14 +319,18 @@ class ReplacementModel:
             if self.has_post_norm else [],
             mlp_post_scale=[values[hook_ln2_post_scale(layer)].reshape(n) for layer in range(self.n_layers)]
             if self.has_post_norm and self.has_mlp else [],
+            q_norm_scale=[values[hook_q_norm_scale(layer)].reshape(n, -1) for layer in range(self.n_layers)]
+            if self.has_qk_norm else [],
+            k_norm_scale=[values[hook_k_norm_scale(layer)].reshape(n, -1) for layer in range(self.n_layers)]
+            if self.has_qk_norm else [],
         )
 
     # -- the frozen (linear) model ------------------------------------------------------------------------------
 
     @contextmanager
     def frozen(self, cache: ReplacementCache):
-        """Hold normalisation scales (LayerNorm / RMSNorm, Gemma-2's post-norms too) and attention patterns at
-        `cache`'s values inside the block.
+        """Hold normalisation scales (LayerNorm / RMSNorm, Gemma-2's post-norms and Qwen3's QK-norms too) and attention
+        patterns at `cache`'s values inside the block.
 
         Batches of any size are accepted (the cached values broadcast over the batch). The prompt must have the
         cache's length. With nothing else changed, a forward pass inside equals the clean forward pass.
@@ -345,6 +355,11 @@ class ReplacementModel:
                 hooks.append((hook_ln1_post_scale(layer), hold(cache.attn_post_scale[layer].reshape(1, n, 1))))
                 if self.has_mlp:
                     hooks.append((hook_ln2_post_scale(layer), hold(cache.mlp_post_scale[layer].reshape(1, n, 1))))
+            if self.has_qk_norm:  # rows of [batch * pos * heads, 1]: the cached [pos, heads] repeated per batch row
+                for name, value in ((hook_q_norm_scale(layer), cache.q_norm_scale[layer]),
+                                    (hook_k_norm_scale(layer), cache.k_norm_scale[layer])):
+                    hooks.append((name, lambda act, hook, v=value: v.reshape(1, -1).to(act.dtype).expand(
+                        act.shape[0] // v.numel(), -1).reshape(act.shape)))
         if self.has_norm:
             hooks.append((hook_ln_final_scale(), hold(cache.lnf_scale.reshape(1, n, 1))))
         with self.model.hooks(fwd_hooks=hooks):
@@ -365,6 +380,11 @@ class ReplacementModel:
     def has_ln(self) -> bool:
         """Whether the normalisation centres (LayerNorm: ``P = I − 11ᵀ/d`` before the scale); RMSNorm does not."""
         return self.cfg.normalization_type in ("LN", "LNPre")
+
+    @property
+    def has_qk_norm(self) -> bool:
+        """Qwen3: RMS-normalised queries and keys per head (frozen like the other norms; QK side only)."""
+        return bool(getattr(self.cfg, "use_qk_norm", False))
 
     @property
     def has_post_norm(self) -> bool:

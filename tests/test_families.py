@@ -234,7 +234,7 @@ def _scores(rm, cache, layer):
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-def test_qk_terms_sum_to_the_hooked_score_and_removal_equals_the_marginal(rm, layer):
+def test_qk_terms_sum_to_the_hooked_score(rm, layer):
     """Rotary (a per-position rotation of each share), GQA (the shared key head), QK-norm (frozen per-head scales)
     and soft-capping (the raw score is explained): the table sums to TransformerLens' own score."""
     cache = rm.run(PROMPT)
@@ -250,6 +250,45 @@ def test_qk_terms_sum_to_the_hooked_score_and_removal_equals_the_marginal(rm, la
         assert abs(contrast.total() - float(scores[head, p, a] - scores[head, p, b])) < 1e-9
         pattern = explain_attention(rm, cache, layer, head, p, a, quantity="pattern")
         assert abs(pattern.total() - pattern.value) < 1e-9 * max(1.0, abs(pattern.value))
+
+
+def test_qk_removing_a_source_in_the_frozen_model_moves_the_score_by_its_marginal(rm):
+    """Subtracting a source's contribution from the stream entering layer 1, with every norm (QK-norm included) and
+    the patterns frozen, moves TransformerLens' (un-capped) score by minus its marginal."""
+    from circuits.attribution.qk import stream_sources
+    from circuits.model import hook_resid_pre
+
+    cache = rm.run(PROMPT)
+    layer, head, p = 1, rm.cfg.n_heads - 1, cache.n_pos - 1
+    a = p - 1
+    nodes, writes, pos, _ = stream_sources(rm, cache, layer)
+    qk = explain_attention(rm, cache, layer, head, p, a)
+    margins = {(m.node, m.pos): m.contribution for m in qk.query_marginals() + qk.key_marginals()}
+    cap = rm.cfg.attn_scores_soft_cap
+
+    def score(edit=None):
+        got = {}
+
+        def subtract(act, hook):
+            act = act.clone()
+            if edit is not None:
+                act[0, int(pos[edit])] -= writes[edit].to(act.dtype)
+            return act
+
+        hooks = [(hook_resid_pre(layer), subtract),
+                 (hook_attn_scores(layer), lambda act, hook: got.__setitem__("s", act[0, head, p, a].item()))]
+        with torch.no_grad(), rm.frozen(cache), rm.model.hooks(fwd_hooks=hooks):
+            rm.model(cache.tokens[None])
+        s = torch.tensor(got["s"], dtype=torch.float64)
+        return float(cap * torch.atanh(s / cap)) if cap > 0 else float(s)
+
+    clean = score()
+    assert abs(clean - qk.value) < 1e-9
+    picks = [i for i, n in enumerate(nodes) if int(pos[i]) == p][:8] + [i for i, n in enumerate(nodes)
+                                                                        if int(pos[i]) == a][:8]
+    for i in picks:
+        moved = score(i) - clean
+        assert abs(moved + margins[(nodes[i], int(pos[i]))]) < 1e-9, (nodes[i], moved)
 
 
 def test_qk_refuses_a_key_outside_the_sliding_window(rm):
