@@ -189,6 +189,7 @@ def label_database(path_or_con, rm, rows: Tensor, sets: list[TokenSet], cfg: Lab
                     [("label_config", json.dumps(asdict(cfg))), ("label_sets", json.dumps([s.name for s in sets]))])
     con.commit()
     if not isinstance(path_or_con, sqlite3.Connection):
+        con.execute("VACUUM")  # the replaced rows' pages are freed (a build vacuums at its end itself)
         con.close()
     return len(records)
 
