@@ -64,6 +64,26 @@ def graph_stats(rm, prompts) -> dict:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} | {"n": len(rows), "per_prompt": rows}
 
 
+#: Fidelity sizes of the comparison (smaller than `FidelitySizes()` so that three sets fit a session; the same for
+#: every set): 16,384 scored tokens, 262,144 tokens for the dead fraction, 100 IOI prompts per order.
+SIZES = dict(rows=128, mean_rows=64, ioi_prompts=100, batch=32, dead_rows=2048)
+
+
+def fidelity(model, dset) -> dict:
+    """MLP replacements alone (each per-layer transcoder alone, a CLT whole: FVU, L0, dead, ΔCE, KL per layer) and
+    every dictionary spliced at once (ΔCE, KL, IOI logit difference kept on training and held-out templates)."""
+    from circuits.dictionaries.dictset import DictionarySet
+    from circuits.dictionaries.evaluate import FidelitySizes, evaluate_fidelity
+
+    sizes = FidelitySizes(**SIZES)
+    mlps = DictionarySet(dset.model_name, {d.cfg.name: d for d in dset if d.cfg.kind == "transcoder"})
+    per_layer = evaluate_fidelity(model, mlps, sizes)
+    everything = evaluate_fidelity(model, dset, sizes, per_dictionary=False)["all"]
+    keys = ("fvu", "l0", "dead", "dead_scored", "ce_increase", "kl", "ioi_ld_retained")
+    return {"per_layer": {n: {k: m[k] for k in keys} for n, m in per_layer["dictionaries"].items()},
+            "mlps_all": per_layer["all"], "all": everything}
+
+
 def compare(sets: list[str], n_ld: int, n_graphs: int) -> dict:
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
@@ -72,15 +92,21 @@ def compare(sets: list[str], n_ld: int, n_graphs: int) -> dict:
 
     model, _ = load_model("organism")
     prompts = IOIStudy("heldout").prompts(model, n_ld, seed=0)
-    out = {"load_average": os.getloadavg(), "prompts": {"ld": n_ld, "graphs": n_graphs}, "sets": {}}
+    out = {"load_average": os.getloadavg(), "prompts": {"ld": n_ld, "graphs": n_graphs}, "sizes": SIZES, "sets": {}}
     for name in sets:
-        rm = ReplacementModel(model, load_dictionaries(name, model), name="organism")
-        res = {"ld": ld_kept(rm, prompts), "graphs": graph_stats(rm, prompts[:n_graphs])}
+        t0 = time.perf_counter()
+        dset = load_dictionaries(name, model)
+        rm = ReplacementModel(model, dset, name="organism")
+        res = {"ld": ld_kept(rm, prompts), "graphs": graph_stats(rm, prompts[:n_graphs]),
+               "fidelity": fidelity(model, dset), "features": {d.cfg.name: d.cfg.d_sae for d in dset}}
+        res["seconds"] = time.perf_counter() - t0
         out["sets"][name] = res
-        g = res["graphs"]
-        print(f"{name:<14} LD kept {res['ld']['kept']:.3f}  replacement {g['replacement']:.3f}  completeness "
-              f"{g['completeness']:.3f}  nodes {g['nodes']:.0f}  edges {g['edges']:.0f}  {g['seconds']:.2f} s",
-              flush=True)
+        g, f = res["graphs"], res["fidelity"]["all"]
+        print(f"{name:<14} LD kept (held-out templates, study prompts) {res['ld']['kept']:.3f}  all spliced: ΔCE "
+              f"{f['ce_increase']:.4f} KL {f['kl']:.4f}  graphs: replacement {g['replacement']:.3f} completeness "
+              f"{g['completeness']:.3f} nodes {g['nodes']:.0f} edges {g['edges']:.0f} {g['seconds']:.2f} s", flush=True)
+        for n, m in res["fidelity"]["per_layer"].items():
+            print(f"    {n:<14} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()), flush=True)
     return out
 
 

@@ -219,3 +219,26 @@ def test_component_rollup_with_skip_and_clt_matches_the_graph(study_rm):
     from_graph = sum(float(effects[i]) for i, n in enumerate(graph.nodes) if n.kind == "mlp_feature")
     from_roll = sum(v[0] for k, v in roll.items() if k[0] == "mlp")
     assert from_roll == pytest.approx(from_graph, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("extra", [["--skip-transcoders"], ["--sites", "transcoder_L0"], ["--export"]])
+def test_cli_clt_refuses_per_layer_options_in_one_line(extra, capsys):
+    from circuits.cli import main
+
+    assert main(["dicts", "train", "--clt", "--tokens", "4096", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("circuits: error: --clt") and extra[0] in err and len(err.splitlines()) == 1, err
+
+
+def test_case_study_runs_end_to_end_with_skip_and_clt(study_rm, tmp_path):
+    """A whole case study (graphs, circuit selection, faithfulness, checks, report) runs on a replacement model with
+    skip transcoders or a CLT, as `circuits study ... --dicts organism-skip / organism-clt` does on the organism."""
+    from circuits.studies import StudySpec, run_study, write_report
+    from tests.test_studies import PlantedStudy
+
+    rm, _ = study_rm
+    spec = StudySpec("planted", model="tiny", dicts="tiny", n=8, seed=0, ig_steps=2)
+    result = run_study(spec, rm=rm, study=PlantedStudy(), workers=1, top=5, progress=False)
+    assert result.data["circuit"]["n_features"] == 5
+    write_report(result, tmp_path / "r")
+    assert (tmp_path / "r" / "report.md").exists()

@@ -51,6 +51,13 @@ def cmd_dicts_train(args) -> int:
     for flag, v in (("--tokens", args.tokens), ("--d-sae", args.d_sae), ("--k", args.k)):
         if v < 1:
             raise CircuitsError(f"{flag} {v}: must be at least 1")
+    if args.clt:
+        bad = [flag for flag, v in (("--skip-transcoders", args.skip_transcoders), ("--sites", args.sites),
+                                    ("--site-d-sae", args.site_d_sae), ("--site-activation", args.site_activation),
+                                    ("--export", args.export)) if v]
+        if bad:
+            raise CircuitsError(f"--clt trains one cross-layer transcoder over every MLP (--d-sae features and --k "
+                                f"active per token in each layer); it cannot be combined with {', '.join(bad)}")
     check_output_dir(args.out, "--out")
     if args.export:
         check_output_dir(DATA_DIR / "dictionaries" / "organism", "--export")
@@ -59,6 +66,8 @@ def cmd_dicts_train(args) -> int:
                           dead_after_tokens=args.dead_after, resample_every=args.resample_every,
                           resample_until=args.resample_until, resample_dead_after_tokens=args.resample_dead_after,
                           resample_scale=args.resample_scale, calibrate_tokens=args.calibrate_tokens)
+    if args.clt:
+        return _train_clt(model, args, cfg)
     configs = organism_dictionary_configs(model, args.d_sae, args.k)
     names = {c.name for c in configs}
     site_d_sae = _site_values(args.site_d_sae, "--site-d-sae", "a positive integer", names,
@@ -85,6 +94,21 @@ def cmd_dicts_train(args) -> int:
         dset.save(dest)
         shutil.copy2(Path(args.out) / "dict_log.jsonl", dest / "train_log.jsonl")
         print(f"exported to {dest}")
+    return 0
+
+
+def _train_clt(model, args, cfg) -> int:
+    """`dicts train --clt`: one BatchTopK cross-layer transcoder over every MLP, saved as OUT/set/clt."""
+    from circuits.dictionaries.clt import CLTConfig
+    from circuits.dictionaries.dictset import DictionarySet
+    from circuits.dictionaries.train_clt import train_clt
+
+    c = model.cfg
+    clt_cfg = CLTConfig(c.n_layers, c.d_model, args.d_sae, activation="batchtopk", k=args.k, context_size=c.n_ctx,
+                        model_name="organism")
+    clt = train_clt(model, clt_cfg, Path(args.out), cfg, resume=not args.no_resume, progress=not args.quiet)
+    folder = DictionarySet("organism", {"clt": clt}).save(Path(args.out) / "set")
+    print(f"saved a cross-layer transcoder ({c.n_layers} layers x {args.d_sae} features) to {folder}")
     return 0
 
 
@@ -171,6 +195,9 @@ def add_parser(sub) -> None:
                    "learned threshold) or topk (exactly k features per token), e.g. transcoder_L3=topk (repeatable)")
     t.add_argument("--skip-transcoders", action="store_true", help="train skip transcoders: each transcoder's "
                    "output adds a linear term W_skip·x of its input (Paulo et al. 2025)")
+    t.add_argument("--clt", action="store_true", help="train one cross-layer transcoder over every MLP instead "
+                   "(--d-sae features and --k active per token in each layer; attention SAEs are not trained); "
+                   "saved as OUT/set/clt")
     t.add_argument("--sites", nargs="+", metavar="NAME", help="train only these dictionaries (e.g. transcoder_L3); "
                    "default: all (same activation stream; initial weights differ from a full run)")
     t.add_argument("--aux-coef", type=float, default=1 / 32, help="AuxK loss weight")

@@ -95,8 +95,10 @@ def fired_features(model, dset: DictionarySet, rows: int, batch: int = 64, progr
 
 @torch.no_grad()
 def evaluate_fidelity(model, dset: DictionarySet, sizes: FidelitySizes = FidelitySizes(),
-                      progress: bool = False) -> dict:
-    """The fidelity report as a dict: {"dictionaries": {name: metrics}, "all": metrics, "sizes": ...}."""
+                      progress: bool = False, per_dictionary: bool = True) -> dict:
+    """The fidelity report as a dict: {"dictionaries": {name: metrics}, "all": metrics, "sizes": ...}.
+
+    `per_dictionary=False`: only "all" (every dictionary spliced at once; "dictionaries" is empty)."""
     from tqdm.auto import tqdm
 
     tokens = heldout_tokens(model.cfg.n_ctx, sizes.rows, 0)
@@ -165,9 +167,9 @@ def evaluate_fidelity(model, dset: DictionarySet, sizes: FidelitySizes = Fidelit
         return res
 
     members = list(dset)
-    fired_long = fired_features(model, dset, sizes.dead_rows, progress=progress)
+    fired_long = fired_features(model, dset, sizes.dead_rows, progress=progress) if per_dictionary else {}
     report = {"dictionaries": {}, "sizes": sizes.__dict__}
-    for unit in tqdm(splice_units(members), desc="fidelity", disable=not progress):
+    for unit in tqdm(splice_units(members) if per_dictionary else [], desc="fidelity", disable=not progress):
         res = run(unit, per_member=True)
         shared = {k: v for k, v in res.items() if k != "members"}
         if len(unit) > 1:

@@ -90,11 +90,14 @@ def dataset_metrics(rm, prepared, seed: int = 0) -> dict:
 
 def splice_fidelity(rm, prepared, clean_mean: float) -> list[dict]:
     """Metric with each dictionary spliced alone (error term off), and all at once; retained = ratio of means."""
+    from circuits.dictionaries.evaluate import splice_units
+
     rows = []
-    members = [[d] for d in rm.dictionaries] + [list(rm.dictionaries)]
-    for ds in members:
+    members = splice_units(list(rm.dictionaries)) + [list(rm.dictionaries)]  # a CLT's layers are spliced together
+    for i, ds in enumerate(members):
         m = mean(_batched_metric(rm.model, prepared, lambda pp: pp.tokens, splice_hooks(ds, "off")))
-        rows.append({"spliced": ds[0].cfg.name if len(ds) == 1 else "all", "metric_mean": m,
+        name = "all" if i == len(members) - 1 else ds[0].clt.name if len(ds) > 1 else ds[0].cfg.name
+        rows.append({"spliced": name, "metric_mean": m,
                      "retained": m / clean_mean if clean_mean else float("nan")})
     return rows
 
