@@ -291,6 +291,48 @@ def test_qk_removing_a_source_in_the_frozen_model_moves_the_score_by_its_margina
         assert abs(moved + margins[(nodes[i], int(pos[i]))]) < 1e-9, (nodes[i], moved)
 
 
+def test_qk_pattern_marginals_are_the_first_order_pattern_change(rm):
+    """The pattern quantity (softmax Jacobian, times the soft-cap's slope on Gemma-2): removing ε of a source moves
+    the live softmax of TransformerLens' scores A[p, a] by −ε × its marginal, to first order."""
+    from circuits.attribution.qk import stream_sources
+    from circuits.model import hook_resid_pre
+
+    cache = rm.run(PROMPT)
+    layer, head, p = 1, 0, cache.n_pos - 1
+    a = p - 1
+    nodes, writes, pos, _ = stream_sources(rm, cache, layer)
+    qk = explain_attention(rm, cache, layer, head, p, a, quantity="pattern")
+    # a source at p writes the query and the key at p (which the pattern also reads): both its marginals move A
+    margins = {(m.node, m.pos): m.contribution for m in qk.key_marginals()}
+    for m in qk.query_marginals():
+        margins[(m.node, m.pos)] = margins.get((m.node, m.pos), 0.0) + m.contribution
+    eps = 1e-6
+
+    def pattern(edit=None, scale=0.0):
+        got = {}
+
+        def subtract(act, hook):
+            act = act.clone()
+            if edit is not None:
+                act[0, int(pos[edit])] -= scale * writes[edit].to(act.dtype)
+            return act
+
+        hooks = [(hook_resid_pre(layer), subtract),
+                 (hook_attn_scores(layer), lambda act, hook: got.__setitem__("s", act[0, head, p, :p + 1].clone()))]
+        with torch.no_grad(), rm.frozen(cache), rm.model.hooks(fwd_hooks=hooks):
+            rm.model(cache.tokens[None])
+        return float(torch.softmax(got["s"], -1)[a])
+
+    clean = pattern()
+    assert abs(clean - float(cache.patterns[layer][head, p, a])) < 1e-12
+    picks = [i for i, n in enumerate(nodes) if int(pos[i]) == p][:5] + [i for i, n in enumerate(nodes)
+                                                                        if int(pos[i]) == a][:5]
+    for i in picks:
+        moved = (pattern(i, eps) - clean) / eps
+        m = margins[(nodes[i], int(pos[i]))]
+        assert abs(moved + m) < 1e-4 * max(1.0, abs(m)), (nodes[i], moved, m)
+
+
 def test_qk_refuses_a_key_outside_the_sliding_window(rm):
     from circuits.errors import AttributionError
 
