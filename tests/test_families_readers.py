@@ -174,3 +174,52 @@ def test_named_sets_fail_at_once_offline_naming_the_default(no_network, name):
         with pytest.raises(DictionaryLoadError, match=r"offline.*organism"):
             load(name)
         assert time.perf_counter() - t0 < 1.0
+
+
+def test_a_named_set_resolves_through_the_hub_functions(tmp_path, monkeypatch):
+    """The online path with the hub replaced by local files: the set's repository is fetched with snapshot_download
+    (config.yaml and *.safetensors), each hf:// entry of its ``transcoders:`` list with hf_hub_download (revision
+    passed through), and the result is a DictionarySet for the set's model that splices exactly."""
+    import huggingface_hub
+
+    import circuits.model
+
+    model = tiny_model("gemma2", seed=0, tokenizer_folder=tmp_path / "tok")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "config.yaml").write_text(
+        'model_name: "google/gemma-2-2b"\nmodel_kind: "transcoder_set"\nfeature_input_hook: "ln2.hook_normalized"\n'
+        'feature_output_hook: "hook_mlp_out"\ntranscoders:\n'
+        + "".join(f'  - "hf://google/gemma-scope-2b-pt-transcoders/layer_{i}/width_16k/average_l0_{70 + i}/params.npz'
+                  f'?revision=r{i}"\n' for i in range(model.cfg.n_layers)))
+    files = {}
+    for i in range(model.cfg.n_layers):
+        path = tmp_path / "google" / f"layer_{i}.npz"
+        path.parent.mkdir(exist_ok=True)
+        np.savez(path, **_gemma_scope_arrays(model.cfg.d_model, 24, seed=i))
+        files[(f"layer_{i}/width_16k/average_l0_{70 + i}/params.npz", f"r{i}")] = path
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        calls.append(("snapshot", repo_id, tuple(allow_patterns)))
+        return str(repo)
+
+    def hf_hub_download(repo_id, filename, revision=None, **kwargs):
+        calls.append(("file", repo_id, filename, revision))
+        return str(files[(filename, revision)])
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(circuits.model, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    dset, same = load_named("gemma", model)
+    assert same is model and dset.model_name == "gemma-2-2b" and len(dset) == model.cfg.n_layers
+    assert calls[0] == ("snapshot", "mwhanna/gemma-scope-transcoders", ("config.yaml", "*.safetensors"))
+    assert calls[1] == ("file", "google/gemma-scope-2b-pt-transcoders",
+                        "layer_0/width_16k/average_l0_70/params.npz", "r0")
+    for d in dset:
+        d.double()
+    rm = ReplacementModel(model, dset)
+    cache = rm.run(PROMPT)
+    with torch.no_grad():
+        assert (cache.logits - model(cache.tokens[None])[0]).abs().max() <= 1e-12
