@@ -1,4 +1,5 @@
-"""`circuits dashboards build` and `circuits feature`: feature dashboards (SQLite)."""
+"""`circuits dashboards build|label|label-accuracy` and `circuits feature`: feature dashboards (SQLite) and their
+token-set enrichment labels (docs/labels.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,90 @@ from pathlib import Path
 
 from circuits.cli.common import _dashboard_db
 from circuits.errors import CircuitsError
+
+
+def _token_sets(args, model) -> list | None:
+    """The named token sets: the model's defaults plus a user's --token-sets FILE (checked before any work)."""
+    if not getattr(args, "token_sets", None):
+        return None
+    from circuits.token_sets import default_sets, load_token_sets, vocabulary_strings
+
+    vocab = vocabulary_strings(model)
+    return load_token_sets(Path(args.token_sets), vocab, default_sets(vocab))
+
+
+def _organism_rows(meta: dict, model):
+    """The token rows a database was built from (its meta names the stream, the row count and the context)."""
+    from circuits.organism.corpus import ToyWorldCorpus
+    from circuits.organism.tokenizer import build_tokenizer
+    from circuits.organism.train import batch_tokens
+
+    return batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, int(meta["rows"]), int(meta["n_ctx"]),
+                        stream=meta.get("stream", "heldout-dash"))
+
+
+def _open_for_labels(args):
+    """(rm, database path, meta) for `label` and `label-accuracy`, every input checked first."""
+    from circuits import dashboards
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+    from circuits.replacement import ReplacementModel
+
+    if args.model != "organism":
+        raise CircuitsError(f"labels are computed over the organism's held-out corpus; {args.model!r} has no corpus "
+                            "here: use --model organism")
+    db_path = Path(args.db) if args.db else _dashboard_db(args.model)
+    if not db_path.is_file():
+        raise CircuitsError(f"no dashboard database at {db_path}; build it with `circuits dashboards build` or give "
+                            "--db FILE")
+    if args.token_sets and not Path(args.token_sets).is_file():
+        raise CircuitsError(f"--token-sets {args.token_sets}: no such file")
+    model, _ = load_model(args.model)
+    rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
+    db = dashboards.Dashboards(db_path, rm)  # refuses a database built for other dictionaries
+    meta = db.meta
+    db.close()
+    return rm, db_path, meta
+
+
+def cmd_dashboards_label(args) -> int:
+    import time
+
+    from circuits import dashboards
+
+    rm, db_path, meta = _open_for_labels(args)
+    sets = _token_sets(args, rm.model)
+    t0 = time.perf_counter()
+    n = dashboards.relabel(db_path, rm, _organism_rows(meta, rm.model), sets, progress=not args.quiet)
+    total = sum(d.d_sae for d in rm.dictionaries)
+    print(f"labelled {n} of {total} features ({n / total:.0%}) in {db_path} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_dashboards_label_accuracy(args) -> int:
+    import sqlite3
+
+    from circuits.labels.ground_truth import evaluate, heldout_top_tokens, predicted_categories, top_tokens_in_db
+    from circuits.organism.corpus import ToyWorldCorpus
+    from circuits.organism.tokenizer import build_tokenizer
+    from circuits.organism.train import batch_tokens
+    from circuits.token_sets import organism_sets, vocabulary_strings
+
+    if args.rows < 1:
+        raise CircuitsError(f"--rows {args.rows}: must be at least 1")
+    args.token_sets = None
+    rm, db_path, meta = _open_for_labels(args)
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    if not con.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'labels'").fetchone()[0]:
+        raise CircuitsError(f"{db_path} has no labels; add them with `circuits dashboards label`")
+    sets = organism_sets(vocabulary_strings(rm.model))
+    predicted = predicted_categories(con)
+    fresh = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, args.rows, rm.cfg.n_ctx, stream="heldout-labels")
+    held = evaluate(predicted, heldout_top_tokens(rm, fresh, progress=not args.quiet), sets, rm.cfg.d_vocab,
+                    f"held-out ({args.rows} rows of stream 'heldout-labels')")
+    inside = evaluate(predicted, top_tokens_in_db(con), sets, rm.cfg.d_vocab, "in-sample (the database's top examples)")
+    print(held.table() + "\n\n" + inside.table())
+    return 0
 
 
 def cmd_dashboards_build(args) -> int:
@@ -29,13 +114,16 @@ def cmd_dashboards_build(args) -> int:
     if args.rows < 1:
         raise CircuitsError(f"--rows {args.rows}: must be at least 1")
     out = check_output_file(Path(args.out) if args.out else _dashboard_db(args.model), "--out")
+    if args.token_sets and not Path(args.token_sets).is_file():
+        raise CircuitsError(f"--token-sets {args.token_sets}: no such file")
     model, _ = load_model(args.model)
+    sets = _token_sets(args, model)  # unknown tokens are refused here, before the build
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, args.rows, model.cfg.n_ctx, stream="heldout-dash")
     t0 = time.perf_counter()
     try:
         dashboards.build(rm, rows, out, seed=args.seed, progress=not args.quiet,
-                         meta={"dictionaries": args.dicts, "stream": "heldout-dash"})
+                         meta={"dictionaries": args.dicts, "stream": "heldout-dash"}, token_sets=sets)
     except sqlite3.OperationalError as e:
         if "full" in str(e) or "disk" in str(e):
             raise CircuitsError(f"the disk is full while writing {out} ({e}); the database is consistent up to its "
@@ -99,8 +187,22 @@ def add_parser(sub) -> None:
     b.add_argument("--rows", type=int, default=2000, help="held-out rows of n_ctx tokens")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", help="database path (default data/dashboards/MODEL.sqlite)")
+    b.add_argument("--token-sets", metavar="FILE", help="named token sets for the labels, added to the defaults: "
+                   'JSON {"name": ["token", ...]} or text lines "name: token, token"')
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=cmd_dashboards_build)
+    lab = dash.add_parser("label", help="(re)compute the token-set enrichment labels of a built database (no rebuild)")
+    acc = dash.add_parser("label-accuracy", help="label accuracy against the organism's planted categories "
+                          "(precision and recall per category, on held-out text)")
+    for p in (lab, acc):
+        p.add_argument("--model", default="organism")
+        p.add_argument("--dicts", default="organism")
+        p.add_argument("--db", help="database path (default data/dashboards/MODEL.sqlite)")
+        p.add_argument("--quiet", action="store_true")
+    lab.add_argument("--token-sets", metavar="FILE", help="named token sets added to the defaults (as for build)")
+    lab.set_defaults(func=cmd_dashboards_label)
+    acc.add_argument("--rows", type=int, default=200, help="held-out rows the true categories are read from")
+    acc.set_defaults(func=cmd_dashboards_label_accuracy)
     f = sub.add_parser("feature", help="print a feature's dashboard (or its activations on --text)")
     f.add_argument("id", help="feature id: M2#517 (transcoder L2 feature 517), A1#33 (attention SAE L1); a "
                    "position (@5) is ignored; old forms transcoder_L2#517, mlp:2:517 are accepted")
