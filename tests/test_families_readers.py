@@ -214,7 +214,8 @@ def test_a_named_set_resolves_through_the_hub_functions(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
     dset, same = load_named("gemma", model)
     assert same is model and dset.model_name == "gemma-2-2b" and len(dset) == model.cfg.n_layers
-    assert calls[0] == ("snapshot", "mwhanna/gemma-scope-transcoders", ("config.yaml", "*.safetensors"))
+    # the config first (hooks checked before any weights); the transcoders: list needs no repository weights
+    assert calls[0] == ("snapshot", "mwhanna/gemma-scope-transcoders", ("config.yaml",))
     assert calls[1] == ("file", "google/gemma-scope-2b-pt-transcoders",
                         "layer_0/width_16k/average_l0_70/params.npz", "r0")
     for d in dset:
@@ -223,3 +224,26 @@ def test_a_named_set_resolves_through_the_hub_functions(tmp_path, monkeypatch):
     cache = rm.run(PROMPT)
     with torch.no_grad():
         assert (cache.logits - model(cache.tokens[None])[0]).abs().max() <= 1e-12
+
+
+def test_a_named_set_on_the_raw_residual_is_refused_before_its_weights_download(tmp_path, monkeypatch):
+    """circuit-tracer's CLTs may read ``hook_resid_mid``: the config is fetched and refused with the reason, and no
+    weight file is requested."""
+    import huggingface_hub
+
+    import circuits.model
+
+    (tmp_path / "config.yaml").write_text("model_kind: cross_layer_transcoder\nmodel_name: google/gemma-2-2b\n"
+                                          "feature_input_hook: hook_resid_mid\nfeature_output_hook: hook_mlp_out\n")
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        calls.append(tuple(allow_patterns))
+        return str(tmp_path)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(circuits.model, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    with pytest.raises(DictionaryLoadError, match="hook_resid_mid.*un-normalised"):
+        load_named("gemma-2-2b-clt-426k", model=object())
+    assert calls == [("config.yaml",)]

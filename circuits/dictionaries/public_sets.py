@@ -132,7 +132,8 @@ def read_config(folder: Path) -> dict:
         raise DictionaryLoadError(f"{path}: model_kind must be transcoder_set or cross_layer_transcoder")
     if str(raw.get("feature_input_hook")) not in INPUT_HOOKS:
         raise DictionaryLoadError(f"{path}: feature_input_hook {raw.get('feature_input_hook')!r} cannot be spliced; "
-                                  f"only {' or '.join(INPUT_HOOKS)}")
+                                  f"only {' or '.join(INPUT_HOOKS)} (an encoder on the un-normalised residual stream "
+                                  "would need a reader scaled by the frozen norm's σ, which dictionaries do not have)")
     if str(raw.get("feature_output_hook")) not in OUTPUT_HOOKS:
         raise DictionaryLoadError(f"{path}: feature_output_hook {raw.get('feature_output_hook')!r} cannot be "
                                   f"spliced; only {' or '.join(OUTPUT_HOOKS)}")
@@ -264,13 +265,17 @@ def resolve(name: str) -> tuple[str, NamedSet]:
 
 
 def download(name: str) -> Path:
-    """The local folder of a named set: its ``config.yaml`` and, for sets stored in the repository itself, the
-    per-layer or CLT files (a ``transcoders:`` list is resolved later, entry by entry)."""
+    """The local folder of a named set: its ``config.yaml`` first (its hooks are checked before any weights are
+    fetched), then, for sets stored in the repository itself, the per-layer or CLT files (a ``transcoders:`` list is
+    resolved later, entry by entry)."""
     canonical, spec = resolve(name)
     _require_hub(f"dictionary set {canonical!r} ({spec.repo})")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(spec.repo, allow_patterns=["config.yaml", "*.safetensors"]))
+    folder = Path(snapshot_download(spec.repo, allow_patterns=["config.yaml"]))
+    if not read_config(folder).get("transcoders"):
+        folder = Path(snapshot_download(spec.repo, allow_patterns=["config.yaml", "*.safetensors"]))
+    return folder
 
 
 def is_public(name: str) -> bool:
