@@ -169,11 +169,14 @@ def box_label(pic: Picture, row: int) -> str:
 
 
 def _category_of_name(name: str | None) -> str | None:
-    """The label category part of an automatic supernode's name (none for the kind fallback)."""
+    """What a supernode box shows under its layer: an automatic supernode's label category (``A0 name @2 ' Mary'
+    ×10`` → ``name``; none when it was grouped by kind), or a manual supernode's own name."""
     if not name:
         return None
-    first = name.split(" @")[0]
-    return None if first in ("attention", "transcoder") else first
+    import re
+
+    auto = re.match(r"^[AM]\d+(?:–\d+)?(?: (.+?))? @\d+ ", name)
+    return auto.group(1) if auto else name
 
 
 def _member_nodes(pic: Picture, row: int) -> list[Node]:

@@ -17,7 +17,7 @@ manual "supernodes", `auto_supernodes` groups them automatically:
    at least ``threshold``.
 4. **Groups**: the connected components of that relation within a cell (single linkage: a union-find over the
    pairs, so the result does not depend on the order nodes are listed in). Groups of two or more become
-   supernodes, named ``category @pos 'token' L<a>–<b>`` and stored in ``metadata["ui"]["supernodes"]`` in the
+   supernodes, named ``A0 name @2 ' Mary' ×10`` (kind and layers, category, position and token, size) and stored in ``metadata["ui"]["supernodes"]`` in the
    explorer's format (``{"name", "nodes"}``, plus ``"auto": true`` and the cell). With bands wider than one
    layer, a group whose higher-layer members read from a node at or above its lowest layer (so that one node for
    the group could not sit in one sublayer) is split back into one group per layer.
@@ -135,13 +135,16 @@ def auto_supernodes(graph: Graph, config: SupernodeConfig | None = None,
         if band > 1:
             groups = _split_inconsistent(groups, sources, rank, tagged, config.threshold)
         lo, hi = b * band, b * band + band - 1
-        layers = f"L{lo}" if band == 1 else f"L{lo}–{hi}"
         tok = repr(toks[pos]) if 0 <= pos < len(toks) else "?"
         for rows in sorted(groups.values(), key=lambda r: graph.nodes[min(r)]):
             if len(rows) < 2:
                 continue
             nodes = sorted(graph.nodes[i] for i in rows)
-            found.append({"name": f"{cat} @{pos} {tok} {layers} ×{len(nodes)}",
+            layer_set = sorted({m.layer for m in nodes})
+            tag = ("A" if nodes[0].kind == "attn_feature" else "M") + (
+                str(layer_set[0]) if len(layer_set) == 1 else f"{layer_set[0]}–{layer_set[-1]}")
+            named = "" if cat in ("attention", "transcoder") else f" {cat}"
+            found.append({"name": f"{tag}{named} @{pos} {tok} ×{len(nodes)}",
                           "nodes": [m.to_json() for m in nodes], "auto": True, "pos": pos,
                           "layers": [lo, min(hi, int(graph.metadata.get("n_layers", hi + 1)) - 1)],
                           "category": cat})

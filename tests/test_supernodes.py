@@ -52,7 +52,7 @@ def test_planted_groups_share_inputs_outputs_and_position():
     assert as_sets(found) == [frozenset({A, B, C})]
     strict = auto_supernodes(planted(), SupernodeConfig(threshold=0.6, top=4, mass=1.0), by_kind)
     assert as_sets(strict) == [frozenset({A, B})]
-    assert strict[0]["name"] == "transcoder @2 ' b' L0 ×2" and strict[0]["auto"] and strict[0]["pos"] == 2
+    assert strict[0]["name"] == "M0 @2 ' b' ×2" and strict[0]["auto"] and strict[0]["pos"] == 2
 
 
 def test_grouping_does_not_depend_on_node_order():
@@ -68,7 +68,7 @@ def test_label_categories_split_groups():
     found = auto_supernodes(planted(), SupernodeConfig(threshold=0.5, top=4, mass=1.0),
                             lambda node: "name" if node.index == 1 else "place")
     assert as_sets(found) == [frozenset({B, C})] and found[0]["category"] == "place"
-    assert found[0]["name"].startswith("place @2")
+    assert found[0]["name"] == "M0 place @2 ' b' ×2"
 
 
 def test_attach_keeps_manual_supernodes_and_replaces_automatic_ones():
