@@ -633,6 +633,8 @@ def render_text(dash: Dashboard, width: int = 100) -> str:
     """A terminal rendering: header, logit effects, histogram, and contexts with the activating token marked."""
     lines = [f"{feature_id(dash.dictionary, dash.feature)} ({dash.dictionary}): {dash.label}",
              f"density {dash.density:.4%} ({dash.n_active} tokens), max activation {dash.max_activation:.3f}"]
+    if dash.enrichment_label is not None and dash.label != dash.enrichment_label:
+        lines.append(f"enrichment label: {dash.enrichment_label}")
     if dash.label != dash.auto_label:
         lines.append(f"peak-token label: {dash.auto_label}")
     if dash.enrichment is not None:

@@ -259,6 +259,9 @@ def test_planted_name_and_city_features_get_their_categories(planted, planted_db
     try:
         assert dashboards.Dashboards(planted_db, rm).label("transcoder_L0", 0) == "my name feature"  # user wins
         assert dashboards.Dashboards(planted_db, rm).label_category("M0#0") == "name"
+        shown = dashboards.render_text(dashboards.Dashboards(planted_db, rm).get("transcoder_L0", 0))
+        assert shown.startswith("M0#0 (transcoder_L0): my name feature") and f"enrichment label: {text}" in shown
+        assert "peak-token label: on ' " in shown and "on name (10/10, p=" in shown
     finally:
         dashboards.set_label(planted_db, "transcoder_L0", 0, None)
 
