@@ -90,7 +90,8 @@ def _family_sets() -> tuple[str, ...]:
 
 
 def load_dictionaries(name: str = "organism", model=None) -> DictionarySet:
-    """Load a dictionary set by name or path; checked against `model` (loaded by the set's model name if None)."""
+    """Load a dictionary set by name or path; checked against `model` (loaded by the set's model name if None) and
+    moved to the device of `model`'s weights."""
     from circuits.model import DATA_DIR, load_model
 
     if name in ORGANISM_SETS:
@@ -114,4 +115,8 @@ def load_dictionaries(name: str = "organism", model=None) -> DictionarySet:
         model_name = "gpt2" if dset.model_name.startswith("gpt2") else dset.model_name
         model = load_model(model_name).model
     dset.check_against(model)
+    first = next(model.parameters(), None) if hasattr(model, "parameters") else None
+    if first is not None and first.device.type != "cpu":  # the set follows the model to its device
+        for d in [*dset, *dset.clts]:
+            d.to(first.device)
     return dset
