@@ -129,3 +129,25 @@ def test_bad_config_and_backward_group():
             SupernodeConfig(**bad)
     with pytest.raises(ConfigError, match="backwards"):  # A feeds X and X feeds L; grouping A with X cannot be drawn
         contract(planted(), [{"name": "bad", "nodes": [A.to_json(), X.to_json()]}])
+
+
+def test_pack_sends_supernodes_and_routes_as_full_graph_rows(rm64):
+    """The view's starting supernodes and routes (issue 21): full-graph node indices of features at one position,
+    each node in at most one supernode; routes start at a token and end at the target."""
+    graph = fold_bos(attribute(rm64, PROMPT, Contrast(" Mary", " John"), method="analytic"))
+    from circuits.graph_view import pack
+
+    meta = pack(graph, [""] * graph.n_nodes, {}).meta
+    groups, paths = meta["supernodes"], meta["paths"]
+    assert groups and paths
+    seen = set()
+    for g in groups:
+        nodes = [graph.nodes[i] for i in g["members"]]
+        assert len(nodes) >= 2 and len({n.pos for n in nodes}) == 1 and all(n.kind.endswith("_feature") for n in nodes)
+        assert not seen & set(g["members"])
+        seen |= set(g["members"])
+    for p in paths:
+        first, last = p["steps"][0], p["steps"][-1]
+        assert graph.nodes[first[0]].kind == "token" and float(graph.target_weights[last[0]]) > 0
+        assert p["text"].startswith(f"{p['weight']:.4f}")
+    assert pack(graph, [""] * graph.n_nodes, {}, supernodes=False).meta["supernodes"] == []
