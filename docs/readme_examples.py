@@ -13,7 +13,7 @@ same comparison).
 
 The quoted feature is chosen by a rule, not by hand, so that it stays meaningful after the dictionaries are
 retrained: the layer-3 transcoder feature with the largest effect on logit(" Mary") − logit(" John") in the
-quick-start prompt (layer 3 is the last layer, so that effect is its direct effect on the logits).
+example prompt of the README's tour (layer 3 is the last layer, so that effect is its direct effect on the logits).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def regions() -> dict[str, str]:
     label = dash.auto_label.replace(" ", KEEP)
     example = (
         f"Example: `circuits feature {fid}` shows the layer-3 transcoder feature with the largest effect on "
-        f'logit("{ANSWER.strip()}") − logit("{WRONG.strip()}") at the last position of the quick-start prompt '
+        f'logit("{ANSWER.strip()}") − logit("{WRONG.strip()}") at the last position of the example prompt '
         f"(activation {activation:.2f} on the final \"to\"; effect {effect:+.2f} of the logit difference "
         f"{logit_diff:.2f}). Its automatic label is `{label}`: on held-out text it "
         f"{fires} (density {dash.density:.2%}, maximum activation {dash.max_activation:.2f}), promotes "
