@@ -315,32 +315,21 @@ def test_shipped_labels_predict_the_planted_category_on_heldout_text(organism):
 
 
 def test_shipped_labels_negative_control_random_contexts(organism):
-    """Every feature's top tokens replaced by random corpus positions: (almost) no feature gets a label."""
-    from circuits.labels import LabelPopulations
-
-    rm, db = organism
+    """Every feature's top tokens replaced by random corpus positions (and its logit effects by random tokens):
+    (almost) no feature gets a label."""
+    from circuits.labels.ground_truth import negative_control
     from circuits.organism.corpus import ToyWorldCorpus
     from circuits.organism.tokenizer import build_tokenizer
     from circuits.organism.train import batch_tokens
 
+    rm, db = organism
     rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, int(db.meta["rows"]), rm.cfg.n_ctx,
                         stream=db.meta["stream"])
-    pops = LabelPopulations.from_rows(rows, rm.cfg.d_vocab)
-    sets = organism_sets(vocabulary_strings(rm.model))
+    vocab = vocabulary_strings(rm.model)
     cfg = LabelConfig(**json.loads(db.meta["label_config"]))
-    on = Enrichment(sets, pops.on, cfg)
-    after = Enrichment(sets, pops.after, cfg, singletons=vocabulary_strings(rm.model))
-    rng = np.random.default_rng(0)
-    flat = rows.reshape(-1).numpy()
-    n_features = 2000
-    pos = rng.integers(1, rows.shape[1], (n_features, 10)) + rows.shape[1] * rng.integers(0, rows.shape[0],
-                                                                                             (n_features, 10))
-    labelled = sum(on.test(flat[p]) is not None or after.test(flat[p - 1]) is not None for p in pos)
-    assert labelled / n_features <= 0.02
-    vocab = Enrichment(sets, pops.vocab, cfg)  # random "logit effects": k tokens of the used vocabulary
-    used = np.nonzero(pops.vocab)[0]
-    promoted = sum(vocab.test(rng.choice(used, cfg.k_logits, replace=False)) is not None for _ in range(n_features))
-    assert promoted / n_features <= 0.01
+    control = negative_control(rows, organism_sets(vocab), vocab, cfg, n=2000)
+    assert control["on"][0] / 2000 <= 0.02 and control["after"][0] / 2000 <= 0.02
+    assert control["promotes"][0] / 2000 <= 0.01
 
 
 def test_module_level_label_category_finds_the_graphs_database(planted, planted_db, organism):

@@ -173,3 +173,26 @@ def top_tokens_in_db(con: sqlite3.Connection) -> dict[tuple[str, int], list[int]
     from circuits.labels import top_tokens_from_db
 
     return {key: on for key, (on, _) in top_tokens_from_db(con).items()}
+
+
+def negative_control(rows: Tensor, sets: list[TokenSet], vocab: list[str], cfg=None, n: int = 20000,
+                     seed: int = 0) -> dict[str, tuple[int, int]]:
+    """How often features with *random* contexts get a claim: for each of `n` fake features, 10 positions drawn at
+    random from `rows` (positions ≥ 1, so each has a token before it) for *on* and *after*, and `k_logits` tokens
+    drawn from the used vocabulary for *promotes*. Returns {test: (claims, n)}; the Bonferroni correction promises
+    claims/n ≤ α."""
+    from circuits.labels import Enrichment, LabelConfig, LabelPopulations
+
+    cfg = cfg or LabelConfig()
+    pops = LabelPopulations.from_rows(rows, len(vocab))
+    on, after = Enrichment(sets, pops.on, cfg), Enrichment(sets, pops.after, cfg, singletons=vocab)
+    promotes = Enrichment(sets, pops.vocab, cfg)
+    rng = np.random.default_rng(seed)
+    flat = rows.cpu().reshape(-1).numpy()
+    n_rows, n_ctx = rows.shape
+    pos = rng.integers(1, n_ctx, (n, 10)) + n_ctx * rng.integers(0, n_rows, (n, 10))
+    used = np.nonzero(pops.vocab)[0]
+    return {"on": (sum(on.test(flat[p]) is not None for p in pos), n),
+            "after": (sum(after.test(flat[p - 1]) is not None for p in pos), n),
+            "promotes": (sum(promotes.test(rng.choice(used, cfg.k_logits, replace=False)) is not None
+                             for _ in range(n)), n)}
