@@ -90,6 +90,15 @@ def cmd_dashboards_label_accuracy(args) -> int:
                     f"held-out ({args.rows} rows of stream 'heldout-labels')")
     inside = evaluate(predicted, top_tokens_in_db(con), sets, rm.cfg.d_vocab, "in-sample (the database's top examples)")
     print(held.table() + "\n\n" + inside.table())
+    import json
+
+    from circuits.labels import LabelConfig
+    from circuits.labels.ground_truth import negative_control
+
+    cfg = LabelConfig(**json.loads(meta["label_config"])) if "label_config" in meta else None
+    control = negative_control(_organism_rows(meta, rm.model), sets, vocabulary_strings(rm.model), cfg)
+    print("\nnegative control (features with random contexts; Bonferroni promises a share <= alpha): " + ", ".join(
+        f"{test} {k}/{n} ({k / n:.2%})" for test, (k, n) in control.items()))
     return 0
 
 
