@@ -1,0 +1,67 @@
+"""The 'checks' tab: replacement and completeness scores, faithfulness; and the guard of every
+single-prompt tool (an aggregated case-study graph or a graph without its prompt cannot run the model)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from circuits.explorer.state import MODELS, on_model, run_model
+
+
+def single_prompt(graph, run: dict) -> bool:
+    """Whether the single-prompt tools (faithfulness, interventions, logit lens) apply; if not, say why."""
+    if aggregated_notice(graph):
+        return False
+    if run["prompt"] is None:
+        st.info("This graph does not record the prompt it was traced on, so the model cannot be run on it.")
+        return False
+    if run["model"] not in MODELS:
+        st.info(f"This graph was traced on the model {run['model']!r}; the explorer runs {' and '.join(MODELS)}.")
+        return False
+    return True
+
+
+def aggregated_notice(graph) -> bool:
+    """Case-study graphs aggregate many prompts by role: single-prompt tools do not apply to them."""
+    if not graph.metadata.get("aggregated"):
+        return False
+    st.info(f"This graph aggregates {graph.metadata.get('n_prompts', 'many')} prompts of the "
+            f"{graph.metadata.get('study', '')} study by role (positions are roles): faithfulness and interventions "
+            "need a single prompt; the study's report has them (page 'case studies').")
+    return True
+
+
+def checks(full, g, run: dict) -> None:
+    from circuits.interventions import faithfulness, graph_metric, standard_ablations
+    from circuits.pruning import graph_scores
+
+    key = (id(full), g.n_nodes, g.n_edges)
+    if st.session_state.get("scores_key") != key:  # scoring the full graph takes a moment: once per graph
+        st.session_state["scores"] = (graph_scores(full), graph_scores(g))
+        st.session_state["scores_key"] = key
+    fs, ps = st.session_state["scores"]
+    c = st.columns(4)
+    c[0].metric("replacement (full)", f"{fs.replacement:.3f}")
+    c[1].metric("completeness (full)", f"{fs.completeness:.3f}")
+    c[2].metric("replacement (pruned)", f"{ps.replacement:.3f}")
+    c[3].metric("completeness (pruned)", f"{ps.completeness:.3f}")
+    if not single_prompt(full, run):
+        return
+    rm = run_model(run)
+    if rm is None:
+        return
+    n = len(full.metadata["token_strings"])
+    shortest = min((d.context_size for d in rm.dictionaries), default=n)
+    if n > shortest:
+        st.warning(f"the prompt has {n} tokens but a dictionary was trained on {shortest}-token contexts")
+    if full.metadata.get("bos_pos") == 0:
+        st.caption("position 0 is BOS (attention sinks make it large; its nodes are token/error nodes at pos 0)")
+    found = graph_metric(full)
+    if found is not None and st.button("compute faithfulness (zero and mean ablation)", key="faith"):
+        metric, _ = found
+        st.caption(f"on the graph's prompt: {run['prompt']!r}")
+        for ab in on_model(standard_ablations, rm) or []:
+            f = on_model(faithfulness, rm, run["prompt"], g, metric, ab)
+            if f is not None:
+                st.write(f"faithfulness ({f.ablation} ablation): **{f.score:.3f}** — circuit {f.circuit:.3f}, "
+                         f"empty {f.empty:.3f}, model {f.full:.3f} ({f.n_features} features, {f.n_errors} errors)")

@@ -1,0 +1,67 @@
+"""The 'files' tab: downloads (JSON, DOT, circuit-tracer JSON, SVG), uploads and the example gallery; and
+opening a graph file's bytes (also used by the case-studies page)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import streamlit as st
+
+from circuits.explorer.state import GALLERY, guarded, run_of, show_graph, sidebar_from_graph, state, with_ui
+
+
+def files(full, g) -> None:
+    from circuits import export
+
+    which = st.radio("graph to save", ["pruned", "full"], horizontal=True, key="save_which")
+    if st.button("prepare downloads", key="make_files"):  # serialising is work: only when asked
+        out = with_ui(g if which == "pruned" else full)
+        st.session_state["files"] = {
+            "json": json.dumps(export.to_dict(out)), "dot": export.to_dot(out),
+            "ct": json.dumps(export.to_circuit_tracer(out)), "svg": guarded(_svg, out)}
+    ready = st.session_state.get("files")
+    if ready:
+        c = st.columns(4)
+        c[0].download_button("JSON", ready["json"], "graph.json", "application/json", key="dl_json")
+        c[1].download_button("DOT", ready["dot"], "graph.dot", "text/vnd.graphviz", key="dl_dot")
+        c[2].download_button("circuit-tracer JSON", ready["ct"], "graph_ct.json", "application/json", key="dl_ct")
+        if ready["svg"] is not None:
+            c[3].download_button("SVG", ready["svg"], "graph.svg", "image/svg+xml", key="dl_svg")
+    uploaded = st.file_uploader("open a saved graph (JSON)", type=["json"], key="upload")
+    # The uploader keeps its file across reruns: load each upload once (loading reruns the page, which would
+    # otherwise load it again, forever)
+    if uploaded is not None and st.session_state.get("uploaded_id") != uploaded.file_id:
+        st.session_state["uploaded_id"] = uploaded.file_id
+        load_graph_bytes(uploaded.getvalue(), uploaded.name)
+    elif uploaded is None:
+        st.session_state.pop("uploaded_id", None)  # the same file uploaded again later is a new upload
+    examples = sorted(GALLERY.glob("*.json")) if GALLERY.exists() else []
+    if examples:
+        pick = st.selectbox("example graphs", ["—"] + [p.name for p in examples], key="gallery")
+        if pick != "—" and st.button("open example", key="open_example"):
+            load_graph_bytes((GALLERY / pick).read_bytes(), pick)
+
+
+def _svg(graph) -> str:
+    import tempfile
+
+    from circuits import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return export.render(graph, Path(tmp) / "g.svg", "svg").read_text()
+
+
+def load_graph_bytes(data: bytes, name: str) -> None:
+    """Open a graph file's bytes: every defect (not UTF-8, not JSON, nested too deeply, not a graph) is one message
+    and keeps the current graph. The sidebar shows the opened graph's prompt from the next run on."""
+    from circuits import export
+
+    s = state()
+    graph = guarded(export.loads, data, name)
+    if graph is None:
+        return
+    show_graph(graph, run_of(graph, st.session_state.get("dicts")))
+    s["pending_sidebar"] = sidebar_from_graph(graph)
+    s["flash"] = f"opened {name}: {graph.n_nodes} nodes, {graph.n_edges} edges"
+    st.rerun()
