@@ -150,4 +150,8 @@ def test_pack_sends_supernodes_and_routes_as_full_graph_rows(rm64):
         first, last = p["steps"][0], p["steps"][-1]
         assert graph.nodes[first[0]].kind == "token" and float(graph.target_weights[last[0]]) > 0
         assert p["text"].startswith(f"{p['weight']:.4f}")
+    for c in meta["cells"]:  # the coarser grouping: one layer, kind and position each
+        assert len(c["members"]) >= 2 and len({(graph.nodes[i].pos, graph.nodes[i].layer, graph.nodes[i].kind)
+                                                for i in c["members"]}) == 1
+    assert sum(len(c["members"]) for c in meta["cells"]) >= sum(len(g["members"]) for g in groups)
     assert pack(graph, [""] * graph.n_nodes, {}, supernodes=False).meta["supernodes"] == []

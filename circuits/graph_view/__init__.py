@@ -12,7 +12,8 @@ and clicked nodes back to the app, which reruns its other tabs with them.
 The view opens on the **supernode level**: `pack` groups the features of the graph pruned at the default thresholds
 (`circuits.supernodes.auto_supernodes`, after any supernodes stored in the graph's UI state) and sends the groups as
 lists of node indices; the browser draws each group whose members are shown as one diamond (edges summed), expands
-it on a click and merges it back on an alt-click or "collapse all". `pack` also sends that pruned graph's top paths
+it on a click and merges it back on an alt-click or "collapse all"; a coarser grouping (every layer × position
+cell, `layer_cells`) and none are one menu choice away. `pack` also sends that pruned graph's top paths
 (`circuits.paths.top_routes`), listed under the plot; a click on one highlights it.
 
 The component is plain HTML and JavaScript (no build step). Its folder is served with plotly.js from the installed
@@ -70,9 +71,10 @@ def _le(a: np.ndarray) -> bytes:
     return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False)).tobytes()
 
 
-def groups_and_paths(graph: Graph, ranked: NodeRanking, n_paths: int = 5) -> tuple[list[dict], list[dict]]:
-    """The supernodes and top routes the view starts with, as full-graph node indices: ``[{"name", "members"}]``
-    and ``[{"text", "weight", "steps": [[node index, ...], ...]}]``. Both come from the graph pruned at the default thresholds; stored UI
+def groups_and_paths(graph: Graph, ranked: NodeRanking, n_paths: int = 5) -> tuple[list[dict], list[dict], list]:
+    """The supernodes and top routes the view starts with, and the layer × position cells, as full-graph node
+    indices: ``[{"name", "members"}]``, ``[{"text", "weight", "steps": [[node index, ...], ...]}]`` and
+    `layer_cells`. Both come from the graph pruned at the default thresholds; stored UI
     supernodes come first, then automatic ones over the features they leave."""
     from circuits.paths import top_routes
     from circuits.pruning import prune
@@ -89,7 +91,17 @@ def groups_and_paths(graph: Graph, ranked: NodeRanking, n_paths: int = 5) -> tup
             groups.append({"name": str(s["name"]), "members": members})
     paths = [{"text": r.text(), "weight": r.weight, "steps": [[index[n] for n in step] for step in r.steps]}
              for r in top_routes(pruned, n_paths)]
-    return groups, paths
+    return groups, paths, layer_cells(graph, pruned)
+
+
+def layer_cells(graph: Graph, pruned: Graph) -> list[dict]:
+    """The view's coarser grouping: the features of each (position, layer, kind) cell of `pruned` (the graph pruned
+    at the default thresholds), as full-graph node indices (cells of two or more features)."""
+    from circuits.paths import cells
+
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    return [{"name": c["name"], "members": [index[Node.from_json(v)] for v in c["nodes"]]}
+            for c in cells(pruned) if len(c["nodes"]) >= 2]
 
 
 def pack(graph: Graph, labels: list[str], colours: dict[str, str], ranked: NodeRanking | None = None,
@@ -112,9 +124,9 @@ def pack(graph: Graph, labels: list[str], colours: dict[str, str], ranked: NodeR
             "kinds": list(KINDS), "colours": colours, "labels": labels,
             "ids": [export.node_id(n) for n in graph.nodes],
             "tokens": list(graph.metadata.get("token_strings", [])),
-            "rank_names": [[r, names[r]] for r in sorted(names)], "supernodes": [], "paths": []}
+            "rank_names": [[r, names[r]] for r in sorted(names)], "supernodes": [], "paths": [], "cells": []}
     if supernodes:
-        meta["supernodes"], meta["paths"] = groups_and_paths(graph, ranked)
+        meta["supernodes"], meta["paths"], meta["cells"] = groups_and_paths(graph, ranked)
     tgt, src = graph.edge_index.numpy()
     arrays = {
         "tgt": _le(tgt.astype(idx)), "src": _le(src.astype(idx)),

@@ -12,7 +12,12 @@ let state = { node: 0.8, edge: 0.98, cap: null };
 let selected = null, userLabels = {}, seq = 0, reportTimer = null, lastDraw = "", loadStart = null;
 // supernodes (meta.supernodes: [{name, members: [node index]}]) start collapsed; a click on one expands it, a click
 // on an expanded member (or the list) collapses it again. meta.paths: [{text, weight, nodes: [node index]}].
-let grouped = true, expanded = new Set(), highlight = null;
+// grouping: "supernodes" (meta.supernodes), "cells" (meta.cells: every layer × position cell) or "none"
+let grouping = "supernodes", expanded = new Set(), highlight = null;
+
+function groupList() {
+  return (grouping === "cells" ? meta.cells : grouping === "supernodes" ? meta.supernodes : null) || [];
+}
 const instance = Math.random().toString(36).slice(2); // tells this view's reports from an earlier one's
 
 function send(type, data) {
@@ -51,8 +56,7 @@ function strongestEdges(edges, limit, magnitude) {
 function groupsOf(nodeMask) {
   // node index -> supernode index, for the collapsed supernodes with at least two members shown
   const groupOf = new Map();
-  if (!grouped || !meta.supernodes) return groupOf;
-  meta.supernodes.forEach((sn, k) => {
+  groupList().forEach((sn, k) => {
     if (expanded.has(k)) return;
     const shownMembers = sn.members.filter((i) => nodeMask[i] && !groupOf.has(i));
     if (shownMembers.length >= 2) for (const i of shownMembers) groupOf.set(i, k);
@@ -60,15 +64,19 @@ function groupsOf(nodeMask) {
   return groupOf;
 }
 
+let shownNow = new Set(); // node indices the current pruning keeps
+
 function figure(result) {
   const { nodeMask, edges } = result;
+  shownNow = new Set();
+  for (let i = 0; i < G.n; i++) if (nodeMask[i]) shownNow.add(i);
   const groupOf = groupsOf(nodeMask);
   const shown = [];
   for (let i = 0; i < G.n; i++) if (nodeMask[i] && !groupOf.has(i)) shown.push(i);
   // one marker per collapsed supernode: index G.n + k, in the cell of its first shown member
   const groupRows = new Map(); // k -> [member node indices shown]
   for (const [i, k] of groupOf) { if (!groupRows.has(k)) groupRows.set(k, []); groupRows.get(k).push(i); }
-  const N = G.n + (meta.supernodes ? meta.supernodes.length : 0);
+  const N = G.n + groupList().length;
   const rankOf = (v) => (v < G.n ? G.rank[v] : G.rank[groupRows.get(v - G.n)[0]]);
   const posOf = (v) => (v < G.n ? G.pos[v] : G.pos[groupRows.get(v - G.n)[0]]);
   const infOf = (v) => (v < G.n ? G.influence[v] : groupRows.get(v - G.n).reduce((a, i) => a + G.influence[i], 0));
@@ -88,16 +96,13 @@ function figure(result) {
     rows.forEach((v, k) => { x[v] = posOf(v) + (k - (rows.length - 1) / 2) * step; y[v] = rankOf(v); });
   }
   // edges between markers: a collapsed supernode's edges are summed; edges inside one are not drawn
-  const merged = new Map(); // "s,t" -> [s, t, summed weight, path edge?]
-  const onPath = pathEdges();
+  const merged = new Map(); // s * N + t -> [s, t, summed weight]
   for (const e of edges) {
     const s = vis(G.src[e]), t = vis(G.tgt[e]);
     if (s === t) continue;
     const key = s * N + t;
-    if (!merged.has(key)) merged.set(key, [s, t, 0, false]);
-    const m = merged.get(key);
-    m[2] += G.w[e];
-    if (onPath.has(e)) m[3] = true;
+    if (!merged.has(key)) merged.set(key, [s, t, 0]);
+    merged.get(key)[2] += G.w[e];
   }
   const drawn = [...merged.values()];
   // edges go to a canvas under the plot (drawEdges): plotly's SVG lines were most of the redraw time
@@ -117,10 +122,14 @@ function figure(result) {
         if (segs.length) edgeGroups.push({ width, colour: `rgba(${colour},${0.35 + 0.5 * lo})`, segs });
       }
     }
-    const path = [];
-    for (const [s, t, , hit] of drawn) if (hit) path.push(x[s], y[s], x[t], y[t]);
-    if (path.length) edgeGroups.push({ width: 5, colour: "rgba(230,120,0,0.9)", segs: path }); // on top
   }
+  // the highlighted route: one line from step to step, through the centre of each step's shown markers
+  const centres = routeCentres(vis, x, y);
+  const route = [];
+  for (let k = 0; k + 1 < centres.length; k++) {
+    if (centres[k] && centres[k + 1]) route.push(centres[k][0], centres[k][1], centres[k + 1][0], centres[k + 1][1]);
+  }
+  if (route.length) edgeGroups.push({ width: 5, colour: "rgba(230,120,0,0.85)", segs: route }); // drawn last: on top
   const traces = [];
   let maxInf = 1e-12;
   for (const v of markers) maxInf = Math.max(maxInf, infOf(v));
@@ -128,7 +137,7 @@ function figure(result) {
   const outline = (v) => (v === selected ? 4 : onPathNodes.has(v) ? 3 : 1);
   const outlineColour = (v) => (v === selected ? "#000" : onPathNodes.has(v) ? "#e67800" : "#333");
   const inGroup = new Set();
-  if (meta.supernodes) meta.supernodes.forEach((sn, k) => { if (expanded.has(k)) for (const i of sn.members) inGroup.add(i); });
+  groupList().forEach((sn, k) => { if (expanded.has(k)) for (const i of sn.members) inGroup.add(i); });
   meta.kinds.forEach((kind, code) => {
     const rows = shown.filter((i) => G.kind[i] === code);
     if (!rows.length) return;
@@ -152,7 +161,7 @@ function figure(result) {
       customdata: groups.map((v) => `g${v - G.n}`),
       text: groups.map((v) => `×${groupRows.get(v - G.n).length}`), textposition: "middle center",
       textfont: { size: 10, color: "#fff" },
-      hovertext: groups.map((v) => `${meta.supernodes[v - G.n].name}<br>${groupRows.get(v - G.n).length} features ` +
+      hovertext: groups.map((v) => `${groupList()[v - G.n].name}<br>${groupRows.get(v - G.n).length} features ` +
                                    `shown (click to expand)<br>influence ${infOf(v).toFixed(4)}`),
       hoverinfo: "text",
       marker: { symbol: "diamond", size: groups.map((v) => 14 + 30 * Math.sqrt(Math.max(infOf(v), 0) / maxInf)),
@@ -184,21 +193,17 @@ function stepOf() {
   return out;
 }
 
-let pathCache = { key: null, edges: new Set() };
-
-function pathEdges() {
-  // edges from one step of the highlighted route to the next (one pass over the edges per route and graph)
-  const key = `${graphId}:${highlight}`;
-  if (pathCache.key === key) return pathCache.edges;
-  const out = new Set(), step = stepOf();
-  if (step.size) {
-    for (let e = 0; e < G.m; e++) {
-      const a = step.get(G.src[e]);
-      if (a !== undefined && step.get(G.tgt[e]) === a + 1) out.add(e);
-    }
-  }
-  pathCache = { key, edges: out };
-  return out;
+function routeCentres(vis, x, y) {
+  // per step of the highlighted route: [x, y] of the mean of its shown markers (null when none is shown)
+  if (highlight === null || !meta.paths || !meta.paths[highlight]) return [];
+  return meta.paths[highlight].steps.map((rows) => {
+    const seen = new Set();
+    for (const i of rows) if (shownNow.has(i)) seen.add(vis(i));
+    if (!seen.size) return null;
+    let sx = 0, sy = 0;
+    for (const v of seen) { sx += x[v]; sy += y[v]; }
+    return [sx / seen.size, sy / seen.size];
+  });
 }
 
 function pathNodes(vis) {
@@ -284,7 +289,7 @@ function clearView() {
 
 function draw(force) {
   if (!window.Plotly) { plotlyReady.then(() => draw(force)); return; }
-  const key = JSON.stringify([graphId, state, selected, userLabels, grouped, [...expanded], highlight]);
+  const key = JSON.stringify([graphId, state, selected, userLabels, grouping, [...expanded], highlight]);
   if (!force && key === lastDraw) return;
   lastDraw = key;
   const t0 = performance.now();
@@ -334,8 +339,8 @@ function draw(force) {
 
 function memberOf(i) {
   // the expanded supernode a node belongs to (or null)
-  if (!meta.supernodes) return null;
-  for (const k of expanded) if (meta.supernodes[k].members.includes(i)) return k;
+  const list = groupList();
+  for (const k of expanded) if (list[k] && list[k].members.includes(i)) return k;
   return null;
 }
 
@@ -360,9 +365,12 @@ function onControl() {
 }
 
 for (const id of ["node", "edge"]) document.getElementById(id).addEventListener("input", onControl);
-document.getElementById("grouped").addEventListener("change", (ev) => { grouped = ev.target.checked; draw(); });
-document.getElementById("collapse").addEventListener("click", () => { expanded = new Set(); grouped = true;
-  document.getElementById("grouped").checked = true; draw(); });
+document.getElementById("grouping").addEventListener("change", (ev) => {
+  grouping = ev.target.value;
+  expanded = new Set();
+  draw();
+});
+document.getElementById("collapse").addEventListener("click", () => { expanded = new Set(); draw(); });
 document.getElementById("cap").addEventListener("change", onControl);
 
 let latest = null, loading = null; // the last render's arguments; the graph id being fetched
