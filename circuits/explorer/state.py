@@ -120,11 +120,12 @@ def trace(settings: dict):
     import warnings
 
     from circuits import attribute
+    from circuits.graph import fold_bos
 
     rm = replacement(settings["model"], settings["dicts"], tuple(settings["layers"]))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        graph = attribute(rm, settings["prompt"], _target(settings), method="auto")
+        graph = fold_bos(attribute(rm, settings["prompt"], _target(settings), method="auto"))  # BOS: constants
     return graph, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
 
 
