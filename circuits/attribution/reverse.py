@@ -59,15 +59,29 @@ class _Targets:
 
 
 @dataclass
+class _Once:
+    """A gradient after exactly one channel crossed from one position per target:
+    ``g[b] = e_{pos_b} ⊗ r_b + Σ_h a[h, b, :] ⊗ Z[b, h]`` (r [B, d], a [H, B, P], Z [B, H, d])."""
+
+    pos: Tensor
+    r: Tensor
+    a: Tensor
+    Z: Tensor
+
+
+@dataclass
 class _Chunks:
-    """Writes in padded chunks of at most m sources of one position, sorted by position (m = the mean number per
-    position, so padding stays below the writes' own size even when one position, e.g. BOS, has far more active
-    features than the rest): ``vectors [chunks, m, width]``, ``rows [chunks, m]`` (padding: the dummy column
-    n_src), ``pos [chunks]``."""
+    """Writes in padded chunks of at most m sources of one position (m = the mean number per position, so padding
+    stays below the writes' own size even when one position, e.g. BOS, has far more active features than the
+    rest). Each position's first chunk is in ``vectors [n_pos, m, width]`` / ``rows [n_pos, m]``, read against g
+    without copying it (one batched product over positions); the rest (``extra_*``, sorted by position) are
+    gathered. Padding reads into the dummy column n_src."""
 
     vectors: Tensor
     rows: Tensor
-    pos: Tensor
+    extra_vectors: Tensor
+    extra_rows: Tensor
+    extra_pos: Tensor
 
     @staticmethod
     def build(rows: Tensor, pos: Tensor, vecs: Tensor, n_pos: int, n_src: int) -> _Chunks:
@@ -76,20 +90,27 @@ class _Chunks:
         counts = torch.bincount(pos, minlength=n_pos)
         m = max(1, -(-len(pos) // n_pos))
         rank = torch.arange(len(pos)) - torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[pos]
-        chunks_per_pos = -(-counts // m)  # ceil
-        first_chunk = torch.cat([torch.zeros(1, dtype=torch.long), chunks_per_pos.cumsum(0)])
-        chunk = first_chunk[pos] + rank // m
-        V = vecs.new_zeros(int(first_chunk[-1]), m, vecs.shape[1])
-        R = torch.full((int(first_chunk[-1]), m), n_src, dtype=torch.long)
+        extra_per_pos = (-(-counts // m) - 1).clamp(min=0)  # chunks beyond each position's first
+        first_extra = torch.cat([torch.zeros(1, dtype=torch.long), extra_per_pos.cumsum(0)])
+        n_extra = int(first_extra[-1])
+        V = vecs.new_zeros(n_pos + n_extra, m, vecs.shape[1])
+        R = torch.full((n_pos + n_extra, m), n_src, dtype=torch.long)
+        chunk = torch.where(rank < m, pos, n_pos + first_extra[pos] + rank // m - 1)
         V[chunk, rank % m] = vecs
         R[chunk, rank % m] = rows
-        return _Chunks(V, R, torch.repeat_interleave(torch.arange(n_pos), chunks_per_pos))
+        extra_pos = torch.repeat_interleave(torch.arange(n_pos), extra_per_pos)
+        return _Chunks(V[:n_pos], R[:n_pos], V[n_pos:], R[n_pos:], extra_pos)
 
     def read(self, g: Tensor, w: Tensor) -> None:
         """w[:, row] += g[:, pos] · vector for every write at a position < P (g [B, P, width], w [B, n_src + 1])."""
-        c = int(torch.searchsorted(self.pos, g.shape[1]))
-        part = torch.bmm(g.transpose(0, 1)[self.pos[:c]], self.vectors[:c].transpose(1, 2))  # [chunks, B, m]
-        w.index_add_(1, self.rows[:c].reshape(-1), part.permute(1, 0, 2).reshape(g.shape[0], -1))
+        B, P = g.shape[:2]
+        gt = g.transpose(0, 1)  # [P, B, width], a view
+        part = torch.bmm(gt, self.vectors[:P].transpose(1, 2))  # [P, B, m]
+        w.index_add_(1, self.rows[:P].reshape(-1), part.permute(1, 0, 2).reshape(B, -1))
+        c = int(torch.searchsorted(self.extra_pos, P))
+        if c:
+            part = torch.bmm(gt[self.extra_pos[:c]], self.extra_vectors[:c].transpose(1, 2))  # [chunks, B, m]
+            w.index_add_(1, self.extra_rows[:c].reshape(-1), part.permute(1, 0, 2).reshape(B, -1))
 
 
 def _site_entries(rm: ReplacementModel, src: Sources) -> dict[int, tuple[Tensor, Tensor]]:
@@ -139,27 +160,39 @@ class _Layers:
             x = x - x.mean(-1, keepdim=True)
         return x / sigma[: x.shape[-2], None]
 
-    def attention_back(self, layer: int, g: Tensor, single: Tensor | None, mix_only: bool = False) -> Tensor | None:
-        """g [B, P, d] at attention `layer`'s output → g plus the channel's transpose (at its input), in place.
-        `single`: when g is non-zero only at each target's own position (single[b]), the cheap form. P, γ1 and
-        1/σ1 are folded into W_V and A (`__init__`). `mix_only`: return Y [B, P, H*dh] (g mixed over positions in
-        each head's value space, before W_V'ᵀ) and leave g as it is."""
+    def attention_back(self, layer: int, g: Tensor, state: Tensor | _Once | None,
+                       mix_only: bool = False) -> tuple[Tensor | None, _Once | None]:
+        """Cross attention `layer` (a channel) backwards: g [B, P, d] at its output → g plus the channel's transpose
+        (at its input), in place. P, γ1 and 1/σ1 are folded into W_V and A (`__init__`).
+
+        `state` says what is known about g's form, so that the products against W_O are formed on fewer vectors:
+        positions [B] when g is non-zero only at each target's own position (before its first channel: W_O and
+        W_V are applied to one vector per head, and the result, ``e_p r + Σ_h A_h[p, :] ⊗ z_h``, is returned as
+        the next state), that `_Once` form (the second crossing: ``g W_Oᵀ`` from the H + 1 vectors r, z_h instead
+        of one per position), or None (dense). `mix_only`: return Y [B, P, H·dh] (g W_Oᵀ mixed over positions in
+        each head's value space, before W_V'ᵀ) and leave g as it is. Returns (Y or None, the next state)."""
         W_O, W_V, A, _ = self.attn[layer]
         H, dh = self.rm.cfg.n_heads, self.rm.cfg.d_head
         B, P, d = g.shape
-        if single is not None:
-            U = g[torch.arange(B), single] @ W_O.T  # [B, H*dh]
+        rows = torch.arange(B)
+        if isinstance(state, Tensor):  # single position per target
+            r = g[rows, state]  # [B, d] (a copy)
+            U = r @ W_O.T  # [B, H*dh]
             Z = torch.einsum("bhe,dhe->bhd", U.view(B, H, dh), W_V.view(d, H, dh))  # [B, H, d]
-            X = torch.einsum("hbq,bhd->bqd", A[:, single, :P], Z)  # A[h, p_b, q]
+            a = A[:, state, :P]  # [H, B, P]: A[h, p_b, q]
+            g.add_(torch.einsum("hbq,bhd->bqd", a, Z))
+            return None, _Once(state, r, a, Z)
+        if isinstance(state, _Once) and P > H:  # g = e_p r + Σ_h a_h ⊗ z_h: g W_Oᵀ from H + 1 vectors
+            ZW = (state.Z.reshape(B * H, d) @ W_O.T).view(B, H, H * dh)
+            U = torch.bmm(state.a.permute(1, 2, 0), ZW)  # [B, P, H*dh]
+            U[rows, state.pos] += state.r @ W_O.T
         else:
-            U = (g.reshape(B * P, d) @ W_O.T).view(B, P, H, dh)
-            Y = torch.einsum("hpq,bphe->bqhe", A[:, :P, :P], U)
-            if mix_only:
-                return Y.reshape(B, P, H * dh)
-            g.view(B * P, d).addmm_(Y.reshape(B * P, H * dh), W_V.T)
-            return None
-        g.add_(X)
-        return None
+            U = (g.reshape(B * P, d) @ W_O.T).view(B, P, H * dh)
+        Y = torch.einsum("hpq,bphe->bqhe", A[:, :P, :P], U.view(B, P, H, dh)).reshape(B, P, H * dh)
+        if mix_only:
+            return Y, None
+        g.view(B * P, d).addmm_(Y.view(B * P, H * dh), W_V.T)
+        return None, None
 
     def skip_back(self, layer: int, g: Tensor) -> None:
         W_skip, sigma = self.skip[layer]
@@ -278,7 +311,8 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
     if floor:  # every write below the lowest channel, read with the channel's value map: [v, v W_V'] against [g, Y]
         below = [(r, v) for k, (r, v) in entries.items() if k < floor]
         r, v = torch.cat([r for r, _ in below]), torch.cat([v for _, v in below])
-        low = _Chunks.build(r, src.pos[r], torch.cat([v, v @ layers.attn[(floor - 1) // 2][1]], 1), n, n_src)
+        low = _Chunks.build(r, src.pos[r], v, n, n_src)
+        low_v = _Chunks.build(r, src.pos[r], v @ layers.attn[(floor - 1) // 2][1], n, n_src)
     size = batch_size or batch_size_for(rm, n, n_src, torch.finfo(dtype).bits // 8, min(byte_limit, 2**33))
     s_rows = torch.arange(n_src)
     channel = _first_channel(rm)
@@ -289,18 +323,22 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
         g, single = _seed(rm, cache, reads, layers, t, sel, P, dtype)
         pos = t.pos[sel]
         w = torch.zeros(len(sel), n_src + 1, dtype=dtype)
+        state: Tensor | _Once | None = pos if single else None
         for k in range(int(t.start[sel[0]]), -1, -1):
             if k in writes:  # sources written at k read the residual right after k
                 writes[k].read(g, w)
             layer = (k - 1) // 2
-            if floor and k == floor and not single:  # the last crossing: read every write below in the value space
-                low.read(torch.cat([g, layers.attention_back(layer, g, None, mix_only=True)], 2), w)
+            if floor and k == floor and not isinstance(state, Tensor):  # the last crossing: read every write below
+                Y, _ = layers.attention_back(layer, g, state, mix_only=True)  # in the channel's value space
+                low.read(g, w)
+                low_v.read(Y, w)
                 break
             if k % 2 == 1 and layer in layers.attn:
-                layers.attention_back(layer, g, pos if single else None)
-                single = False
+                _, state = layers.attention_back(layer, g, state)
             elif k % 2 == 0 and k > 0 and layer in layers.skip:
                 layers.skip_back(layer, g)
+                if isinstance(state, _Once):  # g W_skip moved g off the factored form
+                    state = None
         mask = (src.site[None, :] <= t.start[sel][:, None]) & ((src.pos[None, :] == pos[:, None]) | (
             (src.pos[None, :] < pos[:, None]) & ((channel[src.site][None, :] <= t.start[sel][:, None])
                                                  | (t.kind[sel][:, None] == 1))))  # attention features read q ≤ p
