@@ -1,9 +1,11 @@
 """Issue 19: per-layer transcoders vs skip transcoders vs a cross-layer transcoder on the organism (``compare``).
 
 ``python benchmarks/clt.py compare --sets organism organism-skip organism-clt --prompts 8 --out FILE.json``
-``python benchmarks/clt.py gpt2 [--d-sae 24576] [--k 30] [--pos 64] [--tolerance 1e-3]``: a GPT-2-small-shaped random
-model (`gpt2_shaped`) with random TopK attention SAEs and one random TopK CLT of d_sae features per layer; prints
-the graph time and the peak resident memory (issue 19 target: ≤ 120 s, ≤ 12 GB on 2 cores).
+``python benchmarks/clt.py gpt2 [--d-sae 24576] [--k 30] [--layers 12] [--pos 64] [--tolerance 1e-3] [--quick]
+[--profile] [--out FILE.json]``: a GPT-2-small-shaped random model (`gpt2_shaped`) with random TopK attention SAEs
+and one random TopK CLT of d_sae features per layer; prints where the time goes, the peak resident memory and issue
+19's targets (full graph ≤ 120 s, ≤ 12 GB on 2 cores). ``--quick``: 1,024 features, 16 tokens (a smoke run).
+Measured numbers: docs/clt-benchmark.md.
 
 For each dictionary set (all with the same attention SAEs), with every dictionary spliced (error terms off):
 
@@ -110,35 +112,149 @@ def compare(sets: list[str], n_ld: int, n_graphs: int) -> dict:
     return out
 
 
-def gpt2(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
-    import resource
+#: Issue 19's targets for the GPT-2-small-shaped CLT graph on 2 cores (12 GB = 11.18 GiB).
+SCALE_TARGET_S, SCALE_TARGET_BYTES = 120.0, 12e9
+#: The target size: 12 layers, 24,576 features per layer, 64 tokens (anything else is a smoke or scaling run).
+SCALE_FULL = dict(layers=12, d_sae=24576, pos=64)
 
+
+def gpt2_clt(d_sae: int, k: int, n_layers: int = 12):
+    """(rm, clt): the GPT-2-small-shaped random model of `gpt2_shaped` (cut to its first `n_layers` blocks for smoke
+    and scaling runs) with its random TopK(k) attention SAEs of d_sae features at every layer, and one random TopK(k)
+    CLT of d_sae features per layer: encoder l reads ln2.hook_normalized of layer l, ``W_dec_l [d_sae, n_layers − l,
+    768]`` writes every MLP output l' ≥ l (n_layers·(n_layers+1)/2 decoder blocks: 78 at 12 layers). TopK gives
+    L0 = k per layer and position exactly, the approach of the per-layer `attribution.py scale` benchmark (same k,
+    so the two graphs have the same number of feature nodes). Weights as `gpt2_shaped`'s: W_enc ~ N(0, 1/768);
+    each decoder block ~ N(0, 1/(d_sae·(n_layers − l))). Only shapes matter for time and memory."""
     from gpt2_shaped import gpt2_shaped
 
-    from circuits.attribution import TopLogits, attribute
     from circuits.dictionaries.clt import CLTConfig, CrossLayerTranscoder
     from circuits.replacement import ReplacementModel
 
-    t0 = time.perf_counter()
-    attn = gpt2_shaped(d_sae, k, kinds=("attention_sae",))
-    clt = CrossLayerTranscoder(CLTConfig(12, 768, d_sae, activation="topk", k=k, context_size=1024,
+    if not 1 <= n_layers <= 12:
+        raise ValueError(f"n_layers must be between 1 and 12, got {n_layers}")
+    base = gpt2_shaped(d_sae, k, kinds=("attention_sae",))
+    model = base.model
+    if n_layers < 12:  # the first n_layers blocks of the same model (TransformerLens loops over model.blocks)
+        model.blocks = model.blocks[:n_layers]
+        model.cfg.n_layers = n_layers
+        model.setup()
+    attn = [d for d in base.dictionaries if d.cfg.layer < n_layers]
+    del base
+    clt = CrossLayerTranscoder(CLTConfig(n_layers, 768, d_sae, activation="topk", k=k, context_size=1024,
                                          model_name="gpt2-shaped-random"))
     with torch.no_grad():
         for layer in clt.layers:
             layer.W_enc.normal_(0, 768 ** -0.5)
             layer.W_dec_out.normal_(0, (d_sae * layer.W_dec_out.shape[1]) ** -0.5)
     clt.requires_grad_(False)
-    rm = ReplacementModel(attn.model, list(attn.dictionaries) + list(clt.eval().layers))
+    return ReplacementModel(model, attn + list(clt.eval().layers)), clt
+
+
+def _memory_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB: VmRSS (resident now) or VmHWM (peak resident since start or reset)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to clear_refs); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _weight_bytes(rm, clt) -> int:
+    params = {id(p): p for m in (rm.model, clt, *rm.dictionaries) for p in m.parameters()}
+    return sum(p.numel() * p.element_size() for p in params.values())
+
+
+def gpt2(d_sae: int, k: int, n_layers: int, n_pos: int, tolerance: float, profile: bool = False) -> dict:
+    """Build the model and CLT, then time one full graph (forward + `attribute`, TopLogits, `tolerance`) and
+    measure the process's peak resident memory; print a table with issue 19's targets and return the numbers."""
+    from circuits.attribution import TopLogits, attribute
+    from circuits.pruning import prune
+
+    gib = 2**30
+    t0 = time.perf_counter()
+    rm, clt = gpt2_clt(d_sae, k, n_layers)
     build_s = time.perf_counter() - t0
+    weights = _weight_bytes(rm, clt)
+    rss_built, peak_build = _memory_kib("VmRSS") * 1024, _memory_kib("VmHWM") * 1024
+    reset = _reset_peak()
     tokens = torch.randint(1, 50257, (n_pos,), generator=torch.Generator().manual_seed(0))
+    load_before = os.getloadavg()
     t = time.perf_counter()
-    g = attribute(rm, tokens, TopLogits(), edge_tolerance=tolerance, memory_limit_bytes=6 * 2**30)
-    graph_s = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()}; CLT 12 x {d_sae} features "
-          f"(TopK {k}) + 12 attention SAEs; {n_pos} tokens; tolerance {tolerance}")
-    print(f"build {build_s:.1f} s; graph {graph_s:.1f} s ({g.metadata['timings_s']}); {g.n_nodes} nodes, "
-          f"{g.n_edges} edges; peak RSS {peak:.2f} GiB")
+    cache = rm.run(tokens)
+    forward_s = time.perf_counter() - t
+    prof = None
+    if profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    t = time.perf_counter()
+    g = attribute(rm, tokens, TopLogits(), edge_tolerance=tolerance, cache=cache, memory_limit_bytes=6 * gib)
+    attribute_s = time.perf_counter() - t
+    if prof is not None:
+        prof.disable()
+    peak_graph = _memory_kib("VmHWM") * 1024
+    load_after = os.getloadavg()
+    t = time.perf_counter()
+    pruned = prune(g).graph
+    prune_s = time.perf_counter() - t
+    peak = max(peak_build, peak_graph) if reset else peak_graph
+    mask = g.explained_mask()
+    gap = (g.incoming_sum() + g.dropped + g.constants - g.pre_activations)[mask].abs().max().item()
+    kinds = [n.kind for n in g.nodes]
+    n_clt, n_attn = kinds.count("mlp_feature"), kinds.count("attn_feature")
+    total_s = forward_s + attribute_s
+    full = dict(layers=n_layers, d_sae=d_sae, pos=n_pos) == SCALE_FULL and tolerance == 1e-3
+    res = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "torch_threads": torch.get_num_threads(),
+           "load_average_before": load_before, "load_average_after": load_after, "layers": n_layers, "d_sae": d_sae,
+           "k": k, "pos": n_pos, "tolerance": tolerance, "build_s": build_s, "forward_s": forward_s,
+           "attribute_s": attribute_s, "timings_s": g.metadata["timings_s"], "graph_s": total_s,
+           "prune_s": prune_s, "nodes": g.n_nodes, "clt_features": n_clt, "attn_features": n_attn,
+           "edges": g.n_edges, "pruned": [pruned.n_nodes, pruned.n_edges], "exactness_gap": gap,
+           "weight_bytes": weights, "rss_after_build_bytes": rss_built, "peak_build_bytes": peak_build,
+           "peak_graph_bytes": peak_graph, "peak_bytes": peak, "full_size": full}
+    verdict = (lambda ok: "met" if ok else "MISSED") if full else (lambda ok: "n/a (not the target size)")
+    print(f"torch threads {res['torch_threads']}; load average {load_before[0]:.2f} / {load_before[1]:.2f} before, "
+          f"{load_after[0]:.2f} / {load_after[1]:.2f} after (1 / 5 min, {os.cpu_count()} CPUs)")
+    print(f"{n_layers} layers, d_model 768, 12 heads; one TopK CLT of {d_sae:,} features per layer (k={k}, "
+          f"{n_layers * (n_layers + 1) // 2} decoder blocks) + {n_layers} TopK attention SAEs of {d_sae:,}; "
+          f"{n_pos} tokens; TopLogits; edge_tolerance {tolerance}")
+    print(f"{'stage':<48} {'seconds':>8}")
+    for name, value in (("build model + SAEs + CLT (not counted)", build_s),
+                        ("replacement forward + cache", forward_s),
+                        ("  attribute: sources + edges (analytic)", g.metadata["timings_s"]["edges"]),
+                        ("  attribute: total", attribute_s),
+                        ("full graph: forward + attribute", total_s),
+                        ("prune (not counted)", prune_s)):
+        print(f"{name:<48} {value:>8.2f}")
+    print(f"nodes {g.n_nodes:,} ({n_clt:,} CLT features, {n_attn:,} attention features, average L0 per "
+          f"dictionary and position {(n_clt + n_attn) / (2 * n_layers * n_pos):.1f}), edges stored {g.n_edges:,}, "
+          f"pruned {pruned.n_nodes} nodes / {pruned.n_edges} edges")
+    print(f"exactness: max |edges + dropped + constant − pre-activation| = {gap:.2e}")
+    print(f"memory: weights {weights / gib:.2f} GiB (model, SAEs, CLT); resident after build {rss_built / gib:.2f} "
+          f"GiB; peak during build {peak_build / gib:.2f} GiB; peak during the graph "
+          f"{peak_graph / gib:.2f} GiB{'' if reset else ' (peak could not be reset: whole process)'}")
+    print(f"{'target (issue 19)':<48} {'measured':>18}  verdict")
+    print(f"{'full graph ≤ 120 s (forward + attribute)':<48} {total_s:>16.1f} s  {verdict(total_s <= SCALE_TARGET_S)}")
+    print(f"{'peak resident memory ≤ 12 GB (= 11.18 GiB)':<48} {peak / 1e9:>10.2f} GB "
+          f"({peak / gib:.2f} GiB)  {verdict(peak <= SCALE_TARGET_BYTES)}")
+    if prof is not None:
+        import pstats
+
+        print("\nprofile of attribute() (cProfile, top 25 by internal time):")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    return res
 
 
 def main() -> None:
@@ -150,13 +266,27 @@ def main() -> None:
     c.add_argument("--prompts", type=int, default=8, help="IOI contrast graphs per set")
     c.add_argument("--out", default=None)
     b = sub.add_parser("gpt2")
-    b.add_argument("--d-sae", type=int, default=24576)
-    b.add_argument("--k", type=int, default=30)
-    b.add_argument("--pos", type=int, default=64)
-    b.add_argument("--tolerance", type=float, default=1e-3)
+    b.add_argument("--d-sae", type=int, default=24576, help="CLT and attention-SAE features per layer")
+    b.add_argument("--k", type=int, default=30, help="TopK: active features per dictionary, layer and position")
+    b.add_argument("--layers", type=int, default=12, help="the first N blocks of the model (1-12)")
+    b.add_argument("--pos", type=int, default=64, help="prompt length in tokens")
+    b.add_argument("--tolerance", type=float, default=1e-3, help="edge_tolerance of attribute()")
+    b.add_argument("--quick", action="store_true", help="smoke run: 1,024 features, 16 tokens")
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, OMP_NUM_THREADS)")
+    b.add_argument("--profile", action="store_true", help="print a cProfile of attribute()")
+    b.add_argument("--out", default=None, help="write the numbers as JSON")
     args = ap.parse_args()
     if args.mode == "gpt2":
-        gpt2(args.d_sae, args.k, args.pos, args.tolerance)
+        if min(args.d_sae, args.k, args.pos) <= 0 or args.k > args.d_sae:
+            ap.error("--d-sae, --k and --pos must be positive, and --k at most --d-sae")
+        if not 1 <= args.layers <= 12:
+            ap.error(f"--layers must be between 1 and 12 (the GPT-2-small-shaped model's blocks), got {args.layers}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        d_sae, n_pos = (1024, 16) if args.quick else (args.d_sae, args.pos)
+        res = gpt2(d_sae, args.k, args.layers, n_pos, args.tolerance, args.profile)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=2))
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     res = compare(args.sets, args.ld_prompts, args.prompts)
