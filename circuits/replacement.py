@@ -98,6 +98,14 @@ def splice_hooks(dictionaries: Iterable[Dictionary], error: ErrorMode = "off",
     return hooks
 
 
+def reads_residual(d: Dictionary) -> bool:
+    """Whether transcoder `d` reads the raw residual stream before the MLP's norm (``hook_resid_mid``, as
+    circuit-tracer's CLTs may) instead of ``ln2.hook_normalized``: its encoder then reads ``x`` itself, with no
+    centring and no 1/σ — in the frozen model a read vector ``W_enc`` rather than ``P W_enc / σ2[p]``
+    (`circuits.dictionaries.public_sets.read_residual`)."""
+    return d.hook_in == hook_resid_mid(d.cfg.layer)
+
+
 def clt_upstream(dictionaries: Iterable[Dictionary]) -> dict[int, dict[int, Tensor]]:
     """Per cross-layer transcoder among `dictionaries` (keyed by id), an empty layer -> codes table that the hooks of
     one forward pass fill in layer order. Raises unless every CLT enters with all its layers."""

@@ -19,7 +19,7 @@ from circuits.attribution.targets import resolve_logit_targets, uncapped_logits
 from circuits.families import FAMILIES, PUBLIC_MODELS, tiny_model
 from circuits.interventions import Edit, run_edited
 from circuits.model import hook_attn_scores
-from circuits.replacement import ReplacementModel
+from circuits.replacement import AttributionError, ReplacementModel
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 TARGET = Contrast(" Mary", " John")
@@ -223,6 +223,58 @@ def test_the_reverse_engine_equals_autograd_or_is_not_picked(family, tmp_path):
             attribute(rm, PROMPT, TARGET, method="reverse")
     else:
         assert auto.metadata["method"] == "reverse"
+
+
+@pytest.fixture(scope="module")
+def rm_resid(family, tmp_path_factory):
+    """Transcoders reading the raw residual stream (``hook_resid_mid``): skip transcoders on every layer, or a CLT,
+    with attention SAEs everywhere (analytic) — circuit-tracer's CLT input."""
+    from test_skip_clt import random_clt, skip_transcoders
+
+    from circuits.dictionaries import DictionarySet
+    from circuits.dictionaries.public_sets import read_residual
+
+    model = tiny_model(family, seed=7, tokenizer_folder=tmp_path_factory.mktemp(family) / "tokenizer")
+    attn = random_dictionaries(model, seed=8, kinds=("attention_sae",))
+    out = {}
+    for kind, tcs in (("skip", skip_transcoders(model, seed=9)), ("clt", [random_clt(model, seed=10)])):
+        read_residual(tcs)
+        out[kind] = ReplacementModel(model, DictionarySet(f"resid-{kind}", {
+            **{d.cfg.name: d for d in attn}, **{str(i): d for i, d in enumerate(tcs)}}))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["skip", "clt"])
+def test_raw_residual_transcoders_keep_every_invariant(rm_resid, kind):
+    """(a) exact splice, (b) edges + constant = pre-activation, (c) doubling = edge weight, (d) analytic = autograd,
+    and QK terms = the hooked score, for skip transcoders and a CLT reading hook_resid_mid."""
+    rm = rm_resid[kind]
+    assert all(tc.hook_in.endswith("hook_resid_mid") for tc in rm.transcoders.values())
+    cache = rm.run(PROMPT)
+    with torch.no_grad():
+        assert (cache.logits - rm.model(cache.tokens[None])[0]).abs().max() <= 1e-12
+    ga = attribute(rm, PROMPT, TARGET, method="analytic", cache=cache)
+    gg = attribute(rm, PROMPT, TARGET, method="autograd", cache=cache)
+    mask = ga.explained_mask()
+    assert_close((ga.incoming_sum() + ga.constants)[mask], ga.pre_activations[mask], what="edges + constant")
+    assert_close(gg.adjacency(), ga.adjacency(), rtol=1e-9, atol=1e-12, what="analytic vs autograd")
+    a = ga.adjacency()
+    mary, john = ga.metadata["contrast"]
+    targets = [t for t, n in enumerate(ga.nodes) if n.kind.endswith("_feature") or n.kind == "logit_diff"]
+    for row in [i for i, n in enumerate(ga.nodes) if n.kind == "mlp_feature" and n.layer == 0][:3]:
+        logits, pres, _ = run_edited(rm, cache, [Edit(ga.nodes[row], "scale", 2.0)], frozen=True, direct=True)
+        raw = uncapped_logits(rm.model, logits[-1])
+        moved = [raw[mary] - raw[john] - ga.pre_activations[t] if ga.nodes[t].kind == "logit_diff" else
+                 pres[("attn_sae_L" if ga.nodes[t].kind == "attn_feature" else "transcoder_L")
+                      + str(ga.nodes[t].layer)][ga.nodes[t].pos, ga.nodes[t].index] - ga.pre_activations[t]
+                 for t in targets]
+        assert_close(torch.stack(moved).detach(), a[targets, row], rtol=1e-6, atol=1e-9, what="doubling")
+    p = cache.n_pos - 1
+    qk = explain_attention(rm, cache, 1, 0, p, p - 1)
+    assert abs(qk.value - float(_scores(rm, cache, 1)[0, p, p - 1])) < 1e-9
+    assert abs(qk.total() - qk.value) < 1e-9 * max(1.0, abs(qk.value))
+    with pytest.raises(AttributionError, match="hook_resid_mid"):
+        attribute(rm, PROMPT, TARGET, method="reverse", cache=cache)
 
 
 def _scores(rm, cache, layer):

@@ -226,15 +226,14 @@ def test_a_named_set_resolves_through_the_hub_functions(tmp_path, monkeypatch):
         assert (cache.logits - model(cache.tokens[None])[0]).abs().max() <= 1e-12
 
 
-def test_a_named_set_on_the_raw_residual_is_refused_before_its_weights_download(tmp_path, monkeypatch):
-    """circuit-tracer's CLTs may read ``hook_resid_mid``: the config is fetched and refused with the reason, and no
-    weight file is requested."""
+def test_a_named_set_with_an_unsupported_hook_is_refused_before_its_weights_download(tmp_path, monkeypatch):
+    """The config is fetched first and a hook we cannot splice is refused, naming it, with no weight file requested."""
     import huggingface_hub
 
     import circuits.model
 
     (tmp_path / "config.yaml").write_text("model_kind: cross_layer_transcoder\nmodel_name: google/gemma-2-2b\n"
-                                          "feature_input_hook: hook_resid_mid\nfeature_output_hook: hook_mlp_out\n")
+                                          "feature_input_hook: hook_resid_pre\nfeature_output_hook: hook_mlp_out\n")
     calls = []
 
     def snapshot_download(repo_id, allow_patterns=None, **kwargs):
@@ -244,6 +243,34 @@ def test_a_named_set_on_the_raw_residual_is_refused_before_its_weights_download(
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(circuits.model, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    with pytest.raises(DictionaryLoadError, match="hook_resid_mid.*un-normalised"):
+    with pytest.raises(DictionaryLoadError, match="feature_input_hook 'hook_resid_pre' cannot be spliced"):
         load_named("gemma-2-2b-clt-426k", model=object())
     assert calls == [("config.yaml",)]
+
+
+def test_a_clt_on_hook_resid_mid_reads_the_raw_residual_and_splices_exactly(tmp_path):
+    """circuit-tracer's CLT default input (``hook_resid_mid``): each layer's encoder reads the raw stream before ln2;
+    codes equal circuit-tracer's computed from the arrays, and the splice is exact."""
+    from safetensors.torch import load_file
+
+    from circuits.dictionaries.public_sets import ResidualCLTLayer
+    from circuits.model import hook_resid_mid
+
+    model = tiny_model("gemma2", seed=0, tokenizer_folder=tmp_path / "tok")
+    n, d_model = model.cfg.n_layers, model.cfg.d_model
+    folder = write_circuit_tracer_clt(tmp_path / "clt", n, d_model, 24)
+    (folder / "config.yaml").write_text((folder / "config.yaml").read_text().replace("ln2.hook_normalized",
+                                                                                     "hook_resid_mid"))
+    (clt,) = load_config_folder(folder, model)
+    clt.double()
+    assert all(isinstance(layer, ResidualCLTLayer) and layer.hook_in == hook_resid_mid(i)
+               for i, layer in enumerate(clt.layers))
+    rm = ReplacementModel(model, DictionarySet("gemma-2-2b", {"clt": clt}))
+    cache = rm.run(PROMPT)
+    with torch.no_grad():
+        assert (cache.logits - model(cache.tokens[None])[0]).abs().max() <= 1e-12
+    for layer in range(n):
+        enc = {k: v.double() for k, v in load_file(str(folder / f"W_enc_{layer}.safetensors")).items()}
+        pre = cache.resid_mid[layer] @ enc[f"W_enc_{layer}"].T + enc[f"b_enc_{layer}"]
+        codes = pre * (pre > enc[f"threshold_{layer}"])
+        assert torch.allclose(cache.codes[f"transcoder_L{layer}"], codes, atol=1e-9) and (codes > 0).any()

@@ -38,7 +38,7 @@ from circuits.attribution.targets import (
     token_string,
 )
 from circuits.graph import Graph
-from circuits.replacement import AttributionError, ReplacementCache, ReplacementModel
+from circuits.replacement import AttributionError, ReplacementCache, ReplacementModel, reads_residual
 
 Method = Literal["analytic", "reverse", "autograd", "auto"]
 
@@ -78,12 +78,14 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
         reads = resolve_logit_targets(rm.model, cache.logits[last], target, demean_logits, last)
     else:
         raise AttributionError(f"unknown target {target!r}; use TopLogits, Logit, Contrast or FeatureTarget")
-    if method == "auto":  # the reverse sweeps do not apply Gemma-2's post-norm on attention channels (yet): autograd
-        method = "analytic" if len(rm.attention_saes) == rm.n_layers else (
-            "autograd" if rm.has_post_norm else "reverse")
-    if method == "reverse" and rm.has_post_norm and len(rm.attention_saes) < rm.n_layers:
-        raise AttributionError("method 'reverse' does not yet apply the norm after attention (Gemma-2's ln1_post) on "
-                               "attention layers without an SAE; use method='autograd' (or 'auto')")
+    # the reverse sweeps apply neither Gemma-2's post-norm on attention channels nor raw-residual transcoder reads
+    unswept = (rm.has_post_norm and len(rm.attention_saes) < rm.n_layers) or any(
+        reads_residual(tc) for tc in rm.transcoders.values())
+    if method == "auto":
+        method = "analytic" if len(rm.attention_saes) == rm.n_layers else ("autograd" if unswept else "reverse")
+    if method == "reverse" and unswept:
+        raise AttributionError("method 'reverse' does not yet apply the norm after attention (Gemma-2's ln1_post) or "
+                               "transcoders reading hook_resid_mid; use method='autograd' (or 'auto')")
     limit = memory_limit_bytes if memory_limit_bytes is not None else _available_memory() // 2
     if edge_tolerance == 0:
         _check_memory(rm, src, limit)

@@ -21,6 +21,8 @@ from its (fixed) codes, each target's pre-activation is an affine function of th
    node; a CLT feature of layer l gains its decoder ``a · W_dec_l[i, l' − l]`` at every later MLP l'. Edges from a
    source to later targets thus include every path through skip channels and every decoder write of a CLT feature;
    the constant term becomes position-dependent (σ2 differs by position).
+6. **Transcoders on the raw residual** (``hook_resid_mid``, `replacement.reads_residual`): no norm between the stream
+   and the encoder, so the read vector is ``W_enc`` itself (no P, no 1/σ2), and a skip channel is ``v W_skipᵀ``.
 
 P is the LayerNorm centering ``I − 11ᵀ/d``; ``v · P u = P v · u``; with RMSNorm (Gemma-2, Llama-3, Qwen3) P = I and
 β = 0 (`ReplacementModel.center`), and σ is the frozen RMS scale. Grouped-query attention: ``W_V[h]`` is the value
@@ -42,7 +44,7 @@ from torch import Tensor
 from circuits.attribution.sources import Sources, attn_site, constant_writes, later_writes, mlp_site
 from circuits.attribution.targets import LogitRead
 from circuits.dictionaries.clt import CLTLayer
-from circuits.replacement import AttributionError, ReplacementCache, ReplacementModel
+from circuits.replacement import AttributionError, ReplacementCache, ReplacementModel, reads_residual
 
 
 @dataclass
@@ -164,12 +166,16 @@ class _Stream:
         tc = self.rm.transcoders.get(layer)
         dtype = self.C.dtype
         if tc is not None and tc.W_skip is not None:
-            sigma = self.cache.ln2_scale[layer].to(dtype)  # [pos]
             W_skip_T = tc.W_skip.to(dtype).T  # [d_model(in), d_model(out)]
             rows = torch.nonzero(self.src.site < mlp_site(layer)).flatten()
-            center = self.rm.center
-            self.V[rows] += (center(self.V[rows], 1) / sigma[self.src.pos[rows], None]) @ W_skip_T
-            self.C = self.C + (center(self.C, 1) / sigma[:, None]) @ W_skip_T
+            if reads_residual(tc):  # the skip term of the raw residual stream
+                self.V[rows] += self.V[rows] @ W_skip_T
+                self.C = self.C + self.C @ W_skip_T
+            else:
+                sigma = self.cache.ln2_scale[layer].to(dtype)  # [pos]
+                center = self.rm.center
+                self.V[rows] += (center(self.V[rows], 1) / sigma[self.src.pos[rows], None]) @ W_skip_T
+                self.C = self.C + (center(self.C, 1) / sigma[:, None]) @ W_skip_T
         rows, writes = later_writes(self.rm, self.src, layer)
         if len(rows):
             self.V.index_add_(0, rows, writes.to(dtype))
@@ -206,8 +212,10 @@ def _mlp_layer(rm, cache, src: Sources, vectors: Tensor, layer: int, rows: Tenso
     dtype = src.vectors.dtype
     W = tc.W_enc.to(dtype)[:, feats]  # [d_model, T]
     pos = src.pos[rows]
-    sigma = cache.ln2_scale[layer].to(dtype)[pos]
-    R = rm.center(W, 0) / sigma  # [d_model, T] read vectors (ln2.hook_normalized is P x / σ2, before γ2 and β2)
+    if reads_residual(tc):  # hook_resid_mid: the raw stream, read as it is
+        R = W
+    else:  # ln2.hook_normalized is P x / σ2 (x / σ2 for RMSNorm), before γ2 and β2
+        R = rm.center(W, 0) / cache.ln2_scale[layer].to(dtype)[pos]  # [d_model, T] read vectors
     col.constants[rows] = (c_before[pos] * R.T).sum(1) - tc.b_in.to(dtype) @ W + tc.b_enc.to(dtype)[feats]
     col.pre[rows] = cache.pre_activations[tc.cfg.name].to(dtype)[pos, feats]
     s_rows, start = _by_position(src, mlp_site(layer), cache.n_pos)

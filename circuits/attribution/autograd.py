@@ -31,7 +31,6 @@ from circuits.attribution.targets import LogitRead
 from circuits.model import (
     hook_attn_out,
     hook_attn_z,
-    hook_ln2_normalized,
     hook_ln_final_normalized,
     hook_mlp_out,
     hook_resid_post,
@@ -126,7 +125,7 @@ def _fixed_outputs(rm: ReplacementModel, cache: ReplacementCache) -> dict[str, T
             out[hook_mlp_out(layer)] = nxt - cache.resid_mid[layer]
             tc = rm.transcoders.get(layer)
             if tc is not None and tc.W_skip is not None:
-                x = cache.hook_values[hook_ln2_normalized(layer)]
+                x = cache.hook_values[tc.hook_in]  # ln2.hook_normalized, or hook_resid_mid
                 out[hook_mlp_out(layer)] = out[hook_mlp_out(layer)] - tc.skip_write(x.to(tc.W_skip.dtype)).to(x.dtype)
     return out
 
@@ -156,11 +155,11 @@ def _frozen_targets(rm: ReplacementModel, cache: ReplacementCache, src: Sources,
     for layer, sae in rm.attention_saes.items():
         hooks.append((hook_attn_z(layer), lambda act, hook, d=sae: captured.__setitem__(
             d.cfg.name, d.pre_activation(d.flatten_input(act).to(d.W_enc.dtype)))))
-    for layer, tc in rm.transcoders.items():
+    for tc in rm.transcoders.values():
         def read(act, hook, d=tc):
             captured[d.cfg.name] = d.pre_activation(act.to(d.W_enc.dtype))
             skip_inputs[d.cfg.name] = act
-        hooks.append((hook_ln2_normalized(layer), read))
+        hooks.append((tc.hook_in, read))
     final_hook = hook_ln_final_normalized() if rm.has_norm else hook_resid_post(rm.n_layers - 1)
     hooks.append((final_hook, lambda act, hook: captured.__setitem__("final", act)))
     tokens = cache.tokens[None].expand(B, n)

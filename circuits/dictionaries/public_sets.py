@@ -16,7 +16,9 @@ Layouts read here (each checked against its publisher's loader; round-trip tests
   weight) is our transcoders' input. ``mlp.hook_in`` (circuit-tracer's newer Llama/Qwen3 sets: the MLP's input,
   i.e. ln2's output ``x̂ ⊙ w (+ β)``) is folded exactly into the encoder: ``W_enc ← w[:, None] · W_enc``, ``b_enc ←
   b_enc + β W_enc``, and ``W_skip ← W_skip · w``, ``b_dec ← b_dec + β W_skipᵀ`` — which needs the model's ln2
-  weights (`fold_mlp_input`). Outputs: ``hook_mlp_out``, or ``mlp.hook_out`` where it is the same tensor (no norm
+  weights (`fold_mlp_input`). ``hook_resid_mid`` (the raw residual stream before ln2, circuit-tracer's CLT default)
+  is read as it is: such transcoders and CLT layers get ``hook_in = blocks.L.hook_resid_mid`` (`read_residual`), and
+  the engines read them without the norm's centring and 1/σ (`replacement.reads_residual`). Outputs: ``hook_mlp_out``, or ``mlp.hook_out`` where it is the same tensor (no norm
   after the MLP); Gemma-2's ``mlp.hook_out`` lies before ``ln2_post`` and is refused with a message.
 
 Named sets (`NAMED_SETS`) resolve through ``huggingface_hub`` when the hub is reachable (or the files are cached) and
@@ -32,12 +34,14 @@ from pathlib import Path
 
 import torch
 
-from circuits.dictionaries.base import Dictionary
+from circuits.dictionaries.base import Dictionary, Transcoder
+from circuits.dictionaries.clt import CLTLayer
 from circuits.dictionaries.dictset import DictionarySet
 from circuits.dictionaries.io import DictionaryLoadError, dictionary_from_tensors, read_safetensors
+from circuits.model import hook_resid_mid
 
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
-INPUT_HOOKS = ("ln2.hook_normalized", "mlp.hook_in")
+INPUT_HOOKS = ("ln2.hook_normalized", "mlp.hook_in", "hook_resid_mid")
 OUTPUT_HOOKS = ("hook_mlp_out", "mlp.hook_out")
 
 
@@ -132,8 +136,7 @@ def read_config(folder: Path) -> dict:
         raise DictionaryLoadError(f"{path}: model_kind must be transcoder_set or cross_layer_transcoder")
     if str(raw.get("feature_input_hook")) not in INPUT_HOOKS:
         raise DictionaryLoadError(f"{path}: feature_input_hook {raw.get('feature_input_hook')!r} cannot be spliced; "
-                                  f"only {' or '.join(INPUT_HOOKS)} (an encoder on the un-normalised residual stream "
-                                  "would need a reader scaled by the frozen norm's σ, which dictionaries do not have)")
+                                  f"only {' or '.join(INPUT_HOOKS)}")
     if str(raw.get("feature_output_hook")) not in OUTPUT_HOOKS:
         raise DictionaryLoadError(f"{path}: feature_output_hook {raw.get('feature_output_hook')!r} cannot be "
                                   f"spliced; only {' or '.join(OUTPUT_HOOKS)}")
@@ -179,6 +182,8 @@ def load_config_folder(folder: Path, model=None, model_name: str | None = None) 
         raise DictionaryLoadError(f"{folder / 'config.yaml'}: feature_output_hook 'mlp.hook_out' lies before the "
                                   "model's norm after the MLP (ln2_post); only sets predicting hook_mlp_out can be "
                                   "spliced into this model")
+    if raw.get("feature_input_hook") == "hook_resid_mid":
+        read_residual(dicts)
     if raw.get("feature_input_hook") == "mlp.hook_in":
         if model is None:
             raise DictionaryLoadError(f"{folder / 'config.yaml'}: feature_input_hook 'mlp.hook_in' reads ln2's output; "
@@ -232,6 +237,35 @@ def fold_mlp_input(dictionaries: list[Dictionary], model) -> None:
         if d.W_skip is not None:  # skip = (x̂ w + β) W_skipᵀ
             d.b_dec.add_(b @ d.W_skip.T)
             d.W_skip.mul_(w[None, :])
+
+
+class ResidualTranscoder(Transcoder):
+    """A transcoder whose encoder reads the raw residual stream before the MLP's norm (``hook_resid_mid``)."""
+
+    @property
+    def hook_in(self) -> str:
+        return hook_resid_mid(self.cfg.layer)
+
+
+class ResidualCLTLayer(CLTLayer):
+    """A CLT layer whose encoder reads ``hook_resid_mid`` (circuit-tracer's default CLT input)."""
+
+    @property
+    def hook_in(self) -> str:
+        return hook_resid_mid(self.cfg.layer)
+
+
+def read_residual(dictionaries) -> None:
+    """Make transcoders (and every layer of a CLT) read ``blocks.L.hook_resid_mid``, in place (their weights are
+    unchanged: only where the input is read from). Saving them in our SAELens layout would not record that input,
+    so such sets are used as loaded."""
+    for d in _expand(dictionaries):
+        if isinstance(d, CLTLayer):
+            d.__class__ = ResidualCLTLayer
+        elif isinstance(d, Transcoder):
+            d.__class__ = ResidualTranscoder
+        else:
+            raise DictionaryLoadError(f"{d!r}: only transcoders can read the residual stream")
 
 
 def _expand(dictionaries) -> list[Dictionary]:
@@ -295,6 +329,6 @@ def load_named(name: str, model=None) -> tuple[DictionarySet, object]:
     return DictionarySet(spec.model, {str(i): d for i, d in enumerate(dicts)}, folder), model
 
 
-__all__ = ["ALIASES", "NAMED_SETS", "NamedSet", "download", "fold_mlp_input", "is_public", "load_config_folder",
-           "load_named",
+__all__ = ["ALIASES", "NAMED_SETS", "NamedSet", "ResidualCLTLayer", "ResidualTranscoder", "download", "fold_mlp_input",
+           "is_public", "load_config_folder", "load_named", "read_residual",
            "read_config", "read_gemma_scope", "resolve"]
