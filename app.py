@@ -33,6 +33,7 @@ from circuits.explorer.state import (
     pruned,
     show_graph,
     state,
+    use_threads,
 )
 from circuits.explorer.studies_page import studies_page
 
@@ -55,6 +56,10 @@ def first_graph(notices) -> None:
 def main() -> None:
     from circuits import export
 
+    bad_threads = use_threads()  # the torch-threads rule, in this run's thread (docs/cli.md)
+    if bad_threads is not None:
+        st.error(bad_threads)
+        return
     s = state()
     if st.session_state.pop("goto_explorer", False):
         st.session_state["page"] = "explorer"

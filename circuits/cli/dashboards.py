@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from circuits.cli.common import _dashboard_db
+from circuits.cli.runtime import add_device_option, resolve_device
 from circuits.errors import CircuitsError
 
 
@@ -45,7 +46,7 @@ def _open_for_labels(args):
                             "--db FILE")
     if args.token_sets and not Path(args.token_sets).is_file():
         raise CircuitsError(f"--token-sets {args.token_sets}: no such file")
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, resolve_device(args.device))
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     db = dashboards.Dashboards(db_path, rm)  # refuses a database built for other dictionaries
     meta = db.meta
@@ -125,7 +126,7 @@ def cmd_dashboards_build(args) -> int:
     out = check_output_file(Path(args.out) if args.out else _dashboard_db(args.model), "--out")
     if args.token_sets and not Path(args.token_sets).is_file():
         raise CircuitsError(f"--token-sets {args.token_sets}: no such file")
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, resolve_device(args.device))
     sets = _token_sets(args, model)  # unknown tokens are refused here, before the build
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, args.rows, model.cfg.n_ctx, stream="heldout-dash")
@@ -168,7 +169,7 @@ def cmd_feature(args) -> int:
     elif not db_path.is_file():
         raise CircuitsError(f"no dashboard database at {db_path}; build it with `circuits dashboards build` or give "
                             "--db FILE")
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, resolve_device(args.device))
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     if args.text is not None:
         print(f"{ref}: activation on every token of the text")
@@ -199,6 +200,7 @@ def add_parser(sub) -> None:
     b.add_argument("--token-sets", metavar="FILE", help="named token sets for the labels, added to the defaults: "
                    'JSON {"name": ["token", ...]} or text lines "name: token, token"')
     b.add_argument("--quiet", action="store_true")
+    add_device_option(b)
     b.set_defaults(func=cmd_dashboards_build)
     lab = dash.add_parser("label", help="(re)compute the token-set enrichment labels of a built database (no rebuild)")
     acc = dash.add_parser("label-accuracy", help="label accuracy against the organism's planted categories "
@@ -208,6 +210,7 @@ def add_parser(sub) -> None:
         p.add_argument("--dicts", default="organism")
         p.add_argument("--db", help="database path (default data/dashboards/MODEL.sqlite)")
         p.add_argument("--quiet", action="store_true")
+        add_device_option(p)
     lab.add_argument("--token-sets", metavar="FILE", help="named token sets added to the defaults (as for build)")
     lab.set_defaults(func=cmd_dashboards_label)
     acc.add_argument("--rows", type=int, default=200, help="held-out rows the true categories are read from")
@@ -220,4 +223,5 @@ def add_parser(sub) -> None:
     f.add_argument("--db", help="database path (default data/dashboards/MODEL.sqlite)")
     f.add_argument("--text", help="test on custom text: the feature's activation on every token")
     f.add_argument("--label", help="set a label that overrides the automatic one ('' clears it)")
+    add_device_option(f)
     f.set_defaults(func=cmd_feature)

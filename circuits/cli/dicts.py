@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+from circuits.cli.runtime import add_device_option, resolve_device
 from circuits.errors import CircuitsError
 
 
@@ -61,7 +62,7 @@ def cmd_dicts_train(args) -> int:
     check_output_dir(args.out, "--out")
     if args.export:
         check_output_dir(DATA_DIR / "dictionaries" / "organism", "--export")
-    model, _ = load_model("organism")
+    model, _ = load_model("organism", resolve_device(args.device))
     cfg = DictTrainConfig(total_tokens=args.tokens, seed=args.seed, aux_coef=args.aux_coef,
                           dead_after_tokens=args.dead_after, resample_every=args.resample_every,
                           resample_until=args.resample_until, resample_dead_after_tokens=args.resample_dead_after,
@@ -140,7 +141,7 @@ def cmd_dicts_eval(args) -> int:
     for flag, v in (("--rows", args.rows), ("--dead-rows", args.dead_rows)):
         if v is not None and v < 1:
             raise CircuitsError(f"{flag} {v}: must be at least 1")
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, resolve_device(args.device))
     dset = load_dictionaries(args.dicts, model)
     sizes = FidelitySizes() if args.rows is None else FidelitySizes(rows=args.rows, mean_rows=args.rows,
                                                                    ioi_prompts=args.rows)
@@ -216,6 +217,7 @@ def add_parser(sub) -> None:
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--export", action="store_true", help="write the set to data/dictionaries/organism")
     t.add_argument("--quiet", action="store_true")
+    add_device_option(t)
     t.set_defaults(func=cmd_dicts_train)
 
     e = dicts.add_parser("eval", help="fidelity report: L0, FVU, dead, CE spliced/ablated, KL, IOI")
@@ -226,6 +228,7 @@ def add_parser(sub) -> None:
     e.add_argument("--dead-rows", type=int, default=None,
                    help="held-out rows over which a feature must fire once not to count as dead (default 8192)")
     e.add_argument("--quiet", action="store_true")
+    add_device_option(e)
     e.set_defaults(func=cmd_dicts_eval)
 
     v = dicts.add_parser("convert", help="convert public dictionary files to our (SAELens) layout")

@@ -11,7 +11,8 @@
     circuits graph show FILE  |  circuits graph diff A B
     circuits dashboards build [--model organism] [--rows N]  |  circuits feature ID [--text PROMPT] [--label L]
 
-``--debug`` (before the subcommand) shows the traceback of an error.
+``--debug`` (before the subcommand) shows the traceback of an error; ``--threads N`` sets torch's threads (the rule
+is in `circuits.cli.runtime`); commands that load a model take ``--device``.
 
 Layout: this module assembles the parser (global options, one `add_parser(sub)` per command module) and dispatches;
 each command group lives in its own module (`organism`, `dicts`, `trace`, `graph`, `dashboards`, `study`), shared
@@ -27,12 +28,15 @@ import sys
 
 from circuits.cli import dashboards, dicts, graph, organism, study, trace
 from circuits.cli.common import report_error, warn
+from circuits.cli.runtime import check_device, configure_threads
 from circuits.errors import CircuitsError
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="circuits", description="Feature-level circuits in transformers.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--threads", metavar="N", default=None,
+                   help="torch threads (default: $CIRCUITS_THREADS, else $OMP_NUM_THREADS, else 1; docs/cli.md)")
     sub = p.add_subparsers(dest="command", required=True)
 
     for group in (organism, dicts, trace, graph, dashboards, study):  # the order of `circuits --help`
@@ -56,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             for noise in (DeprecationWarning, FutureWarning, PendingDeprecationWarning, ResourceWarning):
                 warnings.simplefilter("ignore", noise)  # libraries' notes to developers, not to the user
             warnings.showwarning = show
+            configure_threads(args.threads)  # before any work: a bad count is the only output
+            if getattr(args, "device", None) is not None:
+                check_device(args.device)  # a device that is not here: before the model loads
             return args.func(args)
     except CircuitsError as e:
         if args.debug:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+from circuits.cli.runtime import add_device_option, resolve_device
 from circuits.errors import CircuitsError
 
 
@@ -69,7 +70,7 @@ def cmd_organism_eval(args) -> int:
         from circuits.inputs import check_output_file
 
         check_output_file(args.out, "--out")
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, resolve_device(args.device))
     sizes = EvalSizes().scaled(args.subsample) if args.subsample < 1 else EvalSizes()
     res = evaluate_organism(model, sizes=sizes, progress=not args.quiet)
     _print_eval_table(res)
@@ -117,6 +118,7 @@ def add_parser(sub) -> None:
     e.add_argument("--out", default=str(DATA_DIR / "organism" / "eval.json"), help="JSON output ('-': none)")
     e.add_argument("--subsample", type=float, default=1.0, help="fraction of prompts (0 < F <= 1)")
     e.add_argument("--quiet", action="store_true")
+    add_device_option(e)
     e.set_defaults(func=cmd_organism_eval)
 
     c = org.add_parser("corpus", help="print corpus rows")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from circuits.cli.common import _dashboard_db, _prompt, _token_at, _write_json, warn
+from circuits.cli.runtime import add_device_option, resolve_device
 from circuits.errors import CircuitsError
 
 
@@ -199,7 +200,7 @@ def cmd_trace(args) -> int:
              "target (leave the option out for no cap)")
     t0 = time.perf_counter()
     say(f"loading {args.model} and dictionaries {args.dicts} ...")
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, resolve_device(args.device))
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     load_s = time.perf_counter() - t0
     say("attributing ...")
@@ -408,7 +409,7 @@ def cmd_attention(args) -> int:
     from circuits.model import load_model
     from circuits.replacement import ReplacementModel
 
-    model, _ = load_model(args.model)
+    model, _ = load_model(args.model, resolve_device(args.device))
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     cache = rm.run(prompt)
     tokens = [token_string(model, t) for t in cache.tokens.tolist()]
@@ -484,6 +485,7 @@ def add_parser(sub) -> None:
                    "heads carrying the strongest edges into attention features to the graph (metadata.qk)")
     a.add_argument("--qk-heads", type=int, default=3, metavar="N", help="with --qk: how many (head, query, key) "
                    "routes (default 3)")
+    add_device_option(a)
     a.set_defaults(func=cmd_trace)
 
     at = sub.add_parser("attention", help="why a head attended where it did: its attention score as a sum over "
@@ -501,4 +503,5 @@ def add_parser(sub) -> None:
                     "pattern (softmax Jacobian × terms) instead of the pre-softmax score")
     at.add_argument("--top", type=int, default=10, help="pairs and per-side sources to list")
     at.add_argument("--json", metavar="FILE", help="write the table as JSON")
+    add_device_option(at)
     at.set_defaults(func=cmd_attention)

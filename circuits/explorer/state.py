@@ -152,6 +152,22 @@ def _pack(graph, ranked):
     return pack(graph, [export.node_label(graph, n) for n in graph.nodes], KIND_COLOURS, ranked)
 
 
+
+def use_threads() -> str | None:
+    """Apply the CLI's torch-threads rule (`circuits.cli.runtime`: CIRCUITS_THREADS, else OMP_NUM_THREADS, else 1)
+    in the calling thread. Streamlit runs every page run in a new thread and OpenMP keeps the thread count per
+    thread, so the page calls this first on every run. Returns the message for a bad value (nothing changed)."""
+    from circuits.cli.runtime import apply_threads, resolve_threads
+
+    try:
+        n, _ = resolve_threads()
+    except CircuitsError as e:
+        return str(e)
+    import torch  # noqa: F401  imported here so that apply_threads sets this thread's count now
+
+    apply_threads(n)
+    return None
+
 # -- state -----------------------------------------------------------------------------------------------------
 
 
