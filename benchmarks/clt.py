@@ -170,6 +170,15 @@ def _reset_peak() -> bool:
         return False
 
 
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process so far (all threads): what the graph costs regardless of how many
+    other processes share the cores (wall time on a loaded machine is mostly waiting)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _weight_bytes(rm, clt) -> int:
     params = {id(p): p for m in (rm.model, clt, *rm.dictionaries) for p in m.parameters()}
     return sum(p.numel() * p.element_size() for p in params.values())
@@ -190,6 +199,7 @@ def gpt2(d_sae: int, k: int, n_layers: int, n_pos: int, tolerance: float, profil
     reset = _reset_peak()
     tokens = torch.randint(1, 50257, (n_pos,), generator=torch.Generator().manual_seed(0))
     load_before = os.getloadavg()
+    cpu0 = _cpu_s()
     t = time.perf_counter()
     cache = rm.run(tokens)
     forward_s = time.perf_counter() - t
@@ -204,6 +214,7 @@ def gpt2(d_sae: int, k: int, n_layers: int, n_pos: int, tolerance: float, profil
     attribute_s = time.perf_counter() - t
     if prof is not None:
         prof.disable()
+    cpu_s = _cpu_s() - cpu0
     peak_graph = _memory_kib("VmHWM") * 1024
     load_after = os.getloadavg()
     t = time.perf_counter()
@@ -219,7 +230,7 @@ def gpt2(d_sae: int, k: int, n_layers: int, n_pos: int, tolerance: float, profil
     res = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "torch_threads": torch.get_num_threads(),
            "load_average_before": load_before, "load_average_after": load_after, "layers": n_layers, "d_sae": d_sae,
            "k": k, "pos": n_pos, "tolerance": tolerance, "build_s": build_s, "forward_s": forward_s,
-           "attribute_s": attribute_s, "timings_s": g.metadata["timings_s"], "graph_s": total_s,
+           "attribute_s": attribute_s, "timings_s": g.metadata["timings_s"], "graph_s": total_s, "graph_cpu_s": cpu_s,
            "prune_s": prune_s, "nodes": g.n_nodes, "clt_features": n_clt, "attn_features": n_attn,
            "edges": g.n_edges, "pruned": [pruned.n_nodes, pruned.n_edges], "exactness_gap": gap,
            "weight_bytes": weights, "rss_after_build_bytes": rss_built, "peak_build_bytes": peak_build,
@@ -236,6 +247,7 @@ def gpt2(d_sae: int, k: int, n_layers: int, n_pos: int, tolerance: float, profil
                         ("  attribute: sources + edges (analytic)", g.metadata["timings_s"]["edges"]),
                         ("  attribute: total", attribute_s),
                         ("full graph: forward + attribute", total_s),
+                        ("  its CPU time (user + system, all threads)", cpu_s),
                         ("prune (not counted)", prune_s)):
         print(f"{name:<48} {value:>8.2f}")
     print(f"nodes {g.n_nodes:,} ({n_clt:,} CLT features, {n_attn:,} attention features, average L0 per "
