@@ -360,6 +360,11 @@ def faithfulness(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, 
     cache = prompt if isinstance(prompt, ReplacementCache) else rm.run(prompt)
     nodes = list(circuit.nodes) if isinstance(circuit, Graph) else list(circuit)
     masks = circuit_masks(rm, cache, nodes)
+    bos = circuit.metadata.get("bos_folded") if isinstance(circuit, Graph) else None
+    if bos and bos.get("pos") is not None:  # BOS nodes folded into the graph's constants (graph.fold_bos) stay
+        for d in rm.dictionaries:
+            masks[0][d.cfg.name][bos["pos"]] |= cache.codes[d.cfg.name][bos["pos"]].cpu() != 0
+            masks[1][d.cfg.name][bos["pos"]] = True
     held = hold_inactive(ablation, cache)  # features that are not graph nodes stay at their clean value, 0
     none = ({k: torch.zeros_like(v) for k, v in masks[0].items()}, {k: torch.zeros_like(v) for k, v in masks[1].items()})
     m_c = float(metric(run_edited(rm, cache, keep=masks, ablation=held)[0]))

@@ -108,3 +108,18 @@ def test_organism_ioi_graph_folds_exactly():
     assert at_bos(f) == []
     assert identity_gap(f).max() <= 1e-4 * scale  # float32, as the organism's own identity test
     assert (identity_gap(f) - identity_gap(g)[~bos_mask(g)[g.explained_mask()]]).abs().max() <= 1e-5 * scale
+
+
+def test_faithfulness_of_a_folded_graph_keeps_the_bos_nodes(rm64, tiny_graph):
+    """The folded BOS nodes are constants of the graph: faithfulness keeps them with the circuit (as if listed)."""
+    from circuits.interventions import faithfulness, logit_diff_metric
+
+    folded = prune(fold_bos(tiny_graph), 0.8, 0.98).graph
+    metric = logit_diff_metric(rm64.model, *tiny_graph.metadata["contrast"])
+    bos = [n for n, m in zip(tiny_graph.nodes, bos_mask(tiny_graph).tolist(), strict=True) if m]
+    got = faithfulness(rm64, PROMPT, folded, metric)
+    listed = faithfulness(rm64, PROMPT, [*folded.nodes, *bos], metric)
+    assert got.circuit == listed.circuit and got.empty == listed.empty
+    assert got.n_features == listed.n_features and got.n_errors == listed.n_errors
+    without = faithfulness(rm64, PROMPT, list(folded.nodes), metric)  # a node list: nothing is added
+    assert without.n_features < got.n_features
