@@ -304,7 +304,7 @@ function draw(force) {
     const t2 = performance.now();
     const status = document.getElementById("status");
     status.textContent = `showing ${fig.nNodes.toLocaleString("en")} of ${G.n.toLocaleString("en")} nodes, ` +
-      `${fig.nEdges.toLocaleString("en")} edges` + (fig.nGroups ? ` (${fig.nGroups} supernodes collapsed)` : "");
+      `${fig.nEdges.toLocaleString("en")} edges` + (fig.nGroups ? ` (${fig.nGroups} ${grouping === "cells" ? "cells" : "supernodes"} collapsed)` : "");
     status.dataset.markers = fig.nMarkers;
     status.dataset.groups = fig.nGroups;
     status.dataset.expanded = expanded.size;
