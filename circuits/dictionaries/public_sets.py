@@ -13,16 +13,17 @@ Layouts read here (each checked against its publisher's loader; round-trip tests
   ``transcoders:`` list of per-layer files — ``hf://repo/path`` entries (downloaded) or local paths (relative to the
   folder) — as circuit-tracer's ``resolve_transcoder_paths`` does; a ``params.npz`` entry is a Gemma Scope file.
 * **Hooks.** ``feature_input_hook: ln2.hook_normalized`` (Gemma Scope: the RMS-normalised MLP input before ln2's
-  weight) is our transcoders' input. ``mlp.hook_in`` (circuit-tracer's newer Llama/Qwen3 sets: the MLP's input,
-  i.e. ln2's output ``x̂ ⊙ w (+ β)``) is folded exactly into the encoder: ``W_enc ← w[:, None] · W_enc``, ``b_enc ←
+  weight) is our transcoders' input. ``mlp.hook_in`` (circuit-tracer's Qwen3 sets: the MLP's input, i.e. ln2's
+  output ``x̂ ⊙ w (+ β)``) is folded exactly into the encoder: ``W_enc ← w[:, None] · W_enc``, ``b_enc ←
   b_enc + β W_enc``, and ``W_skip ← W_skip · w``, ``b_dec ← b_dec + β W_skipᵀ`` — which needs the model's ln2
   weights (`fold_mlp_input`). ``hook_resid_mid`` (the raw residual stream before ln2, circuit-tracer's CLT default)
   is read as it is: such transcoders and CLT layers get ``hook_in = blocks.L.hook_resid_mid`` (`read_residual`), and
-  the engines read them without the norm's centring and 1/σ (`replacement.reads_residual`). Outputs: ``hook_mlp_out``, or ``mlp.hook_out`` where it is the same tensor (no norm
-  after the MLP); Gemma-2's ``mlp.hook_out`` lies before ``ln2_post`` and is refused with a message.
+  the engines read them without the norm's centring and 1/σ (`replacement.reads_residual`). Outputs:
+  ``hook_mlp_out``, or ``mlp.hook_out`` where it is the same tensor (no norm after the MLP); Gemma-2's
+  ``mlp.hook_out`` lies before ``ln2_post`` and is refused with a message.
 
-Named sets (`NAMED_SETS`) resolve through ``huggingface_hub`` when the hub is reachable (or the files are cached) and
-fail at once offline with one message naming the offline default (``load_dictionaries('organism')``).
+Named sets (`NAMED_SETS`) resolve through ``huggingface_hub`` when the hub is reachable (the config first, its hooks
+checked before any weights are fetched) and fail at once offline with one message naming the offline default (``load_dictionaries('organism')``).
 """
 
 from __future__ import annotations
