@@ -82,12 +82,15 @@ def regions() -> dict[str, str]:
     common = max(sorted(set(peaks)), key=peaks.count) if peaks else None
     fires = (f'peaks on "{common}" in {peaks.count(common)} of its {len(peaks)} top contexts'
              if common is not None else "is dead on the held-out text")
-    label = dash.auto_label.replace(" ", KEEP)
+    peak = f"`{dash.auto_label}`".replace(" ", KEEP)
+    enriched = getattr(dash, "enrichment_label", None)  # token-set enrichment (docs/labels.md), when the database has it
+    labels = (f"Its label from token-set enrichment is {f'`{enriched}`'.replace(' ', KEEP)} (peak-token label {peak})"
+              if enriched else f"Its automatic label is {peak}")
     example = (
         f"Example: `circuits feature {fid}` shows the layer-3 transcoder feature with the largest effect on "
         f'logit("{ANSWER.strip()}") − logit("{WRONG.strip()}") at the last position of the example prompt '
         f"(activation {activation:.2f} on the final \"to\"; effect {effect:+.2f} of the logit difference "
-        f"{logit_diff:.2f}). Its automatic label is `{label}`: on held-out text it "
+        f"{logit_diff:.2f}). {labels}: on held-out text it "
         f"{fires} (density {dash.density:.2%}, maximum activation {dash.max_activation:.2f}), promotes "
         f"{_tokens(dash.logits_top)} and suppresses {_tokens(dash.logits_bottom)}.")
     example = textwrap.fill(example, width=118, break_long_words=False, break_on_hyphens=False).replace(KEEP, " ")
