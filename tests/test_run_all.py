@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,11 @@ def test_quick_run_of_one_benchmark_prints_its_table_and_targets():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--only", "nope"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown benchmark nope" in proc.stderr
+
+
+def test_every_benchmark_is_documented():
+    """docs/benchmarks.md has a section for every registered benchmark (its targets and last numbers)."""
+    headings = re.findall(r"^### (.+)$", (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8"), re.M)
+    documented = {name for h in headings for name in re.split(r",? and |, ", h)}
+    missing = sorted(b.name for b in run_all.BENCHMARKS if b.name not in documented)
+    assert not missing, f"docs/benchmarks.md has no section for {missing}"
