@@ -31,6 +31,7 @@ from statistics import mean
 
 import torch
 
+from circuits.errors import CircuitsError
 from circuits.graph import FEATURE_KINDS
 from circuits.replacement import splice_hooks
 from circuits.studies import stats
@@ -280,14 +281,58 @@ def _sets_summary(state) -> dict:
     return out
 
 
+def connect_ray(address: str) -> None:
+    """Connect this process to the Ray cluster at `address` ("HOST:PORT" of a head started with ``ray start --head``,
+    ``ray://HOST:10001`` for Ray Client, or ``auto``), or raise `CircuitsError` saying what to do. The per-prompt
+    tasks (`circuits.studies.batch.map_prompts`) then run on it; see docs/ray.md. A process already connected to
+    Ray keeps its connection (call ``ray.shutdown()`` first to change clusters)."""
+    try:
+        import ray
+    except ImportError:
+        raise CircuitsError("a Ray address was given but the 'ray' package is not installed; pip install "
+                            "'circuits[interop]' (or 'ray') on every node, or run without --ray-address") from None
+    if ray.is_initialized():
+        return
+    _check_reachable(address)
+    try:
+        ray.init(address=address)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CircuitsError(f"cannot connect to the Ray cluster at {address!r} ({reason}); start one with `ray start "
+                            "--head` on the head node, or check --ray-address") from None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A TCP connect to HOST:PORT of `address` (``ray://`` stripped; ``auto`` skipped): ``ray.init`` retries an
+    unreachable address for many minutes (more than 10 measured), so a wrong address is caught here in seconds."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise CircuitsError(f"cannot connect to the Ray cluster at {address!r} ({e}); start one with `ray start "
+                            "--head` on the head node, or check --ray-address") from None
+
+
 def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_address: str | None = None,
-              top: int = 100, progress: bool = True) -> StudyResult:
+              top: int = 100, progress: bool = True, chunk_size: int = 8) -> StudyResult:
     """Run the study of `spec` (or the given `study` object, in-process) and return its result (see `report`).
 
     With ``workers > 1`` per-prompt work runs in spawned processes (see `circuits.studies.batch`); called from the
     top level of a script without an ``if __name__ == "__main__":`` guard it runs in this process instead, with a
-    warning."""
+    warning. With `ray_address` it runs as Ray tasks of `chunk_size` prompts each (docs/ray.md); the result does not
+    depend on where or in what chunks the work ran."""
     check_not_bootstrapping()
+    if ray_address:
+        if rm is not None or study is not None:
+            raise CircuitsError("ray_address with a given rm or study: Ray workers rebuild the model, dictionaries "
+                                "and study from the spec's names, so pass names only (StudySpec) with Ray")
+        connect_ray(ray_address)  # before any model loads: a missing package or a wrong address fails at once
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     state = build_state(spec, rm, study)
@@ -299,7 +344,8 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     sets = _sets_summary(state)
     fidelity = splice_fidelity(rm, evaluation, metrics["clean_mean"])
     timings["setup_s"] = time.perf_counter() - t0
-    run = dict(workers=workers, ray_address=ray_address, rm=rm, study=given_study, progress=progress)
+    run = dict(workers=workers, ray_address=ray_address, rm=rm, study=given_study, progress=progress,
+               chunk_size=chunk_size)
 
     t1 = time.perf_counter()
     pass1 = map_prompts(spec, "analyse", {"set": "selection"}, n=len(selection), desc=f"{spec.study}: graphs", **run)
