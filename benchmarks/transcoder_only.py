@@ -1,7 +1,7 @@
 """Benchmark: transcoder-only graphs (attention layers left as frozen linear channels), issue 20.
 
     python benchmarks/transcoder_only.py organism [--repeats 3] [--autograd | --autograd-sample 64]
-                                                 [--no-circuit-tracer]
+                                                 [--no-circuit-tracer] [--threads 1,2]
     python benchmarks/transcoder_only.py scale [--d-sae 24576] [--k 30] [--pos 64] [--tolerance 1e-3]
 
 ``organism``: the organism with its four transcoders and no attention SAEs, three IOI prompts of 34–49 tokens.
@@ -140,7 +140,7 @@ def _takes_backend(cls) -> bool:
     return "backend" in inspect.signature(cls.from_config).parameters
 
 
-def organism(repeats: int, autograd: bool, circuit_tracer: bool, sample: int) -> None:
+def organism(repeats: int, autograd: bool, circuit_tracer: bool, sample: int, threads: list[int]) -> None:
     from circuits import load_dictionaries, load_model
     from circuits.attribution import Contrast, attribute
     from circuits.replacement import ReplacementModel
@@ -149,42 +149,68 @@ def organism(repeats: int, autograd: bool, circuit_tracer: bool, sample: int) ->
     dicts = load_dictionaries("organism", model)
     rm = ReplacementModel(model, [d for d in dicts if d.cfg.kind == "transcoder"])
     ct, why = circuit_tracer_model(model, rm.transcoders) if circuit_tracer else (None, "not asked")
-    print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; circuit-tracer: {why}")
-    print(f"{'tokens':>6} {'nodes':>6} {'edges':>9} {'reverse s':>9} {'autograd s':>10} {'c-t s':>8} "
-          f"{'ratio c-t':>9} {'ratio ag':>8} {'max Δ/max|w| vs autograd':>24}")
-    for prompt, io, s in PROMPTS:
-        target = Contrast(io, s)
-        attribute(rm, prompt, target)  # warm-up
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            g = attribute(rm, prompt, target)
-            times.append(time.perf_counter() - t)
-        rev = statistics.median(times)
-        ag_s, diff = float("nan"), "-"
-        if sample and not autograd:
-            diff = f"{compare_sample(rm, g, prompt, target, sample):.1e} ({sample} sampled feature targets + logit)"
-        if autograd:
-            t = time.perf_counter()
-            ga = attribute(rm, prompt, target, method="autograd")
-            ag_s = time.perf_counter() - t
-            total, per = compare(g, ga)
-            diff = f"{total:.1e} (" + ", ".join(f"{k} {v:.0e}" for k, v in per.items()) + ")"
-        ct_s = float("nan")
-        if ct is not None:
-            from circuit_tracer import attribute as ct_attribute
-
-            ct_times = []
-            for _ in range(repeats):
+    if ct is not None:
+        from circuit_tracer import attribute as ct_attribute
+    print(f"load average at start {load_avg()}; circuit-tracer: {why}")
+    print(f"{'threads':>7} {'tokens':>6} {'nodes':>6} {'edges':>9} {'reverse s':>9} {'autograd s':>10} {'c-t s':>8} "
+          f"{'ratio c-t':>9} {'ratio ag':>8} {'load':>5} {'max Δ/max|w| vs autograd':>24}")
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        for prompt, io, s in PROMPTS:
+            target = Contrast(io, s)
+            attribute(rm, prompt, target)  # warm-up
+            times, ct_times = [], []
+            for _ in range(repeats):  # alternating, so that a change in load hits both
                 t = time.perf_counter()
-                ct_attribute(rm.tokenize(prompt), ct, max_n_logits=10, desired_logit_prob=0.95, batch_size=256)
-                ct_times.append(time.perf_counter() - t)
-            ct_s = statistics.median(ct_times)
-        print(f"{g.metadata['tokens'].__len__():>6} {g.n_nodes:>6} {g.n_edges:>9} {rev:>9.2f} {ag_s:>10.1f} "
-              f"{ct_s:>8.1f} {ct_s / rev:>9.1f} {ag_s / rev:>8.0f}  {diff}")
-    print(f"load average at end {load_avg()}; peak RSS {peak_rss_gib():.2f} GiB; reverse = median of {repeats} after "
-          "a warm-up, full uncapped graph (method auto = reverse); circuit-tracer = its attribute() on the same "
-          "tokens (top logits, batch 256), median of the same number of repeats")
+                g = attribute(rm, prompt, target)
+                times.append(time.perf_counter() - t)
+                if ct is not None:
+                    t = time.perf_counter()
+                    ct_attribute(rm.tokenize(prompt), ct, max_n_logits=10, desired_logit_prob=0.95, batch_size=256,
+                                 verbose=False)
+                    ct_times.append(time.perf_counter() - t)
+            rev = statistics.median(times)
+            ct_s = statistics.median(ct_times) if ct_times else float("nan")
+            ag_s, diff = float("nan"), "-"
+            if sample and not autograd and n_threads == threads[0]:
+                diff = f"{compare_sample(rm, g, prompt, target, sample):.1e} ({sample} sampled feature targets + logit)"
+            if autograd and n_threads == threads[0]:
+                t = time.perf_counter()
+                ga = attribute(rm, prompt, target, method="autograd")
+                ag_s = time.perf_counter() - t
+                total, per = compare(g, ga)
+                diff = f"{total:.1e} (" + ", ".join(f"{k} {v:.0e}" for k, v in per.items()) + ")"
+            print(f"{n_threads:>7} {g.metadata['tokens'].__len__():>6} {g.n_nodes:>6} {g.n_edges:>9} {rev:>9.2f} "
+                  f"{ag_s:>10.1f} {ct_s:>8.1f} {ct_s / rev:>9.1f} {ag_s / rev:>8.0f} {load_avg().split()[0]:>5}  {diff}",
+                  flush=True)
+    print(f"load average at end {load_avg()}; peak RSS {peak_rss_gib():.2f} GiB; target: ratio c-t ≥ 5. reverse = "
+          f"median of {repeats} after a warm-up, full uncapped graph (method auto = reverse); circuit-tracer = its "
+          "attribute() on the same tokens (top logits, batch 256), median of as many repeats, alternating with ours")
+
+
+def gemm_gflops(seconds: float = 2.0) -> float:
+    """This process's float32 matrix-product rate now ([4096, 768] × [768, 768], the sweeps' main product shape):
+    on a shared machine it says how much of the 2 cores the run had."""
+    a, b = torch.randn(4096, 768), torch.randn(768, 768)
+    out = torch.empty(4096, 768)
+    torch.mm(a, b, out=out)
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        torch.mm(a, b, out=out)
+        n += 1
+    return 2 * 4096 * 768 * 768 * n / (time.perf_counter() - t) / 1e9
+
+
+def crossing_flops(g, d: int) -> float:
+    """The channel crossings' matrix-product work for a transcoder-only graph (every attention layer a channel):
+    a feature at MLP L, position p crosses attention L from one position (cheap), attention L−1 with g W_Oᵀ formed
+    from H + 1 vectors, layers L−2 … 1 in full (g W_Oᵀ and Y W_V'ᵀ at p + 1 positions, 2 · d_model · H·d_head flops
+    each per position) and the lowest one's W_O side only: (L − 1) full crossings for L ≥ 2."""
+    total = 0.0
+    for n in g.nodes:
+        if n.kind == "mlp_feature" and n.layer >= 2:
+            total += (n.layer - 1) * (n.pos + 1) * 4 * d * d
+    return total
 
 
 def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
@@ -197,9 +223,11 @@ def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
     print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; 12 layers, d_model 768, "
           f"12 heads, 12 transcoders x {d_sae} features (TopK k={k}), no attention SAEs, {n_pos} tokens, "
           f"edge_tolerance {tolerance}; build {build_s:.1f} s (not counted); RSS after build {peak_rss_gib():.2f} GiB")
+    before = gemm_gflops()
     t = time.perf_counter()
-    g = attribute(rm, tokens, TopLogits(), edge_tolerance=tolerance, memory_limit_bytes=6 * 2**30)
+    g = attribute(rm, tokens, TopLogits(), edge_tolerance=tolerance, memory_limit_bytes=6 * 2**30, progress=True)
     graph_s = time.perf_counter() - t
+    after = gemm_gflops()
     tm = g.metadata["timings_s"]
     n_feat = sum(n.kind.endswith("_feature") for n in g.nodes)
     mask = g.explained_mask()
@@ -208,6 +236,10 @@ def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
           f"edges {tm['edges']:.1f}); nodes {g.n_nodes} ({n_feat} features), edges stored {g.n_edges:,}")
     print(f"exactness: max |edges + dropped + constant − pre-activation| = {gap:.2e} "
           f"(largest |pre-activation| {g.pre_activations[mask].abs().max().item():.2f})")
+    work = crossing_flops(g, rm.cfg.d_model)
+    print(f"work: {work / 1e12:.2f} TFLOP in the channel crossings' products = {work / tm['edges'] / 1e9:.0f} GFLOP/s "
+          f"over the edges phase; this process's [4096,768]x[768,768] product rate before/after: {before:.0f}/"
+          f"{after:.0f} GFLOP/s (at the mean of the two the crossings alone need {2 * work / 1e9 / (before + after):.0f} s)")
     print(f"peak resident memory of the process: {peak_rss_gib():.2f} GiB; load average at end {load_avg()}")
 
 
@@ -218,6 +250,8 @@ def main() -> None:
     o.add_argument("--repeats", type=int, default=3)
     o.add_argument("--autograd", action="store_true", help="also run (and compare with) the autograd path")
     o.add_argument("--no-circuit-tracer", action="store_true")
+    o.add_argument("--threads", default=str(torch.get_num_threads()),
+                   help="comma-separated torch thread counts, each a full table (e.g. 1,2)")
     o.add_argument("--autograd-sample", type=int, default=64,
                    help="without --autograd: compare with autograd edges into this many random feature targets")
     s = sub.add_parser("scale")
@@ -227,7 +261,8 @@ def main() -> None:
     s.add_argument("--tolerance", type=float, default=1e-3)
     args = parser.parse_args()
     if args.which == "organism":
-        organism(args.repeats, args.autograd, not args.no_circuit_tracer, args.autograd_sample)
+        organism(args.repeats, args.autograd, not args.no_circuit_tracer, args.autograd_sample,
+                 [int(x) for x in args.threads.split(",")])
     else:
         scale(args.d_sae, args.k, args.pos, args.tolerance)
 

@@ -133,3 +133,55 @@ def test_tokens_reach_other_positions_only_through_unreplaced_attention(model3):
                      if g.nodes[int(a)].kind == "mlp_feature" and g.nodes[int(b)].kind == "token"]
         assert into_mlp0
         assert any(src.pos != tgt.pos for tgt, src in into_mlp0) == other_positions
+
+
+def _dense(edges, n: int, heads: bool = False) -> torch.Tensor:
+    """Edges as a dense [n, n] matrix (or [n, n, H] of per-head parts)."""
+    values = edges.head_weight if heads else edges.weight
+    out = torch.zeros((n, n) + tuple(values.shape[1:]), dtype=values.dtype)
+    out[edges.target, edges.source] = values
+    return out
+
+
+def test_head_parts_equal_analytic_when_every_attention_layer_has_an_sae(rm64):
+    from circuits.attribution.analytic import analytic_edges
+
+    cache = rm64.run(PROMPT)
+    src = collect_sources(rm64, cache)
+    reads = resolve_logit_targets(rm64.model, cache.logits[-1], Contrast(" Mary", " John"), False, cache.n_pos - 1)
+    a = analytic_edges(rm64, cache, src, reads)
+    r = reverse_edges(rm64, cache, src, reads, head_parts=True, batch_size=5)  # attention batches: 1 target
+    n = len(src) + len(reads)
+    assert a.head_weight.abs().max() > 0
+    assert_close(_dense(r, n, heads=True), _dense(a, n, heads=True), rtol=1e-9, atol=1e-12, what="head parts")
+    assert_close(_dense(r, n), _dense(a, n), rtol=1e-9, atol=1e-12, what="edges")
+
+
+def test_head_parts_through_channels_equal_autograd_with_one_head_left(model3):
+    """Attention 1 has an SAE, 0 and 2 are channels. The part of an edge into an attention-1 feature that passes
+    through head h equals the autograd edge in the frozen model whose layer-1 pattern keeps only head h (that
+    layer's pattern feeds nothing but its own features' z); the parts sum to the edge."""
+    import dataclasses
+
+    from circuits.attribution.autograd import autograd_edges
+
+    rm = ReplacementModel(model3, _dictionaries(model3, "attention 1 replaced"))
+    cache = rm.run(PROMPT)
+    src = collect_sources(rm, cache)
+    reads = resolve_logit_targets(rm.model, cache.logits[-1], Contrast(" Mary", " John"), False, cache.n_pos - 1)
+    r = reverse_edges(rm, cache, src, reads, head_parts=True)
+    plain = reverse_edges(rm, cache, src, reads)
+    n = len(src) + len(reads)
+    assert_close(_dense(r, n), _dense(plain, n), rtol=1e-12, atol=1e-13, what="edges with and without head parts")
+    attn = [i for i, node in enumerate(src.nodes) if node.kind == "attn_feature"]
+    assert attn
+    parts = _dense(r, n, heads=True)[attn]  # [T, n, H]
+    assert parts.abs().max() > 0
+    assert_close(parts.sum(-1), _dense(r, n)[attn], rtol=1e-12, atol=1e-13, what="parts sum to the edge")
+    for h in range(rm.cfg.n_heads):
+        patterns = list(cache.patterns)
+        keep = torch.zeros_like(patterns[1])
+        keep[h] = patterns[1][h]
+        patterns[1] = keep
+        one = autograd_edges(rm, dataclasses.replace(cache, patterns=patterns), src, reads, only=attn)
+        assert_close(parts[..., h], _dense(one, n)[attn], rtol=1e-9, atol=1e-12, what=f"head {h} part")

@@ -16,19 +16,22 @@ write site k. This module computes those gradients by hand, many targets at once
    transpose is ``g[q] += P(γ1 ⊙ Σ_h W_V[h] Σ_p A_h[p, q] W_O[h] g[p]) / σ1[q]``; a **skip transcoder** adds
    ``P(g W_skip) / σ2``; every other sublayer's output is fixed (features and errors are sources), so g passes
    unchanged. While g is non-zero at the target's own position only (before its first unreplaced attention
-   layer), the attention transpose is formed once per head instead of once per position; at the lowest unreplaced
-   attention layer (when no skip channel lies below it) the writes below are read in its value space,
-   ``[g, Y] · [v, v W_V']``, with the sources' projections formed once per graph (`_floor_site`).
+   layer), the attention transpose is formed once per head instead of once per position, and the result
+   ``e_p r + Σ_h A_h[p, :] ⊗ z_h`` is kept in that form (`_Once`) so that the second crossing forms ``g W_Oᵀ``
+   from H + 1 vectors instead of one per position; at the lowest unreplaced attention layer (when no skip
+   channel lies below it) the writes below are read in its value space, ``g · v + Y · (v W_V')``, with the
+   sources' projections formed once per graph (`_floor_site`).
 3. **Constant term**, independently: one frozen TransformerLens forward pass in which every source's write is
    subtracted (`autograd._frozen_targets`), read at each target. So ``Σ edges + constant = pre-activation`` checks
    the sweep against the model itself.
 
-The cost is, per target, one d_model × (n_heads·d_head) product each way per unreplaced attention layer below it
-and per position at or before it — the same work circuit-tracer's batched backward passes do, without the MLPs,
-the attention scores or the autograd graph. Batches are sized from the memory limit; edges below
-``tolerance × Σ|w|`` of their target are dropped into ``dropped`` as in the analytic engine. Edges into attention
-features carry no per-head parts here (zeros, as in the autograd engine); the analytic engine has them when every
-attention layer has an SAE.
+The cost is, per target, two d_model × (n_heads·d_head) products per unreplaced attention layer below it and per
+position at or before it, less the first crossing (one position), half the second and half the last — the same
+work circuit-tracer's batched backward passes do, without the MLPs, the attention scores or the autograd graph.
+Batches are sized from the memory limit; edges below ``tolerance × Σ|w|`` of their target are dropped into
+``dropped`` as in the analytic engine. Per-head parts of edges into attention-SAE features (through the heads of
+the feature's own layer, as the analytic engine gives them) are computed with ``head_parts=True``, one sweep per
+head for those targets; otherwise they are zeros.
 """
 
 from __future__ import annotations
@@ -244,8 +247,9 @@ def _targets(rm: ReplacementModel, src: Sources, reads: list[LogitRead], n_pos: 
 
 
 def _seed(rm: ReplacementModel, cache: ReplacementCache, reads: list[LogitRead], layers: _Layers, t: _Targets,
-          sel: Tensor, P: int, dtype) -> tuple[Tensor, bool]:
-    """g [B, P, d] for the targets `sel` (all reading after the same site), and whether it sits at one position."""
+          sel: Tensor, P: int, dtype, heads: bool = False) -> tuple[Tensor, bool]:
+    """g [B, P, d] for the targets `sel` (all reading after the same site), and whether it sits at one position.
+    `heads` (attention-SAE features only): one seed per head of the feature's layer, [B·H, P, d]."""
     B, d = len(sel), rm.cfg.d_model
     kind, layer = int(t.kind[sel[0]]), int(t.layer[sel[0]])
     pos, index = t.pos[sel], t.index[sel]
@@ -257,8 +261,11 @@ def _seed(rm: ReplacementModel, cache: ReplacementCache, reads: list[LogitRead],
         W_enc = sae.W_enc.detach().to(dtype)[:, index].T.reshape(B, H, dh)
         u = torch.einsum("bhe,hde->bhd", W_enc, attn.W_V.detach().to(dtype)) * gamma.detach().to(dtype)
         A = cache.patterns[layer].to(dtype)[:, pos, :P]  # [H, B, P]
-        g = layers._norm(torch.einsum("hbq,bhd->bqd", A, u), cache.ln1_scale[layer].to(dtype))
-        return g, False
+        if heads:
+            g = torch.einsum("hbq,bhd->bhqd", A, u).reshape(B * H, P, d)
+        else:
+            g = torch.einsum("hbq,bhd->bqd", A, u)
+        return layers._norm(g, cache.ln1_scale[layer].to(dtype)), False
     if kind == 2:
         R = rm.transcoders[layer].W_enc.detach().to(dtype)[:, index].T  # [B, d]
         sigma = cache.ln2_scale[layer].to(dtype)[pos]
@@ -272,14 +279,15 @@ def _seed(rm: ReplacementModel, cache: ReplacementCache, reads: list[LogitRead],
     return g, True
 
 
-def _batches(t: _Targets, size: int) -> list[Tensor]:
+def _batches(t: _Targets, size: int, attn_size: int) -> list[Tensor]:
+    """Targets of one read site and kind per batch: `size` per batch, `attn_size` for attention-SAE features."""
     out = []
     for s in t.start.unique().tolist():
         idx = torch.nonzero(t.start == s).flatten()
         kinds = t.kind[idx]
         for k in kinds.unique().tolist():
             sub = idx[kinds == k]
-            out += list(torch.split(sub, size))
+            out += list(torch.split(sub, attn_size if k == 1 else size))
     return out
 
 
@@ -297,8 +305,12 @@ def batch_size_for(rm: ReplacementModel, n_pos: int, n_src: int, itemsize: int, 
 @torch.no_grad()
 def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, reads: list[LogitRead],
                   tolerance: float = 0.0, byte_limit: float = float("inf"), progress: bool = False,
-                  batch_size: int | None = None) -> Edges:
-    """All edges into every active feature and every logit target of the cached prompt (no per-head parts)."""
+                  batch_size: int | None = None, head_parts: bool = False) -> Edges:
+    """All edges into every active feature and every logit target of the cached prompt.
+
+    `head_parts`: also the per-head parts of edges into attention-SAE features (``Edges.head_weight``: the part
+    that reaches the feature through each head of its own layer, as the analytic engine gives them), at H sweeps
+    per such target instead of one; without it (default) they are zeros. Other targets have none."""
     dtype = src.vectors.dtype
     n, n_src = cache.n_pos, len(src)
     col = _Collector(n_src + len(reads), rm.cfg.n_heads, dtype, tolerance, byte_limit)
@@ -318,11 +330,14 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
     channel = _first_channel(rm)
     from tqdm.auto import tqdm
 
-    for sel in tqdm(_batches(t, size), desc="edges (reverse sweeps)", disable=not progress, leave=False):
+    H = rm.cfg.n_heads
+    batches = _batches(t, size, max(1, size // H) if head_parts else size)
+    for sel in tqdm(batches, desc="edges (reverse sweeps)", disable=not progress, leave=False):
         P = int(t.pos[sel].max()) + 1
-        g, single = _seed(rm, cache, reads, layers, t, sel, P, dtype)
+        split = head_parts and int(t.kind[sel[0]]) == 1
+        g, single = _seed(rm, cache, reads, layers, t, sel, P, dtype, heads=split)
         pos = t.pos[sel]
-        w = torch.zeros(len(sel), n_src + 1, dtype=dtype)
+        w = torch.zeros(len(g), n_src + 1, dtype=dtype)
         state: Tensor | _Once | None = pos if single else None
         for k in range(int(t.start[sel[0]]), -1, -1):
             if k in writes:  # sources written at k read the residual right after k
@@ -342,7 +357,11 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
         mask = (src.site[None, :] <= t.start[sel][:, None]) & ((src.pos[None, :] == pos[:, None]) | (
             (src.pos[None, :] < pos[:, None]) & ((channel[src.site][None, :] <= t.start[sel][:, None])
                                                  | (t.kind[sel][:, None] == 1))))  # attention features read q ≤ p
-        col.add(t.rows[sel], s_rows, w[:, :n_src], mask=mask)
+        if split:  # w [B·H, ·]: one row per (target, head)
+            parts = w[:, :n_src].view(len(sel), H, n_src)
+            col.add(t.rows[sel], s_rows, parts.sum(1), heads=parts.transpose(0, 1), mask=mask)
+        else:
+            col.add(t.rows[sel], s_rows, w[:, :n_src], mask=mask)
     return col.finish()
 
 
