@@ -9,8 +9,9 @@ the target included):
    nodes have no inputs, so merging them keeps the drawing acyclic); the graph is contracted with edges summed
    (`circuits.supernodes.contract`).
 2. **The strongest boxes**: every token and target, then the other boxes in order of influence on the target in
-   the supernode graph (`circuits.pruning.influence`) until ``max_boxes``, at most ``max_per_cell`` side by side
-   in one cell (so no row grows wider than the page); boxes left without a drawn edge towards the target are
+   the supernode graph (`circuits.pruning.influence`) until ``max_boxes`` (but at least ``min_features`` of them:
+   a prompt of more than 24 tokens goes over 40 boxes rather than draw no feature), at most ``max_per_cell`` side
+   by side in one cell (so no row grows wider than the page); boxes left without a drawn edge towards the target are
    dropped.
 3. **Layout**: one column per token position (the tokens along the bottom, in prompt order), one row per sublayer
    (attention L, MLP L; the target on top; each box names its layer: ``A3``, ``M0 ×4``); boxes of one cell side
@@ -48,6 +49,7 @@ class PictureConfig:
 
     max_boxes: int = 40
     max_per_cell: int = 3  # boxes side by side in one (sublayer, position) cell, at most
+    min_features: int = 16  # boxes beyond tokens and targets, at least (long prompts exceed max_boxes by this)
     min_share: float = 0.05  # edges below this share of their target box's drawn input are not drawn
     max_edges: int = 80
     width_px: int = 1600  # the PNG is at most this wide
@@ -95,7 +97,7 @@ def choose(graph: Graph, config: PictureConfig | None = None) -> Picture:
     fixed = [i for i, n in enumerate(g.nodes) if n.kind == "token" or float(g.target_weights[i]) > 0]
     others = [i for i in range(g.n_nodes) if i not in set(fixed)]
     others.sort(key=lambda i: (-float(inf[i]), i))
-    budget = max(0, config.max_boxes - len(fixed))
+    budget = max(config.min_features, config.max_boxes - len(fixed))
     chosen, per_cell = set(fixed), {}
     for i in others:  # the most influential first, at most max_per_cell side by side in one cell
         if budget <= 0:
@@ -297,12 +299,20 @@ def _caption(graph: Graph, pic: Picture, config: PictureConfig) -> str:
               + sw(FILL["mlp_feature"], "transcoder feature") + sw(GROUP_FILL["mlp_feature"], "transcoder supernode")
               + sw(FILL["mlp_error"], "error terms") + sw(FILL["logit"], "target")
               + "</tr></table>")
+    note = f"{left}; edge width ∝ share of the receiving box's drawn input; blue excites, red inhibits"
     return ("<table border=\"0\" cellspacing=\"0\" cellpadding=\"1\">"
-            f"<tr><td align=\"left\"><b>{html.escape(prompt)}</b>  →  {html.escape(target)}</td></tr>"
+            f"<tr><td align=\"left\"><b>{_wrap(prompt, 110)}</b>  →  {html.escape(target)}</td></tr>"
             f"<tr><td align=\"left\">{html.escape(score)}</td></tr>"
-            f"<tr><td align=\"left\"><font point-size=\"10\">{html.escape(left)}; edge width ∝ share of the "
-            "receiving box's drawn input; blue excites, red inhibits</font></td></tr>"
+            f"<tr><td align=\"left\"><font point-size=\"10\">{_wrap(note, 190)}</font></td></tr>"
             f"<tr><td align=\"left\"><font point-size=\"10\">{legend}</font></td></tr></table>")
+
+
+def _wrap(text: str, width: int) -> str:
+    """Escaped text in lines of at most `width` characters (long prompts must not widen the picture)."""
+    import textwrap
+
+    lines = [html.escape(line) for line in textwrap.wrap(text, width) or [""]]
+    return "".join(f'{line}<br align="left"/>' for line in lines) if len(lines) > 1 else lines[0]
 
 
 def render_picture(graph: Graph, path: Path, fmt: str, config: PictureConfig | None = None) -> Path:

@@ -249,9 +249,12 @@ def test_picture_draws_at_most_max_boxes_on_a_position_grid(graph):
     from circuits import picture
 
     for most in (20, 40):  # tokens (15) and targets (3) are always drawn
-        source = picture.to_picture_dot(graph, picture.PictureConfig(max_boxes=most))
+        source = picture.to_picture_dot(graph, picture.PictureConfig(max_boxes=most, min_features=0))
         assert picture.box_count(source) <= most
-    pic = picture.choose(graph, picture.PictureConfig(max_boxes=20))
+    # a long prompt's tokens never crowd out the circuit: at least min_features boxes beyond tokens and targets
+    few = picture.choose(graph, picture.PictureConfig(max_boxes=10, min_features=4))
+    assert len(few.boxes) <= 18 + 4 and len(few.boxes) > 18
+    pic = picture.choose(graph, picture.PictureConfig(max_boxes=20, min_features=0))
     g = pic.contracted.graph
     tokens = [i for i in pic.boxes if g.nodes[i].kind == "token"]
     assert len(tokens) == len(graph.metadata["token_strings"])  # every token along the bottom
