@@ -2,7 +2,7 @@
 
 ``python benchmarks/clt.py compare --sets organism organism-skip organism-clt --prompts 8 --out FILE.json``
 ``python benchmarks/clt.py gpt2 [--d-sae 24576] [--k 30] [--layers 12] [--pos 64] [--tolerance 1e-3] [--quick]
-[--profile] [--out FILE.json]``: a GPT-2-small-shaped random model (`gpt2_shaped`) with random TopK attention SAEs
+[--profile] [--out FILE.json] [--micro]``: a GPT-2-small-shaped random model (`gpt2_shaped`) with random TopK attention SAEs
 and one random TopK CLT of d_sae features per layer; prints where the time goes, the peak resident memory and issue
 19's targets (full graph ≤ 120 s, ≤ 12 GB on 2 cores). ``--quick``: 1,024 features, 16 tokens (a smoke run).
 Measured numbers: docs/clt-benchmark.md.
@@ -271,6 +271,66 @@ def gpt2(d_sae: int, k: int, n_layers: int, n_pos: int, tolerance: float, profil
     return res
 
 
+def micro() -> None:
+    """Two engine changes tried on the shapes of the target-size graph, without the model (CPU seconds per call, one
+    thread, and the largest difference from the engine's current product): (1) a CLT decoder block applied to
+    TopK-30 codes of 64 tokens densely (as `CLTLayer.reconstruct` does, on the strided ``W_dec_out[:, j]``) vs
+    reading only the active rows (`train.sparse_decode`'s embedding_bag, and a gather + index_add); (2) one query
+    position's attention-feature edges as `analytic._attention_layer` computes them (12 per-head products, the
+    pattern, the sum over heads) vs one product with the pattern folded into the sources plus per-head parts for
+    1,000 kept edges per target only."""
+    from circuits.dictionaries.train import sparse_decode
+
+    torch.manual_seed(0)
+    cpu = time.process_time
+
+    def per_call(f, n=3):
+        f()
+        t = cpu()
+        for _ in range(n):
+            out = f()
+        return (cpu() - t) / n, out
+
+    d_sae = 24576
+    W = (torch.randn(d_sae, 4, 768) / d_sae ** 0.5)[:, 1]  # a strided decoder block, as W_dec_out[:, j]
+    v, i = torch.randn(64, d_sae).topk(30, dim=1)
+    codes = torch.zeros(64, d_sae).scatter_(1, i, v.relu() + 0.1)
+
+    def gather():
+        rows, feats = codes.nonzero(as_tuple=True)
+        return torch.zeros(64, 768).index_add_(0, rows, codes[rows, feats][:, None] * W[feats])
+
+    t_dense, dense = per_call(lambda: codes @ W)
+    t_bag, bag = per_call(lambda: sparse_decode(codes, W))
+    t_gather, gathered = per_call(gather)
+    print(f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}")
+    print(f"(1) one CLT decoder block, 64 tokens x TopK 30 of {d_sae:,}: dense {t_dense * 1e3:.1f} ms CPU "
+          f"(x78 blocks: {78 * t_dense:.2f} s); sparse_decode on the strided block {t_bag * 1e3:.1f} ms (max diff "
+          f"{(bag - dense).abs().max():.1e}); gather + index_add {t_gather * 1e3:.1f} ms (x78: {78 * t_gather:.2f} s, "
+          f"max diff {(gathered - dense).abs().max():.1e})")
+    H, dh, T, S = 12, 64, 30, 46000
+    W_enc, G, A = torch.randn(H, dh, T), torch.randn(H, dh, S), torch.rand(H, S)
+
+    def current():
+        heads = torch.bmm(W_enc.transpose(1, 2), G)
+        heads *= A[:, None, :]
+        return heads.sum(0), heads
+
+    def folded():
+        GA = (G * A[:, None, :]).reshape(H * dh, S)
+        return W_enc.reshape(H * dh, T).T @ GA, GA
+
+    t_cur, (w_cur, heads) = per_call(current)
+    t_fold, (w_fold, GA) = per_call(folded)
+    si = w_fold.abs().topk(1000, dim=1).indices.flatten()
+    ti = torch.arange(T).repeat_interleave(1000)
+    t_heads, hw = per_call(lambda: torch.einsum("hde,hde->eh", W_enc[:, :, ti], GA.reshape(H, dh, S)[:, :, si]))
+    print(f"(2) attention edges at one query position ({H} heads, {T} targets, {S:,} sources): current "
+          f"{t_cur * 1e3:.0f} ms CPU; pattern folded, one product {t_fold * 1e3:.0f} ms + per-head parts of "
+          f"{len(ti):,} kept edges {t_heads * 1e3:.0f} ms (max diff {(w_cur - w_fold).abs().max():.1e} of max "
+          f"{w_cur.abs().max():.0f}; heads {(hw - heads[:, ti, si].T).abs().max():.1e})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -289,6 +349,7 @@ def main() -> None:
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, OMP_NUM_THREADS)")
     b.add_argument("--profile", action="store_true", help="print a cProfile of the forward and attribute()")
     b.add_argument("--out", default=None, help="write the numbers as JSON")
+    b.add_argument("--micro", action="store_true", help="only time two engine changes on the target's shapes")
     args = ap.parse_args()
     if args.mode == "gpt2":
         if min(args.d_sae, args.k, args.pos) <= 0 or args.k > args.d_sae:
@@ -297,10 +358,13 @@ def main() -> None:
             ap.error(f"--layers must be between 1 and 12 (the GPT-2-small-shaped model's blocks), got {args.layers}")
         if args.threads:
             torch.set_num_threads(args.threads)
-        d_sae, n_pos = (1024, 16) if args.quick else (args.d_sae, args.pos)
-        res = gpt2(d_sae, args.k, args.layers, n_pos, args.tolerance, args.profile)
-        if args.out:
-            Path(args.out).write_text(json.dumps(res, indent=2))
+        if args.micro:
+            micro()
+        else:
+            d_sae, n_pos = (1024, 16) if args.quick else (args.d_sae, args.pos)
+            res = gpt2(d_sae, args.k, args.layers, n_pos, args.tolerance, args.profile)
+            if args.out:
+                Path(args.out).write_text(json.dumps(res, indent=2))
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     res = compare(args.sets, args.ld_prompts, args.prompts)
