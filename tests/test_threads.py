@@ -161,12 +161,14 @@ MODEL_COMMANDS = [
     ["dashboards", "label"],
     ["dashboards", "label-accuracy"],
     ["feature", "M3#1184", "--text", PROMPT],
+    ["study", "ioi", "--n", "4", "--workers", "1"],  # in-process: the worker state is built here
 ]
 
 
 @pytest.mark.parametrize("argv", MODEL_COMMANDS, ids=lambda a: " ".join(a[:2]).split(" When")[0])
 def test_every_command_that_loads_a_model_loads_it_on_the_device(argv, monkeypatch, tmp_path, capsys):
     """The device reaches `load_model` (recorded here instead of loading anything)."""
+    import circuits
     import circuits.model
 
     seen = []
@@ -176,12 +178,15 @@ def test_every_command_that_loads_a_model_loads_it_on_the_device(argv, monkeypat
         raise CircuitsError(f"recorded device {device}")
 
     monkeypatch.setattr(circuits.model, "load_model", record)
+    monkeypatch.setattr(circuits, "load_model", record)  # the study's worker imports it from the package
     monkeypatch.chdir(tmp_path)  # dicts train / dashboards build write nothing before loading, but in case
     if argv[:2] == ["dashboards", "build"]:
         argv = [*argv, "--out", str(tmp_path / "d.sqlite")]
     elif argv[0] == "dashboards":  # label, label-accuracy: the database must exist before the model loads
         (tmp_path / "d.sqlite").touch()
         argv = [*argv, "--db", str(tmp_path / "d.sqlite")]
+    if argv[0] == "study":
+        argv = [*argv, "--out", str(tmp_path / "report")]
     if argv[:2] == ["dicts", "train"]:
         argv = [*argv, "--out", str(tmp_path / "dicts")]
     for device, expected in (("cpu", "cpu"), ("auto", resolve_device("auto"))):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from circuits.cli.runtime import add_device_option, resolve_device
 from circuits.errors import CircuitsError
 
 
@@ -28,7 +29,8 @@ def cmd_study(args) -> int:
         options["templates"] = args.templates
     get_study(args.name, **options)  # validates the options before any model loads
     spec = StudySpec(args.name, model=args.model, dicts=args.dicts, n=args.n, seed=args.seed,
-                     options=tuple(sorted(options.items())), ig_steps=args.ig_steps)
+                     options=tuple(sorted(options.items())), ig_steps=args.ig_steps,
+                     device=resolve_device(args.device))
     from circuits.inputs import check_output_dir
 
     out = check_output_dir(args.out or f"reports/{args.name}", "--out")
@@ -80,4 +82,5 @@ def add_parser(sub) -> None:
     st.add_argument("--ray-address", default=None, help="run the per-prompt work as Ray tasks on this cluster")
     st.add_argument("--out", default=None, help="report folder (default reports/NAME)")
     st.add_argument("--quiet", action="store_true")
+    add_device_option(st)
     st.set_defaults(func=cmd_study)

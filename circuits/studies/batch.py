@@ -38,6 +38,7 @@ class StudySpec:
     seed: int = 0
     options: tuple[tuple[str, object], ...] = ()
     ig_steps: int = 4
+    device: str = "cpu"  # where each worker loads the model (the dictionaries follow it)
 
 
 @dataclass
@@ -74,7 +75,7 @@ def build_state(spec: StudySpec, rm=None, study=None) -> WorkerState:
         from circuits import load_dictionaries, load_model
         from circuits.replacement import ReplacementModel
 
-        model, _ = load_model(spec.model)
+        model, _ = load_model(spec.model, spec.device)
         rm = ReplacementModel(model, load_dictionaries(spec.dicts, model), name=spec.model)
     study = study if study is not None else get_study(spec.study, **dict(spec.options))
     raw = dict(study.prompt_sets(rm.model, spec.n, spec.seed))
