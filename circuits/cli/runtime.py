@@ -17,8 +17,8 @@ A bad value (not a whole number ≥ 1) is a `CircuitsError` that names where it 
 
 Device — ``--device auto|cpu|cuda|cuda:N|mps`` on every command that loads a model. ``auto`` (the default) is the
 best available: cuda if torch sees a GPU, else mps, else cpu. A device that is not there is a `CircuitsError` before
-the model loads. The dictionaries move with the model (`circuits.dictionaries.load_dictionaries`), and so the graphs
-computed from them.
+the model loads. The dictionaries move with the model (`circuits.dictionaries.load_dictionaries`); the graphs are
+computed where both are. Only the CPU has been run here (no GPU was available).
 """
 
 from __future__ import annotations
