@@ -51,6 +51,8 @@ def test_json_round_trip_is_lossless(graph, tmp_path):
     (lambda d: d["edges"]["source"].append(0), "edges.source has"),
     (lambda d: d["edges"]["target"].__setitem__(0, 10**6), "edges.target[0] = 1000000 is not a node"),
     (lambda d: d.__setitem__("schema_version", 99), "schema_version 99"),
+    (lambda d: d.__setitem__("paths", [{"weight": 0.5, "sign": 2, "steps": []}]), "paths[0]"),
+    (lambda d: d["nodes"].__setitem__("bos_constant", [0.0]), "nodes.bos_constant has 1 entries"),
     (lambda d: d.__setitem__("format", "something-else"), "not a circuits graph"),
 ])
 def test_schema_validation_points_at_the_bad_field(graph, tmp_path, mutate, message):
