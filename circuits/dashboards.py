@@ -10,9 +10,15 @@ For every feature of every dictionary in a set, two streaming passes over held-o
    on every token, and for attention-SAE features the decomposition of each top activation by head and by source
    position (``A[h, p, q] · v[q, h] · W_enc[h, :, i]`` — the same terms as the graph's per-head edges).
 
-**Logit effects**: the feature's write direction (``W_dec[i]`` for a transcoder; ``W_dec[i] W_O`` for an attention
-SAE feature) through the final LayerNorm as the graph reads it — centred, scaled by γ (σ omitted: it only rescales)
-— and the unembedding; the top and bottom tokens.
+**Logit effects** (`logit_effect_matrix`): a feature's direct effect on each token's logit per unit activation, as the
+graph's feature → logit edge reads it with every frozen norm scale σ set to 1 (a σ is one positive number per
+position: it rescales a feature's effects but never reorders its tokens). The write direction is ``W_dec[i]`` for a
+transcoder (a cross-layer transcoder's decoders summed: its total direct write; Gemma-2's ``ln2_post`` needs nothing,
+a transcoder predicts ``hook_mlp_out`` after it) and ``W_dec[i] W_O`` for an attention-SAE feature, times Gemma-2's
+``ln1_post`` weight (the norm after attention). The final norm reads it as the model family does
+(`ReplacementModel.center`): LayerNorm centres it then scales by γ, RMSNorm (Gemma-2, Llama-3, Qwen3) only scales by
+its weight; then the unembedding. Gemma-2's final soft-cap is monotone and not applied (the effect is on the logit
+before the cap, as graph targets are). The top and bottom tokens are stored.
 
 **Labels.** The label shown everywhere is, first found: the user's label (`set_label`); the enrichment label
 (:mod:`circuits.labels`: the token set the feature's top tokens, the tokens before them and its logit effects are
@@ -156,19 +162,37 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def write_directions(rm, d) -> Tensor:
-    """[d_sae, d_model]: each feature's write into the residual stream."""
-    if d.cfg.kind == "attention_sae":
-        return d.W_dec.to(rm.W_O_cat(d.cfg.layer).dtype) @ rm.W_O_cat(d.cfg.layer)
-    return d.W_dec
+    """[d_sae, d_model]: each feature's direct write into the residual stream per unit activation, frozen norm scales
+    σ = 1: ``W_dec[i]`` (a transcoder; a CLT layer's decoders summed), ``W_dec[i] W_O_cat`` (an attention SAE) times
+    ``w`` of Gemma-2's ``ln1_post`` (the engine's own factor ``w / σ[p]``, `ReplacementModel.attn_out_scale`)."""
+    if d.cfg.kind != "attention_sae":
+        return d.W_dec
+    W_O = rm.W_O_cat(d.cfg.layer)
+    v = d.W_dec.to(W_O.dtype) @ W_O  # as the graph's attention-feature sources (`attribution.sources.feature_writes`)
+    if rm.has_post_norm:
+        v = v * rm._post_factor("ln1_post", d.cfg.layer, torch.ones(1, dtype=v.dtype, device=v.device))
+    return v
+
+
+def logit_directions(rm, d) -> Tensor:
+    """[d_sae, d_model]: each feature's write as the unembedding reads it through the frozen final norm (σ = 1):
+    ``P v ⊙ γ`` for LayerNorm (P the centring), ``v ⊙ w`` for RMSNorm (`ReplacementModel.center`)."""
+    gamma, _ = rm.ln_weights("ln_final")
+    v = write_directions(rm, d).to(rm.model.W_U.dtype)
+    return rm.center(v) * gamma.to(v.dtype)
+
+
+@torch.no_grad()
+def logit_effect_matrix(rm, d) -> Tensor:
+    """[d_sae, d_vocab]: each feature's direct logit effect per unit activation (frozen scales σ = 1; for the tokens
+    of one prompt, the graph's feature → logit edge is this × activation / (σ_final[p] · σ_post[p]))."""
+    return logit_directions(rm, d) @ rm.model.W_U
 
 
 @torch.no_grad()
 def logit_effects(rm, d, n: int = N_LOGITS) -> tuple[list[list], list[list]]:
-    """Top and bottom ``n`` (token id, effect) per feature: write direction → centred, γ-scaled → W_U."""
-    gamma, _ = rm.ln_weights("ln_final")
-    v = write_directions(rm, d).to(rm.model.W_U.dtype)
-    v = (v - v.mean(-1, keepdim=True)) * gamma
-    eff = v @ rm.model.W_U  # [d_sae, vocab]
+    """Top and bottom ``n`` (token id, effect) per feature of `logit_effect_matrix`."""
+    eff = logit_effect_matrix(rm, d)  # [d_sae, vocab]
     top = eff.topk(n, dim=-1)
     bottom = (-eff).topk(n, dim=-1)
     return ([list(zip(i.tolist(), v_.tolist(), strict=True)) for i, v_ in zip(top.indices, top.values, strict=True)],
@@ -346,15 +370,27 @@ def _build_dictionaries(rm, rows: Tensor, con, todo: list, batch_size: int, seed
     _write(con, rm, todo, stats, contexts, attn, progress)
 
 
+def head_source_terms(rm, d, v: Tensor, A: Tensor, f: int) -> Tensor:
+    """[q, H] signed terms ``A[h, p, q] · v[q, kv(h)] · W_enc[h, :, f]`` of attention feature `f`'s encoder input at
+    one query position p, from the values ``v [q, H_kv, d_head]`` (``hook_v``) and the pattern row ``A [H, q]``.
+    Summed over q they give ``z[p, h] · W_enc[h, :, f]``. With grouped-query attention ``hook_v`` has one slot per
+    key/value head and query head h reads value head ``h // (H / H_kv)`` (TransformerLens repeats each shared head
+    for its group of query heads: ``repeat_interleave``)."""
+    H, dh = rm.cfg.n_heads, rm.cfg.d_head
+    if v.shape[1] != H:
+        v = v.repeat_interleave(H // v.shape[1], dim=1)
+    w = d.W_enc[:, f].reshape(H, dh).to(v.dtype)
+    return A.T * torch.einsum("qhd,hd->qh", v, w)
+
+
 def _attention_terms(rm, d, extra: dict, b: int, pos: int, f: int, acc: dict) -> None:
     """Accumulate |A[h,p,q] v[q,h]·W_enc[h,:,f]| by head and by offset p − q for one top activation."""
     from circuits.model import hook_attn_pattern
 
-    layer, H, dh = d.cfg.layer, rm.cfg.n_heads, rm.cfg.d_head
-    v = extra[f"blocks.{layer}.attn.hook_v"][b, : pos + 1]  # [q, H, d_head]
+    layer, H = d.cfg.layer, rm.cfg.n_heads
+    v = extra[f"blocks.{layer}.attn.hook_v"][b, : pos + 1]  # [q, H_kv, d_head]
     A = extra[hook_attn_pattern(layer)][b, :, pos, : pos + 1]  # [H, q]
-    w = d.W_enc[:, f].reshape(H, dh).to(v.dtype)
-    terms = (A.T * torch.einsum("qhd,hd->qh", v, w)).abs()  # [q, H]
+    terms = head_source_terms(rm, d, v, A, f).abs()  # [q, H]
     acc["heads"] = acc.get("heads", torch.zeros(H)) + terms.sum(0).float()
     offsets = acc.setdefault("offsets", {})
     for q, value in enumerate(terms.sum(1).tolist()):

@@ -125,12 +125,9 @@ def top_tokens_from_db(con: sqlite3.Connection) -> dict[tuple[str, int], tuple[l
 @torch.no_grad()
 def _effects(rm, d, used: np.ndarray) -> Tensor:
     """[d_sae, d_vocab] logit effects of every feature, tokens the corpus never uses set to NaN."""
-    from circuits.dashboards import write_directions
+    from circuits.dashboards import logit_effect_matrix
 
-    gamma, _ = rm.ln_weights("ln_final")
-    v = write_directions(rm, d).to(rm.model.W_U.dtype)
-    eff = ((v - v.mean(-1, keepdim=True)) * gamma) @ rm.model.W_U
-    eff = eff.float().cpu()
+    eff = logit_effect_matrix(rm, d).float().cpu()  # as the dashboards list them (the model family's final norm)
     eff[:, torch.from_numpy(used == 0)] = float("nan")
     return eff
 
