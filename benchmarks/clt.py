@@ -179,22 +179,32 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _weight_bytes(rm, clt) -> int:
-    params = {id(p): p for m in (rm.model, clt, *rm.dictionaries) for p in m.parameters()}
+def _weight_bytes(rm) -> int:
+    params = {id(p): p for m in (rm.model, *rm.dictionaries) for p in m.parameters()}
     return sum(p.numel() * p.element_size() for p in params.values())
 
 
-def gpt2(d_sae: int, k: int, n_layers: int, n_pos: int, tolerance: float, profile: bool = False) -> dict:
+def gpt2(d_sae: int, k: int, n_layers: int, n_pos: int, tolerance: float, profile: bool = False,
+         per_layer: bool = False) -> dict:
     """Build the model and CLT, then time one full graph (forward + `attribute`, TopLogits, `tolerance`) and
-    measure the process's peak resident memory; print a table with issue 19's targets and return the numbers."""
+    measure the process's peak resident memory; print a table with issue 19's targets and return the numbers.
+    per_layer: per-layer TopK transcoders of d_sae features instead of the CLT (`gpt2_shaped(d_sae, k)`, the
+    `attribution.py scale` model, 12 layers only), measured the same way, for a same-machine comparison."""
     from circuits.attribution import TopLogits, attribute
     from circuits.pruning import prune
 
     gib = 2**30
     t0 = time.perf_counter()
-    rm, clt = gpt2_clt(d_sae, k, n_layers)
+    if per_layer:
+        from gpt2_shaped import gpt2_shaped
+
+        if n_layers != 12:
+            raise ValueError("per_layer: gpt2_shaped builds 12 layers")
+        rm = gpt2_shaped(d_sae, k)
+    else:
+        rm, _ = gpt2_clt(d_sae, k, n_layers)
     build_s = time.perf_counter() - t0
-    weights = _weight_bytes(rm, clt)
+    weights = _weight_bytes(rm)
     rss_built, peak_build = _memory_kib("VmRSS") * 1024, _memory_kib("VmHWM") * 1024
     reset = _reset_peak()
     tokens = torch.randint(1, 50257, (n_pos,), generator=torch.Generator().manual_seed(0))
@@ -227,10 +237,10 @@ def gpt2(d_sae: int, k: int, n_layers: int, n_pos: int, tolerance: float, profil
     kinds = [n.kind for n in g.nodes]
     n_clt, n_attn = kinds.count("mlp_feature"), kinds.count("attn_feature")
     total_s = forward_s + attribute_s
-    full = dict(layers=n_layers, d_sae=d_sae, pos=n_pos) == SCALE_FULL and tolerance == 1e-3
+    full = dict(layers=n_layers, d_sae=d_sae, pos=n_pos) == SCALE_FULL and tolerance == 1e-3 and not per_layer
     res = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "torch_threads": torch.get_num_threads(),
            "load_average_before": load_before, "load_average_after": load_after, "layers": n_layers, "d_sae": d_sae,
-           "k": k, "pos": n_pos, "tolerance": tolerance, "build_s": build_s, "forward_s": forward_s,
+           "k": k, "pos": n_pos, "mlp": "per-layer transcoders" if per_layer else "CLT", "tolerance": tolerance, "build_s": build_s, "forward_s": forward_s,
            "attribute_s": attribute_s, "timings_s": g.metadata["timings_s"], "graph_s": total_s, "graph_cpu_s": cpu_s, "forward_cpu_s": forward_cpu_s,
            "prune_s": prune_s, "nodes": g.n_nodes, "clt_features": n_clt, "attn_features": n_attn,
            "edges": g.n_edges, "pruned": [pruned.n_nodes, pruned.n_edges], "exactness_gap": gap,
@@ -239,11 +249,13 @@ def gpt2(d_sae: int, k: int, n_layers: int, n_pos: int, tolerance: float, profil
     verdict = (lambda ok: "met" if ok else "MISSED") if full else (lambda ok: "n/a (not the target size)")
     print(f"torch threads {res['torch_threads']}; load average {load_before[0]:.2f} / {load_before[1]:.2f} before, "
           f"{load_after[0]:.2f} / {load_after[1]:.2f} after (1 / 5 min, {os.cpu_count()} CPUs)")
-    print(f"{n_layers} layers, d_model 768, 12 heads; one TopK CLT of {d_sae:,} features per layer (k={k}, "
-          f"{n_layers * (n_layers + 1) // 2} decoder blocks) + {n_layers} TopK attention SAEs of {d_sae:,}; "
+    mlp = (f"{n_layers} per-layer TopK transcoders of {d_sae:,} (k={k}; the CLT's comparison, not its target)"
+           if per_layer else f"one TopK CLT of {d_sae:,} features per layer (k={k}, "
+           f"{n_layers * (n_layers + 1) // 2} decoder blocks)")
+    print(f"{n_layers} layers, d_model 768, 12 heads; {mlp} + {n_layers} TopK attention SAEs of {d_sae:,}; "
           f"{n_pos} tokens; TopLogits; edge_tolerance {tolerance}")
     print(f"{'stage':<48} {'seconds':>8}")
-    for name, value in (("build model + SAEs + CLT (not counted)", build_s),
+    for name, value in (("build model + dictionaries (not counted)", build_s),
                         ("replacement forward + cache", forward_s),
                         ("  attribute: sources + edges (analytic)", g.metadata["timings_s"]["edges"]),
                         ("  attribute: total", attribute_s),
@@ -252,11 +264,11 @@ def gpt2(d_sae: int, k: int, n_layers: int, n_pos: int, tolerance: float, profil
                         ("    of which the forward", forward_cpu_s),
                         ("prune (not counted)", prune_s)):
         print(f"{name:<48} {value:>8.2f}")
-    print(f"nodes {g.n_nodes:,} ({n_clt:,} CLT features, {n_attn:,} attention features, average L0 per "
+    print(f"nodes {g.n_nodes:,} ({n_clt:,} {'transcoder' if per_layer else 'CLT'} features, {n_attn:,} attention features, average L0 per "
           f"dictionary and position {(n_clt + n_attn) / (2 * n_layers * n_pos):.1f}), edges stored {g.n_edges:,}, "
           f"pruned {pruned.n_nodes} nodes / {pruned.n_edges} edges")
     print(f"exactness: max |edges + dropped + constant − pre-activation| = {gap:.2e}")
-    print(f"memory: weights {weights / gib:.2f} GiB (model, SAEs, CLT); resident after build {rss_built / gib:.2f} "
+    print(f"memory: weights {weights / gib:.2f} GiB (model and dictionaries); resident after build {rss_built / gib:.2f} "
           f"GiB; peak during build {peak_build / gib:.2f} GiB; peak during the graph "
           f"{peak_graph / gib:.2f} GiB{'' if reset else ' (peak could not be reset: whole process)'}")
     print(f"{'target (issue 19)':<48} {'measured':>18}  verdict")
@@ -350,10 +362,14 @@ def main() -> None:
     b.add_argument("--profile", action="store_true", help="print a cProfile of the forward and attribute()")
     b.add_argument("--out", default=None, help="write the numbers as JSON")
     b.add_argument("--micro", action="store_true", help="only time two engine changes on the target's shapes")
+    b.add_argument("--per-layer", action="store_true",
+                   help="per-layer transcoders instead of the CLT (12 layers): the same measurement, for comparison")
     args = ap.parse_args()
     if args.mode == "gpt2":
         if min(args.d_sae, args.k, args.pos) <= 0 or args.k > args.d_sae:
             ap.error("--d-sae, --k and --pos must be positive, and --k at most --d-sae")
+        if args.per_layer and args.layers != 12:
+            ap.error("--per-layer builds gpt2_shaped's 12 layers; leave --layers at 12")
         if not 1 <= args.layers <= 12:
             ap.error(f"--layers must be between 1 and 12 (the GPT-2-small-shaped model's blocks), got {args.layers}")
         if args.threads:
@@ -362,7 +378,7 @@ def main() -> None:
             micro()
         else:
             d_sae, n_pos = (1024, 16) if args.quick else (args.d_sae, args.pos)
-            res = gpt2(d_sae, args.k, args.layers, n_pos, args.tolerance, args.profile)
+            res = gpt2(d_sae, args.k, args.layers, n_pos, args.tolerance, args.profile, args.per_layer)
             if args.out:
                 Path(args.out).write_text(json.dumps(res, indent=2))
         return
