@@ -8,7 +8,8 @@
 * Kissane GPT-2 attention SAEs: a raw state dict ``.pt`` (``W_enc, W_dec, b_enc, b_dec``) + ``<stem>_cfg.json``
   (``act_name``, ``act_size``, ``dict_size``, ``layer``, ...); ReLU; input centered by ``b_dec``.
 * SAELens folders: `circuits.dictionaries.io.load_dictionary` (JumpReLU ``threshold`` required when named;
-  ``n_heads`` from the caller or the model name for attention SAEs on hook_z).
+  ``n_heads`` from the caller or the model name for attention SAEs on hook_z; which architectures and options map
+  exactly and which are refused: docs/interop.md, tested against the real sae-lens).
 * circuit-tracer 0.5.0 transcoder folders (``config.yaml``, ``model_kind: transcoder_set``) +
   ``layer_{i}.safetensors`` with ``W_enc [d_tc, d_model]`` (transposed relative to SAELens), ``W_dec [d_tc,
   d_model]``, ``b_enc``, ``b_dec``, optional ``activation_function.threshold`` (JumpReLU, ``pre > θ``) and
