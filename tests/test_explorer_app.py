@@ -235,3 +235,18 @@ def test_a_graph_of_another_model_says_so_instead_of_running_the_organism(app, m
     assert not app.exception and not app.error, [e.value for e in app.error]
     assert any("'my-model'" in i.value for i in app.info)
     assert app.text_area(key="prompt").value != LYON  # the sidebar cannot trace it: left as it was
+
+
+def test_example_graphs_open_with_bos_folded(app):
+    """Issue 21 item 3: the shipped example graphs (written before folding existed) open BOS-folded, like every
+    traced graph: no feature or error node at the BOS position, the folded weight in the constants."""
+    from circuits import export
+    from circuits.graph import bos_mask
+
+    raw = export.loads((ROOT / "data" / "graphs" / "induction.json").read_bytes(), "induction.json")
+    assert bool(bos_mask(raw).any())  # the file itself has BOS nodes (else this test could not fail)
+    _open_example(app, "induction.json")
+    shown = app.session_state["graph"]
+    assert shown.metadata.get("bos_folded") is not None
+    assert not bool(bos_mask(shown).any())
+    assert shown.n_nodes == raw.n_nodes - int(bos_mask(raw).sum())

@@ -40,7 +40,7 @@ def files(full, g) -> None:
     if examples:
         pick = st.selectbox("example graphs", ["—"] + [p.name for p in examples], key="gallery")
         if pick != "—" and st.button("open example", key="open_example"):
-            load_graph_bytes((GALLERY / pick).read_bytes(), pick)
+            load_graph_bytes((GALLERY / pick).read_bytes(), pick, fold=True)
 
 
 def _svg(graph) -> str:
@@ -52,15 +52,21 @@ def _svg(graph) -> str:
         return export.render(graph, Path(tmp) / "g.svg", "svg").read_text()
 
 
-def load_graph_bytes(data: bytes, name: str) -> None:
+def load_graph_bytes(data: bytes, name: str, fold: bool = False) -> None:
     """Open a graph file's bytes: every defect (not UTF-8, not JSON, nested too deeply, not a graph) is one message
-    and keeps the current graph. The sidebar shows the opened graph's prompt from the next run on."""
+    and keeps the current graph. The sidebar shows the opened graph's prompt from the next run on.
+
+    ``fold``: fold BOS features and errors into constants (`circuits.graph.fold_bos`), as every traced graph is —
+    used for the shipped example graphs, written before folding existed. A user's own file is shown as saved."""
     from circuits import export
+    from circuits.graph import fold_bos
 
     s = state()
     graph = guarded(export.loads, data, name)
     if graph is None:
         return
+    if fold:
+        graph = fold_bos(graph)
     show_graph(graph, run_of(graph, st.session_state.get("dicts")))
     s["pending_sidebar"] = sidebar_from_graph(graph)
     s["flash"] = f"opened {name}: {graph.n_nodes} nodes, {graph.n_edges} edges"
