@@ -186,6 +186,14 @@ def heading_anchors(path: Path) -> set[str]:
     return anchors
 
 
+def test_every_doc_page_is_linked_from_the_index_and_the_readme():
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")}
+    index = set(re.findall(r"\]\(([\w.-]+\.md)[)#]", (ROOT / "docs" / "index.md").read_text(encoding="utf-8")))
+    readme = set(re.findall(r"\]\(docs/([\w.-]+\.md)[)#]", README.read_text(encoding="utf-8")))
+    assert not pages - index - {"index.md"}, f"docs/index.md does not link {sorted(pages - index - {'index.md'})}"
+    assert not pages - readme, f"README.md does not link {sorted(pages - readme)}"
+
+
 def test_heading_anchors(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("# A title\n## How the targets were reached (2026-11-21, phase-5 organism)\n"
