@@ -172,17 +172,30 @@ def test_saelens_folder_in_ours(sae_lens, arch, apply_b_dec, tmp_path):
         assert (sae.threshold < 0).any()  # the clamp θ → max(θ, 0) is exercised (SAELens applies ReLU first)
 
 
+def _shipped_members() -> list[Path]:
+    """Every per-layer dictionary folder of the shipped sets (organism, and organism-skip when present)."""
+    out = []
+    for set_json in sorted((ROOT / "data" / "dictionaries").glob("*/set.json")):
+        for name in json.loads(set_json.read_text())["dictionaries"]:  # members may be "../organism/attn_sae_L0"
+            folder = (set_json.parent / name).resolve()
+            raw = json.loads((folder / "cfg.json").read_text())
+            if raw.get("circuits", {}).get("kind") != "cross_layer_transcoder" and folder not in out:
+                out.append(folder)
+    return out
+
+
 def test_organism_set_in_saelens(sae_lens):
-    """The shipped set: hook names kept, codes and outputs bit-identical on the organism's own activations."""
+    """The shipped sets: hook names kept, codes and outputs bit-identical on the organism's own activations."""
     from circuits import load_model
 
     model, _ = load_model("organism")
     tokens = model.to_tokens("When Mary and John went to the store, John gave a drink to")
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens)
-    members = json.loads((ORGANISM / "set.json").read_text())["dictionaries"]
-    for name in members:
-        folder = ORGANISM / name
+    members = _shipped_members()
+    assert (ORGANISM / "transcoder_L0").resolve() in members
+    for folder in members:
+        name = str(folder.relative_to(ROOT))
         ours = load_dictionary(folder)
         sae = sae_lens.SAE.load_from_disk(str(folder))
         meta = sae.cfg.metadata
@@ -215,7 +228,7 @@ def test_shipped_configs_are_current():
     """Every shipped cfg.json is what `saelens_cfg` writes today (run `refresh_set` when this fails)."""
     from circuits.dictionaries.io import saelens_cfg
 
-    for cfg_path in sorted(ORGANISM.glob("*/cfg.json")):
+    for cfg_path in sorted(folder / "cfg.json" for folder in _shipped_members()):
         raw = json.loads(cfg_path.read_text())
         fields = dict(raw["circuits"])
         fields["activation"] = fields.pop("trained_activation")
