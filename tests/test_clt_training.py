@@ -242,3 +242,30 @@ def test_case_study_runs_end_to_end_with_skip_and_clt(study_rm, tmp_path):
     assert result.data["circuit"]["n_features"] == 5
     write_report(result, tmp_path / "r")
     assert (tmp_path / "r" / "report.md").exists()
+
+
+@pytest.fixture(scope="module")
+def organism():
+    from circuits.model import load_model
+
+    return load_model("organism").model
+
+
+@pytest.mark.parametrize("name", ["organism-skip", "organism-clt"])
+def test_named_organism_sets_load_with_the_default_attention_saes(name, organism):
+    """`load_dictionaries("organism-skip" / "organism-clt")` reads the committed sets: their MLP replacement is a
+    skip transcoder per layer / one CLT of 2,048 features per layer, and their attention SAEs are the default
+    set's (linked, not copied)."""
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import DATA_DIR
+
+    dset = load_dictionaries(name, organism)
+    base = load_dictionaries("organism", organism)
+    assert len(dset) == 8 and not (DATA_DIR / "dictionaries" / name / "attn_sae_L0").exists()
+    for layer in range(4):
+        torch.testing.assert_close(dset.attention_sae(layer).W_enc, base.attention_sae(layer).W_enc, rtol=0, atol=0)
+        tc = dset.transcoder(layer)
+        if name == "organism-skip":
+            assert tc.cfg.skip and tc.cfg.d_sae == base.transcoder(layer).cfg.d_sae
+        else:
+            assert len(dset.clts) == 1 and tc.clt is dset.clts[0] and tc.cfg.d_sae == 2048
