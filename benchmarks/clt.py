@@ -66,9 +66,10 @@ def graph_stats(rm, prompts) -> dict:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} | {"n": len(rows), "per_prompt": rows}
 
 
-#: Fidelity sizes of the comparison (smaller than `FidelitySizes()` so that three sets fit a session; the same for
-#: every set): 16,384 scored tokens, 262,144 tokens for the dead fraction, 100 IOI prompts per order.
-SIZES = dict(rows=128, mean_rows=64, ioi_prompts=100, batch=32, dead_rows=2048)
+#: Fidelity sizes of the comparison (smaller than `FidelitySizes()` so that three sets fit a session on a loaded
+#: 2-core machine; the same for every set): 8,192 scored tokens, 131,072 tokens for the dead fraction, 50 IOI
+#: prompts per order (training templates; the held-out-template number is `ld_kept` on the study's prompts).
+SIZES = dict(rows=64, mean_rows=32, ioi_prompts=50, batch=32, dead_rows=1024)
 
 
 def fidelity(model, dset) -> dict:
@@ -348,8 +349,8 @@ def main() -> None:
     sub = ap.add_subparsers(dest="mode", required=True)
     c = sub.add_parser("compare")
     c.add_argument("--sets", nargs="+", default=["organism", "organism-skip", "organism-clt"])
-    c.add_argument("--ld-prompts", type=int, default=200)
-    c.add_argument("--prompts", type=int, default=8, help="IOI contrast graphs per set")
+    c.add_argument("--ld-prompts", type=int, default=100)
+    c.add_argument("--prompts", type=int, default=4, help="IOI contrast graphs per set")
     c.add_argument("--out", default=None)
     b = sub.add_parser("gpt2")
     b.add_argument("--d-sae", type=int, default=24576, help="CLT and attention-SAE features per layer")
