@@ -14,7 +14,10 @@
 * **GraphML** through networkx, every node and edge attribute included (per-head parts as a JSON string).
 * **circuit-tracer / Neuronpedia JSON** (their field names and types). That format has no attention features:
   they are exported with ``feature_type = "attention sae"`` and node ids ``"A{layer}_{feature}_{pos}"``; their
-  errors with ``feature_type = "attention reconstruction error"`` and ids ``"A0_{layer}_{pos}"``; a contrast
+  errors with ``feature_type = "attention reconstruction error"`` and ids ``"A0_{layer}_{pos}"``. Its frontend
+  keys a node by ``{layer}_{feature}_{ctx_idx}``, so an attention node's ``feature`` field is shifted out of the
+  transcoders' range: ``CT_ATTN_FEATURE_OFFSET + index`` for attention features, ``-2`` for attention errors
+  (``-1`` for MLP errors) — the node id keeps the plain index; a contrast
   target is a logit node whose ``clerp`` names both tokens. Our JSON stays the lossless format.
 
 All writers write to a temporary file and rename it, so an existing file is never left half-written.
@@ -416,6 +419,10 @@ def _ct_node_id(node: Node, n_layers: int) -> str:
     return f"{n_layers + 1}_{node.index}_{node.pos}"
 
 
+#: circuit-tracer's frontend keys nodes by layer, ``feature`` and position: attention features get this offset added
+#: to their ``feature`` field (never to their node id) so they cannot collide with a transcoder feature.
+CT_ATTN_FEATURE_OFFSET = 10_000_000
+
 CT_FEATURE_TYPES = {"mlp_feature": "cross layer transcoder", "attn_feature": "attention sae",
                     "mlp_error": "mlp reconstruction error", "attn_error": "attention reconstruction error",
                     "token": "embedding", "logit": "logit", "logit_diff": "logit"}
@@ -436,12 +443,12 @@ def to_circuit_tracer(graph: Graph, slug: str = "circuits-graph", influence=None
     for i, node in enumerate(graph.nodes):
         is_logit = node.kind in ("logit", "logit_diff")
         layer = "E" if node.kind == "token" else (str(n_layers + 1) if is_logit else str(node.layer))
-        if node.kind.endswith("_feature"):
-            feature = node.index
-        elif node.kind == "token" or is_logit:
+        if node.kind == "attn_feature":
+            feature = CT_ATTN_FEATURE_OFFSET + node.index
+        elif node.kind == "mlp_feature" or node.kind == "token" or is_logit:
             feature = node.index
         else:
-            feature = -1
+            feature = -2 if node.kind == "attn_error" else -1
         nid = _ct_node_id(node, n_layers)
         p = probs.get(tuple(node.to_json()))
         clerp = node_label(graph, node)

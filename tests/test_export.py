@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,6 +144,40 @@ def test_circuit_tracer_json_has_their_fields_and_types(graph, tmp_path):
     tokens = [n for n in data["nodes"] if n["feature_type"] == "embedding"]
     assert all(n["node_id"] == f"E_{n['feature']}_{n['ctx_idx']}" for n in tokens)
     assert data["qParams"]["pinnedIds"] and data["qParams"]["supernodes"][0][0] == "late"
+
+
+def _frontend_keys(nodes: list[dict], n_tokens: int) -> list[str]:
+    """circuit-tracer's frontend key of each node (its util-cg.js: ``{layer}_{feature}_{ctx_idx}``, error nodes
+    suffixed ``__err_idx_{ctx_from_end}``)."""
+    keys = []
+    for n in nodes:
+        key = f"{n['layer']}_{n['feature']}_{n['ctx_idx']}"
+        if "error" in n["feature_type"]:
+            key += f"__err_idx_{n_tokens - n['ctx_idx']}"
+        keys.append(key)
+    return keys
+
+
+def test_circuit_tracer_frontend_keys_are_unique_on_the_organism_example():
+    """circuit-tracer's frontend identifies a node by layer, feature and position: an attention feature and a
+    transcoder feature with the same layer, index and position (and the two error kinds at one layer and position)
+    must not share a key. Attention nodes' ``feature`` is shifted (`CT_ATTN_FEATURE_OFFSET`, -2 for their errors);
+    node ids keep the plain index."""
+    path = Path(__file__).resolve().parent.parent / "data" / "graphs" / "ioi_abba.json"
+    graph = export.loads(path.read_bytes(), path.name)
+    data = export.to_circuit_tracer(graph)
+    n_tokens = len(data["metadata"]["prompt_tokens"])
+    keys = _frontend_keys(data["nodes"], n_tokens)
+    assert len(set(keys)) == len(keys)
+    attn = [n for n in data["nodes"] if n["feature_type"] == "attention sae"]
+    assert attn and all(n["feature"] >= export.CT_ATTN_FEATURE_OFFSET for n in attn)
+    assert all(n["node_id"] == f"A{n['layer']}_{n['feature'] - export.CT_ATTN_FEATURE_OFFSET}_{n['ctx_idx']}"
+               for n in attn)
+    # without the shift this example has collisions, so the check above can fail
+    plain = [dict(n, feature=n["feature"] - export.CT_ATTN_FEATURE_OFFSET) if n in attn else
+             dict(n, feature=-1) if "error" in n["feature_type"] else n for n in data["nodes"]]
+    plain_keys = _frontend_keys(plain, n_tokens)
+    assert len(set(plain_keys)) < len(plain_keys)
 
 
 def test_diff_finds_changes(graph):
