@@ -155,3 +155,25 @@ def test_pack_sends_supernodes_and_routes_as_full_graph_rows(rm64):
                                                 for i in c["members"]}) == 1
     assert sum(len(c["members"]) for c in meta["cells"]) >= sum(len(g["members"]) for g in groups)
     assert pack(graph, [""] * graph.n_nodes, {}, supernodes=False).meta["supernodes"] == []
+
+
+def test_trace_with_other_dictionaries_does_not_borrow_the_default_databases_categories(tmp_path, capsys):
+    """`organism-skip` has the default set's dictionary names, so the shipped dashboards database would pass the
+    name check of `labels.store_for`; its fingerprint check fails in `circuits trace`, which must then group the
+    supernodes by kind only (no label category borrowed from another set's features)."""
+    import json
+
+    from circuits import labels
+    from circuits.cli import main
+
+    out = tmp_path / "g.json"
+    try:
+        code = main(["trace", "When Mary and John went to the store, John gave a drink to", "--dicts", "organism-skip",
+                     "--target", "Mary", "--contrast", "John", "--json", str(out)])
+        assert code in (0, None)
+        said = capsys.readouterr()
+        assert "no feature labels" in said.out + said.err
+        supers = [s for s in json.loads(out.read_text())["ui"]["supernodes"] if s.get("auto")]
+        assert supers and {s["category"] for s in supers} <= {"attention", "transcoder"}
+    finally:
+        labels._VERIFIED.pop("organism", None)

@@ -100,6 +100,11 @@ def _feature_labels(rm, args, graph, say) -> dict[str, str]:
         db = dashboards.Dashboards(path, rm)
     except dashboards.DashboardError as e:
         say(f"no feature labels: {e}")
+        # the database is not these dictionaries' (e.g. organism-skip shares the default set's dictionary names):
+        # supernodes must not borrow its label categories either (circuits.labels.store_for's fallback)
+        from circuits import labels
+
+        labels.register(None, rm.name)
         return {}
     try:
         return {export.node_id(n): lab for n, lab in db.labels(list(graph.nodes)).items()}
