@@ -363,17 +363,26 @@ def render(graph: Graph, path: Path, fmt: str) -> Path:
     """Render with Graphviz's `dot` to SVG or PNG."""
     if fmt not in ("svg", "png"):
         raise GraphFileError(f"cannot render to {fmt!r}; use svg or png")
-    exe = shutil.which("dot")
+    return render_source(to_dot(graph), path, fmt)
+
+
+def render_source(source: str, path: Path, fmt: str, program: str = "dot", args: tuple[str, ...] = (),
+                  timeout: float = 600) -> Path:
+    """Run Graphviz `program` on DOT `source` to write `path` as SVG or PNG (atomically); a missing Graphviz or a
+    failed layout is one `GraphFileError`. Shared by the full-graph drawing and the supernode picture
+    (`circuits.picture`, which lays out with ``neato -n2``)."""
+    if fmt not in ("svg", "png"):
+        raise GraphFileError(f"cannot render to {fmt!r}; use svg or png")
+    exe = shutil.which(program)
     if exe is None:
-        raise GraphFileError("Graphviz `dot` is not installed; install it (e.g. apt-get install graphviz) or write "
-                             "--dot and render elsewhere")
-    source = to_dot(graph)
+        raise GraphFileError(f"Graphviz `{program}` is not installed; install Graphviz (e.g. apt-get install graphviz) "
+                             "or write --dot and render elsewhere")
 
     def write(tmp: Path) -> None:
-        proc = subprocess.run([exe, f"-T{fmt}", "-o", str(tmp)], input=source, text=True, capture_output=True,
-                              timeout=600)
+        proc = subprocess.run([exe, *args, f"-T{fmt}", "-o", str(tmp)], input=source, text=True,
+                              capture_output=True, timeout=timeout)
         if proc.returncode != 0:
-            raise GraphFileError(f"dot failed rendering {path}: {proc.stderr.strip()[:300]}")
+            raise GraphFileError(f"{program} failed rendering {path}: {proc.stderr.strip()[:300]}")
 
     return _atomic_write(path, write)
 

@@ -28,8 +28,6 @@ the target included):
 from __future__ import annotations
 
 import html
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -317,25 +315,14 @@ def _wrap(text: str, width: int) -> str:
 
 def render_picture(graph: Graph, path: Path, fmt: str, config: PictureConfig | None = None) -> Path:
     """Write the picture as ``dot`` source, ``svg`` or ``png`` (SVG and PNG need Graphviz's ``neato``)."""
-    from circuits.export import GraphFileError, _atomic_write
+    from circuits.export import GraphFileError, _atomic_write, render_source
 
     source = to_picture_dot(graph, config)
     if fmt == "dot":
         return _atomic_write(path, lambda tmp: tmp.write_text(source))
     if fmt not in ("svg", "png"):
         raise GraphFileError(f"cannot render to {fmt!r}; use dot, svg or png")
-    exe = shutil.which("neato")
-    if exe is None:
-        raise GraphFileError("Graphviz `neato` is not installed; install Graphviz (e.g. apt-get install graphviz) or "
-                             "write --dot and render elsewhere")
-
-    def write(tmp: Path) -> None:
-        proc = subprocess.run([exe, "-n2", f"-T{fmt}", "-o", str(tmp)], input=source, text=True,
-                              capture_output=True, timeout=300)
-        if proc.returncode != 0:
-            raise GraphFileError(f"neato failed rendering {path}: {proc.stderr.strip()[:300]}")
-
-    return _atomic_write(path, write)
+    return render_source(source, path, fmt, program="neato", args=("-n2",), timeout=300)
 
 
 def box_count(source: str) -> int:
