@@ -186,11 +186,9 @@ def is_saved_model(folder: Path) -> bool:
 
 def load_saved(folder: Path, device: str = "cpu"):
     """Load a `save_model` folder, validating each file; returns `circuits.model.LoadedModel`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
     from transformer_lens import HookedTransformer
 
-    from circuits.model import LoadedModel
+    from circuits.model import LoadedModel, read_weights_and_tokenizer
 
     folder = Path(folder)
     fix = "write the folder again with circuits.families.save_model"
@@ -203,16 +201,7 @@ def load_saved(folder: Path, device: str = "cpu"):
         cfg = hooked_config(meta["config"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ModelLoadError(f"corrupt model config {cfg_path} ({e}); {fix}") from None
-    try:
-        state = load_file(str(weights), device=device)
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise ModelLoadError(f"corrupt weight file {weights} ({e}); {fix}") from None
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
-    except Exception as e:  # transformers raises many types for a broken folder
-        raise ModelLoadError(f"corrupt tokenizer folder {tok_path} ({e}); {fix}") from None
+    state, tokenizer = read_weights_and_tokenizer(weights, tok_path, fix, device)
     if len(tokenizer) != cfg.d_vocab:
         raise ModelLoadError(f"tokenizer {tok_path} has {len(tokenizer)} tokens but the config says d_vocab "
                              f"{cfg.d_vocab}; {fix}")

@@ -196,10 +196,28 @@ def load_model(name: str = "organism", device: str = "cpu") -> LoadedModel:
     )
 
 
-def load_organism(folder: Path, device: str = "cpu") -> LoadedModel:
-    """Load an organism folder (config.json, model.safetensors, tokenizer/), validating each file."""
+def read_weights_and_tokenizer(weights_path: Path, tok_path: Path, fix: str, device: str = "cpu"):
+    """A saved model's state dict (safetensors only) and its Hugging Face tokenizer folder (local files only); a
+    corrupt file is one `ModelLoadError` naming it and ending with `fix`. Shared by the organism loader and
+    `circuits.families.load_saved_model`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights_path), device=device)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ModelLoadError(f"corrupt weight file {weights_path} ({e}); {fix}") from None
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
+    except Exception as e:  # transformers raises many types for a broken folder
+        raise ModelLoadError(f"corrupt tokenizer folder {tok_path} ({e}); {fix}") from None
+    return state, tokenizer
+
+
+def load_organism(folder: Path, device: str = "cpu") -> LoadedModel:
+    """Load an organism folder (config.json, model.safetensors, tokenizer/), validating each file."""
     from transformer_lens import HookedTransformer
 
     from circuits.organism.train import OrganismModelConfig, hooked_config
@@ -215,16 +233,7 @@ def load_organism(folder: Path, device: str = "cpu") -> LoadedModel:
         model_cfg = OrganismModelConfig(**meta["model"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"corrupt model config {config_path} ({e}); {fix}") from None
-    try:
-        state = load_file(str(weights_path), device=device)
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise ModelLoadError(f"corrupt weight file {weights_path} ({e}); {fix}") from None
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_path), local_files_only=True)
-    except Exception as e:  # transformers raises many types for a broken folder
-        raise ModelLoadError(f"corrupt tokenizer folder {tok_path} ({e}); {fix}") from None
+    state, tokenizer = read_weights_and_tokenizer(weights_path, tok_path, fix, device)
     if len(tokenizer) != model_cfg.d_vocab:
         raise ModelLoadError(
             f"tokenizer {tok_path} has {len(tokenizer)} tokens but the model in {weights_path} expects "
