@@ -1,4 +1,4 @@
-"""`circuits dicts train | eval | convert`: transcoders and attention-output SAEs."""
+"""`circuits dicts train | eval | finetune | convert`: transcoders and attention-output SAEs."""
 
 from __future__ import annotations
 
@@ -163,6 +163,27 @@ def cmd_dicts_eval(args) -> int:
     return 0
 
 
+def cmd_dicts_finetune(args) -> int:
+    """`dicts finetune`: fine-tune a whole set through the model (`circuits.dictionaries.finetune`)."""
+    from circuits.dictionaries.finetune import FinetuneConfig
+    from circuits.inputs import check_output_dir
+
+    cfg = FinetuneConfig(steps=args.steps, rows=args.rows, lr=args.lr, beta=args.beta, seed=args.seed,
+                         calibrate_rows=args.calibrate_rows)
+    cfg.check()  # bad numbers: one line, before the model loads
+    out = check_output_dir(args.out, "--out")
+    from circuits.dictionaries import load_dictionaries
+    from circuits.dictionaries.finetune import finetune_set
+    from circuits.model import load_model
+
+    model, _ = load_model(args.model, resolve_device(args.device))
+    dset = load_dictionaries(args.dicts, model)
+    finetune_set(model, dset, cfg, out, progress=not args.quiet, resume=not args.no_resume)
+    print(f"saved {len(dset)} fine-tuned dictionaries to {out / 'set'} (log: {out / 'finetune_log.jsonl'}); "
+          f"measure them with `circuits dicts eval --dicts {out / 'set'} --out FILE`")
+    return 0
+
+
 def cmd_dicts_convert(args) -> int:
     from circuits.dictionaries import load_folder
     from circuits.inputs import check_output_dir
@@ -230,6 +251,23 @@ def add_parser(sub) -> None:
     e.add_argument("--quiet", action="store_true")
     add_device_option(e)
     e.set_defaults(func=cmd_dicts_eval)
+
+    f = dicts.add_parser("finetune", help="fine-tune a whole set through the model: KL(clean || all spliced) + "
+                         "beta * sum of FVUs (resumable)")
+    f.add_argument("--model", default="organism")
+    f.add_argument("--dicts", default="organism", help="a set name (organism, organism-clt, ...) or a set folder")
+    f.add_argument("--out", required=True, help="folder for the log, the checkpoint and the fine-tuned set (OUT/set)")
+    f.add_argument("--steps", type=int, default=300)
+    f.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (linear decay over the last 20%%)")
+    f.add_argument("--beta", type=float, default=1.0, help="weight of the summed per-dictionary FVU against the KL")
+    f.add_argument("--rows", type=int, default=16, help="corpus rows (of the model's context length) per step")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--calibrate-rows", type=int, default=64, help="rows for the final L0 check (thresholds are "
+                   "shifted back to the input set's L0 if it drifted by more than 5%%); 0 = keep thresholds")
+    f.add_argument("--no-resume", action="store_true")
+    f.add_argument("--quiet", action="store_true")
+    add_device_option(f)
+    f.set_defaults(func=cmd_dicts_finetune)
 
     v = dicts.add_parser("convert", help="convert public dictionary files to our (SAELens) layout")
     v.add_argument("src", help="a Dunefsky/Kissane .pt folder, a SAELens folder or a circuit-tracer folder")

@@ -1,0 +1,322 @@
+"""Downstream-aware fine-tuning of a whole dictionary set through the model (end-to-end, "e2e+ds"-style).
+
+Why: each dictionary of a set is trained on *clean* inputs, but with every dictionary spliced in at once a
+downstream dictionary reads inputs that the upstream replacements have already shifted, so errors compound (the
+organism set keeps 76% of the IOI logit difference on training templates with all eight spliced, while every
+single dictionary alone keeps 96-102%). Braun et al. (2024, arXiv 2405.12241) train dictionaries through the model
+against the clean model's output distribution plus downstream reconstruction terms; this module fine-tunes an
+already trained set that way.
+
+One step on a batch of R corpus rows x n_ctx tokens (every dictionary of the set spliced at once, error terms off —
+exactly the replacement model that `splice_hooks(dset, "off")` evaluates):
+
+    p      = softmax(clean logits)                                  (the model alone, no gradient)
+    q      = softmax(spliced logits)                                (every dictionary replaces its component)
+    KL     = mean over positions of Σ_v p_v (log p_v − log q_v)    (next-token, every position)
+    FVU_d  = Σ ‖t_d − ŷ_d‖² / Σ ‖t_d − mean(t_d)‖²                 (per dictionary d, over the batch)
+    loss   = KL + β · Σ_d FVU_d
+
+where ŷ_d is dictionary d's reconstruction from the input x_d it reads in the spliced run and t_d is what the true
+component computes from that same spliced-run input (the activation at d's output hook before the splice replaces
+it; detached). t_d − ŷ_d is exactly the error node that an attribution graph of this replacement model would hold at
+d, so the FVU term keeps error nodes small while the KL term makes the features alone carry the model's computation.
+Gradients reach W_enc, b_enc, b_in, W_dec, b_dec (and W_skip of a skip transcoder, every decoder W_dec_out of a
+cross-layer transcoder, which is spliced whole). Each dictionary's inference activation stays as it was: the
+JumpReLU threshold (BatchTopK's learned threshold at inference) is a fixed, non-trainable parameter, and a code's
+gradient is the pre-activation's where the feature fires, zero elsewhere.
+
+Rows: corpus rows streamed block by block as the dictionary trainer does (`ActivationStream.corpus_row`: blocks
+alternate between the training phases ``corpus_phases``), but from corpus seed ``corpus_seed`` = 2, which neither
+the organism (seed 0), nor the dictionary trainers (seed 1), nor `dicts eval` (seed 0, stream "heldout-dicts") read.
+
+After the last step each dictionary's mean L0 on clean inputs (``calibrate_rows`` further rows of the stream) is
+compared with the input set's on the same rows; where it drifted by more than ``l0_tolerance`` (relative), every
+threshold of that dictionary is shifted by one common δ so that the mean L0 is the input set's again
+(`shift_thresholds`; for a BatchTopK-trained set, whose threshold is one scalar, this is `train.calibrate_threshold`
+with L0 = the input set's instead of k).
+
+Adam (betas 0.9, 0.999), constant learning rate with a linear decay over the last 20% of the steps, seeded, with a
+progress bar, a checkpoint every ``checkpoint_every`` steps (dictionaries, optimizer, step; the stream position is a
+function of the step, so a resumed run is the uninterrupted run) and a jsonl log (kl, fvu and l0 per dictionary).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from circuits.dictionaries.dictset import DictionarySet
+from circuits.errors import CheckpointError, ConfigError
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning recipe. Units: steps and corpus rows (each of the model's n_ctx tokens)."""
+
+    steps: int = 300
+    rows: int = 16  # corpus rows per step
+    lr: float = 1e-4
+    beta: float = 1.0  # weight of Σ_d FVU_d against the KL
+    seed: int = 0
+    corpus_seed: int = 2  # organism: 0, dictionary trainers: 1, `dicts eval` held-out: seed 0 "heldout-dicts"
+    corpus_phases: tuple[int, ...] = (3, 5)
+    checkpoint_every: int = 25
+    log_every: int = 5
+    calibrate_rows: int = 64  # rows after the stream for the L0 check; 0 = keep thresholds
+    l0_tolerance: float = 0.05  # relative L0 drift that triggers the re-calibration
+
+    def check(self) -> None:
+        """Raise `ConfigError` (one line) for numbers that cannot work, before any model or data is touched."""
+        bad = [f"{name} {v}: must be at least {low}" for name, v, low in (
+            ("steps", self.steps, 1), ("rows", self.rows, 1), ("checkpoint_every", self.checkpoint_every, 1),
+            ("log_every", self.log_every, 1), ("calibrate_rows", self.calibrate_rows, 0), ("seed", self.seed, 0),
+            ("corpus_seed", self.corpus_seed, 0)) if not (isinstance(v, int) and v >= low)]
+        for name, v in (("lr", self.lr), ("beta", self.beta), ("l0_tolerance", self.l0_tolerance)):
+            if not (isinstance(v, (int, float)) and v == v and 0 <= v < float("inf")):
+                bad.append(f"{name} {v}: must be a finite number ≥ 0")
+        if not self.corpus_phases or any(p not in (1, 2, 3, 4, 5) for p in self.corpus_phases):
+            bad.append(f"corpus_phases {self.corpus_phases}: use organism training phases 1-5")
+        if bad:
+            raise ConfigError("fine-tuning: " + "; ".join(bad))
+
+
+#: Options that define the run (a checkpoint resumes only with the same values).
+RUN_IDENTITY = ("steps", "rows", "lr", "beta", "seed", "corpus_seed", "corpus_phases")
+
+
+def trainable_parameters(dset: DictionarySet) -> list[torch.nn.Parameter]:
+    """Every trainable tensor of the set's dictionaries, once each (a CLT's layers are members; thresholds are
+    non-trainable parameters and stay out)."""
+    seen, out = set(), []
+    for d in dset:
+        for p in d.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def spliced_hooks(dset: DictionarySet, stats: dict) -> list:
+    """TransformerLens hooks splicing every dictionary (errors off) that record, per dictionary,
+    ``stats[name] = (squared error sum, target total sum of squares, L0 sum, tokens)`` with the error against the
+    detached true component output of this run; a CLT layer sums its earlier layers' decoders (`reconstruct`)."""
+    from circuits.dictionaries.train import sparse_decode
+    from circuits.replacement import clt_upstream, reconstruct
+
+    members = list(dset)
+    upstream = clt_upstream(members)
+    hooks = []
+    for d in members:
+        captured: dict[str, Tensor] = {}
+
+        def capture(act, hook, captured=captured, d=d):
+            captured["x"] = d.flatten_input(act)
+            return act
+
+        def replace(act, hook, captured=captured, d=d):
+            x = captured.pop("x") if "x" in captured else d.flatten_input(act)
+            flat_x = x.reshape(-1, d.cfg.d_in)
+            codes = d.encode(flat_x)
+            if d.plain_decoder:  # only the active features' decoder rows (same value as d.reconstruct)
+                out = sparse_decode(codes, d.W_dec) + d.b_dec
+                skip = d.skip_write(flat_x)
+                out = out if skip is None else out + skip
+            else:
+                out = reconstruct(d, codes, flat_x, upstream)
+            target = d.flatten_input(act).reshape(-1, d.cfg.d_out).detach()
+            sq_err = (target - out).pow(2).sum()
+            sq_tot = (target - target.mean(0)).pow(2).sum()
+            stats[d.cfg.name] = (sq_err, sq_tot, (codes > 0).sum().detach(), flat_x.shape[0])
+            return out.reshape(act.shape)  # an attention SAE's [.., n_heads·d_head] back to [.., n_heads, d_head]
+
+        if d.hook_in == d.hook_out:
+            hooks.append((d.hook_out, replace))
+        else:
+            hooks.append((d.hook_in, capture))
+            hooks.append((d.hook_out, replace))
+    return hooks
+
+
+def finetune_loss(model, dset: DictionarySet, tokens: Tensor, beta: float) -> tuple[Tensor, dict]:
+    """``KL(clean ‖ spliced) + β Σ_d FVU_d`` on tokens [batch, pos] and its parts (floats)."""
+    with torch.no_grad():
+        logp_clean = model(tokens).log_softmax(-1)
+    stats: dict = {}
+    logp = model.run_with_hooks(tokens, fwd_hooks=spliced_hooks(dset, stats)).log_softmax(-1)
+    kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1).mean()
+    fvus = {n: s[0] / s[1].clamp_min(1e-12) for n, s in stats.items()}
+    loss = kl + beta * sum(fvus.values())
+    parts = {"kl": kl.item(), "fvu": {n: v.item() for n, v in fvus.items()},
+             "l0": {n: s[2].item() / s[3] for n, s in stats.items()}}
+    return loss, parts
+
+
+class RowStream:
+    """Token blocks [rows, n_ctx] in the dictionary trainer's order (`ActivationStream.corpus_row`)."""
+
+    def __init__(self, model, cfg: FinetuneConfig):
+        from circuits.dictionaries.train import ActivationStream
+
+        self.model = model
+        self.cfg = cfg
+        self.index = ActivationStream(model, [], cfg.corpus_seed, cfg.rows, phases=cfg.corpus_phases)
+
+    def block(self, step: int) -> Tensor:
+        """The rows of step `step` (0-based); steps ≥ cfg.steps continue the same stream (calibration rows)."""
+        from circuits.organism.train import batch_tokens
+
+        s = self.index
+        tokens = batch_tokens(s.corpus, s.tokenizer, s.corpus_row(step * self.cfg.rows), self.cfg.rows,
+                              self.model.cfg.n_ctx)
+        return tokens.to(self.model.cfg.device or "cpu")
+
+
+@torch.no_grad()
+def clean_inputs(model, dset: DictionarySet, tokens: Tensor) -> dict[str, Tensor]:
+    """{name: [tokens, d_in]}: each dictionary's input in the clean model."""
+    hooks = {d.hook_in for d in dset}
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in hooks)
+    return {d.cfg.name: d.flatten_input(cache[d.hook_in]).reshape(-1, d.cfg.d_in) for d in dset}
+
+
+@torch.no_grad()
+def mean_l0(dset: DictionarySet, inputs: list[dict[str, Tensor]]) -> dict[str, float]:
+    out = {}
+    for d in dset:
+        xs = [b[d.cfg.name] for b in inputs]
+        out[d.cfg.name] = sum((d.encode(x) > 0).sum().item() for x in xs) / sum(x.shape[0] for x in xs)
+    return out
+
+
+@torch.no_grad()
+def shift_thresholds(d, xs: list[Tensor], target_l0: float) -> float | None:
+    """Shift every threshold θ_i of a JumpReLU / BatchTopK dictionary by one δ so that the mean L0 over inputs
+    `xs` [n, d_in] is `target_l0`; returns δ (None: no threshold, or too few positive candidates)."""
+    act = d.activation
+    if not hasattr(act, "threshold"):
+        return None
+    n = sum(x.shape[0] for x in xs)
+    n_keep = int(round(target_l0 * n))
+    if n_keep < 1:
+        return None
+    margins = torch.cat([(d.pre_activation(x) - act.threshold).reshape(-1) for x in xs])
+    if n_keep > margins.numel():
+        return None
+    delta = margins.topk(n_keep).values[-1].item()
+    # pre > θ + δ keeps the n_keep largest margins (up to ties); θ + δ must stay ≥ 0 so codes stay positive
+    act.threshold.copy_((act.threshold + delta).clamp_min(0.0))
+    return delta
+
+
+def _check_resumable(state: dict, path: Path, cfg: FinetuneConfig, names: list[str]) -> None:
+    from circuits.checkpoint import describe_differences
+
+    fix = "resume with the same options, choose another --out, or pass --no-resume to start afresh"
+    try:
+        saved = json.loads(state.get("config", "{}"))
+    except (TypeError, json.JSONDecodeError):
+        saved = {}
+    now = json.loads(json.dumps(asdict(cfg)))
+    diffs = describe_differences({k: saved.get(k) for k in RUN_IDENTITY}, {k: now[k] for k in RUN_IDENTITY})
+    if sorted(state.get("dicts", {})) != sorted(names):
+        diffs.append(f"dictionaries {sorted(state.get('dicts', {}))} in the checkpoint, {sorted(names)} now")
+    if diffs:
+        raise CheckpointError(f"checkpoint {path} was written by another run: {'; '.join(diffs)}; {fix}")
+
+
+def finetune_set(model, dset: DictionarySet, cfg: FinetuneConfig, out: Path, progress: bool = True,
+                 resume: bool = True, stop_after: int | None = None, save: bool = True) -> DictionarySet:
+    """Fine-tune every dictionary of `dset` in place (see the module docstring) and save the set to ``out/set``.
+
+    `out` also receives ``finetune_log.jsonl``, ``finetune_events.jsonl`` (L0 check) and ``finetune_checkpoint.pt``.
+    `stop_after`: leave after this many steps of this call (at a checkpoint step), for time-boxed runs."""
+    from tqdm.auto import tqdm
+
+    from circuits.checkpoint import load_checkpoint
+
+    cfg.check()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    members = list(dset)
+    names = [d.cfg.name for d in members]
+    model.requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    params = trainable_parameters(dset)
+    for d in members:
+        d.eval()  # inference activation: JumpReLU / BatchTopK's fixed threshold
+        if hasattr(d.activation, "threshold"):
+            d.activation.threshold.requires_grad_(False)
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
+    stream = RowStream(model, cfg)
+    cal_inputs = [clean_inputs(model, dset, stream.block(cfg.steps + i))
+                  for i in range(-(-cfg.calibrate_rows // cfg.rows))] if cfg.calibrate_rows else []
+    ckpt = out / "finetune_checkpoint.pt"
+    step = 0
+    state = load_checkpoint(ckpt) if resume and ckpt.exists() else None
+    if state is not None:
+        _check_resumable(state, ckpt, cfg, names)
+        step = int(state["step"])
+        for d in members:
+            d.load_state_dict(state["dicts"][d.cfg.name])
+        opt.load_state_dict(state["opt"])
+        l0_start = state["l0_start"]
+    else:
+        l0_start = mean_l0(dset, cal_inputs) if cal_inputs else {}
+    start = step
+    decay_start = int(0.8 * cfg.steps)
+    log_path = out / "finetune_log.jsonl"
+    t0 = time.time()
+    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="fine-tuning", disable=not progress)
+    for step in bar:
+        lr = cfg.lr * min(1.0, (cfg.steps - step) / max(1, cfg.steps - decay_start))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, parts = finetune_loss(model, dset, stream.block(step), cfg.beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps or step == start:
+            rec = {"step": done, "lr": lr, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 6),
+                   "kl": round(parts["kl"], 6), "fvu": {n: round(v, 5) for n, v in parts["fvu"].items()},
+                   "l0": {n: round(v, 2) for n, v in parts["l0"].items()}}
+            with log_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            bar.set_postfix(kl=f"{parts['kl']:.4f}", fvu_sum=f"{sum(parts['fvu'].values()):.3f}")
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"step": done, "dicts": {d.cfg.name: d.state_dict() for d in members},
+                        "opt": opt.state_dict(), "l0_start": l0_start, "config": json.dumps(asdict(cfg))}, tmp)
+            tmp.replace(ckpt)
+        if stop_after is not None and done - start >= stop_after:
+            if done % cfg.checkpoint_every and done != cfg.steps:
+                raise ConfigError("stop_after must end on a checkpoint step")
+            if done < cfg.steps:
+                return dset
+    if cal_inputs:
+        recalibrate(dset, cal_inputs, l0_start, cfg.l0_tolerance, out / "finetune_events.jsonl")
+    if save:
+        dset.save(out / "set")
+    return dset
+
+
+def recalibrate(dset: DictionarySet, cal_inputs: list[dict[str, Tensor]], l0_start: dict[str, float],
+                tolerance: float, events: Path) -> dict:
+    """Shift the thresholds of every dictionary whose L0 drifted by more than `tolerance` (relative) back to its
+    starting L0; appends one record to `events` and returns it."""
+    l0_end = mean_l0(dset, cal_inputs)
+    shifted = {}
+    for d in dset:
+        n = d.cfg.name
+        if l0_start.get(n) and abs(l0_end[n] - l0_start[n]) > tolerance * l0_start[n]:
+            shifted[n] = shift_thresholds(d, [b[n] for b in cal_inputs], l0_start[n])
+    rec = {"l0_start": l0_start, "l0_end": l0_end, "threshold_shift": shifted,
+           "l0_after": mean_l0(dset, cal_inputs) if shifted else l0_end}
+    with events.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+    return rec

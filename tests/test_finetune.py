@@ -1,0 +1,207 @@
+"""Fine-tuning a whole dictionary set through the model (`circuits.dictionaries.finetune`) on a tiny model:
+KL(clean ‖ all spliced) falls, the fine-tuned set still splices exactly and reloads identically, a resumed run is
+the uninterrupted run, lr 0 changes nothing, skip and cross-layer transcoders are trained whole, bad numbers fail
+before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from circuits.dictionaries.base import DictionaryConfig
+from circuits.dictionaries.dictset import DictionarySet
+from circuits.dictionaries.finetune import FinetuneConfig, RowStream, finetune_set, spliced_hooks
+from circuits.errors import CheckpointError, ConfigError
+from circuits.replacement import splice_hooks
+
+CFG = FinetuneConfig(steps=30, rows=4, lr=1e-2, beta=0.1, checkpoint_every=10, log_every=5, calibrate_rows=8)
+
+
+def _trained_set(model, folder) -> DictionarySet:
+    """A small trained set (BatchTopK, saved and reloaded: JumpReLU at inference, as the organism's)."""
+    from circuits.dictionaries.train import DictTrainConfig, train_dictionaries
+
+    c = model.cfg
+    z = c.n_heads * c.d_head
+    configs = []
+    for layer in range(c.n_layers):
+        configs.append(DictionaryConfig("attention_sae", layer, z, 48, z, activation="batchtopk", k=4,
+                                        n_heads=c.n_heads, context_size=c.n_ctx))
+        configs.append(DictionaryConfig("transcoder", layer, c.d_model, 48, c.d_model, activation="batchtopk", k=4,
+                                        context_size=c.n_ctx))
+    cfg = DictTrainConfig(total_tokens=256 * 60, batch_size=256, lr=3e-3, rows_per_forward=16, buffer_tokens=2048,
+                          dead_after_tokens=2048, checkpoint_every=60, log_every=20)
+    dicts = train_dictionaries(model, configs, folder / "train", cfg, progress=False)
+    DictionarySet("tiny", dicts).save(folder / "set")
+    return DictionarySet.load(folder / "set")
+
+
+@pytest.fixture(scope="module")
+def base_set(tiny_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ft_base")
+    _trained_set(tiny_model, folder)
+    return folder / "set"
+
+
+def _load(folder) -> DictionarySet:
+    return DictionarySet.load(folder)
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_model, base_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft_run")
+    dset = finetune_set(tiny_model, _load(base_set), CFG, out, progress=False)
+    return out, dset
+
+
+def _eval_tokens(model) -> torch.Tensor:
+    """Rows the fine-tuning never saw (far past its steps and calibration rows)."""
+    return RowStream(model, dataclasses.replace(CFG, rows=8)).block(500)
+
+
+@torch.no_grad()
+def _kl(model, dset, tokens) -> float:
+    """Mean KL(clean ‖ all spliced, errors off) per token, with the library's splice hooks."""
+    p = model(tokens).log_softmax(-1)
+    q = model.run_with_hooks(tokens, fwd_hooks=splice_hooks(list(dset), "off")).log_softmax(-1)
+    return (p.exp() * (p - q)).sum(-1).mean().item()
+
+
+def test_kl_to_clean_logits_falls(tiny_model, base_set, tuned):
+    out, dset = tuned
+    tokens = _eval_tokens(tiny_model)
+    before, after = _kl(tiny_model, _load(base_set), tokens), _kl(tiny_model, dset, tokens)
+    assert after < 0.9 * before, (before, after)  # 0.196 -> 0.154 when written; on held-out rows, not only the training batches
+    log = [json.loads(line) for line in (out / "finetune_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == CFG.steps and set(log[-1]["fvu"]) == {d.cfg.name for d in dset}
+    first = sum(r["kl"] for r in log[:2]) / 2
+    last = sum(r["kl"] for r in log[-2:]) / 2
+    assert last < first, (first, last)
+
+
+def test_tuned_set_splices_exactly_and_reloads_identically(tiny_model, tuned):
+    out, dset = tuned
+    tokens = _eval_tokens(tiny_model)[:2]
+    with torch.no_grad():
+        clean, cache = tiny_model.run_with_cache(tokens)
+        store, outs = {}, {}
+        exact = tiny_model.run_with_hooks(tokens, fwd_hooks=splice_hooks(list(dset), "on", store, outs))
+        torch.testing.assert_close(exact, clean, rtol=0, atol=1e-5)  # errors on: the clean model
+        for d in dset:  # reconstruction + error = the component's output (first dictionary: clean inputs too)
+            torch.testing.assert_close(outs[d.cfg.name] + store[d.cfg.name][1],
+                                       d.flatten_input(cache[d.hook_out]), rtol=0, atol=1e-5)
+        # the training forward (sparse decoders) is the library's spliced forward
+        off = tiny_model.run_with_hooks(tokens, fwd_hooks=splice_hooks(list(dset), "off"))
+        mine = tiny_model.run_with_hooks(tokens, fwd_hooks=spliced_hooks(dset, {}))
+        torch.testing.assert_close(mine, off, rtol=0, atol=1e-5)
+    reloaded = _load(out / "set")  # a transcoder's b_in is folded into b_enc on disk: compare what it computes
+    assert [d.cfg.name for d in reloaded] == [d.cfg.name for d in dset]
+    x = torch.randn(64, max(d.cfg.d_in for d in dset), generator=torch.Generator().manual_seed(0))
+    for a, b in zip(dset, reloaded, strict=True):
+        xa = x[:, :a.cfg.d_in]
+        torch.testing.assert_close(b.pre_activation(xa), a.pre_activation(xa), rtol=0, atol=1e-5)
+        for name in ("W_dec", "b_dec", "threshold"):
+            assert torch.equal(b.weights()[name], a.weights()[name]), f"{a.cfg.name}.{name}"
+
+
+def test_weights_move_but_thresholds_only_by_calibration(base_set, tuned):
+    out, dset = tuned
+    events = [json.loads(line) for line in (out / "finetune_events.jsonl").read_text().splitlines()]
+    shifted = events[-1]["threshold_shift"]
+    for a, b in zip(_load(base_set), dset, strict=True):
+        assert not torch.equal(a.W_enc, b.W_enc) and not torch.equal(a.W_dec, b.W_dec), a.cfg.name
+        if a.cfg.name not in shifted:
+            assert torch.equal(a.activation.threshold, b.activation.threshold), a.cfg.name
+    assert shifted  # this run drifts (the transcoders' L0 falls), so the re-calibration is exercised
+    for name, l0 in events[-1]["l0_after"].items():
+        start = events[-1]["l0_start"][name]
+        if name in shifted:  # shifted back onto the starting L0 (up to ties)
+            assert l0 == pytest.approx(start, rel=0.01), name
+        else:
+            assert abs(events[-1]["l0_end"][name] - start) <= CFG.l0_tolerance * start, name
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_model, base_set, tuned, tmp_path):
+    _, full = tuned
+    finetune_set(tiny_model, _load(base_set), CFG, tmp_path, progress=False, stop_after=10)
+    resumed = finetune_set(tiny_model, _load(base_set), CFG, tmp_path, progress=False)
+    for a, b in zip(full, resumed, strict=True):
+        for name, w in a.weights().items():
+            torch.testing.assert_close(b.weights()[name], w, rtol=0, atol=1e-6, msg=f"{a.cfg.name}.{name}")
+
+
+def test_resume_with_other_options_is_refused(tiny_model, base_set, tuned):
+    out, _ = tuned
+    with pytest.raises(CheckpointError, match="lr"):
+        finetune_set(tiny_model, _load(base_set), dataclasses.replace(CFG, lr=5e-4), out, progress=False)
+
+
+def test_lr_zero_changes_nothing(tiny_model, base_set, tmp_path):
+    """Negative control: the same run with lr 0 leaves every weight and threshold as it was."""
+    dset = finetune_set(tiny_model, _load(base_set), dataclasses.replace(CFG, steps=5, lr=0.0), tmp_path,
+                        progress=False)
+    for a, b in zip(_load(base_set), dset, strict=True):
+        for name, w in a.weights().items():
+            assert torch.equal(b.weights()[name], w), f"{a.cfg.name}.{name}"
+
+
+@pytest.mark.parametrize("kind", ["skip", "clt"])
+def test_skip_and_cross_layer_transcoders_are_trained_whole(tiny_model, tmp_path, kind):
+    """A skip transcoder's W_skip and every decoder block of a CLT (spliced whole) receive updates, and the set
+    still splices exactly."""
+    from circuits.dictionaries.base import make_dictionary
+    from circuits.dictionaries.clt import CLTConfig, CrossLayerTranscoder
+
+    c = tiny_model.cfg
+    torch.manual_seed(0)
+    if kind == "clt":
+        mlps = [CrossLayerTranscoder(CLTConfig(c.n_layers, c.d_model, 32, activation="jumprelu", k=None,
+                                               context_size=c.n_ctx))]
+    else:
+        mlps = [make_dictionary(DictionaryConfig("transcoder", layer, c.d_model, 32, c.d_model,
+                                                 activation="jumprelu", k=None, skip=True))
+                for layer in range(c.n_layers)]
+    with torch.no_grad():
+        for m in mlps:
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.normal_(0, 0.1)
+    dset = DictionarySet("tiny", {f"m{i}": m for i, m in enumerate(mlps)})
+    before = {f"{d.cfg.name}.{n}": w.detach().clone() for d in dset for n, w in d.weights().items()}
+    cfg = dataclasses.replace(CFG, steps=3, calibrate_rows=0, checkpoint_every=3)
+    finetune_set(tiny_model, dset, cfg, tmp_path, progress=False)
+    after = {f"{d.cfg.name}.{n}": w for d in dset for n, w in d.weights().items()}
+    trained = [k for k in before if not k.endswith("threshold")]
+    assert any(k.endswith(("W_skip", "W_dec")) for k in trained)
+    for k in trained:
+        assert not torch.equal(before[k], after[k]), k  # every tensor moved, W_skip / later decoders included
+    if kind == "clt":  # layer 0's decoder into layer 1 (a later MLP) was trained
+        layer0 = dset.transcoder(0)
+        assert layer0.W_dec_out.shape[1] == 2 and not torch.equal(before["transcoder_L0.W_dec"][:, 1],
+                                                                    layer0.W_dec_out[:, 1])
+    tokens = _eval_tokens(tiny_model)[:2]
+    with torch.no_grad():
+        exact = tiny_model.run_with_hooks(tokens, fwd_hooks=splice_hooks(list(dset), "on"))
+        torch.testing.assert_close(exact, tiny_model(tokens), rtol=0, atol=1e-5)
+    reloaded = _load(tmp_path / "set")
+    assert [d.cfg.name for d in reloaded] == [d.cfg.name for d in dset]
+
+
+@pytest.mark.parametrize("change, match", [(dict(steps=0), "steps 0"), (dict(rows=-1), "rows -1"),
+                                           (dict(lr=float("nan")), "lr nan"), (dict(beta=-1.0), "beta -1"),
+                                           (dict(corpus_phases=(7,)), "corpus_phases")])
+def test_bad_numbers_fail_before_any_work(tmp_path, change, match):
+    with pytest.raises(ConfigError, match=match):
+        finetune_set(None, None, dataclasses.replace(CFG, **change), tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_cli_refuses_bad_numbers_in_one_line(capsys, tmp_path):
+    from circuits.cli.main import main
+
+    assert main(["dicts", "finetune", "--out", str(tmp_path / "o"), "--lr", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["circuits: error: fine-tuning: lr -1.0: must be a finite number ≥ 0"]
