@@ -120,6 +120,27 @@ def test_batch_size_does_not_change_edges_and_tolerance_keeps_identity(model3):
                  atol=1e-11, what="tolerance")
 
 
+@pytest.mark.parametrize("case", ["transcoders only", "mlp 1 unreplaced, attention 0 replaced"])
+def test_floor_read_through_the_channel_equals_value_space_read(model3, monkeypatch, case):
+    """The writes below the lowest channel are read carried forward through it (`_through_floor`: few sources,
+    e.g. tokens only) or in its value space after its transpose (many sources, e.g. MLP 0 and attention 0 below
+    attention 1): the same edges either way, and both equal autograd's (test_d)."""
+    import circuits.attribution.reverse as reverse
+
+    rm = ReplacementModel(model3, _dictionaries(model3, case))
+    cache = rm.run(PROMPT)
+    src = collect_sources(rm, cache)
+    reads = resolve_logit_targets(rm.model, cache.logits[-1], Contrast(" Mary", " John"), False, cache.n_pos - 1)
+    out = {}
+    for use in (True, False):
+        monkeypatch.setattr(reverse, "_through_pays", lambda *a, use=use: use)
+        out[use] = reverse_edges(rm, cache, src, reads, batch_size=7)
+    through, value = out[True], out[False]
+    assert torch.equal(through.target, value.target) and torch.equal(through.source, value.source)
+    assert through.weight.abs().max() > 0
+    assert_close(through.weight, value.weight, rtol=1e-10, atol=1e-13, what="through the floor vs value space")
+
+
 def test_tokens_reach_other_positions_only_through_unreplaced_attention(model3):
     """With attention 0 replaced, MLP-0 features read the tokens at their own position only; with it left as a
     channel, every earlier token reaches them."""

@@ -87,11 +87,12 @@ class _Chunks:
     extra_pos: Tensor
 
     @staticmethod
-    def build(rows: Tensor, pos: Tensor, vecs: Tensor, n_pos: int, n_src: int) -> _Chunks:
+    def build(rows: Tensor, pos: Tensor, vecs: Tensor, n_pos: int, n_src: int, widest: bool = False) -> _Chunks:
+        """`widest`: m = the largest number per position (no overflow chunks, more padding)."""
         order = torch.argsort(pos, stable=True)
         rows, pos, vecs = rows[order], pos[order], vecs[order]
         counts = torch.bincount(pos, minlength=n_pos)
-        m = max(1, -(-len(pos) // n_pos))
+        m = max(1, int(counts.max()) if widest else -(-len(pos) // n_pos))
         rank = torch.arange(len(pos)) - torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[pos]
         extra_per_pos = (-(-counts // m) - 1).clamp(min=0)  # chunks beyond each position's first
         first_extra = torch.cat([torch.zeros(1, dtype=torch.long), extra_per_pos.cumsum(0)])
@@ -104,16 +105,17 @@ class _Chunks:
         extra_pos = torch.repeat_interleave(torch.arange(n_pos), extra_per_pos)
         return _Chunks(V[:n_pos], R[:n_pos], V[n_pos:], R[n_pos:], extra_pos)
 
-    def read(self, g: Tensor, w: Tensor) -> None:
-        """w[:, row] += g[:, pos] · vector for every write at a position < P (g [B, P, width], w [B, n_src + 1])."""
+    def read(self, g: Tensor, wt: Tensor) -> None:
+        """wt[row] += g[:, pos] · vector for every write at a position < P (g [B, P, width]; wt [n_src + 1, B], the
+        weights transposed, so that each position's [m, B] block of products is added without a copy)."""
         B, P = g.shape[:2]
-        gt = g.transpose(0, 1)  # [P, B, width], a view
-        part = torch.bmm(gt, self.vectors[:P].transpose(1, 2))  # [P, B, m]
-        w.index_add_(1, self.rows[:P].reshape(-1), part.permute(1, 0, 2).reshape(B, -1))
+        gp = g.permute(1, 2, 0)  # [P, width, B]: a view, each position's [width, B] block a column-major matrix
+        part = torch.bmm(self.vectors[:P], gp)  # [P, m, B]
+        wt.index_add_(0, self.rows[:P].reshape(-1), part.view(-1, B))
         c = int(torch.searchsorted(self.extra_pos, P))
         if c:
-            part = torch.bmm(gt[self.extra_pos[:c]], self.extra_vectors[:c].transpose(1, 2))  # [chunks, B, m]
-            w.index_add_(1, self.extra_rows[:c].reshape(-1), part.permute(1, 0, 2).reshape(B, -1))
+            part = torch.bmm(self.extra_vectors[:c], gp[self.extra_pos[:c]])  # [chunks, m, B]
+            wt.index_add_(0, self.extra_rows[:c].reshape(-1), part.view(-1, B))
 
 
 def _site_entries(rm: ReplacementModel, src: Sources) -> dict[int, tuple[Tensor, Tensor]]:
@@ -185,16 +187,19 @@ class _Layers:
             a = A[:, state, :P]  # [H, B, P]: A[h, p_b, q]
             g.add_(torch.einsum("hbq,bhd->bqd", a, Z))
             return None, _Once(state, r, a, Z)
+        # U = g W_Oᵀ is formed transposed, Uᵀ [H·dh, B·P], so that each head's position mix is one batched product
+        # over the last dim (Yᵀ = Uᵀ A per head, no permuted copies) and Y W_V'ᵀ reads Yᵀ as a transposed operand
         if isinstance(state, _Once) and P > H:  # g = e_p r + Σ_h a_h ⊗ z_h: g W_Oᵀ from H + 1 vectors
             ZW = (state.Z.reshape(B * H, d) @ W_O.T).view(B, H, H * dh)
-            U = torch.bmm(state.a.permute(1, 2, 0), ZW)  # [B, P, H*dh]
-            U[rows, state.pos] += state.r @ W_O.T
+            Ut = torch.bmm(ZW.transpose(1, 2), state.a.transpose(0, 1))  # [B, H*dh, P]
+            Ut = Ut.transpose(0, 1).contiguous()  # [H*dh, B, P]
+            Ut[:, rows, state.pos] += (state.r @ W_O.T).T
         else:
-            U = (g.reshape(B * P, d) @ W_O.T).view(B, P, H * dh)
-        Y = torch.einsum("hpq,bphe->bqhe", A[:, :P, :P], U.view(B, P, H, dh)).reshape(B, P, H * dh)
+            Ut = torch.mm(W_O, g.view(B * P, d).T)  # [H*dh, B*P]
+        Yt = torch.bmm(Ut.view(H, dh * B, P), A[:, :P, :P])  # [H, dh*B, P]: Y[b, q, h] = Σ_p A_h[p, q] U[b, p, h]
         if mix_only:
-            return Y, None
-        g.view(B * P, d).addmm_(Y.view(B * P, H * dh), W_V.T)
+            return Yt.view(H * dh, B, P).permute(1, 2, 0), None  # Y [B, P, H*dh], a view
+        g.view(B * P, d).addmm_(Yt.view(H * dh, B * P).T, W_V.T)
         return None, None
 
     def skip_back(self, layer: int, g: Tensor) -> None:
@@ -225,6 +230,35 @@ def _floor_site(rm: ReplacementModel) -> int:
     lowest = channels[0]
     skip_below = any(layer < lowest and tc.W_skip is not None for layer, tc in rm.transcoders.items())
     return 0 if skip_below else attn_site(lowest)
+
+
+def _through_pays(rm: ReplacementModel, pos: Tensor, n_pos: int, itemsize: int, max_bytes: float) -> bool:
+    """Whether to carry the writes below the lowest channel (at positions `pos`) forward through it: when their
+    (source, later position) pairs are fewer than positions × H·d_head (the read then costs less than the channel's
+    W_O side alone) and their [S, pos, d_model] images fit in `max_bytes`. Tokens only (a transcoder-only model):
+    n(n + 1)/2 pairs, a small fraction."""
+    n_pairs = int((n_pos - pos).sum())
+    H, dh, d = rm.cfg.n_heads, rm.cfg.d_head, rm.cfg.d_model
+    return n_pairs <= n_pos * H * dh and len(pos) * n_pos * d * itemsize <= max_bytes
+
+
+def _through_floor(layers: _Layers, layer: int, rows: Tensor, pos: Tensor, v: Tensor, n_pos: int,
+                   n_src: int) -> _Chunks:
+    """The writes below the lowest channel (`layer`) carried forward through it, as writes at every later position:
+    source s at q writes ``Σ_h A_h[p, q]/σ1[q] · (v_s W_V'[h]) W_O[h]`` at each p ≥ q. Reading these against g at
+    the channel's output costs (pairs) × d_model per target instead of the channel's transpose (two d_model ×
+    H·d_head products per position, or one when read in the value space) — far less when few sources lie below
+    (tokens only, in a transcoder-only model)."""
+    W_O, W_V, A, _ = layers.attn[layer]
+    H, dh, d = layers.rm.cfg.n_heads, layers.rm.cfg.d_head, v.shape[1]
+    S = len(rows)
+    n_pairs = int((n_pos - pos).sum())
+    OV = torch.einsum("she,hed->shd", (v @ W_V).view(S, H, dh), W_O.view(H, dh, d))  # [S, H, d]
+    images = torch.einsum("hps,shd->spd", A[:, :, pos], OV)  # [S, n_pos, d]; zero at p < q (causal pattern)
+    s_idx = torch.repeat_interleave(torch.arange(S), n_pos - pos)
+    start = torch.cat([torch.zeros(1, dtype=torch.long), (n_pos - pos).cumsum(0)[:-1]])
+    p_idx = pos[s_idx] + torch.arange(n_pairs) - start[s_idx]
+    return _Chunks.build(rows[s_idx], p_idx, images[s_idx, p_idx], n_pos, n_src, widest=True)
 
 
 def _targets(rm: ReplacementModel, src: Sources, reads: list[LogitRead], n_pos: int) -> _Targets:
@@ -320,11 +354,15 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
     entries = _site_entries(rm, src)
     floor = _floor_site(rm)
     writes = {k: _Chunks.build(r, src.pos[r], v, n, n_src) for k, (r, v) in entries.items()}
-    if floor:  # every write below the lowest channel, read with the channel's value map: [v, v W_V'] against [g, Y]
+    through = low_v = None
+    if floor:  # every write below the lowest channel, read directly and through the channel
         below = [(r, v) for k, (r, v) in entries.items() if k < floor]
         r, v = torch.cat([r for r, _ in below]), torch.cat([v for _, v in below])
         low = _Chunks.build(r, src.pos[r], v, n, n_src)
-        low_v = _Chunks.build(r, src.pos[r], v @ layers.attn[(floor - 1) // 2][1], n, n_src)
+        if _through_pays(rm, src.pos[r], n, v.element_size(), min(byte_limit, 2**33) / 8):
+            through = _through_floor(layers, (floor - 1) // 2, r, src.pos[r], v, n, n_src)
+        else:  # too many writes below: read them in the channel's value space, [v W_V'] against Y
+            low_v = _Chunks.build(r, src.pos[r], v @ layers.attn[(floor - 1) // 2][1], n, n_src)
     size = batch_size or batch_size_for(rm, n, n_src, torch.finfo(dtype).bits // 8, min(byte_limit, 2**33))
     s_rows = torch.arange(n_src)
     channel = _first_channel(rm)
@@ -337,16 +375,19 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
         split = head_parts and int(t.kind[sel[0]]) == 1
         g, single = _seed(rm, cache, reads, layers, t, sel, P, dtype, heads=split)
         pos = t.pos[sel]
-        w = torch.zeros(len(g), n_src + 1, dtype=dtype)
+        wt = torch.zeros(n_src + 1, len(g), dtype=dtype)  # weights transposed: [source (+ padding), target]
         state: Tensor | _Once | None = pos if single else None
         for k in range(int(t.start[sel[0]]), -1, -1):
             if k in writes:  # sources written at k read the residual right after k
-                writes[k].read(g, w)
+                writes[k].read(g, wt)
             layer = (k - 1) // 2
-            if floor and k == floor and not isinstance(state, Tensor):  # the last crossing: read every write below
-                Y, _ = layers.attention_back(layer, g, state, mix_only=True)  # in the channel's value space
-                low.read(g, w)
-                low_v.read(Y, w)
+            if floor and k == floor and (through is not None or not isinstance(state, Tensor)):
+                low.read(g, wt)  # the last crossing: every write below, directly and through the channel
+                if through is not None:
+                    through.read(g, wt)
+                else:
+                    Y, _ = layers.attention_back(layer, g, state, mix_only=True)  # in the channel's value space
+                    low_v.read(Y, wt)
                 break
             if k % 2 == 1 and layer in layers.attn:
                 _, state = layers.attention_back(layer, g, state)
@@ -357,11 +398,12 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
         mask = (src.site[None, :] <= t.start[sel][:, None]) & ((src.pos[None, :] == pos[:, None]) | (
             (src.pos[None, :] < pos[:, None]) & ((channel[src.site][None, :] <= t.start[sel][:, None])
                                                  | (t.kind[sel][:, None] == 1))))  # attention features read q ≤ p
+        w = wt[:n_src].T.contiguous()
         if split:  # w [B·H, ·]: one row per (target, head)
-            parts = w[:, :n_src].view(len(sel), H, n_src)
+            parts = w.view(len(sel), H, n_src)
             col.add(t.rows[sel], s_rows, parts.sum(1), heads=parts.transpose(0, 1), mask=mask)
         else:
-            col.add(t.rows[sel], s_rows, w[:, :n_src], mask=mask)
+            col.add(t.rows[sel], s_rows, w, mask=mask)
     return col.finish()
 
 
