@@ -120,6 +120,29 @@ def test_batch_size_does_not_change_edges_and_tolerance_keeps_identity(model3):
                  atol=1e-11, what="tolerance")
 
 
+@pytest.mark.parametrize("case", ["transcoders only", "attention 1 replaced"])
+def test_tolerance_keeps_exactly_the_large_reachable_edges(model3, case):
+    """With edge_tolerance the stored edges are exactly those of the full graph with |w| ≥ tol · Σ|w| of their
+    target (no unreachable source slips in: the reachability mask is skipped for rows that are not all zero), and
+    ``dropped`` is the sum of the others."""
+    rm = ReplacementModel(model3, _dictionaries(model3, case))
+    cache = rm.run(PROMPT)
+    src = collect_sources(rm, cache)
+    reads = resolve_logit_targets(rm.model, cache.logits[-1], Contrast(" Mary", " John"), False, cache.n_pos - 1)
+    n, tol = len(src) + len(reads), 0.02
+    full, cut = reverse_edges(rm, cache, src, reads), reverse_edges(rm, cache, src, reads, tolerance=tol)
+    dense = _dense(full, n)
+    big = dense.abs() >= tol * dense.abs().sum(1, keepdim=True)
+    keep = torch.zeros(n, n, dtype=torch.bool)
+    keep[full.target, full.source] = big[full.target, full.source]
+    got = torch.zeros(n, n, dtype=torch.bool)
+    got[cut.target, cut.source] = True
+    assert 0 < int(got.sum()) < 0.9 * len(full.weight)
+    assert torch.equal(got, keep)
+    assert_close(_dense(cut, n), dense * keep, rtol=1e-12, atol=1e-14, what="kept edges")
+    assert_close(cut.dropped, (dense * ~keep).sum(1), rtol=1e-9, atol=1e-12, what="dropped")
+
+
 @pytest.mark.parametrize("case", ["transcoders only", "mlp 1 unreplaced, attention 0 replaced"])
 def test_floor_read_through_the_channel_equals_value_space_read(model3, monkeypatch, case):
     """The writes below the lowest channel are read carried forward through it (`_through_floor`: few sources,
