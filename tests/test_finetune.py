@@ -192,6 +192,7 @@ def test_skip_and_cross_layer_transcoders_are_trained_whole(tiny_model, tmp_path
 
 @pytest.mark.parametrize("change, match", [(dict(steps=0), "steps 0"), (dict(rows=-1), "rows -1"),
                                            (dict(lr=float("nan")), "lr nan"), (dict(beta=-1.0), "beta -1"),
+                                           (dict(temperature=0.0), "temperature 0"),
                                            (dict(corpus_phases=(7,)), "corpus_phases")])
 def test_bad_numbers_fail_before_any_work(tmp_path, change, match):
     with pytest.raises(ConfigError, match=match):
@@ -205,3 +206,18 @@ def test_cli_refuses_bad_numbers_in_one_line(capsys, tmp_path):
     assert main(["dicts", "finetune", "--out", str(tmp_path / "o"), "--lr", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["circuits: error: fine-tuning: lr -1.0: must be a finite number ≥ 0"]
+
+
+def test_temperature_kl_sees_a_shrunk_logit_difference_that_plain_kl_hardly_does():
+    """Why the temperature option exists: the clean model answers IOI with a logit difference ~12.5, so a spliced
+    model keeping 77% of it still puts ~all mass on the answer and the plain KL is ~0; at T = 3 the KL (× T²)
+    is orders of magnitude larger, so its gradient sees the lost logit difference. T = 1 is the plain KL."""
+    from circuits.dictionaries.finetune import kl_divergence
+
+    clean = torch.zeros(1, 50)
+    clean[0, 0] = 12.5
+    shrunk = clean * 0.77
+    plain, hot = kl_divergence(clean, shrunk), kl_divergence(clean, shrunk, temperature=3.0)
+    assert plain < 0.01 and hot > 100 * plain, (plain, hot)  # 0.0025 vs 1.02 when written
+    p, q = clean.log_softmax(-1), shrunk.log_softmax(-1)
+    torch.testing.assert_close(plain, (p.exp() * (p - q)).sum(-1).mean())

@@ -62,6 +62,7 @@ class FinetuneConfig:
     rows: int = 16  # corpus rows per step
     lr: float = 1e-4
     beta: float = 1.0  # weight of Σ_d FVU_d against the KL
+    temperature: float = 1.0  # KL between softmax(logits / T) (times T²); 1 = the plain next-token KL
     seed: int = 0
     corpus_seed: int = 2  # organism: 0, dictionary trainers: 1, `dicts eval` held-out: seed 0 "heldout-dicts"
     corpus_phases: tuple[int, ...] = (3, 5)
@@ -79,6 +80,8 @@ class FinetuneConfig:
         for name, v in (("lr", self.lr), ("beta", self.beta), ("l0_tolerance", self.l0_tolerance)):
             if not (isinstance(v, (int, float)) and v == v and 0 <= v < float("inf")):
                 bad.append(f"{name} {v}: must be a finite number ≥ 0")
+        if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < float("inf")):
+            bad.append(f"temperature {self.temperature}: must be a finite number > 0")
         if not self.corpus_phases or any(p not in (1, 2, 3, 4, 5) for p in self.corpus_phases):
             bad.append(f"corpus_phases {self.corpus_phases}: use organism training phases 1-5")
         if bad:
@@ -86,7 +89,7 @@ class FinetuneConfig:
 
 
 #: Options that define the run (a checkpoint resumes only with the same values).
-RUN_IDENTITY = ("steps", "rows", "lr", "beta", "seed", "corpus_seed", "corpus_phases")
+RUN_IDENTITY = ("steps", "rows", "lr", "beta", "temperature", "seed", "corpus_seed", "corpus_phases")
 
 
 def trainable_parameters(dset: DictionarySet) -> list[torch.nn.Parameter]:
@@ -142,16 +145,26 @@ def spliced_hooks(dset: DictionarySet, stats: dict) -> list:
     return hooks
 
 
-def finetune_loss(model, dset: DictionarySet, tokens: Tensor, beta: float) -> tuple[Tensor, dict]:
-    """``KL(clean ‖ spliced) + β Σ_d FVU_d`` on tokens [batch, pos] and its parts (floats)."""
+def kl_divergence(logits_clean: Tensor, logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Mean over positions of ``T² · KL(softmax(clean / T) ‖ softmax(spliced / T))`` for logits [..., vocab]."""
+    p = (logits_clean / temperature).log_softmax(-1)
+    q = (logits / temperature).log_softmax(-1)
+    return temperature ** 2 * (p.exp() * (p - q)).sum(-1).mean()
+
+
+def finetune_loss(model, dset: DictionarySet, tokens: Tensor, beta: float, temperature: float = 1.0
+                  ) -> tuple[Tensor, dict]:
+    """``T² KL_T(clean ‖ spliced) + β Σ_d FVU_d`` on tokens [batch, pos] and its parts (floats; ``kl`` is always
+    the plain next-token KL at T = 1)."""
     with torch.no_grad():
-        logp_clean = model(tokens).log_softmax(-1)
+        clean = model(tokens)
     stats: dict = {}
-    logp = model.run_with_hooks(tokens, fwd_hooks=spliced_hooks(dset, stats)).log_softmax(-1)
-    kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1).mean()
+    logits = model.run_with_hooks(tokens, fwd_hooks=spliced_hooks(dset, stats))
+    kl_t = kl_divergence(clean, logits, temperature)
     fvus = {n: s[0] / s[1].clamp_min(1e-12) for n, s in stats.items()}
-    loss = kl + beta * sum(fvus.values())
-    parts = {"kl": kl.item(), "fvu": {n: v.item() for n, v in fvus.items()},
+    loss = kl_t + beta * sum(fvus.values())
+    parts = {"kl": kl_t.item() if temperature == 1 else kl_divergence(clean, logits.detach()).item(),
+             "kl_t": kl_t.item(), "fvu": {n: v.item() for n, v in fvus.items()},
              "l0": {n: s[2].item() / s[3] for n, s in stats.items()}}
     return loss, parts
 
@@ -276,14 +289,14 @@ def finetune_set(model, dset: DictionarySet, cfg: FinetuneConfig, out: Path, pro
         lr = cfg.lr * min(1.0, (cfg.steps - step) / max(1, cfg.steps - decay_start))
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, parts = finetune_loss(model, dset, stream.block(step), cfg.beta)
+        loss, parts = finetune_loss(model, dset, stream.block(step), cfg.beta, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps or step == start:
             rec = {"step": done, "lr": lr, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 6),
-                   "kl": round(parts["kl"], 6), "fvu": {n: round(v, 5) for n, v in parts["fvu"].items()},
+                   "kl": round(parts["kl"], 6), "kl_t": round(parts["kl_t"], 6), "fvu": {n: round(v, 5) for n, v in parts["fvu"].items()},
                    "l0": {n: round(v, 2) for n, v in parts["l0"].items()}}
             with log_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
