@@ -206,12 +206,14 @@ def gemm_gflops(seconds: float = 2.0) -> float:
 def crossing_flops(g, d: int) -> float:
     """The channel crossings' matrix-product work for a transcoder-only graph (every attention layer a channel):
     a feature at MLP L, position p crosses attention L from one position (cheap), attention L−1 with g W_Oᵀ formed
-    from H + 1 vectors, layers L−2 … 1 in full (g W_Oᵀ and Y W_V'ᵀ at p + 1 positions, 2 · d_model · H·d_head flops
-    each per position) and the lowest one's W_O side only: (L − 1) full crossings for L ≥ 2."""
+    from H + 1 vectors (its Y W_V'ᵀ side in full, unless L − 1 = 1), layers L−2 … 2 in full (g W_Oᵀ and Y W_V'ᵀ
+    at p + 1 positions, 2 · d_model · H·d_head flops each per position), attention 1 on its W_O side only (every
+    write below it is read against [g, Y]) and none of attention 0 (the tokens are read carried forward through
+    it): L − 2 full crossings for L ≥ 2."""
     total = 0.0
     for n in g.nodes:
-        if n.kind == "mlp_feature" and n.layer >= 2:
-            total += (n.layer - 1) * (n.pos + 1) * 4 * d * d
+        if n.kind == "mlp_feature" and n.layer >= 3:
+            total += (n.layer - 2) * (n.pos + 1) * 4 * d * d
     return total
 
 

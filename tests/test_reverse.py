@@ -143,25 +143,33 @@ def test_tolerance_keeps_exactly_the_large_reachable_edges(model3, case):
     assert_close(cut.dropped, (dense * ~keep).sum(1), rtol=1e-9, atol=1e-12, what="dropped")
 
 
-@pytest.mark.parametrize("case", ["transcoders only", "mlp 1 unreplaced, attention 0 replaced"])
-def test_floor_read_through_the_channel_equals_value_space_read(model3, monkeypatch, case):
+@pytest.mark.parametrize("case", ["transcoders only", "attention 1 replaced", "mlp 1 unreplaced, attention 0 replaced"])
+def test_reads_below_the_channels_give_the_same_edges_on_every_path(model3, monkeypatch, case):
     """The writes below the lowest channel are read carried forward through it (`_through_floor`: few sources,
     e.g. tokens only) or in its value space after its transpose (many sources, e.g. MLP 0 and attention 0 below
-    attention 1): the same edges either way, and both equal autograd's (test_d)."""
+    attention 1); with the images, every write below the next channel up can be read against [g, Y] at that
+    channel's output (`_upper_site`) or the sweep can cross it. The same edges on every path (and they equal
+    autograd's, test_d)."""
     import circuits.attribution.reverse as reverse
 
     rm = ReplacementModel(model3, _dictionaries(model3, case))
     cache = rm.run(PROMPT)
     src = collect_sources(rm, cache)
     reads = resolve_logit_targets(rm.model, cache.logits[-1], Contrast(" Mary", " John"), False, cache.n_pos - 1)
+    used = []
+    monkeypatch.setattr(reverse, "_upper_pays", lambda *a: used.append(a) or True)  # tiny d_model: force it
     out = {}
-    for use in (True, False):
-        monkeypatch.setattr(reverse, "_through_pays", lambda *a, use=use: use)
-        out[use] = reverse_edges(rm, cache, src, reads, batch_size=7)
-    through, value = out[True], out[False]
-    assert torch.equal(through.target, value.target) and torch.equal(through.source, value.source)
-    assert through.weight.abs().max() > 0
-    assert_close(through.weight, value.weight, rtol=1e-10, atol=1e-13, what="through the floor vs value space")
+    for through, upper in ((True, True), (True, False), (False, False)):
+        monkeypatch.setattr(reverse, "_through_pays", lambda *a, use=through: use)
+        if not upper:
+            monkeypatch.setattr(reverse, "_upper_site", lambda *a: 0)
+        out[through, upper] = reverse_edges(rm, cache, src, reads, batch_size=7)
+    assert len(used) == 1  # two channels, no skip transcoder: the upper read was taken (and only there)
+    ref = out[True, True]
+    assert ref.weight.abs().max() > 0
+    for key, e in out.items():
+        assert torch.equal(ref.target, e.target) and torch.equal(ref.source, e.source)
+        assert_close(e.weight, ref.weight, rtol=1e-10, atol=1e-13, what=f"through, upper = {key}")
 
 
 def test_tokens_reach_other_positions_only_through_unreplaced_attention(model3):

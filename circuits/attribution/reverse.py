@@ -18,17 +18,26 @@ write site k. This module computes those gradients by hand, many targets at once
    unchanged. While g is non-zero at the target's own position only (before its first unreplaced attention
    layer), the attention transpose is formed once per head instead of once per position, and the result
    ``e_p r + Σ_h A_h[p, :] ⊗ z_h`` is kept in that form (`_Once`) so that the second crossing forms ``g W_Oᵀ``
-   from H + 1 vectors instead of one per position; at the lowest unreplaced attention layer (when no skip
-   channel lies below it) the writes below are read in its value space, ``g · v + Y · (v W_V')``, with the
-   sources' projections formed once per graph (`_floor_site`).
+   from H + 1 vectors instead of one per position. At the lowest unreplaced attention layer (when no skip
+   channel lies below it, `_floor_site`) the sweep stops: the writes below it are read directly and carried
+   forward through it — source s at q as ``Σ_h A_h[p, q]/σ1[q] (v_s W_V'[h]) W_O[h]`` at every p ≥ q, formed once
+   per graph (`_through_floor`; only the tokens in a transcoder-only model) — or, when there are many of them, in
+   its value space, ``g · v + Y · (v W_V')``. With those images the sweep stops one channel higher
+   (`_upper_site`): every write below that channel (between the two, below the floor, and the images) is read
+   against [g, Y] at its output with value-space projections formed once per graph, so that channel's
+   ``Y W_V'ᵀ`` is never formed per target. The channel's transpose is formed as ``Uᵀ = W_O gᵀ`` so that each
+   head's position mix is one batched product (no permuted copies), and the reads accumulate into transposed
+   weights [source, target].
 3. **Constant term**, independently: one frozen TransformerLens forward pass in which every source's write is
    subtracted (`autograd._frozen_targets`), read at each target. So ``Σ edges + constant = pre-activation`` checks
    the sweep against the model itself.
 
 The cost is, per target, two d_model × (n_heads·d_head) products per unreplaced attention layer below it and per
-position at or before it, less the first crossing (one position), half the second and half the last — the same
+position at or before it, less the first crossing (one position), half the second, half the next-to-last and
+all of the last (L − 2 full crossings for a transcoder feature at MLP L ≥ 2 in a transcoder-only model) — the
 work circuit-tracer's batched backward passes do, without the MLPs, the attention scores or the autograd graph.
-Batches are sized from the memory limit; edges below ``tolerance × Σ|w|`` of their target are dropped into
+Batches are sized from the memory limit and end at position boundaries (each target is padded to its batch's
+last position); edges below ``tolerance × Σ|w|`` of their target are dropped into
 ``dropped`` as in the analytic engine. Per-head parts of edges into attention-SAE features (through the heads of
 the feature's own layer, as the analytic engine gives them) are computed with ``head_parts=True``, one sweep per
 head for those targets; otherwise they are zeros.
@@ -233,6 +242,24 @@ def _floor_site(rm: ReplacementModel) -> int:
     return 0 if skip_below else attn_site(lowest)
 
 
+def _upper_site(rm: ReplacementModel, floor: int) -> int:
+    """The attention site without an SAE next above the floor when no skip transcoder lies below it, else 0. Between
+    the two g passes unchanged, so every write below it — between the two, below the floor, and carried through
+    the floor — is read against [g, Y] at its output, ``(g + Y W_V'ᵀ) · v = g · v + Y · (v W_V')``, with the
+    writes' value-space projections formed once per graph: its Y W_V'ᵀ side is never formed per target."""
+    above = [layer for layer in range((floor - 1) // 2 + 1, rm.n_layers) if layer not in rm.attention_saes]
+    if not floor or not above:
+        return 0
+    skip = any(layer < above[0] and tc.W_skip is not None for layer, tc in rm.transcoders.items())
+    return 0 if skip else attn_site(above[0])
+
+
+def _upper_pays(rm: ReplacementModel, n_writes: int, n_pos: int) -> bool:
+    """Whether reading `n_writes` writes against [g, Y] (two reads of about n_writes / n_pos writes per position)
+    costs less than half of the Y W_V'ᵀ product it replaces (n_pos × H·d_head per position)."""
+    return n_writes * 2 <= n_pos * rm.cfg.n_heads * rm.cfg.d_head
+
+
 def _through_pays(rm: ReplacementModel, pos: Tensor, n_pos: int, itemsize: int, max_bytes: float) -> bool:
     """Whether to carry the writes below the lowest channel (at positions `pos`) forward through it: when their
     (source, later position) pairs are fewer than positions × H·d_head (the read then costs less than the channel's
@@ -243,13 +270,13 @@ def _through_pays(rm: ReplacementModel, pos: Tensor, n_pos: int, itemsize: int, 
     return n_pairs <= n_pos * H * dh and len(pos) * n_pos * d * itemsize <= max_bytes
 
 
-def _through_floor(layers: _Layers, layer: int, rows: Tensor, pos: Tensor, v: Tensor, n_pos: int,
-                   n_src: int) -> _Chunks:
+def _through_floor(layers: _Layers, layer: int, rows: Tensor, pos: Tensor, v: Tensor,
+                   n_pos: int) -> tuple[Tensor, Tensor, Tensor]:
     """The writes below the lowest channel (`layer`) carried forward through it, as writes at every later position:
     source s at q writes ``Σ_h A_h[p, q]/σ1[q] · (v_s W_V'[h]) W_O[h]`` at each p ≥ q. Reading these against g at
     the channel's output costs (pairs) × d_model per target instead of the channel's transpose (two d_model ×
     H·d_head products per position, or one when read in the value space) — far less when few sources lie below
-    (tokens only, in a transcoder-only model)."""
+    (tokens only, in a transcoder-only model). Returns the images as (rows, positions, vectors)."""
     W_O, W_V, A, _ = layers.attn[layer]
     H, dh, d = layers.rm.cfg.n_heads, layers.rm.cfg.d_head, v.shape[1]
     S = len(rows)
@@ -259,7 +286,7 @@ def _through_floor(layers: _Layers, layer: int, rows: Tensor, pos: Tensor, v: Te
     s_idx = torch.repeat_interleave(torch.arange(S), n_pos - pos)
     start = torch.cat([torch.zeros(1, dtype=torch.long), (n_pos - pos).cumsum(0)[:-1]])
     p_idx = pos[s_idx] + torch.arange(n_pairs) - start[s_idx]
-    return _Chunks.build(rows[s_idx], p_idx, images[s_idx, p_idx], n_pos, n_src, widest=True)
+    return rows[s_idx], p_idx, images[s_idx, p_idx]  # (rows, positions, vectors) of the images
 
 
 def _targets(rm: ReplacementModel, src: Sources, reads: list[LogitRead], n_pos: int) -> _Targets:
@@ -367,12 +394,24 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
     floor = _floor_site(rm)
     writes = {k: _Chunks.build(r, src.pos[r], v, n, n_src) for k, (r, v) in entries.items()}
     through = low_v = None
+    upper = 0
     if floor:  # every write below the lowest channel, read directly and through the channel
         below = [(r, v) for k, (r, v) in entries.items() if k < floor]
         r, v = torch.cat([r for r, _ in below]), torch.cat([v for _, v in below])
         low = _Chunks.build(r, src.pos[r], v, n, n_src)
         if _through_pays(rm, src.pos[r], n, v.element_size(), min(byte_limit, 2**33) / 8):
-            through = _through_floor(layers, (floor - 1) // 2, r, src.pos[r], v, n, n_src)
+            tr, tp, tv = _through_floor(layers, (floor - 1) // 2, r, src.pos[r], v, n)
+            through = _Chunks.build(tr, tp, tv, n, n_src, widest=True)
+            upper = _upper_site(rm, floor)
+            mid = [(r2, v2) for k, (r2, v2) in entries.items() if floor < k < upper]
+            rows = torch.cat([r, tr] + [r2 for r2, _ in mid])
+            if upper and _upper_pays(rm, len(rows), n):
+                vecs = torch.cat([v, tv] + [v2 for _, v2 in mid])
+                pos_all = torch.cat([src.pos[r], tp] + [src.pos[r2] for r2, _ in mid])
+                up = _Chunks.build(rows, pos_all, vecs, n, n_src)
+                up_v = _Chunks.build(rows, pos_all, vecs @ layers.attn[(upper - 1) // 2][1], n, n_src)
+            else:
+                upper = 0
         else:  # too many writes below: read them in the channel's value space, [v W_V'] against Y
             low_v = _Chunks.build(r, src.pos[r], v @ layers.attn[(floor - 1) // 2][1], n, n_src)
     size = batch_size or batch_size_for(rm, n, n_src, torch.finfo(dtype).bits // 8, min(byte_limit, 2**33))
@@ -393,6 +432,11 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
             if k in writes:  # sources written at k read the residual right after k
                 writes[k].read(g, wt)
             layer = (k - 1) // 2
+            if upper and k == upper and not isinstance(state, Tensor):  # every write below, against [g, Y]
+                Y, _ = layers.attention_back(layer, g, state, mix_only=True)
+                up.read(g, wt)
+                up_v.read(Y, wt)
+                break
             if floor and k == floor and (through is not None or not isinstance(state, Tensor)):
                 low.read(g, wt)  # the last crossing: every write below, directly and through the channel
                 if through is not None:
