@@ -237,3 +237,38 @@ def test_head_parts_through_channels_equal_autograd_with_one_head_left(model3):
         patterns[1] = keep
         one = autograd_edges(rm, dataclasses.replace(cache, patterns=patterns), src, reads, only=attn)
         assert_close(parts[..., h], _dense(one, n)[attn], rtol=1e-9, atol=1e-12, what=f"head {h} part")
+
+
+@pytest.mark.parametrize("path", ["upper read", "images through the floor", "value-space floor"])
+def test_gemma2_post_norm_channels_equal_autograd(tmp_path, monkeypatch, path):
+    """Gemma-2's attention writes through a post-norm (frozen: ``w / σ[p]`` per position): the sweeps scale g by it
+    before W_Oᵀ (so no factored second crossing) and the images through the floor after W_O. Reverse = autograd on
+    a 4-layer tiny Gemma-2 model (sliding window, soft-caps, GQA), transcoders only and with an attention SAE on
+    layer 1, on each path below the bottom two channels; edges + constant = pre-activation."""
+    import circuits.attribution.reverse as reverse
+    from circuits.attribution.autograd import autograd_edges
+    from circuits.families import tiny_model
+
+    model = tiny_model("gemma2", seed=2, tokenizer_folder=tmp_path / "tokenizer", n_layers=4)
+    if path == "upper read":
+        monkeypatch.setattr(reverse, "_upper_pays", lambda *a: True)
+    elif path == "images through the floor":
+        monkeypatch.setattr(reverse, "_upper_site", lambda *a: 0)
+    else:
+        monkeypatch.setattr(reverse, "_through_pays", lambda *a: False)
+    for dicts in (random_dictionaries(model, seed=3, kinds=("transcoder",)),
+                  random_dictionaries(model, seed=3, kinds=("transcoder",))
+                  + random_dictionaries(model, seed=4, layers=[1], kinds=("attention_sae",))):
+        rm = ReplacementModel(model, dicts)
+        assert rm.has_post_norm
+        cache = rm.run(PROMPT)
+        src = collect_sources(rm, cache)
+        reads = resolve_logit_targets(rm.model, cache.logits[-1], Contrast(" Mary", " John"), False,
+                                      cache.n_pos - 1)
+        r, a = reverse_edges(rm, cache, src, reads, batch_size=5), autograd_edges(rm, cache, src, reads)
+        n = len(src) + len(reads)
+        assert a.weight.abs().max() > 0
+        assert_close(_dense(r, n), _dense(a, n), rtol=1e-9, atol=1e-12, what="gemma-2 reverse vs autograd")
+        rows = torch.unique(r.target)
+        assert_close((_dense(r, n).sum(1) + r.constants)[rows], r.pre_activations[rows], rtol=1e-9, atol=1e-11,
+                     what="gemma-2 edges + constant")

@@ -78,14 +78,13 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
         reads = resolve_logit_targets(rm.model, cache.logits[last], target, demean_logits, last)
     else:
         raise AttributionError(f"unknown target {target!r}; use TopLogits, Logit, Contrast or FeatureTarget")
-    # the reverse sweeps apply neither Gemma-2's post-norm on attention channels nor raw-residual transcoder reads
-    unswept = (rm.has_post_norm and len(rm.attention_saes) < rm.n_layers) or any(
-        reads_residual(tc) for tc in rm.transcoders.values())
+    # the reverse sweeps do not apply raw-residual transcoder reads (Gemma-2's post-norm on channels they do)
+    unswept = any(reads_residual(tc) for tc in rm.transcoders.values())
     if method == "auto":
         method = "analytic" if len(rm.attention_saes) == rm.n_layers else ("autograd" if unswept else "reverse")
     if method == "reverse" and unswept:
-        raise AttributionError("method 'reverse' does not yet apply the norm after attention (Gemma-2's ln1_post) or "
-                               "transcoders reading hook_resid_mid; use method='autograd' (or 'auto')")
+        raise AttributionError("method 'reverse' does not yet apply transcoders reading hook_resid_mid (the raw "
+                               "residual stream); use method='autograd' (or 'auto')")
     limit = memory_limit_bytes if memory_limit_bytes is not None else _available_memory() // 2
     if edge_tolerance == 0:
         _check_memory(rm, src, limit)

@@ -147,7 +147,8 @@ class _Layers:
     def __init__(self, rm: ReplacementModel, cache: ReplacementCache, dtype):
         self.rm, self.center = rm, rm.has_ln
         H, dh, d = rm.cfg.n_heads, rm.cfg.d_head, rm.cfg.d_model
-        self.attn: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self.attn: dict[int, tuple[Tensor, Tensor, Tensor, Tensor | None]] = {}
+        self.factored = not rm.has_post_norm  # a post-norm scales g per position: no factored second crossing
         for layer in range(rm.n_layers):
             if layer in rm.attention_saes:
                 continue
@@ -160,7 +161,8 @@ class _Layers:
                 W_V = W_V - W_V.mean(0, keepdim=True)  # the centring P of the output folded in too
             sigma = cache.ln1_scale[layer].to(dtype)
             A = cache.patterns[layer].to(dtype) / sigma  # A[h, p, q] / σ1[q]: the scale folded in as well
-            self.attn[layer] = (W_O, W_V, A, sigma)
+            post = rm.attn_out_scale(cache, layer)  # Gemma-2: the frozen ln1_post factor w / σ[p] on the output
+            self.attn[layer] = (W_O, W_V, A, post.to(dtype) if post is not None else None)
         self.skip: dict[int, tuple[Tensor, Tensor]] = {}
         for layer, tc in rm.transcoders.items():
             if tc.W_skip is not None:
@@ -186,17 +188,17 @@ class _Layers:
         the next state), that `_Once` form (the second crossing: ``g W_Oᵀ`` from the H + 1 vectors r, z_h instead
         of one per position), or None (dense). `mix_only`: return Y [B, P, H·dh] (g W_Oᵀ mixed over positions in
         each head's value space, before W_V'ᵀ) and leave g as it is. Returns (Y or None, the next state)."""
-        W_O, W_V, A, _ = self.attn[layer]
+        W_O, W_V, A, post = self.attn[layer]
         H, dh = self.rm.cfg.n_heads, self.rm.cfg.d_head
         B, P, d = g.shape
         rows = torch.arange(B)
         if isinstance(state, Tensor):  # single position per target
             r = g[rows, state]  # [B, d] (a copy)
-            U = r @ W_O.T  # [B, H*dh]
+            U = (r if post is None else r * post[state]) @ W_O.T  # [B, H*dh]
             Z = torch.einsum("bhe,dhe->bhd", U.view(B, H, dh), W_V.view(d, H, dh))  # [B, H, d]
             a = A[:, state, :P]  # [H, B, P]: A[h, p_b, q]
             g.add_(torch.einsum("hbq,bhd->bqd", a, Z))
-            return None, _Once(state, r, a, Z)
+            return None, _Once(state, r, a, Z) if self.factored else None
         # U = g W_Oᵀ is formed transposed, Uᵀ [H·dh, B·P], so that each head's position mix is one batched product
         # over the last dim (Yᵀ = Uᵀ A per head, no permuted copies) and Y W_V'ᵀ reads Yᵀ as a transposed operand
         if isinstance(state, _Once) and P > H:  # g = e_p r + Σ_h a_h ⊗ z_h: g W_Oᵀ from H + 1 vectors
@@ -205,7 +207,7 @@ class _Layers:
             Ut = Ut.transpose(0, 1).contiguous()  # [H*dh, B, P]
             Ut[:, rows, state.pos] += (state.r @ W_O.T).T
         else:
-            Ut = torch.mm(W_O, g.view(B * P, d).T)  # [H*dh, B*P]
+            Ut = torch.mm(W_O, (g if post is None else g * post[:P]).view(B * P, d).T)  # [H*dh, B*P]
         Yt = torch.bmm(Ut.view(H, dh * B, P), A[:, :P, :P])  # [H, dh*B, P]: Y[b, q, h] = Σ_p A_h[p, q] U[b, p, h]
         if mix_only:
             return Yt.view(H * dh, B, P).permute(1, 2, 0), None  # Y [B, P, H*dh], a view
@@ -277,12 +279,14 @@ def _through_floor(layers: _Layers, layer: int, rows: Tensor, pos: Tensor, v: Te
     the channel's output costs (pairs) × d_model per target instead of the channel's transpose (two d_model ×
     H·d_head products per position, or one when read in the value space) — far less when few sources lie below
     (tokens only, in a transcoder-only model). Returns the images as (rows, positions, vectors)."""
-    W_O, W_V, A, _ = layers.attn[layer]
+    W_O, W_V, A, post = layers.attn[layer]
     H, dh, d = layers.rm.cfg.n_heads, layers.rm.cfg.d_head, v.shape[1]
     S = len(rows)
     n_pairs = int((n_pos - pos).sum())
     OV = torch.einsum("she,hed->shd", (v @ W_V).view(S, H, dh), W_O.view(H, dh, d))  # [S, H, d]
     images = torch.einsum("hps,shd->spd", A[:, :, pos], OV)  # [S, n_pos, d]; zero at p < q (causal pattern)
+    if post is not None:  # Gemma-2's frozen ln1_post scales what the channel writes at p
+        images = images * post[None]
     s_idx = torch.repeat_interleave(torch.arange(S), n_pos - pos)
     start = torch.cat([torch.zeros(1, dtype=torch.long), (n_pos - pos).cumsum(0)[:-1]])
     p_idx = pos[s_idx] + torch.arange(n_pairs) - start[s_idx]
