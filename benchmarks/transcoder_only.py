@@ -3,6 +3,7 @@
     python benchmarks/transcoder_only.py organism [--repeats 3] [--autograd | --autograd-sample 64]
                                                  [--no-circuit-tracer] [--threads 1,2]
     python benchmarks/transcoder_only.py scale [--d-sae 24576] [--k 30] [--pos 64] [--tolerance 1e-3]
+    python benchmarks/transcoder_only.py ab --against REV [--d-sae 2048] [--repeats 1]   # engine A/B, one process
 
 ``organism``: the organism with its four transcoders and no attention SAEs, three IOI prompts of 34–49 tokens.
 Times our reverse sweeps (median of the repeats) and, side by side in the same process, circuit-tracer 0.5.0 on the
@@ -247,6 +248,63 @@ def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
     print(f"peak resident memory of the process: {peak_rss_gib():.2f} GiB; load average at end {load_avg()}")
 
 
+def engine_at(rev: str):
+    """The reverse engine module as of git revision `rev` (imported from `git show rev:circuits/attribution/reverse.py`),
+    for same-process A/B timings against the working tree's."""
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    text = subprocess.run(["git", "show", f"{rev}:circuits/attribution/reverse.py"], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parent.parent).stdout
+    path = Path(tempfile.mkdtemp()) / "reverse_at_rev.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("reverse_at_rev", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reverse_at_rev"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def ab(against: str, d_sae: int, k: int, n_pos: int, tolerance: float, repeats: int) -> None:
+    """The working tree's reverse engine against revision `against`'s on the GPT-2-shaped graph's edges (the same
+    cache, sources and targets), alternating in one process; CPU time (process_time: with one thread it is the
+    work, little moved by other processes) and wall time, and whether the edges agree. The edges phase depends on
+    d_sae only through which features are active: the default 2,048 builds faster than 24,576 with the same counts
+    (TopK k per position)."""
+    import circuits.attribution.reverse as new
+    from circuits.attribution.sources import collect_sources
+    from circuits.attribution.targets import TopLogits, resolve_logit_targets
+
+    old = engine_at(against)
+    rm = gpt2_shaped(d_sae, k, ("transcoder",))
+    tokens = torch.randint(1, 50257, (n_pos,), generator=torch.Generator().manual_seed(0))
+    cache = rm.run(tokens)
+    src = collect_sources(rm, cache)
+    reads = resolve_logit_targets(rm.model, cache.logits[-1], TopLogits(), False, n_pos - 1)
+    print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; A = {against}, B = working "
+          f"tree; d_sae {d_sae}, TopK {k}, {n_pos} tokens, edge_tolerance {tolerance}; {len(src)} sources")
+    cpu, wall, out = {"A": [], "B": []}, {"A": [], "B": []}, {}
+    for r in range(repeats):
+        for name, engine in (("A", old), ("B", new)):
+            c, t = time.process_time(), time.perf_counter()
+            out[name] = engine.reverse_edges(rm, cache, src, reads, tolerance=tolerance, byte_limit=6 * 2**30)
+            cpu[name].append(time.process_time() - c)
+            wall[name].append(time.perf_counter() - t)
+            print(f"repeat {r} {name}: CPU {cpu[name][-1]:.1f} s, wall {wall[name][-1]:.1f} s, load {load_avg()}",
+                  flush=True)
+    a, b = out["A"], out["B"]
+    same = torch.equal(a.target, b.target) and torch.equal(a.source, b.source)
+    rel = float((a.weight - b.weight).abs().max() / a.weight.abs().max()) if same else float("nan")
+    mc = {n: statistics.median(v) for n, v in cpu.items()}
+    mw = {n: statistics.median(v) for n, v in wall.items()}
+    print(f"same edge set: {same} ({len(b.weight):,} edges), max |Δw| / max |w| {rel:.1e}")
+    print(f"B / A: CPU {mc['B']:.1f} / {mc['A']:.1f} s = {mc['B'] / mc['A']:.3f}; wall {mw['B']:.1f} / {mw['A']:.1f} s "
+          f"= {mw['B'] / mw['A']:.3f} (medians of {repeats}); load average at end {load_avg()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="which", required=True)
@@ -263,8 +321,17 @@ def main() -> None:
     s.add_argument("--k", type=int, default=30)
     s.add_argument("--pos", type=int, default=64)
     s.add_argument("--tolerance", type=float, default=1e-3)
+    a = sub.add_parser("ab", help="the working tree's reverse engine against a git revision's, GPT-2-shaped")
+    a.add_argument("--against", required=True, help="git revision of the engine to compare with (A)")
+    a.add_argument("--d-sae", type=int, default=2048)
+    a.add_argument("--k", type=int, default=30)
+    a.add_argument("--pos", type=int, default=64)
+    a.add_argument("--tolerance", type=float, default=1e-3)
+    a.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    if args.which == "organism":
+    if args.which == "ab":
+        ab(args.against, args.d_sae, args.k, args.pos, args.tolerance, args.repeats)
+    elif args.which == "organism":
         organism(args.repeats, args.autograd, not args.no_circuit_tracer, args.autograd_sample,
                  [int(x) for x in args.threads.split(",")])
     else:
