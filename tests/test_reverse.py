@@ -143,28 +143,41 @@ def test_tolerance_keeps_exactly_the_large_reachable_edges(model3, case):
     assert_close(cut.dropped, (dense * ~keep).sum(1), rtol=1e-9, atol=1e-12, what="dropped")
 
 
-@pytest.mark.parametrize("case", ["transcoders only", "attention 1 replaced", "mlp 1 unreplaced, attention 0 replaced"])
-def test_reads_below_the_channels_give_the_same_edges_on_every_path(model3, monkeypatch, case):
+@pytest.mark.parametrize("case", ["transcoders only", "clt, attention 2 replaced",
+                                  "4 layers, attention 1 replaced", "mlp 1 unreplaced, attention 0 replaced"])
+def test_reads_below_the_channels_give_the_same_edges_on_every_path(model3, tmp_path, monkeypatch, case):
     """The writes below the lowest channel are read carried forward through it (`_through_floor`: few sources,
     e.g. tokens only) or in its value space after its transpose (many sources, e.g. MLP 0 and attention 0 below
     attention 1); with the images, every write below the next channel up can be read against [g, Y] at that
-    channel's output (`_upper_site`) or the sweep can cross it. The same edges on every path (and they equal
-    autograd's, test_d)."""
+    channel's output (`_upper_site`; with 4 layers and attention 1 replaced, its features lie between the two
+    channels) or the sweep can cross it. The same edges on every path (and they equal autograd's, test_d)."""
     import circuits.attribution.reverse as reverse
 
-    rm = ReplacementModel(model3, _dictionaries(model3, case))
+    if case.startswith("4 layers"):
+        model = build_tiny(tmp_path, n_layers=4, dtype=torch.float64)
+        dicts = random_dictionaries(model, kinds=("transcoder",)) + random_dictionaries(
+            model, kinds=("attention_sae",), layers=[1], seed=4)
+    else:
+        model, dicts = model3, _dictionaries(model3, case)
+    rm = ReplacementModel(model, dicts)
     cache = rm.run(PROMPT)
     src = collect_sources(rm, cache)
     reads = resolve_logit_targets(rm.model, cache.logits[-1], Contrast(" Mary", " John"), False, cache.n_pos - 1)
-    used = []
-    monkeypatch.setattr(reverse, "_upper_pays", lambda *a: used.append(a) or True)  # tiny d_model: force it
+    monkeypatch.setattr(reverse, "_upper_pays", lambda *a: True)  # tiny d_model: force it
+    value_reads, real = [], reverse._Layers.attention_back
+    monkeypatch.setattr(reverse._Layers, "attention_back", lambda self, layer, g, state, mix_only=False: (
+        value_reads.append(layer) if mix_only else None) or real(self, layer, g, state, mix_only))
     out = {}
     for through, upper in ((True, True), (True, False), (False, False)):
         monkeypatch.setattr(reverse, "_through_pays", lambda *a, use=through: use)
         if not upper:
             monkeypatch.setattr(reverse, "_upper_site", lambda *a: 0)
+        value_reads.clear()
         out[through, upper] = reverse_edges(rm, cache, src, reads, batch_size=7)
-    assert len(used) == 1  # two channels, no skip transcoder: the upper read was taken (and only there)
+        channels = sorted(set(range(rm.n_layers)) - set(rm.attention_saes))
+        if through and upper and case != "mlp 1 unreplaced, attention 0 replaced":  # the upper read was taken,
+            assert set(value_reads) == {channels[1]}  # at the second channel from the bottom (in that case every
+            # target reaching it crosses it first, from its own position: nothing to read in its value space)
     ref = out[True, True]
     assert ref.weight.abs().max() > 0
     for key, e in out.items():
