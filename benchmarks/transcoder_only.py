@@ -245,7 +245,11 @@ def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
     print(f"work: {work / 1e12:.2f} TFLOP in the channel crossings' products = {work / tm['edges'] / 1e9:.0f} GFLOP/s "
           f"over the edges phase; this process's [4096,768]x[768,768] product rate before/after: {before:.0f}/"
           f"{after:.0f} GFLOP/s (at the mean of the two the crossings alone need {2 * work / 1e9 / (before + after):.0f} s)")
-    print(f"peak resident memory of the process: {peak_rss_gib():.2f} GiB; load average at end {load_avg()}")
+    rss = peak_rss_gib()
+    print(f"peak resident memory of the process: {rss:.2f} GiB; load average at end {load_avg()}")
+    print(f"targets (issue 20): full graph ≤ 60 s on 2 cores: {graph_s:.1f} s, {'met' if graph_s <= 60 else 'not met'}; "
+          f"≤ 8 GB: {rss * 2**30 / 1e9:.2f} GB, {'met' if rss * 2**30 <= 8e9 else 'not met'} "
+          f"(torch threads {torch.get_num_threads()})")
 
 
 def engine_at(rev: str):
