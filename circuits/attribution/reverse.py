@@ -256,20 +256,23 @@ def _upper_site(rm: ReplacementModel, floor: int) -> int:
     return 0 if skip else attn_site(above[0])
 
 
-def _upper_pays(rm: ReplacementModel, n_writes: int, n_pos: int) -> bool:
+def _upper_pays(rm: ReplacementModel, n_writes: int, n_pos: int, itemsize: int, max_bytes: float) -> bool:
     """Whether reading `n_writes` writes against [g, Y] (two reads of about n_writes / n_pos writes per position)
-    costs less than half of the Y W_V'ᵀ product it replaces (n_pos × H·d_head per position)."""
-    return n_writes * 2 <= n_pos * rm.cfg.n_heads * rm.cfg.d_head
+    costs less than half of the Y W_V'ᵀ product it replaces (n_pos × H·d_head per position), and the writes and
+    their value-space projections (padded to chunks: counted twice) fit in `max_bytes`."""
+    width = rm.cfg.d_model + rm.cfg.n_heads * rm.cfg.d_head
+    return n_writes * 2 <= n_pos * rm.cfg.n_heads * rm.cfg.d_head and 2 * n_writes * width * itemsize <= max_bytes
 
 
 def _through_pays(rm: ReplacementModel, pos: Tensor, n_pos: int, itemsize: int, max_bytes: float) -> bool:
     """Whether to carry the writes below the lowest channel (at positions `pos`) forward through it: when their
     (source, later position) pairs are fewer than positions × H·d_head (the read then costs less than the channel's
-    W_O side alone) and their [S, pos, d_model] images fit in `max_bytes`. Tokens only (a transcoder-only model):
-    n(n + 1)/2 pairs, a small fraction."""
+    W_O side alone) and their [S, pos, d_model] images fit in `max_bytes` four times over (the dense images, their
+    padded chunks, and the upper read's copy with its projections). Tokens only (a transcoder-only model):
+    n(n + 1)/2 pairs, a small fraction (up to about 300 tokens at GPT-2 width within the default 1 GiB)."""
     n_pairs = int((n_pos - pos).sum())
     H, dh, d = rm.cfg.n_heads, rm.cfg.d_head, rm.cfg.d_model
-    return n_pairs <= n_pos * H * dh and len(pos) * n_pos * d * itemsize <= max_bytes
+    return n_pairs <= n_pos * H * dh and 4 * len(pos) * n_pos * d * itemsize <= max_bytes
 
 
 def _through_floor(layers: _Layers, layer: int, rows: Tensor, pos: Tensor, v: Tensor,
@@ -409,7 +412,7 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
             upper = _upper_site(rm, floor)
             mid = [(r2, v2) for k, (r2, v2) in entries.items() if floor < k < upper]
             rows = torch.cat([r, tr] + [r2 for r2, _ in mid])
-            if upper and _upper_pays(rm, len(rows), n):
+            if upper and _upper_pays(rm, len(rows), n, v.element_size(), min(byte_limit, 2**33) / 8):
                 vecs = torch.cat([v, tv] + [v2 for _, v2 in mid])
                 pos_all = torch.cat([src.pos[r], tp] + [src.pos[r2] for r2, _ in mid])
                 up = _Chunks.build(rows, pos_all, vecs, n, n_src)
