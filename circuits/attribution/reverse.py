@@ -484,10 +484,14 @@ def _constants_and_pre(rm: ReplacementModel, cache: ReplacementCache, src: Sourc
     rows = t.rows.tolist()
     col.constants[t.rows] = _frozen_targets(rm, cache, src, reads, rows, _fixed_outputs(rm, cache), no_sources,
                                             shared=True)
+    by_dict: dict[str, tuple[list[int], list[int], list[int]]] = {}  # one gather per dictionary
     for r in rows:
         if r < len(src):
             node = src.nodes[r]
             d = rm.attention_saes[node.layer] if node.kind == "attn_feature" else rm.transcoders[node.layer]
-            col.pre[r] = cache.pre_activations[d.cfg.name][node.pos, node.index].to(dtype)
+            for lst, x in zip(by_dict.setdefault(d.cfg.name, ([], [], [])), (r, node.pos, node.index), strict=True):
+                lst.append(x)
         else:
             col.pre[r] = reads[r - len(src)].value
+    for name, (r, p, i) in by_dict.items():
+        col.pre[torch.tensor(r)] = cache.pre_activations[name][torch.tensor(p), torch.tensor(i)].to(dtype)
