@@ -221,3 +221,17 @@ def test_temperature_kl_sees_a_shrunk_logit_difference_that_plain_kl_hardly_does
     assert plain < 0.01 and hot > 100 * plain, (plain, hot)  # 0.0025 vs 1.02 when written
     p, q = clean.log_softmax(-1), shrunk.log_softmax(-1)
     torch.testing.assert_close(plain, (p.exp() * (p - q)).sum(-1).mean())
+
+
+def test_encoder_lr_scale_zero_trains_the_decoder_side_only(tiny_model, base_set, tmp_path):
+    """At encoder_lr_scale 0 a transcoder's encoder is untouched, so its codes on clean inputs (L0, dead features)
+    are the input set's exactly, while its decoder moves."""
+    cfg = dataclasses.replace(CFG, steps=5, encoder_lr_scale=0.0, calibrate_rows=0, checkpoint_every=5)
+    dset = finetune_set(tiny_model, _load(base_set), cfg, tmp_path, progress=False)
+    x = torch.randn(64, tiny_model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(_load(base_set), dset, strict=True):
+        assert not torch.equal(a.W_dec, b.W_dec), a.cfg.name
+        if a.cfg.kind == "transcoder":
+            for name in ("W_enc", "b_enc", "b_in_param"):
+                assert torch.equal(getattr(a, name), getattr(b, name)), f"{a.cfg.name}.{name}"
+            assert torch.equal(a.encode(x), b.encode(x))

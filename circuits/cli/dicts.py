@@ -169,7 +169,8 @@ def cmd_dicts_finetune(args) -> int:
     from circuits.inputs import check_output_dir
 
     cfg = FinetuneConfig(steps=args.steps, rows=args.rows, lr=args.lr, beta=args.beta, seed=args.seed,
-                         temperature=args.temperature, calibrate_rows=args.calibrate_rows,
+                         temperature=args.temperature, encoder_lr_scale=args.encoder_lr_scale,
+                         calibrate_rows=args.calibrate_rows,
                          corpus_phases=tuple(args.phases))
     cfg.check()  # bad numbers: one line, before the model loads
     out = check_output_dir(args.out, "--out")
@@ -263,6 +264,9 @@ def add_parser(sub) -> None:
     f.add_argument("--beta", type=float, default=1.0, help="weight of the summed per-dictionary FVU against the KL")
     f.add_argument("--temperature", type=float, default=1.0, help="KL between softmax(logits / T), times T^2 "
                    "(T > 1 also sees logit differences the clean model is already sure of; default 1: plain KL)")
+    f.add_argument("--encoder-lr-scale", type=float, default=1.0, help="encoder lr (W_enc, b_enc, b_in) relative "
+                   "to --lr; 0 trains the decoders only: a transcoder's codes on clean inputs (L0, dead) stay as they were (an "
+                   "attention SAE's b_dec also centres its input, so its codes can still move a little)")
     f.add_argument("--phases", type=int, nargs="+", default=[3, 5], metavar="P",
                    help="organism corpus phases streamed block by block (default 3 5, as dictionary training)")
     f.add_argument("--rows", type=int, default=16, help="corpus rows (of the model's context length) per step")

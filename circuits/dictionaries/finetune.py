@@ -23,7 +23,12 @@ d, so the FVU term keeps error nodes small while the KL term makes the features 
 Gradients reach W_enc, b_enc, b_in, W_dec, b_dec (and W_skip of a skip transcoder, every decoder W_dec_out of a
 cross-layer transcoder, which is spliced whole). Each dictionary's inference activation stays as it was: the
 JumpReLU threshold (BatchTopK's learned threshold at inference) is a fixed, non-trainable parameter, and a code's
-gradient is the pre-activation's where the feature fires, zero elsewhere.
+gradient is the pre-activation's where the feature fires, zero elsewhere. ``encoder_lr_scale`` sets the encoder
+side's (W_enc, b_enc, b_in) learning rate relative to the decoder side's; at 0 only decoders, output biases and
+W_skip move, so a transcoder's codes on clean inputs (its L0 and dead features) are exactly the input set's (an
+attention SAE's b_dec is also its input centring, so its codes can still move a little). Why this option exists:
+with the encoders trained, rare features stop firing (Adam's per-parameter steps move a rarely used encoder row
+as far as a busy one), see docs/finetune.md.
 
 Rows: corpus rows streamed block by block as the dictionary trainer does (`ActivationStream.corpus_row`: blocks
 alternate between the training phases ``corpus_phases``), but from corpus seed ``corpus_seed`` = 2, which neither
@@ -63,6 +68,7 @@ class FinetuneConfig:
     lr: float = 1e-4
     beta: float = 1.0  # weight of Σ_d FVU_d against the KL
     temperature: float = 1.0  # KL between softmax(logits / T) (times T²); 1 = the plain next-token KL
+    encoder_lr_scale: float = 1.0  # lr of W_enc, b_enc, b_in relative to lr; 0 = decoder side only (see module doc)
     seed: int = 0
     corpus_seed: int = 2  # organism: 0, dictionary trainers: 1, `dicts eval` held-out: seed 0 "heldout-dicts"
     corpus_phases: tuple[int, ...] = (3, 5)
@@ -77,7 +83,8 @@ class FinetuneConfig:
             ("steps", self.steps, 1), ("rows", self.rows, 1), ("checkpoint_every", self.checkpoint_every, 1),
             ("log_every", self.log_every, 1), ("calibrate_rows", self.calibrate_rows, 0), ("seed", self.seed, 0),
             ("corpus_seed", self.corpus_seed, 0)) if not (isinstance(v, int) and v >= low)]
-        for name, v in (("lr", self.lr), ("beta", self.beta), ("l0_tolerance", self.l0_tolerance)):
+        for name, v in (("lr", self.lr), ("beta", self.beta), ("l0_tolerance", self.l0_tolerance),
+                        ("encoder_lr_scale", self.encoder_lr_scale)):
             if not (isinstance(v, (int, float)) and v == v and 0 <= v < float("inf")):
                 bad.append(f"{name} {v}: must be a finite number ≥ 0")
         if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < float("inf")):
@@ -89,19 +96,26 @@ class FinetuneConfig:
 
 
 #: Options that define the run (a checkpoint resumes only with the same values).
-RUN_IDENTITY = ("steps", "rows", "lr", "beta", "temperature", "seed", "corpus_seed", "corpus_phases")
+RUN_IDENTITY = ("steps", "rows", "lr", "beta", "temperature", "encoder_lr_scale", "seed", "corpus_seed",
+                "corpus_phases")
 
 
-def trainable_parameters(dset: DictionarySet) -> list[torch.nn.Parameter]:
-    """Every trainable tensor of the set's dictionaries, once each (a CLT's layers are members; thresholds are
-    non-trainable parameters and stay out)."""
-    seen, out = set(), []
+#: Encoder-side parameter names (what decides which features fire); everything else is decoder-side.
+ENCODER_PARAMS = ("W_enc", "b_enc", "b_in_param")
+
+
+def trainable_parameters(dset: DictionarySet) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(encoder-side, decoder-side) trainable tensors of the set's dictionaries, once each (a CLT's layers are
+    members; thresholds are non-trainable parameters and stay out). An attention SAE's input centring is its b_dec:
+    decoder-side."""
+    seen: set[int] = set()
+    enc, dec = [], []
     for d in dset:
-        for p in d.parameters():
+        for name, p in d.named_parameters():
             if p.requires_grad and id(p) not in seen:
                 seen.add(id(p))
-                out.append(p)
-    return out
+                (enc if name in ENCODER_PARAMS else dec).append(p)
+    return enc, dec
 
 
 def spliced_hooks(dset: DictionarySet, stats: dict) -> list:
@@ -259,12 +273,15 @@ def finetune_set(model, dset: DictionarySet, cfg: FinetuneConfig, out: Path, pro
     names = [d.cfg.name for d in members]
     model.requires_grad_(False)
     torch.manual_seed(cfg.seed)
-    params = trainable_parameters(dset)
+    enc_params, dec_params = trainable_parameters(dset)
     for d in members:
         d.eval()  # inference activation: JumpReLU / BatchTopK's fixed threshold
         if hasattr(d.activation, "threshold"):
             d.activation.threshold.requires_grad_(False)
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
+    groups = [{"params": dec_params, "scale": 1.0}]
+    if cfg.encoder_lr_scale > 0:
+        groups.append({"params": enc_params, "scale": cfg.encoder_lr_scale})
+    opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999))
     stream = RowStream(model, cfg)
     cal_inputs = [clean_inputs(model, dset, stream.block(cfg.steps + i))
                   for i in range(-(-cfg.calibrate_rows // cfg.rows))] if cfg.calibrate_rows else []
@@ -288,7 +305,7 @@ def finetune_set(model, dset: DictionarySet, cfg: FinetuneConfig, out: Path, pro
     for step in bar:
         lr = cfg.lr * min(1.0, (cfg.steps - step) / max(1, cfg.steps - decay_start))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["scale"]
         loss, parts = finetune_loss(model, dset, stream.block(step), cfg.beta, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
