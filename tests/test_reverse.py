@@ -222,6 +222,20 @@ def test_head_parts_equal_analytic_when_every_attention_layer_has_an_sae(rm64):
     assert_close(_dense(r, n), _dense(a, n), rtol=1e-9, atol=1e-12, what="edges")
 
 
+def test_attribute_passes_head_parts_to_the_reverse_sweeps(model3):
+    rm = ReplacementModel(model3, _dictionaries(model3, "attention 1 replaced"))
+    cache = rm.run(PROMPT)
+    src = collect_sources(rm, cache)
+    reads = resolve_logit_targets(rm.model, cache.logits[-1], Contrast(" Mary", " John"), False, cache.n_pos - 1)
+    g = attribute(rm, PROMPT, Contrast(" Mary", " John"), cache=cache, head_parts=True)
+    assert g.metadata["method"] == "reverse" and g.head_weights.abs().max() > 0
+    e = reverse_edges(rm, cache, src, reads, head_parts=True)
+    n = len(src) + len(reads)
+    dense = torch.zeros(n, n, rm.cfg.n_heads, dtype=g.head_weights.dtype)
+    dense[g.edge_index[0], g.edge_index[1]] = g.head_weights
+    assert_close(dense, _dense(e, n, heads=True), rtol=1e-12, atol=1e-14, what="attribute's head parts")
+
+
 def test_head_parts_through_channels_equal_autograd_with_one_head_left(model3):
     """Attention 1 has an SAE, 0 and 2 are channels. The part of an edge into an attention-1 feature that passes
     through head h equals the autograd edge in the frozen model whose layer-1 pattern keeps only head h (that

@@ -49,7 +49,7 @@ __all__ = ["Contrast", "FeatureTarget", "Logit", "Marginal", "QKAttribution", "Q
 def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target | None = None, *,
               method: Method = "auto", demean_logits: bool = False, edge_tolerance: float = 0.0,
               memory_limit_bytes: int | None = None, cache: ReplacementCache | None = None,
-              progress: bool = False) -> Graph:
+              progress: bool = False, head_parts: bool = False) -> Graph:
     """The attribution graph of `prompt` for `target` (default: the salient top logits) in `rm`.
 
     method: "analytic" (needs an SAE on every attention layer; per-head parts of edges into attention features),
@@ -58,6 +58,8 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
     edge_tolerance: store only edges with |w| ≥ tolerance × (Σ |w| of all edges into the same target); the sum of
     what is dropped is kept per node in ``graph.dropped``, so the exactness identity still holds. 0 (default) stores
     every edge; large models need e.g. 1e-3 (each target keeps at most 1,000 edges).
+    head_parts: with method "reverse", also the per-head parts of edges into attention-SAE features (one sweep per
+    head for those targets); "analytic" always gives them, "autograd" never.
     """
     target = TopLogits() if target is None else target
     if method not in ("analytic", "reverse", "autograd", "auto"):
@@ -92,7 +94,8 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
     if method == "analytic":
         edges = analytic_edges(rm, cache, src, reads, tolerance=edge_tolerance, byte_limit=limit, progress=progress)
     elif method == "reverse":
-        edges = reverse_edges(rm, cache, src, reads, tolerance=edge_tolerance, byte_limit=limit, progress=progress)
+        edges = reverse_edges(rm, cache, src, reads, tolerance=edge_tolerance, byte_limit=limit, progress=progress,
+                              head_parts=head_parts)
     else:
         edges = autograd_edges(rm, cache, src, reads)
     timings["edges"] = time.perf_counter() - t1
