@@ -235,3 +235,22 @@ def test_encoder_lr_scale_zero_trains_the_decoder_side_only(tiny_model, base_set
             for name in ("W_enc", "b_enc", "b_in_param"):
                 assert torch.equal(getattr(a, name), getattr(b, name)), f"{a.cfg.name}.{name}"
             assert torch.equal(a.encode(x), b.encode(x))
+
+
+def test_shipped_organism_ft_is_the_default_set_with_only_its_decoders_tuned():
+    """`load_dictionaries("organism-ft")` reads the committed fine-tuned set: the default set's dictionaries with the
+    same widths and (up to float16 storage) the same encoders and thresholds, so every feature fires where the
+    default's does; the decoders moved (decoder-only fine-tuning, `--encoder-lr-scale 0`)."""
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+
+    model, _ = load_model("organism")
+    base, ft = load_dictionaries("organism", model), load_dictionaries("organism-ft", model)
+    assert [d.cfg.name for d in ft] == [d.cfg.name for d in base]
+    moved = []
+    for b, f in zip(base, ft, strict=True):
+        assert f.cfg.d_sae == b.cfg.d_sae
+        if b.cfg.kind == "transcoder":  # an attention SAE's b_dec also centres its input, so it may move
+            torch.testing.assert_close(f.W_enc, b.W_enc, rtol=2e-3, atol=1e-4)
+        moved.append(float((f.W_dec - b.W_dec).abs().max() / b.W_dec.abs().max()))
+    assert min(moved) > 1e-2, moved  # float16 rounding alone moves a weight by < 1e-3 of the largest

@@ -5,7 +5,8 @@ file formats, loading by name.
 
 * ``"organism"``: the set trained for the embedded organism, shipped in ``data/dictionaries/organism``;
   ``"organism-skip"`` (skip transcoders) and ``"organism-clt"`` (a cross-layer transcoder), with the same
-  attention SAEs, in ``data/dictionaries/organism-skip`` / ``organism-clt``;
+  attention SAEs, in ``data/dictionaries/organism-skip`` / ``organism-clt``; ``"organism-ft"``: the default set
+  with every decoder fine-tuned through the model (`dicts finetune`, encoders unchanged; docs/finetune.md);
 * ``"gpt2-transcoders"`` (Dunefsky et al.) and ``"gpt2-attn-kk"`` (Kissane et al.): downloaded through
   ``huggingface_hub`` when online; offline this fails at once with a message saying so;
 * a local folder: one of our sets (``set.json``), a circuit-tracer folder (``config.yaml``), a SAELens folder
@@ -27,8 +28,9 @@ PUBLIC_SETS: dict[str, str] = {
 }
 
 #: The organism's sets in data/dictionaries: per-layer transcoders (the default), skip transcoders, a cross-layer
-#: transcoder; all three with the same attention SAEs (docs/skip-and-clt.md compares them).
-ORGANISM_SETS: tuple[str, ...] = ("organism", "organism-skip", "organism-clt")
+#: transcoder; all three with the same attention SAEs (docs/skip-and-clt.md compares them); and the default set
+#: fine-tuned on the decoder side through the model (docs/finetune.md).
+ORGANISM_SETS: tuple[str, ...] = ("organism", "organism-skip", "organism-clt", "organism-ft")
 
 __all__ = ["AttentionSAE", "CLTConfig", "CLTLayer", "CrossLayerTranscoder", "Dictionary", "DictionaryConfig", "DictionaryLoadError", "DictionarySet", "Transcoder",
            "load_dictionaries", "load_folder"]
