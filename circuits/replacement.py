@@ -58,6 +58,32 @@ Hook = tuple[str, Callable]
 ErrorMode = Literal["on", "off"]
 
 
+def dictionary_hooks(dictionaries: Iterable[Dictionary],
+                     replace: Callable[[Dictionary, Tensor, Tensor], Tensor]) -> list[Hook]:
+    """TransformerLens (name, fn) hooks that hand each dictionary its input and let `replace` rewrite its output.
+
+    ``replace(d, x, act)`` gets the flattened dictionary input x (read at ``d.hook_in`` earlier in the same forward
+    pass, or at ``hook_out`` itself for an attention SAE) and the activation at ``d.hook_out``, and returns the new
+    activation. The one place where a dictionary's input is captured and its output site rewritten (splicing here,
+    fine-tuning in `dictionaries.finetune`)."""
+    hooks: list[Hook] = []
+    for d in dictionaries:
+        captured: dict[str, Tensor] = {}
+
+        def capture(act, hook, d=d, captured=captured):
+            captured["x"] = d.flatten_input(act)
+            return act
+
+        def rewrite(act, hook, d=d, captured=captured):
+            x = captured.pop("x") if "x" in captured else d.flatten_input(act)
+            return replace(d, x, act)
+
+        if d.hook_in != d.hook_out:
+            hooks.append((d.hook_in, capture))
+        hooks.append((d.hook_out, rewrite))
+    return hooks
+
+
 def splice_hooks(dictionaries: Iterable[Dictionary], error: ErrorMode = "off",
                  store: dict | None = None, outputs: dict | None = None) -> list[Hook]:
     """TransformerLens (name, fn) hooks that splice each dictionary in.
@@ -66,36 +92,23 @@ def splice_hooks(dictionaries: Iterable[Dictionary], error: ErrorMode = "off",
     if `outputs` is a dict, ``outputs[name]`` = the reconstruction [batch, pos, d_out] (skip term and a CLT's
     earlier layers included), so that ``outputs[name] + error`` is the original activation.
     """
-    hooks: list[Hook] = []
     dictionaries = list(dictionaries)
     upstream = clt_upstream(dictionaries)
-    for d in dictionaries:
-        captured: dict[str, Tensor] = {}
 
-        def capture(act, hook, d=d, captured=captured):
-            captured["x"] = d.flatten_input(act)
-            return act
+    def replace(d: Dictionary, x: Tensor, act: Tensor) -> Tensor:
+        x = x.to(d.W_enc.dtype)
+        codes = d.encode(x)
+        out = reconstruct(d, codes, x, upstream).to(act.dtype)
+        original = d.flatten_input(act)
+        err = original - out
+        if store is not None:
+            store[d.cfg.name] = (codes, err)
+        if outputs is not None:
+            outputs[d.cfg.name] = out
+        new = out + err if error == "on" else out
+        return d.unflatten_output(new)
 
-        def replace(act, hook, d=d, captured=captured):
-            x = captured.pop("x") if "x" in captured else d.flatten_input(act)
-            x = x.to(d.W_enc.dtype)
-            codes = d.encode(x)
-            out = reconstruct(d, codes, x, upstream).to(act.dtype)
-            original = d.flatten_input(act)
-            err = original - out
-            if store is not None:
-                store[d.cfg.name] = (codes, err)
-            if outputs is not None:
-                outputs[d.cfg.name] = out
-            new = out + err if error == "on" else out
-            return d.unflatten_output(new)
-
-        if d.hook_in == d.hook_out:
-            hooks.append((d.hook_out, replace))
-        else:
-            hooks.append((d.hook_in, capture))
-            hooks.append((d.hook_out, replace))
-    return hooks
+    return dictionary_hooks(dictionaries, replace)
 
 
 def reads_residual(d: Dictionary) -> bool:

@@ -123,40 +123,27 @@ def spliced_hooks(dset: DictionarySet, stats: dict) -> list:
     ``stats[name] = (squared error sum, target total sum of squares, L0 sum, tokens)`` with the error against the
     detached true component output of this run; a CLT layer sums its earlier layers' decoders (`reconstruct`)."""
     from circuits.dictionaries.train import sparse_decode
-    from circuits.replacement import clt_upstream, reconstruct
+    from circuits.replacement import clt_upstream, dictionary_hooks, reconstruct
 
     members = list(dset)
     upstream = clt_upstream(members)
-    hooks = []
-    for d in members:
-        captured: dict[str, Tensor] = {}
 
-        def capture(act, hook, captured=captured, d=d):
-            captured["x"] = d.flatten_input(act)
-            return act
-
-        def replace(act, hook, captured=captured, d=d):
-            x = captured.pop("x") if "x" in captured else d.flatten_input(act)
-            flat_x = x.reshape(-1, d.cfg.d_in)
-            codes = d.encode(flat_x)
-            if d.plain_decoder:  # only the active features' decoder rows (same value as d.reconstruct)
-                out = sparse_decode(codes, d.W_dec) + d.b_dec
-                skip = d.skip_write(flat_x)
-                out = out if skip is None else out + skip
-            else:
-                out = reconstruct(d, codes, flat_x, upstream)
-            target = d.flatten_input(act).reshape(-1, d.cfg.d_out).detach()
-            sq_err = (target - out).pow(2).sum()
-            sq_tot = (target - target.mean(0)).pow(2).sum()
-            stats[d.cfg.name] = (sq_err, sq_tot, (codes > 0).sum().detach(), flat_x.shape[0])
-            return out.reshape(act.shape)  # an attention SAE's [.., n_heads·d_head] back to [.., n_heads, d_head]
-
-        if d.hook_in == d.hook_out:
-            hooks.append((d.hook_out, replace))
+    def replace(d, x: Tensor, act: Tensor) -> Tensor:
+        flat_x = x.reshape(-1, d.cfg.d_in)
+        codes = d.encode(flat_x)
+        if d.plain_decoder:  # only the active features' decoder rows (same value as d.reconstruct)
+            out = sparse_decode(codes, d.W_dec) + d.b_dec
+            skip = d.skip_write(flat_x)
+            out = out if skip is None else out + skip
         else:
-            hooks.append((d.hook_in, capture))
-            hooks.append((d.hook_out, replace))
-    return hooks
+            out = reconstruct(d, codes, flat_x, upstream)
+        target = d.flatten_input(act).reshape(-1, d.cfg.d_out).detach()
+        sq_err = (target - out).pow(2).sum()
+        sq_tot = (target - target.mean(0)).pow(2).sum()
+        stats[d.cfg.name] = (sq_err, sq_tot, (codes > 0).sum().detach(), flat_x.shape[0])
+        return out.reshape(act.shape)  # an attention SAE's [.., n_heads·d_head] back to [.., n_heads, d_head]
+
+    return dictionary_hooks(members, replace)
 
 
 def kl_divergence(logits_clean: Tensor, logits: Tensor, temperature: float = 1.0) -> Tensor:
