@@ -120,6 +120,26 @@ def test_batch_size_does_not_change_edges_and_tolerance_keeps_identity(model3):
                  atol=1e-11, what="tolerance")
 
 
+@pytest.mark.parametrize("case", ["transcoders only", "attention 1 replaced", "skip, attention 0 replaced"])
+def test_workers_do_not_change_edges(model3, case):
+    """Batches swept side by side in single-threaded workers (`workers=2`) give the same edges, in the same order,
+    as one worker — with a tolerance (its dropped sums too) and with per-head parts — and the caller's torch thread
+    count is restored."""
+    rm = ReplacementModel(model3, _dictionaries(model3, case))
+    cache = rm.run(PROMPT)
+    src = collect_sources(rm, cache)
+    reads = resolve_logit_targets(rm.model, cache.logits[-1], Contrast(" Mary", " John"), False, cache.n_pos - 1)
+    threads = torch.get_num_threads()
+    for kw in ({}, {"tolerance": 0.02}, {"head_parts": True}):
+        one = reverse_edges(rm, cache, src, reads, batch_size=5, workers=1, **kw)
+        many = reverse_edges(rm, cache, src, reads, batch_size=5, workers=2, **kw)
+        assert torch.get_num_threads() == threads
+        assert len(one.weight) > 100 and one.weight.abs().max() > 0
+        assert torch.equal(one.target, many.target) and torch.equal(one.source, many.source)
+        for name in ("weight", "head_weight", "dropped"):
+            assert_close(getattr(many, name), getattr(one, name), rtol=1e-12, atol=1e-14, what=f"{name}, {kw}")
+
+
 @pytest.mark.parametrize("case", ["transcoders only", "attention 1 replaced"])
 def test_tolerance_keeps_exactly_the_large_reachable_edges(model3, case):
     """With edge_tolerance the stored edges are exactly those of the full graph with |w| ≥ tol · Σ|w| of their

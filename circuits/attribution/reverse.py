@@ -53,8 +53,10 @@ from torch import Tensor
 
 from circuits.attribution.analytic import Edges, _Collector
 from circuits.attribution.autograd import _fixed_outputs, _frozen_targets, _site_writes
+from circuits.attribution.channels import _Layers, _Once
 from circuits.attribution.sources import Sources, attn_site, later_writes, mlp_site
 from circuits.attribution.targets import LogitRead
+from circuits.attribution.workers import default_workers, ordered_map
 from circuits.replacement import ReplacementCache, ReplacementModel
 
 
@@ -69,17 +71,6 @@ class _Targets:
     kind: Tensor
     index: Tensor
     layer: Tensor
-
-
-@dataclass
-class _Once:
-    """A gradient after exactly one channel crossed from one position per target:
-    ``g[b] = e_{pos_b} ⊗ r_b + Σ_h a[h, b, :] ⊗ Z[b, h]`` (r [B, d], a [H, B, P], Z [B, H, d])."""
-
-    pos: Tensor
-    r: Tensor
-    a: Tensor
-    Z: Tensor
 
 
 @dataclass
@@ -139,84 +130,6 @@ def _site_entries(rm: ReplacementModel, src: Sources) -> dict[int, tuple[Tensor,
         if len(rows):
             entries.setdefault(mlp_site(layer), []).append((rows, writes.to(src.vectors.dtype)))
     return {k: (torch.cat([r for r, _ in v]), torch.cat([x for _, x in v])) for k, v in entries.items()}
-
-
-class _Layers:
-    """The frozen linear maps the sweep crosses, in the sources' dtype."""
-
-    def __init__(self, rm: ReplacementModel, cache: ReplacementCache, dtype):
-        self.rm, self.center = rm, rm.has_ln
-        H, dh, d = rm.cfg.n_heads, rm.cfg.d_head, rm.cfg.d_model
-        self.attn: dict[int, tuple[Tensor, Tensor, Tensor, Tensor | None]] = {}
-        self.factored = not rm.has_post_norm  # a post-norm scales g per position: no factored second crossing
-        for layer in range(rm.n_layers):
-            if layer in rm.attention_saes:
-                continue
-            attn = rm.model.blocks[layer].attn
-            gamma, _ = rm.ln_weights("ln1", layer)
-            W_O = attn.W_O.detach().to(dtype).reshape(H * dh, d)  # [H*dh, d]
-            W_V = (attn.W_V.detach().to(dtype) * gamma.detach().to(dtype)[None, :, None])  # [H, d, dh]
-            W_V = W_V.permute(1, 0, 2).reshape(d, H * dh)  # [d, H*dh], γ1 folded in
-            if self.center:
-                W_V = W_V - W_V.mean(0, keepdim=True)  # the centring P of the output folded in too
-            sigma = cache.ln1_scale[layer].to(dtype)
-            A = cache.patterns[layer].to(dtype) / sigma  # A[h, p, q] / σ1[q]: the scale folded in as well
-            post = rm.attn_out_scale(cache, layer)  # Gemma-2: the frozen ln1_post factor w / σ[p] on the output
-            self.attn[layer] = (W_O, W_V, A, post.to(dtype) if post is not None else None)
-        self.skip: dict[int, tuple[Tensor, Tensor]] = {}
-        for layer, tc in rm.transcoders.items():
-            if tc.W_skip is not None:
-                W_skip = tc.W_skip.detach().to(dtype)  # [d_out, d_in]; g @ W_skip is read over d_in, centred
-                if self.center:
-                    W_skip = W_skip - W_skip.mean(1, keepdim=True)
-                self.skip[layer] = (W_skip, cache.ln2_scale[layer].to(dtype))
-
-    def _norm(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """P x / σ over the last dim, σ per position (dim −2)."""
-        if self.center:
-            x = x - x.mean(-1, keepdim=True)
-        return x / sigma[: x.shape[-2], None]
-
-    def attention_back(self, layer: int, g: Tensor, state: Tensor | _Once | None,
-                       mix_only: bool = False) -> tuple[Tensor | None, _Once | None]:
-        """Cross attention `layer` (a channel) backwards: g [B, P, d] at its output → g plus the channel's transpose
-        (at its input), in place. P, γ1 and 1/σ1 are folded into W_V and A (`__init__`).
-
-        `state` says what is known about g's form, so that the products against W_O are formed on fewer vectors:
-        positions [B] when g is non-zero only at each target's own position (before its first channel: W_O and
-        W_V are applied to one vector per head, and the result, ``e_p r + Σ_h A_h[p, :] ⊗ z_h``, is returned as
-        the next state), that `_Once` form (the second crossing: ``g W_Oᵀ`` from the H + 1 vectors r, z_h instead
-        of one per position), or None (dense). `mix_only`: return Y [B, P, H·dh] (g W_Oᵀ mixed over positions in
-        each head's value space, before W_V'ᵀ) and leave g as it is. Returns (Y or None, the next state)."""
-        W_O, W_V, A, post = self.attn[layer]
-        H, dh = self.rm.cfg.n_heads, self.rm.cfg.d_head
-        B, P, d = g.shape
-        rows = torch.arange(B)
-        if isinstance(state, Tensor):  # single position per target
-            r = g[rows, state]  # [B, d] (a copy)
-            U = (r if post is None else r * post[state]) @ W_O.T  # [B, H*dh]
-            Z = torch.einsum("bhe,dhe->bhd", U.view(B, H, dh), W_V.view(d, H, dh))  # [B, H, d]
-            a = A[:, state, :P]  # [H, B, P]: A[h, p_b, q]
-            g.add_(torch.einsum("hbq,bhd->bqd", a, Z))
-            return None, _Once(state, r, a, Z) if self.factored else None
-        # U = g W_Oᵀ is formed transposed, Uᵀ [H·dh, B·P], so that each head's position mix is one batched product
-        # over the last dim (Yᵀ = Uᵀ A per head, no permuted copies) and Y W_V'ᵀ reads Yᵀ as a transposed operand
-        if isinstance(state, _Once) and P > H:  # g = e_p r + Σ_h a_h ⊗ z_h: g W_Oᵀ from H + 1 vectors
-            ZW = (state.Z.reshape(B * H, d) @ W_O.T).view(B, H, H * dh)
-            Ut = torch.bmm(ZW.transpose(1, 2), state.a.transpose(0, 1))  # [B, H*dh, P]
-            Ut = Ut.transpose(0, 1).contiguous()  # [H*dh, B, P]
-            Ut[:, rows, state.pos] += (state.r @ W_O.T).T
-        else:
-            Ut = torch.mm(W_O, (g if post is None else g * post[:P]).view(B * P, d).T)  # [H*dh, B*P]
-        Yt = torch.bmm(Ut.view(H, dh * B, P), A[:, :P, :P])  # [H, dh*B, P]: Y[b, q, h] = Σ_p A_h[p, q] U[b, p, h]
-        if mix_only:
-            return Yt.view(H * dh, B, P).permute(1, 2, 0), None  # Y [B, P, H*dh], a view
-        g.view(B * P, d).addmm_(Yt.view(H * dh, B * P).T, W_V.T)
-        return None, None
-
-    def skip_back(self, layer: int, g: Tensor) -> None:
-        W_skip, sigma = self.skip[layer]
-        g.add_((g @ W_skip) / sigma[: g.shape[1], None])
 
 
 def _first_channel(rm: ReplacementModel) -> Tensor:
@@ -385,12 +298,16 @@ def batch_size_for(rm: ReplacementModel, n_pos: int, n_src: int, itemsize: int, 
 @torch.no_grad()
 def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, reads: list[LogitRead],
                   tolerance: float = 0.0, byte_limit: float = float("inf"), progress: bool = False,
-                  batch_size: int | None = None, head_parts: bool = False) -> Edges:
+                  batch_size: int | None = None, head_parts: bool = False, workers: int | None = None) -> Edges:
     """All edges into every active feature and every logit target of the cached prompt.
 
     `head_parts`: also the per-head parts of edges into attention-SAE features (``Edges.head_weight``: the part
     that reaches the feature through each head of its own layer, as the analytic engine gives them), at H sweeps
-    per such target instead of one; without it (default) they are zeros. Other targets have none."""
+    per such target instead of one; without it (default) they are zeros. Other targets have none.
+
+    `workers`: batches swept side by side, each worker with one torch thread (`workers.ordered_map`); default one
+    per torch thread of the caller. The edges do not depend on it (the same operations per batch, collected in
+    order)."""
     dtype = src.vectors.dtype
     n, n_src = cache.n_pos, len(src)
     col = _Collector(n_src + len(reads), rm.cfg.n_heads, dtype, tolerance, byte_limit)
@@ -421,14 +338,18 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
                 upper = 0
         else:  # too many writes below: read them in the channel's value space, [v W_V'] against Y
             low_v = _Chunks.build(r, src.pos[r], v @ layers.attn[(floor - 1) // 2][1], n, n_src)
-    size = batch_size or batch_size_for(rm, n, n_src, torch.finfo(dtype).bits // 8, min(byte_limit, 2**33))
+    n_workers = workers or default_workers()  # each sweeps its own batches: the batch memory is shared out
+    size = batch_size or batch_size_for(rm, n, n_src, torch.finfo(dtype).bits // 8, min(byte_limit, 2**33) / n_workers)
     s_rows = torch.arange(n_src)
     channel = _first_channel(rm)
     from tqdm.auto import tqdm
 
     H = rm.cfg.n_heads
     batches = _batches(t, size, max(1, size // H) if head_parts else size)
-    for sel in tqdm(batches, desc="edges (reverse sweeps)", disable=not progress, leave=False):
+
+    @torch.no_grad()  # grad mode is per thread: the workers' too
+    def sweep(sel: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """One batch's sweep: (weights [B, n_src], per-head parts [B, H, n_src] or None, reachability or None)."""
         P = int(t.pos[sel].max()) + 1
         split = head_parts and int(t.kind[sel[0]]) == 1
         g, single = _seed(rm, cache, reads, layers, t, sel, P, dtype, heads=split)
@@ -470,7 +391,13 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
             near = src.site <= start
             far = near & ((channel[src.site] <= start) | (kind == 1))  # attention features read every q ≤ p
             mask = (near & (src.pos[None, :] == pos[:, None])) | (far & (src.pos[None, :] < pos[:, None]))
-        col.add(t.rows[sel], s_rows, w, heads=parts.transpose(0, 1) if split else None, mask=mask)
+        return w, parts, mask
+
+    bar = tqdm(total=len(batches), desc="edges (reverse sweeps)", disable=not progress, leave=False)
+    for sel, (w, parts, mask) in zip(batches, ordered_map(sweep, batches, n_workers), strict=True):
+        col.add(t.rows[sel], s_rows, w, heads=parts.transpose(0, 1) if parts is not None else None, mask=mask)
+        bar.update()
+    bar.close()
     return col.finish()
 
 
