@@ -3,7 +3,8 @@
     python benchmarks/transcoder_only.py organism [--repeats 3] [--autograd | --autograd-sample 64]
                                                  [--no-circuit-tracer] [--threads 1,2]
     python benchmarks/transcoder_only.py scale [--d-sae 24576] [--k 30] [--pos 64] [--tolerance 1e-3]
-    python benchmarks/transcoder_only.py ab --against REV [--d-sae 2048] [--repeats 1]   # engine A/B, one process
+    python benchmarks/transcoder_only.py ab --against REV [--d-sae 2048] [--repeats 1] [--workers N]   # engine A/B
+    python benchmarks/transcoder_only.py profile [--every 6]   # where the sweeps' time goes
 
 ``organism``: the organism with its four transcoders and no attention SAEs, three IOI prompts of 34–49 tokens.
 Times our reverse sweeps (median of the repeats) and, side by side in the same process, circuit-tracer 0.5.0 on the
@@ -253,7 +254,8 @@ def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
 
 
 def engine_at(rev: str):
-    """The reverse engine module as of git revision `rev` (imported from `git show rev:circuits/attribution/reverse.py`),
+    """The reverse engine module as of git revision `rev` (imported from `git show rev:circuits/attribution/reverse.py`,
+    with the engine's own sibling modules — channels.py, workers.py — taken from `rev` too where they exist there),
     for same-process A/B timings against the working tree's."""
     import importlib.util
     import subprocess
@@ -261,23 +263,40 @@ def engine_at(rev: str):
     import tempfile
     from pathlib import Path
 
-    text = subprocess.run(["git", "show", f"{rev}:circuits/attribution/reverse.py"], capture_output=True, text=True,
-                          check=True, cwd=Path(__file__).resolve().parent.parent).stdout
-    path = Path(tempfile.mkdtemp()) / "reverse_at_rev.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("reverse_at_rev", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reverse_at_rev"] = module
-    spec.loader.exec_module(module)
-    return module
+    root, tmp = Path(__file__).resolve().parent.parent, Path(tempfile.mkdtemp())
+
+    def load(name: str, text: str):
+        path = tmp / f"{name}.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    def show(path: str) -> str | None:
+        out = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, cwd=root)
+        return out.stdout if out.returncode == 0 else None
+
+    text = show("circuits/attribution/reverse.py")
+    if text is None:
+        raise SystemExit(f"no circuits/attribution/reverse.py at {rev}")
+    for sibling in ("channels", "workers"):
+        sib = show(f"circuits/attribution/{sibling}.py")
+        if sib is not None:
+            load(f"{sibling}_at_rev", sib)
+            text = text.replace(f"circuits.attribution.{sibling} import", f"{sibling}_at_rev import")
+    return load("reverse_at_rev", text)
 
 
-def ab(against: str, d_sae: int, k: int, n_pos: int, tolerance: float, repeats: int) -> None:
+def ab(against: str, d_sae: int, k: int, n_pos: int, tolerance: float, repeats: int, workers: int | None = None) -> None:
     """The working tree's reverse engine against revision `against`'s on the GPT-2-shaped graph's edges (the same
     cache, sources and targets), alternating in one process; CPU time (process_time: with one thread it is the
     work, little moved by other processes) and wall time, and whether the edges agree. The edges phase depends on
     d_sae only through which features are active: the default 2,048 builds faster than 24,576 with the same counts
-    (TopK k per position)."""
+    (TopK k per position). B sweeps with its default workers (one per torch thread: `workers.ordered_map`) unless
+    `workers` is given; A as its revision did. When the edge sets differ, the odd edges are printed with
+    |w| / (tolerance · Σ|w| of their target): values at 1 are float32 rounding across the tolerance."""
     import circuits.attribution.reverse as new
     from circuits.attribution.sources import collect_sources
     from circuits.attribution.targets import TopLogits, resolve_logit_targets
@@ -290,11 +309,24 @@ def ab(against: str, d_sae: int, k: int, n_pos: int, tolerance: float, repeats: 
     reads = resolve_logit_targets(rm.model, cache.logits[-1], TopLogits(), False, n_pos - 1)
     print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; A = {against}, B = working "
           f"tree; d_sae {d_sae}, TopK {k}, {n_pos} tokens, edge_tolerance {tolerance}; {len(src)} sources")
+    import circuits.attribution.analytic as analytic
+
+    n = len(src) + len(reads)
+    totals = {"A": torch.zeros(n), "B": torch.zeros(n)}  # Σ|w| per target, as the tolerance saw it
+    add, current = analytic._Collector.add, ["A"]
+
+    def recording_add(self, t_rows, s_rows, w, heads=None, mask=None):
+        totals[current[0]][t_rows] = w.abs().sum(1).float()
+        return add(self, t_rows, s_rows, w, heads=heads, mask=mask)
+
+    analytic._Collector.add = recording_add
     cpu, wall, out = {"A": [], "B": []}, {"A": [], "B": []}, {}
     for r in range(repeats):
         for name, engine in (("A", old), ("B", new)):
+            current[0] = name
+            kw = {"workers": workers} if name == "B" and workers else {}
             c, t = time.process_time(), time.perf_counter()
-            out[name] = engine.reverse_edges(rm, cache, src, reads, tolerance=tolerance, byte_limit=6 * 2**30)
+            out[name] = engine.reverse_edges(rm, cache, src, reads, tolerance=tolerance, byte_limit=6 * 2**30, **kw)
             cpu[name].append(time.process_time() - c)
             wall[name].append(time.perf_counter() - t)
             print(f"repeat {r} {name}: CPU {cpu[name][-1]:.1f} s, wall {wall[name][-1]:.1f} s, load {load_avg()}",
@@ -302,11 +334,67 @@ def ab(against: str, d_sae: int, k: int, n_pos: int, tolerance: float, repeats: 
     a, b = out["A"], out["B"]
     same = torch.equal(a.target, b.target) and torch.equal(a.source, b.source)
     rel = float((a.weight - b.weight).abs().max() / a.weight.abs().max()) if same else float("nan")
+    analytic._Collector.add = add
+    if not same:  # float32 rounding can move an edge across the tolerance: how far from it are the odd ones?
+        ka, kb = a.target * n + a.source, b.target * n + b.source
+        common_a, common_b = torch.isin(ka, kb), torch.isin(kb, ka)
+        wa = dict(zip(ka[common_a].tolist(), a.weight[common_a].tolist(), strict=True))
+        wb = torch.tensor([wa[k] for k in kb[common_b].tolist()])
+        rel = float((wb - b.weight[common_b]).abs().max() / a.weight.abs().max())
+        for name, e, odd in (("A", a, ~common_a), ("B", b, ~common_b)):
+            ratio = e.weight[odd].abs() / (tolerance * totals[name][e.target[odd]])
+            print(f"edges only in {name}: {int(odd.sum())}, |w| / (tolerance x sum|w| of the target): "
+                  f"{[round(x, 7) for x in ratio.tolist()[:10]]}")
     mc = {n: statistics.median(v) for n, v in cpu.items()}
     mw = {n: statistics.median(v) for n, v in wall.items()}
-    print(f"same edge set: {same} ({len(b.weight):,} edges), max |Δw| / max |w| {rel:.1e}")
+    print(f"same edge set: {same} ({len(b.weight):,} edges), max |Δw| / max |w| {rel:.1e}"
+          f"{'' if same else ' on the common edges'}")
     print(f"B / A: CPU {mc['B']:.1f} / {mc['A']:.1f} s = {mc['B'] / mc['A']:.3f}; wall {mw['B']:.1f} / {mw['A']:.1f} s "
           f"= {mw['B'] / mw['A']:.3f} (medians of {repeats}); load average at end {load_avg()}")
+
+
+def profile(d_sae: int, k: int, n_pos: int, tolerance: float, every: int) -> None:
+    """Where a sweep's time goes: torch's profiler over every `every`-th batch of the GPT-2-shaped graph's edges
+    (the working tree's engine, this process's threads and default workers), self CPU time by kind of operation —
+    the crossings' large products (W_O side: [768, 768] × [768, batch·pos]; W_V' side: addmm_ into g), the reads
+    of writes against g (batched, one product per position), the per-head position mixes, and the rest."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    import circuits.attribution.reverse as rev
+    from circuits.attribution.sources import collect_sources
+    from circuits.attribution.targets import TopLogits, resolve_logit_targets
+
+    rm = gpt2_shaped(d_sae, k, ("transcoder",))
+    tokens = torch.randint(1, 50257, (n_pos,), generator=torch.Generator().manual_seed(0))
+    cache = rm.run(tokens)
+    src = collect_sources(rm, cache)
+    reads = resolve_logit_targets(rm.model, cache.logits[-1], TopLogits(), False, n_pos - 1)
+    batches = rev._batches
+    rev._batches = lambda *a, **kw: batches(*a, **kw)[::every]
+    print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; every {every}th batch")
+    c, t = time.process_time(), time.perf_counter()
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        rev.reverse_edges(rm, cache, src, reads, tolerance=tolerance, byte_limit=6 * 2**30)
+    print(f"CPU {time.process_time() - c:.1f} s, wall {time.perf_counter() - t:.1f} s (with the profiler)")
+    d = rm.cfg.d_model
+    total: dict[str, float] = {}
+    for e in prof.key_averages(group_by_input_shape=True):
+        s, name = e.input_shapes, e.key
+        kind = name
+        if name == "aten::mm" and s[0] == [d, d] and s[1][0] == d and s[1][1] > 4 * 64:
+            kind = "crossing products, W_O side"
+        elif name == "aten::addmm_" and len(s) > 2 and s[2] == [d, d] and s[0][0] > 4 * 64:
+            kind = "crossing products, W_V' side"
+        elif name == "aten::bmm" and len(s[1]) == 3 and s[1][1] == s[1][2]:
+            kind = "position mixes (bmm)"
+        elif name == "aten::bmm" and len(s[1]) == 3 and s[1][1] == d:
+            kind = "reads (bmm)"
+        total[kind] = total.get(kind, 0.0) + e.self_cpu_time_total / 1e6
+    whole = sum(total.values())
+    for kind, sec in sorted(total.items(), key=lambda x: -x[1])[:14]:
+        print(f"{kind:40s} {sec:7.2f} s  {100 * sec / whole:5.1f}%")
+    print(f"{'all operations':40s} {whole:7.2f} s; load average at end {load_avg()}")
 
 
 def main() -> None:
@@ -332,9 +420,19 @@ def main() -> None:
     a.add_argument("--pos", type=int, default=64)
     a.add_argument("--tolerance", type=float, default=1e-3)
     a.add_argument("--repeats", type=int, default=1)
+    a.add_argument("--workers", type=int, default=None,
+                   help="B's workers (default: one per torch thread); e.g. 1 to time B with intra-op threads")
+    f = sub.add_parser("profile", help="where the sweeps' time goes (torch profiler), GPT-2-shaped")
+    f.add_argument("--d-sae", type=int, default=2048)
+    f.add_argument("--k", type=int, default=30)
+    f.add_argument("--pos", type=int, default=64)
+    f.add_argument("--tolerance", type=float, default=1e-3)
+    f.add_argument("--every", type=int, default=6, help="profile every n-th batch")
     args = parser.parse_args()
     if args.which == "ab":
-        ab(args.against, args.d_sae, args.k, args.pos, args.tolerance, args.repeats)
+        ab(args.against, args.d_sae, args.k, args.pos, args.tolerance, args.repeats, args.workers)
+    elif args.which == "profile":
+        profile(args.d_sae, args.k, args.pos, args.tolerance, args.every)
     elif args.which == "organism":
         organism(args.repeats, args.autograd, not args.no_circuit_tracer, args.autograd_sample,
                  [int(x) for x in args.threads.split(",")])

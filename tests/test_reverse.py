@@ -205,6 +205,39 @@ def test_reads_below_the_channels_give_the_same_edges_on_every_path(model3, tmp_
         assert_close(e.weight, ref.weight, rtol=1e-10, atol=1e-13, what=f"through, upper = {key}")
 
 
+@pytest.mark.parametrize("upper", [True, False])
+def test_factored_second_crossing_gives_the_same_edges(tmp_path, monkeypatch, upper):
+    """The second channel crossing formed from the factored form's H + 1 vectors on both sides
+    (`_Layers._second_crossing`) gives the dense crossing's edges, and autograd's (4 layers, transcoders only, so
+    that features at MLP 3 cross attention 2 second; without the upper read logits cross attention 1 second too)."""
+    import circuits.attribution.channels as channels
+    import circuits.attribution.reverse as reverse
+    from circuits.attribution.autograd import autograd_edges
+
+    model = build_tiny(tmp_path, n_layers=4, dtype=torch.float64)
+    rm = ReplacementModel(model, random_dictionaries(model, kinds=("transcoder",)))
+    cache = rm.run(PROMPT)
+    src = collect_sources(rm, cache)
+    reads = resolve_logit_targets(rm.model, cache.logits[-1], Contrast(" Mary", " John"), False, cache.n_pos - 1)
+    if not upper:
+        monkeypatch.setattr(reverse, "_upper_site", lambda *a: 0)
+    calls, real = [], channels._Layers._second_crossing
+    monkeypatch.setattr(channels._Layers, "_second_crossing", lambda self, layer, g, state: (
+        calls.append((layer, g.shape[1])), real(self, layer, g, state)))
+    out = {}
+    for factored in (True, False):
+        monkeypatch.setattr(channels, "_factored_pays", lambda *a, use=factored: use)
+        calls.clear()
+        out[factored] = reverse_edges(rm, cache, src, reads, batch_size=6)
+        assert bool(calls) == factored and (not calls or {layer for layer, _ in calls} == ({2} if upper else {1, 2}))
+    a, b = out[True], out[False]
+    assert torch.equal(a.target, b.target) and torch.equal(a.source, b.source) and b.weight.abs().max() > 0
+    assert_close(a.weight, b.weight, rtol=1e-10, atol=1e-13, what="factored vs dense second crossing")
+    ref = autograd_edges(rm, cache, src, reads)
+    n = len(src) + len(reads)
+    assert_close(_dense(a, n), _dense(ref, n), rtol=1e-9, atol=1e-12, what="factored vs autograd")
+
+
 def test_tokens_reach_other_positions_only_through_unreplaced_attention(model3):
     """With attention 0 replaced, MLP-0 features read the tokens at their own position only; with it left as a
     channel, every earlier token reaches them."""
