@@ -20,6 +20,7 @@ from circuits.attribution import Contrast, Logit, attribute
 from circuits.attribution.reverse import reverse_edges
 from circuits.attribution.sources import collect_sources
 from circuits.attribution.targets import resolve_logit_targets
+from circuits.errors import AttributionError
 from circuits.replacement import ReplacementModel
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -133,11 +134,19 @@ def test_workers_do_not_change_edges(model3, case):
     for kw in ({}, {"tolerance": 0.02}, {"head_parts": True}):
         one = reverse_edges(rm, cache, src, reads, batch_size=5, workers=1, **kw)
         many = reverse_edges(rm, cache, src, reads, batch_size=5, workers=2, **kw)
-        assert torch.get_num_threads() == threads
         assert len(one.weight) > 100 and one.weight.abs().max() > 0
         assert torch.equal(one.target, many.target) and torch.equal(one.source, many.source)
         for name in ("weight", "head_weight", "dropped"):
             assert_close(getattr(many, name), getattr(one, name), rtol=1e-12, atol=1e-14, what=f"{name}, {kw}")
+    torch.set_num_threads(2)  # the workers run with one thread each; the caller's count is restored after
+    try:
+        reverse_edges(rm, cache, src, reads, batch_size=5, workers=2)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(AttributionError, match="memory limit") as info:  # also after an error while
+            reverse_edges(rm, cache, src, reads, batch_size=5, workers=2, byte_limit=2e4)  # collecting,
+        assert torch.get_num_threads() == 2 and info.traceback  # while its traceback keeps the frames alive
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("case", ["transcoders only", "attention 1 replaced"])

@@ -394,10 +394,14 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
         return w, parts, mask
 
     bar = tqdm(total=len(batches), desc="edges (reverse sweeps)", disable=not progress, leave=False)
-    for sel, (w, parts, mask) in zip(batches, ordered_map(sweep, batches, n_workers), strict=True):
-        col.add(t.rows[sel], s_rows, w, heads=parts.transpose(0, 1) if parts is not None else None, mask=mask)
-        bar.update()
-    bar.close()
+    results = ordered_map(sweep, batches, n_workers)
+    try:
+        for sel, (w, parts, mask) in zip(batches, results, strict=True):
+            col.add(t.rows[sel], s_rows, w, heads=parts.transpose(0, 1) if parts is not None else None, mask=mask)
+            bar.update()
+    finally:  # on an error too (e.g. the memory limit): the workers stop and the thread count is restored now
+        results.close()
+        bar.close()
     return col.finish()
 
 
