@@ -27,7 +27,9 @@ write site k. This module computes those gradients by hand, many targets at once
    against [g, Y] at its output with value-space projections formed once per graph, so that channel's
    ``Y W_V'ᵀ`` is never formed per target. The channel's transpose is formed as ``Uᵀ = W_O gᵀ`` so that each
    head's position mix is one batched product (no permuted copies), and the reads accumulate into transposed
-   weights [source, target].
+   weights [source, target]. (The channel maps, and the second crossing formed from `_Once` on both sides, are
+   in `channels.py`.) Batches are swept side by side by single-threaded workers (`workers.py`), one per torch
+   thread, and collected in order: the small operations of a sweep parallelise that way, not within themselves.
 3. **Constant term**, independently: one frozen TransformerLens forward pass in which every source's write is
    subtracted (`autograd._frozen_targets`), read at each target. So ``Σ edges + constant = pre-activation`` checks
    the sweep against the model itself.
