@@ -221,6 +221,7 @@ def crossing_flops(g, d: int) -> float:
 
 def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
     from circuits.attribution import TopLogits, attribute
+    from circuits.attribution.workers import default_workers
 
     t0 = time.perf_counter()
     rm = gpt2_shaped(d_sae, k, ("transcoder",))
@@ -228,7 +229,8 @@ def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
     tokens = torch.randint(1, 50257, (n_pos,), generator=torch.Generator().manual_seed(0))
     print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; 12 layers, d_model 768, "
           f"12 heads, 12 transcoders x {d_sae} features (TopK k={k}), no attention SAEs, {n_pos} tokens, "
-          f"edge_tolerance {tolerance}; build {build_s:.1f} s (not counted); RSS after build {peak_rss_gib():.2f} GiB")
+          f"edge_tolerance {tolerance}; build {build_s:.1f} s (not counted); RSS after build {peak_rss_gib():.2f} GiB; "
+          f"reverse-sweep workers {default_workers()} (one per torch thread, each single-threaded)")
     before = gemm_gflops()
     t = time.perf_counter()
     g = attribute(rm, tokens, TopLogits(), edge_tolerance=tolerance, memory_limit_bytes=6 * 2**30, progress=True)
@@ -308,7 +310,8 @@ def ab(against: str, d_sae: int, k: int, n_pos: int, tolerance: float, repeats: 
     src = collect_sources(rm, cache)
     reads = resolve_logit_targets(rm.model, cache.logits[-1], TopLogits(), False, n_pos - 1)
     print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; A = {against}, B = working "
-          f"tree; d_sae {d_sae}, TopK {k}, {n_pos} tokens, edge_tolerance {tolerance}; {len(src)} sources")
+          f"tree; d_sae {d_sae}, TopK {k}, {n_pos} tokens, edge_tolerance {tolerance}; {len(src)} sources; B's workers "
+          f"{workers or 'default (one per torch thread)'}")
     import circuits.attribution.analytic as analytic
 
     n = len(src) + len(reads)
