@@ -211,7 +211,9 @@ def crossing_flops(g, d: int) -> float:
     from H + 1 vectors (its Y W_V'ᵀ side in full, unless L − 1 = 1), layers L−2 … 2 in full (g W_Oᵀ and Y W_V'ᵀ
     at p + 1 positions, 2 · d_model · H·d_head flops each per position), attention 1 on its W_O side only (every
     write below it is read against [g, Y]) and none of attention 0 (the tokens are read carried forward through
-    it): L − 2 full crossings for L ≥ 2."""
+    it): L − 2 full crossings for L ≥ 2. The second crossing's W_V' side is counted dense although from 26
+    positions it is formed from the factored form (`channels._Layers._second_crossing`, 0.4–0.9 of it), so that
+    the count, and the rate over the edges phase, stay comparable with the runs before that change."""
     total = 0.0
     for n in g.nodes:
         if n.kind == "mlp_feature" and n.layer >= 3:
