@@ -212,8 +212,8 @@ def crossing_flops(g, d: int) -> float:
     at p + 1 positions, 2 · d_model · H·d_head flops each per position), attention 1 on its W_O side only (every
     write below it is read against [g, Y]) and none of attention 0 (the tokens are read carried forward through
     it): L − 2 full crossings for L ≥ 2. The second crossing's W_V' side is counted dense although from 26
-    positions it is formed from the factored form (`channels._Layers._second_crossing`: 0.4–0.7 of its multiply-adds), so that
-    the count, and the rate over the edges phase, stay comparable with the runs before that change."""
+    positions it is formed from the factored form (`channels._Layers._second_crossing`: 0.4–0.7 of its
+    multiply-adds), so that the count, and the rate over the edges phase, stay comparable with earlier runs."""
     total = 0.0
     for n in g.nodes:
         if n.kind == "mlp_feature" and n.layer >= 3:
