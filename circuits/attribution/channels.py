@@ -85,7 +85,7 @@ class _Layers:
         positions [B] when g is non-zero only at each target's own position (before its first channel: W_O and
         W_V are applied to one vector per head, and the result, ``e_p r + Σ_h A_h[p, :] ⊗ z_h``, is returned as
         the next state), that `_Once` form (the second crossing: ``g W_Oᵀ`` from the H + 1 vectors r, z_h instead
-        of one per position), or None (dense). `mix_only`: return Y [B, P, H·dh] (g W_Oᵀ mixed over positions in
+        of one per position, and from 2(H + 1) positions the W_V' side too: `_second_crossing`), or None (dense). `mix_only`: return Y [B, P, H·dh] (g W_Oᵀ mixed over positions in
         each head's value space, before W_V'ᵀ) and leave g as it is. Returns (Y or None, the next state)."""
         W_O, W_V, A, post = self.attn[layer]
         H, dh = self.rm.cfg.n_heads, self.rm.cfg.d_head
@@ -98,11 +98,11 @@ class _Layers:
             a = A[:, state, :P]  # [H, B, P]: A[h, p_b, q]
             g.add_(torch.einsum("hbq,bhd->bqd", a, Z))
             return None, _Once(state, r, a, Z) if self.factored else None
-        # U = g W_Oᵀ is formed transposed, Uᵀ [H·dh, B·P], so that each head's position mix is one batched product
-        # over the last dim (Yᵀ = Uᵀ A per head, no permuted copies) and Y W_V'ᵀ reads Yᵀ as a transposed operand
-        if isinstance(state, _Once) and not mix_only and _factored_pays(P, H):
+        if isinstance(state, _Once) and not mix_only and _factored_pays(P, H):  # both sides from H + 1 vectors
             self._second_crossing(layer, g, state)
             return None, None
+        # U = g W_Oᵀ is formed transposed, Uᵀ [H·dh, B·P], so that each head's position mix is one batched product
+        # over the last dim (Yᵀ = Uᵀ A per head, no permuted copies) and Y W_V'ᵀ reads Yᵀ as a transposed operand
         if isinstance(state, _Once) and P > H:  # g = e_p r + Σ_h a_h ⊗ z_h: g W_Oᵀ from H + 1 vectors
             ZW = (state.Z.reshape(B * H, d) @ W_O.T).view(B, H, H * dh)
             Ut = torch.bmm(ZW.transpose(1, 2), state.a.transpose(0, 1))  # [B, H*dh, P]
