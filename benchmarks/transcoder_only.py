@@ -2,7 +2,7 @@
 
     python benchmarks/transcoder_only.py organism [--repeats 3] [--autograd | --autograd-sample 64]
                                                  [--no-circuit-tracer] [--threads 1,2]
-    python benchmarks/transcoder_only.py scale [--d-sae 24576] [--k 30] [--pos 64] [--tolerance 1e-3]
+    python benchmarks/transcoder_only.py scale [--d-sae 24576] [--k 30] [--pos 64] [--tolerance 1e-3] [--workers N]
     python benchmarks/transcoder_only.py ab --against REV [--d-sae 2048] [--repeats 1] [--workers N]   # engine A/B
     python benchmarks/transcoder_only.py profile [--every 6]   # where the sweeps' time goes
 
@@ -221,9 +221,13 @@ def crossing_flops(g, d: int) -> float:
     return total
 
 
-def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
+def scale(d_sae: int, k: int, n_pos: int, tolerance: float, workers: int | None = None) -> None:
+    import circuits.attribution.reverse as reverse
     from circuits.attribution import TopLogits, attribute
     from circuits.attribution.workers import default_workers
+
+    if workers:  # attribute() sweeps with the default; e.g. 1: every torch thread inside each operation instead
+        reverse.default_workers = default_workers = lambda: workers
 
     t0 = time.perf_counter()
     rm = gpt2_shaped(d_sae, k, ("transcoder",))
@@ -232,7 +236,9 @@ def scale(d_sae: int, k: int, n_pos: int, tolerance: float) -> None:
     print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; 12 layers, d_model 768, "
           f"12 heads, 12 transcoders x {d_sae} features (TopK k={k}), no attention SAEs, {n_pos} tokens, "
           f"edge_tolerance {tolerance}; build {build_s:.1f} s (not counted); RSS after build {peak_rss_gib():.2f} GiB; "
-          f"reverse-sweep workers {default_workers()} (one per torch thread, each single-threaded)")
+          f"reverse-sweep workers {default_workers()} "
+          f"({'--workers' if workers else 'one per torch thread'}; one worker = torch threads inside each operation, "
+          "more = each single-threaded)")
     before = gemm_gflops()
     t = time.perf_counter()
     g = attribute(rm, tokens, TopLogits(), edge_tolerance=tolerance, memory_limit_bytes=6 * 2**30, progress=True)
@@ -418,6 +424,8 @@ def main() -> None:
     s.add_argument("--k", type=int, default=30)
     s.add_argument("--pos", type=int, default=64)
     s.add_argument("--tolerance", type=float, default=1e-3)
+    s.add_argument("--workers", type=int, default=None,
+                   help="reverse-sweep workers (default: one per torch thread); 1 = OpenMP threads per operation")
     a = sub.add_parser("ab", help="the working tree's reverse engine against a git revision's, GPT-2-shaped")
     a.add_argument("--against", required=True, help="git revision of the engine to compare with (A)")
     a.add_argument("--d-sae", type=int, default=2048)
@@ -442,7 +450,7 @@ def main() -> None:
         organism(args.repeats, args.autograd, not args.no_circuit_tracer, args.autograd_sample,
                  [int(x) for x in args.threads.split(",")])
     else:
-        scale(args.d_sae, args.k, args.pos, args.tolerance)
+        scale(args.d_sae, args.k, args.pos, args.tolerance, args.workers)
 
 
 if __name__ == "__main__":
