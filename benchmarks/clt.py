@@ -1,6 +1,7 @@
 """Issue 19: per-layer transcoders vs skip transcoders vs a cross-layer transcoder on the organism (``compare``).
 
 ``python benchmarks/clt.py compare --sets organism organism-skip organism-clt --prompts 8 --out FILE.json``
+``python benchmarks/clt.py errors --sets organism --prompts 4`` (where the error nodes' influence sits)
 ``python benchmarks/clt.py gpt2 [--d-sae 24576] [--k 30] [--layers 12] [--pos 64] [--tolerance 1e-3] [--quick]
 [--profile] [--out FILE.json] [--micro]``: a GPT-2-small-shaped random model (`gpt2_shaped`) with random TopK attention SAEs
 and one random TopK CLT of d_sae features per layer; prints where the time goes, the peak resident memory and issue
@@ -64,6 +65,30 @@ def graph_stats(rm, prompts) -> dict:
         rows.append({"replacement": s.replacement, "completeness": s.completeness, "nodes": g.n_nodes,
                      "edges": g.n_edges, "seconds": seconds})
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} | {"n": len(rows), "per_prompt": rows}
+
+
+def error_shares(rm, prompts) -> dict:
+    """Where the replacement score's missing part sits: each error node's share of the influence that reaches the
+    IOI contrast target from tokens and errors (`pruning.influence`; replacement = tokens / (tokens + errors)),
+    summed per (kind, layer, "last" position or "earlier"), mean over prompts."""
+    from collections import Counter
+
+    from circuits.attribution import Contrast, attribute
+    from circuits.graph import ERROR_KINDS
+    from circuits.pruning import influence
+    from circuits.studies.base import single_token_id
+
+    shares: Counter = Counter()
+    for p in prompts:
+        g = attribute(rm, p.clean, Contrast(single_token_id(rm.model, p.answer), single_token_id(rm.model, p.wrong)))
+        inf = influence(g)
+        last = max(n.pos for n in g.nodes)
+        total = sum(float(inf[i]) for i, n in enumerate(g.nodes) if n.kind == "token" or n.kind in ERROR_KINDS)
+        for i, n in enumerate(g.nodes):
+            if n.kind in ERROR_KINDS:
+                key = f"{n.kind} L{n.layer} {'last' if n.pos == last else 'earlier'}"
+                shares[key] += float(inf[i]) / total / len(prompts)
+    return dict(shares.most_common())
 
 
 #: Fidelity sizes of the comparison (smaller than `FidelitySizes()` so that three sets fit a session on a loaded
@@ -344,6 +369,22 @@ def micro() -> None:
           f"{w_cur.abs().max():.0f}; heads {(hw - heads[:, ti, si].T).abs().max():.1e})")
 
 
+def errors(sets: list[str], n_graphs: int) -> None:
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+    from circuits.replacement import ReplacementModel
+    from circuits.studies.ioi import IOIStudy
+
+    model, _ = load_model("organism")
+    prompts = IOIStudy("heldout").prompts(model, n_graphs, seed=0)
+    for name in sets:
+        shares = error_shares(ReplacementModel(model, load_dictionaries(name, model), name="organism"), prompts)
+        print(f"{name}: error nodes' share of token + error influence {sum(shares.values()):.3f} "
+              f"(replacement = 1 - that); largest:")
+        for key, v in list(shares.items())[:10]:
+            print(f"  {key:<24} {v:.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -352,6 +393,10 @@ def main() -> None:
     c.add_argument("--ld-prompts", type=int, default=100)
     c.add_argument("--prompts", type=int, default=4, help="IOI contrast graphs per set")
     c.add_argument("--out", default=None)
+    e = sub.add_parser("errors", help="each error node's share of the IOI contrast graphs' influence (what keeps the "
+                       "replacement score below 1), per kind, layer and position")
+    e.add_argument("--sets", nargs="+", default=["organism"])
+    e.add_argument("--prompts", type=int, default=4)
     b = sub.add_parser("gpt2")
     b.add_argument("--d-sae", type=int, default=24576, help="CLT and attention-SAE features per layer")
     b.add_argument("--k", type=int, default=30, help="TopK: active features per dictionary, layer and position")
@@ -384,6 +429,9 @@ def main() -> None:
                 Path(args.out).write_text(json.dumps(res, indent=2))
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.mode == "errors":
+        errors(args.sets, args.prompts)
+        return
     res = compare(args.sets, args.ld_prompts, args.prompts)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))

@@ -237,15 +237,16 @@ def test_encoder_lr_scale_zero_trains_the_decoder_side_only(tiny_model, base_set
             assert torch.equal(a.encode(x), b.encode(x))
 
 
-def test_shipped_organism_ft_is_the_default_set_with_only_its_decoders_tuned():
-    """`load_dictionaries("organism-ft")` reads the committed fine-tuned set: the default set's dictionaries with the
-    same widths and (up to float16 storage) the same encoders and thresholds, so every feature fires where the
-    default's does; the decoders moved (decoder-only fine-tuning, `--encoder-lr-scale 0`)."""
+def test_shipped_default_set_is_the_base_set_with_only_its_decoders_tuned():
+    """`load_dictionaries("organism")` (the default) reads the committed fine-tuned set: the base set's
+    dictionaries (`organism-base`, as `dicts train` wrote them) with the same widths and (up to float16 storage) the
+    same encoders and thresholds, so every feature fires where the base set's does; the decoders moved
+    (decoder-only fine-tuning, `--encoder-lr-scale 0`)."""
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
 
     model, _ = load_model("organism")
-    base, ft = load_dictionaries("organism", model), load_dictionaries("organism-ft", model)
+    base, ft = load_dictionaries("organism-base", model), load_dictionaries("organism", model)
     assert [d.cfg.name for d in ft] == [d.cfg.name for d in base]
     moved = []
     for b, f in zip(base, ft, strict=True):

@@ -61,7 +61,7 @@ def cmd_dicts_train(args) -> int:
                                 f"active per token in each layer); it cannot be combined with {', '.join(bad)}")
     check_output_dir(args.out, "--out")
     if args.export:
-        check_output_dir(DATA_DIR / "dictionaries" / "organism", "--export")
+        check_output_dir(DATA_DIR / "dictionaries" / "organism-base", "--export")
     model, _ = load_model("organism", resolve_device(args.device))
     cfg = DictTrainConfig(total_tokens=args.tokens, seed=args.seed, aux_coef=args.aux_coef,
                           dead_after_tokens=args.dead_after, resample_every=args.resample_every,
@@ -91,7 +91,7 @@ def cmd_dicts_train(args) -> int:
     dset.save(Path(args.out) / "set")
     print(f"saved {len(dset)} dictionaries to {Path(args.out) / 'set'}")
     if args.export:
-        dest = DATA_DIR / "dictionaries" / "organism"
+        dest = DATA_DIR / "dictionaries" / "organism-base"
         dset.save(dest)
         shutil.copy2(Path(args.out) / "dict_log.jsonl", dest / "train_log.jsonl")
         print(f"exported to {dest}")
@@ -238,7 +238,8 @@ def add_parser(sub) -> None:
     t.add_argument("--calibrate-tokens", type=int, default=0, help="BatchTopK: after training, set the inference "
                    "threshold so that L0 = k on this many training tokens (0 = keep the running threshold)")
     t.add_argument("--no-resume", action="store_true")
-    t.add_argument("--export", action="store_true", help="write the set to data/dictionaries/organism")
+    t.add_argument("--export", action="store_true", help="write the set to data/dictionaries/organism-base (the default set "
+                   "is that set fine-tuned: `dicts finetune`, docs/finetune.md)")
     t.add_argument("--quiet", action="store_true")
     add_device_option(t)
     t.set_defaults(func=cmd_dicts_train)
@@ -257,7 +258,8 @@ def add_parser(sub) -> None:
     f = dicts.add_parser("finetune", help="fine-tune a whole set through the model: KL(clean || all spliced) + "
                          "beta * sum of FVUs (resumable)")
     f.add_argument("--model", default="organism")
-    f.add_argument("--dicts", default="organism", help="a set name (organism, organism-clt, ...) or a set folder")
+    f.add_argument("--dicts", default="organism-base", help="a set name or a set folder (default organism-base: the "
+                   "set as trained, from which the default set 'organism' was fine-tuned)")
     f.add_argument("--out", required=True, help="folder for the log, the checkpoint and the fine-tuned set (OUT/set)")
     f.add_argument("--steps", type=int, default=300)
     f.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (linear decay over the last 20%%)")

@@ -3,10 +3,11 @@ file formats, loading by name.
 
 `load_dictionaries(name, model)` returns a `DictionarySet` checked against the model it will be spliced into:
 
-* ``"organism"``: the set trained for the embedded organism, shipped in ``data/dictionaries/organism``;
-  ``"organism-skip"`` (skip transcoders) and ``"organism-clt"`` (a cross-layer transcoder), with the same
-  attention SAEs, in ``data/dictionaries/organism-skip`` / ``organism-clt``; ``"organism-ft"``: the default set
-  with every decoder fine-tuned through the model (`dicts finetune`, encoders unchanged; docs/finetune.md);
+* ``"organism"`` (the default): the set trained for the embedded organism with every decoder then fine-tuned
+  through the model (`dicts finetune --encoder-lr-scale 0`: encoders unchanged; docs/finetune.md), shipped in
+  ``data/dictionaries/organism``; ``"organism-base"``: the same set before that fine-tuning (as `dicts train`
+  wrote it); ``"organism-skip"`` (skip transcoders) and ``"organism-clt"`` (a cross-layer transcoder), with the
+  base set's attention SAEs, in ``data/dictionaries/organism-skip`` / ``organism-clt``;
 * ``"gpt2-transcoders"`` (Dunefsky et al.) and ``"gpt2-attn-kk"`` (Kissane et al.): downloaded through
   ``huggingface_hub`` when online; offline this fails at once with a message saying so;
 * a local folder: one of our sets (``set.json``), a circuit-tracer folder (``config.yaml``), a SAELens folder
@@ -27,10 +28,10 @@ PUBLIC_SETS: dict[str, str] = {
     "gpt2-attn-kk": "ckkissane/attn-saes-gpt2-small-all-layers",
 }
 
-#: The organism's sets in data/dictionaries: per-layer transcoders (the default), skip transcoders, a cross-layer
-#: transcoder; all three with the same attention SAEs (docs/skip-and-clt.md compares them); and the default set
-#: fine-tuned on the decoder side through the model (docs/finetune.md).
-ORGANISM_SETS: tuple[str, ...] = ("organism", "organism-skip", "organism-clt", "organism-ft")
+#: The organism's sets in data/dictionaries: the default (per-layer transcoders and attention SAEs, decoders
+#: fine-tuned through the model, docs/finetune.md), the same set before fine-tuning, skip transcoders and a
+#: cross-layer transcoder (the last two with the base set's attention SAEs; docs/skip-and-clt.md compares them).
+ORGANISM_SETS: tuple[str, ...] = ("organism", "organism-base", "organism-skip", "organism-clt")
 
 __all__ = ["AttentionSAE", "CLTConfig", "CLTLayer", "CrossLayerTranscoder", "Dictionary", "DictionaryConfig", "DictionaryLoadError", "DictionarySet", "Transcoder",
            "load_dictionaries", "load_folder"]
