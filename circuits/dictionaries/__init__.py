@@ -4,7 +4,7 @@ file formats, loading by name.
 `load_dictionaries(name, model)` returns a `DictionarySet` checked against the model it will be spliced into:
 
 * ``"organism"`` (the default): the set trained for the embedded organism with every decoder then fine-tuned
-  through the model (`dicts finetune --encoder-lr-scale 0`: encoders unchanged; docs/finetune.md), shipped in
+  through the model (`dicts finetune --encoder-lr-scale 0`: encoder weights frozen; docs/finetune.md), shipped in
   ``data/dictionaries/organism``; ``"organism-base"``: the same set before that fine-tuning (as `dicts train`
   wrote it); ``"organism-skip"`` (skip transcoders) and ``"organism-clt"`` (a cross-layer transcoder), with the
   base set's attention SAEs, in ``data/dictionaries/organism-skip`` / ``organism-clt``;
