@@ -254,13 +254,13 @@ def organism():
 @pytest.mark.parametrize("name", ["organism-skip", "organism-clt"])
 def test_named_organism_sets_load_with_the_default_attention_saes(name, organism):
     """`load_dictionaries("organism-skip" / "organism-clt")` reads the committed sets: their MLP replacement is a
-    skip transcoder per layer / one CLT of 2,048 features per layer, and their attention SAEs are the default
-    set's (linked, not copied)."""
+    skip transcoder per layer / one CLT of 2,048 features per layer, and their attention SAEs are the base
+    set's (`organism-base`, beside which they were trained; linked, not copied)."""
     from circuits.dictionaries import load_dictionaries
     from circuits.model import DATA_DIR
 
     dset = load_dictionaries(name, organism)
-    base = load_dictionaries("organism", organism)
+    base = load_dictionaries("organism-base", organism)
     assert len(dset) == 8 and not (DATA_DIR / "dictionaries" / name / "attn_sae_L0").exists()
     for layer in range(4):
         torch.testing.assert_close(dset.attention_sae(layer).W_enc, base.attention_sae(layer).W_enc, rtol=0, atol=0)

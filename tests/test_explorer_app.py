@@ -237,15 +237,25 @@ def test_a_graph_of_another_model_says_so_instead_of_running_the_organism(app, m
     assert app.text_area(key="prompt").value != LYON  # the sidebar cannot trace it: left as it was
 
 
-def test_example_graphs_open_with_bos_folded(app):
-    """Issue 21 item 3: the shipped example graphs (written before folding existed) open BOS-folded, like every
-    traced graph: no feature or error node at the BOS position, the folded weight in the constants."""
+def test_example_graphs_open_with_bos_folded(app, monkeypatch, tmp_path):
+    """Issue 21 item 3: gallery graphs open BOS-folded, like every traced graph: no feature or error node at the BOS
+    position, the folded weight in the constants. The shipped ones are stored folded (regenerated 2026-11-30); a
+    gallery file written without folding (`circuits trace --show-bos`, or older files) is folded on open."""
     from circuits import export
+    from circuits.cli import main
+    from circuits.explorer import files
     from circuits.graph import bos_mask
 
-    raw = export.loads((ROOT / "data" / "graphs" / "induction.json").read_bytes(), "induction.json")
+    shipped = export.loads((ROOT / "data" / "graphs" / "induction.json").read_bytes(), "induction.json")
+    assert shipped.metadata.get("bos_folded") is not None and not bool(bos_mask(shipped).any())
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    assert main(["trace", "zoo Tokyo red cake zoo Tokyo red", "--show-bos", "--json", str(gallery / "raw.json")]) == 0
+    raw = export.loads((gallery / "raw.json").read_bytes(), "raw.json")
     assert bool(bos_mask(raw).any())  # the file itself has BOS nodes (else this test could not fail)
-    _open_example(app, "induction.json")
+    monkeypatch.setattr(files, "GALLERY", gallery)
+    app.run()
+    _open_example(app, "raw.json")
     shown = app.session_state["graph"]
     assert shown.metadata.get("bos_folded") is not None
     assert not bool(bos_mask(shown).any())

@@ -57,7 +57,8 @@ def load_graph_bytes(data: bytes, name: str, fold: bool = False) -> None:
     and keeps the current graph. The sidebar shows the opened graph's prompt from the next run on.
 
     ``fold``: fold BOS features and errors into constants (`circuits.graph.fold_bos`), as every traced graph is —
-    used for the shipped example graphs, written before folding existed. A user's own file is shown as saved."""
+    used for the gallery (the shipped graphs are stored folded; a file written with `--show-bos` or before folding
+    existed is folded on open). A user's own upload is shown as saved."""
     from circuits import export
     from circuits.graph import fold_bos
 
