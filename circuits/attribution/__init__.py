@@ -49,7 +49,7 @@ __all__ = ["Contrast", "FeatureTarget", "Logit", "Marginal", "QKAttribution", "Q
 def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target | None = None, *,
               method: Method = "auto", demean_logits: bool = False, edge_tolerance: float = 0.0,
               memory_limit_bytes: int | None = None, cache: ReplacementCache | None = None,
-              progress: bool = False, head_parts: bool = False) -> Graph:
+              progress: bool = False, head_parts: bool = False, workers: int = 1) -> Graph:
     """The attribution graph of `prompt` for `target` (default: the salient top logits) in `rm`.
 
     method: "analytic" (needs an SAE on every attention layer; per-head parts of edges into attention features),
@@ -60,6 +60,8 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
     every edge; large models need e.g. 1e-3 (each target keeps at most 1,000 edges).
     head_parts: with method "reverse", also the per-head parts of edges into attention-SAE features (one sweep per
     head for those targets); "analytic" always gives them, "autograd" never.
+    workers: with method "reverse", sweep batches side by side in that many single-threaded workers
+    (`attribution.workers`; default 1: torch's threads inside each operation). The edges do not depend on it.
     """
     target = TopLogits() if target is None else target
     if method not in ("analytic", "reverse", "autograd", "auto"):
@@ -95,7 +97,7 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
         edges = analytic_edges(rm, cache, src, reads, tolerance=edge_tolerance, byte_limit=limit, progress=progress)
     elif method == "reverse":
         edges = reverse_edges(rm, cache, src, reads, tolerance=edge_tolerance, byte_limit=limit, progress=progress,
-                              head_parts=head_parts)
+                              head_parts=head_parts, workers=workers)
     else:
         edges = autograd_edges(rm, cache, src, reads)
     timings["edges"] = time.perf_counter() - t1
