@@ -4,7 +4,7 @@
     circuits organism eval    [--model organism|DIR] [--out FILE] [--subsample F]
     circuits organism corpus  [--rows N] [--seed S] [--stream train|heldout]
     circuits dicts train      [--model organism] [--out DIR] [--tokens N] [--d-sae N] [--k K] [--export]
-    circuits dicts finetune   [--dicts organism|NAME|DIR] --out DIR [--steps N] [--lr X] [--temperature T]
+    circuits dicts finetune   [--dicts organism-base|NAME|DIR] --out DIR [--steps N] [--lr X] [--temperature T]
     circuits dicts eval       [--model organism] [--dicts organism|NAME|DIR] [--out FILE]
     circuits dicts convert    SRC --out DIR [--n-heads N]
     circuits trace            PROMPT [--target T.. [--contrast B] | --feature K:L:P:I] [--json F --dot F ...]
