@@ -221,8 +221,9 @@ def crossing_flops(g, d: int) -> float:
     return total
 
 
-def scale(d_sae: int, k: int, n_pos: int, tolerance: float, workers: int = 1) -> None:
+def scale(d_sae: int, k: int, n_pos: int, tolerance: float, workers: int | None = None) -> None:
     from circuits.attribution import TopLogits, attribute
+    from circuits.attribution.workers import default_workers
 
     t0 = time.perf_counter()
     rm = gpt2_shaped(d_sae, k, ("transcoder",))
@@ -231,8 +232,8 @@ def scale(d_sae: int, k: int, n_pos: int, tolerance: float, workers: int = 1) ->
     print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; 12 layers, d_model 768, "
           f"12 heads, 12 transcoders x {d_sae} features (TopK k={k}), no attention SAEs, {n_pos} tokens, "
           f"edge_tolerance {tolerance}; build {build_s:.1f} s (not counted); RSS after build {peak_rss_gib():.2f} GiB; "
-          f"reverse-sweep workers {workers} (one = torch threads inside each operation, the default; more = each "
-          "single-threaded)")
+          f"reverse-sweep workers {workers or default_workers()} ({'--workers' if workers else 'default'}: one per "
+          "torch thread unless --workers; one = torch threads inside each operation, more = each single-threaded)")
     before = gemm_gflops()
     t = time.perf_counter()
     g = attribute(rm, tokens, TopLogits(), edge_tolerance=tolerance, memory_limit_bytes=6 * 2**30, progress=True,
@@ -299,8 +300,8 @@ def ab(against: str, d_sae: int, k: int, n_pos: int, tolerance: float, repeats: 
     cache, sources and targets), alternating in one process; CPU time (process_time: with one thread it is the
     work, little moved by other processes) and wall time, and whether the edges agree. The edges phase depends on
     d_sae only through which features are active: the default 2,048 builds faster than 24,576 with the same counts
-    (TopK k per position). B sweeps with its default (one worker: torch threads inside each operation) unless
-    `workers` is given (`workers.ordered_map`); A as its revision did. When the edge sets differ, the odd edges are printed with
+    (TopK k per position). B sweeps with its default workers (one per torch thread: `workers.ordered_map`) unless
+    `workers` is given; A as its revision did. When the edge sets differ, the odd edges are printed with
     |w| / (tolerance · Σ|w| of their target): values at 1 are float32 rounding across the tolerance."""
     import circuits.attribution.reverse as new
     from circuits.attribution.sources import collect_sources
@@ -314,7 +315,7 @@ def ab(against: str, d_sae: int, k: int, n_pos: int, tolerance: float, repeats: 
     reads = resolve_logit_targets(rm.model, cache.logits[-1], TopLogits(), False, n_pos - 1)
     print(f"torch threads {torch.get_num_threads()}; load average at start {load_avg()}; A = {against}, B = working "
           f"tree; d_sae {d_sae}, TopK {k}, {n_pos} tokens, edge_tolerance {tolerance}; {len(src)} sources; B's workers "
-          f"{workers or 'default (1)'}")
+          f"{workers or 'default (one per torch thread)'}")
     import circuits.attribution.analytic as analytic
 
     n = len(src) + len(reads)
@@ -361,7 +362,7 @@ def ab(against: str, d_sae: int, k: int, n_pos: int, tolerance: float, repeats: 
 
 def profile(d_sae: int, k: int, n_pos: int, tolerance: float, every: int) -> None:
     """Where a sweep's time goes: torch's profiler over every `every`-th batch of the GPT-2-shaped graph's edges
-    (the working tree's engine, this process's threads, one worker), self CPU time by kind of operation —
+    (the working tree's engine, this process's threads and default workers), self CPU time by kind of operation —
     the crossings' large products (W_O side: [768, 768] × [768, batch·pos]; W_V' side: addmm_ into g), the reads
     of writes against g (batched, one product per position), the per-head position mixes, and the rest."""
     from torch.profiler import ProfilerActivity
@@ -419,8 +420,8 @@ def main() -> None:
     s.add_argument("--k", type=int, default=30)
     s.add_argument("--pos", type=int, default=64)
     s.add_argument("--tolerance", type=float, default=1e-3)
-    s.add_argument("--workers", type=int, default=1,
-                   help="reverse-sweep workers (default 1: OpenMP threads inside each operation; N: N single-threaded)")
+    s.add_argument("--workers", type=int, default=None,
+                   help="reverse-sweep workers (default: one per torch thread); 1 = OpenMP threads per operation")
     a = sub.add_parser("ab", help="the working tree's reverse engine against a git revision's, GPT-2-shaped")
     a.add_argument("--against", required=True, help="git revision of the engine to compare with (A)")
     a.add_argument("--d-sae", type=int, default=2048)
@@ -429,7 +430,7 @@ def main() -> None:
     a.add_argument("--tolerance", type=float, default=1e-3)
     a.add_argument("--repeats", type=int, default=1)
     a.add_argument("--workers", type=int, default=None,
-                   help="B's workers (default 1: intra-op threads); e.g. 2 to time B with two single-threaded workers")
+                   help="B's workers (default: one per torch thread); e.g. 1 to time B with intra-op threads")
     f = sub.add_parser("profile", help="where the sweeps' time goes (torch profiler), GPT-2-shaped")
     f.add_argument("--d-sae", type=int, default=2048)
     f.add_argument("--k", type=int, default=30)

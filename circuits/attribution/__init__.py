@@ -49,7 +49,7 @@ __all__ = ["Contrast", "FeatureTarget", "Logit", "Marginal", "QKAttribution", "Q
 def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target | None = None, *,
               method: Method = "auto", demean_logits: bool = False, edge_tolerance: float = 0.0,
               memory_limit_bytes: int | None = None, cache: ReplacementCache | None = None,
-              progress: bool = False, head_parts: bool = False, workers: int = 1) -> Graph:
+              progress: bool = False, head_parts: bool = False, workers: int | None = None) -> Graph:
     """The attribution graph of `prompt` for `target` (default: the salient top logits) in `rm`.
 
     method: "analytic" (needs an SAE on every attention layer; per-head parts of edges into attention features),
@@ -61,7 +61,8 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
     head_parts: with method "reverse", also the per-head parts of edges into attention-SAE features (one sweep per
     head for those targets); "analytic" always gives them, "autograd" never.
     workers: with method "reverse", sweep batches side by side in that many single-threaded workers
-    (`attribution.workers`; default 1: torch's threads inside each operation). The edges do not depend on it.
+    (`attribution.workers`; default one per torch thread; 1: torch's threads inside each operation). The edges do
+    not depend on it.
     """
     target = TopLogits() if target is None else target
     if method not in ("analytic", "reverse", "autograd", "auto"):

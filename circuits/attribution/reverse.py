@@ -28,8 +28,8 @@ write site k. This module computes those gradients by hand, many targets at once
    ``Y W_V'ᵀ`` is never formed per target. The channel's transpose is formed as ``Uᵀ = W_O gᵀ`` so that each
    head's position mix is one batched product (no permuted copies), and the reads accumulate into transposed
    weights [source, target]. (The channel maps, and the second crossing formed from `_Once` on both sides, are
-   in `channels.py`.) Optionally (`workers=N`) batches are swept side by side by single-threaded workers
-   (`workers.py`) and collected in order, so that a sweep's small operations parallelise across batches.
+   in `channels.py`.) Batches are swept side by side by single-threaded workers (`workers.py`), one per torch
+   thread by default, and collected in order: a sweep's small operations parallelise across batches.
 3. **Constant term**, independently: one frozen TransformerLens forward pass in which every source's write is
    subtracted (`autograd._frozen_targets`), read at each target. So ``Σ edges + constant = pre-activation`` checks
    the sweep against the model itself.
@@ -58,7 +58,7 @@ from circuits.attribution.autograd import _fixed_outputs, _frozen_targets, _site
 from circuits.attribution.channels import _Layers, _Once
 from circuits.attribution.sources import Sources, attn_site, later_writes, mlp_site
 from circuits.attribution.targets import LogitRead
-from circuits.attribution.workers import ordered_map
+from circuits.attribution.workers import default_workers, ordered_map
 from circuits.replacement import ReplacementCache, ReplacementModel
 
 
@@ -300,16 +300,16 @@ def batch_size_for(rm: ReplacementModel, n_pos: int, n_src: int, itemsize: int, 
 @torch.no_grad()
 def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, reads: list[LogitRead],
                   tolerance: float = 0.0, byte_limit: float = float("inf"), progress: bool = False,
-                  batch_size: int | None = None, head_parts: bool = False, workers: int = 1) -> Edges:
+                  batch_size: int | None = None, head_parts: bool = False, workers: int | None = None) -> Edges:
     """All edges into every active feature and every logit target of the cached prompt.
 
     `head_parts`: also the per-head parts of edges into attention-SAE features (``Edges.head_weight``: the part
     that reaches the feature through each head of its own layer, as the analytic engine gives them), at H sweeps
     per such target instead of one; without it (default) they are zeros. Other targets have none.
 
-    `workers`: batches swept side by side, each worker with one torch thread (`workers.ordered_map`; opt-in, see
-    there); default 1: torch's threads inside each operation. The edges do not depend on it (the same operations
-    per batch, collected in order)."""
+    `workers`: batches swept side by side, each worker with one torch thread (`workers.ordered_map`); default one
+    per torch thread of the caller; 1: torch's threads inside each operation. The edges do not depend on it (the
+    same operations per batch, collected in order)."""
     dtype = src.vectors.dtype
     n, n_src = cache.n_pos, len(src)
     col = _Collector(n_src + len(reads), rm.cfg.n_heads, dtype, tolerance, byte_limit)
@@ -340,7 +340,7 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
                 upper = 0
         else:  # too many writes below: read them in the channel's value space, [v W_V'] against Y
             low_v = _Chunks.build(r, src.pos[r], v @ layers.attn[(floor - 1) // 2][1], n, n_src)
-    n_workers = max(1, workers)  # each sweeps its own batches: the batch memory is shared out
+    n_workers = workers or default_workers()  # each sweeps its own batches: the batch memory is shared out
     size = batch_size or batch_size_for(rm, n, n_src, torch.finfo(dtype).bits // 8, min(byte_limit, 2**33) / n_workers)
     s_rows = torch.arange(n_src)
     channel = _first_channel(rm)

@@ -13,11 +13,11 @@ caller's output is the same as with one worker, and the caller's serial work on 
 overlaps the workers' sweeps. At most ``2 × workers`` results wait, which bounds memory. The caller's thread
 settings are restored afterwards.
 
-Opt-in (`reverse_edges(..., workers=N)`, `attribute(..., workers=N)`); the default is one worker with torch's own
-threads inside each operation. Why: on a quiet 2-core machine the full GPT-2-shaped graph took the same time either
-way (53.2–55.7 s with two workers, 53.8 s with one; docs/transcoder-only.md), two workers hold two batches' buffers
-(+1–2 GiB), and torch's thread count is process-wide, so graphs built at once in two threads of one process (two
-explorer sessions) could leave it wrong.
+The default (`default_workers`): one worker per torch thread of the caller. On the 2-core machine the full
+GPT-2-shaped graph took 50.9–56.4 s in six runs with two workers and 51.0–64.2 s in five with one (OpenMP threads
+inside each operation; docs/transcoder-only.md): the workers cost 1–2 GiB more but keep a descheduled thread from
+stalling every operation. `workers=1` gives the single-worker path. Caveat: torch's thread count is process-wide,
+so two graphs built at once in two threads of one process (two explorer sessions) could leave it wrong.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ import torch
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """One worker per torch thread the caller was given (``OMP_NUM_THREADS`` / ``torch.set_num_threads``)."""
+    return max(1, torch.get_num_threads())
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
