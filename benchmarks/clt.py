@@ -2,6 +2,8 @@
 
 ``python benchmarks/clt.py compare --sets organism organism-skip organism-clt --prompts 8 --out FILE.json``
 ``python benchmarks/clt.py errors --sets organism --prompts 4`` (where the error nodes' influence sits)
+``python benchmarks/clt.py scores --sets organism --prompts 8 --split train`` (the replacement score under the
+target's convention and two labelled variants: BOS folded, transcoders only)
 ``python benchmarks/clt.py gpt2 [--d-sae 24576] [--k 30] [--layers 12] [--pos 64] [--tolerance 1e-3] [--quick]
 [--profile] [--out FILE.json] [--micro]``: a GPT-2-small-shaped random model (`gpt2_shaped`) with random TopK attention SAEs
 and one random TopK CLT of d_sae features per layer; prints where the time goes, the peak resident memory and issue
@@ -89,6 +91,60 @@ def error_shares(rm, prompts) -> dict:
                 key = f"{n.kind} L{n.layer} {'last' if n.pos == last else 'earlier'}"
                 shares[key] += float(inf[i]) / total / len(prompts)
     return dict(shares.most_common())
+
+
+#: Graph conventions of `score_variants`: the first is issue 19's target convention; the others are labelled variants.
+VARIANTS = {
+    "all dictionaries, every node (target)": "every dictionary of the set spliced, every node of the graph",
+    "BOS folded": "the same graph with BOS features and errors folded into constants (`graph.fold_bos`; "
+                  "circuit-tracer zeroes position 0's features and errors the same way)",
+    "transcoders only": "only the set's MLP replacements; attention frozen and exact, so no attention features or "
+                        "attention error nodes (circuit-tracer's setting)",
+}
+
+
+def variant_graphs(full, only, prompt) -> dict:
+    """{variant: IOI contrast graph of `prompt`} for `VARIANTS`; `full` splices the whole set, `only` its MLP
+    replacements (both `ReplacementModel`s)."""
+    from circuits.attribution import Contrast, attribute
+    from circuits.graph import fold_bos
+    from circuits.studies.base import single_token_id
+
+    target = Contrast(single_token_id(full.model, prompt.answer), single_token_id(full.model, prompt.wrong))
+    g = attribute(full, prompt.clean, target)
+    return dict(zip(VARIANTS, (g, fold_bos(g), attribute(only, prompt.clean, target)), strict=True))
+
+
+def score_variants(model, dset, prompts) -> dict:
+    """Mean replacement / completeness scores of the IOI contrast graphs of `prompts` under each of `VARIANTS`."""
+    from circuits.dictionaries.dictset import DictionarySet
+    from circuits.pruning import graph_scores
+    from circuits.replacement import ReplacementModel
+
+    mlps = DictionarySet(dset.model_name, {d.cfg.name: d for d in dset if d.cfg.kind == "transcoder"})
+    full, only = ReplacementModel(model, dset, name="organism"), ReplacementModel(model, mlps, name="organism")
+    rows: dict = {n: [] for n in VARIANTS}
+    for p in prompts:
+        for name, graph in variant_graphs(full, only, p).items():
+            s = graph_scores(graph)
+            rows[name].append((s.replacement, s.completeness, graph.n_nodes))
+    return {n: {"replacement": sum(r[0] for r in v) / len(v), "completeness": sum(r[1] for r in v) / len(v),
+                "min_replacement": min(r[0] for r in v), "nodes": sum(r[2] for r in v) / len(v), "n": len(v)}
+            for n, v in rows.items()}
+
+
+def scores(sets: list[str], n_graphs: int, split: str) -> None:
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+    from circuits.studies.ioi import IOIStudy
+
+    model, _ = load_model("organism")
+    prompts = IOIStudy(split).prompts(model, n_graphs, seed=0)
+    for name in sets:
+        print(f"{name}: IOI contrast graphs of {n_graphs} {split}-template prompts (mean; min replacement)")
+        for variant, r in score_variants(model, load_dictionaries(name, model), prompts).items():
+            print(f"  {variant:<40} replacement {r['replacement']:.4f} (min {r['min_replacement']:.4f})  "
+                  f"completeness {r['completeness']:.4f}  nodes {r['nodes']:.0f}", flush=True)
 
 
 #: Fidelity sizes of the comparison (smaller than `FidelitySizes()` so that three sets fit a session on a loaded
@@ -397,6 +453,12 @@ def main() -> None:
                        "replacement score below 1), per kind, layer and position")
     e.add_argument("--sets", nargs="+", default=["organism"])
     e.add_argument("--prompts", type=int, default=4)
+    s = sub.add_parser("scores", help="replacement / completeness of IOI contrast graphs under the target's "
+                       "convention and two labelled variants (BOS folded; transcoders only, circuit-tracer's setting)")
+    s.add_argument("--sets", nargs="+", default=["organism"])
+    s.add_argument("--prompts", type=int, default=8)
+    s.add_argument("--split", choices=["train", "heldout"], default="train",
+                   help="IOI case study prompts: training templates (for development) or held-out templates")
     b = sub.add_parser("gpt2")
     b.add_argument("--d-sae", type=int, default=24576, help="CLT and attention-SAE features per layer")
     b.add_argument("--k", type=int, default=30, help="TopK: active features per dictionary, layer and position")
@@ -431,6 +493,9 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.mode == "errors":
         errors(args.sets, args.prompts)
+        return
+    if args.mode == "scores":
+        scores(args.sets, args.prompts, args.split)
         return
     res = compare(args.sets, args.ld_prompts, args.prompts)
     if args.out:
