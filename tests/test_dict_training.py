@@ -223,3 +223,42 @@ def test_skip_transcoder_trains_its_skip_term(tiny_model, tmp_path):
     again = load_dictionary(save_dictionary(d, tmp_path / "saved"))
     x = torch.randn(16, c.d_model)
     torch.testing.assert_close(again.eval()(x).output, d.eval()(x).output, rtol=1e-5, atol=1e-5)
+
+
+def test_continuation_starts_from_the_trained_set_and_refuses_a_mismatch(tiny_model, trained, tmp_path):
+    """`init_from` (`dicts train --init-from SET`): a continuation on new corpus rows starts where the trained set
+    ended — its first logged FVU is close to the set's last, far below a fresh run's — and a set without the
+    dictionary or with another width is refused before any training."""
+    from circuits.errors import CircuitsError
+
+    out, dicts = trained
+    last = json.loads((out / "dict_log.jsonl").read_text().splitlines()[-1])
+    cfg = dataclasses.replace(CFG, total_tokens=256 * 20, corpus_seed=5, lr=1e-3)
+    train_dictionaries(tiny_model, _configs(tiny_model), tmp_path / "cont", cfg, progress=False, init_from=dicts)
+    train_dictionaries(tiny_model, _configs(tiny_model), tmp_path / "fresh", cfg, progress=False)
+    first_cont = json.loads((tmp_path / "cont" / "dict_log.jsonl").read_text().splitlines()[0])
+    first_fresh = json.loads((tmp_path / "fresh" / "dict_log.jsonl").read_text().splitlines()[0])
+    for name in dicts:
+        assert first_cont[name]["fvu"] < 1.5 * last[name]["fvu"], (name, first_cont[name], last[name])
+        assert first_cont[name]["fvu"] < 0.7 * first_fresh[name]["fvu"], (name, first_cont[name], first_fresh[name])
+    wider = [dataclasses.replace(c, d_sae=96) for c in _configs(tiny_model)]
+    with pytest.raises(CircuitsError, match="--site-d-sae transcoder_L0=64"):
+        train_dictionaries(tiny_model, wider, tmp_path / "bad", cfg, progress=False, init_from=dicts)
+    with pytest.raises(CircuitsError, match="has no attn_sae_L1"):
+        train_dictionaries(tiny_model, _configs(tiny_model), tmp_path / "bad2", cfg, progress=False,
+                           init_from={"transcoder_L0": dicts["transcoder_L0"]})
+    assert not (tmp_path / "bad" / "dict_log.jsonl").exists()
+
+
+def test_continuation_options_are_checked_before_the_model_loads(capsys):
+    """`dicts train` refuses a repeated or unknown corpus phase, a non-positive --lr and --init-from with --clt in
+    one line (exit 2), before loading anything."""
+    from circuits.cli import main
+
+    for extra, words in ((["--corpus-phases", "5", "5"], "distinct training phases"),
+                         (["--corpus-phases", "7"], "distinct training phases"),
+                         (["--lr", "0"], "must be positive"),
+                         (["--init-from", "organism-base", "--clt"], "cannot be combined with --clt")):
+        assert main(["dicts", "train", "--model", "organism", "--tokens", "4096", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err

@@ -52,6 +52,13 @@ def cmd_dicts_train(args) -> int:
     for flag, v in (("--tokens", args.tokens), ("--d-sae", args.d_sae), ("--k", args.k)):
         if v < 1:
             raise CircuitsError(f"{flag} {v}: must be at least 1")
+    if len(set(args.corpus_phases)) != len(args.corpus_phases) or not all(1 <= p <= 5 for p in args.corpus_phases):
+        raise CircuitsError(f"--corpus-phases {' '.join(map(str, args.corpus_phases))}: use distinct training "
+                            "phases 1-5, e.g. --corpus-phases 3 5")
+    if not args.lr > 0:
+        raise CircuitsError(f"--lr {args.lr}: must be positive")
+    if args.init_from and args.clt:
+        raise CircuitsError("--init-from continues per-site dictionaries; it cannot be combined with --clt")
     if args.clt:
         bad = [flag for flag, v in (("--skip-transcoders", args.skip_transcoders), ("--sites", args.sites),
                                     ("--site-d-sae", args.site_d_sae), ("--site-activation", args.site_activation),
@@ -63,7 +70,13 @@ def cmd_dicts_train(args) -> int:
     if args.export:
         check_output_dir(DATA_DIR / "dictionaries" / "organism-base", "--export")
     model, _ = load_model("organism", resolve_device(args.device))
-    cfg = DictTrainConfig(total_tokens=args.tokens, seed=args.seed, aux_coef=args.aux_coef,
+    init_from = None
+    if args.init_from:
+        from circuits.dictionaries import load_dictionaries
+
+        init_from = {d.cfg.name: d for d in load_dictionaries(args.init_from, model)}
+    cfg = DictTrainConfig(total_tokens=args.tokens, seed=args.seed, aux_coef=args.aux_coef, lr=args.lr,
+                          corpus_seed=args.corpus_seed, corpus_phases=tuple(args.corpus_phases),
                           dead_after_tokens=args.dead_after, resample_every=args.resample_every,
                           resample_until=args.resample_until, resample_dead_after_tokens=args.resample_dead_after,
                           resample_scale=args.resample_scale, calibrate_tokens=args.calibrate_tokens)
@@ -85,8 +98,8 @@ def cmd_dicts_train(args) -> int:
         if unknown:
             raise CircuitsError(f"--sites: unknown {', '.join(unknown)}; use {', '.join(c.name for c in configs)}")
         configs = [c for c in configs if c.name in args.sites]
-    dicts = train_dictionaries(model, configs, Path(args.out), cfg,
-                               resume=not args.no_resume, progress=not args.quiet)
+    dicts = train_dictionaries(model, configs, Path(args.out), cfg, resume=not args.no_resume,
+                               progress=not args.quiet, init_from=init_from)
     dset = DictionarySet("organism", dicts)
     dset.save(Path(args.out) / "set")
     print(f"saved {len(dset)} dictionaries to {Path(args.out) / 'set'}")
@@ -237,6 +250,14 @@ def add_parser(sub) -> None:
                    "encoder norm")
     t.add_argument("--calibrate-tokens", type=int, default=0, help="BatchTopK: after training, set the inference "
                    "threshold so that L0 = k on this many training tokens (0 = keep the running threshold)")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (linear decay over the last 20%%)")
+    t.add_argument("--corpus-seed", type=int, default=1, help="corpus stream the activations come from (1 by "
+                   "default; a continuation uses another one so that it sees new rows)")
+    t.add_argument("--corpus-phases", type=int, nargs="+", default=[3, 5], metavar="PHASE", help="organism "
+                   "training phases whose rows are streamed, block by block (default 3 5: the natural mix and the "
+                   "template/slot-noised IOI mix)")
+    t.add_argument("--init-from", metavar="SET", help="continue from a trained set (a name or folder): each trained "
+                   "dictionary starts from the one of the same name and shape there instead of a random init")
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--export", action="store_true", help="write the set to data/dictionaries/organism-base (the default set "
                    "is that set fine-tuned: `dicts finetune`, docs/finetune.md)")

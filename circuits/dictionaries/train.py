@@ -186,6 +186,35 @@ def initialise(d: Dictionary, x: Tensor, y: Tensor, generator: torch.Generator) 
         d.b_in_param.copy_(x.mean(0))
 
 
+def check_init_from(dicts: dict[str, Dictionary], init_from: dict[str, Dictionary]) -> None:
+    """Raise `CircuitsError` unless every dictionary to train has a namesake of the same kind and shape to start
+    from (a continuation must not silently start some dictionaries at random)."""
+    from circuits.errors import CircuitsError
+
+    for name, d in dicts.items():
+        src = init_from.get(name)
+        if src is None:
+            raise CircuitsError(f"--init-from: the set has no {name} to continue from; it has "
+                                f"{', '.join(sorted(init_from))}")
+        if (src.cfg.kind, src.cfg.d_in, src.cfg.d_sae, src.cfg.d_out) != (d.cfg.kind, d.cfg.d_in, d.cfg.d_sae,
+                                                                          d.cfg.d_out):
+            raise CircuitsError(f"--init-from: {name} there has d_sae {src.cfg.d_sae} (d_in {src.cfg.d_in}), this run "
+                                f"{d.cfg.d_sae} (d_in {d.cfg.d_in}); match it with --site-d-sae {name}={src.cfg.d_sae}")
+
+
+@torch.no_grad()
+def copy_trained(d: Dictionary, src: Dictionary) -> list[str]:
+    """Copy every tensor of `src`'s state into `d` where name and shape agree; returns the names left as they were."""
+    theirs = src.state_dict()
+    kept = []
+    for key, v in d.state_dict().items():
+        if key in theirs and theirs[key].shape == v.shape:
+            v.copy_(theirs[key].to(v.dtype))
+        else:
+            kept.append(key)
+    return kept
+
+
 def dictionary_loss(d: Dictionary, x: Tensor, y: Tensor, steps_since_fired: Tensor, cfg: DictTrainConfig,
                     batch_size: int) -> tuple[Tensor, dict]:
     """FVU + AuxK loss for one batch; updates `steps_since_fired` in place (in tokens)."""
@@ -317,11 +346,15 @@ def check_resumable(state: dict, path: Path, dicts: dict[str, Dictionary], cfg: 
 
 
 def train_dictionaries(model, configs: list[DictionaryConfig], out: Path, cfg: DictTrainConfig = DictTrainConfig(),
-                       resume: bool = True, progress: bool = True, stop_after: int | None = None
-                       ) -> dict[str, Dictionary]:
+                       resume: bool = True, progress: bool = True, stop_after: int | None = None,
+                       init_from: dict[str, Dictionary] | None = None) -> dict[str, Dictionary]:
     """Train one dictionary per config on the same activation stream; returns them keyed by name.
 
-    `stop_after`: leave after this many steps of this call (a checkpoint is written), for time-boxed sessions."""
+    `stop_after`: leave after this many steps of this call (a checkpoint is written), for time-boxed sessions.
+    `init_from`: a continuation — each dictionary starts from the trained one of the same name there (every
+    parameter and buffer of the same shape is copied; a BatchTopK step counter is not stored in a saved set, so the
+    running threshold restarts from the first batch) instead of the random initialisation of step 2, with a fresh
+    optimizer; checked before the stream starts."""
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -336,13 +369,18 @@ def train_dictionaries(model, configs: list[DictionaryConfig], out: Path, cfg: D
     state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
     if state is not None:  # before the activation stream starts: a mismatch is reported at once
         check_resumable(state, ckpt_path, dicts, cfg)
+    elif init_from is not None:
+        check_init_from(dicts, init_from)
     stream = ActivationStream(model, configs, cfg.corpus_seed, cfg.rows_per_forward, phases=cfg.corpus_phases)
     buffer = ShuffleBuffer(stream, cfg.buffer_tokens, gen)
     if state is None:
         init_gen = torch.Generator().manual_seed(cfg.seed + 1)  # separate: the buffer's stream stays reproducible
         first = {h: v[: cfg.batch_size] for h, v in buffer.data.items()}
         for d in dicts.values():
-            initialise(d, *site_tensors(d, first), init_gen)
+            if init_from is not None:
+                copy_trained(d, init_from[d.cfg.name])
+            else:
+                initialise(d, *site_tensors(d, first), init_gen)
     else:
         step = int(state["step"])
         buffer.restore(state["buffer"])
