@@ -237,6 +237,30 @@ def test_encoder_lr_scale_zero_trains_the_decoder_side_only(tiny_model, base_set
             assert torch.equal(a.encode(x), b.encode(x))
 
 
+def test_keep_codes_keeps_attention_sae_codes_while_their_output_bias_moves(tiny_model, base_set, tmp_path):
+    """An attention SAE's b_dec is also its input centring, so a decoder-only fine-tune moves its codes (and its dead
+    features); with keep_codes each step folds that move into b_enc: the codes on any input stay the input set's
+    (to float rounding), b_dec and the decoder still move. Without it the codes do change (the check can fail)."""
+    cfg = dataclasses.replace(CFG, steps=5, encoder_lr_scale=0.0, calibrate_rows=0, checkpoint_every=5)
+    plain = finetune_set(tiny_model, _load(base_set), cfg, tmp_path / "plain", progress=False)
+    kept = finetune_set(tiny_model, _load(base_set), dataclasses.replace(cfg, keep_codes=True), tmp_path / "kept",
+                        progress=False)
+    z = tiny_model.cfg.n_heads * tiny_model.cfg.d_head
+    x = torch.randn(256, z, generator=torch.Generator().manual_seed(2))
+    n_attn = 0
+    for a, p, k in zip(_load(base_set), plain, kept, strict=True):
+        if a.cfg.kind != "attention_sae":
+            continue
+        n_attn += 1
+        assert not torch.equal(a.b_dec, k.b_dec) and not torch.equal(a.W_dec, k.W_dec), a.cfg.name
+        with torch.no_grad():
+            torch.testing.assert_close(k.pre_activation(x), a.pre_activation(x), rtol=0, atol=1e-5)
+            assert (p.pre_activation(x) - a.pre_activation(x)).abs().max() > 1e-3, a.cfg.name
+    assert n_attn == tiny_model.cfg.n_layers
+    with pytest.raises(ConfigError, match="keep_codes needs encoder_lr_scale 0"):
+        finetune_set(None, None, dataclasses.replace(CFG, keep_codes=True), tmp_path / "never", progress=False)
+
+
 def test_shipped_default_set_is_the_base_set_with_only_its_decoders_tuned():
     """`load_dictionaries("organism")` (the default) reads the committed fine-tuned set: the base set's
     dictionaries (`organism-base`, as `dicts train` wrote them) with the same widths and (up to float16 storage) the

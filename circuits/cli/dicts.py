@@ -183,6 +183,7 @@ def cmd_dicts_finetune(args) -> int:
 
     cfg = FinetuneConfig(steps=args.steps, rows=args.rows, lr=args.lr, beta=args.beta, seed=args.seed,
                          temperature=args.temperature, encoder_lr_scale=args.encoder_lr_scale,
+                         keep_codes=args.keep_codes,
                          calibrate_rows=args.calibrate_rows,
                          corpus_phases=tuple(args.phases))
     cfg.check()  # bad numbers: one line, before the model loads
@@ -287,6 +288,9 @@ def add_parser(sub) -> None:
     f.add_argument("--beta", type=float, default=1.0, help="weight of the summed per-dictionary FVU against the KL")
     f.add_argument("--temperature", type=float, default=1.0, help="KL between softmax(logits / T), times T^2 "
                    "(T > 1 also sees logit differences the clean model is already sure of; default 1: plain KL)")
+    f.add_argument("--keep-codes", action="store_true", help="with --encoder-lr-scale 0: every code on clean "
+                   "inputs stays the input set's (an attention SAE's b_dec move, its input centring, is folded into "
+                   "b_enc after each step)")
     f.add_argument("--encoder-lr-scale", type=float, default=1.0, help="encoder lr (W_enc, b_enc, b_in) relative "
                    "to --lr; 0 trains the decoders only: a transcoder's codes on clean inputs (L0, dead) stay as they were (an "
                    "attention SAE's b_dec also centres its input, so its codes can still move a little)")

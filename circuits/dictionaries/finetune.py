@@ -26,7 +26,10 @@ JumpReLU threshold (BatchTopK's learned threshold at inference) is a fixed, non-
 gradient is the pre-activation's where the feature fires, zero elsewhere. ``encoder_lr_scale`` sets the encoder
 side's (W_enc, b_enc, b_in) learning rate relative to the decoder side's; at 0 only decoders, output biases and
 W_skip move, so a transcoder's codes on clean inputs (its L0 and dead features) are exactly the input set's (an
-attention SAE's b_dec is also its input centring, so its codes can still move a little). Why this option exists:
+attention SAE's b_dec is also its input centring, so its codes can still move a little — unless ``keep_codes``:
+after every step each such b_enc absorbs the move, b_enc += (b_dec_new − b_dec_old) · W_enc, so the
+pre-activation (x − b_dec) · W_enc + b_enc, and with it every code on clean inputs, stays the input set's while the
+output bias still moves). Why this option exists:
 with the encoders trained, rare features stop firing (Adam's per-parameter steps move a rarely used encoder row
 as far as a busy one), see docs/finetune.md.
 
@@ -69,6 +72,7 @@ class FinetuneConfig:
     beta: float = 1.0  # weight of Σ_d FVU_d against the KL
     temperature: float = 1.0  # KL between softmax(logits / T) (times T²); 1 = the plain next-token KL
     encoder_lr_scale: float = 1.0  # lr of W_enc, b_enc, b_in relative to lr; 0 = decoder side only (see module doc)
+    keep_codes: bool = False  # with encoder_lr_scale 0: compensate an attention SAE's b_dec move in b_enc
     seed: int = 0
     corpus_seed: int = 2  # organism: 0, dictionary trainers: 1, `dicts eval` held-out: seed 0 "heldout-dicts"
     corpus_phases: tuple[int, ...] = (3, 5)
@@ -89,6 +93,9 @@ class FinetuneConfig:
                 bad.append(f"{name} {v}: must be a finite number ≥ 0")
         if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < float("inf")):
             bad.append(f"temperature {self.temperature}: must be a finite number > 0")
+        if self.keep_codes and self.encoder_lr_scale != 0:
+            bad.append(f"keep_codes needs encoder_lr_scale 0 (it is {self.encoder_lr_scale}): it keeps frozen "
+                       "encoders' codes, a trained encoder moves them anyway")
         if not self.corpus_phases or any(p not in (1, 2, 3, 4, 5) for p in self.corpus_phases):
             bad.append(f"corpus_phases {self.corpus_phases}: use organism training phases 1-5")
         if bad:
@@ -96,8 +103,8 @@ class FinetuneConfig:
 
 
 #: Options that define the run (a checkpoint resumes only with the same values).
-RUN_IDENTITY = ("steps", "rows", "lr", "beta", "temperature", "encoder_lr_scale", "seed", "corpus_seed",
-                "corpus_phases")
+RUN_IDENTITY = ("steps", "rows", "lr", "beta", "temperature", "encoder_lr_scale", "keep_codes", "seed",
+                "corpus_seed", "corpus_phases")
 
 
 #: Encoder-side parameter names (what decides which features fire); everything else is decoder-side.
@@ -116,6 +123,20 @@ def trainable_parameters(dset: DictionarySet) -> tuple[list[torch.nn.Parameter],
                 seen.add(id(p))
                 (enc if name in ENCODER_PARAMS else dec).append(p)
     return enc, dec
+
+
+def centring_snapshot(dset: DictionarySet) -> dict[str, Tensor]:
+    """{name: b_dec copy} of every member whose decoder bias is also its input centring (attention SAEs)."""
+    return {d.cfg.name: d.b_dec.detach().clone() for d in dset
+            if d.cfg.kind == "attention_sae" and d.b_in is d.b_dec}
+
+
+@torch.no_grad()
+def keep_codes(dset: DictionarySet, before: dict[str, Tensor]) -> None:
+    """Fold each listed member's b_dec move into b_enc so its encoder pre-activations are what they were."""
+    for d in dset:
+        if d.cfg.name in before:
+            d.b_enc += (d.b_dec - before[d.cfg.name].to(d.b_dec.dtype)) @ d.W_enc
 
 
 def spliced_hooks(dset: DictionarySet, stats: dict) -> list:
@@ -296,7 +317,10 @@ def finetune_set(model, dset: DictionarySet, cfg: FinetuneConfig, out: Path, pro
         loss, parts = finetune_loss(model, dset, stream.block(step), cfg.beta, cfg.temperature)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        before = centring_snapshot(dset) if cfg.keep_codes else {}
         opt.step()
+        if before:
+            keep_codes(dset, before)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps or step == start:
             rec = {"step": done, "lr": lr, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 6),
