@@ -255,8 +255,8 @@ def test_continuation_options_are_checked_before_the_model_loads(capsys):
     one line (exit 2), before loading anything."""
     from circuits.cli import main
 
-    for extra, words in ((["--corpus-phases", "5", "5"], "distinct training phases"),
-                         (["--corpus-phases", "7"], "distinct training phases"),
+    for extra, words in ((["--phases", "5", "5"], "distinct training phases"),
+                         (["--phases", "7"], "distinct training phases"),
                          (["--lr", "0"], "must be positive"),
                          (["--init-from", "organism-base", "--clt"], "cannot be combined with --clt")):
         assert main(["dicts", "train", "--model", "organism", "--tokens", "4096", *extra]) == 2

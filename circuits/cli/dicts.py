@@ -53,8 +53,8 @@ def cmd_dicts_train(args) -> int:
         if v < 1:
             raise CircuitsError(f"{flag} {v}: must be at least 1")
     if len(set(args.corpus_phases)) != len(args.corpus_phases) or not all(1 <= p <= 5 for p in args.corpus_phases):
-        raise CircuitsError(f"--corpus-phases {' '.join(map(str, args.corpus_phases))}: use distinct training "
-                            "phases 1-5, e.g. --corpus-phases 3 5")
+        raise CircuitsError(f"--phases {' '.join(map(str, args.corpus_phases))}: use distinct training "
+                            "phases 1-5, e.g. --phases 3 5")
     if not args.lr > 0:
         raise CircuitsError(f"--lr {args.lr}: must be positive")
     if args.init_from and args.clt:
@@ -254,7 +254,7 @@ def add_parser(sub) -> None:
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (linear decay over the last 20%%)")
     t.add_argument("--corpus-seed", type=int, default=1, help="corpus stream the activations come from (1 by "
                    "default; a continuation uses another one so that it sees new rows)")
-    t.add_argument("--corpus-phases", type=int, nargs="+", default=[3, 5], metavar="PHASE", help="organism "
+    t.add_argument("--phases", dest="corpus_phases", type=int, nargs="+", default=[3, 5], metavar="P", help="organism "
                    "training phases whose rows are streamed, block by block (default 3 5: the natural mix and the "
                    "template/slot-noised IOI mix)")
     t.add_argument("--init-from", metavar="SET", help="continue from a trained set (a name or folder): each trained "

@@ -203,16 +203,12 @@ def check_init_from(dicts: dict[str, Dictionary], init_from: dict[str, Dictionar
 
 
 @torch.no_grad()
-def copy_trained(d: Dictionary, src: Dictionary) -> list[str]:
-    """Copy every tensor of `src`'s state into `d` where name and shape agree; returns the names left as they were."""
+def copy_trained(d: Dictionary, src: Dictionary) -> None:
+    """Copy every tensor of `src`'s state into `d` where name and shape agree (the rest keeps `d`'s values)."""
     theirs = src.state_dict()
-    kept = []
     for key, v in d.state_dict().items():
         if key in theirs and theirs[key].shape == v.shape:
             v.copy_(theirs[key].to(v.dtype))
-        else:
-            kept.append(key)
-    return kept
 
 
 def dictionary_loss(d: Dictionary, x: Tensor, y: Tensor, steps_since_fired: Tensor, cfg: DictTrainConfig,
