@@ -128,8 +128,11 @@ def score_variants(model, dset, prompts) -> dict:
         for name, graph in variant_graphs(full, only, p).items():
             s = graph_scores(graph)
             rows[name].append((s.replacement, s.completeness, graph.n_nodes))
+    from circuits.studies.stats import mean_interval
+
     return {n: {"replacement": sum(r[0] for r in v) / len(v), "completeness": sum(r[1] for r in v) / len(v),
-                "min_replacement": min(r[0] for r in v), "nodes": sum(r[2] for r in v) / len(v), "n": len(v)}
+                "min_replacement": min(r[0] for r in v), "nodes": sum(r[2] for r in v) / len(v), "n": len(v),
+                "replacement_ci": mean_interval([r[0] for r in v]).as_dict()}
             for n, v in rows.items()}
 
 
@@ -141,10 +144,13 @@ def scores(sets: list[str], n_graphs: int, split: str) -> None:
     model, _ = load_model("organism")
     prompts = IOIStudy(split).prompts(model, n_graphs, seed=0)
     for name in sets:
-        print(f"{name}: IOI contrast graphs of {n_graphs} {split}-template prompts (mean; min replacement)")
+        print(f"{name}: IOI contrast graphs of {n_graphs} {split}-template prompts (mean [95% bootstrap interval "
+              "over prompts]; min replacement)")
         for variant, r in score_variants(model, load_dictionaries(name, model), prompts).items():
-            print(f"  {variant:<40} replacement {r['replacement']:.4f} (min {r['min_replacement']:.4f})  "
-                  f"completeness {r['completeness']:.4f}  nodes {r['nodes']:.0f}", flush=True)
+            ci = r["replacement_ci"]
+            print(f"  {variant:<40} replacement {r['replacement']:.4f} [{ci['lo']:.4f}, {ci['hi']:.4f}] "
+                  f"(min {r['min_replacement']:.4f})  completeness {r['completeness']:.4f}  nodes {r['nodes']:.0f}",
+                  flush=True)
 
 
 #: Fidelity sizes of the comparison (smaller than `FidelitySizes()` so that three sets fit a session on a loaded

@@ -279,3 +279,68 @@ def test_shipped_default_set_is_the_base_set_with_only_its_decoders_tuned():
             torch.testing.assert_close(f.W_enc, b.W_enc, rtol=2e-3, atol=1e-4)
         moved.append(float((f.W_dec - b.W_dec).detach().abs().max() / b.W_dec.detach().abs().max()))
     assert min(moved) > 1e-2, moved  # float16 rounding alone moves a weight by < 1e-3 of the largest
+
+
+@pytest.mark.parametrize("target", [7.0, 2.5])
+def test_calibrate_set_hits_the_target_l0_and_moves_only_thresholds(tiny_model, base_set, target):
+    """`calibrate_set`: every dictionary's mean L0 on the calibration rows becomes the target (up to ties), only
+    its threshold moves (one common δ), and a code that fired before keeps its value (a JumpReLU passes its
+    pre-activation through), so raising L0 only adds features and lowering it only removes them."""
+    from circuits.dictionaries.calibrate import CalibrateConfig, calibrate_set
+    from circuits.dictionaries.finetune import clean_inputs
+
+    before, dset = _load(base_set), _load(base_set)
+    cfg = CalibrateConfig(target_l0=target, rows=16, first_block=50)
+    report = calibrate_set(tiny_model, dset, cfg)
+    tokens = RowStream(tiny_model, dataclasses.replace(CFG, rows=16)).block(50)
+    xs = clean_inputs(tiny_model, dset, tokens)
+    for b, d in zip(before, dset, strict=True):
+        r = report[d.cfg.name]
+        assert abs(r["l0_after"] - target) < 0.05, (d.cfg.name, r)
+        assert (r["l0_after"] - r["l0_before"]) * (target - r["l0_before"]) > 0  # moved towards the target
+        shift = d.activation.threshold - b.activation.threshold
+        torch.testing.assert_close(shift, torch.full_like(shift, r["delta"]), rtol=0, atol=1e-6)
+        for key in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            assert torch.equal(getattr(d, key), getattr(b, key)), key
+        with torch.no_grad():
+            old, new = b.encode(xs[d.cfg.name]), d.encode(xs[d.cfg.name])
+        both = (old > 0) & (new > 0)
+        assert torch.equal(old[both], new[both])
+        grew = target > r["l0_before"]
+        assert not ((old > 0) & ~(new > 0)).any() if grew else not (~(old > 0) & (new > 0)).any()
+
+
+def test_calibrate_refuses_bad_and_unreachable_targets(tiny_model, base_set, tmp_path, capsys):
+    from circuits.cli.main import main
+    from circuits.dictionaries.calibrate import CalibrateConfig, calibrate_set
+
+    with pytest.raises(ConfigError, match="cannot reach L0 1000"):
+        calibrate_set(tiny_model, _load(base_set), CalibrateConfig(target_l0=1000, rows=4))
+    with pytest.raises(ConfigError, match="target L0 -1"):
+        calibrate_set(None, None, CalibrateConfig(target_l0=-1))
+    assert main(["dicts", "calibrate", "--l0", "0", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "circuits: error: calibration: target L0 0.0: must be a finite number > 0"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_calibrate_writes_a_loadable_set_at_the_new_l0(tmp_path, capsys):
+    """`circuits dicts calibrate` on the shipped default: the saved set reloads, and its L0 on the calibration
+    rows (re-measured here) is the requested one; the input set's folder is untouched."""
+    from circuits.cli.main import main
+    from circuits.dictionaries import load_dictionaries
+    from circuits.dictionaries.calibrate import CalibrateConfig
+    from circuits.dictionaries.finetune import FinetuneConfig, clean_inputs, mean_l0
+    from circuits.model import load_model
+
+    out = tmp_path / "cal"
+    assert main(["dicts", "calibrate", "--dicts", "organism", "--l0", "30", "--rows", "16", "--out", str(out)]) == 0
+    record = json.loads((out / "calibration.json").read_text())
+    assert record["source"] == "organism" and len(record["dictionaries"]) == 8
+    model, _ = load_model("organism")
+    dset = load_dictionaries(str(out), model)
+    block = RowStream(model, FinetuneConfig(rows=16)).block(CalibrateConfig().first_block)
+    l0 = mean_l0(dset, [clean_inputs(model, dset, block)])
+    assert all(abs(v - 30) < 0.05 for v in l0.values()), l0
+    assert main(["dicts", "calibrate", "--l0", "30", "--out", str(out)]) == 2  # non-empty folder: refused
+    assert "exists and is not empty" in capsys.readouterr().err

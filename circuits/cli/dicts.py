@@ -1,4 +1,4 @@
-"""`circuits dicts train | eval | finetune | convert`: transcoders and attention-output SAEs."""
+"""`circuits dicts train | eval | finetune | calibrate | convert`: transcoders and attention-output SAEs."""
 
 from __future__ import annotations
 
@@ -200,6 +200,34 @@ def cmd_dicts_finetune(args) -> int:
     return 0
 
 
+def cmd_dicts_calibrate(args) -> int:
+    """`dicts calibrate`: shift every threshold of a set to one mean L0 (`circuits.dictionaries.calibrate`)."""
+    from circuits.dictionaries.calibrate import CalibrateConfig
+    from circuits.inputs import check_output_dir
+
+    if args.model != "organism":
+        raise CircuitsError(f"calibration reads the organism's corpus, not {args.model!r}'s; use --model organism")
+    cfg = CalibrateConfig(target_l0=args.l0, rows=args.rows)
+    cfg.check()  # bad numbers: one line, before the model loads
+    out = check_output_dir(args.out, "--out")
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise CircuitsError(f"{out} exists and is not empty; choose another --out or pass --force")
+    from circuits.dictionaries import load_dictionaries
+    from circuits.dictionaries.calibrate import calibrate_set
+    from circuits.model import load_model
+
+    model, _ = load_model(args.model, resolve_device(args.device))
+    dset = load_dictionaries(args.dicts, model)
+    report = calibrate_set(model, dset, cfg)
+    dset.save(out)
+    (out / "calibration.json").write_text(json.dumps({"source": args.dicts, "config": dataclasses.asdict(cfg),
+                                                      "dictionaries": report}, indent=2))
+    for name, r in report.items():
+        print(f"{name:14s} L0 {r['l0_before']:6.2f} -> {r['l0_after']:6.2f}")
+    print(f"saved {len(dset)} dictionaries to {out}; measure them with `circuits dicts eval --dicts {out} --out FILE`")
+    return 0
+
+
 def cmd_dicts_convert(args) -> int:
     from circuits.dictionaries import load_folder
     from circuits.inputs import check_output_dir
@@ -304,6 +332,18 @@ def add_parser(sub) -> None:
     f.add_argument("--quiet", action="store_true")
     add_device_option(f)
     f.set_defaults(func=cmd_dicts_finetune)
+
+    c = dicts.add_parser("calibrate", help="shift the thresholds of a set so that every dictionary has one mean L0 "
+                         "on clean inputs (spends an L0 budget on reconstruction; encoders and decoders unchanged)")
+    c.add_argument("--model", default="organism")
+    c.add_argument("--dicts", default="organism", help="a set name or a set folder")
+    c.add_argument("--l0", type=float, required=True, help="mean active features per token, e.g. 31")
+    c.add_argument("--out", required=True, help="folder for the calibrated set (and calibration.json)")
+    c.add_argument("--rows", type=int, default=128, help="corpus rows the L0 is measured on (fine-tune stream, "
+                   "far past its training rows)")
+    c.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    add_device_option(c)
+    c.set_defaults(func=cmd_dicts_calibrate)
 
     v = dicts.add_parser("convert", help="convert public dictionary files to our (SAELens) layout")
     v.add_argument("src", help="a Dunefsky/Kissane .pt folder, a SAELens folder or a circuit-tracer folder")
