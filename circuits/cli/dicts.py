@@ -220,6 +220,10 @@ def cmd_dicts_calibrate(args) -> int:
     dset = load_dictionaries(args.dicts, model)
     report = calibrate_set(model, dset, cfg)
     dset.save(out)
+    if args.float16:
+        from circuits.dictionaries.io import store_float16
+
+        store_float16(out)
     (out / "calibration.json").write_text(json.dumps({"source": args.dicts, "config": dataclasses.asdict(cfg),
                                                       "dictionaries": report}, indent=2))
     for name, r in report.items():
@@ -289,7 +293,7 @@ def add_parser(sub) -> None:
                    "dictionary starts from the one of the same name and shape there instead of a random init")
     t.add_argument("--no-resume", action="store_true")
     t.add_argument("--export", action="store_true", help="write the set to data/dictionaries/organism-base (the default set "
-                   "is that set fine-tuned: `dicts finetune`, docs/finetune.md)")
+                   "starts from it: docs/dictionaries.md#training)")
     t.add_argument("--quiet", action="store_true")
     add_device_option(t)
     t.set_defaults(func=cmd_dicts_train)
@@ -309,7 +313,7 @@ def add_parser(sub) -> None:
                          "beta * sum of FVUs (resumable)")
     f.add_argument("--model", default="organism")
     f.add_argument("--dicts", default="organism-base", help="a set name or a set folder (default organism-base: the "
-                   "set as trained, from which the default set 'organism' was fine-tuned)")
+                   "set as first trained)")
     f.add_argument("--out", required=True, help="folder for the log, the checkpoint and the fine-tuned set (OUT/set)")
     f.add_argument("--steps", type=int, default=300)
     f.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (linear decay over the last 20%%)")
@@ -341,6 +345,7 @@ def add_parser(sub) -> None:
     c.add_argument("--out", required=True, help="folder for the calibrated set (and calibration.json)")
     c.add_argument("--rows", type=int, default=128, help="corpus rows the L0 is measured on (fine-tune stream, "
                    "far past its training rows)")
+    c.add_argument("--float16", action="store_true", help="store the weights in float16 (as the shipped sets)")
     c.add_argument("--force", action="store_true", help="write into a non-empty folder")
     add_device_option(c)
     c.set_defaults(func=cmd_dicts_calibrate)

@@ -6,6 +6,7 @@
     circuits dicts train      [--model organism] [--out DIR] [--tokens N] [--d-sae N] [--k K] [--export]
     circuits dicts finetune   [--dicts organism-base|NAME|DIR] --out DIR [--steps N] [--lr X] [--temperature T]
     circuits dicts eval       [--model organism] [--dicts organism|NAME|DIR] [--out FILE]
+    circuits dicts calibrate  [--dicts organism|NAME|DIR] --l0 L --out DIR [--rows N] [--float16]
     circuits dicts convert    SRC --out DIR [--n-heads N]
     circuits trace            PROMPT [--target T.. [--contrast B] | --feature K:L:P:I] [--json F --dot F ...]
     circuits attention        PROMPT --head L.H --key Q [--query P] [--versus Q2] [--pattern] [--top N] [--json F]

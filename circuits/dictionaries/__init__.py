@@ -3,10 +3,11 @@ file formats, loading by name.
 
 `load_dictionaries(name, model)` returns a `DictionarySet` checked against the model it will be spliced into:
 
-* ``"organism"`` (the default): the set trained for the embedded organism with every decoder then fine-tuned
-  through the model (`dicts finetune --encoder-lr-scale 0`: encoder weights frozen; docs/finetune.md), shipped in
-  ``data/dictionaries/organism``; ``"organism-base"``: the same set before that fine-tuning (as `dicts train`
-  wrote it); ``"organism-skip"`` (skip transcoders) and ``"organism-clt"`` (a cross-layer transcoder), with the
+* ``"organism"`` (the default): the base set trained longer (`dicts train --init-from`), its decoders then
+  fine-tuned through the model with every code frozen (`dicts finetune --encoder-lr-scale 0 --keep-codes`;
+  docs/finetune.md), shipped in
+  ``data/dictionaries/organism`` (recipe: docs/dictionaries.md#training); ``"organism-base"``: the set as
+  `dicts train` first wrote it; ``"organism-skip"`` (skip transcoders) and ``"organism-clt"`` (a cross-layer transcoder), with the
   base set's attention SAEs, in ``data/dictionaries/organism-skip`` / ``organism-clt``;
 * ``"gpt2-transcoders"`` (Dunefsky et al.) and ``"gpt2-attn-kk"`` (Kissane et al.): downloaded through
   ``huggingface_hub`` when online; offline this fails at once with a message saying so;
@@ -28,8 +29,8 @@ PUBLIC_SETS: dict[str, str] = {
     "gpt2-attn-kk": "ckkissane/attn-saes-gpt2-small-all-layers",
 }
 
-#: The organism's sets in data/dictionaries: the default (per-layer transcoders and attention SAEs, decoders
-#: fine-tuned through the model, docs/finetune.md), the same set before fine-tuning, skip transcoders and a
+#: The organism's sets in data/dictionaries: the default (per-layer transcoders and attention SAEs, trained
+#: longer, decoders fine-tuned through the model; docs/dictionaries.md), the base set, skip transcoders and a
 #: cross-layer transcoder (the last two with the base set's attention SAEs; docs/skip-and-clt.md compares them).
 ORGANISM_SETS: tuple[str, ...] = ("organism", "organism-base", "organism-skip", "organism-clt")
 

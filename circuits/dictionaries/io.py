@@ -161,6 +161,19 @@ def save_dictionary(d: Dictionary, folder: Path) -> Path:
     return folder
 
 
+def store_float16(folder: Path) -> int:
+    """Rewrite every ``*.safetensors`` under `folder` with its tensors in float16 (how the organism's shipped sets
+    are stored: half the bytes; loading reads them back as float32). Returns the number of files rewritten."""
+    from safetensors.torch import load_file, save_file
+
+    files = sorted(Path(folder).rglob("*.safetensors"))
+    for f in files:
+        tmp = f.with_name(f.name + ".tmp")
+        save_file({k: v.half().contiguous() for k, v in load_file(str(f)).items()}, str(tmp))
+        tmp.replace(f)
+    return len(files)
+
+
 def validate_tensors(tensors: dict[str, Tensor], cfg: DictionaryConfig, source: Path) -> None:
     """Shapes, finiteness and JumpReLU threshold presence; raises DictionaryLoadError."""
     expected = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_out),
