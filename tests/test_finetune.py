@@ -319,6 +319,8 @@ def test_calibrate_refuses_bad_and_unreachable_targets(tiny_model, base_set, tmp
 
     with pytest.raises(ConfigError, match="cannot reach L0 1000"):
         calibrate_set(tiny_model, _load(base_set), CalibrateConfig(target_l0=1000, rows=4))
+    with pytest.raises(ConfigError, match="reaches only L0"):  # more than the positive pre-activations (of 48)
+        calibrate_set(tiny_model, _load(base_set), CalibrateConfig(target_l0=47, rows=4))
     with pytest.raises(ConfigError, match="target L0 -1"):
         calibrate_set(None, None, CalibrateConfig(target_l0=-1))
     assert main(["dicts", "calibrate", "--l0", "0", "--out", str(tmp_path / "o")]) == 2

@@ -42,8 +42,9 @@ def calibrate_set(model, dset: DictionarySet, cfg: CalibrateConfig = CalibrateCo
     """Shift each thresholded dictionary of `dset` (in place) to mean L0 `cfg.target_l0` on clean inputs.
 
     Returns {name: {"l0_before", "l0_after", "delta"}}; a dictionary without a threshold (TopK, ReLU) is left
-    as it is and reported with delta None. Raises `ConfigError` if a dictionary has fewer than
-    ``target_l0`` positive pre-activations per token (the target is out of its reach)."""
+    as it is and reported with delta None. Raises `ConfigError` when a dictionary cannot reach the target: more
+    features per token than it has, or more than have a positive pre-activation (a threshold stays ≥ 0, so codes
+    stay positive); the set is then left shifted, so do not save it."""
     from circuits.dictionaries.finetune import FinetuneConfig, RowStream, clean_inputs, mean_l0, shift_thresholds
 
     cfg.check()
@@ -56,10 +57,13 @@ def calibrate_set(model, dset: DictionarySet, cfg: CalibrateConfig = CalibrateCo
         name = d.cfg.name
         delta = shift_thresholds(d, [b[name] for b in inputs], cfg.target_l0)
         if delta is None and hasattr(d.activation, "threshold"):
-            raise ConfigError(f"calibration: {name} cannot reach L0 {cfg.target_l0} (too few candidate features "
-                              "per token); choose a smaller target")
+            raise ConfigError(f"calibration: {name} cannot reach L0 {cfg.target_l0} (it has fewer features); "
+                              "choose a smaller target")
         report[name] = {"l0_before": before[name], "delta": delta}
     after = mean_l0(dset, inputs)
     for name in report:
         report[name]["l0_after"] = after[name]
+        if report[name]["delta"] is not None and after[name] < 0.95 * cfg.target_l0:
+            raise ConfigError(f"calibration: {name} reaches only L0 {after[name]:.1f} of {cfg.target_l0} (too few "
+                              "features with a positive pre-activation); choose a smaller target")
     return report
