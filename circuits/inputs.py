@@ -64,12 +64,17 @@ def check_output_file(path: str | Path, what: str) -> Path:
     return path
 
 
-def check_output_dir(path: str | Path, what: str) -> Path:
-    """`path` is (or can be created as) a writable folder; raises `OutputPathError`."""
+def check_output_dir(path: str | Path, what: str, force: bool | None = None) -> Path:
+    """`path` is (or can be created as) a writable folder; raises `OutputPathError`.
+
+    `force` False: a folder that already holds files is refused too (``--force`` overrides), so that a command
+    writing a whole set never mixes its files with another's; None: no such check (resumable runs)."""
     path = Path(path)
     if str(path) == "":
         raise OutputPathError(f"{what}: empty path; give a folder")
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{what}: {path} is a file, not a folder; choose a folder")
+    if force is False and path.is_dir() and any(path.iterdir()):
+        raise OutputPathError(f"{path} exists and is not empty; choose another {what} or pass --force")
     _make_folder(path, what)
     return path

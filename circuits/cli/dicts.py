@@ -209,9 +209,7 @@ def cmd_dicts_calibrate(args) -> int:
         raise CircuitsError(f"calibration reads the organism's corpus, not {args.model!r}'s; use --model organism")
     cfg = CalibrateConfig(target_l0=args.l0, rows=args.rows)
     cfg.check()  # bad numbers: one line, before the model loads
-    out = check_output_dir(args.out, "--out")
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise CircuitsError(f"{out} exists and is not empty; choose another --out or pass --force")
+    out = check_output_dir(args.out, "--out", force=args.force)
     from circuits.dictionaries import load_dictionaries
     from circuits.dictionaries.calibrate import calibrate_set
     from circuits.model import load_model
@@ -236,9 +234,7 @@ def cmd_dicts_convert(args) -> int:
     from circuits.dictionaries import load_folder
     from circuits.inputs import check_output_dir
 
-    out = check_output_dir(args.out, "--out")
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise CircuitsError(f"{out} exists and is not empty; choose another --out or pass --force")
+    out = check_output_dir(args.out, "--out", force=args.force)
     dset = load_folder(Path(args.src), n_heads=args.n_heads, model_name=args.model_name)
     dset.save(out)
     print(f"converted {len(dset)} dictionaries ({', '.join(d.cfg.name for d in dset)}) to {out}")
