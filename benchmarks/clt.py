@@ -132,25 +132,38 @@ def score_variants(model, dset, prompts) -> dict:
 
     return {n: {"replacement": sum(r[0] for r in v) / len(v), "completeness": sum(r[1] for r in v) / len(v),
                 "min_replacement": min(r[0] for r in v), "nodes": sum(r[2] for r in v) / len(v), "n": len(v),
-                "replacement_ci": mean_interval([r[0] for r in v]).as_dict()}
+                "replacement_ci": mean_interval([r[0] for r in v]).as_dict(), "per_prompt": [r[0] for r in v]}
             for n, v in rows.items()}
+
+
+def paired_difference(first: list[float], other: list[float]):
+    """Mean of `other` − `first` over the same prompts, with its 95% paired bootstrap interval (resampling prompts,
+    so the prompt-to-prompt spread that both sets share cancels): the honest way to call one set better."""
+    from circuits.studies.stats import mean_interval
+
+    return mean_interval([b - a for a, b in zip(first, other, strict=True)])
 
 
 def scores(sets: list[str], n_graphs: int, split: str) -> None:
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
     from circuits.studies.ioi import IOIStudy
-
     model, _ = load_model("organism")
     prompts = IOIStudy(split).prompts(model, n_graphs, seed=0)
+    first: dict = {}
     for name in sets:
         print(f"{name}: IOI contrast graphs of {n_graphs} {split}-template prompts (mean [95% bootstrap interval "
               "over prompts]; min replacement)")
         for variant, r in score_variants(model, load_dictionaries(name, model), prompts).items():
             ci = r["replacement_ci"]
-            print(f"  {variant:<40} replacement {r['replacement']:.4f} [{ci['lo']:.4f}, {ci['hi']:.4f}] "
-                  f"(min {r['min_replacement']:.4f})  completeness {r['completeness']:.4f}  nodes {r['nodes']:.0f}",
-                  flush=True)
+            line = (f"  {variant:<40} replacement {r['replacement']:.4f} [{ci['lo']:.4f}, {ci['hi']:.4f}] "
+                    f"(min {r['min_replacement']:.4f})  completeness {r['completeness']:.4f}  nodes {r['nodes']:.0f}")
+            if variant in first:  # the same prompts as the first set: a paired interval of the difference
+                diff = paired_difference(first[variant], r["per_prompt"])
+                line += f"  minus {sets[0]}: {diff.value:+.4f} [{diff.lo:+.4f}, {diff.hi:+.4f}]"
+            else:
+                first[variant] = r["per_prompt"]
+            print(line, flush=True)
 
 
 #: Fidelity sizes of the comparison (smaller than `FidelitySizes()` so that three sets fit a session on a loaded

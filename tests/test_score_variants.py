@@ -62,3 +62,16 @@ def test_scores_differ_between_variants_and_lie_in_the_unit_interval(graphs):
     assert all(0 < v <= 1 for v in s.values())
     # without attention error nodes less influence can start at errors: the circuit-tracer setting scores higher
     assert s["transcoders only"] > s["all dictionaries, every node (target)"]
+
+
+def test_paired_difference_cancels_the_shared_spread_and_can_say_no_difference():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = list(rng.uniform(0.8, 0.95, 32))  # prompts differ a lot from each other
+    shifted = [v + 0.006 for v in base]  # a small improvement on every prompt
+    d = clt.paired_difference(base, shifted)
+    assert d.value == pytest.approx(0.006) and d.lo > 0  # paired: significant although 0.006 << the spread
+    noise = [v + e for v, e in zip(base, rng.normal(0, 0.01, 32), strict=True)]
+    assert not clt.paired_difference(base, noise).excludes(0.0)  # negative control: zero-mean noise is 'no difference'
+    assert clt.paired_difference(base, base).value == 0.0
