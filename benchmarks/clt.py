@@ -444,14 +444,14 @@ def micro() -> None:
           f"{w_cur.abs().max():.0f}; heads {(hw - heads[:, ti, si].T).abs().max():.1e})")
 
 
-def errors(sets: list[str], n_graphs: int) -> None:
+def errors(sets: list[str], n_graphs: int, split: str = "heldout") -> None:
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
     from circuits.replacement import ReplacementModel
     from circuits.studies.ioi import IOIStudy
 
     model, _ = load_model("organism")
-    prompts = IOIStudy("heldout").prompts(model, n_graphs, seed=0)
+    prompts = IOIStudy(split).prompts(model, n_graphs, seed=0)
     for name in sets:
         shares = error_shares(ReplacementModel(model, load_dictionaries(name, model), name="organism"), prompts)
         print(f"{name}: error nodes' share of token + error influence {sum(shares.values()):.3f} "
@@ -472,6 +472,8 @@ def main() -> None:
                        "replacement score below 1), per kind, layer and position")
     e.add_argument("--sets", nargs="+", default=["organism"])
     e.add_argument("--prompts", type=int, default=4)
+    e.add_argument("--split", choices=["train", "heldout"], default="heldout",
+                   help="IOI case study prompts: held-out templates (the target's, default) or training templates")
     s = sub.add_parser("scores", help="replacement / completeness of IOI contrast graphs under the target's "
                        "convention and two labelled variants (BOS folded; transcoders only, circuit-tracer's setting)")
     s.add_argument("--sets", nargs="+", default=["organism"])
@@ -511,7 +513,7 @@ def main() -> None:
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.mode == "errors":
-        errors(args.sets, args.prompts)
+        errors(args.sets, args.prompts, args.split)
         return
     if args.mode == "scores":
         scores(args.sets, args.prompts, args.split)
