@@ -148,6 +148,7 @@ def scores(sets: list[str], n_graphs: int, split: str) -> None:
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
     from circuits.studies.ioi import IOIStudy
+
     model, _ = load_model("organism")
     prompts = IOIStudy(split).prompts(model, n_graphs, seed=0)
     first: dict = {}
