@@ -346,6 +346,18 @@ class ReplacementModel:
             if self.has_qk_norm else [],
         )
 
+    @torch.no_grad()
+    def codes_and_errors(self, tokens: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Codes [batch, pos, d_sae] and errors [batch, pos, d_out] of every dictionary for a batch of prompts of
+        one length, tokens [batch, pos]: row i equals `run`'s ``codes`` / ``errors`` for ``tokens[i]`` (the same
+        exact splice, one forward pass for the batch; what mean ablation over many prompts needs)."""
+        if tokens.ndim != 2:
+            raise AttributionError(f"codes_and_errors takes tokens [batch, pos], not shape {tuple(tokens.shape)}")
+        store: dict = {}
+        self.model.run_with_hooks(tokens.to(self.cfg.device), fwd_hooks=splice_hooks(self.dictionaries, "on", store))
+        return ({d.cfg.name: store[d.cfg.name][0] for d in self.dictionaries},
+                {d.cfg.name: store[d.cfg.name][1] for d in self.dictionaries})
+
     # -- the frozen (linear) model ------------------------------------------------------------------------------
 
     @contextmanager

@@ -109,6 +109,23 @@ def test_a_exact_splice_and_reconstruction_plus_error(rm):
         assert cache.error_writes[f"mlp_{layer}"] is cache.errors[tc.cfg.name]
 
 
+def test_batched_codes_and_errors_equal_one_prompt_runs(rm):
+    """`codes_and_errors` on a batch (what a study's mean ablation runs) gives each row exactly what `run` gives
+    that prompt alone: skip terms and a CLT's upstream codes stay per row."""
+    g = torch.Generator().manual_seed(3)
+    n = rm.run(PROMPT).tokens.shape[0]
+    tokens = torch.randint(1, rm.model.cfg.d_vocab, (3, n), generator=g)
+    codes, errors = rm.codes_and_errors(tokens)
+    assert set(codes) == {d.cfg.name for d in rm.dictionaries}
+    for i in range(3):
+        one = rm.run(tokens[i])
+        for name in codes:
+            assert_close(codes[name][i], one.codes[name], rtol=0, atol=1e-12, what=f"codes {name} row {i}")
+            assert_close(errors[name][i], one.errors[name], rtol=0, atol=1e-12, what=f"errors {name} row {i}")
+    with pytest.raises(AttributionError, match="tokens \\[batch, pos\\]"):
+        rm.codes_and_errors(tokens[0])
+
+
 def test_b_incoming_edges_plus_constant_equal_pre_activation(rm):
     for target in (Contrast(" Mary", " John"), Logit((" Mary", " the"))):
         g = attribute(rm, PROMPT, target, method="analytic")

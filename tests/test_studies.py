@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from circuits.attribution import Contrast, attribute
+from circuits.errors import CircuitsError
 from circuits.interventions import Ablation, run_edited
 from circuits.pruning import total_effects
 from circuits.replacement import ReplacementModel
@@ -234,6 +235,28 @@ def test_negative_controls_are_not_confirmed(planted):
     patch = PatchRoleFeatures("END", "mlp_feature", k=1)
     rows = [patch.run(rm, rm.run(pp.tokens), pp, None, {"ranking": [(other, 1.0)]}) for pp in prepared]
     assert patch.summarize(rows)["verdict_word"] != "confirmed"
+
+
+def test_group_means_equal_the_mean_of_one_prompt_runs(planted, monkeypatch):
+    """Mean ablation values: the batched `group_means` (batches smaller than the group here) equal the float64 mean
+    of `run`'s codes and errors over each group's prompts; a group whose prompts do not line up is refused."""
+    import circuits.studies.base as base
+
+    rm, study, prepared, key = planted
+    monkeypatch.setattr(base, "MEANS_BATCH", 3)
+    means = group_means(rm, prepared)
+    for g in {pp.group for pp in prepared}:
+        runs = [rm.run(pp.tokens) for pp in prepared if pp.group == g]
+        for name in runs[0].codes:
+            want_c = torch.stack([r.codes[name].double() for r in runs]).mean(0).float()
+            want_e = torch.stack([r.errors[name].double() for r in runs]).mean(0).float()
+            assert torch.allclose(means[g].code_means[name], want_c, rtol=0, atol=1e-6), (g, name)
+            assert torch.allclose(means[g].error_means[name], want_e, rtol=0, atol=1e-6), (g, name)
+    short = base.PreparedPrompt(99, prepared[0].prompt, prepared[0].tokens[:-1], prepared[0].corrupt_tokens[:-1],
+                                prepared[0].roles[:-1], prepared[0].role_index[:-1], prepared[0].answer,
+                                prepared[0].wrong)
+    with pytest.raises(CircuitsError, match="prompts of a group must line up"):
+        group_means(rm, [prepared[0], short], key=lambda pp: "one")
 
 
 def test_planted_circuit_is_faithful_and_a_non_circuit_is_not(planted):

@@ -195,31 +195,38 @@ def prepare(rm, study: Study, prompts: list[StudyPrompt]) -> list[PreparedPrompt
     return out
 
 
+#: Prompts per forward pass when `group_means` runs a group as a batch.
+MEANS_BATCH = 32
+
+
 @torch.no_grad()
 def group_means(rm, prepared: list[PreparedPrompt], key=None) -> dict[str, Ablation]:
     """Per group (`key(pp)`, default `pp.group`): mean codes and errors of every dictionary at each position over
-    the group's prompts."""
-    sums: dict[str, dict[str, list[Tensor]]] = {}
-    counts: dict[str, int] = {}
+    the group's prompts (summed in float64; the prompts of a group run as batches of `MEANS_BATCH`, each row as
+    `ReplacementModel.run` would give it alone)."""
+    groups: dict[str, list[PreparedPrompt]] = {}
     for pp in prepared:
-        cache = rm.run(pp.tokens)
-        g = pp.group if key is None else key(pp)
-        acc = sums.setdefault(g, {})
-        first = g not in counts
-        counts[g] = counts.get(g, 0) + 1
-        for name in cache.codes:
-            c, e = cache.codes[name].double(), cache.errors[name].double()
-            if first:
-                acc[name] = [c.clone(), e.clone()]
-            else:
-                if acc[name][0].shape != c.shape:
-                    raise CircuitsError(f"group {g!r} mixes token layouts ({acc[name][0].shape[0]} and {c.shape[0]} "
-                                        "positions); prompts of a group must line up")
-                acc[name][0] += c
-                acc[name][1] += e
-    return {g: Ablation("mean", {n: v[0].div(counts[g]).float() for n, v in acc.items()},
-                        {n: v[1].div(counts[g]).float() for n, v in acc.items()})
-            for g, acc in sums.items()}
+        groups.setdefault(pp.group if key is None else key(pp), []).append(pp)
+    out: dict[str, Ablation] = {}
+    for g, pps in groups.items():
+        lengths = sorted({pp.tokens.shape[0] for pp in pps})
+        if len(lengths) > 1:
+            raise CircuitsError(f"group {g!r} mixes token layouts ({lengths[0]} and {lengths[-1]} positions); "
+                                "prompts of a group must line up")
+        sums: dict[str, list[Tensor]] = {}
+        for start in range(0, len(pps), MEANS_BATCH):
+            codes, errors = rm.codes_and_errors(torch.stack([pp.tokens for pp in pps[start:start + MEANS_BATCH]]))
+            for name in codes:
+                c, e = codes[name].double().sum(0), errors[name].double().sum(0)
+                if name in sums:
+                    sums[name][0] += c
+                    sums[name][1] += e
+                else:
+                    sums[name] = [c, e]
+        n = len(pps)
+        out[g] = Ablation("mean", {k: v[0].div(n).float() for k, v in sums.items()},
+                          {k: v[1].div(n).float() for k, v in sums.items()})
+    return out
 
 
 @dataclass
