@@ -649,3 +649,22 @@ def test_worker_pool_fails_at_the_first_error():
         run_pool(eval, [("__import__('os')._exit(3)",)], 1)
     assert time.perf_counter() - t0 < 90
     assert run_pool(eval, [("1 + 1",), ("2 * 3",)], 2) == [2, 6]
+
+
+def test_the_passes_of_a_study_share_one_worker_pool():
+    """`WorkerPool` keeps its processes between runs (a study's passes reuse the workers and the state each built),
+    starts them on demand, and after a failing call starts fresh ones; a new pool never reuses an old one's."""
+    from circuits.studies.batch import WorkerPool
+
+    pid = ("__import__('os').getpid()",)
+    with WorkerPool(2) as pool:
+        first = set(pool.run(eval, [pid]))
+        assert len(first) == 1  # one call: one process started
+        again = set(pool.run(eval, [pid, pid, pid, pid]))
+        assert first <= again and len(again) <= 2
+        with pytest.raises(ZeroDivisionError):
+            pool.run(eval, [("1 / 0",)])
+        after = set(pool.run(eval, [pid]))
+        assert not after & again
+    with WorkerPool(1) as other:
+        assert not set(other.run(eval, [pid])) & (again | after)

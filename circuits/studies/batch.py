@@ -195,52 +195,85 @@ def _warn_unguarded(where: str) -> None:
                            f"instead", RuntimeWarning, filename, int(lineno), module="__main__")
 
 
-def run_pool(fn: Callable, calls: list[tuple], workers: int, on_done: Callable[[int], None] | None = None) -> list:
-    """`fn(*args)` for every args tuple of `calls` in a pool of `workers` spawned processes; results in call order.
+class WorkerPool:
+    """Spawned worker processes kept for every pass of one study run (graphs, circuits, test set): a worker builds
+    the study's state (model, dictionaries, prompt sets, reference means; `build_state` caches it per process) once,
+    not once per pass. Processes start on demand, up to `workers`. Use as a context manager; `close` ends them.
 
     The first exception raised by a call (or a worker that dies) ends the pool at once — pending calls are
-    cancelled and running workers terminated — and is raised here, instead of waiting for the calls before it."""
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
+    cancelled and running workers terminated — and is raised by `run`, instead of waiting for the calls before it."""
 
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-    ok = False
-    try:
-        futures = [pool.submit(fn, *args) for args in calls]
-        index = {f: i for i, f in enumerate(futures)}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                err = fut.exception()
-                if isinstance(err, BrokenProcessPool):
-                    raise CircuitsError(f"a study worker process died ({err}); its own error output is above. If "
-                                        f"the study was started from a script: {GUARD_HINT}") from err
-                if err is not None:
-                    raise err
-                if on_done is not None:
-                    on_done(index[fut])
-        results = [f.result() for f in futures]
-        ok = True
-        return results
-    finally:
-        if ok:
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool = None
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(self, fn: Callable, calls: list[tuple], on_done: Callable[[int], None] | None = None) -> list:
+        """`fn(*args)` for every args tuple of `calls` on the pool's processes; results in call order."""
+        import multiprocessing as mp
+        from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+        ok = False
+        try:
+            futures = [self._pool.submit(fn, *args) for args in calls]
+            index = {f: i for i, f in enumerate(futures)}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    err = fut.exception()
+                    if isinstance(err, BrokenProcessPool):
+                        raise CircuitsError(f"a study worker process died ({err}); its own error output is above. "
+                                            f"If the study was started from a script: {GUARD_HINT}") from err
+                    if err is not None:
+                        raise err
+                    if on_done is not None:
+                        on_done(index[fut])
+            results = [f.result() for f in futures]
+            ok = True
+            return results
+        finally:
+            if not ok:
+                self._terminate()
+
+    def _terminate(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:  # do not wait for the chunks still running
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
             pool.shutdown(wait=True)
-        else:
-            procs = list((getattr(pool, "_processes", None) or {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:  # do not wait for the chunks still running
-                if proc.is_alive():
-                    proc.terminate()
-            for proc in procs:
-                proc.join(timeout=10)
+
+
+def run_pool(fn: Callable, calls: list[tuple], workers: int, on_done: Callable[[int], None] | None = None) -> list:
+    """`fn(*args)` for every args tuple of `calls` in a new pool of `workers` spawned processes (`WorkerPool`,
+    ended afterwards); results in call order."""
+    with WorkerPool(workers) as pool:
+        return pool.run(fn, calls, on_done)
 
 
 def map_prompts(spec: StudySpec, task: str, payload: dict, *, n: int, workers: int = 1,
                 ray_address: str | None = None, rm=None, study=None, chunk_size: int = 8, progress: bool = False,
-                desc: str = "") -> list[dict]:
-    """`run_chunk` over the `n` prompts of the set `payload["set"]`, in prompt order."""
+                desc: str = "", pool: WorkerPool | None = None) -> list[dict]:
+    """`run_chunk` over the `n` prompts of the set `payload["set"]`, in prompt order (with ``workers > 1`` on
+    `pool`'s processes when given, so that the passes of one study share them; else on a pool of its own)."""
     from tqdm.auto import tqdm
 
     check_not_bootstrapping()
@@ -272,9 +305,13 @@ def map_prompts(spec: StudySpec, task: str, payload: dict, *, n: int, workers: i
             results += run_chunk(spec, task, part, payload, rm=rm, study=study)
             bar.update(len(part))
     else:
-        workers = min(workers, len(parts), os.cpu_count() or 1) or 1
-        for chunk in run_pool(run_chunk, [(spec, task, part, payload) for part in parts], workers,
-                              on_done=lambda i: bar.update(len(parts[i]))):
+        calls = [(spec, task, part, payload) for part in parts]
+        done = lambda i: bar.update(len(parts[i]))  # noqa: E731
+        if pool is not None:
+            chunks_done = pool.run(run_chunk, calls, on_done=done)
+        else:
+            chunks_done = run_pool(run_chunk, calls, min(workers, len(parts), os.cpu_count() or 1) or 1, on_done=done)
+        for chunk in chunks_done:
             results += chunk
     bar.close()
     results.sort(key=lambda r: r["index"])

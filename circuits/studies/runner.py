@@ -23,6 +23,7 @@ node seen would pick mostly silent nodes and make any circuit look good).
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections import defaultdict
@@ -37,7 +38,7 @@ from circuits.replacement import splice_hooks
 from circuits.studies import stats
 from circuits.studies.ablate import CONVENTION_LABELS, CONVENTIONS, Circuit
 from circuits.studies.base import OTHER, RoleKey, role_key_str
-from circuits.studies.batch import StudySpec, build_state, check_not_bootstrapping, map_prompts
+from circuits.studies.batch import StudySpec, WorkerPool, build_state, check_not_bootstrapping, map_prompts
 
 CURVE_SIZES = (10, 20, 50, 100, 200)
 RANDOM_DRAWS = 3
@@ -338,14 +339,26 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     state = build_state(spec, rm, study)
     given_study = study  # a study object given by the caller forces in-process work (it cannot be rebuilt by name)
     rm, study = state.rm, state.study
-    evaluation, selection = state.sets["evaluation"], state.sets["selection"]
+    evaluation = state.sets["evaluation"]
     roles = list(study.all_roles)
     metrics = dataset_metrics(rm, evaluation, spec.seed)
     sets = _sets_summary(state)
     fidelity = splice_fidelity(rm, evaluation, metrics["clean_mean"])
     timings["setup_s"] = time.perf_counter() - t0
+    # one pool of worker processes for every pass below (each worker builds the study's state once)
+    pool = WorkerPool(min(workers, os.cpu_count() or 1)) if workers > 1 and not ray_address else None
     run = dict(workers=workers, ray_address=ray_address, rm=rm, study=given_study, progress=progress,
-               chunk_size=chunk_size)
+               chunk_size=chunk_size, pool=pool)
+    try:
+        return _run_passes(spec, state, rm, study, roles, metrics, sets, fidelity, timings, run, top, t0)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run_passes(spec, state, rm, study, roles, metrics, sets, fidelity, timings, run, top, t0) -> StudyResult:
+    """The passes of `run_study` over the prompt sets, then the analyses and the aggregated graph."""
+    evaluation, selection = state.sets["evaluation"], state.sets["selection"]
 
     t1 = time.perf_counter()
     pass1 = map_prompts(spec, "analyse", {"set": "selection"}, n=len(selection), desc=f"{spec.study}: graphs", **run)
@@ -414,6 +427,8 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
         t3 = time.perf_counter()
         data["test"] = _test_set(spec, state, rankings, presence, top, run, study)
         timings["test_s"] = time.perf_counter() - t3
+    if run["pool"] is not None:
+        run["pool"].close()  # the passes are done: the workers' memory is not needed for what follows
     extra = getattr(study, "extra_analysis", None)
     if extra is not None:
         data["extra"] = extra(rm, evaluation, pass1, pass2, context)
