@@ -147,20 +147,92 @@ def test_python_blocks_are_found_and_skips_are_justified():
         assert sum(text in code for *_, code in PYTHON_BLOCKS) == 1, f"substitution {text!r} matches no block"
 
 
+#: A Python process that has imported torch, transformer-lens and circuits once; it runs each block in a fork of
+#: itself (a fresh ``__main__`` from the block's file, its own folder and output files), so that the blocks do not
+#: each pay the ~8 s of importing transformer-lens. A block that starts worker processes spawns them as usual.
+PRELOADED = r"""
+import json, os, runpy, sys, traceback
+import torch, transformer_lens, circuits  # noqa: F401
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.chdir(job["cwd"])
+            for fd, name in ((1, "stdout"), (2, "stderr")):
+                os.dup2(os.open(job[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+            sys.argv = [job["script"]]
+            sys.path[0] = os.path.dirname(job["script"])
+            runpy.run_path(job["script"], run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def preloaded():
+    """`run(script, folder) -> (returncode, stdout, stderr)` through the `PRELOADED` process (one per module)."""
+    import json
+    import select
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", PRELOADED], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+
+    def run(script: Path, folder: Path, timeout: float = 300) -> tuple[int, str, str]:
+        out, err = folder / "block.stdout", folder / "block.stderr"
+        proc.stdin.write(json.dumps({"script": str(script), "cwd": str(folder), "stdout": str(out),
+                                     "stderr": str(err)}) + "\n")
+        proc.stdin.flush()
+        if not select.select([proc.stdout], [], [], timeout)[0]:
+            proc.kill()
+            pytest.fail(f"{script.name} did not finish within {timeout:.0f} s")
+        answer = proc.stdout.readline()
+        assert answer, f"the preloaded Python process ended (exit {proc.poll()})"
+        return json.loads(answer)["rc"], out.read_text(encoding="utf-8"), err.read_text(encoding="utf-8")
+
+    yield run
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
 @pytest.mark.parametrize("page, line, reason, code", PYTHON_BLOCKS,
                          ids=[f"{b[0].rsplit('/', 1)[-1]}:line{b[1]}" for b in PYTHON_BLOCKS])
-def test_python_block_runs(page, line, reason, code, tmp_path):
+def test_python_block_runs(page, line, reason, code, tmp_path, preloaded):
     if reason is not None:
         pytest.skip(f"{page} line {line} is marked no-test: {reason}")
     for text, replacement, _ in SUBSTITUTIONS:
         code = code.replace(text, replacement)
     script = tmp_path / f"block_line{line}.py"
     script.write_text(code, encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert proc.returncode == 0, f"{page}: python block at line {line} failed:\n{proc.stderr[-4000:]}"
-    assert "Traceback" not in proc.stderr
+    rc, _, stderr = preloaded(script, tmp_path)
+    assert rc == 0, f"{page}: python block at line {line} failed:\n{stderr[-4000:]}"
+    assert "Traceback" not in stderr
+
+
+def test_a_failing_block_fails_in_the_preloaded_process(tmp_path, preloaded):
+    """Negative control for `test_python_block_runs`: an exception, a non-zero exit and a crash of the block are
+    each reported (and the process goes on serving blocks); output goes to the block's own files."""
+    cases = {"raise ValueError('boom')": 1, "import sys; sys.exit(3)": 3, "import os; os._exit(5)": 5,
+             "print('hello')": 0}
+    for i, (code, want) in enumerate(cases.items()):
+        script = tmp_path / f"case{i}.py"
+        script.write_text(code, encoding="utf-8")
+        rc, stdout, stderr = preloaded(script, tmp_path)
+        assert rc == want, (code, rc, stderr)
+    assert stdout == "hello\n"
+    script.write_text("import os\nprint(__name__, os.getcwd())\n", encoding="utf-8")
+    assert preloaded(script, tmp_path)[1] == f"__main__ {tmp_path}\n"
 
 
 # -- links -----------------------------------------------------------------------------------------------------------
