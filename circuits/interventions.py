@@ -115,15 +115,12 @@ class Ablation:
 @torch.no_grad()
 def mean_ablation(rm: ReplacementModel, token_batches: Iterable[Tensor]) -> Ablation:
     """Mean codes and errors of every dictionary over reference token batches ([batch, pos] each)."""
-    from circuits.replacement import splice_hooks
-
     sums: dict[str, list[Tensor]] = {}
     count = 0
     for tokens in token_batches:
-        store: dict = {}
-        rm.model.run_with_hooks(tokens, fwd_hooks=splice_hooks(rm.dictionaries, "on", store))
-        for name, (codes, err) in store.items():
-            c, e = codes.double().sum((0, 1)), err.double().sum((0, 1))
+        codes_of, errors_of = rm.codes_and_errors(tokens)
+        for name, codes in codes_of.items():
+            c, e = codes.double().sum((0, 1)), errors_of[name].double().sum((0, 1))
             if name in sums:
                 sums[name][0] += c
                 sums[name][1] += e
