@@ -182,6 +182,7 @@ def cmd_dicts_finetune(args) -> int:
     from circuits.inputs import check_output_dir
 
     cfg = FinetuneConfig(steps=args.steps, rows=args.rows, lr=args.lr, beta=args.beta, seed=args.seed,
+                         answer_weight=args.answer_weight, answer_space=args.answer_space,
                          temperature=args.temperature, encoder_lr_scale=args.encoder_lr_scale,
                          keep_codes=args.keep_codes,
                          calibrate_rows=args.calibrate_rows,
@@ -314,6 +315,11 @@ def add_parser(sub) -> None:
     f.add_argument("--steps", type=int, default=300)
     f.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (linear decay over the last 20%%)")
     f.add_argument("--beta", type=float, default=1.0, help="weight of the summed per-dictionary FVU against the KL")
+    f.add_argument("--answer-weight", type=float, default=0.0, help="weight of a third term: each dictionary's FVU "
+                   "on clean inputs at the positions whose next token is a name (the IOI answer among them), i.e. "
+                   "the error nodes of such a graph (default 0: off; organism only)")
+    f.add_argument("--answer-space", choices=["activation", "name_logits"], default="activation", help="the answer "
+                   "term's FVU over each dictionary's output (default) or over its direct effect on the names' logits")
     f.add_argument("--temperature", type=float, default=1.0, help="KL between softmax(logits / T), times T^2 "
                    "(T > 1 also sees logit differences the clean model is already sure of; default 1: plain KL)")
     f.add_argument("--keep-codes", action="store_true", help="with --encoder-lr-scale 0: every code on clean "

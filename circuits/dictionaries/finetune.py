@@ -33,6 +33,12 @@ output bias still moves). Why this option exists:
 with the encoders trained, rare features stop firing (Adam's per-parameter steps move a rarely used encoder row
 as far as a busy one), see docs/finetune.md.
 
+Answer positions (``answer_weight`` γ > 0, organism only): the loss gains γ · Σ_d FVU_d(answer), each dictionary's
+FVU on the *clean* run (its input is the model's own, as in an attribution graph) over the positions whose next
+token is a name already present earlier in the same document (`answer_mask`; an IOI prompt's answer is one),
+centred on those positions' own mean (`masked_fvu`). Those squared errors are the error nodes that an attribution
+graph of such a prompt holds, which the replacement score counts and which the KL and the all-token FVU hardly weight.
+
 Rows: corpus rows streamed block by block as the dictionary trainer does (`ActivationStream.corpus_row`: blocks
 alternate between the training phases ``corpus_phases``), but from corpus seed ``corpus_seed`` = 2, which neither
 the organism (seed 0), nor the dictionary trainers (seed 1), nor `dicts eval` (seed 0, stream "heldout-dicts") read.
@@ -70,6 +76,8 @@ class FinetuneConfig:
     rows: int = 16  # corpus rows per step
     lr: float = 1e-4
     beta: float = 1.0  # weight of Σ_d FVU_d against the KL
+    answer_weight: float = 0.0  # weight γ of Σ_d FVU_d on clean inputs at name-copying positions (organism)
+    answer_space: str = "activation"  # that FVU over the output ("activation") or its name logits ("name_logits")
     temperature: float = 1.0  # KL between softmax(logits / T) (times T²); 1 = the plain next-token KL
     encoder_lr_scale: float = 1.0  # lr of W_enc, b_enc, b_in relative to lr; 0 = decoder side only (see module doc)
     keep_codes: bool = False  # with encoder_lr_scale 0: compensate an attention SAE's b_dec move in b_enc
@@ -87,7 +95,8 @@ class FinetuneConfig:
             ("steps", self.steps, 1), ("rows", self.rows, 1), ("checkpoint_every", self.checkpoint_every, 1),
             ("log_every", self.log_every, 1), ("calibrate_rows", self.calibrate_rows, 0), ("seed", self.seed, 0),
             ("corpus_seed", self.corpus_seed, 0)) if not (isinstance(v, int) and v >= low)]
-        for name, v in (("lr", self.lr), ("beta", self.beta), ("l0_tolerance", self.l0_tolerance),
+        for name, v in (("lr", self.lr), ("beta", self.beta), ("answer_weight", self.answer_weight),
+                        ("l0_tolerance", self.l0_tolerance),
                         ("encoder_lr_scale", self.encoder_lr_scale)):
             if not (isinstance(v, (int, float)) and v == v and 0 <= v < float("inf")):
                 bad.append(f"{name} {v}: must be a finite number ≥ 0")
@@ -96,6 +105,8 @@ class FinetuneConfig:
         if self.keep_codes and self.encoder_lr_scale != 0:
             bad.append(f"keep_codes needs encoder_lr_scale 0 (it is {self.encoder_lr_scale}): it keeps frozen "
                        "encoders' codes, a trained encoder moves them anyway")
+        if self.answer_space not in ("activation", "name_logits"):
+            bad.append(f"answer_space {self.answer_space!r}: use 'activation' or 'name_logits'")
         if not self.corpus_phases or any(p not in (1, 2, 3, 4, 5) for p in self.corpus_phases):
             bad.append(f"corpus_phases {self.corpus_phases}: use organism training phases 1-5")
         if bad:
@@ -103,7 +114,7 @@ class FinetuneConfig:
 
 
 #: Options that define the run (a checkpoint resumes only with the same values).
-RUN_IDENTITY = ("steps", "rows", "lr", "beta", "temperature", "encoder_lr_scale", "keep_codes", "seed",
+RUN_IDENTITY = ("steps", "rows", "lr", "beta", "answer_weight", "answer_space", "temperature", "encoder_lr_scale", "keep_codes", "seed",
                 "corpus_seed", "corpus_phases")
 
 
@@ -139,25 +150,31 @@ def keep_codes(dset: DictionarySet, before: dict[str, Tensor]) -> None:
             d.b_enc += (d.b_dec - before[d.cfg.name].to(d.b_dec.dtype)) @ d.W_enc
 
 
+def _reconstruct(d, flat_x: Tensor, upstream: dict) -> tuple[Tensor, Tensor]:
+    """(codes [tokens, d_sae], reconstruction [tokens, d_out]) of dictionary `d` from its flat input."""
+    from circuits.dictionaries.train import sparse_decode
+    from circuits.replacement import reconstruct
+
+    codes = d.encode(flat_x)
+    if d.plain_decoder:  # only the active features' decoder rows (same value as d.reconstruct)
+        out = sparse_decode(codes, d.W_dec) + d.b_dec
+        skip = d.skip_write(flat_x)
+        return codes, (out if skip is None else out + skip)
+    return codes, reconstruct(d, codes, flat_x, upstream)
+
+
 def spliced_hooks(dset: DictionarySet, stats: dict) -> list:
     """TransformerLens hooks splicing every dictionary (errors off) that record, per dictionary,
     ``stats[name] = (squared error sum, target total sum of squares, L0 sum, tokens)`` with the error against the
     detached true component output of this run; a CLT layer sums its earlier layers' decoders (`reconstruct`)."""
-    from circuits.dictionaries.train import sparse_decode
-    from circuits.replacement import clt_upstream, dictionary_hooks, reconstruct
+    from circuits.replacement import clt_upstream, dictionary_hooks
 
     members = list(dset)
     upstream = clt_upstream(members)
 
     def replace(d, x: Tensor, act: Tensor) -> Tensor:
         flat_x = x.reshape(-1, d.cfg.d_in)
-        codes = d.encode(flat_x)
-        if d.plain_decoder:  # only the active features' decoder rows (same value as d.reconstruct)
-            out = sparse_decode(codes, d.W_dec) + d.b_dec
-            skip = d.skip_write(flat_x)
-            out = out if skip is None else out + skip
-        else:
-            out = reconstruct(d, codes, flat_x, upstream)
+        codes, out = _reconstruct(d, flat_x, upstream)
         target = d.flatten_input(act).reshape(-1, d.cfg.d_out).detach()
         sq_err = (target - out).pow(2).sum()
         sq_tot = (target - target.mean(0)).pow(2).sum()
@@ -167,6 +184,80 @@ def spliced_hooks(dset: DictionarySet, stats: dict) -> list:
     return dictionary_hooks(members, replace)
 
 
+def clean_error_hooks(dset: DictionarySet, errors: dict, readout: dict[str, Tensor] | None = None) -> list:
+    """TransformerLens hooks that leave the model clean and record, per dictionary, ``errors[name] = (squared
+    error per token [tokens], target [tokens, d_out])``: the error node an attribution graph holds at that
+    dictionary (true output − reconstruction of the clean input), with gradient to the dictionary's parameters.
+    With ``readout[name]`` [d_out, r], error and target are first mapped through it (``v @ readout``): the error's
+    part that a readout sees, e.g. its direct effect on name logits (`name_logit_readout`)."""
+    from circuits.replacement import clt_upstream, dictionary_hooks
+
+    members = list(dset)
+    upstream = clt_upstream(members)
+
+    def measure(d, x: Tensor, act: Tensor) -> Tensor:
+        _, out = _reconstruct(d, x.reshape(-1, d.cfg.d_in), upstream)
+        target = d.flatten_input(act).reshape(-1, d.cfg.d_out).detach()
+        err = target - out
+        if readout is not None:
+            err, target = err @ readout[d.cfg.name], target @ readout[d.cfg.name]
+        errors[d.cfg.name] = (err.pow(2).sum(-1), target)
+        return act
+
+    return dictionary_hooks(members, measure)
+
+
+@torch.no_grad()
+def name_logit_readout(model, dset: DictionarySet, answer_ids: Tensor) -> dict[str, Tensor]:
+    """{name: [d_out, n_names]}: each dictionary's output → its direct effect on the names' logits, centred over
+    the names (a shift common to every name changes no logit difference): ``W_U[:, names] − their mean`` for a
+    dictionary writing the residual stream, ``W_O[layer]`` (per head, flattened) times that for an attention SAE on
+    ``hook_z``. The final LayerNorm's scale is left out (it is common to every dictionary at a position)."""
+    w_u = model.W_U[:, answer_ids.to(model.W_U.device)]
+    w_u = w_u - w_u.mean(1, keepdim=True)  # [d_model, n_names]
+    out = {}
+    for d in dset:
+        if d.cfg.kind == "attention_sae":
+            w_o = model.W_O[d.cfg.layer]  # [n_heads, d_head, d_model]
+            out[d.cfg.name] = w_o.reshape(-1, w_o.shape[-1]) @ w_u
+        else:
+            out[d.cfg.name] = w_u
+    return {n: r.detach() for n, r in out.items()}
+
+
+def name_token_ids(tokenizer) -> Tensor:
+    """Ids of the organism's person names (each one word-level token with its leading space)."""
+    from circuits.organism.world import NAMES
+
+    return torch.tensor(sorted({tokenizer.token_to_id(" " + n) for n in NAMES}))
+
+
+def answer_mask(tokens: Tensor, answer_ids: Tensor, bos: int | None = None) -> Tensor:
+    """[batch, pos] bool: positions whose next token is one of `answer_ids` *and* already occurs earlier in the
+    same document (since the last `bos`, this position included) — where a name is copied from the context, as
+    at an IOI prompt's answer (and its second subject). The last position: never."""
+    nxt = tokens[:, 1:]  # [batch, pos-1]
+    doc = torch.cumsum(tokens == bos, dim=1) if bos is not None else torch.zeros_like(tokens)
+    pos = torch.arange(tokens.shape[1], device=tokens.device)
+    # earlier[b, t, s]: token s (s ≤ t, same document as t) equals the token after t
+    earlier = ((tokens[:, None, :] == nxt[:, :, None]) & (pos[None, None, :] <= pos[:-1, None])
+               & (doc[:, None, :] == doc[:, :-1, None]))
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, :-1] = torch.isin(nxt, answer_ids.to(tokens.device)) & earlier.any(-1)
+    return mask
+
+
+def masked_fvu(sq_err: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """FVU over the masked tokens alone: Σ_masked squared error / Σ_masked ‖target − their mean‖² (0 with fewer
+    than two masked tokens); sq_err [tokens], target [tokens, d_out], mask [tokens]. Centred on the masked tokens'
+    own mean, so it measures the error against what varies *between* such positions (which name comes next), not
+    against their offset from every other token."""
+    if int(mask.sum()) < 2:
+        return sq_err.sum() * 0
+    t = target[mask]
+    return sq_err[mask].sum() / (t - t.mean(0)).pow(2).sum().clamp_min(1e-12)
+
+
 def kl_divergence(logits_clean: Tensor, logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Mean over positions of ``T² · KL(softmax(clean / T) ‖ softmax(spliced / T))`` for logits [..., vocab]."""
     p = (logits_clean / temperature).log_softmax(-1)
@@ -174,12 +265,19 @@ def kl_divergence(logits_clean: Tensor, logits: Tensor, temperature: float = 1.0
     return temperature ** 2 * (p.exp() * (p - q)).sum(-1).mean()
 
 
-def finetune_loss(model, dset: DictionarySet, tokens: Tensor, beta: float, temperature: float = 1.0
-                  ) -> tuple[Tensor, dict]:
-    """``T² KL_T(clean ‖ spliced) + β Σ_d FVU_d`` on tokens [batch, pos] and its parts (floats; ``kl`` is always
-    the plain next-token KL at T = 1)."""
-    with torch.no_grad():
-        clean = model(tokens)
+def finetune_loss(model, dset: DictionarySet, tokens: Tensor, beta: float, temperature: float = 1.0,
+                  answer_weight: float = 0.0, answer_ids: Tensor | None = None, bos: int | None = None,
+                  readout: dict[str, Tensor] | None = None) -> tuple[Tensor, dict]:
+    """``T² KL_T(clean ‖ spliced) + β Σ_d FVU_d + γ Σ_d FVU_d(answer)`` on tokens [batch, pos] and its parts
+    (floats; ``kl`` is always the plain next-token KL at T = 1). The last term (γ = `answer_weight` > 0 with
+    `answer_ids`) is each dictionary's FVU on *clean* inputs over the positions whose next token is in
+    `answer_ids` — exactly the error nodes an attribution graph of such a prompt holds there."""
+    answer: dict = {}
+    if answer_weight > 0 and answer_ids is not None:
+        clean = model.run_with_hooks(tokens, fwd_hooks=clean_error_hooks(dset, answer, readout)).detach()
+    else:
+        with torch.no_grad():
+            clean = model(tokens)
     stats: dict = {}
     logits = model.run_with_hooks(tokens, fwd_hooks=spliced_hooks(dset, stats))
     kl_t = kl_divergence(clean, logits, temperature)
@@ -188,6 +286,12 @@ def finetune_loss(model, dset: DictionarySet, tokens: Tensor, beta: float, tempe
     parts = {"kl": kl_t.item() if temperature == 1 else kl_divergence(clean, logits.detach()).item(),
              "kl_t": kl_t.item(), "fvu": {n: v.item() for n, v in fvus.items()},
              "l0": {n: s[2].item() / s[3] for n, s in stats.items()}}
+    if answer:
+        mask = answer_mask(tokens, answer_ids, bos).reshape(-1)
+        afvu = {n: masked_fvu(e, t, mask) for n, (e, t) in answer.items()}
+        loss = loss + answer_weight * sum(afvu.values())
+        parts["answer_fvu"] = {n: v.item() for n, v in afvu.items()}
+        parts["answer_positions"] = int(mask.sum())
     return loss, parts
 
 
@@ -291,6 +395,10 @@ def finetune_set(model, dset: DictionarySet, cfg: FinetuneConfig, out: Path, pro
         groups.append({"params": enc_params, "scale": cfg.encoder_lr_scale})
     opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999))
     stream = RowStream(model, cfg)
+    answer_ids = name_token_ids(stream.index.tokenizer) if cfg.answer_weight > 0 else None
+    bos = stream.index.tokenizer.token_to_id("<|endoftext|>")
+    readout = (name_logit_readout(model, dset, answer_ids) if answer_ids is not None
+               and cfg.answer_space == "name_logits" else None)
     cal_inputs = [clean_inputs(model, dset, stream.block(cfg.steps + i))
                   for i in range(-(-cfg.calibrate_rows // cfg.rows))] if cfg.calibrate_rows else []
     ckpt = out / "finetune_checkpoint.pt"
@@ -314,7 +422,8 @@ def finetune_set(model, dset: DictionarySet, cfg: FinetuneConfig, out: Path, pro
         lr = cfg.lr * min(1.0, (cfg.steps - step) / max(1, cfg.steps - decay_start))
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
-        loss, parts = finetune_loss(model, dset, stream.block(step), cfg.beta, cfg.temperature)
+        loss, parts = finetune_loss(model, dset, stream.block(step), cfg.beta, cfg.temperature,
+                                    cfg.answer_weight, answer_ids, bos, readout)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         before = centring_snapshot(dset) if cfg.keep_codes else {}
@@ -326,6 +435,9 @@ def finetune_set(model, dset: DictionarySet, cfg: FinetuneConfig, out: Path, pro
             rec = {"step": done, "lr": lr, "seconds": round(time.time() - t0, 1), "loss": round(loss.item(), 6),
                    "kl": round(parts["kl"], 6), "kl_t": round(parts["kl_t"], 6), "fvu": {n: round(v, 5) for n, v in parts["fvu"].items()},
                    "l0": {n: round(v, 2) for n, v in parts["l0"].items()}}
+            if "answer_fvu" in parts:
+                rec["answer_fvu"] = {n: round(v, 5) for n, v in parts["answer_fvu"].items()}
+                rec["answer_positions"] = parts["answer_positions"]
             with log_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(kl=f"{parts['kl']:.4f}", fvu_sum=f"{sum(parts['fvu'].values()):.3f}")
