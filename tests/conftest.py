@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
+
+# Under pytest-xdist (`-n 2`, the README's test command) each worker process gets its share of the cores as torch
+# threads, unless OMP_NUM_THREADS says otherwise: two workers with two threads each on a 2-core machine would
+# oversubscribe it. Set before any test imports torch; CLI subprocesses of the tests inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, _workers))))
 
 
 @pytest.fixture

@@ -210,3 +210,17 @@ def test_apply_threads_is_idempotent(keep_threads):
     apply_threads(2)
     apply_threads(2)
     assert torch.get_num_threads() == 2 and os.environ["OMP_NUM_THREADS"] == "2"
+
+
+def test_pytest_xdist_workers_share_the_cores():
+    """Under the README's `pytest -n 2` each worker computes with its share of the cores (tests/conftest.py sets
+    OMP_NUM_THREADS before torch is imported, unless it was set), so two workers do not oversubscribe two cores."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.skip("runs under pytest-xdist only (the README's `python -m pytest -q -n 2`)")
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    assert "OMP_NUM_THREADS" in os.environ
+    code = "import torch; print(torch.get_num_threads())"  # what a CLI subprocess of a test computes with
+    threads = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert threads == int(os.environ["OMP_NUM_THREADS"]) >= 1
+    if os.environ.get("CI"):  # CI sets no thread count of its own: the conftest's share applies
+        assert threads * workers <= max(workers, os.cpu_count() or 1)
