@@ -316,8 +316,8 @@ def add_parser(sub) -> None:
     f.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (linear decay over the last 20%%)")
     f.add_argument("--beta", type=float, default=1.0, help="weight of the summed per-dictionary FVU against the KL")
     f.add_argument("--answer-weight", type=float, default=0.0, help="weight of a third term: each dictionary's FVU "
-                   "on clean inputs at the positions whose next token is a name (the IOI answer among them), i.e. "
-                   "the error nodes of such a graph (default 0: off; organism only)")
+                   "on clean inputs at the positions whose next token is a name already in the document (an IOI "
+                   "answer is one), i.e. the error nodes of such a graph (default 0: off; organism only)")
     f.add_argument("--answer-space", choices=["activation", "name_logits"], default="activation", help="the answer "
                    "term's FVU over each dictionary's output (default) or over its direct effect on the names' logits")
     f.add_argument("--temperature", type=float, default=1.0, help="KL between softmax(logits / T), times T^2 "

@@ -114,8 +114,8 @@ class FinetuneConfig:
 
 
 #: Options that define the run (a checkpoint resumes only with the same values).
-RUN_IDENTITY = ("steps", "rows", "lr", "beta", "answer_weight", "answer_space", "temperature", "encoder_lr_scale", "keep_codes", "seed",
-                "corpus_seed", "corpus_phases")
+RUN_IDENTITY = ("steps", "rows", "lr", "beta", "answer_weight", "answer_space", "temperature", "encoder_lr_scale",
+                "keep_codes", "seed", "corpus_seed", "corpus_phases")
 
 
 #: Encoder-side parameter names (what decides which features fire); everything else is decoder-side.
@@ -270,8 +270,9 @@ def finetune_loss(model, dset: DictionarySet, tokens: Tensor, beta: float, tempe
                   readout: dict[str, Tensor] | None = None) -> tuple[Tensor, dict]:
     """``T² KL_T(clean ‖ spliced) + β Σ_d FVU_d + γ Σ_d FVU_d(answer)`` on tokens [batch, pos] and its parts
     (floats; ``kl`` is always the plain next-token KL at T = 1). The last term (γ = `answer_weight` > 0 with
-    `answer_ids`) is each dictionary's FVU on *clean* inputs over the positions whose next token is in
-    `answer_ids` — exactly the error nodes an attribution graph of such a prompt holds there."""
+    `answer_ids`) is each dictionary's FVU on *clean* inputs over `answer_mask`'s positions (the next token is in
+    `answer_ids` and occurs earlier in its document; `bos` separates documents), through `readout` if given —
+    exactly the error nodes an attribution graph of such a prompt holds there."""
     answer: dict = {}
     if answer_weight > 0 and answer_ids is not None:
         clean = model.run_with_hooks(tokens, fwd_hooks=clean_error_hooks(dset, answer, readout)).detach()
@@ -361,6 +362,8 @@ def _check_resumable(state: dict, path: Path, cfg: FinetuneConfig, names: list[s
     except (TypeError, json.JSONDecodeError):
         saved = {}
     now = json.loads(json.dumps(asdict(cfg)))
+    if saved:  # options added after a checkpoint was written read as their (then only) value
+        saved = {"answer_weight": 0.0, "answer_space": "activation", **saved}
     diffs = describe_differences({k: saved.get(k) for k in RUN_IDENTITY}, {k: now[k] for k in RUN_IDENTITY})
     if sorted(state.get("dicts", {})) != sorted(names):
         diffs.append(f"dictionaries {sorted(state.get('dicts', {}))} in the checkpoint, {sorted(names)} now")
