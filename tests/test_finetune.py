@@ -424,7 +424,7 @@ def test_answer_weight_lowers_the_error_at_answer_positions(tiny_model, base_set
     stream = RowStream(tiny_model, dataclasses.replace(cfg, rows=32))
     tokens = stream.block(300)
     tok = stream.index.tokenizer
-    ids = name_token_ids(tok)
+    ids = name_token_ids(tiny_model)
     mask = answer_mask(tokens, ids, tok.token_to_id("<|endoftext|>")).reshape(-1)
     assert mask.sum() >= 20, int(mask.sum())
     readout = name_logit_readout(tiny_model, _load(base_set), ids) if space == "name_logits" else None
@@ -444,10 +444,9 @@ def test_name_logit_readout_is_the_direct_effect_on_centred_name_logits(tiny_mod
     (measured in the model), read by the centred name unembeddings; for a transcoder it is that read of v itself.
     Centred: a shift common to every name's logit reads as zero."""
     from circuits.dictionaries.finetune import name_logit_readout, name_token_ids
-    from circuits.organism.tokenizer import build_tokenizer
 
     dset = _load(base_set)
-    ids = name_token_ids(build_tokenizer())
+    ids = name_token_ids(tiny_model)
     readout = name_logit_readout(tiny_model, dset, ids)
     w_u = tiny_model.W_U[:, ids]
     w_u_c = w_u - w_u.mean(1, keepdim=True)

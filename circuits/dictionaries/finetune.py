@@ -225,11 +225,13 @@ def name_logit_readout(model, dset: DictionarySet, answer_ids: Tensor) -> dict[s
     return {n: r.detach() for n, r in out.items()}
 
 
-def name_token_ids(tokenizer) -> Tensor:
-    """Ids of the organism's person names (each one word-level token with its leading space)."""
-    from circuits.organism.world import NAMES
+def name_token_ids(model) -> Tensor:
+    """Ids of the organism's person names: the "name" token set of `circuits.token_sets` (the one dashboards and
+    labels use) over the model's vocabulary; another vocabulary raises `TokenSetError`."""
+    from circuits.token_sets import organism_sets, vocabulary_strings
 
-    return torch.tensor(sorted({tokenizer.token_to_id(" " + n) for n in NAMES}))
+    names = next(s for s in organism_sets(vocabulary_strings(model)) if s.name == "name")
+    return torch.tensor(sorted(names.ids))
 
 
 def answer_mask(tokens: Tensor, answer_ids: Tensor, bos: int | None = None) -> Tensor:
@@ -398,7 +400,7 @@ def finetune_set(model, dset: DictionarySet, cfg: FinetuneConfig, out: Path, pro
         groups.append({"params": enc_params, "scale": cfg.encoder_lr_scale})
     opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999))
     stream = RowStream(model, cfg)
-    answer_ids = name_token_ids(stream.index.tokenizer) if cfg.answer_weight > 0 else None
+    answer_ids = name_token_ids(model) if cfg.answer_weight > 0 else None
     bos = stream.index.tokenizer.token_to_id("<|endoftext|>")
     readout = (name_logit_readout(model, dset, answer_ids) if answer_ids is not None
                and cfg.answer_space == "name_logits" else None)
