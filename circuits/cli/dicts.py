@@ -1,4 +1,4 @@
-"""`circuits dicts train | eval | finetune | calibrate | convert`: transcoders and attention-output SAEs."""
+"""`circuits dicts train | eval | finetune | fit-skip | calibrate | convert`: transcoders and attention-output SAEs."""
 
 from __future__ import annotations
 
@@ -201,6 +201,41 @@ def cmd_dicts_finetune(args) -> int:
     return 0
 
 
+def cmd_dicts_fit_skip(args) -> int:
+    """`dicts fit-skip`: add a least-squares skip term to transcoders of a set (`circuits.dictionaries.skipfit`)."""
+    from circuits.dictionaries.skipfit import SkipFitConfig
+    from circuits.inputs import check_output_dir
+
+    if args.model != "organism":
+        raise CircuitsError(f"the skip fit reads the organism's corpus and IOI prompts, not {args.model!r}'s; "
+                            "use --model organism")
+    cfg = SkipFitConfig(sites=tuple(args.sites), rows=args.rows, ioi_prompts=args.ioi_prompts,
+                        ioi_weight=args.ioi_weight, ioi_positions=args.ioi_positions, ridge=args.ridge,
+                        corpus_phases=tuple(args.phases))
+    cfg.check()  # bad numbers: one line, before the model loads
+    out = check_output_dir(args.out, "--out", force=args.force)
+    from circuits.dictionaries import load_dictionaries
+    from circuits.dictionaries.skipfit import check_sites, fit_skip
+    from circuits.model import load_model
+
+    model, _ = load_model(args.model, resolve_device(args.device))
+    dset = load_dictionaries(args.dicts, model)
+    check_sites(dset, cfg.sites)
+    new, report = fit_skip(model, dset, cfg, progress=not args.quiet)
+    new.save(out)
+    if args.float16:
+        from circuits.dictionaries.io import store_float16
+
+        store_float16(out)
+    (out / "skip_fit.json").write_text(json.dumps({"source": args.dicts, "config": dataclasses.asdict(cfg),
+                                                   "dictionaries": report}, indent=2))
+    for name, r in report.items():
+        ratio = r["weighted_sq_error_after"] / max(r["weighted_sq_error_before"], 1e-30)
+        print(f"{name:14s} weighted squared error on the fit tokens x {ratio:.3f}")
+    print(f"saved {len(new)} dictionaries to {out}; measure them with `circuits dicts eval --dicts {out} --out FILE`")
+    return 0
+
+
 def cmd_dicts_calibrate(args) -> int:
     """`dicts calibrate`: shift every threshold of a set to one mean L0 (`circuits.dictionaries.calibrate`)."""
     from circuits.dictionaries.calibrate import CalibrateConfig
@@ -338,6 +373,28 @@ def add_parser(sub) -> None:
     f.add_argument("--quiet", action="store_true")
     add_device_option(f)
     f.set_defaults(func=cmd_dicts_finetune)
+
+    k = dicts.add_parser("fit-skip", help="add a skip term W_skip to transcoders of a set by weighted least squares "
+                         "on their errors (corpus tokens + IOI training-template prompts); features unchanged")
+    k.add_argument("--model", default="organism")
+    k.add_argument("--dicts", default="organism", help="a set name or a set folder")
+    k.add_argument("--out", required=True, help="folder for the new set (and skip_fit.json)")
+    k.add_argument("--sites", nargs="+", default=["transcoder_L3"], metavar="SITE", help="transcoders to fit "
+                   "(default transcoder_L3)")
+    k.add_argument("--rows", type=int, default=640, help="corpus rows (weight 1 per token)")
+    k.add_argument("--phases", type=int, nargs="+", default=[5], metavar="P", help="organism corpus phases")
+    k.add_argument("--ioi-prompts", type=int, default=600, help="IOI prompts per name order (training templates, "
+                   "held-out names)")
+    k.add_argument("--ioi-weight", type=float, default=100.0, help="weight of each IOI token against a corpus token")
+    k.add_argument("--ioi-positions", choices=["answer", "all"], default="answer",
+                   help="IOI tokens fitted: each prompt's last position (default) or every position")
+    k.add_argument("--ridge", type=float, default=1e-4, help="ridge penalty on W_skip, relative to the mean input "
+                   "energy")
+    k.add_argument("--float16", action="store_true", help="store the weights in float16 (as the shipped sets)")
+    k.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    k.add_argument("--quiet", action="store_true")
+    add_device_option(k)
+    k.set_defaults(func=cmd_dicts_fit_skip)
 
     c = dicts.add_parser("calibrate", help="shift the thresholds of a set so that every dictionary has one mean L0 "
                          "on clean inputs (spends an L0 budget on reconstruction; encoders and decoders unchanged)")

@@ -5,6 +5,7 @@
     circuits organism corpus  [--rows N] [--seed S] [--stream train|heldout]
     circuits dicts train      [--model organism] [--out DIR] [--tokens N] [--d-sae N] [--k K] [--export]
     circuits dicts finetune   [--dicts organism-base|NAME|DIR] --out DIR [--steps N] [--lr X] [--temperature T]
+    circuits dicts fit-skip   [--dicts organism|NAME|DIR] --out DIR [--sites transcoder_L3] [--ioi-weight W]
     circuits dicts eval       [--model organism] [--dicts organism|NAME|DIR] [--out FILE]
     circuits dicts calibrate  [--dicts organism|NAME|DIR] --l0 L --out DIR [--rows N] [--float16]
     circuits dicts convert    SRC --out DIR [--n-heads N]

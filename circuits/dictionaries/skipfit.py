@@ -1,0 +1,193 @@
+"""Fit a skip term ``W_skip`` onto trained transcoders by weighted least squares (organism).
+
+A skip transcoder (Paulo et al. 2025, arXiv 2501.18823) writes ``codes @ W_dec + b_dec + x @ W_skip.T``: the linear
+part of an MLP's map from its input x to its output passes straight through, and the features only carry what is
+not linear. In an attribution graph the skip term is a pass-through channel, not a node (edges from upstream
+sources to downstream targets include the path through W_skip), so whatever it reconstructs leaves the error node.
+
+`fit_skip` adds such a term to transcoders that were trained without one. Encoders and decoders stay as they are;
+for each chosen transcoder the residual ``r = y − reconstruction(x)`` (y: the true MLP output, the error node of a
+graph) is regressed on ``[x, 1]``:
+
+    minimise over W, c    Σ_t w_t ‖r_t − W x_t − c‖²  +  λ ‖W‖²,      λ = ridge · mean diagonal of Σ_t w_t x_t x_tᵀ
+
+and the solution is added to the dictionary (W_skip += W, b_dec += c), so the new error on the fit data is the
+least-squares residual: on the fit tokens the weighted squared error can only fall (it is ``r`` itself at W = 0).
+The normal equations are accumulated in float64 over token batches.
+
+Fit tokens (weights w_t):
+* corpus rows of the fine-tune's stream (corpus seed 2, phase 5 by default) from block ``first_block`` on (far past
+  the rows any fine-tune or `dicts calibrate` reads; never the rows `dicts eval` scores), every position, w = 1;
+* IOI prompts from the organism's *training* templates on held-out names (`ToyWorldCorpus(ioi_seed).ioi_prompts`),
+  weight ``ioi_weight`` at each prompt's last position (``ioi_positions="answer"``: where the answer name is
+  predicted) or at every position (``"all"``). ``ioi_seed`` 7 is none of the seeds the studies and benchmarks draw
+  their prompts from (0, 11, 12 and ``1000·s + 1…5 + 100·attempt``), and no held-out template is read, so the
+  replacement score on held-out-template prompts stays a test of prompts the fit never saw.
+
+Why (docs/skip-and-clt.md, probe 10): at an IOI prompt's answer position the last transcoder's error carries much of
+the logit difference, and the part of it that is linear in the MLP's input generalises across templates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from circuits.dictionaries.dictset import DictionarySet
+from circuits.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class SkipFitConfig:
+    sites: tuple[str, ...] = ("transcoder_L3",)  # transcoders that get (or refit) a skip term
+    rows: int = 640  # corpus rows (of the model's n_ctx tokens), weight 1 per token
+    first_block: int = 20_000  # first block (of 16 rows) of the fine-tune's stream that is read
+    corpus_phases: tuple[int, ...] = (5,)
+    ioi_prompts: int = 600  # per name order (ABBA and BABA), training templates, held-out names
+    ioi_seed: int = 7
+    ioi_weight: float = 100.0  # weight of each IOI token the fit reads, against 1 per corpus token
+    ioi_positions: str = "answer"  # "answer": each prompt's last position; "all": every position
+    ridge: float = 1e-4  # λ relative to the mean diagonal of the weighted input Gram matrix
+
+    def check(self) -> None:
+        """Raise `ConfigError` (one line) before any model or data is touched."""
+        bad = [f"{n} {v}: must be at least {low}" for n, v, low in (
+            ("rows", self.rows, 0), ("ioi_prompts", self.ioi_prompts, 0), ("ioi_seed", self.ioi_seed, 0),
+            ("first_block", self.first_block, 0)) if not (isinstance(v, int) and v >= low)]
+        for n, v in (("ioi_weight", self.ioi_weight), ("ridge", self.ridge)):
+            if not (isinstance(v, (int, float)) and v == v and 0 <= v < float("inf")):
+                bad.append(f"{n} {v}: must be a finite number ≥ 0")
+        if self.ioi_positions not in ("answer", "all"):
+            bad.append(f"ioi_positions {self.ioi_positions!r}: use 'answer' or 'all'")
+        if not self.sites:
+            bad.append("sites: name at least one transcoder, e.g. transcoder_L3")
+        if self.rows == 0 and (self.ioi_prompts == 0 or self.ioi_weight == 0):
+            bad.append("no fit tokens: rows 0 and no weighted IOI prompts")
+        if not self.corpus_phases or any(p not in (1, 2, 3, 4, 5) for p in self.corpus_phases):
+            bad.append(f"corpus_phases {self.corpus_phases}: use organism training phases 1-5")
+        if bad:
+            raise ConfigError("skip fit: " + "; ".join(bad))
+
+
+def check_sites(dset: DictionarySet, sites: tuple[str, ...]) -> None:
+    """`ConfigError` unless every site is a per-layer transcoder of the set (a CLT layer's output sums decoders of
+    several layers, so it has no single skip term here)."""
+    from circuits.dictionaries.clt import CLTLayer
+
+    names = [d.cfg.name for d in dset]
+    for s in sites:
+        d = dset.dictionaries.get(s)
+        if d is None or d.cfg.kind != "transcoder":
+            have = [n for n in names if n.startswith("transcoder_")]
+            raise ConfigError(f"skip fit: {s!r} is not a transcoder of the set; choose from {have}")
+        if isinstance(d, CLTLayer):
+            raise ConfigError(f"skip fit: {s} is a layer of a cross-layer transcoder; fit per-layer transcoders only")
+
+
+class NormalEquations:
+    """Running ``G = Σ w a aᵀ`` and ``H = Σ w a rᵀ`` for a = [x, 1], in float64."""
+
+    def __init__(self, d_in: int, d_out: int):
+        self.G = torch.zeros(d_in + 1, d_in + 1, dtype=torch.float64)
+        self.H = torch.zeros(d_in + 1, d_out, dtype=torch.float64)
+        self.weight = 0.0
+
+    def add(self, x: Tensor, r: Tensor, w: Tensor) -> None:
+        """x [n, d_in], r [n, d_out], w [n] (tokens of weight 0 add nothing)."""
+        a = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+        wa = a * w.double()[:, None]
+        self.G += wa.T @ a
+        self.H += wa.T @ r.double()
+        self.weight += float(w.sum())
+
+    def solve(self, ridge: float) -> tuple[Tensor, Tensor]:
+        """(W [d_out, d_in], c [d_out]) minimising the weighted squared residual plus λ‖W‖² (c unpenalised)."""
+        d_in = self.G.shape[0] - 1
+        lam = ridge * float(self.G.diagonal()[:d_in].mean())
+        reg = torch.diag(torch.cat([torch.full((d_in,), lam, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)]))
+        sol = torch.linalg.solve(self.G + reg, self.H)  # [d_in + 1, d_out]
+        return sol[:d_in].T.contiguous(), sol[d_in]
+
+
+def with_skip(d):
+    """`d` as a skip transcoder (a copy with ``cfg.skip`` and W_skip = 0 if it had none; else `d` itself)."""
+    from circuits.dictionaries.base import make_dictionary
+
+    if d.W_skip is not None:
+        return d
+    new = make_dictionary(dataclasses.replace(d.cfg, skip=True), d.W_enc.dtype)
+    state = dict(d.state_dict())
+    state["W_skip"] = torch.zeros_like(new.W_skip)
+    new.load_state_dict(state)
+    return new.to(d.W_enc.device)
+
+
+def fit_tokens(model, cfg: SkipFitConfig) -> list[tuple[Tensor, Tensor]]:
+    """[(tokens [batch, pos], weight [batch, pos])]: the corpus blocks, then the IOI prompts (padding weight 0)."""
+    from circuits.dictionaries.finetune import FinetuneConfig, RowStream
+    from circuits.organism.corpus import ToyWorldCorpus
+    from circuits.organism.evaluate import padded_tokens
+
+    out = []
+    stream = RowStream(model, FinetuneConfig(rows=16, corpus_phases=cfg.corpus_phases))
+    for i in range(-(-cfg.rows // 16)):
+        tokens = stream.block(cfg.first_block + i)[: cfg.rows - 16 * i]
+        out.append((tokens, torch.ones(tokens.shape, dtype=torch.float64)))
+    if cfg.ioi_prompts and cfg.ioi_weight:
+        corpus = ToyWorldCorpus(cfg.ioi_seed)
+        prompts = corpus.ioi_prompts(cfg.ioi_prompts, "ABBA") + corpus.ioi_prompts(cfg.ioi_prompts, "BABA")
+        for i in range(0, len(prompts), 64):
+            tokens, lengths = padded_tokens(model, [p.text for p in prompts[i:i + 64]])
+            pos = torch.arange(tokens.shape[1])[None, :]
+            keep = (pos == lengths[:, None] - 1) if cfg.ioi_positions == "answer" else (pos < lengths[:, None])
+            out.append((tokens, keep.double() * cfg.ioi_weight))
+    return out
+
+
+@torch.no_grad()
+def fit_skip(model, dset: DictionarySet, cfg: SkipFitConfig = SkipFitConfig(), progress: bool = True) -> tuple[
+        DictionarySet, dict[str, dict]]:
+    """A new set in which each of `cfg.sites` has a least-squares skip term added (see the module docstring); the
+    other members are `dset`'s own objects. Returns (set, {site: {"weighted_sq_error_before", "..._after",
+    "tokens", "w_skip_norm"}}) with the errors measured on the fit tokens."""
+    from tqdm.auto import tqdm
+
+    cfg.check()
+    check_sites(dset, cfg.sites)
+    sites = [dset.dictionaries[s] for s in cfg.sites]
+    batches = fit_tokens(model, cfg)
+    eqs = {d.cfg.name: NormalEquations(d.cfg.d_in, d.cfg.d_out) for d in sites}
+    before = {d.cfg.name: 0.0 for d in sites}
+
+    def residuals(ds, tokens):
+        hooks = {h for d in ds for h in (d.hook_in, d.hook_out)}
+        _, cache = model.run_with_cache(tokens.to(model.cfg.device or "cpu"), names_filter=lambda n: n in hooks)
+        for d in ds:
+            x = d.flatten_input(cache[d.hook_in]).reshape(-1, d.cfg.d_in)
+            y = cache[d.hook_out].reshape(-1, d.cfg.d_out)
+            yield d, x, y - d.reconstruct(d.encode(x), x)
+
+    for tokens, w in tqdm(batches, desc="skip fit", disable=not progress):
+        for d, x, r in residuals(sites, tokens):
+            eqs[d.cfg.name].add(x.cpu(), r.cpu(), w.reshape(-1))
+            before[d.cfg.name] += float((r.double().pow(2).sum(-1).cpu() * w.reshape(-1)).sum())
+    members = dict(dset.dictionaries)
+    fitted = []
+    for d in sites:
+        new = with_skip(d)
+        W, c = eqs[d.cfg.name].solve(cfg.ridge)
+        new.W_skip += W.to(new.W_skip)
+        new.b_dec += c.to(new.b_dec)
+        members[d.cfg.name] = new
+        fitted.append(new)
+    after = {d.cfg.name: 0.0 for d in fitted}
+    for tokens, w in batches:
+        for d, _, r in residuals(fitted, tokens):
+            after[d.cfg.name] += float((r.double().pow(2).sum(-1).cpu() * w.reshape(-1)).sum())
+    out = DictionarySet(dset.model_name, members)
+    report = {d.cfg.name: {"weighted_sq_error_before": before[d.cfg.name], "weighted_sq_error_after":
+                           after[d.cfg.name], "fit_weight": eqs[d.cfg.name].weight,
+                           "w_skip_norm": float(d.W_skip.norm())} for d in fitted}
+    return out, report
