@@ -37,7 +37,7 @@ def answer_position_table(model, dictionary, prompts, k: int) -> list[tuple[str,
     out = []
     for label, act in (("own", dictionary.activation), (f"top-{k} per token", TopK(k))):
         codes = act(dictionary.pre_activation(x))
-        err = y - dictionary.decode(codes)
+        err = y - dictionary.reconstruct(codes, x)  # a skip transcoder's linear term included
         fvu = (err.pow(2).sum() / (y - y.mean(0)).pow(2).sum()).item()
         lost = ((err * direction).sum(-1) / scale).mean().item()
         out.append((label, fvu, (codes > 0).sum(-1).float().mean().item(), lost))

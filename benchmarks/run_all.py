@@ -96,6 +96,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               "no target: the time of the IOI per-head analysis (docs/ioi-heads.md)"),
     Benchmark("ioi-answer-position", "ioi_answer_position.py", ("--n", "200"), ("--n", "20"),
               "no target: a fidelity diagnostic (the last transcoder at the IOI answer position)"),
+    Benchmark("skipfit-sweep", "skipfit_sweep.py", ("--weights", "100", "300", "1000", "--prompts", "32"),
+              ("--weights", "100", "--rows", "16", "--prompts", "1"),
+              "no target: `dicts fit-skip` on the default set per IOI weight, replacement score of IOI graphs on "
+              "training templates against ordinary-text fidelity (docs/skip-and-clt.md, probe 10)"),
     Benchmark("clt-compare", "clt.py",
               ("compare", "--sets", "organism", "organism-skip", "organism-clt", "--prompts", "8",
                "--out", "{tmp}/clt.json"),

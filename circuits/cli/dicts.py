@@ -381,8 +381,9 @@ def add_parser(sub) -> None:
     k.add_argument("--out", required=True, help="folder for the new set (and skip_fit.json)")
     k.add_argument("--sites", nargs="+", default=["transcoder_L3"], metavar="SITE", help="transcoders to fit "
                    "(default transcoder_L3)")
-    k.add_argument("--rows", type=int, default=640, help="corpus rows (weight 1 per token)")
-    k.add_argument("--phases", type=int, nargs="+", default=[5], metavar="P", help="organism corpus phases")
+    k.add_argument("--rows", type=int, default=2560, help="corpus rows (weight 1 per token)")
+    k.add_argument("--phases", type=int, nargs="+", default=[3, 5], metavar="P", help="organism corpus phases, "
+                   "block by block (default 3 5: natural text and the IOI mix)")
     k.add_argument("--ioi-prompts", type=int, default=600, help="IOI prompts per name order (training templates, "
                    "held-out names)")
     k.add_argument("--ioi-weight", type=float, default=100.0, help="weight of each IOI token against a corpus token")

@@ -16,8 +16,9 @@ least-squares residual: on the fit tokens the weighted squared error can only fa
 The normal equations are accumulated in float64 over token batches.
 
 Fit tokens (weights w_t):
-* corpus rows of the fine-tune's stream (corpus seed 2, phase 5 by default) from block ``first_block`` on (far past
-  the rows any fine-tune or `dicts calibrate` reads; never the rows `dicts eval` scores), every position, w = 1;
+* corpus rows of the fine-tune's stream (corpus seed 2, phases 3 and 5 block by block by default) from block
+  ``first_block`` on (far past the rows any fine-tune or `dicts calibrate` reads; never the rows `dicts eval`
+  scores), every position, w = 1;
 * IOI prompts from the organism's *training* templates on held-out names (`ToyWorldCorpus(ioi_seed).ioi_prompts`),
   weight ``ioi_weight`` at each prompt's last position (``ioi_positions="answer"``: where the answer name is
   predicted) or at every position (``"all"``). ``ioi_seed`` 7 is none of the seeds the studies and benchmarks draw
@@ -25,7 +26,11 @@ Fit tokens (weights w_t):
   replacement score on held-out-template prompts stays a test of prompts the fit never saw.
 
 Why (docs/skip-and-clt.md, probe 10): at an IOI prompt's answer position the last transcoder's error carries much of
-the logit difference, and the part of it that is linear in the MLP's input generalises across templates.
+the logit difference, and the part of it that is linear in the MLP's input generalises across templates. The
+defaults (2,560 rows ≈ 328k corpus tokens against 1,200 answers × 100) were measured not to cost ordinary text:
+on three organism sets transcoder L3's held-out FVU fell and the all-spliced CE increase moved by −0.0013 to
++0.0003 nats; larger IOI weights buy more replacement score on IOI graphs at a measured cost in ordinary-text
+fidelity (`benchmarks/skipfit_sweep.py`).
 """
 
 from __future__ import annotations
@@ -42,12 +47,12 @@ from circuits.errors import ConfigError
 @dataclasses.dataclass(frozen=True)
 class SkipFitConfig:
     sites: tuple[str, ...] = ("transcoder_L3",)  # transcoders that get (or refit) a skip term
-    rows: int = 640  # corpus rows (of the model's n_ctx tokens), weight 1 per token
+    rows: int = 2560  # corpus rows (of the model's n_ctx tokens), weight 1 per token
     first_block: int = 20_000  # first block (of 16 rows) of the fine-tune's stream that is read
-    corpus_phases: tuple[int, ...] = (5,)
+    corpus_phases: tuple[int, ...] = (3, 5)  # blocks alternate: natural text and the IOI mix
     ioi_prompts: int = 600  # per name order (ABBA and BABA), training templates, held-out names
     ioi_seed: int = 7
-    ioi_weight: float = 100.0  # weight of each IOI token the fit reads, against 1 per corpus token
+    ioi_weight: float = 100.0  # weight of each IOI token the fit reads, against 1 per corpus token (see below)
     ioi_positions: str = "answer"  # "answer": each prompt's last position; "all": every position
     ridge: float = 1e-4  # λ relative to the mean diagonal of the weighted input Gram matrix
 
