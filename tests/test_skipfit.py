@@ -110,6 +110,20 @@ def test_fitted_set_splices_exactly_and_reloads_as_a_skip_transcoder(tiny_model,
         torch.testing.assert_close(b.reconstruct(b.encode(x), x), a.reconstruct(a.encode(x), x), rtol=0, atol=1e-5)
 
 
+def test_refitting_a_fitted_set_leaves_it_alone_and_changes_almost_nothing(tiny_model, fitted):
+    """A site that already has W_skip is refitted on a copy: the input set is not changed, and on the same tokens the
+    least-squares optimum is already reached (only the tiny ridge leaves room)."""
+    dset, _ = fitted
+    first = {n: t.clone() for n, t in dset.dictionaries["transcoder_L1"].weights().items()}
+    again, report = fit_skip(tiny_model, dset, CFG, progress=False)
+    for n, t in dset.dictionaries["transcoder_L1"].weights().items():
+        assert torch.equal(t, first[n]), n
+    rep = report["transcoder_L1"]
+    assert rep["weighted_sq_error_after"] <= rep["weighted_sq_error_before"] * (1 + 1e-9)
+    assert rep["weighted_sq_error_after"] >= rep["weighted_sq_error_before"] * (1 - 1e-3)
+    assert again.dictionaries["transcoder_L1"] is not dset.dictionaries["transcoder_L1"]
+
+
 def test_only_ioi_tokens_carry_weight_at_their_answer_position(tiny_model):
     batches = fit_tokens(tiny_model, dataclasses.replace(CFG, rows=0))
     for _, w in batches:

@@ -117,11 +117,14 @@ class NormalEquations:
 
 
 def with_skip(d):
-    """`d` as a skip transcoder (a copy with ``cfg.skip`` and W_skip = 0 if it had none; else `d` itself)."""
+    """A copy of transcoder `d` with a skip term: its own W_skip if it has one, else ``cfg.skip`` and W_skip = 0
+    (`d` itself is never changed)."""
+    import copy
+
     from circuits.dictionaries.base import make_dictionary
 
     if d.W_skip is not None:
-        return d
+        return copy.deepcopy(d)
     new = make_dictionary(dataclasses.replace(d.cfg, skip=True), d.W_enc.dtype)
     state = dict(d.state_dict())
     state["W_skip"] = torch.zeros_like(new.W_skip)
@@ -155,8 +158,9 @@ def fit_tokens(model, cfg: SkipFitConfig) -> list[tuple[Tensor, Tensor]]:
 def fit_skip(model, dset: DictionarySet, cfg: SkipFitConfig = SkipFitConfig(), progress: bool = True) -> tuple[
         DictionarySet, dict[str, dict]]:
     """A new set in which each of `cfg.sites` has a least-squares skip term added (see the module docstring); the
-    other members are `dset`'s own objects. Returns (set, {site: {"weighted_sq_error_before", "..._after",
-    "tokens", "w_skip_norm"}}) with the errors measured on the fit tokens."""
+    other members are `dset`'s own objects, and `dset` is not changed. Returns (set, {site:
+    {"weighted_sq_error_before", "weighted_sq_error_after", "fit_weight", "w_skip_norm"}}) with the errors summed
+    over the fit tokens (times their weights; "fit_weight" is the weights' sum)."""
     from tqdm.auto import tqdm
 
     cfg.check()
