@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from circuits.dictionaries.dictset import DictionarySet
-from circuits.dictionaries.skipfit import NormalEquations, SkipFitConfig, fit_skip, fit_tokens
+from circuits.dictionaries.skipfit import NormalEquations, SkipFitConfig, fit_skip, fit_tokens, ioi_fit_prompts
 from circuits.errors import ConfigError
 from circuits.replacement import splice_hooks
 
@@ -133,9 +133,18 @@ def test_only_ioi_tokens_carry_weight_at_their_answer_position(tiny_model):
     assert sum(int((w > 0).sum()) for _, w in every) > sum(int((w > 0).sum()) for _, w in batches)
 
 
+def test_ioi_prompts_can_be_restricted_to_some_training_templates():
+    every = ioi_fit_prompts(CFG)
+    assert len({p.template for p in every}) > 8 and not any(p.heldout_template for p in every)
+    even = ioi_fit_prompts(dataclasses.replace(CFG, ioi_templates=(0, 2, 4)))
+    assert len(even) == len(every) and {p.template for p in even} == {0, 2, 4}
+    assert [p.order for p in even].count("ABBA") == CFG.ioi_prompts
+
+
 @pytest.mark.parametrize("change, match", [
     ({"ioi_weight": -1.0}, "ioi_weight"), ({"ioi_positions": "middle"}, "ioi_positions"), ({"sites": ()}, "sites"),
     ({"rows": 0, "ioi_prompts": 0}, "no fit tokens"), ({"corpus_phases": (9,)}, "corpus_phases"),
+    ({"ioi_templates": (99,)}, "ioi_templates"), ({"ioi_templates": ()}, "ioi_templates"),
 ])
 def test_bad_options_fail_in_one_line(change, match):
     with pytest.raises(ConfigError, match=match) as e:

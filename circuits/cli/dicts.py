@@ -211,7 +211,8 @@ def cmd_dicts_fit_skip(args) -> int:
                             "use --model organism")
     cfg = SkipFitConfig(sites=tuple(args.sites), rows=args.rows, ioi_prompts=args.ioi_prompts,
                         ioi_weight=args.ioi_weight, ioi_positions=args.ioi_positions, ridge=args.ridge,
-                        corpus_phases=tuple(args.phases))
+                        corpus_phases=tuple(args.phases),
+                        ioi_templates=tuple(args.ioi_templates) if args.ioi_templates else None)
     cfg.check()  # bad numbers: one line, before the model loads
     out = check_output_dir(args.out, "--out", force=args.force)
     from circuits.dictionaries import load_dictionaries
@@ -389,6 +390,8 @@ def add_parser(sub) -> None:
     k.add_argument("--ioi-weight", type=float, default=100.0, help="weight of each IOI token against a corpus token")
     k.add_argument("--ioi-positions", choices=["answer", "all"], default="answer",
                    help="IOI tokens fitted: each prompt's last position (default) or every position")
+    k.add_argument("--ioi-templates", type=int, nargs="+", default=None, metavar="T", help="only these training "
+                   "templates (indices 0-15) for the IOI prompts (default: all)")
     k.add_argument("--ridge", type=float, default=1e-4, help="ridge penalty on W_skip, relative to the mean input "
                    "energy")
     k.add_argument("--float16", action="store_true", help="store the weights in float16 (as the shipped sets)")

@@ -55,6 +55,7 @@ class SkipFitConfig:
     ioi_weight: float = 100.0  # weight of each IOI token the fit reads, against 1 per corpus token (see below)
     ioi_positions: str = "answer"  # "answer": each prompt's last position; "all": every position
     ridge: float = 1e-4  # λ relative to the mean diagonal of the weighted input Gram matrix
+    ioi_templates: tuple[int, ...] | None = None  # training-template indices the IOI prompts use (None: all)
 
     def check(self) -> None:
         """Raise `ConfigError` (one line) before any model or data is touched."""
@@ -64,6 +65,11 @@ class SkipFitConfig:
         for n, v in (("ioi_weight", self.ioi_weight), ("ridge", self.ridge)):
             if not (isinstance(v, (int, float)) and v == v and 0 <= v < float("inf")):
                 bad.append(f"{n} {v}: must be a finite number ≥ 0")
+        from circuits.organism.corpus import IOI_TRAIN_TEMPLATES
+
+        if self.ioi_templates is not None and (not self.ioi_templates or any(
+                not isinstance(t, int) or not 0 <= t < len(IOI_TRAIN_TEMPLATES) for t in self.ioi_templates)):
+            bad.append(f"ioi_templates {self.ioi_templates}: training-template indices 0-{len(IOI_TRAIN_TEMPLATES) - 1}")
         if self.ioi_positions not in ("answer", "all"):
             bad.append(f"ioi_positions {self.ioi_positions!r}: use 'answer' or 'all'")
         if not self.sites:
@@ -132,10 +138,28 @@ def with_skip(d):
     return new.to(d.W_enc.device)
 
 
+def ioi_fit_prompts(cfg: SkipFitConfig) -> list:
+    """`cfg.ioi_prompts` IOI prompts per name order from `ToyWorldCorpus(cfg.ioi_seed)` (training templates,
+    held-out names); with `cfg.ioi_templates`, the first ones of a longer draw whose template is among them."""
+    from circuits.organism.corpus import IOI_TRAIN_TEMPLATES, ToyWorldCorpus
+
+    corpus = ToyWorldCorpus(cfg.ioi_seed)
+    out = []
+    for order in ("ABBA", "BABA"):
+        if cfg.ioi_templates is None:
+            out += corpus.ioi_prompts(cfg.ioi_prompts, order)
+            continue
+        draw = cfg.ioi_prompts * (3 * len(IOI_TRAIN_TEMPLATES) // len(set(cfg.ioi_templates)) + 1)
+        kept = [p for p in corpus.ioi_prompts(draw, order) if p.template in cfg.ioi_templates][:cfg.ioi_prompts]
+        if len(kept) < cfg.ioi_prompts:  # 3x the expected draw: not reached in practice
+            raise ConfigError(f"skip fit: drew only {len(kept)} IOI prompts of templates {cfg.ioi_templates}")
+        out += kept
+    return out
+
+
 def fit_tokens(model, cfg: SkipFitConfig) -> list[tuple[Tensor, Tensor]]:
     """[(tokens [batch, pos], weight [batch, pos])]: the corpus blocks, then the IOI prompts (padding weight 0)."""
     from circuits.dictionaries.finetune import FinetuneConfig, RowStream
-    from circuits.organism.corpus import ToyWorldCorpus
     from circuits.organism.evaluate import padded_tokens
 
     out = []
@@ -144,8 +168,7 @@ def fit_tokens(model, cfg: SkipFitConfig) -> list[tuple[Tensor, Tensor]]:
         tokens = stream.block(cfg.first_block + i)[: cfg.rows - 16 * i]
         out.append((tokens, torch.ones(tokens.shape, dtype=torch.float64)))
     if cfg.ioi_prompts and cfg.ioi_weight:
-        corpus = ToyWorldCorpus(cfg.ioi_seed)
-        prompts = corpus.ioi_prompts(cfg.ioi_prompts, "ABBA") + corpus.ioi_prompts(cfg.ioi_prompts, "BABA")
+        prompts = ioi_fit_prompts(cfg)
         for i in range(0, len(prompts), 64):
             tokens, lengths = padded_tokens(model, [p.text for p in prompts[i:i + 64]])
             pos = torch.arange(tokens.shape[1])[None, :]
