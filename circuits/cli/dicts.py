@@ -201,6 +201,15 @@ def cmd_dicts_finetune(args) -> int:
     return 0
 
 
+def _save_set(dset, out: Path, float16: bool, record_name: str, record: dict) -> None:
+    """Save a post-processed set to `out` (float16 weights if asked) with a JSON record of how it was made."""
+    dset.save(out)
+    if float16:
+        from circuits.dictionaries.io import store_float16
+
+        store_float16(out)
+    (out / record_name).write_text(json.dumps(record, indent=2))
+
 def cmd_dicts_fit_skip(args) -> int:
     """`dicts fit-skip`: add a least-squares skip term to transcoders of a set (`circuits.dictionaries.skipfit`)."""
     from circuits.dictionaries.skipfit import SkipFitConfig
@@ -223,13 +232,8 @@ def cmd_dicts_fit_skip(args) -> int:
     dset = load_dictionaries(args.dicts, model)
     check_sites(dset, cfg.sites)
     new, report = fit_skip(model, dset, cfg, progress=not args.quiet)
-    new.save(out)
-    if args.float16:
-        from circuits.dictionaries.io import store_float16
-
-        store_float16(out)
-    (out / "skip_fit.json").write_text(json.dumps({"source": args.dicts, "config": dataclasses.asdict(cfg),
-                                                   "dictionaries": report}, indent=2))
+    _save_set(new, out, args.float16, "skip_fit.json", {"source": args.dicts, "config": dataclasses.asdict(cfg),
+                                                         "dictionaries": report})
     for name, r in report.items():
         ratio = r["weighted_sq_error_after"] / max(r["weighted_sq_error_before"], 1e-30)
         print(f"{name:14s} weighted squared error on the fit tokens x {ratio:.3f}")
@@ -254,13 +258,8 @@ def cmd_dicts_calibrate(args) -> int:
     model, _ = load_model(args.model, resolve_device(args.device))
     dset = load_dictionaries(args.dicts, model)
     report = calibrate_set(model, dset, cfg)
-    dset.save(out)
-    if args.float16:
-        from circuits.dictionaries.io import store_float16
-
-        store_float16(out)
-    (out / "calibration.json").write_text(json.dumps({"source": args.dicts, "config": dataclasses.asdict(cfg),
-                                                      "dictionaries": report}, indent=2))
+    _save_set(dset, out, args.float16, "calibration.json", {"source": args.dicts, "config": dataclasses.asdict(cfg),
+                                                             "dictionaries": report})
     for name, r in report.items():
         print(f"{name:14s} L0 {r['l0_before']:6.2f} -> {r['l0_after']:6.2f}")
     print(f"saved {len(dset)} dictionaries to {out}; measure them with `circuits dicts eval --dicts {out} --out FILE`")
