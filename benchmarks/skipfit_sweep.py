@@ -27,16 +27,15 @@ import torch
 @torch.no_grad()
 def text_fidelity(model, dset, sites: list[str], rows: int = 64) -> dict[str, float]:
     """{site: FVU, "dce <site>": CE increase alone, "dce all": CE increase with every member spliced} on held-out
-    rows, in batches of 16."""
-    from circuits.dictionaries.evaluate import heldout_tokens
+    rows, in batches of 16. The FVU here centres each batch of 16 rows on its own mean, so it is close to, not
+    equal to, `dicts eval`'s (centred over all its rows); the CE is `dicts eval`'s per-token loss."""
+    from circuits.dictionaries.evaluate import _ce_and_logprobs, heldout_tokens
     from circuits.replacement import splice_hooks
 
     tokens = heldout_tokens(model.cfg.n_ctx, rows, 0)
 
     def ce(t, hooks=()):
-        logits = model.run_with_hooks(t, fwd_hooks=list(hooks))
-        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                 t[:, 1:].reshape(-1)).item()
+        return _ce_and_logprobs(model, t, list(hooks))[0].mean().item()
 
     batches = [tokens[i:i + 16] for i in range(0, rows, 16)]
     clean = sum(ce(t) for t in batches) / len(batches)
