@@ -45,6 +45,11 @@ def test_normal_equations_solve_weighted_least_squares():
     ref = torch.linalg.lstsq(a, r.double() * w.double().sqrt()[:, None]).solution
     torch.testing.assert_close(W, ref[:6].T, rtol=0, atol=1e-9)
     torch.testing.assert_close(c, ref[6], rtol=0, atol=1e-9)
+    # the weighted squared error of any (W, c), from the accumulated sums alone
+    g2 = torch.Generator().manual_seed(1)
+    for W_, c_ in ((W, c), (torch.randn(4, 6, generator=g2).double(), torch.randn(4, generator=g2).double())):
+        direct = float((w.double() * (r.double() - x.double() @ W_.T - c_).pow(2).sum(-1)).sum())
+        assert eqs.weighted_error(W_, c_) == pytest.approx(direct, rel=1e-9)
     # ridge shrinks W (not c) toward 0: the weighted loss plus λ‖W‖² is smaller at the ridge solution
     Wr, cr = eqs.solve(ridge=10.0)
     lam = 10.0 * float(eqs.G.diagonal()[:6].mean())

@@ -98,11 +98,13 @@ def check_sites(dset: DictionarySet, sites: tuple[str, ...]) -> None:
 
 
 class NormalEquations:
-    """Running ``G = Σ w a aᵀ`` and ``H = Σ w a rᵀ`` for a = [x, 1], in float64."""
+    """Running ``G = Σ w a aᵀ``, ``H = Σ w a rᵀ`` and ``E = Σ w ‖r‖²`` for a = [x, 1], in float64: enough to solve
+    for the fit and to give the weighted squared error of any (W, c) without another pass over the tokens."""
 
     def __init__(self, d_in: int, d_out: int):
         self.G = torch.zeros(d_in + 1, d_in + 1, dtype=torch.float64)
         self.H = torch.zeros(d_in + 1, d_out, dtype=torch.float64)
+        self.E = 0.0
         self.weight = 0.0
 
     def add(self, x: Tensor, r: Tensor, w: Tensor) -> None:
@@ -111,6 +113,7 @@ class NormalEquations:
         wa = a * w.double()[:, None]
         self.G += wa.T @ a
         self.H += wa.T @ r.double()
+        self.E += float((w.double() * r.double().pow(2).sum(-1)).sum())
         self.weight += float(w.sum())
 
     def solve(self, ridge: float) -> tuple[Tensor, Tensor]:
@@ -120,6 +123,11 @@ class NormalEquations:
         reg = torch.diag(torch.cat([torch.full((d_in,), lam, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)]))
         sol = torch.linalg.solve(self.G + reg, self.H)  # [d_in + 1, d_out]
         return sol[:d_in].T.contiguous(), sol[d_in]
+
+    def weighted_error(self, W: Tensor, c: Tensor) -> float:
+        """Σ w ‖r − W x − c‖² = E − 2 tr(βᵀH) + tr(βᵀGβ) with β = [Wᵀ; c]."""
+        beta = torch.cat([W.T, c[None, :]]).double()
+        return self.E - 2 * float((beta * self.H).sum()) + float((beta * (self.G @ beta)).sum())
 
 
 def with_skip(d):
@@ -183,43 +191,29 @@ def fit_skip(model, dset: DictionarySet, cfg: SkipFitConfig = SkipFitConfig(), p
     """A new set in which each of `cfg.sites` has a least-squares skip term added (see the module docstring); the
     other members are `dset`'s own objects, and `dset` is not changed. Returns (set, {site:
     {"weighted_sq_error_before", "weighted_sq_error_after", "fit_weight", "w_skip_norm"}}) with the errors summed
-    over the fit tokens (times their weights; "fit_weight" is the weights' sum)."""
+    over the fit tokens (times their weights; "fit_weight" is the weights' sum), the one after the fit from the
+    normal equations in float64 (`NormalEquations.weighted_error`: one pass over the tokens, not two)."""
     from tqdm.auto import tqdm
 
     cfg.check()
     check_sites(dset, cfg.sites)
     sites = [dset.dictionaries[s] for s in cfg.sites]
-    batches = fit_tokens(model, cfg)
     eqs = {d.cfg.name: NormalEquations(d.cfg.d_in, d.cfg.d_out) for d in sites}
-    before = {d.cfg.name: 0.0 for d in sites}
-
-    def residuals(ds, tokens):
-        hooks = {h for d in ds for h in (d.hook_in, d.hook_out)}
+    hooks = {h for d in sites for h in (d.hook_in, d.hook_out)}
+    for tokens, w in tqdm(fit_tokens(model, cfg), desc="skip fit", disable=not progress):
         _, cache = model.run_with_cache(tokens.to(model.cfg.device or "cpu"), names_filter=lambda n: n in hooks)
-        for d in ds:
+        for d in sites:
             x = d.flatten_input(cache[d.hook_in]).reshape(-1, d.cfg.d_in)
-            y = cache[d.hook_out].reshape(-1, d.cfg.d_out)
-            yield d, x, y - d.reconstruct(d.encode(x), x)
-
-    for tokens, w in tqdm(batches, desc="skip fit", disable=not progress):
-        for d, x, r in residuals(sites, tokens):
+            r = cache[d.hook_out].reshape(-1, d.cfg.d_out) - d.reconstruct(d.encode(x), x)
             eqs[d.cfg.name].add(x.cpu(), r.cpu(), w.reshape(-1))
-            before[d.cfg.name] += float((r.double().pow(2).sum(-1).cpu() * w.reshape(-1)).sum())
     members = dict(dset.dictionaries)
-    fitted = []
+    report = {}
     for d in sites:
-        new = with_skip(d)
-        W, c = eqs[d.cfg.name].solve(cfg.ridge)
+        eq, new = eqs[d.cfg.name], with_skip(d)
+        W, c = eq.solve(cfg.ridge)
         new.W_skip += W.to(new.W_skip)
         new.b_dec += c.to(new.b_dec)
         members[d.cfg.name] = new
-        fitted.append(new)
-    after = {d.cfg.name: 0.0 for d in fitted}
-    for tokens, w in batches:
-        for d, _, r in residuals(fitted, tokens):
-            after[d.cfg.name] += float((r.double().pow(2).sum(-1).cpu() * w.reshape(-1)).sum())
-    out = DictionarySet(dset.model_name, members)
-    report = {d.cfg.name: {"weighted_sq_error_before": before[d.cfg.name], "weighted_sq_error_after":
-                           after[d.cfg.name], "fit_weight": eqs[d.cfg.name].weight,
-                           "w_skip_norm": float(d.W_skip.norm())} for d in fitted}
-    return out, report
+        report[d.cfg.name] = {"weighted_sq_error_before": eq.E, "weighted_sq_error_after": eq.weighted_error(W, c),
+                              "fit_weight": eq.weight, "w_skip_norm": float(new.W_skip.norm())}
+    return DictionarySet(dset.model_name, members), report
