@@ -145,7 +145,7 @@ def test_disk_full_while_building_dashboards_is_one_line_and_leaves_a_consistent
     import sqlite3
 
     db = tmp_path / "d.sqlite"
-    shim = ("import sys, circuits.dashboards as d\n"
+    shim = ("import sys, circuits.dashboards.store as d\n"
             "orig = d._connect\n"
             "def small(path):\n"
             "    con = orig(path)\n"

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from circuits.organism import corpus as C
+from circuits.organism import templates as T
 from circuits.organism import world as W
 
 N_SENTENCES = 20000
@@ -65,7 +66,7 @@ def test_slot_noised_ioi_keeps_the_task_and_varies_the_words():
         openings.add(s.split(" ")[0])
     assert len(openings) > 100  # the opening word is no cue
     lower, upper = C.noise_words()
-    assert not (set(lower) | set(upper)) & (set(W.NAMES) | {"to"} | C.heldout_only_words())
+    assert not (set(lower) | set(upper)) & (set(W.NAMES) | {"to"} | T.heldout_only_words())
 
 
 def test_world_sizes_meet_the_spec():

@@ -73,7 +73,8 @@ def test_the_panel_shows_explain_attention_of_the_default_head_and_key(app, orga
     graph's largest per-head edge part (`default_route`), and its pattern row, top pairs (without and with constant
     parts), per-side marginals and contrast nets equal `explain_attention` run here on the graph's prompt; the shown
     marginals with their constant parts sum to the score."""
-    from circuits.attribution.qk import default_route, explain_attention
+    from circuits.attribution.head_routes import default_route
+    from circuits.attribution.qk import explain_attention
 
     at = app
     full, g = at.session_state["graph"], _shown(at)
@@ -138,7 +139,7 @@ def test_the_panel_shows_explain_attention_of_the_default_head_and_key(app, orga
     at.radio(key="qk_quantity").set_value("score").run()
 
     # another head: its own strongest key; the results are kept per (graph, head, query, keys) in the session
-    from circuits.attribution.qk import head_shares
+    from circuits.attribution.head_routes import head_shares
 
     shares = head_shares(full, node)
     other_head = (head + 1) % shares.shape[0]
@@ -153,7 +154,8 @@ def test_the_panel_shows_explain_attention_of_the_default_head_and_key(app, orga
 def test_starting_from_an_incoming_edge_explains_its_strongest_head(app, organism_rm):
     """"On an edge through a head": choosing one of the feature's incoming edges explains the head carrying most
     of it, from the feature's position to the edge source's position — the value shown is `explain_attention`'s."""
-    from circuits.attribution.qk import edge_routes, explain_attention
+    from circuits.attribution.head_routes import edge_routes
+    from circuits.attribution.qk import explain_attention
 
     at = app
     full, g = at.session_state["graph"], _shown(at)

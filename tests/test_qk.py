@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuits.attribution.qk import explain_attention, qk_tables, stream_sources, strongest_routes
+from circuits.attribution.head_routes import qk_tables, strongest_routes
+from circuits.attribution.qk import explain_attention, stream_sources
 from circuits.graph import Node
 from circuits.model import hook_resid_pre
 from circuits.replacement import AttributionError, ReplacementModel
@@ -424,7 +425,7 @@ def test_head_shares_and_default_route(variants):
     edge by edge); `default_route` is its largest head and that head's largest position; autograd graphs and
     non-attention nodes have none."""
     from circuits.attribution import attribute
-    from circuits.attribution.qk import default_route, edge_routes, head_shares
+    from circuits.attribution.head_routes import default_route, edge_routes, head_shares
 
     rm = variants["all"]
     graph = attribute(rm, PROMPT)

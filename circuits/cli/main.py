@@ -29,7 +29,7 @@ import argparse
 import os
 import sys
 
-from circuits.cli import dashboards, dicts, graph, organism, study, trace
+from circuits.cli import attention, dashboards, dicts, graph, organism, study, trace
 from circuits.cli.common import report_error, warn
 from circuits.cli.runtime import check_device, configure_threads
 from circuits.errors import CircuitsError
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads (default: $CIRCUITS_THREADS, else $OMP_NUM_THREADS, else 1; docs/cli.md)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    for group in (organism, dicts, trace, graph, dashboards, study):  # the order of `circuits --help`
+    for group in (organism, dicts, trace, attention, graph, dashboards, study):  # the order of `circuits --help`
         group.add_parser(sub)
     return p
 

@@ -91,12 +91,12 @@ def _qk_from_edge(edges: list) -> None:
 def qk_panel(full, g, run: dict, node) -> None:
     """"Why this attention": the QK decomposition of one head's attention from the attention feature's position —
     the pattern row, the top (query-side, key-side) pairs, the per-side marginals, and a way to jump to those nodes.
-    Head and key default to the largest per-head part of the feature's incoming edges (`qk.default_route`)."""
+    Head and key default to the largest per-head part of the feature's incoming edges (`head_routes.default_route`)."""
     import pandas as pd
     import plotly.graph_objects as go
 
     from circuits import export
-    from circuits.attribution.qk import default_route, edge_routes, head_shares
+    from circuits.attribution.head_routes import default_route, edge_routes, head_shares
 
     s, ss = state(), st.session_state
     st.markdown("#### why this attention")

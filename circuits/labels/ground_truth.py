@@ -143,7 +143,7 @@ def heldout_top_tokens(rm, rows: Tensor, k: int = 10, batch_size: int = 32,
     """(dictionary, feature) → token ids at its top-k activating positions (activation > 0) over `rows`."""
     from tqdm.auto import tqdm
 
-    from circuits.dashboards import _codes_by_dictionary
+    from circuits.dashboards.build import _codes_by_dictionary
 
     best: dict[str, tuple[Tensor, Tensor]] = {}
     flat_tokens = rows.reshape(-1)

@@ -38,7 +38,7 @@ def pretokenize(text: str) -> list[str]:
 
 def vocabulary() -> list[str]:
     """The organism's vocabulary in id order: special tokens, then sorted corpus pieces and number pieces."""
-    from circuits.organism.corpus import all_corpus_words
+    from circuits.organism.templates import all_corpus_words
 
     pieces: set[str] = set()
     for word in all_corpus_words():

@@ -316,3 +316,41 @@ def map_prompts(spec: StudySpec, task: str, payload: dict, *, n: int, workers: i
     bar.close()
     results.sort(key=lambda r: r["index"])
     return results
+
+
+def connect_ray(address: str) -> None:
+    """Connect this process to the Ray cluster at `address` ("HOST:PORT" of a head started with ``ray start --head``,
+    ``ray://HOST:10001`` for Ray Client, or ``auto``), or raise `CircuitsError` saying what to do. The per-prompt
+    tasks (`circuits.studies.batch.map_prompts`) then run on it; see docs/ray.md. A process already connected to
+    Ray keeps its connection (call ``ray.shutdown()`` first to change clusters)."""
+    try:
+        import ray
+    except ImportError:
+        raise CircuitsError("a Ray address was given but the 'ray' package is not installed; pip install "
+                            "'circuits[interop]' (or 'ray') on every node, or run without --ray-address") from None
+    if ray.is_initialized():
+        return
+    _check_reachable(address)
+    try:
+        ray.init(address=address)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CircuitsError(f"cannot connect to the Ray cluster at {address!r} ({reason}); start one with `ray start "
+                            "--head` on the head node, or check --ray-address") from None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A TCP connect to HOST:PORT of `address` (``ray://`` stripped; ``auto`` skipped): ``ray.init`` retries an
+    unreachable address for many minutes (more than 10 measured), so a wrong address is caught here in seconds."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    if address == "auto" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise CircuitsError(f"cannot connect to the Ray cluster at {address!r} ({e}); start one with `ray start "
+                            "--head` on the head node, or check --ray-address") from None

@@ -33,12 +33,20 @@ from statistics import mean
 import torch
 
 from circuits.errors import CircuitsError
-from circuits.graph import FEATURE_KINDS
 from circuits.replacement import splice_hooks
 from circuits.studies import stats
 from circuits.studies.ablate import CONVENTION_LABELS, CONVENTIONS, Circuit
-from circuits.studies.base import OTHER, RoleKey, role_key_str
-from circuits.studies.batch import StudySpec, WorkerPool, build_state, check_not_bootstrapping, map_prompts
+from circuits.studies.aggregate import aggregated_graph, component_table, head_traffic, role_summary
+from circuits.studies.base import RoleKey, role_key_str
+from circuits.studies.batch import (
+    StudySpec,
+    WorkerPool,
+    WorkerState,
+    build_state,
+    check_not_bootstrapping,
+    connect_ray,
+    map_prompts,
+)
 
 CURVE_SIZES = (10, 20, 50, 100, 200)
 RANDOM_DRAWS = 3
@@ -282,44 +290,6 @@ def _sets_summary(state) -> dict:
     return out
 
 
-def connect_ray(address: str) -> None:
-    """Connect this process to the Ray cluster at `address` ("HOST:PORT" of a head started with ``ray start --head``,
-    ``ray://HOST:10001`` for Ray Client, or ``auto``), or raise `CircuitsError` saying what to do. The per-prompt
-    tasks (`circuits.studies.batch.map_prompts`) then run on it; see docs/ray.md. A process already connected to
-    Ray keeps its connection (call ``ray.shutdown()`` first to change clusters)."""
-    try:
-        import ray
-    except ImportError:
-        raise CircuitsError("a Ray address was given but the 'ray' package is not installed; pip install "
-                            "'circuits[interop]' (or 'ray') on every node, or run without --ray-address") from None
-    if ray.is_initialized():
-        return
-    _check_reachable(address)
-    try:
-        ray.init(address=address)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CircuitsError(f"cannot connect to the Ray cluster at {address!r} ({reason}); start one with `ray start "
-                            "--head` on the head node, or check --ray-address") from None
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """A TCP connect to HOST:PORT of `address` (``ray://`` stripped; ``auto`` skipped): ``ray.init`` retries an
-    unreachable address for many minutes (more than 10 measured), so a wrong address is caught here in seconds."""
-    import socket
-
-    target = address.removeprefix("ray://")
-    if address == "auto" or ":" not in target:
-        return
-    host, _, port = target.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except (OSError, ValueError) as e:
-        raise CircuitsError(f"cannot connect to the Ray cluster at {address!r} ({e}); start one with `ray start "
-                            "--head` on the head node, or check --ray-address") from None
-
-
 def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_address: str | None = None,
               top: int = 100, progress: bool = True, chunk_size: int = 8) -> StudyResult:
     """Run the study of `spec` (or the given `study` object, in-process) and return its result (see `report`).
@@ -338,9 +308,8 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     timings: dict[str, float] = {}
     state = build_state(spec, rm, study)
     given_study = study  # a study object given by the caller forces in-process work (it cannot be rebuilt by name)
-    rm, study = state.rm, state.study
+    rm = state.rm
     evaluation = state.sets["evaluation"]
-    roles = list(study.all_roles)
     metrics = dataset_metrics(rm, evaluation, spec.seed)
     sets = _sets_summary(state)
     fidelity = splice_fidelity(rm, evaluation, metrics["clean_mean"])
@@ -350,14 +319,33 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     run = dict(workers=workers, ray_address=ray_address, rm=rm, study=given_study, progress=progress,
                chunk_size=chunk_size, pool=pool)
     try:
-        return _run_passes(spec, state, rm, study, roles, metrics, sets, fidelity, timings, run, top, t0)
+        return _run_passes(_Passes(spec, state, run, top, t0, timings, metrics, sets, fidelity))
     finally:
         if pool is not None:
             pool.close()
 
 
-def _run_passes(spec, state, rm, study, roles, metrics, sets, fidelity, timings, run, top, t0) -> StudyResult:
+@dataclass
+class _Passes:
+    """What `run_study` sets up for its passes: the spec, the built state (model, study, prompt sets, reference
+    means), the keyword arguments of every `map_prompts` call (`run`: workers, Ray address, pool, ...), the
+    circuit size, the start time and timings so far, and the evaluation set's metrics, set summary and fidelity."""
+    spec: StudySpec
+    state: WorkerState
+    run: dict
+    top: int
+    t0: float
+    timings: dict
+    metrics: dict
+    sets: dict
+    fidelity: list
+
+
+def _run_passes(p: _Passes) -> StudyResult:
     """The passes of `run_study` over the prompt sets, then the analyses and the aggregated graph."""
+    spec, state, run, top, timings = p.spec, p.state, p.run, p.top, p.timings
+    rm, study = state.rm, state.study
+    roles = list(study.all_roles)
     evaluation, selection = state.sets["evaluation"], state.sets["selection"]
 
     t1 = time.perf_counter()
@@ -384,7 +372,7 @@ def _run_passes(spec, state, rm, study, roles, metrics, sets, fidelity, timings,
     timings["circuits_s"] = time.perf_counter() - t2
 
     table = faithfulness_table(pass2, plan, rankings, spec.seed)
-    clean_mean = metrics["clean_mean"]
+    clean_mean = p.metrics["clean_mean"]
     checks = {c.name: c.summarize([r["checks"][c.name] for r in pass2], clean_mean, spec.seed)
               for c in study.checks()}
     ig_gap = [sum(float(v[1].sum()) for v in r["scores"]["ig"].values()) + sum(r["ig_errors"].values())
@@ -396,9 +384,9 @@ def _run_passes(spec, state, rm, study, roles, metrics, sets, fidelity, timings,
                  "options": dict(spec.options), "ig_steps": spec.ig_steps, "top": top},
         "roles": roles,
         "metric": f"logit({study.answer_label}) − logit({study.wrong_label}) at the last position",
-        "sets": sets,
-        "metrics": metrics,
-        "fidelity": fidelity,
+        "sets": p.sets,
+        "metrics": p.metrics,
+        "fidelity": p.fidelity,
         "graphs": {"mean_nodes": mean(r["graph_nodes"] for r in pass1),
                    "mean_edges": mean(r["graph_edges"] for r in pass1)},
         "ig_completeness": {"mean_abs_gap": mean(abs(g) for g in ig_gap),
@@ -412,9 +400,9 @@ def _run_passes(spec, state, rm, study, roles, metrics, sets, fidelity, timings,
                      for k in features[: max(top, 200)]],
         "errors": sorted(({"node": role_key_str(k), "ig_mean": v, "effect_mean": effects.get(k, 0.0)}
                           for k, v in ig_errors.items()), key=lambda r: (-abs(r["ig_mean"]), r["node"]))[:40],
-        "roles_summary": _role_summary(ig, effects, study.all_roles),
-        "components": _components(pass1),
-        "traffic": _traffic(pass1),
+        "roles_summary": role_summary(ig, effects, study.all_roles),
+        "components": component_table(pass1),
+        "traffic": head_traffic(pass1),
         "curve": {**table, "random": [random_info[k] for k in sorted(random_info)],
                   "ablation": "reference-set mean of the same group at the same position"},
         "circuit": {"n_features": len(circuit), "n_candidates": len(features), "n_selection": n_sel,
@@ -425,7 +413,7 @@ def _run_passes(spec, state, rm, study, roles, metrics, sets, fidelity, timings,
     }
     if "test" in state.sets:
         t3 = time.perf_counter()
-        data["test"] = _test_set(spec, state, rankings, presence, top, run, study)
+        data["test"] = _test_set(p, rankings, presence)
         timings["test_s"] = time.perf_counter() - t3
     if run["pool"] is not None:
         run["pool"].close()  # the passes are done: the workers' memory is not needed for what follows
@@ -447,113 +435,20 @@ def _run_passes(spec, state, rm, study, roles, metrics, sets, fidelity, timings,
             data["qk"] = found
             timings["qk_s"] = time.perf_counter() - t5
     graph = aggregated_graph(study, spec, [r for r in pass2 if r["edges"]], pass1, circuit, ig, rm)
-    timings["total_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - p.t0
     return StudyResult(spec, study.title, data, graph, timings)
 
 
-def _test_set(spec, state, rankings, presence, top, run, study) -> dict:
+def _test_set(p: _Passes, rankings: dict, presence: dict) -> dict:
     """The circuit chosen on the selection prompts, scored on the test prompts (their own reference means)."""
+    spec, state, top, study = p.spec, p.state, p.top, p.state.study
     test = state.sets["test"]
     plan, _ = curve_plan(rankings, presence, spec.seed, [min(top, len(rankings["ig"]))], test=True)
     payload = {"set": "test", "curve": plan, "circuit": [], "context": {}, "checks": False}
-    records = map_prompts(spec, "evaluate", payload, n=len(test), desc=f"{spec.study}: test set", **run)
+    records = map_prompts(spec, "evaluate", payload, n=len(test), desc=f"{spec.study}: test set", **p.run)
     table = faithfulness_table(records, plan, {"ig": rankings["ig"]}, spec.seed)
     metrics = dataset_metrics(state.rm, test, spec.seed)
     return {"n": len(test), "n_reference": len(state.sets["test_reference"]), "metrics": metrics,
             "groups": state.means["test"].summary(test), "circuit": _headline(table, min(top, len(rankings["ig"]))),
             "conventions": table["conventions"], "full_metric": table["full_metric"],
             "description": getattr(study, "test_description", "")}
-
-
-def pstdev(values: list[float]) -> float:
-    """Population standard deviation (nan-safe: statistics.pstdev fails on nan)."""
-    m = mean(values)
-    return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5
-
-
-def _role_summary(ig: dict, effects: dict, roles) -> list[dict]:
-    rows = []
-    for role in roles:
-        row = {"role": role}
-        for kind in ("attn_feature", "mlp_feature", "attn_error", "mlp_error", "token"):
-            row[f"{kind}_effect"] = sum(v for k, v in effects.items() if k[0] == kind and k[2] == role)
-            row[f"{kind}_ig"] = sum(v for k, v in ig.items() if k[0] == kind and k[2] == role)
-        rows.append(row)
-    return rows
-
-
-def _components(pass1: list[dict]) -> list[dict]:
-    acc: dict = defaultdict(lambda: [0.0, 0.0])
-    for r in pass1:
-        for k, (f, e) in r["components"].items():
-            acc[k][0] += f / len(pass1)
-            acc[k][1] += e / len(pass1)
-    rows = [{"site": k[0], "layer": k[1], "head": k[2], "role": k[3], "features": v[0], "error": v[1],
-             "total": v[0] + v[1]} for k, v in acc.items()]
-    rows.sort(key=lambda r: (r["site"], r["layer"], r["head"], r["role"]))
-    return rows
-
-
-def _traffic(pass1: list[dict], top: int = 40) -> list[dict]:
-    acc: dict = defaultdict(float)
-    for r in pass1:
-        for k, v in r["traffic"].items():
-            acc[k] += v / len(pass1)
-    rows = [{"head": f"L{k[0]}H{k[1]}", "layer": k[0], "h": k[1], "from": k[2], "to": k[3], "effect": v}
-            for k, v in acc.items()]
-    rows.sort(key=lambda r: (-abs(r["effect"]), r["head"], r["from"], r["to"]))
-    return rows[:top]
-
-
-def aggregated_graph(study, spec: StudySpec, pass2: list[dict], pass1: list[dict], circuit: list[RoleKey],
-                     ig: dict, rm):
-    """A `Graph` over role nodes: position = role index (token_strings = role names), edges = mean over prompts of
-    the summed edges between the role nodes, activations = fraction of prompts on which the node is active."""
-    from circuits.graph import Graph, Node
-
-    roles = list(study.all_roles)
-    n_layers = rm.n_layers
-    edges: dict = defaultdict(float)
-    for r in pass2:
-        for k, v in r["edges"].items():
-            edges[k] += v / len(pass2)
-    presence: dict = defaultdict(int)
-    for r in pass1:
-        for k in r["effects"]:
-            presence[k] += 1
-    keys = set(circuit)
-    for s, t in edges:
-        keys.add(s)
-        keys.add(t)
-    keys = [k for k in keys if k[0] not in FEATURE_KINDS or k in set(circuit)]
-
-    def node_of(k: RoleKey) -> Node:
-        kind, layer, role, index = k
-        pos = roles.index(role) if role in roles else roles.index(OTHER)
-        if kind in ("logit", "logit_diff"):
-            return Node(kind, n_layers, pos, 0)
-        return Node(kind, layer, pos, index)
-
-    nodes = sorted({node_of(k): k for k in keys}.items(), key=lambda kv: (kv[0].order, kv[0].pos, kv[0].index))
-    row = {k: i for i, (_, k) in enumerate(nodes)}
-    pairs = sorted(((row[s], row[t], w) for (s, t), w in edges.items() if s in row and t in row and w != 0))
-    edge_index = torch.tensor([[t for _, t, _ in pairs], [s for s, _, _ in pairs]], dtype=torch.long).reshape(2, -1)
-    weight = torch.tensor([w for _, _, w in pairs], dtype=torch.float64)
-    acts = torch.tensor([presence[k] / len(pass1) if k[0] not in ("logit", "logit_diff") else 1.0
-                         for _, k in nodes], dtype=torch.float64)
-    target = torch.tensor([1.0 if k[0] in ("logit", "logit_diff") else 0.0 for _, k in nodes], dtype=torch.float64)
-    meta = {
-        "model": spec.model, "aggregated": True, "study": spec.study, "n_prompts": len(pass2),
-        "dictionaries": sorted(d.cfg.name for d in rm.dictionaries), "method": "aggregated",
-        "n_heads": rm.cfg.n_heads,
-        "token_strings": roles, "tokens": list(range(len(roles))), "bos_pos": None, "n_layers": n_layers,
-        "prompt": f"{study.title}: {len(pass2)} prompts aggregated by role",
-        "targets": [{"label": f"{study.answer_label} − {study.wrong_label}", "node": n.to_json(), "weight": 1.0,
-                     "value": 0.0, "probability": None} for n, k in nodes if k[0] in ("logit", "logit_diff")],
-        "note": "position = role (see token_strings); activation = fraction of prompts where the node is active; "
-                "edge = mean over prompts of the summed edges between the role nodes; "
-                "ig = mean integrated-gradient score under mean ablation",
-        "ig": {role_key_str(k): ig.get(k, 0.0) for _, k in nodes if k[0] in FEATURE_KINDS},
-    }
-    return Graph(nodes=tuple(n for n, _ in nodes), activations=acts, edge_index=edge_index, edge_weight=weight,
-                 metadata=meta, target_weights=target)
