@@ -96,6 +96,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               "no target: the time of the IOI per-head analysis (docs/ioi-heads.md)"),
     Benchmark("ioi-answer-position", "ioi_answer_position.py", ("--n", "200"), ("--n", "20"),
               "no target: a fidelity diagnostic (the last transcoder at the IOI answer position)"),
+    Benchmark("ioi-word-swap", "ioi_word_swap.py", ("--n", "32"), ("--n", "2", "--conditions", "OV"),
+              "no target: a fidelity diagnostic (replacement score of IOI graphs when words of a training template "
+              "are swapped for words no training IOI sentence uses; docs/skip-and-clt.md, probe 11)"),
     Benchmark("skipfit-sweep", "skipfit_sweep.py", ("--weights", "100", "300", "1000", "--prompts", "32"),
               ("--weights", "100", "--rows", "16", "--prompts", "1"),
               "no target: `dicts fit-skip` on the default set per IOI weight, replacement score of IOI graphs on "
