@@ -13,8 +13,8 @@ template and swaps words in it, one condition at a time:
 * ``OV``: both.
 
 None of the conditions is a held-out template. Each condition's prompts are drawn from the same random stream as
-the IOI study's held-out-template prompts (`IOIStudy("heldout").prompts`, the template list replaced by the one
-condition's template), so every condition has the same names, places and objects: the paired difference to
+the IOI study's held-out-template prompts (`IOIStudy("heldout", template_texts=(template,)).prompts`: the
+template list replaced by the one condition's template), so every condition has the same names, places and objects: the paired difference to
 ``T0`` (95% bootstrap interval over prompts) isolates the swapped words. For each set and condition it prints the
 replacement score of the IOI contrast graphs (issue 19's convention) and the largest error-node shares
 (`benchmarks/clt.py`'s `error_shares`: where the missing part sits).
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,19 +37,6 @@ CONDITIONS = {
 }
 
 
-@contextmanager
-def held_out_templates(templates: tuple[str, ...]):
-    """Put `templates` in place of the held-out IOI templates while the prompts are drawn (restored after)."""
-    import circuits.organism.corpus as corpus
-
-    saved = corpus.IOI_HELDOUT_TEMPLATES
-    corpus.IOI_HELDOUT_TEMPLATES = templates
-    try:
-        yield
-    finally:
-        corpus.IOI_HELDOUT_TEMPLATES = saved
-
-
 def check_conditions() -> None:
     """The conditions are what the docstring says: T0 is a training template, none is a held-out template, C2 uses
     only words of training IOI sentences, and V / O / OV each bring the held-out-only words named."""
@@ -58,8 +44,8 @@ def check_conditions() -> None:
 
     assert CONDITIONS["T0"] == T.IOI_TRAIN_TEMPLATES[0]
     assert not set(CONDITIONS.values()) & set(T.IOI_HELDOUT_TEMPLATES)
-    train_words, only = T._words_of(T._IOI_TRAINING_PARTS), T.ioi_heldout_only_words()
-    new = {c: T._words_of((t,)) - train_words for c, t in CONDITIONS.items()}
+    train_words, only = T.ioi_training_words(), T.ioi_heldout_only_words()
+    new = {c: T.words_of((t,)) - train_words for c, t in CONDITIONS.items()}
     assert new == {"T0": set(), "C2": set(), "V": {"mailed"}, "O": {"Once"}, "OV": {"Once", "mailed"}}, new
     assert all(w in only for words in new.values() for w in words)
 
@@ -87,8 +73,7 @@ def main() -> None:
     conditions = ["T0"] + [c for c in args.conditions if c != "T0"]
     prompts = {}
     for c in conditions:
-        with held_out_templates((CONDITIONS[c],)):
-            prompts[c] = IOIStudy("heldout").prompts(model, args.n, seed=0)
+        prompts[c] = IOIStudy("heldout", template_texts=(CONDITIONS[c],)).prompts(model, args.n, seed=0)
     print(f"IOI contrast graphs of {args.n} prompts per condition; paired differences to T0 (95% bootstrap)")
     for name in args.dicts:
         dset = load_dictionaries(name, model)

@@ -150,3 +150,19 @@ def test_successor_and_pronoun_heldout_carriers_unused(train_sentences):
     assert not any("In order," in s for s in train_sentences["successor"])
     assert all("stayed at the" in t or "opened the" in t for t in C.PRONOUN_HELDOUT_TEMPLATES)
     assert not any("stayed at the" in s or "opened the" in s for s in train_sentences["pronoun"])
+
+
+def test_ioi_prompts_with_other_templates_keep_the_random_stream():
+    """`templates` replaces the template list but not the draws: with one template of the same placeholders, the
+    names, order and slot fillers are those of the default held-out stream, and only the template's words change."""
+    corpus = C.ToyWorldCorpus(0)
+    tmpl = "Once {A} and {B} went to the {place}, {S} mailed a {object} to"
+    other = "When {A} and {B} went to the {place}, {S} gave a {object} to"
+    a = corpus.ioi_prompts(8, "ABBA", heldout_templates=True, templates=(tmpl,))
+    b = corpus.ioi_prompts(8, "ABBA", heldout_templates=True, templates=(other,))
+    default = corpus.ioi_prompts(8, "ABBA", heldout_templates=True)
+    assert all(p.text.startswith("Once ") and " mailed a " in p.text for p in a)
+    assert [(p.io, p.s) for p in a] == [(p.io, p.s) for p in b]
+    assert [p.text.split()[-2] for p in a] == [p.text.split()[-2] for p in b]  # the same object
+    assert [p.text.split()[7] for p in a] == [p.text.split()[7] for p in b]  # the same place ("the {place},")
+    assert corpus.ioi_prompts(8, "ABBA", heldout_templates=True) == default  # the default is unchanged

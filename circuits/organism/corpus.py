@@ -406,10 +406,16 @@ class ToyWorldCorpus:
     # -- evaluation prompts -------------------------------------------------------------------------------------
 
     def ioi_prompts(self, n: int, order: Literal["ABBA", "BABA"], heldout_templates: bool = False,
-                    names: tuple[str, ...] = W.IOI_HELDOUT_NAMES) -> list[IOIPrompt]:
-        """IOI prompts on pairs of held-out names (by default: unseen pairs), from training or held-out templates."""
+                    names: tuple[str, ...] = W.IOI_HELDOUT_NAMES,
+                    templates: tuple[str, ...] | None = None) -> list[IOIPrompt]:
+        """IOI prompts on pairs of held-out names (by default: unseen pairs), from training or held-out templates.
+
+        `templates` replaces that template list (diagnostics: `benchmarks/ioi_word_swap.py`); the random stream is
+        still the one of `heldout_templates`, so with one template of the same placeholders every such list draws the
+        same names, places and objects."""
         rng = self.rng(f"eval-ioi-{order}-{heldout_templates}", 0)
-        templates = IOI_HELDOUT_TEMPLATES if heldout_templates else IOI_TRAIN_TEMPLATES
+        if templates is None:
+            templates = IOI_HELDOUT_TEMPLATES if heldout_templates else IOI_TRAIN_TEMPLATES
         out = []
         for _ in range(n):
             t = rng.randrange(len(templates))

@@ -314,19 +314,25 @@ _IOI_TRAINING_PARTS: tuple[str, ...] = (
 )
 
 
-def _words_of(templates: tuple[str, ...]) -> set[str]:
+def words_of(templates: tuple[str, ...]) -> set[str]:
+    """The words (placeholders left out) of `templates`."""
     return {w for t in templates for w in _template_words(t)}
+
+
+def ioi_training_words() -> frozenset[str]:
+    """Every word a training IOI sentence can be built from (templates, frames, verb phrases, actions, fillers)."""
+    return frozenset(words_of(_IOI_TRAINING_PARTS))
 
 
 def ioi_heldout_only_words() -> frozenset[str]:
     """Words of the held-out IOI templates that no training IOI template, frame, verb phrase or action uses."""
-    return frozenset(_words_of(IOI_HELDOUT_TEMPLATES) - _words_of(_IOI_TRAINING_PARTS))
+    return frozenset(words_of(IOI_HELDOUT_TEMPLATES) - ioi_training_words())
 
 
 def heldout_only_words() -> frozenset[str]:
     """Words that only held-out templates and carriers use (IOI, successor, pronoun): never noise."""
-    heldout = _words_of(IOI_HELDOUT_TEMPLATES + SUCCESSOR_HELDOUT_CARRIERS + PRONOUN_HELDOUT_TEMPLATES)
-    train = _words_of(_IOI_TRAINING_PARTS + SUCCESSOR_TRAIN_CARRIERS + PRONOUN_TRAIN_TEMPLATES)
+    heldout = words_of(IOI_HELDOUT_TEMPLATES + SUCCESSOR_HELDOUT_CARRIERS + PRONOUN_HELDOUT_TEMPLATES)
+    train = words_of(_IOI_TRAINING_PARTS + SUCCESSOR_TRAIN_CARRIERS + PRONOUN_TRAIN_TEMPLATES)
     return frozenset((heldout - train) | ioi_heldout_only_words())
 
 

@@ -67,10 +67,15 @@ class IOIStudy(Study):
     test_description = ("structurally new templates (names as objects, another clause order, a longer IO–S2 "
                         "distance, other connectives) on held-out names, from a reserved seed")
 
-    def __init__(self, templates: str = "heldout"):
+    def __init__(self, templates: str = "heldout", template_texts: tuple[str, ...] | None = None):
+        """`templates`: which template split the prompts come from; `template_texts` replaces that split's template
+        list while keeping its random stream (`ToyWorldCorpus.ioi_prompts`; word-swap diagnostics)."""
         if templates not in ("heldout", "train", "all"):
             raise ValueError(f"templates must be 'heldout', 'train' or 'all', got {templates!r}")
+        if template_texts is not None and templates == "all":
+            raise ValueError("template_texts replaces one split's templates: use templates='heldout' or 'train'")
         self.templates = templates
+        self.template_texts = template_texts
 
     def test_sets(self, model, n: int, seed: int) -> dict[str, list[StudyPrompt]]:
         groups = 2 * len(TEST_TEMPLATES)
@@ -134,7 +139,7 @@ class IOIStudy(Study):
         for order, count in (("ABBA", n // 2), ("BABA", n - n // 2)):
             per = [count // len(sets) + (i < count % len(sets)) for i in range(len(sets))]
             for heldout, k in zip(sets, per, strict=True):
-                raw += corpus.ioi_prompts(k, order, heldout_templates=heldout)
+                raw += corpus.ioi_prompts(k, order, heldout_templates=heldout, templates=self.template_texts)
         out = []
         for i, p in enumerate(raw):
             tset = "heldout" if p.heldout_template else "train"
