@@ -1,4 +1,4 @@
-"""`circuits dicts train | eval | finetune | fit-skip | calibrate | convert`: transcoders and attention-output SAEs."""
+"""`circuits dicts train | eval | finetune | fit-skip | fit-decoder | calibrate | convert`: transcoders and attention-output SAEs."""
 
 from __future__ import annotations
 
@@ -212,28 +212,38 @@ def _save_set(dset, out: Path, float16: bool, record_name: str, record: dict) ->
 
 def cmd_dicts_fit_skip(args) -> int:
     """`dicts fit-skip`: add a least-squares skip term to transcoders of a set (`circuits.dictionaries.skipfit`)."""
-    from circuits.dictionaries.skipfit import SkipFitConfig
+    return _least_squares_fit(args, "skip")
+
+
+def cmd_dicts_fit_decoder(args) -> int:
+    """`dicts fit-decoder`: refit decoders of a set by least squares, codes fixed (`skipfit.fit_decoder`)."""
+    return _least_squares_fit(args, "decoder")
+
+
+def _least_squares_fit(args, part: str) -> int:
+    """The two least-squares fits onto a set's errors: a skip term (``part`` "skip") or the decoders ("decoder")."""
+    from circuits.dictionaries.skipfit import DecoderFitConfig, SkipFitConfig
     from circuits.inputs import check_output_dir
 
     if args.model != "organism":
-        raise CircuitsError(f"the skip fit reads the organism's corpus and IOI prompts, not {args.model!r}'s; "
+        raise CircuitsError(f"the {part} fit reads the organism's corpus and IOI prompts, not {args.model!r}'s; "
                             "use --model organism")
-    cfg = SkipFitConfig(sites=tuple(args.sites), rows=args.rows, ioi_prompts=args.ioi_prompts,
-                        ioi_weight=args.ioi_weight, ioi_positions=args.ioi_positions, ridge=args.ridge,
-                        corpus_phases=tuple(args.phases),
-                        ioi_templates=tuple(args.ioi_templates) if args.ioi_templates else None)
+    cfg = (SkipFitConfig if part == "skip" else DecoderFitConfig)(
+        sites=tuple(args.sites), rows=args.rows, ioi_prompts=args.ioi_prompts, ioi_weight=args.ioi_weight,
+        ioi_positions=args.ioi_positions, ridge=args.ridge, corpus_phases=tuple(args.phases),
+        ioi_templates=tuple(args.ioi_templates) if args.ioi_templates else None)
     cfg.check()  # bad numbers: one line, before the model loads
     out = check_output_dir(args.out, "--out", force=args.force)
     from circuits.dictionaries import load_dictionaries
-    from circuits.dictionaries.skipfit import check_sites, fit_skip
+    from circuits.dictionaries.skipfit import check_decoder_sites, check_sites, fit_decoder, fit_skip
     from circuits.model import load_model
 
     model, _ = load_model(args.model, resolve_device(args.device))
     dset = load_dictionaries(args.dicts, model)
-    check_sites(dset, cfg.sites)
-    new, report = fit_skip(model, dset, cfg, progress=not args.quiet)
-    _save_set(new, out, args.float16, "skip_fit.json", {"source": args.dicts, "config": dataclasses.asdict(cfg),
-                                                         "dictionaries": report})
+    (check_sites if part == "skip" else check_decoder_sites)(dset, cfg.sites)
+    new, report = (fit_skip if part == "skip" else fit_decoder)(model, dset, cfg, progress=not args.quiet)
+    _save_set(new, out, args.float16, f"{part}_fit.json", {"source": args.dicts, "config": dataclasses.asdict(cfg),
+                                                           "dictionaries": report})
     for name, r in report.items():
         ratio = r["weighted_sq_error_after"] / max(r["weighted_sq_error_before"], 1e-30)
         print(f"{name:14s} weighted squared error on the fit tokens x {ratio:.3f}")
@@ -376,28 +386,16 @@ def add_parser(sub) -> None:
 
     k = dicts.add_parser("fit-skip", help="add a skip term W_skip to transcoders of a set by weighted least squares "
                          "on their errors (corpus tokens + IOI training-template prompts); features unchanged")
-    k.add_argument("--model", default="organism")
-    k.add_argument("--dicts", default="organism", help="a set name or a set folder")
-    k.add_argument("--out", required=True, help="folder for the new set (and skip_fit.json)")
-    k.add_argument("--sites", nargs="+", default=["transcoder_L3"], metavar="SITE", help="transcoders to fit "
-                   "(default transcoder_L3)")
-    k.add_argument("--rows", type=int, default=2560, help="corpus rows (weight 1 per token)")
-    k.add_argument("--phases", type=int, nargs="+", default=[3, 5], metavar="P", help="organism corpus phases, "
-                   "block by block (default 3 5: natural text and the IOI mix)")
-    k.add_argument("--ioi-prompts", type=int, default=600, help="IOI prompts per name order (training templates, "
-                   "held-out names)")
-    k.add_argument("--ioi-weight", type=float, default=100.0, help="weight of each IOI token against a corpus token")
-    k.add_argument("--ioi-positions", choices=["answer", "all"], default="answer",
-                   help="IOI tokens fitted: each prompt's last position (default) or every position")
-    k.add_argument("--ioi-templates", type=int, nargs="+", default=None, metavar="T", help="only these training "
-                   "templates (indices 0-15) for the IOI prompts (default: all)")
-    k.add_argument("--ridge", type=float, default=1e-4, help="ridge penalty on W_skip, relative to the mean input "
-                   "energy")
-    k.add_argument("--float16", action="store_true", help="store the weights in float16 (as the shipped sets)")
-    k.add_argument("--force", action="store_true", help="write into a non-empty folder")
-    k.add_argument("--quiet", action="store_true")
-    add_device_option(k)
+    _add_fit_options(k, ["transcoder_L3"], "transcoders to fit (default transcoder_L3)", "answer", 1e-4,
+                     "ridge penalty on W_skip, relative to the mean input energy")
     k.set_defaults(func=cmd_dicts_fit_skip)
+    k = dicts.add_parser("fit-decoder", help="refit the decoders (W_dec, b_dec) of dictionaries of a set by weighted "
+                         "least squares on their errors (corpus tokens + IOI training-template prompts); every code "
+                         "unchanged")
+    _add_fit_options(k, ["attn_sae_L0"], "per-layer dictionaries to refit (default attn_sae_L0)", "all", 1e-2,
+                     "ridge penalty on the decoder change, relative to the mean code energy (a rarely firing "
+                     "feature's row stays near where it was)")
+    k.set_defaults(func=cmd_dicts_fit_decoder)
 
     c = dicts.add_parser("calibrate", help="shift the thresholds of a set so that every dictionary has one mean L0 "
                          "on clean inputs (spends an L0 budget on reconstruction; encoders and decoders unchanged)")
@@ -419,3 +417,26 @@ def add_parser(sub) -> None:
     v.add_argument("--model-name", default=None)
     v.add_argument("--force", action="store_true", help="write into a non-empty folder")
     v.set_defaults(func=cmd_dicts_convert)
+
+
+def _add_fit_options(k, sites: list[str], sites_help: str, positions: str, ridge: float, ridge_help: str) -> None:
+    """The options `dicts fit-skip` and `dicts fit-decoder` share (`skipfit.SkipFitConfig`)."""
+    k.add_argument("--model", default="organism")
+    k.add_argument("--dicts", default="organism", help="a set name or a set folder")
+    k.add_argument("--out", required=True, help="folder for the new set (and its fit record)")
+    k.add_argument("--sites", nargs="+", default=sites, metavar="SITE", help=sites_help)
+    k.add_argument("--rows", type=int, default=2560, help="corpus rows (weight 1 per token)")
+    k.add_argument("--phases", type=int, nargs="+", default=[3, 5], metavar="P", help="organism corpus phases, "
+                   "block by block (default 3 5: natural text and the IOI mix)")
+    k.add_argument("--ioi-prompts", type=int, default=600, help="IOI prompts per name order (training templates, "
+                   "held-out names)")
+    k.add_argument("--ioi-weight", type=float, default=100.0, help="weight of each IOI token against a corpus token")
+    k.add_argument("--ioi-positions", choices=["answer", "all"], default=positions,
+                   help=f"IOI tokens fitted: each prompt's last position or every position (default {positions})")
+    k.add_argument("--ioi-templates", type=int, nargs="+", default=None, metavar="T", help="only these training "
+                   "templates (indices 0-15) for the IOI prompts (default: all)")
+    k.add_argument("--ridge", type=float, default=ridge, help=ridge_help)
+    k.add_argument("--float16", action="store_true", help="store the weights in float16 (as the shipped sets)")
+    k.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    k.add_argument("--quiet", action="store_true")
+    add_device_option(k)

@@ -73,7 +73,7 @@ class SkipFitConfig:
         if self.ioi_positions not in ("answer", "all"):
             bad.append(f"ioi_positions {self.ioi_positions!r}: use 'answer' or 'all'")
         if not self.sites:
-            bad.append("sites: name at least one transcoder, e.g. transcoder_L3")
+            bad.append("sites: name at least one dictionary, e.g. transcoder_L3")
         if self.rows == 0 and (self.ioi_prompts == 0 or self.ioi_weight == 0):
             bad.append("no fit tokens: rows 0 and no weighted IOI prompts")
         if not self.corpus_phases or any(p not in (1, 2, 3, 4, 5) for p in self.corpus_phases):
@@ -107,12 +107,18 @@ class NormalEquations:
         self.E = 0.0
         self.weight = 0.0
 
-    def add(self, x: Tensor, r: Tensor, w: Tensor) -> None:
-        """x [n, d_in], r [n, d_out], w [n] (tokens of weight 0 add nothing)."""
+    def add(self, x: Tensor, r: Tensor, w: Tensor, sparse: bool = False) -> None:
+        """x [n, d_in], r [n, d_out], w [n] (tokens of weight 0 add nothing). ``sparse``: x is mostly zeros (a
+        dictionary's codes), so the products run over its nonzero entries only (same sums)."""
         a = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
         wa = a * w.double()[:, None]
-        self.G += wa.T @ a
-        self.H += wa.T @ r.double()
+        if sparse:
+            wa_t = wa.T.to_sparse()  # [d_in + 1, n]: about L0 + 1 entries per token
+            self.G += torch.sparse.mm(wa_t, a)
+            self.H += torch.sparse.mm(wa_t, r.double())
+        else:
+            self.G += wa.T @ a
+            self.H += wa.T @ r.double()
         self.E += float((w.double() * r.double().pow(2).sum(-1)).sum())
         self.weight += float(w.sum())
 
@@ -216,4 +222,76 @@ def fit_skip(model, dset: DictionarySet, cfg: SkipFitConfig = SkipFitConfig(), p
         members[d.cfg.name] = new
         report[d.cfg.name] = {"weighted_sq_error_before": eq.E, "weighted_sq_error_after": eq.weighted_error(W, c),
                               "fit_weight": eq.weight, "w_skip_norm": float(new.W_skip.norm())}
+    return DictionarySet(dset.model_name, members), report
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderFitConfig(SkipFitConfig):
+    """`fit_decoder`'s options: those of the skip fit, with defaults for decoders (every IOI position, a stronger
+    ridge: a rarely firing feature's decoder row has little data and should stay near where training left it)."""
+
+    sites: tuple[str, ...] = ("attn_sae_L0",)
+    ioi_positions: str = "all"
+    ridge: float = 1e-2
+
+
+def check_decoder_sites(dset: DictionarySet, sites: tuple[str, ...]) -> None:
+    """`ConfigError` unless every site is a per-layer dictionary of the set (a CLT layer's features write several
+    layers, and its error at one layer is not a least-squares problem in that layer's decoders alone)."""
+    from circuits.dictionaries.clt import CLTLayer
+
+    for s in sites:
+        d = dset.dictionaries.get(s)
+        if d is None or isinstance(d, CLTLayer):
+            have = [d.cfg.name for d in dset if not isinstance(d, CLTLayer)]
+            raise ConfigError(f"decoder fit: {s!r} is not a per-layer dictionary of the set; choose from {have}")
+
+
+@torch.no_grad()
+def fit_decoder(model, dset: DictionarySet, cfg: DecoderFitConfig = DecoderFitConfig(), progress: bool = True
+                ) -> tuple[DictionarySet, dict[str, dict]]:
+    """A new set in which each of `cfg.sites` has its decoder refitted by weighted ridge least squares with its
+    codes held fixed; the other members are `dset`'s own objects, and `dset` is not changed.
+
+    For each site the residual ``r = y − reconstruction(x)`` (the error node) is regressed on ``[codes, 1]`` over
+    the fit tokens of `fit_tokens` (weights w_t as for the skip fit):
+
+        minimise over ΔW, c    Σ_t w_t ‖r_t − codes_t ΔW − c‖²  +  λ ‖ΔW‖²,   λ = ridge · mean_i Σ_t w_t codes_ti²
+
+    and ``W_dec += ΔW``, ``b_dec += c``. The ridge pulls each decoder row toward where training left it, the more
+    so the less its feature fires on the fit tokens (a feature that never fires there keeps its row exactly). The
+    encoder side is unchanged, and so is every code: an attention SAE centres its input on b_dec (``b_in`` is
+    ``b_dec``), so its move c is folded into the encoder bias, ``b_enc += c · W_enc``, which leaves
+    ``(x − b_in) · W_enc + b_enc`` as it was. Returns (set, {site: {"weighted_sq_error_before",
+    "weighted_sq_error_after", "fit_weight", "decoder_change_norm", "decoder_norm"}}), the error after the fit from
+    the normal equations (`NormalEquations.weighted_error`)."""
+    import copy
+
+    from tqdm.auto import tqdm
+
+    cfg.check()
+    check_decoder_sites(dset, cfg.sites)
+    sites = [dset.dictionaries[s] for s in cfg.sites]
+    eqs = {d.cfg.name: NormalEquations(d.cfg.d_sae, d.cfg.d_out) for d in sites}
+    hooks = {h for d in sites for h in (d.hook_in, d.hook_out)}
+    for tokens, w in tqdm(fit_tokens(model, cfg), desc="decoder fit", disable=not progress):
+        _, cache = model.run_with_cache(tokens.to(model.cfg.device or "cpu"), names_filter=lambda n: n in hooks)
+        for d in sites:
+            x = d.flatten_input(cache[d.hook_in]).reshape(-1, d.cfg.d_in)
+            codes = d.encode(x)
+            r = cache[d.hook_out].reshape(-1, d.cfg.d_out) - d.reconstruct(codes, x)
+            eqs[d.cfg.name].add(codes.cpu(), r.cpu(), w.reshape(-1), sparse=True)
+    members = dict(dset.dictionaries)
+    report = {}
+    for d in sites:
+        eq, new = eqs[d.cfg.name], copy.deepcopy(d)
+        dW, c = eq.solve(cfg.ridge)  # dW [d_out, d_sae]
+        new.W_dec += dW.T.to(new.W_dec)
+        if new.b_in is new.b_dec:  # attention SAE: keep (x − b_dec) · W_enc + b_enc, hence every code
+            new.b_enc += c.to(new.W_enc) @ new.W_enc
+        new.b_dec += c.to(new.b_dec)
+        members[d.cfg.name] = new
+        report[d.cfg.name] = {"weighted_sq_error_before": eq.E, "weighted_sq_error_after": eq.weighted_error(dW, c),
+                              "fit_weight": eq.weight, "decoder_change_norm": float(dW.norm()),
+                              "decoder_norm": float(d.W_dec.norm())}
     return DictionarySet(dset.model_name, members), report
