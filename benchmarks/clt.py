@@ -3,7 +3,8 @@
 ``python benchmarks/clt.py compare --sets organism organism-skip organism-clt --prompts 8 --out FILE.json``
 ``python benchmarks/clt.py errors --sets organism --prompts 4`` (where the error nodes' influence sits)
 ``python benchmarks/clt.py scores --sets organism --prompts 8 --split train`` (the replacement score under the
-target's convention and two labelled variants: BOS folded, transcoders only)
+target's convention and two labelled variants: BOS folded, transcoders only); ``--task induction`` or ``two_hop``
+scores those case studies' contrast graphs instead (does a fit aimed at IOI cost the other circuits?)
 ``python benchmarks/clt.py gpt2 [--d-sae 24576] [--k 30] [--layers 12] [--pos 64] [--tolerance 1e-3] [--quick]
 [--profile] [--out FILE.json] [--micro]``: a GPT-2-small-shaped random model (`gpt2_shaped`) with random TopK attention SAEs
 and one random TopK CLT of d_sae features per layer; prints where the time goes, the peak resident memory and issue
@@ -144,17 +145,29 @@ def paired_difference(first: list[float], other: list[float]):
     return mean_interval([b - a for a, b in zip(first, other, strict=True)])
 
 
-def scores(sets: list[str], n_graphs: int, split: str) -> None:
+def task_prompts(model, task: str, n: int, split: str) -> tuple[list, str]:
+    """(prompts, description): the IOI case study's prompts of `split`, or (to check that a fit aimed at IOI costs
+    the other circuits nothing) the induction or two-hop case study's, seed 0 as the IOI ones."""
+    if task == "ioi":
+        from circuits.studies.ioi import IOIStudy
+
+        return IOIStudy(split).prompts(model, n, seed=0), f"IOI contrast graphs of {n} {split}-template prompts"
+    from circuits.studies.induction import InductionStudy
+    from circuits.studies.two_hop import TwoHopStudy
+
+    study = InductionStudy() if task == "induction" else TwoHopStudy()
+    return study.prompts(model, n, seed=0), f"{task} contrast graphs (answer vs the study's wrong token) of {n} prompts"
+
+
+def scores(sets: list[str], n_graphs: int, split: str, task: str = "ioi") -> None:
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
-    from circuits.studies.ioi import IOIStudy
 
     model, _ = load_model("organism")
-    prompts = IOIStudy(split).prompts(model, n_graphs, seed=0)
+    prompts, what = task_prompts(model, task, n_graphs, split)
     first: dict = {}
     for name in sets:
-        print(f"{name}: IOI contrast graphs of {n_graphs} {split}-template prompts (mean [95% bootstrap interval "
-              "over prompts]; min replacement)")
+        print(f"{name}: {what} (mean [95% bootstrap interval over prompts]; min replacement)")
         for variant, r in score_variants(model, load_dictionaries(name, model), prompts).items():
             ci = r["replacement_ci"]
             line = (f"  {variant:<40} replacement {r['replacement']:.4f} [{ci['lo']:.4f}, {ci['hi']:.4f}] "
@@ -481,6 +494,8 @@ def main() -> None:
     s.add_argument("--prompts", type=int, default=8)
     s.add_argument("--split", choices=["train", "heldout"], default="train",
                    help="IOI case study prompts: training templates (for development) or held-out templates")
+    s.add_argument("--task", choices=["ioi", "induction", "two_hop"], default="ioi", help="whose case study's "
+                   "prompts (induction and two-hop have no template split: --split is ignored)")
     b = sub.add_parser("gpt2")
     b.add_argument("--d-sae", type=int, default=24576, help="CLT and attention-SAE features per layer")
     b.add_argument("--k", type=int, default=30, help="TopK: active features per dictionary, layer and position")
@@ -517,7 +532,7 @@ def main() -> None:
         errors(args.sets, args.prompts, args.split)
         return
     if args.mode == "scores":
-        scores(args.sets, args.prompts, args.split)
+        scores(args.sets, args.prompts, args.split, args.task)
         return
     res = compare(args.sets, args.ld_prompts, args.prompts)
     if args.out:
