@@ -145,26 +145,30 @@ def paired_difference(first: list[float], other: list[float]):
     return mean_interval([b - a for a, b in zip(first, other, strict=True)])
 
 
-def task_prompts(model, task: str, n: int, split: str) -> tuple[list, str]:
+def task_prompts(model, task: str, n: int, split: str, seed: int = 0) -> tuple[list, str]:
     """(prompts, description): the IOI case study's prompts of `split`, or (to check that a fit aimed at IOI costs
-    the other circuits nothing) the induction or two-hop case study's, seed 0 as the IOI ones."""
+    the other circuits nothing) the induction or two-hop case study's. Seed 0 gives the target's prompts; another
+    seed draws other names, places and objects (held-out templates stay held-out templates)."""
+    seeded = f", seed {seed}" if seed else ""
     if task == "ioi":
         from circuits.studies.ioi import IOIStudy
 
-        return IOIStudy(split).prompts(model, n, seed=0), f"IOI contrast graphs of {n} {split}-template prompts"
+        return (IOIStudy(split).prompts(model, n, seed=seed),
+                f"IOI contrast graphs of {n} {split}-template prompts{seeded}")
     from circuits.studies.induction import InductionStudy
     from circuits.studies.two_hop import TwoHopStudy
 
     study = InductionStudy() if task == "induction" else TwoHopStudy()
-    return study.prompts(model, n, seed=0), f"{task} contrast graphs (answer vs the study's wrong token) of {n} prompts"
+    return (study.prompts(model, n, seed=seed),
+            f"{task} contrast graphs (answer vs the study's wrong token) of {n} prompts{seeded}")
 
 
-def scores(sets: list[str], n_graphs: int, split: str, task: str = "ioi") -> None:
+def scores(sets: list[str], n_graphs: int, split: str, task: str = "ioi", seed: int = 0) -> None:
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
 
     model, _ = load_model("organism")
-    prompts, what = task_prompts(model, task, n_graphs, split)
+    prompts, what = task_prompts(model, task, n_graphs, split, seed)
     first: dict = {}
     for name in sets:
         print(f"{name}: {what} (mean [95% bootstrap interval over prompts]; min replacement)")
@@ -496,6 +500,8 @@ def main() -> None:
                    help="IOI case study prompts: training templates (for development) or held-out templates")
     s.add_argument("--task", choices=["ioi", "induction", "two_hop"], default="ioi", help="whose case study's "
                    "prompts (induction and two-hop have no template split: --split is ignored)")
+    s.add_argument("--seed", type=int, default=0, help="prompt draw (0: the target's prompts; another seed: "
+                   "other prompts of the same templates, e.g. a larger sample for a set already chosen)")
     b = sub.add_parser("gpt2")
     b.add_argument("--d-sae", type=int, default=24576, help="CLT and attention-SAE features per layer")
     b.add_argument("--k", type=int, default=30, help="TopK: active features per dictionary, layer and position")
@@ -532,7 +538,7 @@ def main() -> None:
         errors(args.sets, args.prompts, args.split)
         return
     if args.mode == "scores":
-        scores(args.sets, args.prompts, args.split, args.task)
+        scores(args.sets, args.prompts, args.split, args.task, args.seed)
         return
     res = compare(args.sets, args.ld_prompts, args.prompts)
     if args.out:

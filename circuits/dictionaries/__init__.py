@@ -8,7 +8,9 @@ file formats, loading by name.
   docs/finetune.md), shipped in
   ``data/dictionaries/organism`` (recipe: docs/dictionaries.md#training); ``"organism-base"``: the set as
   `dicts train` first wrote it; ``"organism-skip"`` (skip transcoders) and ``"organism-clt"`` (a cross-layer transcoder), with the
-  base set's attention SAEs, in ``data/dictionaries/organism-skip`` / ``organism-clt``;
+  base set's attention SAEs, in ``data/dictionaries/organism-skip`` / ``organism-clt``; ``"organism-fitted"``: the
+  default set with layer 0 trained longer, decoders fine-tuned on the IOI mix, skip terms and attention L0's decoder
+  fitted by least squares on IOI prompts (`dicts fit-skip`, `dicts fit-decoder`; docs/skip-and-clt.md, probe 12);
 * ``"gpt2-transcoders"`` (Dunefsky et al.) and ``"gpt2-attn-kk"`` (Kissane et al.): downloaded through
   ``huggingface_hub`` when online; offline this fails at once with a message saying so;
 * a local folder: one of our sets (``set.json``), a circuit-tracer folder (``config.yaml``), a SAELens folder
@@ -31,8 +33,9 @@ PUBLIC_SETS: dict[str, str] = {
 
 #: The organism's sets in data/dictionaries: the default (per-layer transcoders and attention SAEs, trained
 #: longer, decoders fine-tuned through the model; docs/dictionaries.md), the base set, skip transcoders and a
-#: cross-layer transcoder (the last two with the base set's attention SAEs; docs/skip-and-clt.md compares them).
-ORGANISM_SETS: tuple[str, ...] = ("organism", "organism-base", "organism-skip", "organism-clt")
+#: cross-layer transcoder (those two with the base set's attention SAEs; docs/skip-and-clt.md compares them), and
+#: the default set with least-squares fits on IOI prompts (skip terms, attention L0's decoder; probe 12 there).
+ORGANISM_SETS: tuple[str, ...] = ("organism", "organism-base", "organism-skip", "organism-clt", "organism-fitted")
 
 __all__ = ["AttentionSAE", "CLTConfig", "CLTLayer", "CrossLayerTranscoder", "Dictionary", "DictionaryConfig", "DictionaryLoadError", "DictionarySet", "Transcoder",
            "load_dictionaries", "load_folder"]
