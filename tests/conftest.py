@@ -126,3 +126,14 @@ def rm64(tiny64):
 
     model, dicts = tiny64
     return ReplacementModel(model, dicts)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_set(tiny_model, tmp_path_factory):
+    """Folder of a small trained set on `tiny_model` (BatchTopK, saved and reloaded), shared by the tests of the
+    least-squares fits onto a set's errors (`test_skipfit`, `test_decoderfit`)."""
+    from tests.test_finetune import _trained_set
+
+    folder = tmp_path_factory.mktemp("tiny_trained_set")
+    _trained_set(tiny_model, folder)
+    return folder / "set"

@@ -19,12 +19,8 @@ CFG = SkipFitConfig(sites=("transcoder_L1",), rows=16, ioi_prompts=16, ioi_weigh
 
 
 @pytest.fixture(scope="module")
-def base_set(tiny_model, tmp_path_factory):
-    from tests.test_finetune import _trained_set
-
-    folder = tmp_path_factory.mktemp("skipfit_base")
-    _trained_set(tiny_model, folder)
-    return folder / "set"
+def base_set(tiny_trained_set):
+    return tiny_trained_set
 
 
 @pytest.fixture(scope="module")

@@ -192,6 +192,27 @@ def fit_tokens(model, cfg: SkipFitConfig) -> list[tuple[Tensor, Tensor]]:
 
 
 @torch.no_grad()
+def error_normal_equations(model, sites: list, cfg: SkipFitConfig, on_codes: bool, progress: bool = True
+                           ) -> dict[str, NormalEquations]:
+    """{site: normal equations} of each site's error ``r = y − reconstruction(x)`` over the fit tokens
+    (`fit_tokens`), regressed on ``[x, 1]`` (the skip fit) or, with `on_codes`, on ``[codes, 1]`` (the decoder fit:
+    sparse, about L0 + 1 nonzeros per token). One forward pass per token batch serves every site."""
+    from tqdm.auto import tqdm
+
+    eqs = {d.cfg.name: NormalEquations(d.cfg.d_sae if on_codes else d.cfg.d_in, d.cfg.d_out) for d in sites}
+    hooks = {h for d in sites for h in (d.hook_in, d.hook_out)}
+    desc = "decoder fit" if on_codes else "skip fit"
+    for tokens, w in tqdm(fit_tokens(model, cfg), desc=desc, disable=not progress):
+        _, cache = model.run_with_cache(tokens.to(model.cfg.device or "cpu"), names_filter=lambda n: n in hooks)
+        for d in sites:
+            x = d.flatten_input(cache[d.hook_in]).reshape(-1, d.cfg.d_in)
+            codes = d.encode(x)
+            r = cache[d.hook_out].reshape(-1, d.cfg.d_out) - d.reconstruct(codes, x)
+            eqs[d.cfg.name].add((codes if on_codes else x).cpu(), r.cpu(), w.reshape(-1), sparse=on_codes)
+    return eqs
+
+
+@torch.no_grad()
 def fit_skip(model, dset: DictionarySet, cfg: SkipFitConfig = SkipFitConfig(), progress: bool = True) -> tuple[
         DictionarySet, dict[str, dict]]:
     """A new set in which each of `cfg.sites` has a least-squares skip term added (see the module docstring); the
@@ -199,19 +220,10 @@ def fit_skip(model, dset: DictionarySet, cfg: SkipFitConfig = SkipFitConfig(), p
     {"weighted_sq_error_before", "weighted_sq_error_after", "fit_weight", "w_skip_norm"}}) with the errors summed
     over the fit tokens (times their weights; "fit_weight" is the weights' sum), the one after the fit from the
     normal equations in float64 (`NormalEquations.weighted_error`: one pass over the tokens, not two)."""
-    from tqdm.auto import tqdm
-
     cfg.check()
     check_sites(dset, cfg.sites)
     sites = [dset.dictionaries[s] for s in cfg.sites]
-    eqs = {d.cfg.name: NormalEquations(d.cfg.d_in, d.cfg.d_out) for d in sites}
-    hooks = {h for d in sites for h in (d.hook_in, d.hook_out)}
-    for tokens, w in tqdm(fit_tokens(model, cfg), desc="skip fit", disable=not progress):
-        _, cache = model.run_with_cache(tokens.to(model.cfg.device or "cpu"), names_filter=lambda n: n in hooks)
-        for d in sites:
-            x = d.flatten_input(cache[d.hook_in]).reshape(-1, d.cfg.d_in)
-            r = cache[d.hook_out].reshape(-1, d.cfg.d_out) - d.reconstruct(d.encode(x), x)
-            eqs[d.cfg.name].add(x.cpu(), r.cpu(), w.reshape(-1))
+    eqs = error_normal_equations(model, sites, cfg, on_codes=False, progress=progress)
     members = dict(dset.dictionaries)
     report = {}
     for d in sites:
@@ -267,20 +279,10 @@ def fit_decoder(model, dset: DictionarySet, cfg: DecoderFitConfig = DecoderFitCo
     the normal equations (`NormalEquations.weighted_error`)."""
     import copy
 
-    from tqdm.auto import tqdm
-
     cfg.check()
     check_decoder_sites(dset, cfg.sites)
     sites = [dset.dictionaries[s] for s in cfg.sites]
-    eqs = {d.cfg.name: NormalEquations(d.cfg.d_sae, d.cfg.d_out) for d in sites}
-    hooks = {h for d in sites for h in (d.hook_in, d.hook_out)}
-    for tokens, w in tqdm(fit_tokens(model, cfg), desc="decoder fit", disable=not progress):
-        _, cache = model.run_with_cache(tokens.to(model.cfg.device or "cpu"), names_filter=lambda n: n in hooks)
-        for d in sites:
-            x = d.flatten_input(cache[d.hook_in]).reshape(-1, d.cfg.d_in)
-            codes = d.encode(x)
-            r = cache[d.hook_out].reshape(-1, d.cfg.d_out) - d.reconstruct(codes, x)
-            eqs[d.cfg.name].add(codes.cpu(), r.cpu(), w.reshape(-1), sparse=True)
+    eqs = error_normal_equations(model, sites, cfg, on_codes=True, progress=progress)
     members = dict(dset.dictionaries)
     report = {}
     for d in sites:
