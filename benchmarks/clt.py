@@ -117,7 +117,8 @@ def variant_graphs(full, only, prompt) -> dict:
 
 
 def score_variants(model, dset, prompts) -> dict:
-    """Mean replacement / completeness scores of the IOI contrast graphs of `prompts` under each of `VARIANTS`."""
+    """Mean replacement / completeness scores of the contrast graphs (answer vs wrong token) of `prompts` under each
+    of `VARIANTS`."""
     from circuits.dictionaries.dictset import DictionarySet
     from circuits.pruning import graph_scores
     from circuits.replacement import ReplacementModel
@@ -164,6 +165,8 @@ def task_prompts(model, task: str, n: int, split: str, seed: int = 0) -> tuple[l
 
 
 def scores(sets: list[str], n_graphs: int, split: str, task: str = "ioi", seed: int = 0) -> None:
+    """Print each set's replacement and completeness scores (every variant) on the same prompts, each later set
+    with its paired difference to the first."""
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
 
@@ -501,7 +504,8 @@ def main() -> None:
     s.add_argument("--task", choices=["ioi", "induction", "two_hop"], default="ioi", help="whose case study's "
                    "prompts (induction and two-hop have no template split: --split is ignored)")
     s.add_argument("--seed", type=int, default=0, help="prompt draw (0: the target's prompts; another seed: "
-                   "other prompts of the same templates, e.g. a larger sample for a set already chosen)")
+                   "other names, places and objects in the same IOI templates, e.g. a larger sample for a set "
+                   "already chosen; two-hop's prompts cycle one list, so its seeds overlap)")
     b = sub.add_parser("gpt2")
     b.add_argument("--d-sae", type=int, default=24576, help="CLT and attention-SAE features per layer")
     b.add_argument("--k", type=int, default=30, help="TopK: active features per dictionary, layer and position")

@@ -1,4 +1,5 @@
-"""`circuits dicts train | eval | finetune | fit-skip | fit-decoder | calibrate | convert`: transcoders and attention-output SAEs."""
+"""`circuits dicts train | eval | finetune | fit-skip | fit-decoder | calibrate | convert`: transcoders and
+attention-output SAEs."""
 
 from __future__ import annotations
 
@@ -393,7 +394,7 @@ def add_parser(sub) -> None:
     k.set_defaults(func=cmd_dicts_fit_skip)
     k = dicts.add_parser("fit-decoder", help="refit the decoders (W_dec, b_dec) of dictionaries of a set by weighted "
                          "least squares on their errors (corpus tokens + IOI training-template prompts); every code "
-                         "unchanged")
+                         "unchanged (up to rounding with --float16)")
     _add_fit_options(k, ["attn_sae_L0"], "per-layer dictionaries to refit (default attn_sae_L0)", "all", 1e-2,
                      "ridge penalty on the decoder change, relative to the mean code energy (a rarely firing "
                      "feature's row stays near where it was)")

@@ -1,4 +1,5 @@
-"""Fit a skip term ``W_skip`` onto trained transcoders by weighted least squares (organism).
+"""Least-squares fits onto a trained set's errors (organism): a skip term ``W_skip`` on transcoders (`fit_skip`),
+or the decoders of any per-layer dictionary with its codes fixed (`fit_decoder`, at the end of this module).
 
 A skip transcoder (Paulo et al. 2025, arXiv 2501.18823) writes ``codes @ W_dec + b_dec + x @ W_skip.T``: the linear
 part of an MLP's map from its input x to its output passes straight through, and the features only carry what is
@@ -36,6 +37,7 @@ fidelity (`benchmarks/skipfit_sweep.py`).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -46,7 +48,11 @@ from circuits.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class SkipFitConfig:
-    sites: tuple[str, ...] = ("transcoder_L3",)  # transcoders that get (or refit) a skip term
+    """`fit_skip`'s options (and, through `DecoderFitConfig`, `fit_decoder`'s): the sites, the fit tokens and their
+    weights, and the ridge."""
+
+    what: ClassVar[str] = "skip fit"  # names the fit in error messages
+    sites: tuple[str, ...] = ("transcoder_L3",)  # dictionaries fitted (the skip fit: transcoders only)
     rows: int = 2560  # corpus rows (of the model's n_ctx tokens), weight 1 per token
     first_block: int = 20_000  # first block (of 16 rows) of the fine-tune's stream that is read
     corpus_phases: tuple[int, ...] = (3, 5)  # blocks alternate: natural text and the IOI mix
@@ -79,7 +85,7 @@ class SkipFitConfig:
         if not self.corpus_phases or any(p not in (1, 2, 3, 4, 5) for p in self.corpus_phases):
             bad.append(f"corpus_phases {self.corpus_phases}: use organism training phases 1-5")
         if bad:
-            raise ConfigError("skip fit: " + "; ".join(bad))
+            raise ConfigError(f"{self.what}: " + "; ".join(bad))
 
 
 def check_sites(dset: DictionarySet, sites: tuple[str, ...]) -> None:
@@ -242,9 +248,18 @@ class DecoderFitConfig(SkipFitConfig):
     """`fit_decoder`'s options: those of the skip fit, with defaults for decoders (every IOI position, a stronger
     ridge: a rarely firing feature's decoder row has little data and should stay near where training left it)."""
 
+    what: ClassVar[str] = "decoder fit"
     sites: tuple[str, ...] = ("attn_sae_L0",)
     ioi_positions: str = "all"
     ridge: float = 1e-2
+
+    def check(self) -> None:
+        """As the skip fit's, and the ridge must be positive: a feature silent on the fit tokens has an all-zero
+        row in the normal equations, which only the ridge makes solvable (it then keeps its decoder row)."""
+        super().check()
+        if not self.ridge > 0:
+            raise ConfigError(f"decoder fit: ridge {self.ridge}: must be > 0 (features silent on the fit tokens "
+                              "leave the normal equations singular without it)")
 
 
 def check_decoder_sites(dset: DictionarySet, sites: tuple[str, ...]) -> None:
