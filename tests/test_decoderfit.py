@@ -20,13 +20,8 @@ CFG = DecoderFitConfig(sites=("attn_sae_L0", "transcoder_L1"), rows=16, ioi_prom
 
 
 @pytest.fixture(scope="module")
-def base_set(tiny_trained_set):
-    return tiny_trained_set
-
-
-@pytest.fixture(scope="module")
-def fitted(tiny_model, base_set):
-    return fit_decoder(tiny_model, DictionarySet.load(base_set), CFG, progress=False)
+def fitted(tiny_model, tiny_trained_set):
+    return fit_decoder(tiny_model, DictionarySet.load(tiny_trained_set), CFG, progress=False)
 
 
 def _fit_inputs(model, d):
@@ -57,9 +52,9 @@ def test_sparse_accumulation_equals_the_dense_sums():
     assert sparse.E == pytest.approx(dense.E, rel=1e-12) and sparse.weight == pytest.approx(dense.weight)
 
 
-def test_fit_lowers_the_weighted_error_and_keeps_every_code(tiny_model, base_set, fitted):
+def test_fit_lowers_the_weighted_error_and_keeps_every_code(tiny_model, tiny_trained_set, fitted):
     dset, report = fitted
-    base = DictionarySet.load(base_set)
+    base = DictionarySet.load(tiny_trained_set)
     x = {"attn_sae_L0": torch.randn(64, base.dictionaries["attn_sae_L0"].cfg.d_in),
          "transcoder_L1": torch.randn(64, base.dictionaries["transcoder_L1"].cfg.d_in)}
     for name in CFG.sites:
@@ -84,9 +79,9 @@ def test_fit_lowers_the_weighted_error_and_keeps_every_code(tiny_model, base_set
                 assert torch.equal(dset.dictionaries[d.cfg.name].weights()[n], t), (d.cfg.name, n)
 
 
-def test_a_feature_silent_on_the_fit_tokens_keeps_its_decoder_row(tiny_model, base_set, fitted):
+def test_a_feature_silent_on_the_fit_tokens_keeps_its_decoder_row(tiny_model, tiny_trained_set, fitted):
     dset, _ = fitted
-    old = DictionarySet.load(base_set).dictionaries["transcoder_L1"]
+    old = DictionarySet.load(tiny_trained_set).dictionaries["transcoder_L1"]
     codes, _, w = _fit_inputs(tiny_model, old)
     silent = ((codes > 0) & (w[:, None] > 0)).sum(0) == 0
     fired = ~silent
@@ -110,20 +105,20 @@ def test_fitted_set_reloads_as_fitted(fitted, tmp_path):
                                        atol=1e-5)
 
 
-def test_a_site_that_is_not_in_the_set_is_refused_before_any_work(tiny_model, base_set):
+def test_a_site_that_is_not_in_the_set_is_refused_before_any_work(tiny_model, tiny_trained_set):
     with pytest.raises(ConfigError, match="attn_sae_L9.*not a per-layer dictionary.*attn_sae_L0") as e:
-        fit_decoder(tiny_model, DictionarySet.load(base_set), dataclasses.replace(CFG, sites=("attn_sae_L9",)),
+        fit_decoder(tiny_model, DictionarySet.load(tiny_trained_set), dataclasses.replace(CFG, sites=("attn_sae_L9",)),
                     progress=False)
     assert "\n" not in str(e.value)
 
 
-def test_cli_fit_decoder_writes_a_set_with_its_record_and_refuses_bad_options(base_set, tmp_path, capsys):
+def test_cli_fit_decoder_writes_a_set_with_its_record_and_refuses_bad_options(tiny_trained_set, tmp_path, capsys):
     import json
 
     from circuits.cli.main import main
 
     for bad in ("-1", "0"):  # ridge 0 would leave silent features' rows singular
-        assert main(["dicts", "fit-decoder", "--dicts", str(base_set), "--out", str(tmp_path / "o"),
+        assert main(["dicts", "fit-decoder", "--dicts", str(tiny_trained_set), "--out", str(tmp_path / "o"),
                      "--ridge", bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "decoder fit: ridge" in err[0], err

@@ -19,13 +19,8 @@ CFG = SkipFitConfig(sites=("transcoder_L1",), rows=16, ioi_prompts=16, ioi_weigh
 
 
 @pytest.fixture(scope="module")
-def base_set(tiny_trained_set):
-    return tiny_trained_set
-
-
-@pytest.fixture(scope="module")
-def fitted(tiny_model, base_set):
-    return fit_skip(tiny_model, DictionarySet.load(base_set), CFG, progress=False)
+def fitted(tiny_model, tiny_trained_set):
+    return fit_skip(tiny_model, DictionarySet.load(tiny_trained_set), CFG, progress=False)
 
 
 def test_normal_equations_solve_weighted_least_squares():
@@ -57,11 +52,11 @@ def test_normal_equations_solve_weighted_least_squares():
     assert objective(Wr, cr) < objective(W, c)
 
 
-def test_fit_lowers_the_weighted_error_and_touches_only_its_site(tiny_model, base_set, fitted):
+def test_fit_lowers_the_weighted_error_and_touches_only_its_site(tiny_model, tiny_trained_set, fitted):
     dset, report = fitted
     rep = report["transcoder_L1"]
     assert rep["weighted_sq_error_after"] < 0.9 * rep["weighted_sq_error_before"], rep
-    base = DictionarySet.load(base_set)
+    base = DictionarySet.load(tiny_trained_set)
     new = dset.dictionaries["transcoder_L1"]
     assert new.cfg.skip and new.W_skip is not None and new.W_skip.abs().sum() > 0
     old = base.dictionaries["transcoder_L1"]
@@ -86,12 +81,12 @@ def _weighted_mean_error(model, d) -> torch.Tensor:
     return total / n
 
 
-def test_fitted_residual_has_weighted_mean_zero_on_the_fit_tokens(tiny_model, base_set, fitted):
+def test_fitted_residual_has_weighted_mean_zero_on_the_fit_tokens(tiny_model, tiny_trained_set, fitted):
     """First-order optimality in the unpenalised bias c: Σ_t w_t (r_t − W x_t − c) = 0 on the fit tokens (the
     input set, a negative control, is far from it)."""
     dset, _ = fitted
     after = _weighted_mean_error(tiny_model, dset.dictionaries["transcoder_L1"]).abs().max()
-    before = _weighted_mean_error(tiny_model, DictionarySet.load(base_set).dictionaries["transcoder_L1"]).abs().max()
+    before = _weighted_mean_error(tiny_model, DictionarySet.load(tiny_trained_set).dictionaries["transcoder_L1"]).abs().max()
     assert after < 1e-5 and before > 100 * after, (before, after)
 
 
@@ -153,16 +148,16 @@ def test_bad_options_fail_in_one_line(change, match):
     assert "\n" not in str(e.value)
 
 
-def test_a_site_that_is_not_a_transcoder_is_refused_before_any_work(tiny_model, base_set):
+def test_a_site_that_is_not_a_transcoder_is_refused_before_any_work(tiny_model, tiny_trained_set):
     with pytest.raises(ConfigError, match="attn_sae_L0.*is not a transcoder.*transcoder_L0"):
-        fit_skip(tiny_model, DictionarySet.load(base_set), dataclasses.replace(CFG, sites=("attn_sae_L0",)),
+        fit_skip(tiny_model, DictionarySet.load(tiny_trained_set), dataclasses.replace(CFG, sites=("attn_sae_L0",)),
                  progress=False)
 
 
-def test_cli_fit_skip_writes_a_set_and_refuses_bad_options(tiny_model, base_set, tmp_path, capsys):
+def test_cli_fit_skip_writes_a_set_and_refuses_bad_options(tiny_model, tiny_trained_set, tmp_path, capsys):
     from circuits.cli.main import main
 
-    assert main(["dicts", "fit-skip", "--dicts", str(base_set), "--out", str(tmp_path / "o"),
+    assert main(["dicts", "fit-skip", "--dicts", str(tiny_trained_set), "--out", str(tmp_path / "o"),
                  "--ioi-weight", "-3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ioi_weight" in err[0]
