@@ -263,21 +263,22 @@ def test_keep_codes_keeps_attention_sae_codes_while_their_output_bias_moves(tiny
         finetune_set(None, None, dataclasses.replace(CFG, keep_codes=True), tmp_path / "never", progress=False)
 
 
-def test_shipped_default_set_fires_as_its_fine_tune_recorded():
-    """`load_dictionaries("organism")` (the default) reads the committed set: organism-base trained longer, then
-    fine-tuned with `--keep-codes` (docs/dictionaries.md#training). Its names and widths are the base set's and
+def test_shipped_finetuned_set_fires_as_its_fine_tune_recorded():
+    """`load_dictionaries("organism-finetuned")` (the default until 2026-12-02, and the start of today's default's
+    last steps) reads the committed set: organism-base trained longer, then fine-tuned with `--keep-codes`
+    (docs/dictionaries.md#training). Its names and widths are the base set's and
     its weights are not; the fine-tune recorded every dictionary's mean L0 on its 64 check rows before and after
     (equal: the codes were kept), and the shipped float16 set, re-measured on those rows, fires as recorded."""
     from circuits.dictionaries import load_dictionaries
     from circuits.dictionaries.finetune import FinetuneConfig, clean_inputs, mean_l0
     from circuits.model import DATA_DIR, load_model
 
-    folder = DATA_DIR / "dictionaries" / "organism"
+    folder = DATA_DIR / "dictionaries" / "organism-finetuned"
     record = json.loads((folder / "finetune_events.jsonl").read_text().splitlines()[-1])
     steps = json.loads((folder / "finetune_log.jsonl").read_text().splitlines()[-1])["step"]
     assert record["l0_start"] == record["l0_end"] and not record["threshold_shift"]
     model, _ = load_model("organism")
-    base, ft = load_dictionaries("organism-base", model), load_dictionaries("organism", model)
+    base, ft = load_dictionaries("organism-base", model), load_dictionaries("organism-finetuned", model)
     assert [(d.cfg.name, d.cfg.d_sae) for d in ft] == [(d.cfg.name, d.cfg.d_sae) for d in base]
     for b, f in zip(base, ft, strict=True):
         assert not torch.allclose(f.W_dec, b.W_dec, atol=1e-2)

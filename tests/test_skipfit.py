@@ -164,7 +164,7 @@ def test_cli_fit_skip_writes_a_set_and_refuses_bad_options(tiny_model, tiny_trai
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_fit_skip_on_the_organism_writes_a_loadable_set_with_its_record(tmp_path, capsys):
+def test_cli_fit_skip_on_a_shipped_set_writes_a_loadable_set_with_its_record(tmp_path, capsys):
     import json
 
     from circuits.cli.main import main
@@ -172,14 +172,15 @@ def test_cli_fit_skip_on_the_organism_writes_a_loadable_set_with_its_record(tmp_
     from circuits.model import load_model
 
     out = tmp_path / "fitted"
-    assert main(["dicts", "fit-skip", "--dicts", "organism", "--out", str(out), "--rows", "16", "--ioi-prompts", "8",
+    # organism-finetuned: a shipped set without skip terms (the default has one on every transcoder since 2026-12-02)
+    assert main(["dicts", "fit-skip", "--dicts", "organism-finetuned", "--out", str(out), "--rows", "16", "--ioi-prompts", "8",
                  "--float16", "--quiet"]) == 0
     assert "transcoder_L3" in capsys.readouterr().out
     record = json.loads((out / "skip_fit.json").read_text())
     rep = record["dictionaries"]["transcoder_L3"]
     assert record["config"]["rows"] == 16 and rep["weighted_sq_error_after"] < rep["weighted_sq_error_before"]
     model, _ = load_model("organism")
-    fitted, shipped = load_dictionaries(str(out), model), load_dictionaries("organism", model)
+    fitted, shipped = load_dictionaries(str(out), model), load_dictionaries("organism-finetuned", model)
     assert fitted.dictionaries["transcoder_L3"].cfg.skip and not shipped.dictionaries["transcoder_L3"].cfg.skip
     for d in shipped:
         if d.cfg.name != "transcoder_L3":

@@ -163,9 +163,9 @@ def cmd_dicts_eval(args) -> int:
         sizes = dataclasses.replace(sizes, dead_rows=args.dead_rows)
     report = evaluate_fidelity(model, dset, sizes, progress=not args.quiet)
     _print_fidelity(report)
-    from circuits.dictionaries import ORGANISM_SETS
+    from circuits.dictionaries import ORGANISM_ALIASES, ORGANISM_SETS
 
-    if args.dicts in ORGANISM_SETS and args.rows is None:  # a shipped set: tests re-evaluate this subsample
+    if (args.dicts in ORGANISM_SETS or args.dicts in ORGANISM_ALIASES) and args.rows is None:  # a shipped set: tests re-evaluate this subsample
         from circuits.dictionaries.evaluate import CI_SIZES
 
         report["ci_subsample"] = {"sizes": CI_SIZES.__dict__, "report": evaluate_fidelity(model, dset, CI_SIZES)}

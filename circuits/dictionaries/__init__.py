@@ -3,14 +3,17 @@ file formats, loading by name.
 
 `load_dictionaries(name, model)` returns a `DictionarySet` checked against the model it will be spliced into:
 
-* ``"organism"`` (the default): the base set trained longer (`dicts train --init-from`), its decoders then
-  fine-tuned through the model with every code frozen (`dicts finetune --encoder-lr-scale 0 --keep-codes`;
-  docs/finetune.md), shipped in
-  ``data/dictionaries/organism`` (recipe: docs/dictionaries.md#training); ``"organism-base"``: the set as
-  `dicts train` first wrote it; ``"organism-skip"`` (skip transcoders) and ``"organism-clt"`` (a cross-layer transcoder), with the
-  base set's attention SAEs, in ``data/dictionaries/organism-skip`` / ``organism-clt``; ``"organism-fitted"``: the
-  default set with layer 0 trained longer, decoders fine-tuned on the IOI mix, skip terms and attention L0's decoder
-  fitted by least squares on IOI prompts (`dicts fit-skip`, `dicts fit-decoder`; docs/skip-and-clt.md, probe 12);
+* ``"organism"`` (the default, ``data/dictionaries/organism``): per-layer transcoders with skip terms and attention
+  SAEs. The base set trained longer (`dicts train --init-from`), its decoders fine-tuned through the model with
+  the codes frozen (`dicts finetune --keep-codes`; docs/finetune.md), layer 0 trained longer again and the
+  decoders fine-tuned on a mix with IOI sentences, then skip terms and attention L0's decoder fitted by least
+  squares on IOI prompts (`dicts fit-skip`, `dicts fit-decoder`). Recipe: docs/dictionaries.md#training; why it
+  is the default: docs/skip-and-clt.md. ``"organism-fitted"`` is another name for it (its name while it was not
+  yet the default);
+* ``"organism-finetuned"``: the default until 2026-12-02, the set above before its last steps (the base set
+  trained longer and fine-tuned with the codes frozen); ``"organism-base"``: the set as `dicts train` first wrote
+  it; ``"organism-skip"`` (skip transcoders) and ``"organism-clt"`` (a cross-layer transcoder), with the base
+  set's attention SAEs, in ``data/dictionaries/organism-skip`` / ``organism-clt``;
 * ``"gpt2-transcoders"`` (Dunefsky et al.) and ``"gpt2-attn-kk"`` (Kissane et al.): downloaded through
   ``huggingface_hub`` when online; offline this fails at once with a message saying so;
 * a local folder: one of our sets (``set.json``), a circuit-tracer folder (``config.yaml``), a SAELens folder
@@ -31,11 +34,11 @@ PUBLIC_SETS: dict[str, str] = {
     "gpt2-attn-kk": "ckkissane/attn-saes-gpt2-small-all-layers",
 }
 
-#: The organism's sets in data/dictionaries: the default (per-layer transcoders and attention SAEs, trained
-#: longer, decoders fine-tuned through the model; docs/dictionaries.md), the base set, skip transcoders and a
-#: cross-layer transcoder (those two with the base set's attention SAEs; docs/skip-and-clt.md compares them), and
-#: the default set with least-squares fits on IOI prompts (skip terms, attention L0's decoder; probe 12 there).
-ORGANISM_SETS: tuple[str, ...] = ("organism", "organism-base", "organism-skip", "organism-clt", "organism-fitted")
+#: The organism's sets in data/dictionaries (one folder each): the default, the previous default, the base set,
+#: skip transcoders and a cross-layer transcoder (those two with the base set's attention SAEs).
+ORGANISM_SETS: tuple[str, ...] = ("organism", "organism-finetuned", "organism-base", "organism-skip", "organism-clt")
+#: Other names of shipped sets: organism-fitted was the default's name before it became the default (2026-12-02).
+ORGANISM_ALIASES: dict[str, str] = {"organism-fitted": "organism"}
 
 __all__ = ["AttentionSAE", "CLTConfig", "CLTLayer", "CrossLayerTranscoder", "Dictionary", "DictionaryConfig", "DictionaryLoadError", "DictionarySet", "Transcoder",
            "load_dictionaries", "load_folder"]
@@ -101,6 +104,7 @@ def load_dictionaries(name: str = "organism", model=None) -> DictionarySet:
     moved to the device of `model`'s weights."""
     from circuits.model import DATA_DIR, load_model
 
+    name = ORGANISM_ALIASES.get(name, name)
     if name in ORGANISM_SETS:
         folder = DATA_DIR / "dictionaries" / name
         if not (folder / "set.json").exists():
