@@ -124,6 +124,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
 HELPERS = {
     "run_all.py": "this runner",
     "gpt2_shaped.py": "the GPT-2-shaped random model shared by the scale benchmarks",
+    "clt_scale.py": "clt.py gpt2's CLT scale benchmark (model, timing, micro-benchmarks)",
 }
 
 
