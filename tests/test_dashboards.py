@@ -130,11 +130,16 @@ def test_labels_are_stable_across_rebuilds_and_user_labels_override(planted, db,
 def test_labels_prefer_user_then_enrichment_then_peak_token_and_old_databases_migrate(planted, db, tmp_path):
     import shutil
 
+    from circuits.dashboards.store import DENSE_LABEL_DENSITY
+
     rm, rows = planted
     d = Dashboards(db, rm)
-    enriched = sqlite3.connect(db).execute("SELECT dictionary, feature, label FROM labels").fetchall()
-    for name, f, text in enriched:  # every stored enrichment label is the one shown (no user labels here)
-        assert d.label(name, f) == text == d.get(name, f).label != d.get(name, f).auto_label
+    enriched = sqlite3.connect(db).execute("SELECT l.dictionary, l.feature, l.label, f.density FROM labels l JOIN "
+                                           "features f USING (dictionary, feature)").fetchall()
+    for name, f, text, density in enriched:  # every stored enrichment label is the one shown (no user labels here)
+        shown = f"dense {density:.0%} · {text}" if density >= DENSE_LABEL_DENSITY else text
+        assert d.label(name, f) == shown == d.get(name, f).label and d.get(name, f).enrichment_label == text
+        assert text != d.get(name, f).auto_label
     dash = d.get("transcoder_L0", 0)
     assert dash.auto_label.startswith(f"on {PLANTED!r}")  # the peak-token label is kept as a second field
     if dash.enrichment_label is not None:
@@ -151,6 +156,47 @@ def test_labels_prefer_user_then_enrichment_then_peak_token_and_old_databases_mi
     assert n == len(enriched)
     q = "SELECT * FROM labels ORDER BY dictionary, feature"
     assert sqlite3.connect(old).execute(q).fetchall() == sqlite3.connect(db).execute(q).fetchall()
+
+
+def test_dense_features_labels_say_so_and_nothing_else_changes(planted, db, tmp_path):
+    """A feature active on ≥ 20% of the held-out tokens shows ``dense NN% · <its label>`` everywhere the label is
+    read (graphs, explorer, CLI); below the threshold (the negative control), with a user label, and for the
+    grouping category, nothing changes."""
+    import shutil
+
+    from circuits.dashboards.store import DENSE_LABEL_DENSITY
+
+    rm, _ = planted
+    copy = tmp_path / "dense.sqlite"
+    shutil.copy(db, copy)
+    con = sqlite3.connect(copy)
+    name, f = con.execute("SELECT dictionary, feature FROM labels ORDER BY dictionary, feature LIMIT 1").fetchone()
+    text = con.execute("SELECT label FROM labels WHERE dictionary = ? AND feature = ?", (name, f)).fetchone()[0]
+    con.execute("UPDATE features SET density = 0.0")
+    con.execute("UPDATE features SET density = 0.45 WHERE dictionary = ? AND feature = ?", (name, f))
+    con.commit()
+    con.close()
+    d = Dashboards(copy, rm)
+    category = d.label_category((name, f))
+    assert d.label(name, f) == d.get(name, f).label == f"dense 45% · {text}"
+    assert d.label_category((name, f)) == category and d.get(name, f).enrichment_label == text
+    d.close()
+    con = sqlite3.connect(copy)
+    con.execute("UPDATE features SET density = ? WHERE dictionary = ? AND feature = ?",
+                (DENSE_LABEL_DENSITY - 0.01, name, f))
+    con.commit()
+    con.close()
+    d = Dashboards(copy, rm)
+    assert d.label(name, f) == text  # just below the threshold: unmarked
+    d.close()
+    dashboards.set_label(copy, name, f, "mine")
+    con = sqlite3.connect(copy)
+    con.execute("UPDATE features SET density = 0.9 WHERE dictionary = ? AND feature = ?", (name, f))
+    con.commit()
+    con.close()
+    d = Dashboards(copy, rm)
+    assert d.label(name, f) == "mine"  # a user's label is shown as written
+    d.close()
 
 
 def test_custom_text_activations(planted):
