@@ -101,7 +101,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               "are swapped for words no training IOI sentence uses; docs/skip-and-clt.md, probe 11)"),
     Benchmark("skipfit-sweep", "skipfit_sweep.py", ("--weights", "100", "300", "1000", "--prompts", "32"),
               ("--weights", "100", "--rows", "16", "--prompts", "1"),
-              "no target: `dicts fit-skip` on the default set per IOI weight, replacement score of IOI graphs on "
+              "no target: `dicts fit-skip` on organism-finetuned per IOI weight, replacement score of IOI graphs on "
               "training templates against ordinary-text fidelity (docs/skip-and-clt.md, probe 10)"),
     Benchmark("clt-compare", "clt.py",
               ("compare", "--sets", "organism", "organism-skip", "organism-clt", "--prompts", "8",

@@ -86,7 +86,8 @@ def template_split(model, base, prompts, cfg) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dicts", default="organism")
+    ap.add_argument("--dicts", default="organism-finetuned", help="the input set (default organism-finetuned: "
+                    "the shipped set without skip terms; the default set has its skip terms fitted already)")
     ap.add_argument("--sites", nargs="+", default=["transcoder_L3"])
     ap.add_argument("--weights", type=float, nargs="+", default=[100.0, 300.0, 1000.0])
     ap.add_argument("--rows", type=int, default=2560)

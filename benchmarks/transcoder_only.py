@@ -113,12 +113,15 @@ def circuit_tracer_model(model, transcoders):
             act = JumpReLU(threshold, 0.1)
         else:
             act = TopK(c.k)
-        t = SingleLayerTranscoder(c.d_in, width, act, layer, device=torch.device("cpu"), dtype=dtype)
+        t = SingleLayerTranscoder(c.d_in, width, act, layer, skip_connection=tc.W_skip is not None,
+                                  device=torch.device("cpu"), dtype=dtype)
         with torch.no_grad():
             t.W_enc[:n].copy_(tc.W_enc.T)
             t.b_enc[:n].copy_(tc.b_enc - tc.b_in @ tc.W_enc)
             t.W_dec[:n].copy_(tc.W_dec)
             t.b_dec.copy_(tc.b_dec)
+            if tc.W_skip is not None:  # both apply it as x @ W_skip.T to the raw input (the default set has one)
+                t.W_skip.copy_(tc.W_skip)
         tcs[layer] = t
     tset = TranscoderSet(tcs, feature_input_hook="ln2.hook_normalized", feature_output_hook="hook_mlp_out")
     ct = CTModel.from_config(model.cfg, tset, backend="transformerlens") if _takes_backend(CTModel) else \

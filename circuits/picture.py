@@ -166,21 +166,23 @@ def box_label(pic: Picture, row: int) -> str:
     if cat in ("attention", "transcoder"):  # no label category: the label itself, shortened
         cat = g.metadata.get("ui", {}).get("labels", {}).get(export.node_id(node))
     elif (dense := _dense_mark(g, node)) is not None:  # a category names a dense feature's top examples only
-        cat = f"{dense} · {cat}"
+        return f"{short}\n{_clip(f'{dense} · {cat}', 22)}"
     return f"{short}\n{_clip(cat, 16)}" if cat else short
 
 
 def _dense_mark(graph: Graph, node: Node) -> str | None:
-    """``dense 45%`` when the feature's shown label marks it dense (`circuits.dashboards.store.shown_label`), else
-    None (also without a database)."""
+    """``dense 45%`` when the feature's density reaches `DENSE_LABEL_DENSITY` (as its shown label says,
+    `circuits.dashboards.store.shown_label`), else None (also without a database)."""
+    from circuits.dashboards.store import DENSE_LABEL_DENSITY
+
     try:
         from circuits.labels import store_for
 
         store = store_for(graph)
-        label = store.label_of(node) if store is not None else None
+        density = store.density_of(node) if store is not None else None
     except Exception:  # a label store that cannot be read: no mark, never fail the picture
         return None
-    return label.split(" · ")[0] if label and label.startswith("dense ") else None
+    return f"dense {density:.0%}" if density is not None and density >= DENSE_LABEL_DENSITY else None
 
 
 def _category_of_name(name: str | None) -> str | None:

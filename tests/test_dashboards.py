@@ -165,21 +165,24 @@ def test_dense_features_labels_say_so_and_nothing_else_changes(planted, db, tmp_
     import shutil
 
     from circuits.dashboards.store import DENSE_LABEL_DENSITY
+    from circuits.graph import Node
 
     rm, _ = planted
     copy = tmp_path / "dense.sqlite"
     shutil.copy(db, copy)
     con = sqlite3.connect(copy)
-    name, f = con.execute("SELECT dictionary, feature FROM labels ORDER BY dictionary, feature LIMIT 1").fetchone()
-    text = con.execute("SELECT label FROM labels WHERE dictionary = ? AND feature = ?", (name, f)).fetchone()[0]
+    name, f, text, category = con.execute("SELECT dictionary, feature, label, category FROM labels WHERE category "
+                                          "IS NOT NULL ORDER BY dictionary, feature LIMIT 1").fetchone()
     con.execute("UPDATE features SET density = 0.0")
     con.execute("UPDATE features SET density = 0.45 WHERE dictionary = ? AND feature = ?", (name, f))
     con.commit()
     con.close()
     d = Dashboards(copy, rm)
-    category = d.label_category((name, f))
-    assert d.label(name, f) == d.get(name, f).label == f"dense 45% · {text}"
-    assert d.label_category((name, f)) == category and d.get(name, f).enrichment_label == text
+    node = Node("attn_feature" if name.startswith("attn") else "mlp_feature", int(name[-1]), 3, f)
+    assert d.label(name, f) == d.get(name, f).label == d.label_of(node) == f"dense 45% · {text}"
+    assert d.labels([node]) == {node: f"dense 45% · {text}"} and d.density_of(node) == 0.45
+    assert d.label_category((name, f)) == category and not category.startswith("dense")  # grouping unchanged
+    assert d.get(name, f).enrichment_label == text
     d.close()
     con = sqlite3.connect(copy)
     con.execute("UPDATE features SET density = ? WHERE dictionary = ? AND feature = ?",

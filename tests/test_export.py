@@ -314,3 +314,21 @@ def test_picture_renders_svg_and_png(graph, tmp_path):
     scored = Graph.from_json(graph.to_json())
     scored.metadata["scores"] = {"replacement": 0.625, "completeness": 0.75}
     assert "replacement 0.62, completeness 0.75" in picture.to_picture_dot(scored)  # the caption has the scores
+
+
+def test_picture_marks_dense_features_on_the_organism_gallery_graph():
+    """A single-feature box of a dense feature (active on ≥ 20% of held-out tokens) says so beside its category:
+    the organism's A0#996 (45%) reads ``dense 45% · city`` and not the bare ``city``; M3#1184 (10%) is unmarked
+    (the negative control). Every box of the shipped picture that shows A0#996 carries the mark."""
+    from circuits import picture
+    from circuits.model import DATA_DIR
+
+    graph = export.read_json(DATA_DIR / "graphs" / "ioi_abba.json")
+    dense = next(n for n in graph.nodes if n.kind == "attn_feature" and n.layer == 0 and n.index == 996)
+    sparse = next(n for n in graph.nodes if n.kind == "mlp_feature" and n.layer == 3 and n.index == 1184)
+    assert picture._dense_mark(graph, dense) == "dense 45%" and picture._dense_mark(graph, sparse) is None
+    pic = picture.choose(graph)
+    texts = [picture.box_label(pic, row) for row in pic.boxes]
+    shown = [t for t in texts if t.startswith("A0#996\n")]
+    assert shown and all(t == "A0#996\ndense 45% · city" for t in shown), shown
+    assert any(t.startswith("M3#1184\n") and "dense" not in t for t in texts)

@@ -176,6 +176,13 @@ class Dashboards:
         key = _feature_key(feature)
         return self.label(*key) if key is not None else None
 
+    def density_of(self, feature) -> float | None:
+        """The feature's density on the held-out tokens (as `label_of` takes it); None for no feature."""
+        key = _feature_key(feature)
+        row = self.con.execute("SELECT density FROM features WHERE dictionary = ? AND feature = ?",
+                               key).fetchone() if key is not None else None
+        return row[0] if row else None
+
     def labels(self, nodes: list[Node]) -> dict[Node, str]:
         """Labels (as `label`) of the feature nodes among `nodes` (for graph exports)."""
         out = {}
