@@ -120,7 +120,7 @@ def load_dictionaries(name: str = "organism", model=None) -> DictionarySet:
     elif Path(name).exists():
         dset = load_folder(Path(name), n_heads=model.cfg.n_heads if model is not None else None)
     else:
-        raise DictionaryLoadError(f"unknown dictionary set {name!r}; use {', '.join(ORGANISM_SETS)}, "
+        raise DictionaryLoadError(f"unknown dictionary set {name!r}; use {', '.join((*ORGANISM_SETS, *ORGANISM_ALIASES))}, "
                                   f"{', '.join(PUBLIC_SETS)} or a folder")
     if model is None:
         model_name = "gpt2" if dset.model_name.startswith("gpt2") else dset.model_name
