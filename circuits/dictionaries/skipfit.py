@@ -228,18 +228,31 @@ def fit_skip(model, dset: DictionarySet, cfg: SkipFitConfig = SkipFitConfig(), p
     normal equations in float64 (`NormalEquations.weighted_error`: one pass over the tokens, not two)."""
     cfg.check()
     check_sites(dset, cfg.sites)
-    sites = [dset.dictionaries[s] for s in cfg.sites]
-    eqs = error_normal_equations(model, sites, cfg, on_codes=False, progress=progress)
-    members = dict(dset.dictionaries)
-    report = {}
-    for d in sites:
-        eq, new = eqs[d.cfg.name], with_skip(d)
-        W, c = eq.solve(cfg.ridge)
+
+    def add_skip(d, W, c):
+        new = with_skip(d)
         new.W_skip += W.to(new.W_skip)
         new.b_dec += c.to(new.b_dec)
-        members[d.cfg.name] = new
+        return new, {"w_skip_norm": float(new.W_skip.norm())}
+
+    return _fit_sites(model, dset, cfg, on_codes=False, apply=add_skip, progress=progress)
+
+
+def _fit_sites(model, dset: DictionarySet, cfg: SkipFitConfig, on_codes: bool, apply, progress: bool) -> tuple[
+        DictionarySet, dict[str, dict]]:
+    """The loop both fits share: the normal equations of every site's error in one pass over the fit tokens
+    (`error_normal_equations`, on [x, 1] or on [codes, 1]), each solved with the ridge, and `apply(d, W, c)` →
+    (the fitted copy of d, its own report fields). The report adds the weighted squared error before and after
+    (the latter from the normal equations) and the weights' sum."""
+    sites = [dset.dictionaries[s] for s in cfg.sites]
+    eqs = error_normal_equations(model, sites, cfg, on_codes=on_codes, progress=progress)
+    members, report = dict(dset.dictionaries), {}
+    for d in sites:
+        eq = eqs[d.cfg.name]
+        W, c = eq.solve(cfg.ridge)
+        members[d.cfg.name], fields = apply(d, W, c)
         report[d.cfg.name] = {"weighted_sq_error_before": eq.E, "weighted_sq_error_after": eq.weighted_error(W, c),
-                              "fit_weight": eq.weight, "w_skip_norm": float(new.W_skip.norm())}
+                              "fit_weight": eq.weight, **fields}
     return DictionarySet(dset.model_name, members), report
 
 
@@ -296,19 +309,13 @@ def fit_decoder(model, dset: DictionarySet, cfg: DecoderFitConfig = DecoderFitCo
 
     cfg.check()
     check_decoder_sites(dset, cfg.sites)
-    sites = [dset.dictionaries[s] for s in cfg.sites]
-    eqs = error_normal_equations(model, sites, cfg, on_codes=True, progress=progress)
-    members = dict(dset.dictionaries)
-    report = {}
-    for d in sites:
-        eq, new = eqs[d.cfg.name], copy.deepcopy(d)
-        dW, c = eq.solve(cfg.ridge)  # dW [d_out, d_sae]
+
+    def move_decoder(d, dW, c):  # dW [d_out, d_sae]
+        new = copy.deepcopy(d)
         new.W_dec += dW.T.to(new.W_dec)
         if new.b_in is new.b_dec:  # attention SAE: keep (x − b_dec) · W_enc + b_enc, hence every code
             new.b_enc += c.to(new.W_enc) @ new.W_enc
         new.b_dec += c.to(new.b_dec)
-        members[d.cfg.name] = new
-        report[d.cfg.name] = {"weighted_sq_error_before": eq.E, "weighted_sq_error_after": eq.weighted_error(dW, c),
-                              "fit_weight": eq.weight, "decoder_change_norm": float(dW.norm()),
-                              "decoder_norm": float(d.W_dec.norm())}
-    return DictionarySet(dset.model_name, members), report
+        return new, {"decoder_change_norm": float(dW.norm()), "decoder_norm": float(d.W_dec.norm())}
+
+    return _fit_sites(model, dset, cfg, on_codes=True, apply=move_decoder, progress=progress)
