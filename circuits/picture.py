@@ -171,18 +171,17 @@ def box_label(pic: Picture, row: int) -> str:
 
 
 def _dense_mark(graph: Graph, node: Node) -> str | None:
-    """``dense 45%`` when the feature's density reaches `DENSE_LABEL_DENSITY` (as its shown label says,
-    `circuits.dashboards.store.shown_label`), else None (also without a database)."""
-    from circuits.dashboards.store import DENSE_LABEL_DENSITY
+    """The feature's `circuits.dashboards.store.dense_mark` (``dense 45%``, as its shown label has it), or None
+    (also without a database)."""
+    from circuits.dashboards.store import dense_mark
 
     try:
         from circuits.labels import store_for
 
         store = store_for(graph)
-        density = store.density_of(node) if store is not None else None
+        return dense_mark(store.density_of(node)) if store is not None else None
     except Exception:  # a label store that cannot be read: no mark, never fail the picture
         return None
-    return f"dense {density:.0%}" if density is not None and density >= DENSE_LABEL_DENSITY else None
 
 
 def _category_of_name(name: str | None) -> str | None:

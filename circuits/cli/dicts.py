@@ -238,12 +238,11 @@ def _least_squares_fit(args, part: str) -> int:
     cfg.check()  # bad numbers: one line, before the model loads
     out = check_output_dir(args.out, "--out", force=args.force)
     from circuits.dictionaries import load_dictionaries
-    from circuits.dictionaries.skipfit import check_decoder_sites, check_sites, fit_decoder, fit_skip
+    from circuits.dictionaries.skipfit import fit_decoder, fit_skip
     from circuits.model import load_model
 
     model, _ = load_model(args.model, resolve_device(args.device))
-    dset = load_dictionaries(args.dicts, model)
-    (check_sites if part == "skip" else check_decoder_sites)(dset, cfg.sites)
+    dset = load_dictionaries(args.dicts, model)  # the fit checks its sites against the set before any token pass
     new, report = (fit_skip if part == "skip" else fit_decoder)(model, dset, cfg, progress=not args.quiet)
     _save_set(new, out, args.float16, f"{part}_fit.json", {"source": args.dicts, "config": dataclasses.asdict(cfg),
                                                            "dictionaries": report})

@@ -27,14 +27,19 @@ WINDOW_BEFORE, WINDOW_AFTER = 8, 2  # context around the activating token (sized
 DENSE_LABEL_DENSITY = 0.2
 
 
+def dense_mark(density: float | None) -> str | None:
+    """``dense 45%`` for a density of at least `DENSE_LABEL_DENSITY`, else None: what labels and pictures add."""
+    return f"dense {density:.0%}" if density is not None and density >= DENSE_LABEL_DENSITY else None
+
+
 def shown_label(user: str | None, enriched: str | None, auto: str, density: float | None) -> str:
     """THE label text of a feature: the user's label as written, else the enrichment label, else the peak-token
-    label, marked ``dense NN% · `` when the feature's density is at least `DENSE_LABEL_DENSITY` (the label's
-    category, used for grouping, is not changed)."""
+    label, preceded by its `dense_mark` (``dense 45% · city``) when it has one (the label's category, used for
+    grouping, is not changed)."""
     if user is not None:
         return user
-    text = enriched or auto
-    return f"dense {density:.0%} · {text}" if density is not None and density >= DENSE_LABEL_DENSITY else text
+    text, mark = enriched or auto, dense_mark(density)
+    return f"{mark} · {text}" if mark else text
 
 
 class DashboardError(CircuitsError):
