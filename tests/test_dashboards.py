@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -202,6 +203,56 @@ def test_dense_features_labels_say_so_and_nothing_else_changes(planted, db, tmp_
     d.close()
 
 
+def test_never_predicted_tokens_are_left_out_of_what_is_shown(planted, db, tmp_path):
+    """A token the model never predicts (the organism's special tokens) is dropped from the promote/suppress lists
+    that `get` returns, and a peak-token label whose arrow names one names the next promoted token instead; the
+    other tokens keep their order and values. The negative control: the same rows in a database of another model
+    are shown as stored."""
+    import shutil
+
+    rm, _ = planted
+    copy = tmp_path / "hidden.sqlite"
+    shutil.copy(db, copy)
+    con = sqlite3.connect(copy)
+    name, f = con.execute("SELECT dictionary, feature FROM features WHERE n_active > 0 LIMIT 1").fetchone()
+    top = [["<|pad|>", 0.9], [" a", 0.8], ["<|unk|>", 0.7], [" b", 0.6]]
+    bottom = [[" c", -0.9], ["<|endoftext|>", -0.8]]
+    con.execute("UPDATE features SET logits_top = ?, logits_bottom = ?, auto_label = ?, user_label = NULL, "
+                "density = 0.01 WHERE dictionary = ? AND feature = ?",
+                (json.dumps(top), json.dumps(bottom), "on ' x' (3/3) → '<|pad|>'", name, f))
+    con.execute("DELETE FROM labels WHERE dictionary = ? AND feature = ?", (name, f))  # the peak-token label shows
+    con.commit()
+    stored = con.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()[0]
+    assert stored != "organism"
+    con.close()
+    d = Dashboards(copy, rm)  # another model: shown as stored
+    dash = d.get(name, f)
+    assert [t for t, _ in dash.logits_top] == [t for t, _ in top] and dash.label == "on ' x' (3/3) → '<|pad|>'"
+    d.close()
+    con = sqlite3.connect(copy)
+    con.execute("UPDATE meta SET value = 'organism' WHERE key = 'model'")
+    con.commit()
+    con.close()
+    d = Dashboards(copy)  # the organism (no model given: the fingerprint is not checked)
+    dash = d.get(name, f)
+    assert dash.logits_top == [(" a", 0.8), (" b", 0.6)] and dash.logits_bottom == [(" c", -0.9)]
+    assert dash.label == dash.auto_label == d.label(name, f) == "on ' x' (3/3) → ' a'"
+    d.close()
+
+
+def test_shown_auto_label_only_replaces_a_hidden_arrow_target():
+    from circuits.dashboards.store import never_predicted, shown_auto_label
+
+    hidden = never_predicted("organism")
+    assert "<|pad|>" in hidden and not never_predicted("gpt2") and not never_predicted(None)
+    top = [("<|pad|>", 1.0), (" Mary", 0.5)]
+    assert shown_auto_label("on ' John' (9/10) → '<|pad|>'", top, hidden) == "on ' John' (9/10) → ' Mary'"
+    assert shown_auto_label("on ' John' (9/10) → ' Mary'", top, hidden) == "on ' John' (9/10) → ' Mary'"
+    assert shown_auto_label("on '<|endoftext|>' (9/9) → ' Mary'", top, hidden) == "on '<|endoftext|>' (9/9) → ' Mary'"
+    assert shown_auto_label("on ' a' (1/1) → '<|unk|>'", [("<|unk|>", 1.0)], hidden) == "on ' a' (1/1) → ?"
+    assert shown_auto_label("dead", top, hidden) == "dead"
+
+
 def test_custom_text_activations(planted):
     rm, _ = planted
     acts = dashboards.activations_on(rm, "Mary went to the store and the park", "transcoder_L0", 0)
@@ -252,6 +303,10 @@ def test_committed_organism_database_matches_its_dictionaries():
     live = db.con.execute("SELECT dictionary, feature FROM features WHERE n_active > 100 LIMIT 1").fetchone()
     dash = db.get(*live)
     assert dash.top_examples() and dash.logits_top and dash.label != "dead"
+    pad = db.con.execute("SELECT dictionary, feature, logits_top FROM features WHERE logits_top LIKE '%<|pad|>%' "
+                         "LIMIT 1").fetchone()  # the stored lists keep special tokens; what is shown does not
+    shown = db.get(pad[0], pad[1]).logits_top
+    assert [t for t, _ in shown] == [t for t, _ in json.loads(pad[2]) if not t.startswith("<|")] and len(shown) < 8
     assert db._has_labels and "label_config" in db.meta  # enrichment labels are stored (circuits.labels)
     top = dash.top_examples()[0]
     acts = dashboards.activations_on(rm, "".join(top.tokens).strip(), live[0], live[1])

@@ -27,6 +27,28 @@ WINDOW_BEFORE, WINDOW_AFTER = 8, 2  # context around the activating token (sized
 DENSE_LABEL_DENSITY = 0.2
 
 
+def never_predicted(model_name: str | None) -> frozenset[str]:
+    """Token strings that a database of `model_name` leaves out of the promote/suppress lists it shows: tokens the
+    model is never trained to predict (the organism's special tokens, `circuits.organism.tokenizer.NEVER_PREDICTED`).
+    Other models hide nothing (GPT-2 predicts ``<|endoftext|>`` between documents). The stored lists keep every token
+    (the top and bottom 8 logit effects over the whole vocabulary), so a list shown may be shorter than 8."""
+    if model_name != "organism":
+        return frozenset()
+    from circuits.organism.tokenizer import NEVER_PREDICTED
+
+    return frozenset(NEVER_PREDICTED)
+
+
+def shown_auto_label(auto: str, logits_top: list, hidden: frozenset[str]) -> str:
+    """The peak-token label (``on ' Mary' (9/10) → ' John'``) as shown: when the token after the arrow is one the
+    model never predicts (`never_predicted`), it names the first stored promoted token that is not (or ``?``)."""
+    head, arrow, promoted = auto.rpartition(" → ")
+    if not arrow or not any(promoted == repr(t) for t in hidden):
+        return auto
+    shown = next((t for t, _ in logits_top if t not in hidden), None)
+    return f"{head} → {shown!r}" if shown is not None else f"{head} → ?"
+
+
 def dense_mark(density: float | None) -> str | None:
     """``dense 45%`` for a density of at least `DENSE_LABEL_DENSITY`, else None: what labels and pictures add."""
     return f"dense {density:.0%}" if density is not None and density >= DENSE_LABEL_DENSITY else None
@@ -68,8 +90,8 @@ class Dashboard:
     max_activation: float
     n_active: int
     histogram: list[tuple[float, float, int]]  # (low, high, count)
-    logits_top: list[tuple[str, float]]
-    logits_bottom: list[tuple[str, float]]
+    logits_top: list[tuple[str, float]]  # (token, logit effect): the stored top 8 less `never_predicted` tokens
+    logits_bottom: list[tuple[str, float]]  # the same for the bottom 8
     examples: list[Example] = field(default_factory=list)
     heads: list[float] | None = None  # attention features: share of |contribution| per head
     source_offsets: dict[str, float] | None = None  # attention features: share by (query − source) distance
@@ -153,6 +175,7 @@ class Dashboards:
             raise DashboardError(f"{self.path} was built for different dictionaries or a different model "
                                  f"(fingerprint mismatch); rebuild it with `{build_hint}`")
         self._tokens = getattr(rm, "model", None)
+        self._hidden = never_predicted(self.meta.get("model"))  # left out of promote/suppress lists shown
         self._has_labels = self.con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND "
                                             "name = 'labels'").fetchone()[0] > 0
 
@@ -167,13 +190,18 @@ class Dashboards:
         the database."""
         if self._has_labels:
             row = self.con.execute(
-                "SELECT f.user_label, l.label, f.auto_label, f.density FROM features f LEFT JOIN labels l ON "
-                "l.dictionary = f.dictionary AND l.feature = f.feature WHERE f.dictionary = ? AND f.feature = ?",
+                "SELECT f.user_label, l.label, f.auto_label, f.density, f.logits_top FROM features f LEFT JOIN labels l "
+                "ON l.dictionary = f.dictionary AND l.feature = f.feature WHERE f.dictionary = ? AND f.feature = ?",
                 (dictionary, feature)).fetchone()
         else:
-            row = self.con.execute("SELECT user_label, NULL, auto_label, density FROM features WHERE dictionary = ? "
-                                   "AND feature = ?", (dictionary, feature)).fetchone()
-        return shown_label(*row) if row else None
+            row = self.con.execute("SELECT user_label, NULL, auto_label, density, logits_top FROM features WHERE "
+                                   "dictionary = ? AND feature = ?", (dictionary, feature)).fetchone()
+        if row is None:
+            return None
+        user, enriched, auto, density, top = row
+        if user is None and enriched is None and self._hidden:
+            auto = shown_auto_label(auto, json.loads(top), self._hidden)
+        return shown_label(user, enriched, auto, density)
 
     def label_of(self, feature) -> str | None:
         """`label` of a feature given as a graph `Node`, a `FeatureRef`, an id (``"M2#517"``) or a (dictionary,
@@ -253,9 +281,11 @@ class Dashboards:
             toks = json.loads(toks)
             examples.append(Example(kind, rank, act, r, pos, self._decode(toks), json.loads(acts),
                                     min(pos, WINDOW_BEFORE)))
+        top = [tuple(x) for x in json.loads(top) if x[0] not in self._hidden]
+        bottom = [tuple(x) for x in json.loads(bottom) if x[0] not in self._hidden]
+        auto = shown_auto_label(auto, top, self._hidden)
         return Dashboard(dictionary, feature, shown_label(user, enriched, auto, density), auto, density, maxact, n_active,
-                         [tuple(h) for h in json.loads(hist)], [tuple(x) for x in json.loads(top)],
-                         [tuple(x) for x in json.loads(bottom)], examples,
+                         [tuple(h) for h in json.loads(hist)], top, bottom, examples,
                          json.loads(heads) if heads else None, json.loads(offsets) if offsets else None,
                          enriched, claims)
 

@@ -25,6 +25,10 @@ BOS = "<|endoftext|>"
 PAD = "<|pad|>"
 UNK = "<|unk|>"
 SPECIAL_TOKENS: tuple[str, ...] = (BOS, PAD, UNK)
+#: Tokens the organism is never trained to predict: every training row is BOS followed by text, with no padding and
+#: no unknown pieces, so no special token is ever a target. Their unembeddings were only ever pushed down, and what a
+#: feature does to their logits means nothing for its behaviour; dashboards leave them out of promote/suppress lists.
+NEVER_PREDICTED: tuple[str, ...] = SPECIAL_TOKENS
 
 #: One pre-token per match; each pre-token is exactly one vocabulary entry.
 PRETOKEN_PATTERN = r" ?[A-Za-z]+| ?[0-9]{1,2}|[^\sA-Za-z0-9]| +"
