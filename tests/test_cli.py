@@ -40,6 +40,28 @@ def test_eval_subcommand_on_a_tiny_folder(tmp_path, capsys):
                  "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "ioi_train_templates_ABBA" in table and "greater_than" in table and out.exists()
+    import hashlib
+
+    from circuits.model import DATA_DIR
+
+    shipped = DATA_DIR / "organism" / "eval.json"
+    before = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert main(["organism", "eval", "--model", str(tmp_path / "m"), "--subsample", "0.02", "--quiet"]) == 0
+    assert "not saved" in capsys.readouterr().out  # another model never replaces the shipped eval.json
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
+
+
+def test_eval_writes_the_shipped_file_only_for_a_full_run_of_the_shipped_organism():
+    from argparse import Namespace
+
+    from circuits.cli.organism import eval_output
+    from circuits.model import DATA_DIR
+
+    shipped = str(DATA_DIR / "organism" / "eval.json")
+    assert eval_output(Namespace(out=None, model="organism", subsample=1.0)) == shipped
+    assert eval_output(Namespace(out=None, model="organism", subsample=0.5)) == "-"
+    assert eval_output(Namespace(out=None, model="runs/mine", subsample=1.0)) == "-"
+    assert eval_output(Namespace(out="x.json", model="runs/mine", subsample=0.5)) == "x.json"
 
 
 def test_attribute_alias_writes_a_graph(tmp_path, capsys):

@@ -253,6 +253,61 @@ def test_shown_auto_label_only_replaces_a_hidden_arrow_target():
     assert shown_auto_label("dead", top, hidden) == "dead"
 
 
+def test_user_labels_live_beside_the_database_and_never_change_it(planted, db, tmp_path):
+    """`set_label` writes the labels file beside the database, never the database (a shipped, tracked file): its
+    bytes stay the same; the label survives a rebuild of the database at the same path; a database built for other
+    dictionaries (another fingerprint) does not show it, and the file keeps it; a label an older version stored in
+    the database is still shown and can be cleared; a file that is not a labels file is reported, not overwritten."""
+    import hashlib
+    import shutil
+
+    from circuits.dashboards.store import user_labels_path
+
+    rm, rows = planted
+    path = tmp_path / "mine.sqlite"
+    shutil.copy(db, path)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    dashboards.set_label(path, "transcoder_L0", 0, "the detector")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert user_labels_path(path) == tmp_path / "mine.user-labels.json" and user_labels_path(path).exists()
+    d = Dashboards(path, rm)
+    assert d.label("transcoder_L0", 0) == d.get("transcoder_L0", 0).label == "the detector"
+    dashboards.set_label(path, "transcoder_L0", 1, "second")  # an open reader sees labels set after it opened
+    assert d.label("transcoder_L0", 1) == "second"
+    d.close()
+
+    path.unlink()  # rebuilt in place for the same dictionaries: the labels come back
+    dashboards.build(rm, rows, path, batch_size=8, seed=0, progress=False)
+    assert Dashboards(path, rm).label("transcoder_L0", 0) == "the detector"
+
+    other = tmp_path / "other.sqlite"  # another set's database at a path whose labels file has this set's labels
+    shutil.copy(path, other)
+    shutil.copy(user_labels_path(path), user_labels_path(other))
+    con = sqlite3.connect(other)
+    con.execute("UPDATE meta SET value = 'something else' WHERE key = 'fingerprint'")
+    con.commit()
+    con.close()
+    assert Dashboards(other).label("transcoder_L0", 0) != "the detector"
+    assert "the detector" in user_labels_path(other).read_text()
+
+    con = sqlite3.connect(path)  # a label stored in the database by an older version
+    con.execute("UPDATE features SET user_label = 'old' WHERE dictionary = 'transcoder_L0' AND feature = 2")
+    con.commit()
+    con.close()
+    assert Dashboards(path, rm).label("transcoder_L0", 2) == "old"
+    dashboards.set_label(path, "transcoder_L0", 2, None)
+    assert Dashboards(path, rm).label("transcoder_L0", 2) != "old"
+    dashboards.set_label(path, "transcoder_L0", 0, None)
+    assert Dashboards(path, rm).label("transcoder_L0", 0) != "the detector"
+
+    user_labels_path(path).write_text("{not json")
+    with pytest.raises(DashboardError, match="user labels"):
+        Dashboards(path, rm)
+    with pytest.raises(DashboardError, match="user labels"):
+        dashboards.set_label(path, "transcoder_L0", 0, "x")
+    assert user_labels_path(path).read_text() == "{not json"  # not overwritten
+
+
 def test_custom_text_activations(planted):
     rm, _ = planted
     acts = dashboards.activations_on(rm, "Mary went to the store and the park", "transcoder_L0", 0)

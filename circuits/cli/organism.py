@@ -62,10 +62,24 @@ def cmd_organism_train(args) -> int:
     return 0
 
 
+def eval_output(args) -> str:
+    """Where `organism eval` writes: ``--out`` when given ('-': nowhere); otherwise the shipped
+    ``data/organism/eval.json`` only for a full evaluation of the shipped organism (which reproduces that file), and
+    nowhere for another model or a subsample (a result the shipped file must not be overwritten with)."""
+    if args.out is not None:
+        return args.out
+    from circuits.model import DATA_DIR
+
+    if args.model == "organism" and args.subsample >= 1:
+        return str(DATA_DIR / "organism" / "eval.json")
+    return "-"
+
+
 def cmd_organism_eval(args) -> int:
     from circuits.model import load_model
     from circuits.organism.evaluate import EvalSizes, evaluate_organism, write_eval
 
+    args.out = eval_output(args)
     if args.out != "-":
         from circuits.inputs import check_output_file
 
@@ -78,6 +92,8 @@ def cmd_organism_eval(args) -> int:
         write_eval(res, Path(args.out), with_ci_subsample=(args.model == "organism" and args.subsample >= 1),
                    model=model)
         print(f"wrote {args.out}")
+    elif args.model != "organism" or args.subsample < 1:
+        print("not saved (another model or a subsample never replaces the shipped eval.json): pass --out FILE")
     return 0
 
 
@@ -92,8 +108,6 @@ def cmd_organism_corpus(args) -> int:
 
 def add_parser(sub) -> None:
     """`organism` and its actions."""
-    from circuits.model import DATA_DIR  # no torch: the parser and the option checks stay fast
-
     org = sub.add_parser("organism", help="the embedded toy-world model").add_subparsers(dest="action",
                                                                                         required=True)
     t = org.add_parser("train", help="train the organism from scratch (resumes from the folder's checkpoint)")
@@ -115,7 +129,8 @@ def add_parser(sub) -> None:
 
     e = org.add_parser("eval", help="behaviour evaluation on held-out splits")
     e.add_argument("--model", default="organism", help="organism or an organism folder")
-    e.add_argument("--out", default=str(DATA_DIR / "organism" / "eval.json"), help="JSON output ('-': none)")
+    e.add_argument("--out", default=None, help="JSON output ('-': none; default: data/organism/eval.json for the "
+                   "shipped organism at full size, which it reproduces; not saved for another model or a subsample)")
     e.add_argument("--subsample", type=float, default=1.0, help="fraction of prompts (0 < F <= 1)")
     e.add_argument("--quiet", action="store_true")
     add_device_option(e)

@@ -20,7 +20,8 @@ a transcoder predicts ``hook_mlp_out`` after it) and ``W_dec[i] W_O`` for an att
 its weight; then the unembedding. Gemma-2's final soft-cap is monotone and not applied (the effect is on the logit
 before the cap, as graph targets are). The top and bottom tokens are stored.
 
-**Labels.** The label shown everywhere is, first found: the user's label (`set_label`); the enrichment label
+**Labels.** The label shown everywhere is, first found: the user's label (`set_label`, kept in a JSON file beside the
+database, `user_labels_path`, never in it); the enrichment label
 (:mod:`circuits.labels`: the token set the feature's top tokens, the tokens before them and its logit effects are
 enriched in — ``"name → promotes names"``), computed at the end of every build over named token sets
 (:mod:`circuits.token_sets`); the *peak-token label* (`auto_label`, always kept as a second field): the token on
@@ -66,9 +67,10 @@ from circuits.dashboards.store import (
     parse_feature_id,
     render_text,
     set_label,
+    user_labels_path,
 )
 
 __all__ = ["N_LOGITS", "WINDOW_AFTER", "WINDOW_BEFORE", "Dashboard", "DashboardError", "Dashboards", "Example",
            "activations_on", "build", "feature_id", "fingerprint", "head_source_terms", "logit_directions",
            "logit_effect_matrix", "logit_effects", "parse_feature_id", "relabel", "render_text", "set_label",
-           "write_directions"]
+           "user_labels_path", "write_directions"]

@@ -176,8 +176,30 @@ class Dashboards:
                                  f"(fingerprint mismatch); rebuild it with `{build_hint}`")
         self._tokens = getattr(rm, "model", None)
         self._hidden = never_predicted(self.meta.get("model"))  # left out of promote/suppress lists shown
+        self._user_stamp, self._user = None, {}
+        self._user_labels()  # a broken labels file is reported when the database is opened
         self._has_labels = self.con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND "
                                             "name = 'labels'").fetchone()[0] > 0
+
+    def _user_labels(self) -> dict[str, dict[str, str | None]]:
+        """This database's user labels ({dictionary: {index: label or None}}), re-read when the file changes (a
+        label set from the CLI shows in a running explorer)."""
+        path = user_labels_path(self.path)
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._user_stamp:
+            self._user = read_user_labels(self.path).get(self.meta.get("fingerprint", ""), {}) if stamp else {}
+            self._user_stamp = stamp
+        return self._user
+
+    def _user_label(self, dictionary: str, feature: int, stored: str | None) -> str | None:
+        """The user's label: from the labels file when it has an entry (None: cleared), else the one an older
+        version stored in the database."""
+        mine = self._user_labels().get(dictionary, {})
+        return mine[str(feature)] if str(feature) in mine else stored
 
     def _decode(self, ids: list[int]) -> list[str]:
         from circuits.attribution.targets import token_string
@@ -199,6 +221,7 @@ class Dashboards:
         if row is None:
             return None
         user, enriched, auto, density, top = row
+        user = self._user_label(dictionary, feature, user)
         if user is None and enriched is None and self._hidden:
             auto = shown_auto_label(auto, json.loads(top), self._hidden)
         return shown_label(user, enriched, auto, density)
@@ -273,6 +296,7 @@ class Dashboards:
             n = self.con.execute("SELECT COUNT(*) FROM features WHERE dictionary = ?", (dictionary,)).fetchone()[0]
             raise DashboardError(f"{dictionary} has no feature {feature} (features are 0..{n - 1})")
         density, maxact, n_active, hist, top, bottom, heads, offsets, auto, user = row
+        user = self._user_label(dictionary, feature, user)
         claims, enriched = self.enrichment(dictionary, feature)
         examples = []
         for kind, rank, act, r, pos, toks, acts in self.con.execute(
@@ -319,15 +343,68 @@ class Dashboards:
         self._local = threading.local()
 
 
+USER_LABELS_FORMAT = "circuits-user-labels/1"
+
+
+def user_labels_path(db_path: Path) -> Path:
+    """Where the user labels of a database live: a JSON file beside it (``organism.sqlite`` →
+    ``organism.user-labels.json``). They are kept out of the database itself, so setting a label never writes to a
+    shipped or tracked file, and a rebuilt database (same dictionaries) shows them again."""
+    db_path = Path(db_path)
+    return db_path.with_name(db_path.stem + ".user-labels.json")
+
+
+def read_user_labels(db_path: Path) -> dict[str, dict[str, dict[str, str | None]]]:
+    """{fingerprint: {dictionary: {feature index (text): label, or None for a cleared one}}} from the labels file of
+    `db_path` ({} when there is none). Labels are kept per fingerprint: those set on a database built for other
+    dictionaries are kept in the file and not shown. A file that is not a labels file raises `DashboardError` (it
+    is never overwritten)."""
+    path = user_labels_path(db_path)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        ok = isinstance(data, dict) and data.get("format") == USER_LABELS_FORMAT and isinstance(
+            data.get("labels"), dict)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DashboardError(f"{path} cannot be read as user labels ({e}); fix it or move it away") from None
+    if not ok:
+        raise DashboardError(f"{path} is not a user-labels file (format {USER_LABELS_FORMAT!r} expected); fix it or "
+                             "move it away")
+    return data["labels"]
+
+
 def set_label(path: Path, dictionary: str, feature: int, label: str | None) -> None:
-    """Set (or clear, with None) a user label that overrides the automatic one."""
-    con = sqlite3.connect(str(path))
-    cur = con.execute("UPDATE features SET user_label = ? WHERE dictionary = ? AND feature = ?",
-                      (label, dictionary, feature))
-    con.commit()
-    con.close()
-    if cur.rowcount == 0:
+    """Set (or clear, with None) a user label that overrides the automatic one, in the labels file beside the
+    database (`user_labels_path`; written to a temporary file and renamed, so it is never left half-written). The
+    database is only read."""
+    path = Path(path)
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        fp = dict(con.execute("SELECT key, value FROM meta").fetchall()).get("fingerprint", "")
+        row = con.execute("SELECT user_label FROM features WHERE dictionary = ? AND feature = ?",
+                          (dictionary, feature)).fetchone()
+    finally:
+        con.close()
+    if row is None:
         raise DashboardError(f"no feature {feature_id(dictionary, feature)} ({dictionary}) in {path}")
+    labels = read_user_labels(path)
+    mine = labels.setdefault(fp, {}).setdefault(dictionary, {})
+    if label is not None:
+        mine[str(feature)] = label
+    elif row[0] is not None:  # a label an older version stored in the database: cleared here
+        mine[str(feature)] = None
+    else:
+        mine.pop(str(feature), None)
+    out = user_labels_path(path)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps({"format": USER_LABELS_FORMAT, "labels": labels}, indent=1, sort_keys=True),
+                       encoding="utf-8")
+        tmp.replace(out)
+    except OSError as e:
+        raise DashboardError(f"cannot write user labels to {out} ({e.strerror}); give a database in a folder you "
+                             "can write with --db FILE") from None
 
 
 def _feature_key(feature) -> tuple[str, int] | None:
