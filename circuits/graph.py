@@ -208,9 +208,21 @@ class Graph:
 
     @classmethod
     def from_json(cls, data: dict) -> Graph:
-        """Validate and load a JSON object written by `to_json` (errors name the bad field)."""
+        """Validate and load a JSON object written by `to_json` (errors name the bad field).
+
+        `data` is the parsed object (a dict), not a file: a path (`str` or `os.PathLike`), JSON text or bytes raise
+        a `TypeError` that names the loader to use — `circuits.export.read_json(path)` for a file,
+        `circuits.export.loads(text)` for JSON text."""
+        import os
+
         from circuits.export import from_dict
 
+        if isinstance(data, str | bytes | bytearray | os.PathLike):
+            if isinstance(data, str | bytes | bytearray) and data.lstrip()[:1] in ("{", b"{"):
+                raise TypeError("Graph.from_json takes the parsed JSON object (a dict), not JSON text; for text or "
+                                "bytes use circuits.export.loads(text)")
+            raise TypeError(f"Graph.from_json takes the parsed JSON object (a dict), not a path ({data!s:.80}); to "
+                            "load a graph file use circuits.export.read_json(path)")
         return from_dict(data)
 
     def to_networkx(self):

@@ -262,9 +262,8 @@ class ReplacementModel:
                 raise AttributionError("the prompt is empty; give at least one token")
         unk = getattr(getattr(self.model, "tokenizer", None), "unk_token_id", None)
         if unk is not None and bool((tokens == unk).any()):
-            where = torch.nonzero(tokens == unk).flatten().tolist()
-            warnings.warn(f"the prompt has unknown words (mapped to the unknown token) at positions {where}; the "
-                          "model has no embedding for them", stacklevel=2)
+            warnings.warn(f"the prompt has unknown words (mapped to the unknown token): {_unknown_words(self.model, prompt, tokens, unk)}; "
+                          "the model has no embedding for them", stacklevel=2)
         n_ctx = self.cfg.n_ctx
         if tokens.shape[0] > n_ctx:
             raise AttributionError(f"the prompt has {tokens.shape[0]} tokens (BOS included) but the model's context "
@@ -455,3 +454,23 @@ class ReplacementModel:
         b = getattr(module, "b", None)
         return (w if w is not None else torch.ones(d, dtype=dtype, device=self.model.W_E.device),
                 b if b is not None else torch.zeros(d, dtype=dtype, device=self.model.W_E.device))
+
+
+def _unknown_words(model, prompt, tokens: torch.Tensor, unk: int, shown: int = 8) -> str:
+    """``'cat' at 2, 'sat' at 3`` for the first `shown` unknown tokens of a prompt (then ``and N more``): the words
+    from the tokenizer's offsets when the prompt is text and the tokenizer gives them, else positions only."""
+    where = torch.nonzero(tokens == unk).flatten().tolist()
+    words: list[str | None] = [None] * len(where)
+    if isinstance(prompt, str):
+        try:
+            enc = model.tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=False)
+            ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            shift = len(tokens) - len(ids)  # the BOS the model prepends
+            if shift >= 0 and ids == tokens[shift:].tolist():
+                words = [prompt[slice(*offsets[p - shift])].strip() if p >= shift else None for p in where]
+        except (TypeError, KeyError, NotImplementedError, ValueError):
+            pass  # a tokenizer without offsets: positions only
+    parts = [f"{w!r} at {p}" if w else f"position {p}" for w, p in zip(words, where, strict=True)][:shown]
+    more = f" and {len(where) - shown} more" if len(where) > shown else ""
+    return ", ".join(parts) + more
+

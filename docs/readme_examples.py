@@ -71,7 +71,7 @@ def regions() -> dict[str, str]:
     fid = f"M3#{index}"
     commands = (
         "```bash\n"
-        "circuits dashboards build --model organism          # every feature of every dictionary → "
+        "circuits dashboards build --model organism          # only to rebuild it (it ships): every feature → "
         "data/dashboards/organism.sqlite\n"
         f"circuits feature {fid}                              # the dashboard in the terminal "
         f"(also: mlp:3:{index}, transcoder_L3#{index})\n"

@@ -76,6 +76,26 @@ def test_a_literal_special_token_in_a_prompt_is_said(tiny_model):
     assert not any("endoftext" in str(w.message) for w in caught)
 
 
+def test_unknown_words_are_named_and_a_long_list_is_cut(tiny_model):
+    """The unknown-word warning names the words and their positions (the first 8, then how many more); a prompt of
+    known words (the negative control) gives none."""
+    from circuits.replacement import ReplacementModel
+
+    rm = ReplacementModel(tiny_model, [], name="tiny")
+
+    def said(prompt):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rm.tokenize(prompt)
+        return [str(w.message) for w in caught if "unknown words" in str(w.message)]
+
+    assert said("When Mary and John") == []
+    (one,) = said("When Mary zzqx and John")
+    assert "'zzqx' at 3" in one
+    (many,) = said(" ".join(["zzqx"] * 20))
+    assert "'zzqx' at 8" in many and "'zzqx' at 9" not in many and "and 12 more" in many
+
+
 def test_invalid_unicode_in_a_prompt_is_named(tiny_model):
     from circuits.errors import AttributionError
     from circuits.replacement import ReplacementModel

@@ -358,6 +358,10 @@ def test_committed_organism_database_matches_its_dictionaries():
     live = db.con.execute("SELECT dictionary, feature FROM features WHERE n_active > 100 LIMIT 1").fetchone()
     dash = db.get(*live)
     assert dash.top_examples() and dash.logits_top and dash.label != "dead"
+    stored = [a for (a,) in db.con.execute("SELECT activation FROM examples WHERE dictionary = 'transcoder_L3' AND "
+                                           "feature = 1184 AND kind = 'quantile' ORDER BY rank")]
+    shown = [e.activation for e in db.get("transcoder_L3", 1184).examples if e.kind == "quantile"]
+    assert stored != sorted(stored, reverse=True) and shown == sorted(stored, reverse=True)  # strongest first
     pad = db.con.execute("SELECT dictionary, feature, logits_top FROM features WHERE logits_top LIKE '%<|pad|>%' "
                          "LIMIT 1").fetchone()  # the stored lists keep special tokens; what is shown does not
     shown = db.get(pad[0], pad[1]).logits_top

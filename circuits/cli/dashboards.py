@@ -145,6 +145,49 @@ def cmd_dashboards_build(args) -> int:
     return 0
 
 
+BAR = 40  # characters of `feature --text`'s bar at the scale's maximum
+
+
+def _bar(act: float, scale: float) -> str:
+    """`act` as a bar of '#': `BAR` characters = `scale`; zero, negative (or no scale) is empty."""
+    if act <= 0 or scale <= 0:
+        return ""
+    return "#" * min(BAR, round(BAR * act / scale))
+
+
+def _bar_scale(text_max: float, stored_max: float | None, why_none: str) -> tuple[float, str]:
+    """The bars' scale, and the words that say it: the feature's maximum activation over the dashboard corpus
+    (`stored_max`), or this text's maximum when that is larger or there is no stored one (`why_none` says why)."""
+    if max(text_max, stored_max or 0.0) <= 0:
+        return 0.0, "no bars: the feature is not active on this text" + (f"; {why_none}" if why_none else
+                                                                          " nor in the dashboard corpus")
+    if stored_max is not None and stored_max >= text_max:
+        return stored_max, f"bar: {BAR} # = {stored_max:.1f}, its maximum over the dashboard corpus"
+    if stored_max is not None:
+        return text_max, (f"bar: {BAR} # = {text_max:.1f}, this text's maximum, above the "
+                          f"{stored_max:.1f} of the dashboard corpus")
+    return text_max, f"bar: {BAR} # = {text_max:.1f}, this text's maximum; {why_none}"
+
+
+def _stored_max(args, db_path: Path, rm, name: str, feature: int) -> tuple[float | None, str]:
+    """The feature's maximum activation in the dashboard database, or (None, why) when the default database is
+    absent or was built for other dictionaries (a database given with --db must serve: its errors are raised)."""
+    from circuits import dashboards
+
+    if not db_path.is_file():
+        return None, f"no dashboard database at {db_path}"
+    try:
+        db = dashboards.Dashboards(db_path, rm)
+        try:
+            return db.get(name, feature).max_activation, ""
+        finally:
+            db.close()
+    except dashboards.DashboardError:
+        if args.db:
+            raise
+        return None, f"{db_path} is not a dashboard of these dictionaries"
+
+
 def cmd_feature(args) -> int:
     from circuits import dashboards
     from circuits.dictionaries import load_dictionaries
@@ -162,20 +205,28 @@ def cmd_feature(args) -> int:
         from circuits.errors import AttributionError
         from circuits.inputs import check_text
 
+        if not args.text.strip():
+            raise CircuitsError(f"--text {args.text!r}: empty; give the text to run the feature on (at least one word)")
         try:
             check_text(args.text, "--text")
         except AttributionError as e:
             raise CircuitsError(str(e)) from None
+        if args.db and not db_path.is_file():  # a database given for the bars' scale must exist
+            raise CircuitsError(f"no dashboard database at {db_path}; build it with `circuits dashboards build` or "
+                                "leave out --db")
     elif not db_path.is_file():
         raise CircuitsError(f"no dashboard database at {db_path}; build it with `circuits dashboards build` or give "
                             "--db FILE")
     model, _ = load_model(args.model, resolve_device(args.device))
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     if args.text is not None:
-        print(f"{ref}: activation on every token of the text")
-        for tok, act in dashboards.activations_on(rm, args.text, name, feature):
+        acts = dashboards.activations_on(rm, args.text, name, feature)  # bad dictionary/feature: before any output
+        stored, why_none = _stored_max(args, db_path, rm, name, feature)
+        scale, note = _bar_scale(max(a for _, a in acts), stored, why_none)
+        print(f"{ref}: activation on every token of the text ({note})")
+        for tok, act in acts:
             act = round(act, 3) + 0.0  # never print -0.000
-            print(f"{tok!r:<16} {act:8.3f} {'#' * max(0, min(40, round(4 * act)))}")
+            print(f"{tok!r:<16} {act:8.3f} {_bar(act, scale)}")
         return 0
     db = dashboards.Dashboards(db_path, rm)
     if args.label is not None:
@@ -221,7 +272,8 @@ def add_parser(sub) -> None:
     f.add_argument("--model", default="organism")
     f.add_argument("--dicts", default="organism")
     f.add_argument("--db", help="database path (default data/dashboards/MODEL.sqlite)")
-    f.add_argument("--text", help="test on custom text: the feature's activation on every token")
+    f.add_argument("--text", help="test on custom text: the feature's activation on every token (bars scaled to its "
+                   "maximum over the dashboard corpus)")
     f.add_argument("--label", help="set a label that overrides the automatic one ('' clears it)")
     add_device_option(f)
     f.set_defaults(func=cmd_feature)

@@ -5,11 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from circuits.cli.common import _token_at
+from circuits.errors import CircuitsError
+
+
+def _check_top(args) -> None:
+    """`--top` as `trace` checks it: before any file is read."""
+    if args.top < 0:
+        raise CircuitsError(f"--top {args.top}: must be 0 or more")
 
 
 def cmd_graph_show(args) -> int:
     from circuits import export
 
+    _check_top(args)
     g = export.read_json(Path(args.file))
     m = g.metadata
     kinds: dict[str, int] = {}
@@ -49,6 +57,9 @@ def _describe(graph, node) -> str:
 def cmd_graph_diff(args) -> int:
     from circuits import export
 
+    _check_top(args)
+    if not 0 <= args.rel_tol < float("inf"):
+        raise CircuitsError(f"--rel-tol {args.rel_tol}: must be a finite number ≥ 0 (a relative change, e.g. 0.1)")
     a, b = export.read_json(Path(args.a)), export.read_json(Path(args.b))
     d = export.diff(a, b, args.rel_tol)
     print(f"A: {args.a} ({a.n_nodes} nodes, {a.n_edges} edges); B: {args.b} ({b.n_nodes} nodes, {b.n_edges} edges)")
@@ -74,11 +85,11 @@ def add_parser(sub) -> None:
     gr = sub.add_parser("graph", help="inspect graph files").add_subparsers(dest="action", required=True)
     sh = gr.add_parser("show", help="summary of a graph JSON file")
     sh.add_argument("file")
-    sh.add_argument("--top", type=int, default=10)
+    sh.add_argument("--top", type=int, default=10, help="strongest edges to list (default 10)")
     sh.set_defaults(func=cmd_graph_show)
     df = gr.add_parser("diff", help="nodes and edges that appear, vanish or change between two graphs")
     df.add_argument("a")
     df.add_argument("b")
     df.add_argument("--rel-tol", type=float, default=0.1, help="relative weight change that counts")
-    df.add_argument("--top", type=int, default=10)
+    df.add_argument("--top", type=int, default=10, help="nodes and edges to list per kind of change (default 10)")
     df.set_defaults(func=cmd_graph_diff)

@@ -301,7 +301,8 @@ class Dashboards:
         examples = []
         for kind, rank, act, r, pos, toks, acts in self.con.execute(
                 "SELECT kind, rank, activation, row, pos, tokens, activations FROM examples WHERE dictionary = ? "
-                "AND feature = ? ORDER BY kind DESC, rank", (dictionary, feature)):
+                "AND feature = ? ORDER BY kind DESC, CASE WHEN kind = 'top' THEN rank ELSE -activation END, rank",
+                (dictionary, feature)):  # top examples by rank; quantile samples strongest first
             toks = json.loads(toks)
             examples.append(Example(kind, rank, act, r, pos, self._decode(toks), json.loads(acts),
                                     min(pos, WINDOW_BEFORE)))

@@ -1,0 +1,170 @@
+"""`circuits graph show|diff`, `circuits feature --text`, `Graph.from_json` and `python -m circuits`: bad input is
+one line on stderr with exit status 2 (a typed exception in the API), found before any work; valid input still
+works (the negative controls)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuits import export
+from circuits.cli import main
+from circuits.graph import Graph, Node
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def _one_line_error(capsys, needle: str) -> str:
+    """The CLI (called in-process) printed exactly one error line naming `needle`, and nothing on stdout."""
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and lines[0].startswith("circuits: error:"), (out, err)
+    assert "Traceback" not in err and needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def graph_file(tmp_path_factory) -> Path:
+    """A hand-built graph file: 3 tokens, 3 features, a logit; 12 edges of distinct weights."""
+    nodes = (Node("token", -1, 0, 1), Node("token", -1, 1, 2), Node("token", -1, 2, 3),
+             Node("mlp_feature", 0, 1, 7), Node("mlp_feature", 0, 2, 8), Node("attn_feature", 1, 2, 9),
+             Node("logit", 2, 2, 4))
+    pairs = [(3, 0), (3, 1), (4, 0), (4, 1), (4, 2), (5, 3), (5, 4), (5, 2), (6, 3), (6, 4), (6, 5), (6, 2)]
+    g = Graph(nodes, torch.ones(len(nodes)), torch.tensor(pairs).T.contiguous(),
+              torch.linspace(0.1, 1.2, len(pairs)) * torch.tensor([1.0, -1.0] * (len(pairs) // 2)),
+              metadata={"model": "hand", "dictionaries": [], "tokens": [1, 2, 3], "token_strings": ["a", "b", "c"],
+                        "targets": [{"label": "d", "node": nodes[-1].to_json(), "weight": 1.0, "value": 1.0}],
+                        "method": "analytic", "n_layers": 2, "n_heads": 2})
+    return export.write_json(g, tmp_path_factory.mktemp("graph") / "g.json")
+
+
+# 1. --top of `graph show` / `graph diff` ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["show", "diff"])
+def test_graph_negative_top_is_one_line_before_reading_any_file(action, capsys, tmp_path):
+    """--top < 0 used to list every edge (a slice [:-3]); it is refused like `trace --top`, before the files are
+    read (a missing file would be the error otherwise)."""
+    missing = str(tmp_path / "no-such.json")
+    files = [missing] if action == "show" else [missing, missing]
+    assert main(["graph", action, *files, "--top", "-3"]) == 2
+    assert _one_line_error(capsys, "--top -3: must be 0 or more")
+
+
+@pytest.mark.parametrize("tol", ["-0.1", "inf", "nan"])
+def test_graph_diff_bad_rel_tol_is_one_line_before_reading_any_file(tol, capsys, tmp_path):
+    missing = str(tmp_path / "no-such.json")
+    assert main(["graph", "diff", missing, missing, "--rel-tol", tol]) == 2
+    assert _one_line_error(capsys, f"--rel-tol {float(tol)}: must be a finite number")
+
+
+def test_graph_top_lists_at_most_top_and_zero_is_allowed(graph_file, capsys):
+    """Negative control: --top N lists N edges (0 lists none), all of them when N is larger."""
+    for top, shown in ((2, 2), (0, 0), (100, 12)):
+        assert main(["graph", "show", str(graph_file), "--top", str(top)]) == 0
+        out = capsys.readouterr().out
+        assert f"strongest {shown} edges" in out
+        assert sum(line.startswith("  ") and " -> " in line for line in out.splitlines()) == shown
+    assert main(["graph", "diff", str(graph_file), str(graph_file), "--top", "0"]) == 0
+    assert "A: " in capsys.readouterr().out
+
+
+# 2. and 3. `feature --text`: empty text, bar scale ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_feature_empty_text_is_one_line_before_the_model_loads(text, capsys):
+    """An empty or blank --text used to print the header, load the model and then fail; now one line, nothing on
+    stdout, and no model loaded (`--model nosuch` would be the error otherwise)."""
+    assert main(["feature", "M3#1184", "--text", text, "--model", "nosuch"]) == 2
+    _one_line_error(capsys, "--text")
+
+
+def test_feature_explicit_missing_db_with_text_is_one_line_before_the_model_loads(capsys):
+    assert main(["feature", "M3#1184", "--text", PROMPT, "--model", "nosuch", "--db", "/no/such.sqlite"]) == 2
+    _one_line_error(capsys, "no dashboard database at /no/such.sqlite")
+
+
+def test_bar_scale_rules():
+    """40 # = the scale; empty for zero, negative or no scale; the scale is the stored maximum unless the text's is
+    larger; the header names it."""
+    from circuits.cli.dashboards import BAR, _bar, _bar_scale
+
+    assert BAR == 40 and _bar(53.6, 53.6) == "#" * 40 and _bar(26.8, 53.6) == "#" * 20
+    assert _bar(0.0, 53.6) == _bar(-3.0, 53.6) == _bar(5.0, 0.0) == ""
+    assert len(_bar(12.0, 53.6)) != len(_bar(40.0, 53.6))  # above 10 the bars still differ (they saturated at 10)
+    assert _bar_scale(44.9, 53.56, "") == (53.56, "bar: 40 # = 53.6, its maximum over the dashboard corpus")
+    scale, note = _bar_scale(60.0, 53.6, "")
+    assert scale == 60.0 and "40 # = 60.0" in note and "53.6" in note
+    scale, note = _bar_scale(7.5, None, "no dashboard database at X")
+    assert scale == 7.5 and "40 # = 7.5" in note and "no dashboard database at X" in note
+    assert _bar_scale(0.0, None, "why")[0] == 0.0 and "no bars" in _bar_scale(0.0, None, "why")[1]
+
+
+def test_feature_text_bars_are_scaled_to_the_stored_maximum(capsys):
+    """On the organism, M3#1184 fires ~43 and ~45 on the IOI prompt (both saturated at 40 '#' before); its stored
+    maximum is ~53.6, so the bars are round(40 * act / max), below 40 and different."""
+    from circuits import dashboards, load_dictionaries, load_model
+    from circuits.model import DATA_DIR
+    from circuits.replacement import ReplacementModel
+
+    assert main(["feature", "M3#1184", "--text", PROMPT]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    model, _ = load_model("organism")
+    rm = ReplacementModel(model, load_dictionaries("organism", model), name="organism")
+    top = dashboards.Dashboards(DATA_DIR / "dashboards" / "organism.sqlite", rm).get("transcoder_L3", 1184)
+    assert lines[0].startswith("M3#1184: ") and f"bar: 40 # = {top.max_activation:.1f}" in lines[0]
+    bars = {}
+    for line in lines[1:]:
+        act = float(line[16:].split()[0])
+        n = line.count("#")
+        assert n == (round(40 * act / top.max_activation) if act > 0 else 0), line
+        bars[act] = n
+    fired = [n for a, n in bars.items() if a > 10]
+    assert len(fired) >= 2 and max(fired) < 40 and len(set(fired)) >= 2, bars
+
+
+# 4. Graph.from_json given a path ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arg", ["abba.json", Path("abba.json")])
+def test_graph_from_json_given_a_path_names_read_json(arg):
+    with pytest.raises(TypeError, match=r"circuits\.export\.read_json\(path\)") as e:
+        Graph.from_json(arg)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("arg", ['{"format": "circuits-graph"}', b"{}"])
+def test_graph_from_json_given_json_text_names_loads(arg):
+    with pytest.raises(TypeError, match=r"circuits\.export\.loads\(text\)"):
+        Graph.from_json(arg)
+
+
+def test_graph_from_json_still_loads_a_dict_and_read_json_a_file(graph_file):
+    """Negative control: the dict (and the file through the one file loader) still load, identically."""
+    import json
+
+    g = export.read_json(graph_file)
+    assert Graph.from_json(json.loads(graph_file.read_text())).nodes == g.nodes
+    assert export.loads(graph_file.read_bytes()).nodes == g.nodes
+    assert Graph.from_json(g.to_json()).nodes == g.nodes
+
+
+# 5. python -m circuits -------------------------------------------------------------------------------------------
+
+
+def test_python_dash_m_circuits_is_the_circuits_command():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "circuits", "--help"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage: circuits") and "graph" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "circuits", "graph", "show", "x.json", "--top", "-1"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == "circuits: error: --top -1: must be 0 or more", bad.stderr
