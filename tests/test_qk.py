@@ -307,6 +307,12 @@ def test_top_and_marginals_agree_with_the_table(variants):
     assert abs(sum(m.contribution for m in qk.key_marginals()) - qk.value) < 1e-10
     assert qk.score == pytest.approx(qk.value)
     assert {int(p) for p in qk.key_positions} == {3, 7}
+    # constants=False lists pairs of two sources only, never a masked constant pair as a zero (even when k asks for
+    # more pairs than there are); with constants, the k largest of all pairs
+    n_sources = sum(q is not None for q in qk.query_nodes) * sum(c is not None for c in qk.key_nodes)
+    only = qk.top(n_sources + 5, constants=False)
+    assert len(only) == n_sources and all(t.query is not None and t.key is not None for t in only)
+    assert len(qk.top(n_sources + 5)) == min(n_sources + 5, M.numel()) > n_sources
 
 
 def test_graph_with_qk_tables_round_trips_and_version_2_still_reads(tmp_path, variants):

@@ -159,10 +159,13 @@ class QKAttribution:
         row_ok = torch.tensor([constants or n is not None for n in self.query_nodes], device=best_v.device)
         col_ok = torch.tensor([constants or n is not None for n in self.key_nodes], device=best_v.device)
         for start, block in self._column_chunks():
-            if not constants:
-                block = block * (row_ok[:, None] & col_ok[None, start:start + block.shape[1]])
             flat = block.flatten()
-            v, i = flat.abs().topk(min(k, flat.numel()))
+            score = flat.abs()
+            if not constants:  # a pair with a constant part is never chosen (not even as a zero, when few are left)
+                ok = (row_ok[:, None] & col_ok[None, start:start + block.shape[1]]).flatten()
+                score = torch.where(ok, score, torch.full_like(score, -1.0))
+            s, i = score.topk(min(k, flat.numel()))
+            i = i[s >= 0]
             rows, cols = i // block.shape[1], i % block.shape[1] + start
             best_v = torch.cat([best_v, flat[i]])
             best_i = torch.cat([best_i, rows * n_k + cols])
