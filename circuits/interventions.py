@@ -176,6 +176,28 @@ def dictionary_of(rm: ReplacementModel, node: Node):
     return table[node.layer]
 
 
+def check_graph_fits(rm: ReplacementModel, graph, source: str = "graph") -> None:
+    """`CircuitsError` naming the first node of `graph` (a loaded file) that `rm` cannot hold: a feature or error
+    node of a layer without a dictionary, a feature index outside its dictionary, or a position past the graph's
+    tokens. Run it when a file is opened, before any tab runs the model on the graph's nodes."""
+    n_tokens = len(graph.metadata.get("tokens") or []) or None
+    for node in graph.nodes:
+        if n_tokens is not None and node.kind not in ("logit", "logit_diff") and not 0 <= node.pos < n_tokens:
+            raise CircuitsError(f"{source}: node {node.short()} is at position {node.pos}, but the prompt has "
+                                f"{n_tokens} tokens; the file is inconsistent")
+        if not node.kind.endswith(("_feature", "_error")) or (node.kind == "mlp_error" and
+                                                               node.layer not in rm.transcoders):
+            continue  # an MLP error where the set has no transcoder is the whole MLP output (mlp_L)
+        table = rm.attention_saes if node.kind.startswith("attn") else rm.transcoders
+        if node.layer not in table:
+            raise CircuitsError(f"{source}: node {node.short()} is of layer {node.layer}, where these dictionaries "
+                                f"have none (layers {sorted(table)}); open it with the dictionaries it was traced with")
+        d = table[node.layer]
+        if node.kind.endswith("_feature") and not 0 <= node.index < d.d_sae:
+            raise CircuitsError(f"{source}: node {node.short()}: {d.cfg.name} has features 0..{d.d_sae - 1}; the "
+                                "file does not fit these dictionaries")
+
+
 def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Edit] = (), *,
                frozen: bool = False, direct: bool = False,
                keep: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None, ablation: Ablation | None = None,

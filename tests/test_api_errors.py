@@ -103,3 +103,25 @@ def test_invalid_unicode_in_a_prompt_is_named(tiny_model):
     rm = ReplacementModel(tiny_model, [], name="tiny")
     with pytest.raises(AttributionError, match="byte 0xff at character 5"):
         rm.tokenize("When \udcff Mary")
+
+
+def test_a_loaded_graph_that_does_not_fit_the_dictionaries_is_named():
+    """`check_graph_fits` names the first node a replacement model cannot hold: a feature index past its dictionary,
+    a position past the prompt; the shipped graph itself (the negative control) fits."""
+    import dataclasses
+
+    from circuits import ReplacementModel, export, load_dictionaries, load_model
+    from circuits.interventions import check_graph_fits
+    from circuits.model import DATA_DIR
+
+    model, _ = load_model("organism")
+    rm = ReplacementModel(model, load_dictionaries("organism", model))
+    graph = export.read_json(DATA_DIR / "graphs" / "ioi_abba.json")
+    check_graph_fits(rm, graph)
+    k = next(i for i, n in enumerate(graph.nodes) if n.kind == "attn_feature")
+    for change, needle in (({"index": 10**6}, "has features 0..4095"), ({"pos": 99}, "position 99")):
+        nodes = list(graph.nodes)
+        nodes[k] = dataclasses.replace(nodes[k], **change)
+        with pytest.raises(CircuitsError, match=needle):
+            check_graph_fits(rm, dataclasses.replace(graph, nodes=nodes), "g.json")
+

@@ -199,6 +199,22 @@ def test_a_bad_upload_is_one_message_and_keeps_the_graph(app, monkeypatch, data,
     assert calls == ["mine.json"]
 
 
+def test_an_upload_whose_nodes_do_not_fit_the_dictionaries_is_one_message(app, monkeypatch):
+    """A graph file naming feature 999999 of transcoder L0 (it has 1,792) was opened, and the tabs then failed one by
+    one (an IndexError on faithfulness). It is refused when opened, with one message; the current graph stays."""
+    import json
+
+    data = json.loads((ROOT / "data" / "graphs" / "two_hop_lyon.json").read_text())
+    k = next(i for i, kind in enumerate(data["nodes"]["kind"]) if kind == "mlp_feature")
+    data["nodes"]["index"][k] = 999999
+    before = _header(app)
+    _uploading(monkeypatch, _Upload(json.dumps(data).encode(), "bad.json", "bad-index"))
+    app.run(timeout=60)
+    assert not app.exception, [e.value for e in app.exception]
+    assert len(app.error) == 1 and "999999" in app.error[0].value and "features 0..1791" in app.error[0].value
+    assert _header(app) == before
+
+
 def test_the_sidebar_trace_button_comes_right_after_the_target(app):
     """Issue 16 item 3: the trace button was below the fold; it now follows the prompt and target inputs."""
     keys = [getattr(w, "key", None) for w in app.sidebar]

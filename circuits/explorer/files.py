@@ -8,6 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from circuits.errors import CircuitsError
 from circuits.explorer.state import GALLERY, guarded, run_of, show_graph, sidebar_from_graph, state, with_ui
 
 
@@ -68,7 +69,32 @@ def load_graph_bytes(data: bytes, name: str, fold: bool = False) -> None:
         return
     if fold:
         graph = fold_bos(graph)
-    show_graph(graph, run_of(graph, st.session_state.get("dicts")))
+    run = run_of(graph, st.session_state.get("dicts"))
+    if not _fits(graph, run, name):
+        return
+    show_graph(graph, run)
     s["pending_sidebar"] = sidebar_from_graph(graph)
     s["flash"] = f"opened {name}: {graph.n_nodes} nodes, {graph.n_edges} edges"
     st.rerun()
+
+
+def _fits(graph, run: dict, name: str) -> bool:
+    """False (with one message; the current graph stays) when the graph names nodes its dictionaries cannot hold
+    (`circuits.interventions.check_graph_fits`). A graph whose model cannot be loaded here is opened as it is: the
+    tabs that run the model say why they cannot."""
+    from circuits.explorer.state import replacement
+    from circuits.interventions import check_graph_fits
+
+    if run["dicts"] is None:
+        return True
+    try:
+        rm = replacement(run["model"], run["dicts"], names=run["dictionaries"])
+    except Exception:  # noqa: BLE001 — not loadable here (another model, offline): viewing needs no model
+        return True
+    try:
+        check_graph_fits(rm, graph, name)
+    except CircuitsError as e:
+        st.error(str(e))
+        return False
+    return True
+
