@@ -336,8 +336,9 @@ class Faithfulness:
     circuit: float  # m(C)
     empty: float  # m(∅)
     full: float  # m(M)
-    n_features: int
+    n_features: int  # features kept live (the circuit's, plus the BOS position's when the graph folded BOS)
     n_errors: int
+    n_bos: int = 0  # of those features and errors, the BOS position's (folded into the graph's constants)
 
     @property
     def score(self) -> float:
@@ -380,17 +381,19 @@ def faithfulness(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, 
     nodes = list(circuit.nodes) if isinstance(circuit, Graph) else list(circuit)
     masks = circuit_masks(rm, cache, nodes)
     bos = circuit.metadata.get("bos_folded") if isinstance(circuit, Graph) else None
+    n_bos = 0
     if bos and bos.get("pos") is not None:  # BOS nodes folded into the graph's constants (graph.fold_bos) stay
         for d in rm.dictionaries:
             masks[0][d.cfg.name][bos["pos"]] |= cache.codes[d.cfg.name][bos["pos"]].cpu() != 0
             masks[1][d.cfg.name][bos["pos"]] = True
+            n_bos += int(masks[0][d.cfg.name][bos["pos"]].sum()) + 1
     held = hold_inactive(ablation, cache)  # features that are not graph nodes stay at their clean value, 0
     none = ({k: torch.zeros_like(v) for k, v in masks[0].items()}, {k: torch.zeros_like(v) for k, v in masks[1].items()})
     m_c = float(metric(run_edited(rm, cache, keep=masks, ablation=held)[0]))
     m_0 = float(metric(run_edited(rm, cache, keep=none, ablation=held)[0]))
     m_full = float(metric(cache.logits))
     return Faithfulness(ablation.mode, m_c, m_0, m_full, int(sum(int(v.sum()) for v in masks[0].values())),
-                        int(sum(int(v.sum()) for v in masks[1].values())))
+                        int(sum(int(v.sum()) for v in masks[1].values())), n_bos)
 
 
 __all__ = ["Ablation", "Edit", "Faithfulness", "InterventionResult", "faithfulness", "intervene",

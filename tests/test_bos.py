@@ -123,3 +123,6 @@ def test_faithfulness_of_a_folded_graph_keeps_the_bos_nodes(rm64, tiny_graph):
     assert got.n_features == listed.n_features and got.n_errors == listed.n_errors
     without = faithfulness(rm64, PROMPT, list(folded.nodes), metric)  # a node list: nothing is added
     assert without.n_features < got.n_features
+    # n_bos counts what the fold added (BOS features and the BOS error of each dictionary), and only then
+    assert got.n_bos == len(bos) and without.n_bos == listed.n_bos == 0
+    assert got.n_features + got.n_errors - got.n_bos == without.n_features + without.n_errors

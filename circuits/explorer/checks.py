@@ -64,4 +64,5 @@ def checks(full, g, run: dict) -> None:
             f = on_model(faithfulness, rm, run["prompt"], g, metric, ab)
             if f is not None:
                 st.write(f"faithfulness ({f.ablation} ablation): **{f.score:.3f}** — circuit {f.circuit:.3f}, "
-                         f"empty {f.empty:.3f}, model {f.full:.3f} ({f.n_features} features, {f.n_errors} errors)")
+                         f"empty {f.empty:.3f}, model {f.full:.3f} ({f.n_features} features and {f.n_errors} errors kept"
+                         + (f", {f.n_bos} of them at BOS, folded into the graph's constants)" if f.n_bos else ")"))
