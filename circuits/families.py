@@ -271,8 +271,9 @@ def load_public(name: str, device: str = "cpu"):
     if not cached and (os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable()):
         raise ModelLoadError(
             f"{name} ({spec.hf_name}, {spec.weights_gib():.1f} GiB in bf16) is not in the local Hugging Face cache and "
-            "the hub is unreachable (offline); use the embedded default instead: load_model('organism') / --model "
-            "organism, or a saved tiny model of the family (circuits.families.save_model)")
+            "the hub is unreachable (offline); use the embedded default instead, the model 'organism' "
+            "(load_model('organism'), --model organism, or the explorer's model menu), or a saved tiny model of the "
+            "family (circuits.families.save_model)")
     from transformer_lens import HookedTransformer
 
     try:

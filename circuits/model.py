@@ -286,7 +286,8 @@ def _load_gpt2(device: str) -> LoadedModel:
     if not cached and (os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable()):
         raise ModelLoadError(
             "gpt2 is not in the local Hugging Face cache and the hub is unreachable (offline); "
-            "use the embedded default instead: load_model('organism') / --model organism"
+            "use the embedded default instead: the model 'organism' (load_model('organism'), --model organism, or the "
+            "explorer's model menu)"
         )
     previous = os.environ.get("HF_HUB_OFFLINE")
     if cached and previous is None:

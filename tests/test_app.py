@@ -24,6 +24,7 @@ def test_opens_with_the_example_traced(app):
     head = _header(app)
     assert "Mary" in head and "pruned to" in head and "nodes" in head
     assert not app.error
+    assert not any("replaces it" in c.value for c in app.sidebar.caption)  # the graph shown is the sidebar's prompt's
 
 
 def test_slider_reprunes_and_target_change_retraces(app):
@@ -98,6 +99,7 @@ def test_bad_input_is_a_message_and_keeps_the_graph(app):
     app.text_area(key="prompt").input(" ".join(["Mary"] * 300)).run()
     app.button(key="trace").click().run()
     assert any("context" in e.value for e in app.error) and _header(app) == before
+    assert any("not this prompt's" in c.value for c in app.sidebar.caption)  # the sidebar says the graph is older
     app.text_area(key="prompt").input("When Mary and Zorblax went to the store, Mary gave a drink to").run()
     app.text_input(key="token").input("Mary").run()
     app.button(key="trace").click().run()
@@ -126,6 +128,7 @@ def test_case_studies_page_lists_reports_and_opens_the_circuit(app):
     assert any("opened ioi/circuit.json" in s.value for s in at.success)
     assert "IO − S" in _header(at)  # the aggregated graph's target
     assert any("aggregates" in i.value for i in at.info)  # single-prompt checks say why they do not apply
+    assert any("aggregated case-study circuit" in c.value for c in at.sidebar.caption)  # not the sidebar's prompt
 
 
 def test_a_graph_view_report_moves_the_thresholds_and_selects_the_clicked_node(app):
