@@ -51,6 +51,27 @@ def test_eval_subcommand_on_a_tiny_folder(tmp_path, capsys):
     assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
 
 
+def test_dicts_eval_writes_a_report_only_beside_the_set_it_measured(tmp_path):
+    """`dicts eval` used to write data/dictionaries/organism/fidelity.json whatever set it measured: another set's
+    or a subsample's report replaced the shipped one. Now the default is the set's own report, full size only."""
+    from argparse import Namespace
+
+    from circuits.cli.dicts import fidelity_output
+    from circuits.model import DATA_DIR
+
+    def out(**kw):
+        return fidelity_output(Namespace(**{"out": None, "model": "organism", "dicts": "organism", "rows": None,
+                                            "dead_rows": None, **kw}))
+
+    assert out() == str(DATA_DIR / "dictionaries" / "organism" / "fidelity.json")
+    assert out(dicts="organism-fitted") == out()  # the alias names the same set
+    assert out(dicts="organism-finetuned") == str(DATA_DIR / "dictionaries" / "organism-finetuned" / "fidelity.json")
+    assert out(rows=16) == out(dead_rows=64) == "-"
+    assert out(dicts=str(tmp_path)) == str(tmp_path / "fidelity.json")
+    assert out(dicts="gpt2-transcoders", model="gpt2") == "-" and out(dicts=str(tmp_path / "no")) == "-"
+    assert out(out="x.json", rows=16) == "x.json"
+
+
 def test_eval_writes_the_shipped_file_only_for_a_full_run_of_the_shipped_organism():
     from argparse import Namespace
 

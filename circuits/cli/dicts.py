@@ -143,11 +143,30 @@ def _print_fidelity(report: dict) -> None:
           f"{report['all']['ioi_ld_clean']:.3f}, all spliced {report['all']['ioi_ld_spliced']:.3f}")
 
 
+def fidelity_output(args) -> str:
+    """Where `dicts eval` writes: ``--out`` when given ('-': nowhere); otherwise, for a full-size evaluation, the
+    set's own ``fidelity.json`` (a shipped organism set's, which it reproduces, or a set folder's); a subsample
+    (``--rows`` / ``--dead-rows``) or another model's named set is not saved (it must not replace a shipped report)."""
+    from circuits.dictionaries import ORGANISM_ALIASES, ORGANISM_SETS
+    from circuits.model import DATA_DIR
+
+    if args.out is not None:
+        return args.out
+    if args.rows is not None or args.dead_rows is not None:
+        return "-"
+    name = ORGANISM_ALIASES.get(args.dicts, args.dicts)
+    if name in ORGANISM_SETS:
+        return str(DATA_DIR / "dictionaries" / name / "fidelity.json") if args.model == "organism" else "-"
+    folder = Path(args.dicts)
+    return str(folder / "fidelity.json") if folder.is_dir() else "-"
+
+
 def cmd_dicts_eval(args) -> int:
     from circuits.dictionaries import load_dictionaries
     from circuits.dictionaries.evaluate import FidelitySizes, evaluate_fidelity
     from circuits.model import load_model
 
+    defaulted, args.out = args.out is None, fidelity_output(args)
     if args.out != "-":
         from circuits.inputs import check_output_file
 
@@ -176,6 +195,8 @@ def cmd_dicts_eval(args) -> int:
         tmp.write_text(json.dumps(report, indent=2))
         tmp.replace(out)
         print(f"wrote {out}")
+    elif defaulted:
+        print("not saved (a subsample or another model's set never replaces a report): pass --out FILE")
     return 0
 
 
@@ -291,8 +312,6 @@ def cmd_dicts_convert(args) -> int:
 
 def add_parser(sub) -> None:
     """`dicts` and its actions."""
-    from circuits.model import DATA_DIR  # no torch: the parser and the option checks stay fast
-
     dicts = sub.add_parser("dicts", help="transcoders and attention-output SAEs").add_subparsers(dest="action",
                                                                                               required=True)
     t = dicts.add_parser("train", help="train every dictionary of a model on its corpus (resumable)")
@@ -345,7 +364,8 @@ def add_parser(sub) -> None:
     e = dicts.add_parser("eval", help="fidelity report: L0, FVU, dead, CE spliced/ablated, KL, IOI")
     e.add_argument("--model", default="organism")
     e.add_argument("--dicts", default="organism", help="organism, gpt2-transcoders, gpt2-attn-kk or a folder")
-    e.add_argument("--out", default=str(DATA_DIR / "dictionaries" / "organism" / "fidelity.json"))
+    e.add_argument("--out", default=None, help="JSON report ('-': none; default: the set's own fidelity.json for a "
+                   "full-size run, which for a shipped set it reproduces; a subsample is not saved)")
     e.add_argument("--rows", type=int, default=None, help="held-out rows (default 256)")
     e.add_argument("--dead-rows", type=int, default=None,
                    help="held-out rows over which a feature must fire once not to count as dead (default 8192)")

@@ -79,7 +79,7 @@ def cmd_organism_eval(args) -> int:
     from circuits.model import load_model
     from circuits.organism.evaluate import EvalSizes, evaluate_organism, write_eval
 
-    args.out = eval_output(args)
+    defaulted, args.out = args.out is None, eval_output(args)
     if args.out != "-":
         from circuits.inputs import check_output_file
 
@@ -92,7 +92,7 @@ def cmd_organism_eval(args) -> int:
         write_eval(res, Path(args.out), with_ci_subsample=(args.model == "organism" and args.subsample >= 1),
                    model=model)
         print(f"wrote {args.out}")
-    elif args.model != "organism" or args.subsample < 1:
+    elif defaulted:
         print("not saved (another model or a subsample never replaces the shipped eval.json): pass --out FILE")
     return 0
 
