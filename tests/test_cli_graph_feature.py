@@ -168,3 +168,26 @@ def test_python_dash_m_circuits_is_the_circuits_command():
     bad = subprocess.run([sys.executable, "-m", "circuits", "graph", "show", "x.json", "--top", "-1"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == "circuits: error: --top -1: must be 0 or more", bad.stderr
+
+
+def test_dashboards_build_never_deletes_another_sets_database_unasked(tmp_path, monkeypatch, capsys):
+    """`dashboards build --dicts OTHER` with the default --out used to delete the shipped database's dashboards and
+    rebuild them for OTHER. A database of other dictionaries is now refused before the build (one line), and left as
+    it was; --replace (the negative control) goes ahead."""
+    import hashlib
+    import shutil
+
+    from circuits import dashboards
+    from circuits.model import DATA_DIR
+
+    db = tmp_path / "organism.sqlite"
+    shutil.copy(DATA_DIR / "dashboards" / "organism.sqlite", db)
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    built = []
+    monkeypatch.setattr(dashboards, "build", lambda *a, **k: built.append(a[2]))
+    assert main(["dashboards", "build", "--dicts", "organism-finetuned", "--out", str(db), "--rows", "1"]) == 2
+    assert "--replace" in _one_line_error(capsys, "holds the dashboards of other dictionaries")
+    assert built == [] and hashlib.sha256(db.read_bytes()).hexdigest() == before
+    assert main(["dashboards", "build", "--dicts", "organism-finetuned", "--out", str(db), "--rows", "1",
+                 "--replace", "--quiet"]) == 0
+    assert built == [db]

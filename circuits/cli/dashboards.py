@@ -103,6 +103,29 @@ def cmd_dashboards_label_accuracy(args) -> int:
     return 0
 
 
+def _refuse_other_sets_database(out: Path, rm, replace: bool) -> None:
+    """A build into a database of other dictionaries would delete its dashboards (the shipped one, with the default
+    --out): refused before any work unless --replace. The same dictionaries' database is resumed."""
+    import sqlite3
+
+    from circuits.dashboards import fingerprint
+
+    if replace or not out.is_file():
+        return
+    try:
+        con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+        try:
+            stored = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        raise CircuitsError(f"{out} exists and is not a dashboard database; give another --out, or move it away"
+                            ) from None
+    if stored.get("fingerprint") not in (None, fingerprint(rm)):
+        raise CircuitsError(f"{out} holds the dashboards of other dictionaries ({stored.get('dictionaries', '?')}); "
+                            "give --out FILE for this set's, or --replace to delete them and build these")
+
+
 def cmd_dashboards_build(args) -> int:
     import time
 
@@ -129,6 +152,7 @@ def cmd_dashboards_build(args) -> int:
     model, _ = load_model(args.model, resolve_device(args.device))
     sets = _token_sets(args, model)  # unknown tokens are refused here, before the build
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
+    _refuse_other_sets_database(out, rm, args.replace)
     rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, args.rows, model.cfg.n_ctx, stream="heldout-dash")
     t0 = time.perf_counter()
     try:
@@ -248,6 +272,8 @@ def add_parser(sub) -> None:
     b.add_argument("--rows", type=int, default=2000, help="held-out rows of n_ctx tokens")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", help="database path (default data/dashboards/MODEL.sqlite)")
+    b.add_argument("--replace", action="store_true", help="build into a database of other dictionaries (deletes "
+                   "their dashboards; user labels stay in their own file)")
     b.add_argument("--token-sets", metavar="FILE", help="named token sets for the labels, added to the defaults: "
                    'JSON {"name": ["token", ...]} or text lines "name: token, token"')
     b.add_argument("--quiet", action="store_true")
