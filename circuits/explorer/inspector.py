@@ -58,10 +58,10 @@ def node_inspector(g, full, run: dict, influence) -> None:
     a, b = st.columns(2)
     a.markdown(f"**incoming edges** ({len(rows_in)})")
     a.dataframe(pd.DataFrame(rows_in).sort_values("weight", key=abs, ascending=False) if rows_in else pd.DataFrame(),
-                height=260, width="stretch")
+                height=260, width="stretch", hide_index=True)
     b.markdown(f"**outgoing edges** ({len(rows_out)})")
     b.dataframe(pd.DataFrame(rows_out).sort_values("weight", key=abs, ascending=False) if rows_out
-                else pd.DataFrame(), height=260, width="stretch")
+                else pd.DataFrame(), height=260, width="stretch", hide_index=True)
     if node.kind.endswith("_feature") and run["prompt"] is not None and run["model"] in MODELS:
         from circuits import dashboards
 

@@ -49,7 +49,7 @@ def interventions(g, run: dict) -> None:
         st.dataframe(pd.DataFrame([{"token": token_string(rm.model, t), "p before": float(before[t]),
                                     "p after": float(after[t]),
                                     "logit change": float(result.logit_change[-1, t])} for t in top]),
-                     width="stretch")
+                     width="stretch", hide_index=True)
         found = graph_metric(g)
         if found is not None:
             metric, name = found

@@ -15,7 +15,8 @@ def study_reports() -> dict[str, Path]:
     for base in STUDY_DIRS:
         if base.is_dir():
             for report in sorted(base.glob("*/report.md")):
-                out[f"{report.parent.name} ({base})"] = report.parent
+                where = "shipped" if base == STUDY_DIRS[0] else f"your {base}/"  # not an absolute path
+                out[f"{report.parent.name} ({where})"] = report.parent
     return out
 
 
