@@ -7,7 +7,8 @@ Output paths: a command that would fail to write its result fails at once instea
 
 `check_output_file` and `check_output_dir` try what the command will do later — create the folder, create and
 remove a temporary file in it — so a read-only or missing place, a path that is a folder where a file is expected
-(or the reverse), is one `OutputPathError` naming the option, before any model is loaded. Writing by the root user
+(or the reverse), is one `OutputPathError` naming the option, before any model is loaded. A command whose writer
+does not create folders asks `check_output_file(..., folder_must_exist=True)`, so a missing folder fails then too. Writing by the root user
 into a folder without write bits succeeds (root ignores them), so the check is a real attempt, not `os.access`.
 """
 
@@ -53,14 +54,20 @@ def _make_folder(folder: Path, what: str) -> None:
         _probe(folder, what)
 
 
-def check_output_file(path: str | Path, what: str) -> Path:
-    """`path` can be written as a file (its folder may be created by the command); raises `OutputPathError`."""
+def check_output_file(path: str | Path, what: str, folder_must_exist: bool = False) -> Path:
+    """`path` can be written as a file; raises `OutputPathError`. By default its folder may be created by the
+    command (the nearest existing ancestor must be writable); `folder_must_exist` True: for writers that do not
+    create folders (the graph files of `circuits trace`), a missing folder is an error now, not after the work."""
     path = Path(path)
     if str(path) == "":
         raise OutputPathError(f"{what}: empty path; give a file name")
     if path.is_dir():
         raise OutputPathError(f"{what}: {path} is a folder; give a file name inside it")
-    _make_folder(path.parent if str(path.parent) else Path("."), what)
+    folder = path.parent if str(path.parent) else Path(".")
+    _make_folder(folder, what)
+    if folder_must_exist and not folder.is_dir():
+        raise OutputPathError(f"{what} {path}: folder {folder} does not exist; create it first (mkdir -p {folder}) "
+                              "or choose another path")
     return path
 
 

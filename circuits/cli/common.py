@@ -34,7 +34,8 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _prompt(args) -> str:
-    """The prompt from the positional argument or --prompt-file (UTF-8, decode errors named)."""
+    """The prompt from the positional argument or --prompt-file (UTF-8, decode errors named; an empty or blank
+    prompt is an error here, before any model loads)."""
     from circuits.inputs import check_text
 
     given = [x for x in (args.prompt, args.prompt_file) if x is not None]
@@ -50,13 +51,19 @@ def _prompt(args) -> str:
         except UnicodeDecodeError as e:
             raise CircuitsError(f"--prompt-file {path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
                                 f"{e.start}: {e.reason}); save the file as UTF-8") from None
-        return text.removesuffix("\n")
+        text = text.removesuffix("\n")
+        if not text.strip():
+            raise CircuitsError(f"--prompt-file {path}: the prompt is empty; write at least one word into the file")
+        return text
     from circuits.errors import AttributionError
 
     try:
-        return check_text(args.prompt, "the prompt")
+        text = check_text(args.prompt, "the prompt")
     except AttributionError as e:
         raise CircuitsError(f"{e} (or pass it with --prompt-file FILE)") from None
+    if not text.strip():  # checked here, before any model loads (the replacement model checks it again)
+        raise CircuitsError("the prompt is empty; give at least one word")
+    return text
 
 
 def _token_at(graph, node) -> str:

@@ -14,6 +14,7 @@
     circuits graph show FILE  |  circuits graph diff A B
     circuits dashboards build [--model organism] [--rows N]  |  circuits feature ID [--text PROMPT] [--label L]
 
+Options are spelt in full (`Parser`: no argparse prefix abbreviations, on every subcommand).
 ``--debug`` (before the subcommand) shows the traceback of an error; ``--threads N`` sets torch's threads (the rule
 is in `circuits.cli.runtime`); commands that load a model take ``--device``.
 
@@ -35,12 +36,23 @@ from circuits.cli.runtime import check_device, configure_threads
 from circuits.errors import CircuitsError
 
 
+class Parser(argparse.ArgumentParser):
+    """The parser of `circuits` and of every subcommand: no abbreviated options. argparse's default accepts any
+    unambiguous prefix (``trace --prompt X`` was read as ``--prompt-file X``); here an option is spelt in full or
+    is an error. Subparsers are made with the class of their parent (`add_subparsers`' default ``parser_class``),
+    so every ``add_parser`` of every command module gets ``allow_abbrev=False`` without passing it."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="circuits", description="Feature-level circuits in transformers.")
+    p = Parser(prog="circuits", description="Feature-level circuits in transformers.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--threads", metavar="N", default=None,
                    help="torch threads (default: $CIRCUITS_THREADS, else $OMP_NUM_THREADS, else 1; docs/cli.md)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     for group in (organism, dicts, trace, attention, graph, dashboards, study):  # the order of `circuits --help`
         group.add_parser(sub)

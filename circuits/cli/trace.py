@@ -4,89 +4,24 @@ where it did, is in `circuits.cli.attention`)."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from circuits.cli.attention import _node_name
 from circuits.cli.common import _dashboard_db, _prompt, _token_at, warn
 from circuits.cli.runtime import add_device_option, resolve_device
+from circuits.cli.trace_checks import (
+    _check_dicts_name,
+    _check_inputs,
+    _check_trace_options,
+    _choose_dicts,
+    _loaded_shapes,
+    _model_vocab,
+    _organism_vocab,
+    _set_shapes,
+    _trace_target,
+)
 from circuits.errors import CircuitsError
-
-
-def _parse_feature(spec: str):
-    """--feature: a feature at a position, canonical ``M2#517@11`` (old ``mlp:2:11:517`` accepted)."""
-    from circuits.ids import NodeIdError, parse_feature
-
-    try:
-        ref = parse_feature(spec)
-    except NodeIdError as e:
-        raise CircuitsError(f"--feature: {e}") from None
-    if ref.pos is None:
-        raise CircuitsError(f"--feature {spec!r} needs the position of the feature: write e.g. {ref}@11 "
-                            "(or KIND:LAYER:POS:INDEX, e.g. mlp:2:11:517)")
-    return ref.node()
-
-
-def _check_trace_options(args) -> None:
-    """Every option of `trace` that can be checked without the model, before it loads."""
-    from circuits.inputs import check_output_file
-
-    for flag, value in (("--node-threshold", args.node_threshold), ("--edge-threshold", args.edge_threshold)):
-        if not 0 < value <= 1:
-            raise CircuitsError(f"{flag} {value}: must be in (0, 1] (the fraction of influence to keep)")
-    if not 0 < args.cum_prob <= 1:
-        raise CircuitsError(f"--cum-prob {args.cum_prob}: must be in (0, 1] (the probability mass of the logits "
-                            "to explain)")
-    if args.max_logits < 1:
-        raise CircuitsError(f"--max-logits {args.max_logits}: must be at least 1")
-    if args.max_features is not None and args.max_features < 0:
-        raise CircuitsError(f"--max-features {args.max_features}: must be 0 or more")
-    if args.edge_tolerance < 0 or args.edge_tolerance >= 1:
-        raise CircuitsError(f"--edge-tolerance {args.edge_tolerance}: must be in [0, 1)")
-    if args.top < 0:
-        raise CircuitsError(f"--top {args.top}: must be 0 or more")
-    if args.ig_steps < 0:
-        raise CircuitsError(f"--ig-steps {args.ig_steps}: must be 0 or more")
-    if args.corrupt is not None:
-        from circuits.errors import AttributionError
-        from circuits.inputs import check_text
-
-        try:
-            check_text(args.corrupt, "the --corrupt prompt")
-        except AttributionError as e:
-            raise CircuitsError(str(e)) from None
-    if args.ig_steps and not args.corrupt:
-        raise CircuitsError("--ig-steps needs --corrupt PROMPT (integrated gradients between two prompts)")
-    if args.paths < 0:
-        raise CircuitsError(f"--paths {args.paths}: must be 0 or more")
-    drawer = "dot" if args.detail == "full" else "neato"
-    if (args.svg or args.png) and shutil.which(drawer) is None:
-        raise CircuitsError(f"--svg/--png need Graphviz's `{drawer}`, which is not installed: install it (apt-get "
-                            "install graphviz, brew install graphviz) or write --dot FILE and render it elsewhere")
-    if args.dashboards and not Path(args.dashboards).is_file():
-        raise CircuitsError(f"--dashboards {args.dashboards}: no such database file; build one with "
-                            "`circuits dashboards build` or leave the option out")
-    for kind in ("json", "dot", "svg", "png", "graphml", "circuit_tracer_json"):
-        path = getattr(args, kind)
-        if path:
-            check_output_file(path, f"--{kind.replace('_', '-')}")
-
-
-def _trace_target(args):
-    from circuits.attribution import Contrast, FeatureTarget, Logit, TopLogits
-
-    if args.feature and (args.target or args.contrast):
-        raise CircuitsError("give either --feature or --target/--contrast, not both")
-    if args.contrast:
-        if not args.target or len(args.target) != 1:
-            raise CircuitsError("--contrast B needs exactly one --target A (the graph explains logit(A) − logit(B))")
-        return Contrast(args.target[0], args.contrast)
-    if args.target:
-        return Logit(tuple(args.target))
-    if args.feature:
-        return FeatureTarget(_parse_feature(args.feature))
-    return TopLogits(args.cum_prob, args.max_logits)
 
 
 def _feature_labels(rm, args, graph, say) -> dict[str, str]:
@@ -164,9 +99,21 @@ def _top_nodes(graph, influence, labels: dict, top: int, per_position: int = 3) 
     return best, [{"pos": p, "token": graph.metadata["token_strings"][p], "nodes": by_pos[p]} for p in sorted(by_pos)]
 
 
+def _clip(text: str, width: int = 60) -> str:
+    """`text` in at most `width` characters: a longer one is cut at a word boundary when there is one in its last
+    third (else mid-word) and ends with "…", so a shortened label never reads as a complete one."""
+    if len(text) <= width:
+        return text
+    cut = text[:width - 1]
+    space = cut.rfind(" ")
+    if space >= (2 * width) // 3:
+        cut = cut[:space]
+    return cut.rstrip(" ,;·-") + "…"
+
+
 def _print_top_nodes(summary: dict) -> None:
     def label(n: dict) -> str:
-        return f"  {n['label'][:60]}" if n.get("label") else ""
+        return f"  {_clip(n['label'])}" if n.get("label") else ""
 
     print(f"top {len(summary['top_nodes'])} nodes by influence (id, token at its position, influence, activation, "
           "label):")
@@ -199,15 +146,34 @@ def cmd_trace(args) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     target = _trace_target(args)
-    if args.qk_heads < 1:
-        raise CircuitsError(f"--qk-heads {args.qk_heads}: must be at least 1")
+    _choose_dicts(args)
+    _check_dicts_name(args.dicts)
+    # the prompt, the target tokens and the --feature: with the organism's tokenizer and the set's JSON files
+    # before anything loads; what they cannot tell (another model, another layout) right after loading, before
+    # the attribution
+    vocab, shapes = _organism_vocab(args.model), _set_shapes(args.dicts)
+    _check_inputs(args, prompt, target, vocab, shapes)
     if args.max_features == 0:
         warn("--max-features 0 keeps no feature nodes: the pruned graph has only tokens, error nodes and the "
              "target (leave the option out for no cap)")
     t0 = time.perf_counter()
     say(f"loading {args.model} and dictionaries {args.dicts} ...")
     model, _ = load_model(args.model, resolve_device(args.device))
-    rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
+    if vocab is None:
+        vocab = _model_vocab(model)
+        _check_inputs(args, prompt, target, vocab, shapes)
+    from circuits.dictionaries import DictionaryLoadError
+
+    try:
+        dset = load_dictionaries(args.dicts, model)
+    except DictionaryLoadError as e:
+        if args.dicts_given or args.model == "organism":
+            raise
+        raise CircuitsError(f"{e}; the default set (organism) is the organism's: pass --dicts SET_OR_FOLDER for "
+                            "this model") from None
+    if shapes is None:
+        _check_inputs(args, prompt, target, None, _loaded_shapes(dset))
+    rm = ReplacementModel(model, dset, name=args.model)
     load_s = time.perf_counter() - t0
     say("attributing ...")
     cache = rm.run(prompt) if args.qk else None  # --qk reads the same forward pass
@@ -376,11 +342,15 @@ def add_parser(sub) -> None:
     a.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
     a.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 text file")
     a.add_argument("--model", default="organism")
-    a.add_argument("--dicts", default="organism", help="organism, a public set name, or a folder")
-    a.add_argument("--target", nargs="+", metavar="TOKEN", help="explain these tokens' logits")
-    a.add_argument("--contrast", metavar="TOKEN", help="with one --target A: explain logit(A) − logit(TOKEN)")
-    a.add_argument("--feature", metavar="ID@POS", help="explain one active feature at a position (local circuit), "
-                   "e.g. M2#517@11 (transcoder L2 feature 517 at position 11) or A1#33@5")
+    a.add_argument("--dicts", default=None, help="organism, a public set name, or a folder (default: organism, "
+                   "the organism's set; another model needs its own)")
+    # action="append" for the next three only to see a repeat (`_one_each` refuses it); each is given once
+    a.add_argument("--target", nargs="+", action="append", metavar="TOKEN", help="explain these tokens' logits "
+                   "(given once)")
+    a.add_argument("--contrast", action="append", metavar="TOKEN",
+                   help="with one --target A: explain logit(A) − logit(TOKEN)")
+    a.add_argument("--feature", action="append", metavar="ID@POS", help="explain one active feature at a position "
+                   "(local circuit), e.g. M2#517@11 (transcoder L2 feature 517 at position 11) or A1#33@5")
     a.add_argument("--cum-prob", type=float, default=0.95, help="salient logits: probability mass to cover")
     a.add_argument("--max-logits", type=int, default=10)
     a.add_argument("--method", default="auto", choices=["auto", "analytic", "reverse", "autograd"])
