@@ -195,8 +195,12 @@ def test_bad_input_gives_clear_errors(rm64, tiny64):
         attribute(rm64, "   ")
     with pytest.raises(AttributionError, match="context"):
         attribute(rm64, " ".join(["Mary"] * 40))
-    with pytest.raises(AttributionError, match="not a single token"):
-        attribute(rm64, PROMPT, Logit(("Mary John",)))
+    with pytest.raises(AttributionError, match=r"not a single token \(it splits into"):
+        attribute(rm64, PROMPT, Logit(("Mary John",)))  # two known words: the split is the problem
+    with pytest.raises(AttributionError, match="not in the model's vocabulary"):
+        attribute(rm64, PROMPT, Logit(("Zorblaxian",)))  # an unknown word: the vocabulary is
+    with pytest.raises(AttributionError, match="target token is empty"):
+        attribute(rm64, PROMPT, Logit(("  ",)))
     with pytest.raises(AttributionError, match="same token"):
         attribute(rm64, PROMPT, Contrast(" Mary", "Mary"))
     cache = rm64.run(PROMPT)

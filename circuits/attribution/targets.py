@@ -96,7 +96,13 @@ def single_token(model, token: str | int) -> int:
         ids = model.to_tokens(text, prepend_bos=False)[0] if text else torch.zeros(0)
         if ids.numel() == 1 and int(ids[0]) != unk:
             return int(ids[0])
+    if not token.strip():
+        raise AttributionError("the target token is empty; give a word the model knows (e.g. ' Mary')")
     pieces = model.to_str_tokens(token, prepend_bos=False)
+    ids = model.to_tokens(token, prepend_bos=False)[0]
+    if unk is not None and bool((ids == unk).any()):
+        raise AttributionError(f"target {token!r} is not in the model's vocabulary, so it is not a single token the "
+                               f"model can predict (it reads as {pieces}); give a word the model knows")
     raise AttributionError(f"target {token!r} is not a single token (it splits into {pieces}); "
                            "give one vocabulary token")
 
