@@ -138,26 +138,14 @@ def _choose_dicts(args) -> None:
 
 
 def _check_dicts_name(name: str) -> None:
-    """--dicts names a known set or a folder holding dictionary files (checked before the model loads; the files
-    themselves are read and checked by `load_dictionaries`)."""
-    from circuits.dictionaries import ORGANISM_ALIASES, ORGANISM_SETS, PUBLIC_SETS
-    from circuits.dictionaries.public_sets import ALIASES, NAMED_SETS
+    """--dicts names a known set or a folder holding dictionary files (`circuits.dictionaries.check_set_name`,
+    before the model loads; the files themselves are read and checked by `load_dictionaries`)."""
+    from circuits.dictionaries import DictionaryLoadError, check_set_name
 
-    names = (*ORGANISM_SETS, *ORGANISM_ALIASES, *PUBLIC_SETS, *NAMED_SETS, *ALIASES)
-    if name in names:
-        return
-    if not name.strip():
-        raise CircuitsError("--dicts: empty; give a set name or a folder")
-    folder = Path(name)
-    if not folder.exists():
-        raise CircuitsError(f"--dicts {name}: no such dictionary set or folder; use {', '.join(names)} or a folder")
-    if not folder.is_dir():
-        raise CircuitsError(f"--dicts {name}: is a file; give the folder that holds the dictionary files (set.json, "
-                            "config.yaml, cfg.json or .pt files)")
-    if not any((folder / f).exists() for f in ("set.json", "cfg.json", "config.yaml")) \
-            and not any(folder.glob("*.pt")) and not any((s / "cfg.json").exists() for s in folder.iterdir()):
-        raise CircuitsError(f"--dicts {name}: no dictionary files in this folder (set.json, config.yaml, cfg.json or "
-                            ".pt files)")
+    try:
+        check_set_name(name)
+    except DictionaryLoadError as e:
+        raise CircuitsError(f"--dicts {e}") from None
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,7 @@ def load_folder(folder: Path, n_heads: int | None = None, model_name: str | None
     if not folder.exists():
         raise DictionaryLoadError(f"no such dictionary folder {folder}")
     if not folder.is_dir():
-        raise DictionaryLoadError(f"{folder} is a file; give the folder that holds the dictionary files "
-                                  "(set.json, config.yaml, cfg.json or .pt files)")
+        _check_folder(folder)
     if (folder / "set.json").exists():
         return DictionarySet.load(folder)
     if (folder / "cfg.json").exists():  # a SAELens folder, or one of our CLT folders (which has config.yaml too)
@@ -97,6 +96,31 @@ def _family_sets() -> tuple[str, ...]:
     from circuits.dictionaries.public_sets import ALIASES, NAMED_SETS
 
     return (*NAMED_SETS, *ALIASES)
+
+
+def check_set_name(name: str) -> None:
+    """`DictionaryLoadError` (one line) unless `name` is a known set (or alias) or a folder holding dictionary files:
+    what `load_dictionaries` would refuse, found without reading a tensor (the CLI asks before loading a model)."""
+    names = (*ORGANISM_SETS, *ORGANISM_ALIASES, *PUBLIC_SETS, *_family_sets())
+    if name in names:
+        return
+    if not name.strip():
+        raise DictionaryLoadError("empty set name; give a set name or a folder")
+    folder = Path(name)
+    if not folder.exists():
+        raise DictionaryLoadError(f"{name}: no such dictionary set or folder; use {', '.join(names)} or a folder")
+    _check_folder(folder)
+
+
+def _check_folder(folder: Path) -> None:
+    """A folder that holds dictionary files in a supported layout, or `DictionaryLoadError`."""
+    if not folder.is_dir():
+        raise DictionaryLoadError(f"{folder} is a file; give the folder that holds the dictionary files "
+                                  "(set.json, config.yaml, cfg.json or .pt files)")
+    if not any((folder / f).exists() for f in ("set.json", "cfg.json", "config.yaml")) \
+            and not any(folder.glob("*.pt")) and not any((s / "cfg.json").exists() for s in folder.iterdir()):
+        raise DictionaryLoadError(f"{folder}: no dictionary files in this folder (set.json, config.yaml, cfg.json "
+                                  "or .pt files)")
 
 
 def load_dictionaries(name: str = "organism", model=None) -> DictionarySet:
