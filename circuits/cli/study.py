@@ -70,9 +70,9 @@ def add_parser(sub) -> None:
     st.add_argument("name", help="ioi | induction | two_hop | list")
     st.add_argument("--n", type=int, default=200,
                     help="evaluation prompts (default 200); selection and reference sets are drawn beside them")
-    st.add_argument("--seed", type=int, default=0)
-    st.add_argument("--model", default="organism")
-    st.add_argument("--dicts", default="organism")
+    st.add_argument("--seed", type=int, default=0, help="seed of the prompt draws (default 0)")
+    st.add_argument("--model", default="organism", help="the model (default organism)")
+    st.add_argument("--dicts", default="organism", help="dictionary set name or folder (default organism)")
     st.add_argument("--templates", choices=["heldout", "train", "all"], default=None,
                     help="ioi: which templates (default heldout); names are always the held-out ones")
     st.add_argument("--top", type=int, default=100, help="feature role nodes in the circuit (default 100)")
@@ -81,6 +81,6 @@ def add_parser(sub) -> None:
                     help="parallel worker processes (default: up to 2)")
     st.add_argument("--ray-address", default=None, help="run the per-prompt work as Ray tasks on this cluster")
     st.add_argument("--out", default=None, help="report folder (default reports/NAME)")
-    st.add_argument("--quiet", action="store_true")
+    st.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_device_option(st)
     st.set_defaults(func=cmd_study)

@@ -341,7 +341,8 @@ def add_parser(sub) -> None:
                        help="attribution graph of a prompt: summary, and JSON / DOT / SVG / PNG / GraphML files")
     a.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file)")
     a.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 text file")
-    a.add_argument("--model", default="organism")
+    a.add_argument("--model", default="organism", help="organism (default), gpt2, a public family model or a saved "
+                   "model folder")
     a.add_argument("--dicts", default=None, help="organism, a public set name, or a folder (default: organism, "
                    "the organism's set; another model needs its own)")
     # action="append" for the next three only to see a repeat (`_one_each` refuses it); each is given once
@@ -352,19 +353,26 @@ def add_parser(sub) -> None:
     a.add_argument("--feature", action="append", metavar="ID@POS", help="explain one active feature at a position "
                    "(local circuit), e.g. M2#517@11 (transcoder L2 feature 517 at position 11) or A1#33@5")
     a.add_argument("--cum-prob", type=float, default=0.95, help="salient logits: probability mass to cover")
-    a.add_argument("--max-logits", type=int, default=10)
-    a.add_argument("--method", default="auto", choices=["auto", "analytic", "reverse", "autograd"])
+    a.add_argument("--max-logits", type=int, default=10, help="salient logits: at most this many (default 10)")
+    a.add_argument("--method", default="auto", choices=["auto", "analytic", "reverse", "autograd"],
+                   help="how edges are computed; they agree to float precision (default auto: analytic when every "
+                   "attention layer has an SAE, else reverse; autograd is the slow reference; docs/attribution.md)")
     a.add_argument("--demean", action="store_true", help="explain logits minus their mean over the vocabulary")
     a.add_argument("--edge-tolerance", type=float, default=0.0,
                    help="store only edges above this fraction of each target's total |weight|")
-    a.add_argument("--node-threshold", type=float, default=0.8)
-    a.add_argument("--edge-threshold", type=float, default=0.98)
+    a.add_argument("--node-threshold", type=float, default=0.8, help="pruning: keep the nodes that carry this "
+                   "fraction of the influence on the target (default 0.8)")
+    a.add_argument("--edge-threshold", type=float, default=0.98, help="pruning: keep the edges that carry this "
+                   "fraction of the influence (default 0.98)")
     a.add_argument("--max-features", type=int, default=None, help="cap on feature nodes after pruning")
     a.add_argument("--corrupt", metavar="PROMPT", help="also run attribution patching against this prompt")
     a.add_argument("--ig-steps", type=int, default=0, help="with --corrupt: integrated gradients with N steps")
     a.add_argument("--top", type=int, default=15, help="nodes to list")
-    for flag in ("--json", "--dot", "--svg", "--png", "--graphml", "--circuit-tracer-json"):
-        a.add_argument(flag, metavar="FILE")
+    for flag, what in (("--json", "our lossless graph file (read it with `circuits graph show`)"),
+                       ("--dot", "Graphviz source of the picture"), ("--svg", "the picture (needs Graphviz)"),
+                       ("--png", "the picture (needs Graphviz)"), ("--graphml", "GraphML (networkx, Gephi)"),
+                       ("--circuit-tracer-json", "circuit-tracer / Neuronpedia graph JSON")):
+        a.add_argument(flag, metavar="FILE", help=f"write {what}; the folder must exist")
     a.add_argument("--full", action="store_true", help="write the unpruned graph (default: the pruned one)")
     a.add_argument("--show-bos", action="store_true", help="keep the features and error nodes at the BOS position "
                    "(default: folded into the constants, as they are the same on every prompt)")
