@@ -182,6 +182,9 @@ def test_an_abbreviated_option_is_argparses_error(capsys, argv, bad):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
     assert "unrecognized arguments" in err and bad in err.splitlines()[-1], err
+    command = [a for a in argv if not a.startswith("-")][:2 if argv[0] == "dicts" else 1]
+    if argv[0] != "--thread=2":  # the subcommand's own usage, not the top level's
+        assert err.startswith(f"usage: circuits {' '.join(command)}"), err
 
 
 def test_options_spelt_in_full_still_parse(tmp_path):

@@ -59,11 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _chosen(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)command parser that `args` went through (``circuits dicts eval`` → the ``eval`` parser), so that
+    its errors print its own usage, not the top level's."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse would report these at the top level, with `circuits`' usage
+        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "subsample", 1.0) <= 0 or getattr(args, "subsample", 1.0) > 1:
-        parser.error("--subsample must be in (0, 1]")
+        _chosen(parser, args).error("--subsample must be in (0, 1]")
     import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):
