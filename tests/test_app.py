@@ -67,10 +67,12 @@ def test_pin_label_and_supernode_are_kept_in_the_saved_json(app):
     feature = next(o for o in options if o != "—")
     app.selectbox(key="node_pick").set_value(feature).run()
     app.button(key="pin").click().run()
+    assert app.button(key="pin").label == "unpin this node"  # the button says what a second press does
     app.text_input(key="label_in").input("my label").run()
     app.button(key="save_label").click().run()
     ui = app.session_state["ui"]
     assert ui["pins"] and "my label" in ui["labels"].values()
+    assert any(h.value == "my label" for h in app.subheader)  # the heading shows the saved label
     from circuits import export, prune
 
     graph = prune(app.session_state["graph"], 0.5, 0.5, 20).graph  # what the page saves (small, for speed)
@@ -164,3 +166,13 @@ def test_a_graph_too_large_for_the_browser_view_is_drawn_by_the_server(monkeypat
     assert not at.exception, [e.value for e in at.exception]
     assert any("more than the browser view takes" in c.value for c in at.caption)
     assert at.get("plotly_chart") and not at.get("graph_view") and "view" not in at.session_state
+
+
+def test_unpin_removes_the_pin(app):
+    feature = next(o for o in app.selectbox(key="node_pick").options if o != "—")
+    app.selectbox(key="node_pick").set_value(feature).run()
+    app.button(key="pin").click().run()
+    assert len(app.session_state["ui"]["pins"]) == 1
+    app.button(key="pin").click().run()
+    assert app.session_state["ui"]["pins"] == [] and app.button(key="pin").label == "pin this node"
+

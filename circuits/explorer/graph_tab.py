@@ -125,7 +125,8 @@ def subgraph_view(g) -> None:
 
     s = state()
     pins = [Node.from_json(p) for p in s["ui"]["pins"]]
-    st.markdown(f"**pinned nodes** ({len(pins)}): " + (", ".join(export.node_label(g, n) for n in pins) or "none"))
+    st.markdown(f"**pinned nodes** ({len(pins)}): " + (", ".join(export.node_label(g, n) for n in pins)
+                                                      or "none yet: select a node and press 'pin this node' in its tab"))
     if pins:
         present = [n for n in pins if n in set(g.nodes)]
         keep = [n in set(present) or n.kind in ("token",) or n.kind.startswith("logit") for n in g.nodes]

@@ -22,20 +22,25 @@ def node_inspector(g, full, run: dict, influence) -> None:
         st.info("Select a node: click it in the graph, or pick it from the list above.")
         return
     row_full = full.row(node)
-    st.subheader(export.node_label(full, node))
+    st.subheader(s["ui"]["labels"].get(export.node_id(node)) or export.node_label(full, node))
     st.caption(f"{export.node_id(node)} · activation {float(full.activations[row_full]):.4f} · pre-activation "
                f"{float(full.pre_activations[row_full]):.4f} · constant {float(full.constants[row_full]):.4f}")
     c1, c2 = st.columns(2)
     with c1:
-        if st.button("pin this node", key="pin"):
-            if node.to_json() not in s["ui"]["pins"]:
+        pinned = node.to_json() in s["ui"]["pins"]
+        if st.button("unpin this node" if pinned else "pin this node", key="pin"):
+            if pinned:
+                s["ui"]["pins"].remove(node.to_json())
+            else:
                 s["ui"]["pins"].append(node.to_json())
+            st.rerun()  # the button and the subgraph tab show the new state
         label = st.text_input("custom label", value=s["ui"]["labels"].get(export.node_id(node), ""), key="label_in")
         if st.button("save label", key="save_label"):
             if label.strip():
                 s["ui"]["labels"][export.node_id(node)] = label.strip()
             else:
                 s["ui"]["labels"].pop(export.node_id(node), None)
+            st.rerun()  # the heading shows the label
     with c2:
         if node.kind.endswith("_feature") and run["model"] in MODELS:
             db, why = dashboards_for(run["model"], run["dicts"])
