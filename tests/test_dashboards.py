@@ -362,6 +362,13 @@ def test_committed_organism_database_matches_its_dictionaries():
                                            "feature = 1184 AND kind = 'quantile' ORDER BY rank")]
     shown = [e.activation for e in db.get("transcoder_L3", 1184).examples if e.kind == "quantile"]
     assert stored != sorted(stored, reverse=True) and shown == sorted(stored, reverse=True)  # strongest first
+    from circuits.dashboards.store import enrichment_evidence
+
+    name, f = db.con.execute("SELECT dictionary, feature FROM labels WHERE promotes IS NOT NULL LIMIT 1").fetchone()
+    claimed = db.get(name, f)  # the label's counts are shown with it: the promotes claim counts the top 20 logits
+    c = claimed.enrichment.promotes
+    assert c.n == 20 and f"promotes {c.name} ({c.count}/20, p=" in enrichment_evidence(claimed)
+    assert enrichment_evidence(claimed) in dashboards.render_text(claimed)
     pad = db.con.execute("SELECT dictionary, feature, logits_top FROM features WHERE logits_top LIKE '%<|pad|>%' "
                          "LIMIT 1").fetchone()  # the stored lists keep special tokens; what is shown does not
     shown = db.get(pad[0], pad[1]).logits_top

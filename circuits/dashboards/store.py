@@ -463,6 +463,19 @@ def activations_on(rm, prompt: str, dictionary: str, feature: int) -> list[tuple
     return [(token_string(rm.model, t), a) for t, a in zip(cache.tokens.tolist(), acts, strict=True)]
 
 
+def enrichment_evidence(dash: Dashboard) -> str | None:
+    """The counts behind the enrichment label, e.g. ``token-set enrichment (Bonferroni p): on name (10/10,
+    p=1e-09); promotes year (9/20, p=3e-05)``: a claim counts the feature's top contexts (on, after) or its top 20
+    logit effects (promotes, suppresses; the lists shown are the top 8), so a label can name a set that is only part
+    of what the lists show. None without enrichment claims."""
+    if dash.enrichment is None:
+        return None
+    parts = [f"{what} {c.name} ({c.count}/{c.n}, p={c.p:.2g})" for what, c in
+             zip(("on", "after", "promotes", "suppresses"), (dash.enrichment.on, dash.enrichment.after,
+                 dash.enrichment.promotes, dash.enrichment.suppresses), strict=True) if c is not None]
+    return "token-set enrichment (Bonferroni p): " + "; ".join(parts) if parts else None
+
+
 def render_text(dash: Dashboard, width: int = 100) -> str:
     """A terminal rendering: header, logit effects, histogram, and contexts with the activating token marked."""
     lines = [f"{feature_id(dash.dictionary, dash.feature)} ({dash.dictionary}): {dash.label}",
@@ -471,11 +484,9 @@ def render_text(dash: Dashboard, width: int = 100) -> str:
         lines.append(f"enrichment label: {dash.enrichment_label}")
     if dash.label != dash.auto_label:
         lines.append(f"peak-token label: {dash.auto_label}")
-    if dash.enrichment is not None:
-        parts = [f"{what} {c.name} ({c.count}/{c.n}, p={c.p:.2g})" for what, c in
-                 zip(("on", "after", "promotes", "suppresses"), (dash.enrichment.on, dash.enrichment.after,
-                     dash.enrichment.promotes, dash.enrichment.suppresses), strict=True) if c is not None]
-        lines.append("token-set enrichment (Bonferroni p): " + "; ".join(parts))
+    evidence = enrichment_evidence(dash)
+    if evidence is not None:
+        lines.append(evidence)
     lines.append("promotes: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in dash.logits_top))
     lines.append("suppresses: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in dash.logits_bottom))
     if dash.heads:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from circuits.dashboards.store import enrichment_evidence
 from circuits.explorer.markup import _md_escape, context_html
 from circuits.explorer.qk_panel import qk_panel
 from circuits.explorer.state import MODELS, dashboards_for, guarded, on_model, run_model, state
@@ -52,6 +53,9 @@ def node_inspector(g, full, run: dict, influence) -> None:
                 if dash is not None:
                     st.markdown(f"**{_md_escape(dash.label)}** — density {dash.density:.3%}, max "
                                 f"{dash.max_activation:.2f}")
+                    evidence = enrichment_evidence(dash)
+                    if evidence is not None:  # what the label counted (top 20 logits), beside the top 6 shown
+                        st.caption(_md_escape(evidence))
                     st.write("promotes: " + ", ".join(f"`{t}` {v:+.2f}" for t, v in dash.logits_top[:6]))
                     st.write("suppresses: " + ", ".join(f"`{t}` {v:+.2f}" for t, v in dash.logits_bottom[:6]))
                     st.html("".join(context_html(e.tokens, e.focus, e.activation) for e in dash.top_examples()[:5]))
