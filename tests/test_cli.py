@@ -29,7 +29,7 @@ def test_console_script_entry_point_reports_errors_without_traceback():
     assert "Traceback" not in proc.stderr and "unknown model 'nope'" in proc.stderr
 
 
-def test_eval_subcommand_on_a_tiny_folder(tmp_path, capsys):
+def test_eval_subcommand_on_a_tiny_folder(tmp_path, capsys, monkeypatch):
     from circuits.organism.train import OrganismModelConfig, OrganismTrainConfig, train_organism
 
     tiny = OrganismModelConfig(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=32)
@@ -42,12 +42,15 @@ def test_eval_subcommand_on_a_tiny_folder(tmp_path, capsys):
     assert "ioi_train_templates_ABBA" in table and "greater_than" in table and out.exists()
     import hashlib
 
+    import circuits.organism.evaluate as evaluate
     from circuits.model import DATA_DIR
 
     shipped = DATA_DIR / "organism" / "eval.json"
     before = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    written = []
+    monkeypatch.setattr(evaluate, "write_eval", lambda res, path, **k: written.append(path))  # never the real file
     assert main(["organism", "eval", "--model", str(tmp_path / "m"), "--subsample", "0.02", "--quiet"]) == 0
-    assert "not saved" in capsys.readouterr().out  # another model never replaces the shipped eval.json
+    assert "not saved" in capsys.readouterr().out and written == []  # another model never replaces eval.json
     assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
 
 
@@ -66,6 +69,9 @@ def test_dicts_eval_writes_a_report_only_beside_the_set_it_measured(tmp_path):
     assert out() == str(DATA_DIR / "dictionaries" / "organism" / "fidelity.json")
     assert out(dicts="organism-fitted") == out()  # the alias names the same set
     assert out(dicts="organism-finetuned") == str(DATA_DIR / "dictionaries" / "organism-finetuned" / "fidelity.json")
+    assert out(dicts=str(DATA_DIR / "dictionaries" / "organism")) == out()  # a shipped set by its folder
+    assert out(dicts=str(DATA_DIR / "dictionaries" / "organism"), model="other") == "-"
+    assert out(dicts="organism-clt") == "-"  # ships no report: none is started under data/
     assert out(rows=16) == out(dead_rows=64) == "-"
     assert out(dicts=str(tmp_path)) == str(tmp_path / "fidelity.json")
     assert out(dicts="gpt2-transcoders", model="gpt2") == "-" and out(dicts=str(tmp_path / "no")) == "-"

@@ -185,6 +185,8 @@ def test_an_abbreviated_option_is_argparses_error(capsys, argv, bad):
     command = [a for a in argv if not a.startswith("-")][:2 if argv[0] == "dicts" else 1]
     if argv[0] != "--thread=2":  # the subcommand's own usage, not the top level's
         assert err.startswith(f"usage: circuits {' '.join(command)}"), err
+    else:  # an option of the top level, given before the subcommand: the top level's usage
+        assert err.startswith("usage: circuits [-h]"), err
 
 
 def test_options_spelt_in_full_still_parse(tmp_path):

@@ -184,10 +184,30 @@ def test_dashboards_build_never_deletes_another_sets_database_unasked(tmp_path, 
     shutil.copy(DATA_DIR / "dashboards" / "organism.sqlite", db)
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     built = []
-    monkeypatch.setattr(dashboards, "build", lambda *a, **k: built.append(a[2]))
+    def stand_in(rm, rows, path, **kwargs):  # what the build would start from is what the test looks at
+        built.append((path, path.exists()))
+        path.write_bytes(b"")
+
+    monkeypatch.setattr(dashboards, "build", stand_in)
     assert main(["dashboards", "build", "--dicts", "organism-finetuned", "--out", str(db), "--rows", "1"]) == 2
     assert "--replace" in _one_line_error(capsys, "holds the dashboards of other dictionaries")
     assert built == [] and hashlib.sha256(db.read_bytes()).hexdigest() == before
+    # the same dictionaries from other rows would mix two corpora in one database: refused too
+    assert main(["dashboards", "build", "--out", str(db), "--rows", "1"]) == 2
+    assert "--replace" in _one_line_error(capsys, "was built from 2000 rows with seed 0")
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("not a database")
+    import circuits.model
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    with monkeypatch.context() as m:
+        m.setattr(circuits.model, "load_model", no_load)
+        for extra in ([], ["--replace"]):  # never a database: one line before anything loads, --replace or not
+            assert main(["dashboards", "build", "--out", str(junk), *extra]) == 2
+            assert _one_line_error(capsys, "is not a dashboard database")
+    assert built == [] and hashlib.sha256(db.read_bytes()).hexdigest() == before
     assert main(["dashboards", "build", "--dicts", "organism-finetuned", "--out", str(db), "--rows", "1",
                  "--replace", "--quiet"]) == 0
-    assert built == [db]
+    assert built == [(db, False)]  # replaced: the old file went before the (stand-in) build

@@ -300,12 +300,19 @@ def test_user_labels_live_beside_the_database_and_never_change_it(planted, db, t
     dashboards.set_label(path, "transcoder_L0", 0, None)
     assert Dashboards(path, rm).label("transcoder_L0", 0) != "the detector"
 
-    user_labels_path(path).write_text("{not json")
-    with pytest.raises(DashboardError, match="user labels"):
-        Dashboards(path, rm)
-    with pytest.raises(DashboardError, match="user labels"):
-        dashboards.set_label(path, "transcoder_L0", 0, "x")
-    assert user_labels_path(path).read_text() == "{not json"  # not overwritten
+    dashboards.set_label(path, "transcoder_L0", 0, "kept")
+    assert Dashboards(path, rm).label("transcoder_L0", 0) == "kept"
+    for broken in ("{not json", '{"format": "circuits-user-labels/1", "labels": {"fp": "x"}}'):
+        user_labels_path(path).write_text(broken)
+        d = Dashboards(path, rm)  # the dashboards still work, without the user labels, and say why
+        with pytest.warns(UserWarning, match="user labels not shown"):
+            shown = d.label("transcoder_L0", 0)
+        assert shown == d.get("transcoder_L0", 0).label and shown != "kept"
+        d.close()
+        with pytest.raises(DashboardError, match="user.labels"):
+            dashboards.set_label(path, "transcoder_L0", 0, "x")
+        assert user_labels_path(path).read_text() == broken  # never overwritten
+    assert not list(tmp_path.glob("*.tmp"))  # no temporary file left behind
 
 
 def test_custom_text_activations(planted):

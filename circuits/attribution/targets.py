@@ -91,13 +91,13 @@ def single_token(model, token: str | int) -> int:
         return token
     if getattr(model, "tokenizer", None) is None:
         raise AttributionError(f"the model has no tokenizer: give target {token!r} as a token id")
+    if not token.strip():  # before the spellings: " " is a token of GPT-2's vocabulary
+        raise AttributionError("the target token is empty; give a word the model knows (e.g. ' Mary')")
     unk = getattr(model.tokenizer, "unk_token_id", None)
     for text in dict.fromkeys([token, token.lstrip(), " " + token.lstrip()]):  # tokenizers differ on spaces
         ids = model.to_tokens(text, prepend_bos=False)[0] if text else torch.zeros(0)
         if ids.numel() == 1 and int(ids[0]) != unk:
             return int(ids[0])
-    if not token.strip():
-        raise AttributionError("the target token is empty; give a word the model knows (e.g. ' Mary')")
     pieces = model.to_str_tokens(token, prepend_bos=False)
     ids = model.to_tokens(token, prepend_bos=False)[0]
     if unk is not None and bool((ids == unk).any()):

@@ -103,27 +103,38 @@ def cmd_dashboards_label_accuracy(args) -> int:
     return 0
 
 
-def _refuse_other_sets_database(out: Path, rm, replace: bool) -> None:
-    """A build into a database of other dictionaries would delete its dashboards (the shipped one, with the default
-    --out): refused before any work unless --replace. The same dictionaries' database is resumed."""
+def _stored_meta(out: Path) -> dict | None:
+    """The `meta` table of an existing database at `out` (None when there is no file); a file that is not a
+    dashboard database is one line, whatever the options (a build into it would fail half-way)."""
     import sqlite3
 
-    from circuits.dashboards import fingerprint
-
-    if replace or not out.is_file():
-        return
+    if not out.is_file():
+        return None
     try:
         con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
         try:
-            stored = dict(con.execute("SELECT key, value FROM meta").fetchall())
+            return dict(con.execute("SELECT key, value FROM meta").fetchall())
         finally:
             con.close()
     except sqlite3.DatabaseError:
         raise CircuitsError(f"{out} exists and is not a dashboard database; give another --out, or move it away"
                             ) from None
+
+
+def _refuse_other_database(out: Path, stored: dict | None, rm, rows: int, seed: int, replace: bool) -> None:
+    """A build into a database of other dictionaries would delete its dashboards (the shipped one, with the default
+    --out), and one into a database of other rows or another seed would mix two corpora (a resumed build keeps the
+    finished dictionaries): both refused, after the model loads and before the build, unless --replace."""
+    from circuits.dashboards import fingerprint
+
+    if replace or not stored:
+        return
     if stored.get("fingerprint") not in (None, fingerprint(rm)):
         raise CircuitsError(f"{out} holds the dashboards of other dictionaries ({stored.get('dictionaries', '?')}); "
                             "give --out FILE for this set's, or --replace to delete them and build these")
+    if (stored.get("rows"), stored.get("seed")) not in ((None, None), (str(rows), str(seed))):
+        raise CircuitsError(f"{out} was built from {stored.get('rows')} rows with seed {stored.get('seed')}, not "
+                            f"{rows} with seed {seed}; give --out FILE for a new database, or --replace to rebuild it")
 
 
 def cmd_dashboards_build(args) -> int:
@@ -147,12 +158,15 @@ def cmd_dashboards_build(args) -> int:
     if args.rows < 1:
         raise CircuitsError(f"--rows {args.rows}: must be at least 1")
     out = check_output_file(Path(args.out) if args.out else _dashboard_db(args.model), "--out")
+    stored = _stored_meta(out)  # not a database: refused before anything loads
     if args.token_sets and not Path(args.token_sets).is_file():
         raise CircuitsError(f"--token-sets {args.token_sets}: no such file")
     model, _ = load_model(args.model, resolve_device(args.device))
     sets = _token_sets(args, model)  # unknown tokens are refused here, before the build
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
-    _refuse_other_sets_database(out, rm, args.replace)
+    _refuse_other_database(out, stored, rm, args.rows, args.seed, args.replace)
+    if args.replace and out.is_file():  # a fresh database: a build would otherwise resume the old one's dictionaries
+        out.unlink()
     rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, args.rows, model.cfg.n_ctx, stream="heldout-dash")
     t0 = time.perf_counter()
     try:
@@ -272,8 +286,8 @@ def add_parser(sub) -> None:
     b.add_argument("--rows", type=int, default=2000, help="held-out rows of n_ctx tokens")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", help="database path (default data/dashboards/MODEL.sqlite)")
-    b.add_argument("--replace", action="store_true", help="build into a database of other dictionaries (deletes "
-                   "their dashboards; user labels stay in their own file)")
+    b.add_argument("--replace", action="store_true", help="build into a database of other dictionaries, rows or "
+                   "seed (deletes its dashboards; user labels stay in their own file)")
     b.add_argument("--token-sets", metavar="FILE", help="named token sets for the labels, added to the defaults: "
                    'JSON {"name": ["token", ...]} or text lines "name: token, token"')
     b.add_argument("--quiet", action="store_true")

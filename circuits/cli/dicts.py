@@ -147,18 +147,37 @@ def fidelity_output(args) -> str:
     """Where `dicts eval` writes: ``--out`` when given ('-': nowhere); otherwise, for a full-size evaluation, the
     set's own ``fidelity.json`` (a shipped organism set's, which it reproduces, or a set folder's); a subsample
     (``--rows`` / ``--dead-rows``) or another model's named set is not saved (it must not replace a shipped report)."""
-    from circuits.dictionaries import ORGANISM_ALIASES, ORGANISM_SETS
     from circuits.model import DATA_DIR
 
     if args.out is not None:
         return args.out
     if args.rows is not None or args.dead_rows is not None:
         return "-"
-    name = ORGANISM_ALIASES.get(args.dicts, args.dicts)
-    if name in ORGANISM_SETS:
-        return str(DATA_DIR / "dictionaries" / name / "fidelity.json") if args.model == "organism" else "-"
+    name = shipped_set(args.dicts)
+    if name is not None:  # a shipped set, by name or by its folder: only its own report, only for the organism
+        report = DATA_DIR / "dictionaries" / name / "fidelity.json"
+        return str(report) if args.model == "organism" and report.exists() else "-"
     folder = Path(args.dicts)
     return str(folder / "fidelity.json") if folder.is_dir() else "-"
+
+
+def shipped_set(dicts: str) -> str | None:
+    """The shipped organism set that `dicts` names, by name, alias or folder (``data/dictionaries/organism``), or
+    None."""
+    from circuits.dictionaries import ORGANISM_ALIASES, ORGANISM_SETS
+    from circuits.model import DATA_DIR
+
+    name = ORGANISM_ALIASES.get(dicts, dicts)
+    if name in ORGANISM_SETS:
+        return name
+    try:
+        folder = Path(dicts).resolve()
+    except OSError:
+        return None
+    for name in ORGANISM_SETS:
+        if folder == (DATA_DIR / "dictionaries" / name).resolve():
+            return name
+    return None
 
 
 def cmd_dicts_eval(args) -> int:
@@ -182,9 +201,7 @@ def cmd_dicts_eval(args) -> int:
         sizes = dataclasses.replace(sizes, dead_rows=args.dead_rows)
     report = evaluate_fidelity(model, dset, sizes, progress=not args.quiet)
     _print_fidelity(report)
-    from circuits.dictionaries import ORGANISM_ALIASES, ORGANISM_SETS
-
-    if (args.dicts in ORGANISM_SETS or args.dicts in ORGANISM_ALIASES) and args.rows is None:  # a shipped set: tests re-evaluate this subsample
+    if shipped_set(args.dicts) is not None and args.rows is None:  # a shipped set: tests re-evaluate this subsample
         from circuits.dictionaries.evaluate import CI_SIZES
 
         report["ci_subsample"] = {"sizes": CI_SIZES.__dict__, "report": evaluate_fidelity(model, dset, CI_SIZES)}

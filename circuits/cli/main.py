@@ -71,8 +71,11 @@ def _chosen(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:  # argparse would report these at the top level, with `circuits`' usage
-        _chosen(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # reported by the parser they were given to: before the subcommand, the top level's
+        given = list(sys.argv[1:] if argv is None else argv)
+        first = given.index(extra[0]) if extra[0] in given else len(given)
+        top = args.command in given and first < given.index(args.command)
+        (parser if top else _chosen(parser, args)).error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "subsample", 1.0) <= 0 or getattr(args, "subsample", 1.0) > 1:
         _chosen(parser, args).error("--subsample must be in (0, 1]")
     import warnings

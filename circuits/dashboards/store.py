@@ -177,7 +177,6 @@ class Dashboards:
         self._tokens = getattr(rm, "model", None)
         self._hidden = never_predicted(self.meta.get("model"))  # left out of promote/suppress lists shown
         self._user_stamp, self._user = None, {}
-        self._user_labels()  # a broken labels file is reported when the database is opened
         self._has_labels = self.con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND "
                                             "name = 'labels'").fetchone()[0] > 0
 
@@ -187,12 +186,18 @@ class Dashboards:
         path = user_labels_path(self.path)
         try:
             st = path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a write renames a new file in: a new inode
         except FileNotFoundError:
             stamp = None
         if stamp != self._user_stamp:
-            self._user = read_user_labels(self.path).get(self.meta.get("fingerprint", ""), {}) if stamp else {}
             self._user_stamp = stamp
+            try:
+                self._user = read_user_labels(self.path).get(self.meta.get("fingerprint", ""), {}) if stamp else {}
+            except DashboardError as e:  # the dashboards still work; only `set_label` refuses to touch the file
+                import warnings
+
+                warnings.warn(f"user labels not shown: {e}", stacklevel=3)
+                self._user = {}
         return self._user
 
     def _user_label(self, dictionary: str, feature: int, stored: str | None) -> str | None:
@@ -369,9 +374,14 @@ def read_user_labels(db_path: Path) -> dict[str, dict[str, dict[str, str | None]
             data.get("labels"), dict)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DashboardError(f"{path} cannot be read as user labels ({e}); fix it or move it away") from None
+    if ok:
+        ok = all(isinstance(by_dict, dict) and all(
+            isinstance(labels, dict) and all(isinstance(k, str) and k.isdigit() and (v is None or isinstance(v, str))
+                                             for k, v in labels.items()) for labels in by_dict.values())
+            for by_dict in data["labels"].values())
     if not ok:
-        raise DashboardError(f"{path} is not a user-labels file (format {USER_LABELS_FORMAT!r} expected); fix it or "
-                             "move it away")
+        raise DashboardError(f"{path} is not a user-labels file (format {USER_LABELS_FORMAT!r}: labels by "
+                             "fingerprint, dictionary and feature index); fix it or move it away")
     return data["labels"]
 
 
@@ -398,11 +408,18 @@ def set_label(path: Path, dictionary: str, feature: int, label: str | None) -> N
     else:
         mine.pop(str(feature), None)
     out = user_labels_path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps({"format": USER_LABELS_FORMAT, "labels": labels}, indent=1, sort_keys=True),
-                       encoding="utf-8")
-        tmp.replace(out)
+    import os
+    import tempfile
+
+    try:  # a temporary file of its own in the same folder, renamed over the old one: never half-written
+        fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"format": USER_LABELS_FORMAT, "labels": labels}, f, indent=1, sort_keys=True)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     except OSError as e:
         raise DashboardError(f"cannot write user labels to {out} ({e.strerror}); give a database in a folder you "
                              "can write with --db FILE") from None

@@ -80,12 +80,13 @@ def load_graph_bytes(data: bytes, name: str, fold: bool = False) -> None:
 
 def _fits(graph, run: dict, name: str) -> bool:
     """False (with one message; the current graph stays) when the graph names nodes its dictionaries cannot hold
-    (`circuits.interventions.check_graph_fits`). A graph whose model cannot be loaded here is opened as it is: the
-    tabs that run the model say why they cannot."""
+    (`circuits.interventions.check_graph_fits`). Only the embedded organism is checked here: another model (GPT-2)
+    would be loaded, or downloaded, just to open a file, and viewing needs no model; the tabs that run it check their
+    own inputs."""
     from circuits.explorer.state import replacement
     from circuits.interventions import check_graph_fits
 
-    if run["dicts"] is None:
+    if run["dicts"] is None or run["model"] != "organism":
         return True
     try:
         rm = replacement(run["model"], run["dicts"], names=run["dictionaries"])

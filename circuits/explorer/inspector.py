@@ -23,7 +23,8 @@ def node_inspector(g, full, run: dict, influence) -> None:
         st.info("Select a node: click it in the graph, or pick it from the list above.")
         return
     row_full = full.row(node)
-    st.subheader(s["ui"]["labels"].get(export.node_id(node)) or export.node_label(full, node))
+    custom = s["ui"]["labels"].get(export.node_id(node))  # may come from an opened file: escaped
+    st.subheader(_md_escape(custom) if custom else export.node_label(full, node))
     st.caption(f"{export.node_id(node)} · activation {float(full.activations[row_full]):.4f} · pre-activation "
                f"{float(full.pre_activations[row_full]):.4f} · constant {float(full.constants[row_full]):.4f}")
     c1, c2 = st.columns(2)

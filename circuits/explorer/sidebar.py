@@ -78,10 +78,11 @@ def sidebar() -> dict:
         if mode == "contrast":
             baseline = c[1].text_input("minus token", key="baseline")
     go = sb.button("trace", type="primary", key="trace", width="stretch")
-    shown = state().get("run")
+    shown, graph = state().get("run"), state().get("graph")
     if shown is not None and shown.get("prompt") != prompt:  # the tabs use the graph shown, not this prompt
-        sb.caption("The graph shown is " + ("an aggregated case-study circuit" if shown.get("prompt") is None
-                                            else "not this prompt's") + ": **trace** replaces it with this prompt's.")
+        what = ("an aggregated case-study circuit" if graph is not None and graph.metadata.get("aggregated") else
+                "a graph saved without its prompt" if shown.get("prompt") is None else "not this prompt's")
+        sb.caption(f"The graph shown is {what}: **trace** replaces it with this prompt's.")
     model = sb.selectbox("model", list(MODELS), key="model")
     dicts = sb.selectbox("dictionaries", list(DICTIONARY_SETS[model]), key="dicts")
     layers = sb.multiselect("replaced layers", list(range(N_LAYERS[model])), key="layers")
