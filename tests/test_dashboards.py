@@ -261,7 +261,7 @@ def test_user_labels_live_beside_the_database_and_never_change_it(planted, db, t
     import hashlib
     import shutil
 
-    from circuits.dashboards.store import user_labels_path
+    from circuits.dashboards.user_labels import user_labels_path
 
     rm, rows = planted
     path = tmp_path / "mine.sqlite"

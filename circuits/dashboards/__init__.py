@@ -66,9 +66,8 @@ from circuits.dashboards.store import (
     fingerprint,
     parse_feature_id,
     render_text,
-    set_label,
-    user_labels_path,
 )
+from circuits.dashboards.user_labels import set_label, user_labels_path
 
 __all__ = ["N_LOGITS", "WINDOW_AFTER", "WINDOW_BEFORE", "Dashboard", "DashboardError", "Dashboards", "Example",
            "activations_on", "build", "feature_id", "fingerprint", "head_source_terms", "logit_directions",

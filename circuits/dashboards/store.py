@@ -1,6 +1,7 @@
 """The dashboard database: its SQLite layout, the fingerprint that ties it to a set, and read access.
 
-`Dashboards` reads one database (a read-only connection per thread); `set_label` writes a user label; the feature-id
+`Dashboards` reads one database (a read-only connection per thread) and the user labels beside it
+(:mod:`circuits.dashboards.user_labels`, where `set_label` writes them); the feature-id
 helpers turn ``M2#517`` into (dictionary, index) and back; `render_text` prints a dashboard in the terminal. The
 layout and how labels are chosen are described in :mod:`circuits.dashboards`; the build is in
 :mod:`circuits.dashboards.build`.
@@ -183,6 +184,8 @@ class Dashboards:
     def _user_labels(self) -> dict[str, dict[str, str | None]]:
         """This database's user labels ({dictionary: {index: label or None}}), re-read when the file changes (a
         label set from the CLI shows in a running explorer)."""
+        from circuits.dashboards.user_labels import read_user_labels, user_labels_path
+
         path = user_labels_path(self.path)
         try:
             st = path.stat()
@@ -347,82 +350,6 @@ class Dashboards:
         for _, con in opened:
             con.close()
         self._local = threading.local()
-
-
-USER_LABELS_FORMAT = "circuits-user-labels/1"
-
-
-def user_labels_path(db_path: Path) -> Path:
-    """Where the user labels of a database live: a JSON file beside it (``organism.sqlite`` →
-    ``organism.user-labels.json``). They are kept out of the database itself, so setting a label never writes to a
-    shipped or tracked file, and a rebuilt database (same dictionaries) shows them again."""
-    db_path = Path(db_path)
-    return db_path.with_name(db_path.stem + ".user-labels.json")
-
-
-def read_user_labels(db_path: Path) -> dict[str, dict[str, dict[str, str | None]]]:
-    """{fingerprint: {dictionary: {feature index (text): label, or None for a cleared one}}} from the labels file of
-    `db_path` ({} when there is none). Labels are kept per fingerprint: those set on a database built for other
-    dictionaries are kept in the file and not shown. A file that is not a labels file raises `DashboardError` (it
-    is never overwritten)."""
-    path = user_labels_path(db_path)
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        ok = isinstance(data, dict) and data.get("format") == USER_LABELS_FORMAT and isinstance(
-            data.get("labels"), dict)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DashboardError(f"{path} cannot be read as user labels ({e}); fix it or move it away") from None
-    if ok:
-        ok = all(isinstance(by_dict, dict) and all(
-            isinstance(labels, dict) and all(isinstance(k, str) and k.isdigit() and (v is None or isinstance(v, str))
-                                             for k, v in labels.items()) for labels in by_dict.values())
-            for by_dict in data["labels"].values())
-    if not ok:
-        raise DashboardError(f"{path} is not a user-labels file (format {USER_LABELS_FORMAT!r}: labels by "
-                             "fingerprint, dictionary and feature index); fix it or move it away")
-    return data["labels"]
-
-
-def set_label(path: Path, dictionary: str, feature: int, label: str | None) -> None:
-    """Set (or clear, with None) a user label that overrides the automatic one, in the labels file beside the
-    database (`user_labels_path`; written to a temporary file and renamed, so it is never left half-written). The
-    database is only read."""
-    path = Path(path)
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        fp = dict(con.execute("SELECT key, value FROM meta").fetchall()).get("fingerprint", "")
-        row = con.execute("SELECT user_label FROM features WHERE dictionary = ? AND feature = ?",
-                          (dictionary, feature)).fetchone()
-    finally:
-        con.close()
-    if row is None:
-        raise DashboardError(f"no feature {feature_id(dictionary, feature)} ({dictionary}) in {path}")
-    labels = read_user_labels(path)
-    mine = labels.setdefault(fp, {}).setdefault(dictionary, {})
-    if label is not None:
-        mine[str(feature)] = label
-    elif row[0] is not None:  # a label an older version stored in the database: cleared here
-        mine[str(feature)] = None
-    else:
-        mine.pop(str(feature), None)
-    out = user_labels_path(path)
-    import os
-    import tempfile
-
-    try:  # a temporary file of its own in the same folder, renamed over the old one: never half-written
-        fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"format": USER_LABELS_FORMAT, "labels": labels}, f, indent=1, sort_keys=True)
-            os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as e:
-        raise DashboardError(f"cannot write user labels to {out} ({e.strerror}); give a database in a folder you "
-                             "can write with --db FILE") from None
 
 
 def _feature_key(feature) -> tuple[str, int] | None:
