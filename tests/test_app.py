@@ -23,6 +23,7 @@ def _header(at) -> str:
 def test_opens_with_the_example_traced(app):
     head = _header(app)
     assert "Mary" in head and "pruned to" in head and "nodes" in head
+    assert "= 14.49 (logit difference)" in head  # the value says what it is
     assert not app.error
     assert not any("replaces it" in c.value for c in app.sidebar.caption)  # the graph shown is the sidebar's prompt's
 

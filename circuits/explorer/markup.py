@@ -21,9 +21,9 @@ def header_text(graph, g) -> str:
         label = str(t["label"])
         text = label if "'" in label or '"' in label else repr(label)  # a contrast label quotes its tokens itself
         if not meta.get("aggregated") and t.get("value") is not None:  # an aggregated target has no single value
-            text += f" {t['value']:.2f}"
-            if t.get("probability") is not None:
-                text += f" (p={t['probability']:.2f})"
+            what = {"logit_diff": "logit difference", "logit": "logit"}.get((t.get("node") or ["logit"])[0])
+            notes = [w for w in (what, f"p={t['probability']:.2f}" if t.get("probability") is not None else None) if w]
+            text += f" = {t['value']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
         targets.append(text)
     return (f"**{_md_escape(title.strip())}** → {_md_escape(', '.join(targets))}  \n"
             f"{graph.n_nodes} nodes / {graph.n_edges:,} edges, pruned to {g.n_nodes} / {g.n_edges:,}")
