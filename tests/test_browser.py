@@ -120,7 +120,7 @@ def test_clicking_a_node_in_the_graph_canvas_selects_it(page):
     # the index of the trace holding MLP features, read from the plot's own data
     frame = next(f for f in page.frames if "graph_view" in f.url)
     index = frame.evaluate("""() => document.querySelector('.js-plotly-plot').data
-                               .findIndex(t => t.name === 'mlp_feature')""")
+                               .findIndex(t => t.name === 'transcoder feature')""")
     assert index >= 0
     point = view.locator(".js-plotly-plot .scatterlayer .trace").nth(index).locator("path.point").first
     point.click(force=True)

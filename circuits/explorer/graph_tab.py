@@ -116,6 +116,8 @@ def graph_tab(full, g, influence, settings: dict, labels: dict) -> None:
             edge_threshold=settings["edge_threshold"], cap=settings["cap"],
             epoch=st.session_state.get("threshold_epoch", 0), selected=selected, user_labels=labels,
             key="graph_view")
+    st.caption("Edges: blue excites, red inhibits, width ∝ |weight|; orange: the highlighted route. Marker size: "
+               "influence on the target. Purple diamonds: supernodes (×N features; click to expand).")
 
 
 def subgraph_view(g) -> None:

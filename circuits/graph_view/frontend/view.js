@@ -138,12 +138,15 @@ function figure(result) {
   const outlineColour = (v) => (v === selected ? "#000" : onPathNodes.has(v) ? "#e67800" : "#333");
   const inGroup = new Set();
   groupList().forEach((sn, k) => { if (expanded.has(k)) for (const i of sn.members) inGroup.add(i); });
+  const kindNames = { token: "token", attn_feature: "attention feature", mlp_feature: "transcoder feature",
+                      attn_error: "attention error", mlp_error: "MLP error", logit: "logit",
+                      logit_diff: "logit difference" }; // the legend's words for the node kinds
   meta.kinds.forEach((kind, code) => {
     const rows = shown.filter((i) => G.kind[i] === code);
     if (!rows.length) return;
     const label = (i) => userLabels[meta.ids[i]] || meta.labels[i];
     traces.push({
-      type: "scatter", mode: "markers", name: kind, x: rows.map((i) => x[i]), y: rows.map((i) => y[i]),
+      type: "scatter", mode: "markers", name: kindNames[kind] || kind, x: rows.map((i) => x[i]), y: rows.map((i) => y[i]),
       customdata: rows,
       hovertext: rows.map((i) => `${label(i)}<br>activation ${G.activation[i].toFixed(3)}<br>influence ` +
                                   G.influence[i].toFixed(4) + (inGroup.has(i) ? "<br>(in an expanded supernode)" : "")),
