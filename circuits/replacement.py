@@ -263,7 +263,7 @@ class ReplacementModel:
         unk = getattr(getattr(self.model, "tokenizer", None), "unk_token_id", None)
         if unk is not None and bool((tokens == unk).any()):
             warnings.warn(f"the prompt has unknown words (mapped to the unknown token): {_unknown_words(self.model, prompt, tokens, unk)}; "
-                          "the model has no embedding for them", stacklevel=2)
+                          "the model has no embedding for them: replace them with words it knows", stacklevel=2)
         n_ctx = self.cfg.n_ctx
         if tokens.shape[0] > n_ctx:
             raise AttributionError(f"the prompt has {tokens.shape[0]} tokens (BOS included) but the model's context "

@@ -70,8 +70,11 @@ def test_foreign_and_broken_files(tmp_path):
     with pytest.raises(export.GraphFileError, match="not valid JSON"):
         export.read_json(tmp_path / "x.json")
     (tmp_path / "ct.json").write_text(json.dumps({"metadata": {}, "nodes": [], "links": []}))
-    with pytest.raises(export.GraphFileError, match="not a circuits graph"):
+    with pytest.raises(export.GraphFileError, match=r"not a circuits graph file \(it has no 'format' field\)"):
         export.read_json(tmp_path / "ct.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(export.GraphFileError, match=r"\(a JSON list, not an object\)"):
+        export.read_json(tmp_path / "list.json")
     with pytest.raises(export.GraphFileError, match="does not exist"):
         export.read_json(tmp_path / "missing.json")
 

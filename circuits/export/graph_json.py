@@ -109,9 +109,13 @@ def _where(path) -> str:
 def validate(data, source: str = "graph") -> None:
     """Raise GraphFileError naming the first bad field, if `data` is not a valid circuits graph."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        found = data.get("format", data.get("schema", "no 'format' field")) if isinstance(data, dict) else type(
-            data).__name__
-        raise GraphFileError(f"{source}: not a circuits graph file (format: {found!r}); write one with "
+        if not isinstance(data, dict):
+            what = f"a JSON {type(data).__name__}, not an object"
+        elif "format" in data or "schema" in data:
+            what = f"format {data.get('format', data.get('schema'))!r}"
+        else:
+            what = "it has no 'format' field"
+        raise GraphFileError(f"{source}: not a circuits graph file ({what}); write one with "
                              "`circuits trace ... --json FILE`")
     if data.get("schema_version") not in READABLE_VERSIONS:
         raise GraphFileError(f"{source}: schema_version {data.get('schema_version')!r} is not supported "
