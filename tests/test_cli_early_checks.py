@@ -239,7 +239,7 @@ def test_an_over_long_prompt(capsys, no_model):
     (["--target", "Mary", "--contrast", "Marry"], ["--contrast 'Marry' is not in the model's vocabulary"]),
     (["--target", "Mary", "Marry"], ["--target 'Marry' is not in the model's vocabulary"]),
     (["--target", "Mary went"], ["not a single token", "[' Mary', ' went']"]),
-    (["--target", "Mary Marry"], ["not a single token", "'<|unk|>' is a word not in the model's vocabulary"]),
+    (["--target", "Mary Marry"], ["not a single token", "not in the model's vocabulary", "[' Mary', '<|unk|>']"]),
     (["--target", "Mary", "--contrast", "Mary"], ["--contrast 'Mary' is the same token as --target 'Mary'"]),
     (["--target", "Mary", "--contrast", " Mary "], ["is the same token as --target 'Mary'"]),
     (["--target", ""], ["--target ''", "empty"]),

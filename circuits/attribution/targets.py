@@ -91,20 +91,30 @@ def single_token(model, token: str | int) -> int:
         return token
     if getattr(model, "tokenizer", None) is None:
         raise AttributionError(f"the model has no tokenizer: give target {token!r} as a token id")
+    return resolve_token(token, lambda t: model.to_tokens(t, prepend_bos=False)[0].tolist(),
+                         lambda t: model.to_str_tokens(t, prepend_bos=False),
+                         getattr(model.tokenizer, "unk_token_id", None))
+
+
+def resolve_token(token: str, encode, pieces, unk: int | None, what: str = "target") -> int:
+    """The id of text that is one known token, tried as given, without and with a leading space (tokenizers
+    differ on spaces); else `AttributionError` naming the problem: empty text, a word outside the vocabulary
+    (`unk`), or text of several tokens. `encode` / `pieces`: text → token ids / strings, no BOS. Shared by
+    `single_token` and the CLI's checks before a model loads (which pass the tokenizer alone)."""
+    from circuits.errors import AttributionError
+
     if not token.strip():  # before the spellings: " " is a token of GPT-2's vocabulary
-        raise AttributionError("the target token is empty; give a word the model knows (e.g. ' Mary')")
-    unk = getattr(model.tokenizer, "unk_token_id", None)
-    for text in dict.fromkeys([token, token.lstrip(), " " + token.lstrip()]):  # tokenizers differ on spaces
-        ids = model.to_tokens(text, prepend_bos=False)[0] if text else torch.zeros(0)
-        if ids.numel() == 1 and int(ids[0]) != unk:
+        raise AttributionError(f"the {what} token is empty; give a word the model knows (e.g. ' Mary')")
+    for text in dict.fromkeys([token, token.lstrip(), " " + token.lstrip()]):
+        ids = encode(text) if text else []
+        if len(ids) == 1 and ids[0] != unk:
             return int(ids[0])
-    pieces = model.to_str_tokens(token, prepend_bos=False)
-    ids = model.to_tokens(token, prepend_bos=False)[0]
-    if unk is not None and bool((ids == unk).any()):
-        raise AttributionError(f"target {token!r} is not in the model's vocabulary, so it is not a single token the "
-                               f"model can predict (it reads as {pieces}); give a word the model knows")
-    raise AttributionError(f"target {token!r} is not a single token (it splits into {pieces}); "
-                           "give one vocabulary token")
+    ids, shown = encode(token), pieces(token)
+    if unk is not None and unk in ids:
+        raise AttributionError(f"{what} {token!r} is not in the model's vocabulary, so it is not a single token the "
+                               f"model can predict (it reads as {shown}); give a word the model knows")
+    raise AttributionError(f"{what} {token!r} is not a single token (it splits into {shown}); give one vocabulary "
+                           "token")
 
 
 def uncapped_logits(model, logits: Tensor) -> Tensor:

@@ -234,21 +234,15 @@ def _loaded_shapes(dset) -> dict[tuple[str, int], int]:
 
 
 def _check_token(vocab: _Vocab, flag: str, token: str) -> int:
-    """The id of a --target/--contrast token, as `attribution.targets.single_token` will find it; one line naming
-    the problem otherwise (a word outside the vocabulary, or text of several tokens)."""
-    for text in dict.fromkeys([token, token.lstrip(), " " + token.lstrip()]):  # tokenizers differ on spaces
-        ids = vocab.encode(text) if text else []
-        if len(ids) == 1 and ids[0] != vocab.unk:
-            return ids[0]
-    ids, pieces = vocab.encode(token), vocab.pieces(token)
-    if vocab.unk is not None and ids == [vocab.unk]:
-        raise CircuitsError(f"{flag} {token!r} is not in the model's vocabulary (the tokenizer reads it as the "
-                            f"unknown token {pieces[0]!r}), so it is not a single token the model can predict; give a "
-                            "word the model knows, e.g. one of the prompt's words")
-    unknown = (f", where {pieces[ids.index(vocab.unk)]!r} is a word not in the model's vocabulary"
-               if vocab.unk is not None and vocab.unk in ids else "")
-    raise CircuitsError(f"{flag} {token!r}: not a single token (it splits into {pieces}{unknown}); give one "
-                        "vocabulary token")
+    """The id of a --target/--contrast token, found as `attribution.targets.single_token` will find it (one
+    `resolve_token` for both); one line naming the problem otherwise."""
+    from circuits.attribution.targets import resolve_token
+    from circuits.errors import AttributionError
+
+    try:
+        return resolve_token(token, vocab.encode, vocab.pieces, vocab.unk, flag)
+    except AttributionError as e:
+        raise CircuitsError(str(e)) from None
 
 
 def _check_inputs(args, prompt: str, target, vocab: _Vocab | None, shapes: dict | None) -> None:
