@@ -213,3 +213,14 @@ def test_feature_text_never_prints_negative_zero(capsys):
     assert "-0.000" not in out and out.startswith("M3#1184")
     assert main(["feature", "transcoder_L3#1184", "--text", PROMPT]) == 0  # the old spelling still works
     assert capsys.readouterr().out == out
+
+
+def test_the_usage_line_names_each_command_once_and_the_alias_still_works():
+    """`circuits --help` listed the alias `attribute` as a ninth command; it stays usable and shown beside trace."""
+    from circuits.cli.main import build_parser
+
+    parser = build_parser()
+    usage = parser.format_usage()
+    assert "trace" in usage and "attribute" not in usage
+    assert "trace (attribute)" in parser.format_help()
+    assert parser.parse_args(["attribute", "a prompt", "--target", "Mary"]).command == "attribute"

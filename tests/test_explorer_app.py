@@ -276,3 +276,29 @@ def test_example_graphs_open_with_bos_folded(app, monkeypatch, tmp_path):
     assert shown.metadata.get("bos_folded") is not None
     assert not bool(bos_mask(shown).any())
     assert shown.n_nodes == raw.n_nodes - int(bos_mask(raw).sum())
+
+
+def test_the_subgraph_tab_draws_a_pins_neighbours_and_lists_the_views_supernodes(app):
+    """The subgraph tab keeps only the tokens and targets joined to a pin (it drew every token), and lists the
+    supernodes the graph view starts with (it listed only the ones typed into its form)."""
+    from circuits.explorer.graph_tab import pinned_subgraph
+    from circuits.graph import Node
+
+    at = app
+    _pick_feature(at)
+    at.button(key="pin").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (pin,) = [Node.from_json(p) for p in at.session_state["ui"]["pins"]]
+    from circuits import prune
+
+    g = prune(at.session_state["graph"], at.slider(key="node_threshold").value,
+              at.slider(key="edge_threshold").value).graph
+    sub = pinned_subgraph(g, [pin])
+    n_tokens = sum(n.kind == "token" for n in g.nodes)
+    assert sum(n.kind == "token" for n in sub.nodes) < n_tokens  # some token has no edge to this one feature
+    assert any(f"subgraph of the pins: {sub.n_nodes} nodes" in c.value for c in at.caption)
+    groups = at.session_state["view"]["packed"].meta["supernodes"]
+    assert groups, "the example graph's view starts with supernodes"
+    (exp,) = [e for e in at.expander if "the graph view's supernodes" in e.label]
+    assert f"({len(groups)}:" in exp.label
+    assert any(groups[0]["name"] in m.value for m in exp.markdown)

@@ -177,3 +177,18 @@ def test_trace_with_other_dictionaries_does_not_borrow_the_default_databases_cat
         assert supers and {s["category"] for s in supers} <= {"attention", "transcoder"}
     finally:
         labels._VERIFIED.pop("organism", None)
+
+
+def test_pinned_subgraph_keeps_only_tokens_and_targets_joined_to_a_pin():
+    """The explorer's subgraph tab: the pins, plus the tokens and targets with an edge to or from a pin (it drew
+    every token, connected or not)."""
+    from circuits.explorer.graph_tab import pinned_subgraph
+
+    g = planted()
+    assert set(pinned_subgraph(g, [A]).nodes) == {T1, T2, A}
+    assert set(pinned_subgraph(g, [X]).nodes) == {X, L}  # X reads features only: no token comes along
+    assert set(pinned_subgraph(g, [C, X]).nodes) == {T1, T2, C, X, L}
+    absent = Node("mlp_feature", 1, 0, 99)
+    assert set(pinned_subgraph(g, [absent]).nodes) == set()
+    sub = pinned_subgraph(g, [A])
+    assert sorted(sub.edge_weight.tolist()) == [1.0, 2.0]  # only the edges among the kept nodes

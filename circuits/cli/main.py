@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for group in (organism, dicts, trace, attention, graph, dashboards, study):  # the order of `circuits --help`
         group.add_parser(sub)
+    # the usage line names each command once (argparse would list aliases such as `attribute` as commands too;
+    # the help row 'trace (attribute)' still shows it)
+    sub.metavar = "{" + ",".join(a.dest for a in sub._choices_actions) + "}"
     return p
 
 

@@ -120,6 +120,30 @@ def graph_tab(full, g, influence, settings: dict, labels: dict) -> None:
                "influence on the target. Purple diamonds: supernodes (×N features; click to expand).")
 
 
+def pinned_subgraph(g, pins: list):
+    """The pins' subgraph of the shown graph `g`: the pinned nodes present in it, and the token and target nodes
+    joined to one of them by an edge (tokens with no edge to a pin are left out)."""
+    import torch
+
+    present = set(pins) & set(g.nodes)
+    rows = torch.tensor([n in present for n in g.nodes], dtype=torch.bool)
+    ends = torch.tensor([n.kind == "token" or n.kind.startswith("logit") for n in g.nodes], dtype=torch.bool)
+    t, src = g.edge_index
+    touching = torch.zeros(g.n_nodes, dtype=torch.bool)
+    touching[src[rows[t]]] = True  # sources of edges into a pin
+    touching[t[rows[src]]] = True  # targets of edges out of a pin
+    return g.subgraph(rows | (ends & touching))
+
+
+def view_supernodes(view: dict | None) -> list[tuple[str, list]]:
+    """The supernodes the graph view starts with (stored ones first, then automatic ones), as
+    ``(name, member nodes)``; empty when the view has not been drawn (e.g. graphs drawn by the server)."""
+    if not view:
+        return []
+    nodes = view["graph"].nodes
+    return [(sn["name"], [nodes[i] for i in sn["members"]]) for sn in view["packed"].meta.get("supernodes", [])]
+
+
 def subgraph_view(g) -> None:
     from circuits import export
     from circuits.graph import Node
@@ -130,12 +154,11 @@ def subgraph_view(g) -> None:
     st.markdown(f"**pinned nodes** ({len(pins)}): " + (", ".join(export.node_label(g, n) for n in pins)
                                                       or "none yet: select a node and press 'pin this node' in its tab"))
     if pins:
-        present = [n for n in pins if n in set(g.nodes)]
-        keep = [n in set(present) or n.kind in ("token",) or n.kind.startswith("logit") for n in g.nodes]
-        import torch
-
-        sub = g.subgraph(torch.tensor(keep))
-        st.caption(f"subgraph of the pins: {sub.n_nodes} nodes, {sub.n_edges} edges")
+        sub = pinned_subgraph(g, pins)
+        missing = len(set(pins) - set(g.nodes))
+        st.caption(f"subgraph of the pins: {sub.n_nodes} nodes, {sub.n_edges} edges (with the tokens and targets "
+                   "joined to a pin by an edge)" + (f"; {missing} pinned node(s) are pruned away at these thresholds"
+                                                  if missing else ""))
         if sub.n_edges:
             from circuits.pruning import influence
 
@@ -143,6 +166,11 @@ def subgraph_view(g) -> None:
                             key="sub_chart")
         if st.button("clear pins", key="clear_pins"):
             s["ui"]["pins"] = []
+    groups = view_supernodes(s.get("view"))
+    if groups:
+        with st.expander(f"the graph view's supernodes ({len(groups)}: yours first, then automatic ones)"):
+            for name, members in groups:
+                st.write(f"**{name}**: " + ", ".join(export.node_label(g, n) for n in members))
     with st.form("supernode"):
         name = st.text_input("supernode name", key="sn_name")
         members = st.multiselect("members", [export.node_id(n) for n in g.nodes if n.kind.endswith("_feature")],
