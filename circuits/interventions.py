@@ -15,10 +15,21 @@ exactly. Options:
   MLP output of the CLT is rebuilt from the edited codes).
 
 Ablation faithfulness of a circuit C (Marks et al. 2024): ``(m(C) − m(∅)) / (m(M) − m(∅))``, where m(C) keeps the
-circuit's features and error nodes live and ablates every other *graph node* — every other feature active on the
-prompt, and every other error node — to zero or to its mean over reference text (the ablation is always named in
-the result); m(∅) ablates them all, and m(M) is the model. Features inactive on the prompt are not graph nodes and
-keep their clean value (0) throughout, so the full graph scores exactly 1.
+circuit's features and error nodes live and ablates everything else; m(∅) ablates everything, and m(M) is the model.
+What "everything else" is, is the **convention**, always named in the result (`Faithfulness.label`):
+
+* **standard mean ablation** (``Ablation("mean")``, ``convention="standard"``, the default; Wang et al. 2022, Marks
+  et al. 2024): every feature outside the circuit — *inactive ones included* — and every error node outside it take
+  their mean over reference text. The full graph does not score exactly 1 (features silent on the prompt move to
+  their means too);
+* **held-inactive mean ablation** (``convention="held-inactive"``, a variant, not comparable with the literature):
+  only the prompt's *graph nodes* are ablated; features inactive on the prompt keep their clean value, 0, so the
+  full graph scores exactly 1;
+* **zero ablation** (``Ablation("zero")``): every node outside the circuit is 0 (both conventions agree).
+
+A single prompt's faithfulness is in-sample when the circuit was pruned on that prompt, and it means little
+without a baseline: `random_baseline` keeps, instead of the circuit's features, as many random active features of
+the same dictionaries at the same positions (the error nodes as the circuit's), which is what a circuit has to beat.
 """
 
 from __future__ import annotations
@@ -38,6 +49,8 @@ from circuits.replacement import ReplacementCache, ReplacementModel, clt_upstrea
 
 Metric = Callable[[Tensor], Tensor]  # logits [pos, vocab] -> scalar
 EditMode = Literal["set", "scale", "add"]
+Convention = Literal["standard", "held-inactive"]
+CONVENTIONS: tuple[Convention, ...] = ("standard", "held-inactive")
 
 
 @dataclass(frozen=True)
@@ -339,11 +352,20 @@ class Faithfulness:
     n_features: int  # features kept live (the circuit's, plus the BOS position's when the graph folded BOS)
     n_errors: int
     n_bos: int = 0  # of those features and errors, the BOS position's (folded into the graph's constants)
+    convention: Convention = "standard"  # for mean ablation: are features inactive on the prompt ablated too?
 
     @property
     def score(self) -> float:
         denom = self.full - self.empty
         return (self.circuit - self.empty) / denom if denom != 0 else float("nan")
+
+    @property
+    def label(self) -> str:
+        """The convention in words: ``standard mean ablation``, ``held-inactive mean ablation (variant)`` or
+        ``zero ablation``."""
+        if self.ablation == "zero":
+            return "zero ablation"
+        return "standard mean ablation" if self.convention == "standard" else "held-inactive mean ablation (variant)"
 
 
 def hold_inactive(ablation: Ablation, cache: ReplacementCache) -> Ablation:
@@ -372,12 +394,9 @@ def circuit_masks(rm: ReplacementModel, cache: ReplacementCache, nodes: Iterable
     return fmask, emask
 
 
-@torch.no_grad()
-def faithfulness(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, circuit: Graph | Iterable[Node],
-                 metric: Metric, ablation: Ablation | None = None) -> Faithfulness:
-    """Ablation faithfulness of `circuit` (a pruned graph or a node list) on `metric`, live attention."""
-    ablation = ablation or Ablation("zero")
-    cache = prompt if isinstance(prompt, ReplacementCache) else rm.run(prompt)
+def _masks_with_bos(rm: ReplacementModel, cache: ReplacementCache, circuit: Graph | Iterable[Node]):
+    """`circuit_masks` of the circuit's nodes, plus every BOS node when the graph folded BOS into its constants;
+    and how many BOS nodes that added."""
     nodes = list(circuit.nodes) if isinstance(circuit, Graph) else list(circuit)
     masks = circuit_masks(rm, cache, nodes)
     bos = circuit.metadata.get("bos_folded") if isinstance(circuit, Graph) else None
@@ -387,14 +406,125 @@ def faithfulness(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, 
             masks[0][d.cfg.name][bos["pos"]] |= cache.codes[d.cfg.name][bos["pos"]].cpu() != 0
             masks[1][d.cfg.name][bos["pos"]] = True
             n_bos += int(masks[0][d.cfg.name][bos["pos"]].sum()) + 1
-    held = hold_inactive(ablation, cache)  # features that are not graph nodes stay at their clean value, 0
+    return masks, n_bos
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise CircuitsError(f"convention {convention!r} is not one of {', '.join(CONVENTIONS)}")
+
+
+@torch.no_grad()
+def faithfulness(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, circuit: Graph | Iterable[Node],
+                 metric: Metric, ablation: Ablation | None = None,
+                 convention: Convention = "standard") -> Faithfulness:
+    """Ablation faithfulness of `circuit` (a pruned graph or a node list) on `metric`, live attention, under
+    `ablation` (default zero) and, for mean ablation, `convention` (module docstring)."""
+    _check_convention(convention)
+    ablation = ablation or Ablation("zero")
+    cache = prompt if isinstance(prompt, ReplacementCache) else rm.run(prompt)
+    masks, n_bos = _masks_with_bos(rm, cache, circuit)
+    return _score(rm, cache, masks, metric, ablation, convention, n_bos)
+
+
+def _score(rm, cache, masks, metric, ablation: Ablation, convention: str, n_bos: int = 0) -> Faithfulness:
+    # held-inactive: features that are not graph nodes stay at their clean value, 0
+    used = hold_inactive(ablation, cache) if convention == "held-inactive" else ablation
     none = ({k: torch.zeros_like(v) for k, v in masks[0].items()}, {k: torch.zeros_like(v) for k, v in masks[1].items()})
-    m_c = float(metric(run_edited(rm, cache, keep=masks, ablation=held)[0]))
-    m_0 = float(metric(run_edited(rm, cache, keep=none, ablation=held)[0]))
+    m_c = float(metric(run_edited(rm, cache, keep=masks, ablation=used)[0]))
+    m_0 = float(metric(run_edited(rm, cache, keep=none, ablation=used)[0]))
     m_full = float(metric(cache.logits))
     return Faithfulness(ablation.mode, m_c, m_0, m_full, int(sum(int(v.sum()) for v in masks[0].values())),
-                        int(sum(int(v.sum()) for v in masks[1].values())), n_bos)
+                        int(sum(int(v.sum()) for v in masks[1].values())), n_bos, convention)
 
 
-__all__ = ["Ablation", "Edit", "Faithfulness", "InterventionResult", "faithfulness", "intervene",
+@dataclass
+class RandomBaseline:
+    """Faithfulness of random circuits like a given one: `scores` (one per draw); `n_features` random features per
+    draw; `n_elsewhere` of them (per draw, at most) came from another position of the same dictionary because the
+    circuit's position had too few other active features."""
+
+    scores: list[float]
+    n_features: int
+    n_elsewhere: int
+
+    @property
+    def mean(self) -> float:
+        return float(sum(self.scores) / len(self.scores)) if self.scores else float("nan")
+
+
+@torch.no_grad()
+def random_baseline(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, circuit: Graph | Iterable[Node],
+                    metric: Metric, ablation: Ablation | None = None, convention: Convention = "standard",
+                    draws: int = 5, seed: int = 0, fixed: Iterable[Node] = ()) -> RandomBaseline:
+    """The faithfulness of `draws` random circuits shaped like `circuit`: each keeps the circuit's error nodes, the
+    `fixed` nodes (e.g. BOS nodes folded into a graph's constants; a graph that folded BOS keeps its BOS nodes by
+    itself) and, for the circuit's other features, as many features drawn uniformly from the features active on the
+    prompt that are not in the circuit, of the same dictionary at the same position (from other positions of that
+    dictionary when too few are left there). Seeded, so reproducible."""
+    import random
+
+    _check_convention(convention)
+    if draws < 1:
+        raise CircuitsError(f"draws must be at least 1, got {draws}")
+    ablation = ablation or Ablation("zero")
+    cache = prompt if isinstance(prompt, ReplacementCache) else rm.run(prompt)
+    masks, _ = _masks_with_bos(rm, cache, circuit)
+    fixed_f, fixed_e = circuit_masks(rm, cache, list(fixed))
+    masks = ({k: v | fixed_f[k] for k, v in masks[0].items()}, {k: v | fixed_e[k] for k, v in masks[1].items()})
+    fixed = fixed_f  # these features stay as they are in every draw
+    bos = circuit.metadata.get("bos_folded") if isinstance(circuit, Graph) else None
+    if bos and bos.get("pos") is not None:  # the folded BOS position's features, likewise
+        for k in fixed:
+            fixed[k][bos["pos"]] |= masks[0][k][bos["pos"]]
+    rng = random.Random(seed)
+    scores, n_elsewhere, n_features = [], 0, 0
+    for _ in range(draws):
+        fmask, moved = {}, 0
+        for name, m in masks[0].items():
+            chosen = m & fixed[name]
+            active = cache.codes[name].cpu() != 0
+            free = active & ~m
+            want = m & ~fixed[name]
+            short = 0
+            for pos in range(m.shape[0]):
+                k = int(want[pos].sum())
+                if not k:
+                    continue
+                pool = free[pos].nonzero().flatten().tolist()
+                take = rng.sample(pool, min(k, len(pool)))
+                chosen[pos, take] = True
+                free[pos, take] = False
+                short += k - len(take)
+            if short:  # too few left at those positions: the same dictionary elsewhere
+                pool = free.nonzero().tolist()
+                for pos, idx in rng.sample(pool, min(short, len(pool))):
+                    chosen[pos, idx] = True
+                moved += short
+            fmask[name] = chosen
+        n_elsewhere = max(n_elsewhere, moved)
+        n_features = int(sum(int((fmask[k] & ~fixed[k]).sum()) for k in fmask))
+        scores.append(_score(rm, cache, (fmask, masks[1]), metric, ablation, convention).score)
+    return RandomBaseline(scores, n_features, n_elsewhere)
+
+
+def faithfulness_with_baselines(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, circuit: Graph,
+                                metric: Metric, fixed: Iterable[Node] = (), draws: int = 5
+                                ) -> list[tuple[Faithfulness, RandomBaseline]]:
+    """What `circuits trace` and the explorer report for one prompt: the circuit's faithfulness under standard mean
+    ablation and its held-inactive variant (the organism: `standard_ablations` has corpus means), and zero ablation,
+    each with its `random_baseline` (`draws` draws, seed 0). `fixed` nodes (BOS nodes folded into constants) are
+    kept with the circuit and with every random one."""
+    cache = prompt if isinstance(prompt, ReplacementCache) else rm.run(prompt)
+    fixed = list(fixed)
+    ablations = standard_ablations(rm)
+    runs = [(a, c) for a in ablations if a.mode == "mean" for c in CONVENTIONS]
+    runs += [(a, "standard") for a in ablations if a.mode == "zero"]
+    return [(faithfulness(rm, cache, [*circuit.nodes, *fixed] if fixed else circuit, metric, ablation, convention),
+             random_baseline(rm, cache, circuit, metric, ablation, convention, draws=draws, seed=0, fixed=fixed))
+            for ablation, convention in runs]
+
+
+__all__ = ["Ablation", "CONVENTIONS", "Edit", "Faithfulness", "InterventionResult", "RandomBaseline", "faithfulness",
+           "faithfulness_with_baselines", "intervene", "random_baseline",
            "dictionary_of", "graph_metric", "hold_inactive", "logit_diff_metric", "mean_ablation", "run_edited", "standard_ablations"]

@@ -60,7 +60,8 @@ def test_intervention_reports_metric_change(app):
 def test_faithfulness_button(app):
     app.button(key="faith").click().run()
     text = " ".join(m.value for m in app.markdown)
-    assert "faithfulness (zero ablation)" in text and "faithfulness (mean ablation)" in text
+    assert "faithfulness (zero ablation)" in text and "faithfulness (standard mean ablation)" in text
+    assert "faithfulness (held-inactive mean ablation (variant))" in text and "random circuits of the same shape" in text
 
 
 def test_pin_label_and_supernode_are_kept_in_the_saved_json(app):

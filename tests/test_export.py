@@ -209,7 +209,8 @@ def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "tokens: 0:'<|endoftext|>'" in out and "top 4 nodes by influence" in out and "atp node effects" in out
-    assert "(zero ablation)" in out and "(mean ablation)" in out
+    assert "  zero ablation: " in out and "  standard mean ablation: " in out and "held-inactive" in out
+    assert "in-sample, one prompt" in out and "random circuits of the same shape" in out
     # issue 21: BOS folded, routes printed and stored, the default picture is the supernode graph (<= 40 boxes)
     assert "folded into the constants" in out and "top 5 routes from the tokens" in out
     routes = [line for line in out.splitlines() if line.startswith("  0.") and " → " in line]
@@ -240,7 +241,10 @@ def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
     assert g.metadata["scores_pruned"]["replacement"] == pytest.approx(recomputed.replacement, rel=1e-5)
     assert g.metadata["scores_pruned"]["completeness"] == pytest.approx(recomputed.completeness, rel=1e-5)
     assert 0 < g.metadata["scores"]["replacement"] <= 1 and 0 < g.metadata["scores"]["completeness"] <= 1
-    assert [f["ablation"] for f in g.metadata["faithfulness"]] == ["zero", "mean"]
+    faith = g.metadata["faithfulness"]
+    assert [(f["ablation"], f["convention"]) for f in faith] == [("mean", "standard"), ("mean", "held-inactive"),
+                                                                ("zero", "standard")]
+    assert all(len(f["random"]["scores"]) == 5 and f["score"] > f["random"]["mean"] for f in faith)
     labels = g.metadata["ui"]["labels"]  # from the committed dashboard database
     assert labels and all(export.node_id(n) in labels for n in g.nodes if n.kind.endswith("_feature"))
 

@@ -182,9 +182,9 @@ def test_pruning_faithfulness_and_the_logit_lens_run_on_each_family(rm):
     g = attribute(rm, PROMPT, TARGET, cache=cache)
     metric = logit_diff_metric(rm.model, " Mary", " John")
     for ablation in (Ablation("zero"), mean_ablation(rm, [rm.model.to_tokens([PROMPT, "The store gave John a drink"])])):
-        full = faithfulness(rm, cache, g, metric, ablation)
+        full = faithfulness(rm, cache, g, metric, ablation, convention="held-inactive")
         assert abs(full.score - 1.0) < 1e-9 and full.empty != full.full
-        pruned = faithfulness(rm, cache, prune(g, 0.5, 0.9).graph, metric, ablation)
+        pruned = faithfulness(rm, cache, prune(g, 0.5, 0.9).graph, metric, ablation, convention="held-inactive")
         assert pruned.n_features < full.n_features
     lens = logit_lens(rm, cache)
     probs = torch.softmax(cache.logits, -1)

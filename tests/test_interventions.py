@@ -61,11 +61,11 @@ def test_faithfulness_of_full_and_empty_circuits(rm64):
     g = attribute(rm64, CLEAN, Contrast(" Mary", " John"), cache=cache)
     tokens = rm64.model.to_tokens([CLEAN, CORRUPT])
     for ablation in (Ablation("zero"), mean_ablation(rm64, [tokens])):
-        full = faithfulness(rm64, cache, g, metric, ablation)
+        full = faithfulness(rm64, cache, g, metric, ablation, convention="held-inactive")
         assert full.ablation == ablation.mode and abs(full.score - 1.0) < 1e-9
-        empty = faithfulness(rm64, cache, [], metric, ablation)
+        empty = faithfulness(rm64, cache, [], metric, ablation, convention="held-inactive")
         assert empty.n_features == 0 and empty.circuit == empty.empty  # m(∅) is the empty circuit's own metric
-        pruned = faithfulness(rm64, cache, prune(g, 0.5, 0.9).graph, metric, ablation)
+        pruned = faithfulness(rm64, cache, prune(g, 0.5, 0.9).graph, metric, ablation, convention="held-inactive")
         assert pruned.n_features < full.n_features and pruned.empty == full.empty
         # the score is the stated ratio of three independently measured metrics (not a tautology of the code)
         masks = circuit_masks(rm64, cache, prune(g, 0.5, 0.9).graph.nodes)
@@ -138,3 +138,63 @@ def test_graph_metric_follows_the_graph_target(rm64):
     assert float(graph_metric(logit)[0](cache.logits)) == float(logit.pre_activations[-1])
     feature = next(n for n in g.nodes if n.kind == "mlp_feature")
     assert graph_metric(attribute(rm64, CLEAN, FeatureTarget(feature), cache=cache)) is None
+
+
+def test_standard_mean_ablation_moves_inactive_features_and_held_inactive_does_not(rm64):
+    """Standard mean ablation (the field's convention, the default) sets every feature outside the circuit to its
+    mean, inactive ones included, so even the full graph need not score 1; the held-inactive variant keeps features
+    silent on the prompt at 0 (the full graph scores exactly 1). Each result names its convention."""
+    cache = rm64.run(CLEAN)
+    metric = logit_diff_metric(rm64.model, " Mary", " John")
+    g = attribute(rm64, CLEAN, Contrast(" Mary", " John"), cache=cache)
+    mean = mean_ablation(rm64, [rm64.model.to_tokens([CLEAN, CORRUPT])])
+    std = faithfulness(rm64, cache, g, metric, mean)
+    held = faithfulness(rm64, cache, g, metric, mean, convention="held-inactive")
+    assert (std.convention, std.label) == ("standard", "standard mean ablation")
+    assert held.label == "held-inactive mean ablation (variant)" and abs(held.score - 1.0) < 1e-9
+    assert abs(std.score - 1.0) > 1e-6 and std.empty != held.empty  # the inactive features' means reach the metric
+    # the stated definition, measured independently: ablate with the plain means (no hold_inactive)
+    masks = circuit_masks(rm64, cache, g.nodes)
+    m_c = float(metric(run_edited(rm64, cache, keep=masks, ablation=mean)[0]))
+    assert std.circuit == pytest.approx(m_c, abs=1e-9)
+    assert faithfulness(rm64, cache, g, metric, Ablation("zero")).label == "zero ablation"
+    with pytest.raises(CircuitsError, match="convention 'plain' is not one of standard, held-inactive"):
+        faithfulness(rm64, cache, g, metric, mean, convention="plain")
+
+
+def test_random_baseline_draws_like_the_circuit(rm64, monkeypatch):
+    """The random baseline keeps as many active features per dictionary and position as the circuit (none of the
+    circuit's, where enough are left), keeps the circuit's error nodes, and is seeded."""
+    from circuits.interventions import random_baseline
+
+    cache = rm64.run(CLEAN)
+    metric = logit_diff_metric(rm64.model, " Mary", " John")
+    g = attribute(rm64, CLEAN, Contrast(" Mary", " John"), cache=cache)
+    pruned = prune(g, 0.6, 0.9).graph
+    mean = mean_ablation(rm64, [rm64.model.to_tokens([CLEAN, CORRUPT])])
+    feats = [n for n in pruned.nodes if n.kind.endswith("_feature")]
+    drawn = []
+    import circuits.interventions as iv
+
+    real = iv._score
+
+    def spy(rm, cache_, masks, *args, **kw):
+        drawn.append(masks)
+        return real(rm, cache_, masks, *args, **kw)
+
+    monkeypatch.setattr(iv, "_score", spy)
+    base = random_baseline(rm64, cache, pruned, metric, mean, draws=3, seed=0)
+    monkeypatch.undo()
+    assert base.n_features == len(feats) and len(drawn) == 3 and len(set(base.scores)) > 1
+    want_f, want_e = circuit_masks(rm64, cache, pruned.nodes)
+    for fmask, emask in drawn:
+        assert all(torch.equal(emask[k], want_e[k]) for k in emask)  # the circuit's error nodes
+        for k, m in fmask.items():
+            assert int(m.sum()) == int(want_f[k].sum())  # as many per dictionary
+            assert bool((cache.codes[k][m] != 0).all())  # active on the prompt
+            assert not bool((m & want_f[k]).any())  # none of the circuit's
+    assert base.n_elsewhere >= 0
+    assert base.scores == random_baseline(rm64, cache, pruned, metric, mean, draws=3, seed=0).scores
+    assert base.scores != random_baseline(rm64, cache, pruned, metric, mean, draws=3, seed=1).scores
+    with pytest.raises(CircuitsError, match="draws must be at least 1"):
+        random_baseline(rm64, cache, pruned, metric, mean, draws=0)

@@ -272,7 +272,7 @@ def test_clt_graph_downstream_pruning_scores_exports_faithfulness_dashboards(rm_
     metric = logit_diff_metric(rm_clt.model, " Mary", " John")
     tokens = rm_clt.model.to_tokens([PROMPT])
     for ablation in (Ablation("zero"), mean_ablation(rm_clt, [tokens])):
-        assert abs(faithfulness(rm_clt, cache, g, metric, ablation).score - 1.0) < 1e-9
+        assert abs(faithfulness(rm_clt, cache, g, metric, ablation, convention="held-inactive").score - 1.0) < 1e-9
     tc = rm_clt.transcoders[0]
     assert_close(write_directions(rm_clt, tc), tc.W_dec_out.sum(1), rtol=0, atol=0, what="summed decoders")
     top, _ = logit_effects(rm_clt, tc, n=3)

@@ -58,20 +58,24 @@ def _attach_labels(graph, labels: dict[str, str]) -> None:
 
 
 def _faithfulness(rm, pruned, prompt: str, say, constant_nodes=()) -> list[dict] | None:
-    """Ablation faithfulness of the pruned graph on its target metric (zero, and mean for the organism).
-    `constant_nodes` (the BOS nodes folded into constants) are kept with the circuit, as the graph assumes."""
-    from circuits.interventions import faithfulness, graph_metric, standard_ablations
+    """Ablation faithfulness of the pruned graph on its target metric, on the prompt it was pruned on, under each
+    convention with its random baseline (`circuits.interventions.faithfulness_with_baselines`). `constant_nodes`
+    (the BOS nodes folded into constants) are kept with the circuit, as the graph assumes, and with every random
+    one."""
+    from circuits.interventions import faithfulness_with_baselines, graph_metric
 
     found = graph_metric(pruned)
     if found is None:
         return None
     metric, name = found
-    say("faithfulness ...")
+    say("faithfulness and its random baseline ...")
     out = []
-    for ablation in standard_ablations(rm):
-        f = faithfulness(rm, prompt, [*pruned.nodes, *constant_nodes], metric, ablation)
-        out.append({"metric": name, "ablation": f.ablation, "score": f.score, "circuit": f.circuit, "empty": f.empty,
-                    "full": f.full, "features": f.n_features, "errors": f.n_errors})
+    for f, base in faithfulness_with_baselines(rm, prompt, pruned, metric, fixed=constant_nodes):
+        out.append({"metric": name, "ablation": f.ablation, "convention": f.convention, "label": f.label,
+                    "score": f.score, "circuit": f.circuit, "empty": f.empty, "full": f.full,
+                    "features": f.n_features, "errors": f.n_errors,
+                    "random": {"scores": base.scores, "mean": base.mean, "draws": len(base.scores),
+                               "features": base.n_features, "elsewhere": base.n_elsewhere}})
     return out
 
 
@@ -279,15 +283,24 @@ def cmd_trace(args) -> int:
     if bos and bos["nodes"]:
         print(f"BOS: {bos['nodes']} features and error nodes at position {bos['pos']} folded into the constants "
               "(the same on every prompt; --show-bos keeps them)")
+    if faith:
+        print(f"faithfulness of the pruned graph on {faith[0]['metric']}, on this prompt (the one it was pruned on; "
+              "in-sample, one prompt):")
     for f in faith or []:
-        print(f"faithfulness of the pruned graph on {f['metric']} ({f['ablation']} ablation): {f['score']:.3f} "
-              f"(circuit {f['circuit']:.3f}, empty {f['empty']:.3f}, model {f['full']:.3f})")
+        r = f["random"]
+        print(f"  {f.get('label', f['ablation'] + ' ablation')}: {f['score']:.3f} (circuit {f['circuit']:.3f}, "
+              f"empty {f['empty']:.3f}, model {f['full']:.3f}); {r['draws']} random circuits of the same shape: "
+              f"{r['mean']:.3f} (min {min(r['scores']):.3f}, max {max(r['scores']):.3f})")
     if faith:
         print("  = (circuit − empty) / (model − empty): 'circuit' keeps the pruned graph's feature and error nodes "
               + ("(and the BOS nodes folded into its constants) " if bos_nodes else "")
-              + "and ablates every other active feature and error node (zero: set to 0; mean: set to its mean over "
-              "held-out text) with live attention; 'empty' ablates them all; 1.0 = the pruned graph alone gives the "
-              "model's value, 0 = no better than ablating everything")
+              + "and ablates everything else with live attention; 'empty' ablates everything; 1.0 = the pruned graph "
+              "alone gives the model's value, 0 = no better than ablating everything. Standard mean "
+              "ablation sets every other feature, inactive ones included, and error node to its mean over held-out "
+              "text (the field's convention); the held-inactive variant leaves features inactive on the prompt at "
+              "0 (not comparable with the literature); zero ablation sets them to 0. A random circuit keeps the "
+              "same error nodes and as many other active features per dictionary and position. Across prompts, "
+              "with intervals: `circuits study` (docs/case-studies.md)")
     if routes:
         print(f"top {len(routes)} routes from the tokens to the target (features merged per position, layer and "
               "kind; weight = share of the target's attribution along the route, + pushes it up):")
