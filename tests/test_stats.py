@@ -37,6 +37,9 @@ def test_faithfulness_interval_is_paired():
     (Interval(0.3, 0.2, 0.4, 50), Interval(0.0, -0.1, 0.1, 50), "not confirmed"),  # real but under the minimum
     (Interval(0.6, 0.3, 0.9, 50), Interval(0.25, 0.1, 0.4, 50), "inconclusive"),  # overlaps the baseline
     (Interval(0.6, float("nan"), float("nan"), 1), None, "inconclusive"),  # no interval
+    # the estimate clears the minimum (0.5) but the interval reaches below it: not confirmed yet
+    (Interval(0.55, 0.45, 0.65, 50), Interval(0.0, -0.1, 0.1, 50), "inconclusive"),
+    (Interval(0.55, 0.45, 0.65, 50), None, "inconclusive"),
 ])
 def test_every_verdict_branch(effect, baseline, word):
     assert verdict(effect, baseline, clean_metric=5.0).word == word

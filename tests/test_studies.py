@@ -668,3 +668,26 @@ def test_the_passes_of_a_study_share_one_worker_pool():
         assert not after & again
     with WorkerPool(1) as other:
         assert not set(other.run(eval, [pid])) & (again | after)
+
+
+def test_positional_control_edit_that_moves_the_probe_makes_the_verdict_inconclusive():
+    """Negative control: when swapping a place or object word (positions, names and 'and' kept) also drops the
+    probe, the filler / no-'and' drops say nothing about position, so no positional verdict is given."""
+    base = {"clean": _hits(1.0), "filler": _hits(1.0), "no_and": _hits(0.5)}
+    assert positional_verdict({**base, "control": _hits(1.0)})["verdict"].startswith("relative to 'and'")
+    res = positional_verdict({**base, "control": _hits(0.6)})
+    assert res["verdict"].startswith("inconclusive: the control edit") and "probe_drop_control" in res
+    assert positional_verdict(base)["verdict"].startswith("relative to 'and'")  # reports made before the control
+
+
+def test_the_control_edit_swaps_one_word_and_keeps_every_position():
+    from circuits import load_model
+    from circuits.studies.ioi import _control_edit
+
+    model, _ = load_model("organism")
+    prompts = IOIStudy().test_prompts(model, 8, 0)
+    for p in prompts:
+        ctrl = p.meta["control"]
+        assert ctrl != p.clean and ctrl == _control_edit(p.clean)
+        a, b = model.to_tokens(p.clean)[0], model.to_tokens(ctrl)[0]
+        assert a.shape == b.shape and int((a != b).sum()) == 1

@@ -36,10 +36,16 @@ def render_head_section(data: dict) -> str:
         "W_U[IO] − W_U[S].",
         "- **Path patching**: a sender's z from the ABC prompt (S2 replaced) or the IO/S-swapped prompt, every other "
         "head frozen at clean (MLPs recomputed), reaching only the receivers' query / key / value inputs.",
-        "- **Verdict**: confirmed = interval above zero (and above the baseline for ablations) and effect ≥ 10% of "
-        "the clean metric (of the source's total effect for path patching).",
+        "- **Verdict**: confirmed = interval above zero, above the random-head baseline's interval (ablations and "
+        "each head's total patching effect) and its lower end ≥ 10% of the clean metric (of the source's total "
+        "effect for patching); direct effects, routes and path patching are judged against zero and that minimum "
+        "only (no baseline).",
         "",
-        f"Metric: clean {_fmt(m['clean'])}; ABC {_fmt(m['abc'])}; swapped {_fmt(m['swapped'])}.",
+        f"Metric: clean {_fmt(m['clean'])}; ABC {_fmt(m['abc'])}; swapped {_fmt(m['swapped'])}."
+        + ("" if "baselines" not in data.get("patching", {}) else
+           " Random-head baseline of patching (" + data["patching"]["baselines"]["how"] + "): "
+           + "; ".join(f"{SOURCES[s]} {_fmt(data['patching']['baselines'][s])}" for s in SOURCES
+                       if s in data["patching"]["baselines"]) + "."),
         "",
         "### Role table",
         "",

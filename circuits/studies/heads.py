@@ -180,9 +180,17 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
         eff = _iv(m_clean - cat(lambda b, c: _patch_head(hm, b, c, s, x, mode, live)), seed)
         return {**eff, **_verdict(eff, None, totals[s]["value"])}
 
+    # a head's total patching effect is judged against patching one head drawn at random (per prompt: the mean
+    # effect over all heads), as ablations are
+    patch_baselines = {}
     for s in SOURCES:
-        for x in heads:
-            patch.setdefault(head_name(*x), {})[s] = {"total": patched(s, x, "total")}
+        effects = np.stack([m_clean - cat(lambda b, c, x=x, s=s: _patch_head(hm, b, c, s, x, "total", None))
+                            for x in heads])  # [N_h, n]
+        patch_baselines[s] = _iv(effects.mean(0), seed)
+        for i, x in enumerate(heads):
+            eff = _iv(effects[i], seed)
+            patch.setdefault(head_name(*x), {})[s] = {
+                "total": {**eff, **_verdict(eff, patch_baselines[s], totals[s]["value"])}}
     for n in names:
         patch[n]["mean"] = {"total": {**table[n]["ablation"], **table[n]["ablation_verdict"]}}
     confirmed = {s: [n for n in names if patch[n][s]["total"]["verdict"] == "confirmed"] for s in ROUTE_SOURCES}
@@ -196,7 +204,9 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
             if _has_mlp(hm):
                 for layer in range(x[0], L):
                     patch[n][s][f"without_mlp{layer}"] = patched(s, x, "no_mlp", layer)
-    out["patching"] = {"modes": PATCH_MODES, "totals": totals, "heads": patch, "confirmed": confirmed}
+    out["patching"] = {"modes": PATCH_MODES, "totals": totals, "heads": patch, "confirmed": confirmed,
+                       "baselines": {**patch_baselines, "how": "expected effect of patching one head drawn at random "
+                                     "from the same source (per prompt: the mean effect over all heads)"}}
 
     # name movers: confirmed positive direct effect and attention END→IO above END→S1 + END→S2
     def attends_io(name):

@@ -106,7 +106,8 @@ class IOIStudy(Study):
         pair = f"{a} and {b}"
         return StudyPrompt(clean=text, corrupt=f"{head} {third} {tail}", answer=io, wrong=s, group=group,
                            meta={"order": order, "subset": subset, "third": third, "swapped": _swap(text, io, s),
-                                 "filler": f"{FILLER} {text}", "no_and": text.replace(pair, f"{a}, {b}", 1)})
+                                 "filler": f"{FILLER} {text}", "no_and": text.replace(pair, f"{a}, {b}", 1),
+                                 "control": _control_edit(text)})
 
     def head_analysis(self, rm, evaluation: list, reference: list, seed: int) -> dict | None:
         """The per-head component analysis (`circuits.studies.heads`, when that module exists): called by the
@@ -180,16 +181,34 @@ def _attn_codes(rm, cache, pos: int) -> dict[int, float]:
     return out
 
 
+def _control_edit(text: str) -> str:
+    """The positional check's negative control: the prompt with its first place or object word swapped for the
+    next one of the same list (one token for one: positions, names and 'and' stay), an edit that should not move
+    the name-order signal. The text unchanged when it has no such word."""
+    from circuits.organism import world as W
+
+    words = text.split(" ")
+    for pool in (W.PLACES, W.OBJECTS):
+        for i, w in enumerate(words):
+            bare = w.rstrip(",.")
+            if bare in pool:
+                words[i] = pool[(pool.index(bare) + 1) % len(pool)] + w[len(bare):]
+                return " ".join(words)
+    return text
+
+
 class PositionalCheck:
     name = "positional"
     title = "Positional hypothesis: absolute position or relative to 'and'?"
-    variants = ("clean", "filler", "no_and")
+    variants = ("clean", "filler", "no_and", "control")
 
     @torch.no_grad()
     def run(self, rm, cache, pp, ablation, context: dict) -> dict:
         out: dict = {"order": pp.prompt.meta["order"], "index": pp.index}
         s2 = pp.roles.index("S2")
         for v in self.variants:
+            if v not in pp.prompt.meta and v != "clean":
+                continue  # prompts made before the control edit existed
             c = cache if v == "clean" else rm.run(rm.tokenize(pp.prompt.meta[v]))
             shift = c.n_pos - cache.n_pos  # the filler shifts every position by its length
             out[v] = {"metric": float(pp.metric(c.logits)), "END": _attn_codes(rm, c, c.n_pos - 1),
@@ -202,8 +221,10 @@ class PositionalCheck:
                             "and BABA prompts, trained on half the clean prompts (alternate pairs), threshold at the midpoint; "
                             "accuracy on the other half, clean and edited. 'filler' prepends "
                             f"{FILLER!r} (absolute positions shift); 'no_and' turns 'A and B' into 'A, B' "
-                            "(absolute positions kept, 'and' removed)."}
-        for v in self.variants:
+                            "(absolute positions kept, 'and' removed); 'control' swaps the place or object word for another "
+                            "(positions, names and 'and' kept: a negative control that should keep the signal)."}
+        variants = [v for v in self.variants if all(v in r for r in rows)]
+        for v in variants:
             ms = [r[v]["metric"] for r in rows]
             res[f"{v}_metric_mean"] = mean(ms)
             res[f"{v}_accuracy"] = mean(float(m > 0) for m in ms)
@@ -227,7 +248,7 @@ class PositionalCheck:
             def hits_on(variant: str, w=w, mid=mid, where=where) -> list[float]:
                 return [float((sum(w.get(k, 0.0) * x for k, x in r[variant][where].items()) > mid)
                               == (r["order"] == "ABBA")) for r in test]
-            for v in self.variants:
+            for v in variants:
                 h = hits_on(v)
                 res[f"probe_{where}_{v}"] = mean(h) if h else float("nan")
                 if where == "S2":
@@ -250,12 +271,18 @@ def positional_verdict(hits: dict[str, list[float]], seed: int = 0) -> dict:
     """The positional verdict from per-test-prompt probe hits at S2 (1 = order read correctly) on clean, filler and
     no-'and' prompts: intervals of the clean accuracy and of each edit's paired drop, and the verdict."""
     clean = stats.mean_interval(hits["clean"], seed)
+    edits = [v for v in ("filler", "no_and", "control") if v in hits]
     drops = {v: stats.bootstrap({"c": hits["clean"], "e": hits[v]}, lambda c: float(c["c"].mean() - c["e"].mean()),
-                                seed=seed) for v in ("filler", "no_and")}
+                                seed=seed) for v in edits}
     f, na = _edit_state(drops["filler"]), _edit_state(drops["no_and"])
     numbers = f"clean accuracy {clean}; drop with filler {drops['filler']}; drop without 'and' {drops['no_and']}"
+    if "control" in drops:
+        numbers += f"; drop with the control edit {drops['control']}"
     if clean.lo < 0.75:
         word = "inconclusive: the order is not reliably readable at S2 on clean prompts"
+    elif "control" in drops and _edit_state(drops["control"]) != "keeps":
+        word = ("inconclusive: the control edit (a place or object swapped) also moves the probe, so a drop under "
+                "the other edits need not be about position")
     elif f == "keeps" and na == "degrades":
         word = "relative to 'and': the order signal survives the filler and breaks without 'and'"
     elif f == "degrades" and na == "keeps":
@@ -268,5 +295,5 @@ def positional_verdict(hits: dict[str, list[float]], seed: int = 0) -> dict:
         word = (f"inconclusive: the filler {f.replace('unclear', 'has an unclear effect on')} the order signal and "
                 f"removing 'and' {na.replace('unclear', 'has an unclear effect on')} it")
     return {"verdict": f"{word} ({numbers})", "verdict_word": word.split(":")[0],
-            "probe_clean_interval": clean.as_dict(), "probe_drop_filler": drops["filler"].as_dict(),
-            "probe_drop_no_and": drops["no_and"].as_dict()}
+            "probe_clean_interval": clean.as_dict(),
+            **{f"probe_drop_{v}": drops[v].as_dict() for v in edits}}

@@ -224,7 +224,10 @@ def _test_lines(d: dict) -> list[str]:
     if not t:
         return []
     c, m = t["circuit"], t["metrics"]
-    return ["## Test set (never used in development)", "",
+    return ["## Test set (new templates)", "",
+            "Templates written and checked before any result on them existed. Since 2026-11-30 its numbers have "
+            "been read once for each default dictionary set (docs/case-studies.md); no template, ranking or "
+            "convention was changed after them, and each set was chosen on other measures (docs/history.md).", "",
             f"{t['n']} prompts: {t['description']}; mean-ablation values from {t['n_reference']} reference prompts of "
             f"the same templates ({t['groups']['groups']} groups of {t['groups']['smallest']}–"
             f"{t['groups']['largest']}). The circuit is the one chosen on the selection prompts.", "",

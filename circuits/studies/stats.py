@@ -7,9 +7,10 @@ between e.g. m(C) and m(∅) on one prompt is kept), repeat `n_boot` times, take
 Draws come from a seeded generator: the same inputs give the same interval, byte for byte.
 
 A verdict is **confirmed** only when (1) the effect's interval excludes zero, (2) it lies entirely above the
-baseline's interval (a stratified random ablation of the same size), and (3) the effect is at least a stated
-minimum (default 10% of the clean metric). It is **not confirmed** when the interval contains zero or lies below the
-baseline's upper bound with a mean under the minimum; anything else is **inconclusive**. The numbers go with it.
+baseline's interval (a stratified random ablation of the same size), and (3) the interval's lower end is at least a
+stated minimum (default 10% of the clean metric): an effect whose estimate clears the minimum but whose interval
+reaches below it is not confirmed. It is **not confirmed** when the interval contains zero, ends below the
+baseline's upper bound, or lies wholly below the minimum; anything else is **inconclusive**. The numbers go with it.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def verdict(effect: Interval, baseline: Interval | None, clean_metric: float,
         return Verdict("inconclusive", f"too few prompts for an interval ({numbers})")
     above_zero = effect.lo > 0
     above_base = baseline is None or effect.lo > baseline.hi
-    big = effect.value >= minimum
+    big = effect.lo >= minimum  # the whole interval clears the minimum, not only the estimate
     if above_zero and above_base and big:
         return Verdict("confirmed", numbers)
     if not effect.excludes(0.0) or (baseline is not None and effect.hi < baseline.hi) or effect.hi < minimum:
