@@ -21,6 +21,9 @@ the head's preference) are removed at END on every prompt where they are active:
   (LayerNorm recomputed); the change of the attention pattern ``A[END, a] − A[END, b]`` is reported with an
   interval, with the predicted direction (the sign of the frozen change) and the share of prompts that move that
   way.
+* **random baseline**: on each prompt, as many other query-side role nodes present at END on that prompt (constant
+  parts excluded), drawn at random (seeded), removed the same way: their live change and the share of prompts on
+  which it goes the top nodes' predicted way. A share of 60% means little when random removals reach 55%.
 
 Everything is deterministic: prompts in the given order, role nodes sorted by value then by name, seeded bootstraps.
 """
@@ -179,6 +182,11 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
         removals[key] = [k for k in sorted(qmeans, key=lambda k: (-qmeans[k], k))
                          if qmeans[k] > 0 and not k.startswith("const@")][:remove]
         rec["checks"] = []
+    import random
+
+    rng = random.Random(f"qk-removal-{seed}")
+    for rec in per_head.values():
+        rec["random_checks"] = []
     for i, pp in enumerate(prompts):
         todo = [(spec, per_head[spec.name + ":" + spec.contrast]) for spec in heads]
         todo = [(spec, rec) for spec, rec in todo if i in rec["index"]]
@@ -189,8 +197,11 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
         for spec, rec in todo:
             p, a, b = _positions(pp, spec)
             qm = rec["q"][rec["index"].index(i)]
-            rec["checks"].append(_removal(rm, cache, src, spec, p, a, b, removals[spec.name + ":" + spec.contrast],
-                                          qm))
+            chosen = removals[spec.name + ":" + spec.contrast]
+            rec["checks"].append(_removal(rm, cache, src, spec, p, a, b, chosen, qm))
+            others = sorted(k for k, v in qm.items() if v != 0 and k not in chosen and not k.startswith("const@"))
+            drawn = rng.sample(others, min(len(chosen), len(others)))
+            rec["random_checks"].append(_removal(rm, cache, src, spec, p, a, b, drawn, qm))
     out_heads = []
     for spec in heads:
         rec = per_head[spec.name + ":" + spec.contrast]
@@ -208,6 +219,8 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
         live = [c["live_pattern"] for c in checks]
         direction = float(np.sign(np.mean(pred))) if pred else 0.0
         moved = [c for c in checks if c["removed"]]
+        rand = rec["random_checks"]
+        rand_moved = [c for c in rand if c["removed"]]
         out_heads.append({
             "head": spec.name, "layer": spec.layer, "h": spec.head, "contrast": spec.contrast, "why": spec.why,
             "n": len(rec["value"]), "score": _iv(rec["value"], seed), "pattern": _iv(rec["pattern"], seed),
@@ -220,6 +233,12 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
                 "live_pattern": _iv(live, seed), "predicted_direction": direction,
                 "share_in_direction": (sum(1 for c in moved if np.sign(c["live_pattern"]) == np.sign(c["predicted"]))
                                        / len(moved)) if moved else float("nan"),
+                "random": {
+                    "live_pattern": _iv([c["live_pattern"] for c in rand], seed),
+                    "prompts_with_any": len(rand_moved),
+                    "share_in_direction": (sum(1 for c in rand_moved if np.sign(c["live_pattern"]) == direction)
+                                           / len(rand_moved)) if rand_moved and direction else float("nan"),
+                },
             },
         })
     return {"n_prompts": len(prompts), "n_available": len(prepared), "heads": out_heads}
@@ -360,5 +379,9 @@ def render_qk_section(data: dict, study: str = "") -> str:
                   f"(largest |frozen − predicted| {r['max_abs_frozen_error']:.1e}); live pattern difference change "
                   f"{_fmt(r['live_pattern'])}, predicted direction "
                   f"{'−' if r['predicted_direction'] < 0 else '+' if r['predicted_direction'] > 0 else '0'}, "
-                  f"{r['share_in_direction']:.0%} of the prompts with a removal move that way.", ""]
+                  f"{r['share_in_direction']:.0%} of the prompts with a removal move that way."
+                  + (f" Random baseline (as many other query-side role nodes present at "
+                     f"{h['contrast'].split('→')[0]}, drawn per prompt): live change {_fmt(r['random']['live_pattern'])}, "
+                     f"{r['random']['share_in_direction']:.0%} of {r['random']['prompts_with_any']} prompts move the "
+                     "predicted way." if "random" in r else ""), ""]
     return "\n".join(lines) + "\n"
