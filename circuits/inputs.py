@@ -15,6 +15,7 @@ into a folder without write bits succeeds (root ignores them), so the check is a
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,33 @@ def check_text(text: str, what: str) -> str:
         raise AttributionError(f"{what} is not valid UTF-8 text ({byte} at character {e.start}); save it as "
                                "UTF-8") from None
     return text
+
+
+def whitespace_problem(text: str, encode, unk: int | None, what: str = "the prompt") -> str | None:
+    """One line when `text` has whitespace the tokenizer turns into unknown tokens — a leading or trailing space,
+    two spaces in a row, a tab or a newline (the organism's tokenizer has no token for a space without a word: a
+    trailing space becomes one more, unknown position, the target is then explained there); None otherwise, and
+    for tokenizers without an unknown token (GPT-2 reads every space). `encode` maps text to token ids."""
+    if unk is None:
+        return None
+    tidy = " ".join(text.split())
+    if tidy == text or sum(t == unk for t in encode(text)) <= sum(t == unk for t in encode(tidy)):
+        return None
+    found = []
+    if text[:1].isspace():
+        found.append("starts with whitespace")
+    if text[-1:].isspace():
+        found.append("ends with whitespace")
+    inner = text.strip()
+    odd = re.search(r"\s{2,}|[^\S ]", inner)
+    if odd:
+        kind = "two spaces in a row" if odd.group().strip(" ") == "" else f"a {_SPACE_NAMES.get(odd.group()[0], 'whitespace character')}"
+        found.append(f"has {kind} at character {len(text) - len(text.lstrip()) + odd.start()}")
+    return (f"{what} {' and '.join(found)}, which the model's tokenizer reads as an unknown token (it changes the "
+            f"positions and what is explained); remove it: {tidy!r}")
+
+
+_SPACE_NAMES = {"\t": "tab", "\n": "newline", "\r": "carriage return"}
 
 
 def _probe(folder: Path, what: str) -> None:

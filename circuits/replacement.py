@@ -36,7 +36,7 @@ from torch import Tensor
 
 from circuits.dictionaries.base import Dictionary
 from circuits.errors import AttributionError
-from circuits.inputs import check_text
+from circuits.inputs import check_text, whitespace_problem
 from circuits.model import (
     hook_attn_pattern,
     hook_attn_z,
@@ -261,6 +261,11 @@ class ReplacementModel:
             if tokens.numel() == 0:
                 raise AttributionError("the prompt is empty; give at least one token")
         unk = getattr(getattr(self.model, "tokenizer", None), "unk_token_id", None)
+        if isinstance(prompt, str) and unk is not None and bool((tokens == unk).any()):
+            problem = whitespace_problem(prompt, lambda t: self.model.to_tokens(t, prepend_bos=False)[0].tolist()
+                                         if t else [], unk)
+            if problem:
+                raise AttributionError(problem)
         if unk is not None and bool((tokens == unk).any()):
             warnings.warn(f"the prompt has unknown words (mapped to the unknown token): {_unknown_words(self.model, prompt, tokens, unk)}; "
                           "the model has no embedding for them: replace them with words it knows", stacklevel=2)

@@ -369,3 +369,38 @@ def test_the_console_command_exits_2_with_one_line():
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == ["circuits: error: --feature M3#1184@99: position 99 is out of range: "
                                                 "the prompt has 15 tokens, BOS included (positions 0–14)"]
+
+
+# -- whitespace the organism's tokenizer reads as unknown tokens --------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt,needles", [
+    (PROMPT + " ", ["ends with whitespace", repr(PROMPT)]),
+    (" " + PROMPT, ["starts with whitespace"]),
+    (PROMPT.replace("store, John", "store,  John"), ["two spaces in a row at character 37"]),
+    (PROMPT.replace(" and ", "\tand "), ["a tab at character 9"]),
+])
+def test_stray_whitespace_is_refused_before_the_model_loads(capsys, no_model, prompt, needles):
+    """A trailing space became one more, unknown, position and the target was explained there (value 1.04
+    instead of 14.49), with exit 0 and a warning blaming the words."""
+    one_line_error(*trace(capsys, prompt, "--target", "Mary", "--contrast", "John"), *needles)
+
+
+def test_the_tidy_prompt_gets_past_the_whitespace_check(capsys, no_model):
+    with pytest.raises(Reached):
+        trace(capsys, PROMPT, "--target", "Mary", "--contrast", "John")
+
+
+def test_the_api_refuses_stray_whitespace_with_a_typed_error_and_gpt2_style_tokenizers_are_not_asked():
+    from circuits.errors import AttributionError
+    from circuits.inputs import whitespace_problem
+
+    with pytest.raises(AttributionError, match="ends with whitespace"):
+        from circuits import load_dictionaries, load_model
+        from circuits.replacement import ReplacementModel
+
+        model, _ = load_model("organism")
+        ReplacementModel(model, load_dictionaries("organism", model)).tokenize(PROMPT + " ")
+    assert whitespace_problem(PROMPT + " ", lambda t: [1] * len(t.split(" ")), None) is None  # no unknown token
+    # whitespace the tokenizer reads without unknown tokens is not a problem
+    assert whitespace_problem(PROMPT + " ", lambda t: [5] * len(t), 0) is None

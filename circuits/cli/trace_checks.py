@@ -253,6 +253,11 @@ def _check_inputs(args, prompt: str, target, vocab: _Vocab | None, shapes: dict 
 
     n_tokens = None
     if vocab is not None:
+        from circuits.inputs import whitespace_problem
+
+        problem = whitespace_problem(prompt, vocab.encode, vocab.unk)
+        if problem:
+            raise CircuitsError(problem)
         n_tokens = vocab.n_tokens(prompt)
         if n_tokens > vocab.n_ctx:
             raise CircuitsError(f"the prompt has {n_tokens} tokens (BOS included) but the model's context is "
