@@ -82,15 +82,69 @@ def _make_folder(folder: Path, what: str) -> None:
         _probe(folder, what)
 
 
-def check_output_file(path: str | Path, what: str, folder_must_exist: bool = False) -> Path:
+#: What `file_kind` calls each kind of file, for messages.
+KIND_NAMES = {"circuits-graph": "a circuits graph file", "circuit-tracer": "a circuit-tracer graph JSON",
+              "json": "a JSON file", "sqlite": "a SQLite database", "png": "a PNG image", "svg": "an SVG picture",
+              "graphml": "a GraphML file", "dot": "a DOT file", "safetensors": "a safetensors weights file",
+              "text": "a text file", "binary": "a binary file"}
+
+
+def file_kind(path: str | Path) -> str | None:
+    """What an existing file holds, from its first bytes (None for a missing or empty file): one of `KIND_NAMES`."""
+    import json
+
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if not head:
+        return None
+    if head.startswith(b"SQLite format 3\x00"):
+        return "sqlite"
+    if head.startswith(b"\x89PNG"):
+        return "png"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors"
+    text = head.decode("utf-8", errors="replace").lstrip()
+    if text.startswith(("{", "[")):
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            return "text"
+        if isinstance(data, dict) and data.get("format") == "circuits-graph":
+            return "circuits-graph"
+        if isinstance(data, dict) and "nodes" in data and "links" in data:
+            return "circuit-tracer"
+        return "json"
+    if "<svg" in text[:2000]:
+        return "svg"
+    if "<graphml" in text[:2000]:
+        return "graphml"
+    if text.startswith(("digraph", "graph", "strict")):
+        return "dot"
+    return "text" if "\ufffd" not in text else "binary"
+
+
+def check_output_file(path: str | Path, what: str, folder_must_exist: bool = False, kind: str | None = None) -> Path:
     """`path` can be written as a file; raises `OutputPathError`. By default its folder may be created by the
     command (the nearest existing ancestor must be writable); `folder_must_exist` True: for writers that do not
-    create folders (the graph files of `circuits trace`), a missing folder is an error now, not after the work."""
+    create folders (the graph files of `circuits trace`), a missing folder is an error now, not after the work.
+
+    `kind` (a `file_kind` name): what the command writes there. An existing file of another kind — a graph file, a
+    database, a picture a user saved — is refused instead of overwritten; one of the same kind is replaced (running
+    a command again)."""
     path = Path(path)
     if str(path) == "":
         raise OutputPathError(f"{what}: empty path; give a file name")
     if path.is_dir():
         raise OutputPathError(f"{what}: {path} is a folder; give a file name inside it")
+    if kind is not None and path.is_file():
+        found = file_kind(path)
+        if found is not None and found != kind:
+            raise OutputPathError(f"{what} {path}: the file exists and is {KIND_NAMES[found]}, not "
+                                  f"{KIND_NAMES[kind]}; choose another name or remove it first (nothing was written)")
     folder = path.parent if str(path.parent) else Path(".")
     _make_folder(folder, what)
     if folder_must_exist and not folder.is_dir():

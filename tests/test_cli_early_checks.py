@@ -404,3 +404,48 @@ def test_the_api_refuses_stray_whitespace_with_a_typed_error_and_gpt2_style_toke
     assert whitespace_problem(PROMPT + " ", lambda t: [1] * len(t.split(" ")), None) is None  # no unknown token
     # whitespace the tokenizer reads without unknown tokens is not a problem
     assert whitespace_problem(PROMPT + " ", lambda t: [5] * len(t), 0) is None
+
+
+# -- output files: never another kind of file, never one file for two outputs -------------------------------------
+
+
+def test_an_existing_file_of_another_kind_is_not_overwritten(capsys, no_model, tmp_path):
+    """`trace --json keep.sqlite` replaced a 50 MB dashboard database with a graph; now it is refused, untouched."""
+    import sqlite3
+
+    db = tmp_path / "keep.sqlite"
+    sqlite3.connect(db).execute("create table t (x)").connection.commit()
+    before = db.read_bytes()
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--json", db), "--json", "is a SQLite database",
+                   "not a circuits graph file", "nothing was written")
+    assert db.read_bytes() == before
+    png = tmp_path / "picture.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(32))
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--svg", png), "--svg", "is a PNG image")
+    # the same kind is replaced (running a trace again), and so is an empty file
+    graph = tmp_path / "g.json"
+    graph.write_text('{"format": "circuits-graph"}')
+    (tmp_path / "empty.svg").write_text("")
+    with pytest.raises(Reached):
+        trace(capsys, PROMPT, "--target", "Mary", "--json", graph, "--svg", tmp_path / "empty.svg")
+
+
+def test_two_outputs_naming_one_file_are_refused(capsys, no_model, tmp_path):
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--json", tmp_path / "a.json", "--dot",
+                          tmp_path / "a.json"), "--json and --dot name the same file")
+
+
+def test_file_kind_tells_the_files_the_commands_write(tmp_path):
+    from circuits.inputs import file_kind
+
+    cases = {"g.json": '{"format": "circuits-graph", "nodes": []}', "ct.json": '{"nodes": [], "links": []}',
+             "r.json": '{"study": "ioi"}', "p.svg": '<?xml version="1.0"?>\n<svg xmlns="x"></svg>',
+             "p.graphml": '<?xml version="1.0"?><graphml></graphml>', "p.dot": "digraph G {}", "n.txt": "notes"}
+    want = {"g.json": "circuits-graph", "ct.json": "circuit-tracer", "r.json": "json", "p.svg": "svg",
+            "p.graphml": "graphml", "p.dot": "dot", "n.txt": "text"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        assert file_kind(tmp_path / name) == want[name], name
+    assert file_kind(tmp_path / "missing") is None
+    (tmp_path / "e").write_text("")
+    assert file_kind(tmp_path / "e") is None

@@ -224,3 +224,29 @@ def test_the_usage_line_names_each_command_once_and_the_alias_still_works():
     assert "trace" in usage and "attribute" not in usage
     assert "trace (attribute)" in parser.format_help()
     assert parser.parse_args(["attribute", "a prompt", "--target", "Mary"]).command == "attribute"
+
+
+def test_attention_and_study_outputs_never_replace_other_files(tmp_path, capsys):
+    """`attention --json saved_graph.json` overwrote a graph; `study --out mywork` replaced a user's files."""
+    import shutil
+
+    from circuits.cli import main
+
+    graph = tmp_path / "g.json"
+    shutil.copy(Path(__file__).resolve().parents[1] / "data" / "graphs" / "two_hop_lyon.json", graph)
+    before = graph.read_bytes()
+    code = main(["attention", "When Mary and John went to the store, John gave a drink to", "--head", "3.0",
+                 "--key", "2", "--versus", "10", "--json", str(graph)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a circuits graph file, not a JSON file" in err and graph.read_bytes() == before
+    mine = tmp_path / "mywork"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code = main(["study", "two_hop", "--n", "8", "--out", str(mine), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a study report (notes.txt)" in err and (mine / "notes.txt").read_text() == "mine"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text('{"study": "ioi"}')
+    code = main(["study", "two_hop", "--n", "8", "--out", str(other), "--quiet"])
+    assert code == 2 and "holds a report of the ioi study" in capsys.readouterr().err

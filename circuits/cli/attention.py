@@ -43,7 +43,7 @@ def _check_attention_options(args) -> tuple[int, int]:
     if args.top < 1:
         raise CircuitsError(f"--top {args.top}: must be at least 1")
     if args.json:
-        check_output_file(args.json, "--json")
+        check_output_file(args.json, "--json", kind="json")
     return layer, head
 
 

@@ -189,7 +189,7 @@ def cmd_dicts_eval(args) -> int:
     if args.out != "-":
         from circuits.inputs import check_output_file
 
-        check_output_file(args.out, "--out")
+        check_output_file(args.out, "--out", kind="json")
     for flag, v in (("--rows", args.rows), ("--dead-rows", args.dead_rows)):
         if v is not None and v < 1:
             raise CircuitsError(f"{flag} {v}: must be at least 1")

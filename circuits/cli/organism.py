@@ -83,7 +83,7 @@ def cmd_organism_eval(args) -> int:
     if args.out != "-":
         from circuits.inputs import check_output_file
 
-        check_output_file(args.out, "--out")
+        check_output_file(args.out, "--out", kind="json")
     model, _ = load_model(args.model, resolve_device(args.device))
     sizes = EvalSizes().scaled(args.subsample) if args.subsample < 1 else EvalSizes()
     res = evaluate_organism(model, sizes=sizes, progress=not args.quiet)

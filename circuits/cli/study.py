@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from circuits.cli.runtime import add_device_option, resolve_device
 from circuits.errors import CircuitsError
@@ -34,6 +35,7 @@ def cmd_study(args) -> int:
     from circuits.inputs import check_output_dir
 
     out = check_output_dir(args.out or f"reports/{args.name}", "--out")
+    _check_report_folder(out, args.name)
     result = run_study(spec, workers=args.workers, ray_address=args.ray_address, top=args.top,
                        progress=not args.quiet)
     folder = write_report(result, out)
@@ -84,3 +86,23 @@ def add_parser(sub) -> None:
     st.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_device_option(st)
     st.set_defaults(func=cmd_study)
+
+
+def _check_report_folder(out: Path, name: str) -> None:
+    """A study writes a whole folder: it may replace a previous report of the same study, never other files."""
+    import json
+
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        previous = json.loads((out / "results.json").read_text()).get("study")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous is None:
+        names = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise CircuitsError(f"--out {out}: the folder holds files that are not a study report ({shown}); a "
+                            "study writes report.md, results.json and more there: choose a new or empty folder")
+    if previous != name:
+        raise CircuitsError(f"--out {out}: the folder holds a report of the {previous} study; choose another folder "
+                            f"for {name}")

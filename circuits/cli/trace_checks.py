@@ -98,11 +98,19 @@ def _check_trace_options(args) -> None:
     if args.dashboards and not Path(args.dashboards).is_file():
         raise CircuitsError(f"--dashboards {args.dashboards}: no such database file; build one with "
                             "`circuits dashboards build` or leave the option out")
-    for kind in ("json", "dot", "svg", "png", "graphml", "circuit_tracer_json"):
-        path = getattr(args, kind)
+    written = {"json": "circuits-graph", "dot": "dot", "svg": "svg", "png": "png", "graphml": "graphml",
+               "circuit_tracer_json": "circuit-tracer"}
+    seen: dict[Path, str] = {}
+    for flag, kind in written.items():
+        path = getattr(args, flag)
         if path:
+            option = f"--{flag.replace('_', '-')}"
             # the graph writers do not create folders: a missing one fails now, not after the attribution
-            check_output_file(path, f"--{kind.replace('_', '-')}", folder_must_exist=True)
+            resolved = check_output_file(path, option, folder_must_exist=True, kind=kind).resolve()
+            if resolved in seen:
+                raise CircuitsError(f"{seen[resolved]} and {option} name the same file {path}: give each its own "
+                                    "file (the second would overwrite the first)")
+            seen[resolved] = option
 
 
 def _trace_target(args):
