@@ -143,9 +143,18 @@ def test_the_cheap_checks_agree_with_the_loaded_model_and_set(name):
     model, _ = load_model("organism")
     cheap, loaded = _organism_vocab("organism"), _model_vocab(model)
     rm = ReplacementModel(model, load_dictionaries(name, model), name="organism")
+    from circuits.errors import AttributionError
+    from circuits.inputs import whitespace_problem
+
     for prompt in (PROMPT, "  Mary  and\tJohn ,1732.", "Marry Zyx went <|endoftext|> home", "x"):
-        assert cheap.n_tokens(prompt) == loaded.n_tokens(prompt) == rm.tokenize(prompt).shape[0], prompt
+        assert cheap.n_tokens(prompt) == loaded.n_tokens(prompt), prompt
         assert cheap.encode(prompt) == loaded.encode(prompt), prompt
+        if whitespace_problem(prompt, cheap.encode, cheap.unk):  # refused by both, in the same words
+            with pytest.raises(AttributionError) as refused:
+                rm.tokenize(prompt)
+            assert str(refused.value) == whitespace_problem(prompt, cheap.encode, cheap.unk)
+        else:
+            assert rm.tokenize(prompt).shape[0] == cheap.n_tokens(prompt), prompt
     assert (cheap.unk, cheap.n_ctx, cheap.n_layers) == (loaded.unk, loaded.n_ctx, loaded.n_layers)
     assert _set_shapes(name) == _loaded_shapes(rm.dictionaries) and len(_set_shapes(name)) == 8
 
@@ -449,3 +458,20 @@ def test_file_kind_tells_the_files_the_commands_write(tmp_path):
     assert file_kind(tmp_path / "missing") is None
     (tmp_path / "e").write_text("")
     assert file_kind(tmp_path / "e") is None
+
+
+# -- --corrupt: its length and target kind before the work ------------------------------------------------------
+
+
+def test_corrupt_prompt_problems_are_found_before_the_model_loads(capsys, no_model):
+    """A corrupted prompt of another length, or --corrupt with --feature, failed after attribution, pruning and
+    faithfulness (about 12 s), and the requested --json was never written."""
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--contrast", "John", "--corrupt",
+                          "When Mary went to the store, Anna gave a drink to"), "--corrupt has 13 tokens",
+                   "the prompt 15")
+    one_line_error(*trace(capsys, PROMPT, "--feature", "M3#1184@14", "--corrupt", PROMPT.replace("John,", "Anna,")),
+                   "--corrupt needs a logit target")
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--corrupt", PROMPT + " "), "the --corrupt prompt ends")
+    with pytest.raises(Reached):  # the same length: past the checks
+        trace(capsys, PROMPT, "--target", "Mary", "--contrast", "John", "--corrupt",
+              "When Mary and John went to the store, Anna gave a drink to")

@@ -87,6 +87,9 @@ def _check_trace_options(args) -> None:
             raise CircuitsError(str(e)) from None
     if args.ig_steps and not args.corrupt:
         raise CircuitsError("--ig-steps needs --corrupt PROMPT (integrated gradients between two prompts)")
+    if args.corrupt is not None and args.feature:
+        raise CircuitsError("--corrupt needs a logit target (--target, with or without --contrast), not --feature: "
+                            "attribution patching moves a logit metric between the two prompts")
     if args.paths < 0:
         raise CircuitsError(f"--paths {args.paths}: must be 0 or more")
     if args.qk_heads < 1:
@@ -267,6 +270,15 @@ def _check_inputs(args, prompt: str, target, vocab: _Vocab | None, shapes: dict 
         if problem:
             raise CircuitsError(problem)
         n_tokens = vocab.n_tokens(prompt)
+        if args.corrupt is not None:
+            problem = whitespace_problem(args.corrupt, vocab.encode, vocab.unk, "the --corrupt prompt")
+            if problem:
+                raise CircuitsError(problem)
+            n_corrupt = vocab.n_tokens(args.corrupt)
+            if n_corrupt != n_tokens:
+                raise CircuitsError(f"--corrupt has {n_corrupt} tokens and the prompt {n_tokens} (BOS included): "
+                                    "attribution patching pairs the two position by position, so give a corrupted "
+                                    "prompt of the same length (e.g. one name swapped for another)")
         if n_tokens > vocab.n_ctx:
             raise CircuitsError(f"the prompt has {n_tokens} tokens (BOS included) but the model's context is "
                                 f"{vocab.n_ctx}; shorten the prompt")
