@@ -211,3 +211,29 @@ def test_dashboards_build_never_deletes_another_sets_database_unasked(tmp_path, 
     assert main(["dashboards", "build", "--dicts", "organism-finetuned", "--out", str(db), "--rows", "1",
                  "--replace", "--quiet"]) == 0
     assert built == [(db, False)]  # replaced: the old file went before the (stand-in) build
+
+
+# graph diff refuses graphs whose nodes do not correspond ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"model": "other"}, "different models (hand and other)"),
+    ({"dictionary_ids": {"t": "1"}}, "different dictionaries"),
+    ({"token_strings": ["a", "b"]}, "the prompts have 3 and 2 tokens"),
+    ({"study": "ioi"}, "is the ioi study's role graph"),
+])
+def test_graph_diff_refuses_graphs_whose_nodes_do_not_correspond(graph_file, tmp_path, capsys, change, needle):
+    """Nodes are matched by (kind, layer, position, index): a diff of graphs of other dictionaries, prompt lengths
+    or a study's role graph printed thousands of 'changes' that meant nothing."""
+    import json
+
+    data = json.loads(graph_file.read_text())
+    base = dict(data["metadata"], dictionary_ids={"t": "0"})
+    ours, other = tmp_path / "a.json", tmp_path / "b.json"
+    ours.write_text(json.dumps({**data, "metadata": base}))
+    other.write_text(json.dumps({**data, "metadata": {**base, **change}}))
+    assert main(["graph", "diff", str(ours), str(other)]) == 2
+    _one_line_error(capsys, needle)
+    assert main(["graph", "diff", str(ours), str(ours)]) == 0  # the control: the same graph diffs fine
+    out = capsys.readouterr().out
+    assert "nodes only in B: 0" in out and "tokens that differ" not in out

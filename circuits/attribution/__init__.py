@@ -161,6 +161,7 @@ def _build_graph(rm, cache, src: Sources, reads: list[LogitRead], edges: Edges, 
         "n_layers": rm.n_layers,
         "n_heads": rm.cfg.n_heads,
         "dictionaries": sorted(d.cfg.name for d in rm.dictionaries),
+        "dictionary_ids": {d.cfg.name: dictionary_id(d) for d in rm.dictionaries},
         "demean_logits": demean,
         "edge_tolerance": tolerance,
         "position_embeddings": "rotary (QK side only)" if rm.cfg.positional_embedding_type == "rotary"
@@ -177,6 +178,18 @@ def _build_graph(rm, cache, src: Sources, reads: list[LogitRead], edges: Edges, 
                  edge_weight=edges.weight, head_weights=edges.head_weight, metadata=meta,
                  constants=edges.constants, pre_activations=edges.pre_activations, dropped=edges.dropped,
                  target_weights=weights)
+
+
+def dictionary_id(d) -> str:
+    """A short hash of a dictionary's shapes, encoder bias and first decoder rows: two graphs whose dictionaries have
+    different ids number their features differently (`circuits graph diff` refuses to compare them). Cheap on
+    GPT-2-sized sets, unlike the dashboards' `fingerprint` of every tensor."""
+    import hashlib
+
+    h = hashlib.sha256(f"{d.cfg.name}:{d.d_in}:{d.d_sae}".encode())
+    for t in (d.b_enc, d.W_dec[:8]):
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _bos_id(model) -> int | None:

@@ -54,6 +54,27 @@ def _describe(graph, node) -> str:
     return f"{nid} {_token_at(graph, node)}" + (f" [{label}]" if label else "")
 
 
+def _check_comparable(a, b, path_a: str, path_b: str) -> None:
+    """`graph diff` matches nodes by (kind, layer, position, index): refuse graphs where that matches nothing
+    meaningful — other models or dictionaries (feature numbers differ), other token counts (positions differ), a
+    study's role graph (positions are roles)."""
+    for g, path in ((a, path_a), (b, path_b)):
+        if g.metadata.get("study"):
+            raise CircuitsError(f"{path} is the {g.metadata['study']} study's role graph (positions are roles), not "
+                                "a prompt's graph; graph diff compares two prompts' graphs")
+    ma, mb = a.metadata.get("model"), b.metadata.get("model")
+    if ma != mb:
+        raise CircuitsError(f"the graphs are of different models ({ma} and {mb}): their nodes do not correspond")
+    ia, ib = a.metadata.get("dictionary_ids"), b.metadata.get("dictionary_ids")
+    if ia is not None and ib is not None and ia != ib:
+        raise CircuitsError("the graphs were traced with different dictionaries (--dicts): feature numbers do not "
+                            "correspond; trace both with the same set")
+    na, nb = len(a.metadata.get("token_strings", [])), len(b.metadata.get("token_strings", []))
+    if na != nb:
+        raise CircuitsError(f"the prompts have {na} and {nb} tokens: nodes are matched by position, so give two "
+                            "prompts of the same length (e.g. the names swapped)")
+
+
 def cmd_graph_diff(args) -> int:
     from circuits import export
 
@@ -61,8 +82,17 @@ def cmd_graph_diff(args) -> int:
     if not 0 <= args.rel_tol < float("inf"):
         raise CircuitsError(f"--rel-tol {args.rel_tol}: must be a finite number ≥ 0 (a relative change, e.g. 0.1)")
     a, b = export.read_json(Path(args.a)), export.read_json(Path(args.b))
+    _check_comparable(a, b, args.a, args.b)
     d = export.diff(a, b, args.rel_tol)
     print(f"A: {args.a} ({a.n_nodes} nodes, {a.n_edges} edges); B: {args.b} ({b.n_nodes} nodes, {b.n_edges} edges)")
+    for name, g in (("A", a), ("B", b)):
+        target = (g.metadata.get("targets") or [{}])[0].get("label", "?")
+        print(f"{name}: {g.metadata.get('prompt')!r} → {target}")
+    toks_a, toks_b = a.metadata.get("token_strings", []), b.metadata.get("token_strings", [])
+    differ = [i for i, (x, y) in enumerate(zip(toks_a, toks_b, strict=True)) if x != y]
+    if differ:
+        print("tokens that differ (nodes are matched by position): "
+              + ", ".join(f"{i}: {toks_a[i]!r} → {toks_b[i]!r}" for i in differ))
     print(f"nodes only in B: {len(d.added_nodes)}; only in A: {len(d.removed_nodes)}; edges only in B: "
           f"{len(d.added_edges)}; only in A: {len(d.removed_edges)}; changed by > {args.rel_tol:.0%}: "
           f"{len(d.changed_edges)}")
@@ -71,7 +101,9 @@ def cmd_graph_diff(args) -> int:
 
     for title, rows, g in (("nodes only in B", d.added_nodes, b), ("nodes only in A", d.removed_nodes, a)):
         if rows:
-            print(f"{title}: " + ", ".join(lab(g, n) for n in rows[: args.top]))
+            shown = rows[: args.top]
+            print(f"{title}" + (f" (first {len(shown)} of {len(rows)})" if len(shown) < len(rows) else "") + ": "
+                  + ", ".join(lab(g, n) for n in shown))
     for title, rows, g in (("edges only in B", d.added_edges, b), ("edges only in A", d.removed_edges, a)):
         for s, t, w in rows[: args.top]:
             print(f"  {title}: {lab(g, s)} -> {lab(g, t)} {w:+.4f}")
