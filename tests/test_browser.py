@@ -227,6 +227,14 @@ def test_upload_in_the_browser_loads_once_and_settles(page):
         raise AssertionError("the page kept rerunning after the upload")
     assert page.get_by_role("textbox", name="prompt").input_value().startswith("Lyon is a city")
     assert page.locator("text=Traceback").count() == 0
+    # the graph view was drawn while its tab was hidden: shown now, it has its full height (it stayed 0 px)
+    page.get_by_role("tab", name="graph", exact=True).click()
+    frame = page.locator("iframe[title*=graph_view]").first
+    deadline = time.time() + 30
+    while time.time() < deadline and (frame.bounding_box() or {}).get("height", 0) < 300:
+        time.sleep(0.2)
+    assert (frame.bounding_box() or {}).get("height", 0) >= 300, frame.bounding_box()
+    _view(page)  # and the graph is drawn in it
 
 
 def test_trace_never_shows_the_old_graph_under_the_new_title(page):

@@ -290,10 +290,26 @@ function clearView() {
   lastDraw = "";
 }
 
+let sentHeight = -1, drawnWidth = 0;
+
+function sendHeight() {
+  // the frame's height, whenever it changes (a view drawn inside a hidden tab measured 0)
+  const h = document.body.scrollHeight;
+  if (h !== sentHeight) { sentHeight = h; send("streamlit:setFrameHeight", { height: h }); }
+}
+
+// A view drawn while its tab was hidden had no width and sent a height of 0; when the tab is shown the frame gets
+// its width back (a resize), and the graph is drawn again at its size.
+window.addEventListener("resize", () => {
+  if (graphId !== null && window.innerWidth > 0 && window.innerWidth !== drawnWidth) draw(true);
+  else sendHeight();
+});
+
 function draw(force) {
   if (!window.Plotly) { plotlyReady.then(() => draw(force)); return; }
   const key = JSON.stringify([graphId, state, selected, userLabels, grouping, [...expanded], highlight]);
-  if (!force && key === lastDraw) return;
+  if (!force && key === lastDraw) { sendHeight(); return; }
+  drawnWidth = window.innerWidth;
   lastDraw = key;
   const t0 = performance.now();
   const result = pruneGraph(G, state.node, state.edge, state.cap);
@@ -336,7 +352,7 @@ function draw(force) {
         report(true);
       });
     }
-    send("streamlit:setFrameHeight", { height: document.body.scrollHeight });
+    sendHeight();
   });
 }
 
