@@ -100,12 +100,19 @@ def main() -> None:
     with tabs[0]:
         by_id = {export.node_id(n): n for n in g.nodes if n.kind != "token"}
         names = {k: export.node_label(g, n) for k, n in by_id.items()}
-        options = list(by_id)
-        current = export.node_id(s["selected"]) if s["selected"] in set(g.nodes) else None
-        pick = st.selectbox("select a node", ["—"] + options, index=options.index(current) + 1 if current else 0,
-                            format_func=lambda k: names.get(k, k), key="node_pick")
-        if pick != "—":
-            s["selected"] = by_id[pick]
+        options = ["—", *by_id]
+        # the list follows the selection (a click in the graph view, a jump from the QK panel), and a pick in the
+        # list selects: only when it changes (its stored value used to override every later click)
+        current = export.node_id(s["selected"]) if s["selected"] in set(g.nodes) else "—"
+        if st.session_state.get("node_pick") != current:
+            st.session_state["node_pick"] = current if current in by_id else "—"
+
+        def picked():
+            k = st.session_state["node_pick"]
+            s["selected"] = by_id.get(k) if k != "—" else s["selected"]
+
+        st.selectbox("select a node", options, format_func=lambda k: names.get(k, k), key="node_pick",
+                     on_change=picked)
         graph_tab(full, g, influence, settings, labels)
     # the header after the graph view: the browser gets the new graph no later than its title
     header.markdown(header_text(full, g))

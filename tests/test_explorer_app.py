@@ -303,3 +303,25 @@ def test_the_subgraph_tab_draws_a_pins_neighbours_and_lists_the_views_supernodes
     (exp,) = [e for e in at.expander if "the graph view's supernodes" in e.label]
     assert f"({len(groups)}:" in exp.label
     assert any(groups[0]["name"] in m.value for m in exp.markdown)
+
+
+def test_a_click_in_the_view_selects_after_a_pick_from_the_list_and_the_list_follows(app):
+    """The list's stored value overrode every later click: after picking M3#… from it, clicking another node in the
+    graph view kept the picked one. A selection made elsewhere now wins and the list shows it."""
+    from circuits import export
+
+    at = app
+    picked = _pick_feature(at)
+    assert export.node_id(at.session_state["selected"]) == picked
+    from circuits import prune
+
+    g = prune(at.session_state["graph"], at.slider(key="node_threshold").value,
+              at.slider(key="edge_threshold").value).graph
+    other = next(n for n in g.nodes if n.kind == "attn_feature")
+    at.session_state["selected"] = other  # what a click in the view (or a QK jump) does
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["selected"] == other
+    assert at.selectbox(key="node_pick").value == export.node_id(other)
+    at.run()  # and it stays: the list does not put its old pick back
+    assert at.session_state["selected"] == other
