@@ -70,10 +70,17 @@ def test_pin_label_and_supernode_are_kept_in_the_saved_json(app):
     app.selectbox(key="node_pick").set_value(feature).run()
     app.button(key="pin").click().run()
     assert app.button(key="pin").label == "unpin this node"  # the button says what a second press does
-    app.text_input(key="label_in").input("my label").run()
+    from circuits import export
+
+    fid = export.node_id(app.session_state["selected"])
+    app.text_input(key=f"label_in:{fid}").input("my label").run()
     app.button(key="save_label").click().run()
     ui = app.session_state["ui"]
-    assert ui["pins"] and "my label" in ui["labels"].values()
+    assert ui["pins"] and ui["labels"] == {fid: "my label"}
+    other = next(o for o in options if o not in ("—", feature))  # another node's box starts empty (it kept the
+    app.selectbox(key="node_pick").set_value(other).run()  # previous node's text, and saving gave it that label)
+    assert app.text_input(key=f"label_in:{export.node_id(app.session_state['selected'])}").value == ""
+    app.selectbox(key="node_pick").set_value(feature).run()
     assert any(h.value == "my label" for h in app.subheader)  # the heading shows the saved label
     from circuits import export, prune
 

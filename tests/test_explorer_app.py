@@ -69,6 +69,8 @@ def test_an_opened_example_drives_every_tab_with_its_own_prompt(app):
     at.button(key="iv_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any("metric" in m.value and "Paris" in m.value for m in at.markdown)
+    (table,) = [d.value for d in at.dataframe if "p after" in d.value.columns]
+    assert list(table.columns) == ["token", "p before", "p after", "logit change"]  # 'p before' was lost to a comment
 
 
 def test_header_keeps_the_prompt_text_and_aggregated_roles_are_separated(app):

@@ -36,7 +36,7 @@ def node_inspector(g, full, run: dict, influence) -> None:
             else:
                 s["ui"]["pins"].append(node.to_json())
             st.rerun()  # the button and the subgraph tab show the new state
-        label = st.text_input("custom label", value=s["ui"]["labels"].get(export.node_id(node), ""), key="label_in")
+        label = st.text_input("custom label", value=s["ui"]["labels"].get(export.node_id(node), ""), key=f"label_in:{export.node_id(node)}")  # one box per node: it shows that node's label
         if st.button("save label", key="save_label"):
             if label.strip():
                 s["ui"]["labels"][export.node_id(node)] = label.strip()

@@ -46,7 +46,8 @@ def interventions(g, run: dict) -> None:
         before, after = result.clean_logits[-1].softmax(-1), result.logits[-1].softmax(-1)
         top = sorted(set(before.topk(8).indices.tolist()) | set(after.topk(8).indices.tolist()),
                      key=lambda t: -float(after[t]))
-        st.dataframe(pd.DataFrame([{"token": repr(token_string(rm.model, t)),  # quoted: the leading space shows "p before": float(before[t]),
+        # tokens quoted: the leading space shows
+        st.dataframe(pd.DataFrame([{"token": repr(token_string(rm.model, t)), "p before": float(before[t]),
                                     "p after": float(after[t]),
                                     "logit change": float(result.logit_change[-1, t])} for t in top]),
                      width="stretch", hide_index=True)
