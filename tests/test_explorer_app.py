@@ -327,3 +327,20 @@ def test_a_click_in_the_view_selects_after_a_pick_from_the_list_and_the_list_fol
     assert at.selectbox(key="node_pick").value == export.node_id(other)
     at.run()  # and it stays: the list does not put its old pick back
     assert at.session_state["selected"] == other
+
+
+def test_prepared_downloads_are_dropped_when_what_they_hold_changes(app):
+    """Downloads prepared before a pin kept the old state ('pins': []) without a word; now they are dropped and the
+    tab says to prepare them again."""
+    import json
+
+    at = app
+    at.button(key="make_files").click().run()
+    assert at.session_state["files"]["json"]
+    assert json.loads(at.session_state["files"]["json"])["ui"]["pins"] == []
+    _pick_feature(at)
+    at.button(key="pin").click().run()
+    assert "files" not in at.session_state
+    assert any("prepare them again" in c.value for c in at.caption)
+    at.button(key="make_files").click().run()
+    assert len(json.loads(at.session_state["files"]["json"])["ui"]["pins"]) == 1

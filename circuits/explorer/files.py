@@ -16,19 +16,27 @@ def files(full, g) -> None:
     from circuits import export
 
     which = st.radio("graph to save", ["pruned", "full"], horizontal=True, key="save_which")
+    # what the files are made from: the graph, the pruning, and the pins, labels and supernodes saved with it
+    basis = (id(full), which, g.n_nodes, g.n_edges, json.dumps(state()["ui"], sort_keys=True, default=str))
     if st.button("prepare downloads", key="make_files"):  # serialising is work: only when asked
         out = with_ui(g if which == "pruned" else full)
         st.session_state["files"] = {
             "json": json.dumps(export.to_dict(out)), "dot": export.to_dot(out),
-            "ct": json.dumps(export.to_circuit_tracer(out)), "svg": guarded(_svg, out)}
+            "ct": json.dumps(export.to_circuit_tracer(out)), "svg": guarded(_svg, out), "basis": basis}
     ready = st.session_state.get("files")
+    if ready and ready.get("basis") != basis:  # prepared before the graph, pruning, pins or labels changed
+        st.session_state.pop("files")
+        st.caption("The graph, its pruning, pins, labels or supernodes changed since the downloads were prepared: "
+                   "prepare them again.")
+        ready = None
     if ready:
         c = st.columns(4)
-        c[0].download_button("JSON", ready["json"], "graph.json", "application/json", key="dl_json")
-        c[1].download_button("DOT", ready["dot"], "graph.dot", "text/vnd.graphviz", key="dl_dot")
-        c[2].download_button("circuit-tracer JSON", ready["ct"], "graph_ct.json", "application/json", key="dl_ct")
+        c[0].download_button("JSON", ready["json"], f"graph_{which}.json", "application/json", key="dl_json")
+        c[1].download_button("DOT", ready["dot"], f"graph_{which}.dot", "text/vnd.graphviz", key="dl_dot")
+        c[2].download_button("circuit-tracer JSON", ready["ct"], f"graph_{which}_ct.json", "application/json",
+                             key="dl_ct")
         if ready["svg"] is not None:
-            c[3].download_button("SVG", ready["svg"], "graph.svg", "image/svg+xml", key="dl_svg")
+            c[3].download_button("SVG", ready["svg"], f"graph_{which}.svg", "image/svg+xml", key="dl_svg")
     uploaded = st.file_uploader("open a saved graph (JSON)", type=["json"], key="upload")
     # The uploader keeps its file across reruns: load each upload once (loading reruns the page, which would
     # otherwise load it again, forever)
