@@ -23,7 +23,7 @@ from circuits.explorer.inspector import node_inspector
 from circuits.explorer.interventions import interventions
 from circuits.explorer.lens import lens_view
 from circuits.explorer.markup import header_text
-from circuits.explorer.sidebar import apply_view_report, sidebar
+from circuits.explorer.sidebar import apply_view_report, prompt_note, sidebar
 from circuits.explorer.state import (
     SIDEBAR_DEFAULTS,
     _shared_view,
@@ -84,6 +84,7 @@ def main() -> None:
     elif settings["go"]:
         with notices, st.spinner("tracing ..."):
             do_trace(settings)
+        prompt_note(settings["note"], settings["prompt"])  # after the trace: true of the graph now shown
     if s["graph"] is None:
         header.info("Type a prompt and press trace.")
         return

@@ -185,3 +185,14 @@ def test_unpin_removes_the_pin(app):
     app.button(key="pin").click().run()
     assert app.session_state["ui"]["pins"] == [] and app.button(key="pin").label == "pin this node"
 
+
+
+def test_the_sidebar_does_not_call_a_freshly_traced_graph_another_prompts(app):
+    """Right after a trace the sidebar said 'The graph shown is not this prompt's' (drawn before the trace ran)."""
+    app.text_area(key="prompt").input("When Anna and David went to the park, David gave a book to").run()
+    assert any("not this prompt's" in c.value for c in app.sidebar.caption)  # true before the trace
+    app.text_input(key="token").input("Anna").run()
+    app.text_input(key="baseline").input("David").run()
+    app.button(key="trace").click().run()
+    assert not app.exception and "Anna" in _header(app)
+    assert not any("replaces it" in c.value for c in app.sidebar.caption)

@@ -78,11 +78,9 @@ def sidebar() -> dict:
         if mode == "contrast":
             baseline = c[1].text_input("minus token", key="baseline")
     go = sb.button("trace", type="primary", key="trace", width="stretch")
-    shown, graph = state().get("run"), state().get("graph")
-    if shown is not None and shown.get("prompt") != prompt:  # the tabs use the graph shown, not this prompt
-        what = ("an aggregated case-study circuit" if graph is not None and graph.metadata.get("aggregated") else
-                "a graph saved without its prompt" if shown.get("prompt") is None else "not this prompt's")
-        sb.caption(f"The graph shown is {what}: **trace** replaces it with this prompt's.")
+    note = sb.empty()  # filled by `prompt_note`: after the trace when the button was pressed (it may replace it)
+    if not go:
+        prompt_note(note, prompt)
     model = sb.selectbox("model", list(MODELS), key="model")
     dicts = sb.selectbox("dictionaries", list(DICTIONARY_SETS[model]), key="dicts")
     layers = sb.multiselect("replaced layers", list(range(N_LAYERS[model])), key="layers")
@@ -92,4 +90,13 @@ def sidebar() -> dict:
     return {"prompt": prompt, "model": model, "dicts": dicts, "layers": tuple(layers),
             "target_mode": TARGET_MODES[mode], "token": token, "baseline": baseline, "cum_prob": cum_prob,
             "max_logits": int(max_logits), "node_threshold": node_t, "edge_threshold": edge_t,
-            "cap": int(cap) or None, "go": go}
+            "cap": int(cap) or None, "go": go, "note": note}
+
+
+def prompt_note(note, prompt: str) -> None:
+    """Say in the sidebar when the graph shown is not the sidebar prompt's (the tabs use the graph shown)."""
+    shown, graph = state().get("run"), state().get("graph")
+    if shown is not None and shown.get("prompt") != prompt:
+        what = ("an aggregated case-study circuit" if graph is not None and graph.metadata.get("aggregated") else
+                "a graph saved without its prompt" if shown.get("prompt") is None else "not this prompt's")
+        note.caption(f"The graph shown is {what}: **trace** replaces it with this prompt's.")
