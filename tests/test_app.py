@@ -62,6 +62,8 @@ def test_faithfulness_button(app):
     text = " ".join(m.value for m in app.markdown)
     assert "faithfulness (zero ablation)" in text and "faithfulness (standard mean ablation)" in text
     assert "faithfulness (held-inactive mean ablation (variant))" in text and "random circuits of the same shape" in text
+    app.run()  # a rerun (a slider moved elsewhere, a pin) keeps the results: they vanished before
+    assert "faithfulness (standard mean ablation)" in " ".join(m.value for m in app.markdown)
 
 
 def test_pin_label_and_supernode_are_kept_in_the_saved_json(app):

@@ -57,18 +57,26 @@ def checks(full, g, run: dict) -> None:
     if full.metadata.get("bos_pos") == 0:
         st.caption("position 0 is BOS (attention sinks make it large; its nodes are token/error nodes at pos 0)")
     found = graph_metric(full)
-    if found is not None and st.button("compute faithfulness (with random baselines)", key="faith"):
-        metric, _ = found
-        st.caption(f"on the graph's prompt: {run['prompt']!r} (in-sample: the graph was pruned on it; across prompts, "
-                   "with intervals, see the case studies)")
-        for f, base in on_model(faithfulness_with_baselines, rm, run["prompt"], g, metric) or []:
-            st.write(f"faithfulness ({f.label}): **{f.score:.3f}** — circuit {f.circuit:.3f}, empty {f.empty:.3f}, "
-                     f"model {f.full:.3f} ({f.n_features} features and {f.n_errors} errors kept"
-                     + (f", {f.n_bos} of them at BOS, folded into the graph's constants)" if f.n_bos else ")")
-                     + f"; {len(base.scores)} random circuits of the same shape: {base.mean:.3f} "
-                     f"(min {min(base.scores):.3f}, max {max(base.scores):.3f})")
-        st.caption("Standard mean ablation (the field's convention) sets every feature outside the circuit, inactive "
-                   "ones included, and every error node outside it to its mean over held-out text; the held-inactive "
-                   "variant leaves features inactive on the prompt at 0 (not comparable with the literature); zero "
-                   "ablation sets them to 0. A random circuit keeps the same error nodes and as many other active "
-                   "features per dictionary and position.")
+    if found is None:
+        return
+    metric, metric_name = found
+    key = (id(full), g.n_nodes, g.n_edges)  # the results stay shown for this graph and pruning across reruns
+    if st.button("compute faithfulness (with random baselines)", key="faith"):
+        rows = on_model(faithfulness_with_baselines, rm, run["prompt"], g, metric)
+        st.session_state["faith_result"] = {"key": key, "rows": rows} if rows else None
+    done = st.session_state.get("faith_result")
+    if not done or done["key"] != key:
+        return
+    st.caption(f"{metric_name} on the graph's prompt: {run['prompt']!r} (in-sample: the graph was pruned on it; "
+               "across prompts, with intervals, see the case studies)")
+    for f, base in done["rows"]:
+        st.write(f"faithfulness ({f.label}): **{f.score:.3f}** — circuit {f.circuit:.3f}, empty {f.empty:.3f}, "
+                 f"model {f.full:.3f} ({f.n_features} features and {f.n_errors} errors kept"
+                 + (f": the pruned graph's, and the {f.n_bos} at BOS folded into its constants)" if f.n_bos else ")")
+                 + f"; {len(base.scores)} random circuits of the same shape: {base.mean:.3f} "
+                 f"(min {min(base.scores):.3f}, max {max(base.scores):.3f})")
+    st.caption("Standard mean ablation (the field's convention) sets every feature outside the circuit, inactive "
+               "ones included, and every error node outside it to its mean over held-out text; the held-inactive "
+               "variant leaves features inactive on the prompt at 0 (not comparable with the literature); zero "
+               "ablation sets them to 0. A random circuit keeps the same error nodes and as many other active "
+               "features per dictionary and position.")
