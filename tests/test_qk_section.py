@@ -66,6 +66,12 @@ def test_frozen_removal_moves_the_preference_by_the_summed_contribution(inductio
     assert abs(r["frozen"]["value"] - r["predicted"]["value"]) < 1e-9
     assert r["predicted"]["hi"] < 0  # removing the supporting sources lowers the preference ...
     assert r["live_pattern"]["hi"] < 0 and r["share_in_direction"] == 1.0  # ... and the live pattern follows
+    # the random baseline removes as many other query-side nodes present at END; in this planted model they do
+    # not carry the preference, so its live change is far smaller than the top nodes' (the check can say "no")
+    rand = r["random"]
+    assert set(rand) == {"live_pattern", "prompts_with_any", "share_in_direction"}
+    if rand["prompts_with_any"]:
+        assert abs(rand["live_pattern"]["value"]) < abs(r["live_pattern"]["value"])
 
 
 def test_the_section_is_deterministic_and_renders(induction, induction_section):
@@ -74,6 +80,7 @@ def test_the_section_is_deterministic_and_renders(induction, induction_section):
     assert again == induction_section
     text = render_qk_section(induction_section)
     assert "### L1H0: END→B − END→A" in text and "`errA0@B`" in text and "`emb@END`" in text
+    assert "Random baseline" in text and "nan%" not in text
 
 
 def test_a_head_without_preference_gets_an_interval_containing_zero(rm64):

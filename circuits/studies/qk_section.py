@@ -380,8 +380,18 @@ def render_qk_section(data: dict, study: str = "") -> str:
                   f"{_fmt(r['live_pattern'])}, predicted direction "
                   f"{'−' if r['predicted_direction'] < 0 else '+' if r['predicted_direction'] > 0 else '0'}, "
                   f"{r['share_in_direction']:.0%} of the prompts with a removal move that way."
-                  + (f" Random baseline (as many other query-side role nodes present at "
-                     f"{h['contrast'].split('→')[0]}, drawn per prompt): live change {_fmt(r['random']['live_pattern'])}, "
-                     f"{r['random']['share_in_direction']:.0%} of {r['random']['prompts_with_any']} prompts move the "
-                     "predicted way." if "random" in r else ""), ""]
+                  + _random_text(r, h["contrast"].split("→")[0]), ""]
     return "\n".join(lines) + "\n"
+
+
+def _random_text(r: dict, where: str) -> str:
+    """The removal check's random baseline, in words (none when the head reads nothing else there)."""
+    rand = r.get("random")
+    if rand is None:
+        return ""
+    if not rand["prompts_with_any"]:
+        return (f" Random baseline: none (no other query-side role node is present at {where}: the head's query "
+                "reads only what was removed and the constant part).")
+    return (f" Random baseline (as many other query-side role nodes present at {where}, drawn per prompt): live "
+            f"change {_fmt(rand['live_pattern'])}, {rand['share_in_direction']:.0%} of {rand['prompts_with_any']} "
+            "prompts move the predicted way.")
