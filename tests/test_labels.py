@@ -396,3 +396,22 @@ def test_cli_label_commands_refuse_bad_input_in_one_line(tmp_path, capsys):
     assert "--token-sets" in err and "no such file" in err
     assert main(["dashboards", "label-accuracy", "--rows", "0"]) == 2
     assert "--rows 0" in capsys.readouterr().err
+
+
+def test_the_plurality_baseline_labels_everything_it_can_and_precision_tells_it_apart():
+    """The baseline labeller names a feature's most common category among its top tokens with no test: it labels
+    more features (recall high) but is wrong more often when the top tokens are mixed (precision lower)."""
+    from circuits.labels.ground_truth import evaluate, plurality_categories
+    from circuits.token_sets import TokenSet
+
+    sets = [TokenSet("name", frozenset({0, 1, 2}), "names"), TokenSet("city", frozenset({3, 4, 5}), "cities")]
+    top = {("d", 0): [0, 1, 2, 0, 1, 2, 0, 1, 2, 0],  # clearly names
+           ("d", 1): [3, 3, 0, 9, 9, 9, 9, 9, 9, 9],  # mixed: two cities, one name, the rest in no set
+           ("d", 2): [9] * 10}
+    base = plurality_categories(top, sets, 10)
+    assert base == {("d", 0): "name", ("d", 1): "city", ("d", 2): None}
+    truth = {("d", 0): [0, 1, 2, 0, 1] * 2, ("d", 1): [0, 1, 2, 0, 1] * 2, ("d", 2): [9] * 10}
+    careful = {("d", 0): "name", ("d", 1): None, ("d", 2): None}
+    b, c = (evaluate(p, truth, sets, 10, "x") for p in (base, careful))
+    assert (b.n_predicted, b.n_correct, b.precision) == (2, 1, 0.5)
+    assert (c.n_predicted, c.n_correct, c.precision) == (1, 1, 1.0)

@@ -120,7 +120,7 @@ def _print_top_nodes(summary: dict) -> None:
         return f"  {_clip(n['label'])}" if n.get("label") else ""
 
     print(f"top {len(summary['top_nodes'])} nodes by influence (id, token at its position, influence, activation, "
-          "label):")
+          "label: a heuristic from top activations and direct logit effects, not a causal test; docs/labels.md):")
     for n in summary["top_nodes"]:
         print(f"  {n['id']:<14} {n['token']!r:<14} influence {n['influence']:.4f}  activation {n['activation']:8.3f}"
               f"{label(n)}")

@@ -92,7 +92,18 @@ class GroundTruthReport:
 
     @property
     def accuracy(self) -> float:
+        """Correct / features that fall in one category: a recall (a labeller that names a category for every
+        feature scores high here; `precision` says how often a named category is right)."""
         return self.n_correct / self.n_true if self.n_true else float("nan")
+
+    @property
+    def n_predicted(self) -> int:
+        return sum(c.n_predicted for c in self.categories)
+
+    @property
+    def precision(self) -> float:
+        """Correct / features given a category (and judgeable)."""
+        return self.n_correct / self.n_predicted if self.n_predicted else float("nan")
 
     def table(self) -> str:
         """A markdown table: per category, features truly in it, predicted, correct, precision, recall."""
@@ -130,6 +141,24 @@ def evaluate(predicted: dict[tuple[str, int], str | None], truth_tokens: dict[tu
             if guess == truth:
                 scores[guess].n_correct += 1
     return GroundTruthReport(source, judged, list(scores.values()))
+
+
+def plurality_categories(top_tokens: dict[tuple[str, int], list[int]], sets: list[TokenSet], d_vocab: int
+                         ) -> dict[tuple[str, int], str | None]:
+    """The baseline labeller the enrichment labels are compared with: each feature's most common category among
+    its stored top tokens (ties: the first set), with no test and no threshold — it names a category whenever one
+    of its top tokens has one."""
+    index = set_index(sets, d_vocab)
+    out: dict[tuple[str, int], str | None] = {}
+    for key, tokens in top_tokens.items():
+        cats = index[np.asarray(tokens, dtype=np.int64)] if tokens else np.array([], dtype=np.int64)
+        cats = cats[cats >= 0]
+        if len(cats):
+            values, counts = np.unique(cats, return_counts=True)
+            out[key] = sets[int(values[counts.argmax()])].name
+        else:
+            out[key] = None
+    return out
 
 
 def predicted_categories(con: sqlite3.Connection) -> dict[tuple[str, int], str | None]:
