@@ -475,3 +475,12 @@ def test_corrupt_prompt_problems_are_found_before_the_model_loads(capsys, no_mod
     with pytest.raises(Reached):  # the same length: past the checks
         trace(capsys, PROMPT, "--target", "Mary", "--contrast", "John", "--corrupt",
               "When Mary and John went to the store, Anna gave a drink to")
+
+
+def test_a_dashboards_option_that_is_not_a_database_is_refused_before_the_model_loads(capsys, no_model, tmp_path):
+    """`--dashboards graph.json` exited 0 with no labels and a note only on the progress stream (hidden by
+    --quiet), advising a rebuild."""
+    graph = tmp_path / "g.json"
+    graph.write_text('{"format": "circuits-graph"}')
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--dashboards", graph), "--dashboards",
+                   "a circuits graph file, not a dashboard database")

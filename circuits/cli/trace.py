@@ -29,12 +29,17 @@ def _feature_labels(rm, args, graph, say) -> dict[str, str]:
     these dictionaries (empty otherwise)."""
     from circuits import dashboards, export
 
-    path = Path(args.dashboards) if getattr(args, "dashboards", None) else _dashboard_db(args.model)
+    explicit = bool(getattr(args, "dashboards", None))
+    path = Path(args.dashboards) if explicit else _dashboard_db(args.model)
     if not path.exists():
         return {}
+    hint = f"circuits dashboards build --model {args.model}" + (
+        "" if args.dicts in (None, "organism") else f" --dicts {args.dicts} --out FILE` and pass `--dashboards FILE")
     try:
-        db = dashboards.Dashboards(path, rm)
+        db = dashboards.Dashboards(path, rm, build_hint=hint)
     except dashboards.DashboardError as e:
+        if explicit:  # asked for by name: not a silent "no labels"
+            raise CircuitsError(f"--dashboards: {e}") from None
         say(f"no feature labels: {e}")
         # the database is not these dictionaries' (e.g. organism-skip shares the default set's dictionary names):
         # supernodes must not borrow its label categories either (circuits.labels.store_for's fallback)

@@ -101,6 +101,14 @@ def _check_trace_options(args) -> None:
     if args.dashboards and not Path(args.dashboards).is_file():
         raise CircuitsError(f"--dashboards {args.dashboards}: no such database file; build one with "
                             "`circuits dashboards build` or leave the option out")
+    if args.dashboards:
+        from circuits.inputs import KIND_NAMES, file_kind
+
+        kind = file_kind(args.dashboards)
+        if kind != "sqlite":
+            raise CircuitsError(f"--dashboards {args.dashboards}: "
+                                f"{'an empty file' if kind is None else KIND_NAMES[kind]}, not a dashboard database; "
+                                "give the path of one built by `circuits dashboards build`")
     written = {"json": "circuits-graph", "dot": "dot", "svg": "svg", "png": "png", "graphml": "graphml",
                "circuit_tracer_json": "circuit-tracer"}
     seen: dict[Path, str] = {}

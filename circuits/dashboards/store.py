@@ -170,11 +170,11 @@ class Dashboards:
             self.meta = dict(self.con.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as e:
             self.close()
-            raise DashboardError(f"{self.path} is not a dashboard database ({e}); rebuild it with "
+            raise DashboardError(f"{self.path} is not a dashboard database ({e}); give the path of one built by "
                                  f"`{build_hint}`") from None
         if rm is not None and self.meta.get("fingerprint") != fingerprint(rm):
             raise DashboardError(f"{self.path} was built for different dictionaries or a different model "
-                                 f"(fingerprint mismatch); rebuild it with `{build_hint}`")
+                                 f"(fingerprint mismatch); build one for them with `{build_hint}`")
         self._tokens = getattr(rm, "model", None)
         self._hidden = never_predicted(self.meta.get("model"))  # left out of promote/suppress lists shown
         self._user_stamp, self._user = None, {}
