@@ -237,3 +237,24 @@ def test_graph_diff_refuses_graphs_whose_nodes_do_not_correspond(graph_file, tmp
     assert main(["graph", "diff", str(ours), str(ours)]) == 0  # the control: the same graph diffs fine
     out = capsys.readouterr().out
     assert "nodes only in B: 0" in out and "tokens that differ" not in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["feature", "M9#1"], "layer 9 is out of range: the model has 4 layers"),
+    (["feature", "M3#999999"], "feature index 999999 is out of range: transcoder L3 has 2304 features"),
+    (["attention", PROMPT, "--head", "9.0", "--key", "2"], "layer 9 is out of range"),
+    (["attention", PROMPT, "--head", "3.99", "--key", "2"], "head 99 is out of range: layer 3 has 8 heads"),
+    (["attention", PROMPT, "--head", "3.0", "--key", "20"], "--key 20: the prompt has 15 tokens"),
+    (["attention", PROMPT + " ", "--head", "3.0", "--key", "2"], "ends with whitespace"),
+])
+def test_feature_and_attention_check_ranges_before_the_model_loads(argv, needle, capsys, monkeypatch):
+    """These were found only after the model and dictionaries loaded (5-12 s); the organism's sizes and the set's
+    widths are read from their files first, as trace does."""
+    import circuits.model
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model loaded before the check")
+
+    monkeypatch.setattr(circuits.model, "load_model", load_model)
+    assert main(argv) == 2
+    _one_line_error(capsys, needle)

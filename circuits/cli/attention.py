@@ -47,9 +47,33 @@ def _check_attention_options(args) -> tuple[int, int]:
     return layer, head
 
 
+def _check_against_model(args, prompt: str, layer: int, head: int) -> None:
+    """The head and positions against the organism's sizes and tokenizer, read from its files before it loads."""
+    from circuits.cli.trace_checks import _organism_vocab
+    from circuits.inputs import whitespace_problem
+
+    vocab = _organism_vocab(args.model)
+    if vocab is None:  # other models: checked when they load
+        return
+    problem = whitespace_problem(prompt, vocab.encode, vocab.unk)
+    if problem:
+        raise CircuitsError(problem)
+    if not 0 <= layer < vocab.n_layers:
+        raise CircuitsError(f"--head {args.head}: layer {layer} is out of range: the model has {vocab.n_layers} "
+                            f"layers (0–{vocab.n_layers - 1})")
+    if vocab.n_heads is not None and not 0 <= head < vocab.n_heads:
+        raise CircuitsError(f"--head {args.head}: head {head} is out of range: layer {layer} has {vocab.n_heads} "
+                            f"heads (0–{vocab.n_heads - 1})")
+    n = vocab.n_tokens(prompt)
+    for flag, v in (("--key", args.key), ("--query", args.query), ("--versus", args.versus)):
+        if v is not None and v >= n:
+            raise CircuitsError(f"{flag} {v}: the prompt has {n} tokens, BOS included (positions 0–{n - 1})")
+
+
 def cmd_attention(args) -> int:
     prompt = _prompt(args)
     layer, head = _check_attention_options(args)  # before the model loads
+    _check_against_model(args, prompt, layer, head)
 
     from circuits.attribution.qk import explain_attention
     from circuits.attribution.targets import token_string

@@ -177,6 +177,7 @@ class _Vocab:
     unk: int | None
     n_ctx: int
     n_layers: int
+    n_heads: int | None = None
 
 
 def _organism_vocab(model_name: str) -> _Vocab | None:
@@ -194,6 +195,7 @@ def _organism_vocab(model_name: str) -> _Vocab | None:
         if meta.get("format") == "circuits-tl/1":  # a family model folder (circuits.families.save_model)
             return None
         n_ctx, n_layers = int(meta["model"]["n_ctx"]), int(meta["model"]["n_layers"])
+        n_heads = int(meta["model"]["n_heads"]) if "n_heads" in meta["model"] else None
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json"))
@@ -205,7 +207,7 @@ def _organism_vocab(model_name: str) -> _Vocab | None:
 
     return _Vocab(lambda p: 1 + len(encode(p)), encode,  # the replacement model prepends BOS
                   lambda t: tok.encode(t, add_special_tokens=False).tokens, tok.token_to_id("<|unk|>"), n_ctx,
-                  n_layers)
+                  n_layers, n_heads)
 
 
 def _model_vocab(model) -> _Vocab | None:
@@ -218,7 +220,8 @@ def _model_vocab(model) -> _Vocab | None:
 
     return _Vocab(lambda p: int(model.to_tokens(p, truncate=False).shape[-1]), encode,
                   lambda t: list(model.to_str_tokens(t, prepend_bos=False)),
-                  getattr(model.tokenizer, "unk_token_id", None), int(model.cfg.n_ctx), int(model.cfg.n_layers))
+                  getattr(model.tokenizer, "unk_token_id", None), int(model.cfg.n_ctx), int(model.cfg.n_layers),
+                  int(model.cfg.n_heads))
 
 
 _FEATURE_KINDS = {"transcoder": "mlp_feature", "attention_sae": "attn_feature"}
@@ -301,21 +304,28 @@ def _check_inputs(args, prompt: str, target, vocab: _Vocab | None, shapes: dict 
     if not isinstance(target, FeatureTarget):
         return
     node, spec = target.node, args.feature
-    what = {"mlp_feature": "transcoder", "attn_feature": "attention SAE"}[node.kind]
-    if node.layer < 0 or (vocab is not None and node.layer >= vocab.n_layers):
-        n = vocab.n_layers if vocab is not None else None
-        raise CircuitsError(f"--feature {spec}: layer {node.layer} is out of range"
-                            + (f": the model has {n} layers (0–{n - 1})" if n else ""))
-    if shapes is not None:
-        d_sae = shapes.get((node.kind, node.layer))
-        if d_sae is None:
-            have = sorted(layer for kind, layer in shapes if kind == node.kind)
-            raise CircuitsError(f"--feature {spec}: the dictionary set {args.dicts} has no {what} at layer "
-                                f"{node.layer}" + (f" (its {what}s: layers {', '.join(map(str, have))})" if have
-                                                   else f" (it has no {what}s)"))
-        if node.index >= d_sae:
-            raise CircuitsError(f"--feature {spec}: feature index {node.index} is out of range: {what} L{node.layer} "
-                                f"has {d_sae} features (0–{d_sae - 1})")
+    check_feature(f"--feature {spec}", node.kind, node.layer, node.index, args.dicts,
+                  vocab.n_layers if vocab is not None else None, shapes)
     if n_tokens is not None and node.pos >= n_tokens:
         raise CircuitsError(f"--feature {spec}: position {node.pos} is out of range: the prompt has {n_tokens} "
                             f"tokens, BOS included (positions 0–{n_tokens - 1})")
+
+
+def check_feature(what_flag: str, kind: str, layer: int, index: int, dicts: str, n_layers: int | None,
+                  shapes: dict | None) -> None:
+    """A feature's layer is in the model and its index in its dictionary (`shapes`: `_set_shapes`, None when the
+    set's widths are not known before loading); one line naming the part that is out of range."""
+    what = {"mlp_feature": "transcoder", "attn_feature": "attention SAE"}[kind]
+    if layer < 0 or (n_layers is not None and layer >= n_layers):
+        raise CircuitsError(f"{what_flag}: layer {layer} is out of range"
+                            + (f": the model has {n_layers} layers (0–{n_layers - 1})" if n_layers else ""))
+    if shapes is not None:
+        d_sae = shapes.get((kind, layer))
+        if d_sae is None:
+            have = sorted(lay for k, lay in shapes if k == kind)
+            raise CircuitsError(f"{what_flag}: the dictionary set {dicts} has no {what} at layer {layer}"
+                                + (f" (its {what}s: layers {', '.join(map(str, have))})" if have
+                                   else f" (it has no {what}s)"))
+        if index >= d_sae:
+            raise CircuitsError(f"{what_flag}: feature index {index} is out of range: {what} L{layer} has {d_sae} "
+                                f"features (0–{d_sae - 1})")
