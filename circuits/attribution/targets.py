@@ -105,11 +105,15 @@ def resolve_token(token: str, encode, pieces, unk: int | None, what: str = "targ
 
     if not token.strip():  # before the spellings: " " is a token of GPT-2's vocabulary
         raise AttributionError(f"the {what} token is empty; give a word the model knows (e.g. ' Mary')")
-    for text in dict.fromkeys([token, token.lstrip(), " " + token.lstrip()]):
-        ids = encode(text) if text else []
+    spellings = [t for t in dict.fromkeys([token, token.lstrip(), " " + token.lstrip()]) if t]
+    for text in spellings:
+        ids = encode(text)
         if len(ids) == 1 and ids[0] != unk:
             return int(ids[0])
-    ids, shown = encode(token), pieces(token)
+    # explain with the spelling the tokenizer reads best (fewest unknown pieces): ' Mary John' with its leading
+    # space read as ['<|unk|>', '<|unk|>', ' John'] in the organism, though the words are known
+    best = min(spellings, key=lambda t: (sum(i == unk for i in encode(t)), len(encode(t))))
+    ids, shown = encode(best), pieces(best)
     if unk is not None and unk in ids:
         raise AttributionError(f"{what} {token!r} is not in the model's vocabulary, so it is not a single token the "
                                f"model can predict (it reads as {shown}); give a word the model knows")
