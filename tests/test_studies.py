@@ -691,3 +691,36 @@ def test_the_control_edit_swaps_one_word_and_keeps_every_position():
         assert ctrl != p.clean and ctrl == _control_edit(p.clean)
         a, b = model.to_tokens(p.clean)[0], model.to_tokens(ctrl)[0]
         assert a.shape == b.shape and int((a != b).sum()) == 1
+
+
+def test_study_spec_and_options_are_checked_like_the_cli():
+    """The API ran n=2 (the CLI refuses n < 4), said 'only 0 distinct new prompts' for n=-3, and leaked a TypeError
+    for a misspelt option."""
+    from circuits.errors import CircuitsError
+    from circuits.studies import StudySpec, get_study
+
+    for bad, needle in ((dict(n=2), "at least 4"), (dict(n=-3), "at least 4"), (dict(n=4.5), "not a whole number"),
+                        (dict(seed=-1), "0 or more")):
+        with pytest.raises(CircuitsError, match=needle):
+            StudySpec("ioi", **bad)
+    with pytest.raises(CircuitsError, match="unknown option 'tempaltes'; its options: templates, template_texts"):
+        get_study("ioi", tempaltes="heldout")
+    with pytest.raises(CircuitsError, match="it takes no options"):
+        get_study("induction", templates="heldout")
+    assert get_study("two_hop").max_evaluation == 48 and get_study("ioi").max_evaluation is None
+
+
+def test_two_hop_n_above_its_limit_is_cut_with_a_warning(monkeypatch, capsys, tmp_path):
+    """`study two_hop --n 500` silently used 48 prompts and its report's Reproduce line said --n 500."""
+    import circuits.studies
+    from circuits.cli import main
+
+    seen = {}
+
+    def run_study(spec, **kw):
+        seen["n"] = spec.n
+        raise KeyboardInterrupt  # stop before any work (the CLI reports an interruption)
+
+    monkeypatch.setattr(circuits.studies, "run_study", run_study)
+    assert main(["study", "two_hop", "--n", "500", "--out", str(tmp_path / "r")]) != 0
+    assert seen["n"] == 48 and "--n 500: the two_hop study has at most 48 evaluation prompts" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from circuits.cli.runtime import add_device_option, resolve_device
@@ -28,7 +29,11 @@ def cmd_study(args) -> int:
         if args.name != "ioi":
             raise CircuitsError("--templates applies to the ioi study only")
         options["templates"] = args.templates
-    get_study(args.name, **options)  # validates the options before any model loads
+    study = get_study(args.name, **options)  # validates the options before any model loads
+    if study.max_evaluation is not None and args.n > study.max_evaluation:
+        print(f"warning: --n {args.n}: the {args.name} study has at most {study.max_evaluation} evaluation prompts; "
+              f"using --n {study.max_evaluation}", file=sys.stderr)
+        args.n = study.max_evaluation
     spec = StudySpec(args.name, model=args.model, dicts=args.dicts, n=args.n, seed=args.seed,
                      options=tuple(sorted(options.items())), ig_steps=args.ig_steps,
                      device=resolve_device(args.device))

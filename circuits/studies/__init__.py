@@ -33,6 +33,14 @@ def get_study(name: str, **options) -> Study:
     registry = _registry()
     if name not in registry:
         raise CircuitsError(f"unknown study {name!r}; choose one of {', '.join(registry)}")
+    import inspect
+
+    params = inspect.signature(registry[name].__init__).parameters.values()
+    known = [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise CircuitsError(f"study {name!r}: unknown option {', '.join(map(repr, unknown))}; "
+                            + (f"its options: {', '.join(known)}" if known else "it takes no options"))
     try:
         return registry[name](**options)
     except (TypeError, ValueError) as e:

@@ -81,6 +81,7 @@ class Study:
     roles: tuple[str, ...] = ()
     answer_label: str = "answer"
     wrong_label: str = "wrong"
+    max_evaluation: int | None = None  # the most evaluation prompts the study can make (None: no limit)
 
     def prompts(self, model, n: int, seed: int) -> list[StudyPrompt]:
         raise NotImplementedError

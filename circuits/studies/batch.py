@@ -40,6 +40,18 @@ class StudySpec:
     ig_steps: int = 4
     device: str = "cpu"  # where each worker loads the model (the dictionaries follow it)
 
+    def __post_init__(self):
+        """The same rules as `circuits study` (checked before any model loads)."""
+        for name in ("n", "seed", "ig_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise CircuitsError(f"StudySpec.{name}: {value!r} is not a whole number")
+        if self.n < 4:
+            raise CircuitsError(f"StudySpec.n = {self.n}: at least 4 evaluation prompts (mean ablation needs several "
+                                "prompts per group)")
+        if self.seed < 0 or self.ig_steps < 0:
+            raise CircuitsError(f"StudySpec: seed and ig_steps must be 0 or more (got {self.seed}, {self.ig_steps})")
+
 
 @dataclass
 class WorkerState:

@@ -27,6 +27,7 @@ class TwoHopStudy(Study):
     roles = ("BOS", "country", "city", "END")
     answer_label = "capital"
     wrong_label = "other capital"
+    max_evaluation = 48  # half of the 96 cities (a city fixes its prompt)
 
     def prompts(self, model, n: int, seed: int) -> list[StudyPrompt]:
         from circuits.organism import world as W
