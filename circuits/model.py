@@ -223,7 +223,10 @@ def load_organism(folder: Path, device: str = "cpu") -> LoadedModel:
     from circuits.organism.train import OrganismModelConfig, hooked_config
 
     folder = Path(folder)
-    fix = "restore it with `git checkout data/organism` or retrain with `circuits organism train`"
+    shipped = folder.resolve() == (DATA_DIR / "organism").resolve()
+    fix = ("restore it with `git checkout data/organism` or retrain with `circuits organism train`" if shipped else
+           "give an organism folder (config.json, model.safetensors and tokenizer/, as `circuits organism train` "
+           "exports them), or use --model organism")
     config_path, weights_path, tok_path = folder / "config.json", folder / "model.safetensors", folder / "tokenizer"
     for path in (config_path, weights_path, tok_path / "tokenizer.json"):
         if not path.exists():
