@@ -100,6 +100,7 @@ def test_the_panel_shows_explain_attention_of_the_default_head_and_key(app, orga
 
     q_side, k_side = _frame(at, "node")
     for shown, want in ((q_side, qk.query_marginals()), (k_side, qk.key_marginals())):
+        assert list(shown.columns)[:2] == ["node", "contribution"]  # a long label column hid it off screen
         assert list(shown["node"]) == [_ident(m.node, m.pos) for m in want]
         assert list(shown["contribution"]) == pytest.approx([m.contribution for m in want], rel=1e-4, abs=1e-6)
         consts = shown[shown["node"].str.startswith("const@")]

@@ -89,7 +89,9 @@ def node_inspector(g, full, run: dict, influence) -> None:
     if node.kind == "attn_feature" and full.head_weights is not None:
         mask = full.edge_index[0] == row_full
         heads = full.head_weights[mask]
-        if heads.numel():
+        if heads.numel() and not bool(heads.any()):  # the method kept no per-head parts: no empty grid
+            st.caption("per-head contributions: this graph's attribution method keeps no per-head parts")
+        elif heads.numel():
             pos = [full.nodes[int(s_)].pos for s_ in full.edge_index[1][mask]]
             n_pos = len(full.metadata["token_strings"])
             grid = [[0.0] * n_pos for _ in range(heads.shape[1])]

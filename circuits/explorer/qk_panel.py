@@ -211,8 +211,9 @@ def qk_panel(full, g, run: dict, node) -> None:
         col.markdown(f"**{side}** ({len(rows)} rows, each summed over the other side): sources "
                      f"{sum(m.contribution for m in rows if m.node is not None):+.4f} + constant parts {const:+.4f}"
                      f" = {sum(m.contribution for m in rows):+.4f}")
-        col.dataframe(pd.DataFrame([{"node": ident(m.node, m.pos), "label": label(m.node), "pos": m.pos,
-                                     "contribution": m.contribution} for m in rows]),
+        # the contribution right after the node: a long label column pushed it out of a half-width table
+        col.dataframe(pd.DataFrame([{"node": ident(m.node, m.pos), "contribution": m.contribution, "pos": m.pos,
+                                     "label": label(m.node)} for m in rows]),
                       width="stretch", hide_index=True, height=280, key=f"qk_{side.split()[0]}_marginals")
     if len(keys) == 2:
         net = qk.key_net()
