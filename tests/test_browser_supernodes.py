@@ -55,3 +55,31 @@ def test_supernode_expands_on_click_and_routes_highlight(page):  # noqa: F811
     view.locator("#grouping").select_option("none")
     _wait_for(view, lambda s: s["groups"] == 0 and s["markers"] == s["nodes"], "every node on its own")
     assert page.locator("text=Traceback").count() == 0
+
+
+def test_a_supernode_added_on_the_page_is_drawn_by_the_view(page):  # noqa: F811
+    """A supernode made in the subgraph tab is sent to the graph view and drawn there, named in a diamond's hover
+    (it used to appear only in the tab's list)."""
+    view = page.frame_locator("iframe[title*=graph_view]")
+    view.locator("#status").filter(has_text="showing").wait_for(timeout=60_000)
+    page.get_by_role("tab", name="subgraph", exact=True).click()
+    page.get_by_label("supernode name").fill("my planted group")
+    members = page.get_by_label("members")
+    for _ in range(2):  # the first two features offered
+        members.click()
+        page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    page.get_by_role("button", name="add supernode").click()
+    page.locator("strong:text-is('my planted group') >> visible=true").first.wait_for(timeout=30_000)
+    page.get_by_role("tab", name="graph", exact=True).click()
+    frame = next(f for f in page.frames if "graph_view" in f.url)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        names = frame.evaluate("""() => (document.querySelector('.js-plotly-plot').data
+                                   .find(t => t.name === 'supernode') || {hovertext: []}).hovertext""")
+        if any("my planted group" in n for n in names):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"the view never drew the page's supernode; its supernodes: {names[:5]}")
+    assert page.locator("text=Traceback").count() == 0

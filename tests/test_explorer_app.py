@@ -344,3 +344,37 @@ def test_prepared_downloads_are_dropped_when_what_they_hold_changes(app):
     assert any("prepare them again" in c.value for c in at.caption)
     at.button(key="make_files").click().run()
     assert len(json.loads(at.session_state["files"]["json"])["ui"]["pins"]) == 1
+
+
+def test_a_supernode_made_on_the_page_reaches_the_graph_view_and_can_be_removed(app):
+    """Supernodes added in the subgraph tab never reached the graph view (its groups were packed once per graph);
+    they are now sent to it, drawn first, listed first, and each has a remove button."""
+    from circuits.explorer.graph_tab import user_groups, view_supernodes
+
+    at = app
+    ms = at.multiselect(key="sn_members")
+    for m in ms.options[:2]:
+        ms.select(m)
+    at.text_input(key="sn_name").input("my group")
+    at.button[[b.label for b in at.button].index("add supernode")].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    view = at.session_state["view"]
+    sent = user_groups(view, at.session_state["ui"]["supernodes"])
+    assert [g["name"] for g in sent] == ["my group"] and len(sent[0]["members"]) == 2
+    listed = view_supernodes(view, at.session_state["ui"]["supernodes"])
+    assert listed[0][0] == "my group"
+    members = set(listed[0][1])
+    assert all(not members & set(nodes) for _, nodes in listed[1:])  # automatic groups keep the others only
+    (exp,) = [e for e in at.expander if "the graph view's supernodes" in e.label]
+    assert any("my group" in m.value for m in exp.markdown)
+    at.button(key="sn_remove_0").click().run()
+    assert at.session_state["ui"]["supernodes"] == []
+
+
+def test_merged_groups_give_members_to_the_first_group_that_takes_them():
+    from circuits.graph_view import merged_groups
+
+    got = merged_groups([{"name": "mine", "members": [1, 2]}],
+                        [{"name": "a", "members": [2, 3, 4]}, {"name": "b", "members": [4, 5]}, {"name": "c",
+                                                                                               "members": [1, 6]}])
+    assert got == [{"name": "mine", "members": [1, 2]}, {"name": "a", "members": [3, 4]}]  # b and c keep one each

@@ -115,7 +115,7 @@ def graph_tab(full, g, influence, settings: dict, labels: dict) -> None:
     guarded(graph_view, view["published"], node_threshold=settings["node_threshold"],
             edge_threshold=settings["edge_threshold"], cap=settings["cap"],
             epoch=st.session_state.get("threshold_epoch", 0), selected=selected, user_labels=labels,
-            key="graph_view")
+            key="graph_view", user_groups=user_groups(view, s["ui"]["supernodes"]))
     st.caption("Edges: blue excites, red inhibits, width ∝ |weight|; orange: the highlighted route. Marker size: "
                "influence on the target. Purple diamonds: supernodes (×N features; click to expand).")
 
@@ -135,13 +135,26 @@ def pinned_subgraph(g, pins: list):
     return g.subgraph(rows | (ends & touching))
 
 
-def view_supernodes(view: dict | None) -> list[tuple[str, list]]:
-    """The supernodes the graph view starts with (stored ones first, then automatic ones), as
-    ``(name, member nodes)``; empty when the view has not been drawn (e.g. graphs drawn by the server)."""
+def user_groups(view: dict, supernodes: list[dict]) -> list[dict]:
+    """The page's supernodes as the view's groups (`{"name", "members": [full-graph node index]}`)."""
+    from circuits.graph import Node
+
+    index = view["index"]
+    return [{"name": sn["name"], "members": [index[m] for m in (Node.from_json(v) for v in sn["nodes"]) if m in index]}
+            for sn in supernodes if not sn.get("auto")]  # automatic ones saved in a file are the view's own
+
+
+def view_supernodes(view: dict | None, supernodes: list[dict] = ()) -> list[tuple[str, list]]:
+    """The supernodes the graph view draws (the page's first, then the automatic ones, each keeping the members no
+    earlier group took), as ``(name, member nodes)``; empty when the view has not been drawn (e.g. graphs drawn by
+    the server)."""
+    from circuits.graph_view import merged_groups
+
     if not view:
         return []
     nodes = view["graph"].nodes
-    return [(sn["name"], [nodes[i] for i in sn["members"]]) for sn in view["packed"].meta.get("supernodes", [])]
+    groups = merged_groups(user_groups(view, list(supernodes)), view["packed"].meta.get("supernodes", []))
+    return [(g["name"], [nodes[i] for i in g["members"]]) for g in groups]
 
 
 def subgraph_view(g) -> None:
@@ -166,12 +179,12 @@ def subgraph_view(g) -> None:
                             key="sub_chart")
         if st.button("clear pins", key="clear_pins"):
             s["ui"]["pins"] = []
-    groups = view_supernodes(s.get("view"))
+    groups = view_supernodes(s.get("view"), s["ui"]["supernodes"])
     if groups:
         with st.expander(f"the graph view's supernodes ({len(groups)}: yours first, then automatic ones)"):
             for name, members in groups:
                 st.write(f"**{name}**: " + ", ".join(export.node_label(g, n) for n in members))
-    with st.form("supernode"):
+    with st.form("supernode", clear_on_submit=True):
         name = st.text_input("supernode name", key="sn_name")
         members = st.multiselect("members", [export.node_id(n) for n in g.nodes if n.kind.endswith("_feature")],
                                  key="sn_members", select_all=False)
@@ -182,5 +195,12 @@ def subgraph_view(g) -> None:
                 nodes = [guarded(parse_node, k) for k in members]
                 if None not in nodes:
                     s["ui"]["supernodes"].append({"name": name.strip(), "nodes": [n.to_json() for n in nodes]})
-    for sn in s["ui"]["supernodes"]:
-        st.write(f"**{sn['name']}**: " + ", ".join(export.node_label(g, Node.from_json(n)) for n in sn["nodes"]))
+                    st.rerun()  # the view and the list above show it
+    for k, sn in enumerate(list(s["ui"]["supernodes"])):
+        if sn.get("auto"):  # saved by `circuits trace` with the graph: listed in the expander above
+            continue
+        c1, c2 = st.columns([6, 1])
+        c1.write(f"**{sn['name']}**: " + ", ".join(export.node_label(g, Node.from_json(n)) for n in sn["nodes"]))
+        if c2.button("remove", key=f"sn_remove_{k}"):
+            s["ui"]["supernodes"].pop(k)
+            st.rerun()

@@ -216,9 +216,27 @@ def retire(graph_id: str) -> None:
 
 
 def graph_view(published: dict, *, node_threshold: float, edge_threshold: float, cap: int | None,
-               epoch: int, selected: int | None, user_labels: dict[str, str], key: str):
+               epoch: int, selected: int | None, user_labels: dict[str, str], key: str,
+               user_groups: list[dict] | None = None):
     """Draw the view of a `publish`ed graph; returns its last report (``{"instance", "seq", "graph_id",
     "node_threshold", "edge_threshold", "cap", "selected"}``) or None. The view adopts the given thresholds when
-    `epoch` changes (a new graph, or a change made elsewhere on the page)."""
+    `epoch` changes (a new graph, or a change made elsewhere on the page). `user_groups` (``[{"name", "members":
+    [node index, ...]}]``): supernodes made on the page, drawn before the automatic ones, which keep only the
+    members no earlier group took."""
     return _component()(**published, thresholds={"node": node_threshold, "edge": edge_threshold, "cap": cap},
-                        epoch=epoch, selected=selected, user_labels=user_labels, key=key, default=None)
+                        epoch=epoch, selected=selected, user_labels=user_labels, key=key, default=None,
+                        user_groups=user_groups or [])
+
+
+def merged_groups(user: list[dict], packed: list[dict]) -> list[dict]:
+    """What the view draws as supernodes (`user_groups` first, then the packed ones, each keeping only members no
+    earlier group took; groups left with fewer than 2 members dropped): the same rule as the browser's."""
+    taken: set[int] = set()
+    out = []
+    for g in [*user, *packed]:
+        members = [i for i in g["members"] if i not in taken]
+        if len(members) < 2:
+            continue
+        taken.update(members)
+        out.append({"name": g["name"], "members": members})
+    return out

@@ -15,8 +15,25 @@ let selected = null, userLabels = {}, seq = 0, reportTimer = null, lastDraw = ""
 // grouping: "supernodes" (meta.supernodes), "cells" (meta.cells: every layer × position cell) or "none"
 let grouping = "supernodes", expanded = new Set(), highlight = null;
 
+let userGroups = []; // supernodes made on the page ({name, members}), drawn before the automatic ones
+let groupCache = null, groupCacheKey = null;
+
 function groupList() {
-  return (grouping === "cells" ? meta.cells : grouping === "supernodes" ? meta.supernodes : null) || [];
+  if (grouping === "cells") return meta.cells || [];
+  if (grouping !== "supernodes") return [];
+  const key = JSON.stringify([graphId, userGroups]);
+  if (groupCacheKey === key) return groupCache;
+  // the page's supernodes first; automatic (and stored) ones keep only members no earlier group took
+  const taken = new Set(), out = [];
+  for (const g of [...userGroups, ...(meta.supernodes || [])]) {
+    const members = g.members.filter((i) => !taken.has(i));
+    if (members.length < 2) continue;
+    for (const i of members) taken.add(i);
+    out.push({ name: g.name, members });
+  }
+  groupCache = out;
+  groupCacheKey = key;
+  return out;
 }
 const instance = Math.random().toString(36).slice(2); // tells this view's reports from an earlier one's
 
@@ -307,7 +324,7 @@ window.addEventListener("resize", () => {
 
 function draw(force) {
   if (!window.Plotly) { plotlyReady.then(() => draw(force)); return; }
-  const key = JSON.stringify([graphId, state, selected, userLabels, grouping, [...expanded], highlight]);
+  const key = JSON.stringify([graphId, state, selected, userLabels, userGroups, grouping, [...expanded], highlight]);
   if (!force && key === lastDraw) { sendHeight(); return; }
   drawnWidth = window.innerWidth;
   lastDraw = key;
@@ -410,6 +427,8 @@ function apply() {
   }
   selected = args.selected === undefined ? null : args.selected;
   userLabels = args.user_labels || {};
+  const groups = args.user_groups || [];
+  if (JSON.stringify(groups) !== JSON.stringify(userGroups)) { userGroups = groups; expanded = new Set(); }
   draw();
 }
 
