@@ -373,7 +373,7 @@ def test_cli_attention_on_the_organism(tmp_path):
     assert data["keys"] == [2, 10] and len(data["pairs"]) == 4
     assert abs(data["terms_total"] - data["value"]) < 1e-4 * max(1.0, abs(data["value"]))
     proc = run_cli("attention", PROMPT, "--head", "9.0", "--key", "2")
-    assert proc.returncode == 2 and "layer 9 does not exist" in proc.stderr
+    assert proc.returncode == 2 and "layer 9 is out of range: the model has 4 layers" in proc.stderr
 
 
 def test_autograd_graphs_have_no_head_routes(variants):

@@ -105,8 +105,11 @@ def cmd_attention(args) -> int:
     for t in qk.top(args.top, constants=False):
         print(f"  {_node_name(t.query, query):<14} × {_node_name(t.key, t.key_pos):<14} {tokens[t.key_pos]!r:<12} "
               f"{t.contribution:+.4f}")
+    key_title = "key side (summed over the query side)" + (
+        f"; a source at --versus {args.versus} enters with a minus sign (its score is subtracted), so + favours "
+        f"--key {args.key}" if args.versus is not None else "")
     for title, rows in (("query side (summed over the key side)", qk.query_marginals()),
-                        ("key side (summed over the query side)", qk.key_marginals())):
+                        (key_title, qk.key_marginals())):
         print(f"{title}:")
         for m in rows[: args.top]:
             print(f"  {_node_name(m.node, m.pos):<14} {tokens[m.pos]!r:<12} {m.contribution:+.4f}")

@@ -431,6 +431,8 @@ def render_text(dash: Dashboard, width: int = 100) -> str:
     evidence = enrichment_evidence(dash)
     if evidence is not None:
         lines.append(evidence)
+    lines.append("logit effect per unit of activation (its write through the final LayerNorm as the graph reads "
+                 "it, then the unembedding):")
     lines.append("promotes: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in dash.logits_top))
     lines.append("suppresses: " + ", ".join(f"{t!r} {v:+.2f}" for t, v in dash.logits_bottom))
     if dash.heads:

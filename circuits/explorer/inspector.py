@@ -59,6 +59,8 @@ def node_inspector(g, full, run: dict, influence) -> None:
                         st.caption(_md_escape(evidence))
                     st.write("promotes: " + ", ".join(f"`{t}` {v:+.2f}" for t, v in dash.logits_top[:6]))
                     st.write("suppresses: " + ", ".join(f"`{t}` {v:+.2f}" for t, v in dash.logits_bottom[:6]))
+                    st.caption("logit effect per unit of activation; the top 6 each way (the label's promote / "
+                               "suppress claims count the top 20)")
                     st.html("".join(context_html(e.tokens, e.focus, e.activation) for e in dash.top_examples()[:5]))
     incoming = full.incoming(node)
     rows_in = [{"source": export.node_label(full, n), "weight": w} for n, w in incoming.items()]
