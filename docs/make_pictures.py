@@ -100,4 +100,10 @@ def stats() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(stats() if sys.argv[1:] == ["--stats"] else main())
+    import argparse
+
+    # argparse: a mistyped option (--stat, --help) is an error or help, never a silent rewrite of the picture
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--stats", action="store_true", help="print the numbers docs/readable-circuits.md quotes "
+                        "instead of drawing docs/images/ioi.png")
+    sys.exit(stats() if parser.parse_args().stats else main())
