@@ -297,7 +297,9 @@ def cmd_trace(args) -> int:
               f"empty {f['empty']:.3f}, model {f['full']:.3f}); {r['draws']} random circuits of the same shape: "
               f"{r['mean']:.3f} (min {min(r['scores']):.3f}, max {max(r['scores']):.3f})")
     if faith:
-        print("  = (circuit − empty) / (model − empty): 'circuit' keeps the pruned graph's feature and error nodes "
+        import textwrap
+
+        print(textwrap.fill("= (circuit − empty) / (model − empty): 'circuit' keeps the pruned graph's feature and error nodes "
               + ("(and the BOS nodes folded into its constants) " if bos_nodes else "")
               + "and ablates everything else with live attention; 'empty' ablates everything; 1.0 = the pruned graph "
               "alone gives the model's value, 0 = no better than ablating everything. Standard mean "
@@ -305,7 +307,8 @@ def cmd_trace(args) -> int:
               "text (the field's convention); the held-inactive variant leaves features inactive on the prompt at "
               "0 (not comparable with the literature); zero ablation sets them to 0. A random circuit keeps the "
               "same error nodes and as many other active features per dictionary and position. Across prompts, "
-              "with intervals: `circuits study` (docs/case-studies.md)")
+              "with intervals: `circuits study` (docs/case-studies.md)", width=116, initial_indent="  ",
+              subsequent_indent="    "))
     if routes:
         print(f"top {len(routes)} routes from the tokens to the target (features merged per position, layer and "
               "kind; weight = share of the target's attribution along the route, + pushes it up):")

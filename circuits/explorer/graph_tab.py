@@ -54,7 +54,7 @@ def graph_figure(graph, influence, labels: dict):
                 f"activation {float(graph.activations[i]):.3f}<br>influence {float(influence[i]):.4f}"
                 for i in rows]
         fig.add_trace(go.Scatter(x=np.array([x[i] for i in rows]), y=np.array([y[i] for i in rows]),
-                                 mode="markers", name=kind,
+                                 mode="markers", name=KIND_WORDS.get(kind, kind),
                                  marker={"size": np.array([size[i] for i in rows]), "color": colour,
                                          "line": {"width": 1, "color": "#333"}},
                                  customdata=np.array(rows), hovertext=text, hoverinfo="text"))
@@ -67,6 +67,12 @@ def graph_figure(graph, influence, labels: dict):
                       yaxis={"tickmode": "array", "tickvals": ranks, "ticktext": [names[r] for r in ranks],
                              "showgrid": True}, legend={"orientation": "h"})
     return fig
+
+
+#: The legend's words for the node kinds (as the browser graph view's)
+KIND_WORDS = {"token": "token", "attn_feature": "attention feature", "mlp_feature": "transcoder feature",
+              "attn_error": "attention error", "mlp_error": "MLP error", "logit": "logit",
+              "logit_diff": "logit difference"}
 
 
 def server_graph(g, influence, labels: dict) -> None:
@@ -164,7 +170,11 @@ def subgraph_view(g) -> None:
 
     s = state()
     pins = [Node.from_json(p) for p in s["ui"]["pins"]]
-    st.markdown(f"**pinned nodes** ({len(pins)}): " + (", ".join(export.node_label(g, n) for n in pins)
+    from circuits.explorer.markup import _md_escape
+
+    custom = s["ui"]["labels"]
+    st.markdown(f"**pinned nodes** ({len(pins)}): " + (", ".join(_md_escape(custom.get(export.node_id(n)) or
+                                                                            export.node_label(g, n)) for n in pins)
                                                       or "none yet: select a node and press 'pin this node' in its tab"))
     if pins:
         sub = pinned_subgraph(g, pins)

@@ -26,7 +26,7 @@ def header_text(graph, g) -> str:
             text += f" = {t['value']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
         targets.append(text)
     return (f"**{_md_escape(title.strip())}** → {_md_escape(', '.join(targets))}  \n"
-            f"{graph.n_nodes} nodes / {graph.n_edges:,} edges, pruned to {g.n_nodes} / {g.n_edges:,}")
+            f"{graph.n_nodes:,} nodes / {graph.n_edges:,} edges, pruned to {g.n_nodes:,} / {g.n_edges:,}")
 
 
 def _md_escape(text: str) -> str:
