@@ -52,8 +52,10 @@ def whitespace_problem(text: str, encode, unk: int | None, what: str = "the prom
     inner = text.strip()
     odd = re.search(r"\s{2,}|[^\S ]", inner)
     if odd:
-        kind = "two spaces in a row" if odd.group().strip(" ") == "" else f"a {_SPACE_NAMES.get(odd.group()[0], 'whitespace character')}"
-        found.append(f"has {kind} at character {len(text) - len(text.lstrip()) + odd.start()}")
+        other = odd.group().strip(" ")  # the first character that is not a plain space, if any
+        kind = "two spaces in a row" if not other else f"a {_SPACE_NAMES.get(other[0], 'whitespace character')}"
+        at = odd.start() + (len(odd.group()) - len(odd.group().lstrip(" ")) if other else 0)
+        found.append(f"has {kind} at character {len(text) - len(text.lstrip()) + at}")
     return (f"{what} {' and '.join(found)}, which the model's tokenizer reads as an unknown token (it changes the "
             f"positions and what is explained); remove it: {tidy!r}")
 
@@ -107,10 +109,14 @@ def file_kind(path: str | Path) -> str | None:
         return "png"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
         return "safetensors"
-    text = head.decode("utf-8", errors="replace").lstrip()
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")  # a byte-order mark too
     if text.startswith(("{", "[")):
+        if re.match(r'\{\s*"format"\s*:\s*"circuits-graph"', text):  # our writer puts "format" first
+            return "circuits-graph"
+        if path.stat().st_size > 50_000_000:  # not parsed whole: a large JSON file of another kind
+            return "json"
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except (ValueError, UnicodeDecodeError):
             return "text"
         if isinstance(data, dict) and data.get("format") == "circuits-graph":
@@ -122,7 +128,7 @@ def file_kind(path: str | Path) -> str | None:
         return "svg"
     if "<graphml" in text[:2000]:
         return "graphml"
-    if text.startswith(("digraph", "graph", "strict")):
+    if re.match(r"(strict\s+)?(di)?graph\b[^{]*\{", text):
         return "dot"
     return "text" if "\ufffd" not in text else "binary"
 

@@ -484,3 +484,23 @@ def test_a_dashboards_option_that_is_not_a_database_is_refused_before_the_model_
     graph.write_text('{"format": "circuits-graph"}')
     one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--dashboards", graph), "--dashboards",
                    "a circuits graph file, not a dashboard database")
+
+
+def test_a_dashboards_database_of_other_dictionaries_fails_before_the_attribution(capsys, no_attribution):
+    """Named explicitly, a database built for other dictionaries is an error — found when the model loads, not
+    after the attribution, pruning and faithfulness (which then wrote none of the requested files)."""
+    db = ROOT / "data" / "dashboards" / "organism.sqlite"
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--dicts", "organism-base", "--dashboards", db),
+                   "--dashboards", "fingerprint mismatch", "--dicts organism-base --out FILE")
+
+
+def test_file_kind_reads_a_byte_order_mark_and_does_not_take_notes_for_dot(tmp_path):
+    from circuits.inputs import file_kind, whitespace_problem
+
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b'\xef\xbb\xbf{"a": 1}')
+    notes = tmp_path / "notes.txt"
+    notes.write_text("graph notes: what the diff showed")
+    assert (file_kind(bom), file_kind(notes)) == ("json", "text")
+    encode = lambda t: [0 if c.isspace() else 1 for c in t]  # noqa: E731  (a tokenizer with no space token)
+    assert "a tab at character 5" in whitespace_problem("Mary \twent", encode, 0)

@@ -378,3 +378,13 @@ def test_merged_groups_give_members_to_the_first_group_that_takes_them():
                         [{"name": "a", "members": [2, 3, 4]}, {"name": "b", "members": [4, 5]}, {"name": "c",
                                                                                                "members": [1, 6]}])
     assert got == [{"name": "mine", "members": [1, 2]}, {"name": "a", "members": [3, 4]}]  # b and c keep one each
+
+
+def test_a_stored_supernode_removed_on_the_page_stays_removed():
+    """A supernode saved in a file was baked into the view's groups when the file was opened, so 'remove' gave its
+    members back to the baked copy; stored groups are now the page's to send."""
+    from circuits.graph_view import merged_groups
+
+    packed = [{"name": "saved", "members": [1, 2], "stored": True}, {"name": "auto", "members": [3, 4]}]
+    assert merged_groups([], packed) == [{"name": "auto", "members": [3, 4]}]
+    assert merged_groups([{"name": "saved", "members": [1, 2]}], packed)[0]["name"] == "saved"

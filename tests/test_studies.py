@@ -724,3 +724,21 @@ def test_two_hop_n_above_its_limit_is_cut_with_a_warning(monkeypatch, capsys, tm
     monkeypatch.setattr(circuits.studies, "run_study", run_study)
     assert main(["study", "two_hop", "--n", "500", "--out", str(tmp_path / "r")]) != 0
     assert seen["n"] == 48 and "--n 500: the two_hop study has at most 48 evaluation prompts" in capsys.readouterr().err
+
+
+def test_the_api_cuts_n_to_the_studys_limit_with_a_warning(monkeypatch):
+    """StudySpec(n=500) for two_hop through the API used 48 prompts silently and wrote --n 500 in the report."""
+    import circuits.studies.runner as runner
+    from circuits.studies import StudySpec
+
+    seen = {}
+
+    def build_state(spec, rm, study):
+        seen["n"] = spec.n
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(runner, "build_state", build_state)
+    with pytest.warns(UserWarning, match="at most 48 evaluation prompts; n=500 runs 48"):
+        with pytest.raises(RuntimeError, match="stop"):
+            runner.run_study(StudySpec("two_hop", n=500))
+    assert seen["n"] == 48

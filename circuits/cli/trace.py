@@ -24,23 +24,36 @@ from circuits.cli.trace_checks import (
 from circuits.errors import CircuitsError
 
 
-def _feature_labels(rm, args, graph, say) -> dict[str, str]:
-    """{node id: label} of the graph's features from the model's dashboard database, when there is one built for
-    these dictionaries (empty otherwise)."""
-    from circuits import dashboards, export
+def _open_dashboards(rm, args):
+    """The dashboard database for labels (the --dashboards file, else the model's default when it exists) and the
+    error that stops it being used (None when it is fine). A --dashboards file that does not fit these dictionaries
+    is an error: called right after the model loads, before any attribution."""
+    from circuits import dashboards
 
     explicit = bool(getattr(args, "dashboards", None))
     path = Path(args.dashboards) if explicit else _dashboard_db(args.model)
     if not path.exists():
-        return {}
+        return None, None
     hint = f"circuits dashboards build --model {args.model}" + (
         "" if args.dicts in (None, "organism") else f" --dicts {args.dicts} --out FILE` and pass `--dashboards FILE")
     try:
-        db = dashboards.Dashboards(path, rm, build_hint=hint)
+        return dashboards.Dashboards(path, rm, build_hint=hint), None
     except dashboards.DashboardError as e:
         if explicit:  # asked for by name: not a silent "no labels"
             raise CircuitsError(f"--dashboards: {e}") from None
-        say(f"no feature labels: {e}")
+        return None, e
+
+
+def _feature_labels(rm, args, graph, say, opened=None) -> dict[str, str]:
+    """{node id: label} of the graph's features from the model's dashboard database, when there is one built for
+    these dictionaries (empty otherwise); `opened`: what `_open_dashboards` returned."""
+    from circuits import export
+
+    db, problem = opened if opened is not None else _open_dashboards(rm, args)
+    if db is None and problem is None:
+        return {}
+    if db is None:
+        say(f"no feature labels: {problem}")
         # the database is not these dictionaries' (e.g. organism-skip shares the default set's dictionary names):
         # supernodes must not borrow its label categories either (circuits.labels.store_for's fallback)
         from circuits import labels
@@ -183,6 +196,7 @@ def cmd_trace(args) -> int:
     if shapes is None:
         _check_inputs(args, prompt, target, None, _loaded_shapes(dset))
     rm = ReplacementModel(model, dset, name=args.model)
+    opened = _open_dashboards(rm, args)  # an explicit --dashboards of other dictionaries fails here, before the work
     load_s = time.perf_counter() - t0
     say("attributing ...")
     cache = rm.run(prompt) if args.qk else None  # --qk reads the same forward pass
@@ -196,7 +210,7 @@ def cmd_trace(args) -> int:
         graph = fold_bos(graph)
     t1 = time.perf_counter()
     result = prune(graph, args.node_threshold, args.edge_threshold, args.max_features)
-    labels = _feature_labels(rm, args, graph, say)
+    labels = _feature_labels(rm, args, graph, say, opened)
     _attach_labels(graph if args.full else result.graph, labels)
     prune_s = time.perf_counter() - t1
     full_scores, pruned_scores = graph_scores(graph), graph_scores(result.graph)
@@ -293,9 +307,11 @@ def cmd_trace(args) -> int:
               "in-sample, one prompt):")
     for f in faith or []:
         r = f["random"]
+        moved = (f"; {r['elsewhere']} of their {r['features']} features drawn at other positions, too few being left "
+                 "at the circuit's" if r.get("elsewhere") else "")
         print(f"  {f.get('label', f['ablation'] + ' ablation')}: {f['score']:.3f} (circuit {f['circuit']:.3f}, "
               f"empty {f['empty']:.3f}, model {f['full']:.3f}); {r['draws']} random circuits of the same shape: "
-              f"{r['mean']:.3f} (min {min(r['scores']):.3f}, max {max(r['scores']):.3f})")
+              f"{r['mean']:.3f} (min {min(r['scores']):.3f}, max {max(r['scores']):.3f}{moved})")
     if faith:
         import textwrap
 
@@ -306,7 +322,8 @@ def cmd_trace(args) -> int:
               "ablation sets every other feature, inactive ones included, and error node to its mean over held-out "
               "text (the field's convention); the held-inactive variant leaves features inactive on the prompt at "
               "0 (not comparable with the literature); zero ablation sets them to 0. A random circuit keeps the "
-              "same error nodes and as many other active features per dictionary and position. Across prompts, "
+              "same error nodes and as many other active features per dictionary and position (from other positions of "
+              "the dictionary where too few are left: that makes it weaker). Across prompts, "
               "with intervals: `circuits study` (docs/case-studies.md)", width=116, initial_indent="  ",
               subsequent_indent="    "))
     if routes:

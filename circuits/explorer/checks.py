@@ -74,9 +74,12 @@ def checks(full, g, run: dict) -> None:
                  f"model {f.full:.3f} ({f.n_features} features and {f.n_errors} errors kept"
                  + (f": the pruned graph's, and the {f.n_bos} at BOS folded into its constants)" if f.n_bos else ")")
                  + f"; {len(base.scores)} random circuits of the same shape: {base.mean:.3f} "
-                 f"(min {min(base.scores):.3f}, max {max(base.scores):.3f})")
+                 f"(min {min(base.scores):.3f}, max {max(base.scores):.3f}"
+                 + (f"; {base.n_elsewhere} of their {base.n_features} features drawn at other positions, too few "
+                    "being left at the circuit's)" if base.n_elsewhere else ")"))
     st.caption("Standard mean ablation (the field's convention) sets every feature outside the circuit, inactive "
                "ones included, and every error node outside it to its mean over held-out text; the held-inactive "
                "variant leaves features inactive on the prompt at 0 (not comparable with the literature); zero "
                "ablation sets them to 0. A random circuit keeps the same error nodes and as many other active "
-               "features per dictionary and position.")
+               "features per dictionary and position (from other positions of the dictionary where too few are "
+               "left: that makes it weaker).")

@@ -26,8 +26,8 @@ def files(full, g) -> None:
     ready = st.session_state.get("files")
     if ready and ready.get("basis") != basis:  # prepared before the graph, pruning, pins or labels changed
         st.session_state.pop("files")
-        st.caption("The graph, its pruning, pins, labels or supernodes changed since the downloads were prepared: "
-                   "prepare them again.")
+        st.caption("What the downloads would hold changed since they were prepared (pruned or full, the graph, its "
+                   "pruning, pins, labels or supernodes): prepare them again.")
         ready = None
     if ready:
         c = st.columns(4)

@@ -84,11 +84,13 @@ def groups_and_paths(graph: Graph, ranked: NodeRanking, n_paths: int = 5) -> tup
     index = {n: i for i, n in enumerate(graph.nodes)}
     groups, taken = [], set()
     stored = [s for s in (graph.metadata.get("ui") or {}).get("supernodes", []) if not s.get("auto")]
-    for s in stored + auto_supernodes(pruned):
+    for k, s in enumerate(stored + auto_supernodes(pruned)):
         members = [index[m] for m in (Node.from_json(v) for v in s["nodes"]) if m in index and index[m] not in taken]
         if len(members) >= 2:
             taken.update(members)
-            groups.append({"name": str(s["name"]), "members": members})
+            # stored (made on the page and saved): the page sends its current ones (`user_groups`), so these are
+            # marked and left out of what is drawn, and a removed one stays removed
+            groups.append({"name": str(s["name"]), "members": members, **({"stored": True} if k < len(stored) else {})})
     paths = [{"text": r.text(), "weight": r.weight, "steps": [[index[n] for n in step] for step in r.steps]}
              for r in top_routes(pruned, n_paths)]
     return groups, paths, layer_cells(graph, pruned)
@@ -229,11 +231,12 @@ def graph_view(published: dict, *, node_threshold: float, edge_threshold: float,
 
 
 def merged_groups(user: list[dict], packed: list[dict]) -> list[dict]:
-    """What the view draws as supernodes (`user_groups` first, then the packed ones, each keeping only members no
-    earlier group took; groups left with fewer than 2 members dropped): the same rule as the browser's."""
+    """What the view draws as supernodes (`user_groups` first, then the packed automatic ones — stored ones are the
+    page's to send —, each keeping only members no earlier group took; groups left with fewer than 2 members
+    dropped): the same rule as the browser's."""
     taken: set[int] = set()
     out = []
-    for g in [*user, *packed]:
+    for g in [*user, *(g for g in packed if not g.get("stored"))]:
         members = [i for i in g["members"] if i not in taken]
         if len(members) < 2:
             continue

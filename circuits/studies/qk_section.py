@@ -21,9 +21,10 @@ the head's preference) are removed at END on every prompt where they are active:
   (LayerNorm recomputed); the change of the attention pattern ``A[END, a] − A[END, b]`` is reported with an
   interval, with the predicted direction (the sign of the frozen change) and the share of prompts that move that
   way.
-* **random baseline**: on each prompt, as many other query-side role nodes present at END on that prompt (constant
-  parts excluded), drawn at random (seeded), removed the same way: their live change and the share of prompts on
-  which it goes the top nodes' predicted way. A share of 60% means little when random removals reach 55%.
+* **random baseline**: on each prompt, as many other query-side role nodes present at END as the top nodes removed
+  there (constant parts excluded), drawn at random (seeded), removed the same way: their live change and the share
+  of those prompts on which it goes the way the top nodes' removal was predicted to go on that prompt. A share of
+  60% means little when random removals reach 55%.
 
 Everything is deterministic: prompts in the given order, role nodes sorted by value then by name, seeded bootstraps.
 """
@@ -199,9 +200,13 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
             qm = rec["q"][rec["index"].index(i)]
             chosen = removals[spec.name + ":" + spec.contrast]
             rec["checks"].append(_removal(rm, cache, src, spec, p, a, b, chosen, qm))
+            # as many as the top nodes removed on this prompt (those present here), scored against its prediction
+            n_here = sum(1 for k in chosen if qm.get(k, 0.0) != 0)
             others = sorted(k for k, v in qm.items() if v != 0 and k not in chosen and not k.startswith("const@"))
-            drawn = rng.sample(others, min(len(chosen), len(others)))
-            rec["random_checks"].append(_removal(rm, cache, src, spec, p, a, b, drawn, qm))
+            drawn = rng.sample(others, min(n_here, len(others)))
+            rand = _removal(rm, cache, src, spec, p, a, b, drawn, qm)
+            rand["top_predicted"] = rec["checks"][-1]["predicted"]
+            rec["random_checks"].append(rand)
     out_heads = []
     for spec in heads:
         rec = per_head[spec.name + ":" + spec.contrast]
@@ -236,8 +241,9 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
                 "random": {
                     "live_pattern": _iv([c["live_pattern"] for c in rand], seed),
                     "prompts_with_any": len(rand_moved),
-                    "share_in_direction": (sum(1 for c in rand_moved if np.sign(c["live_pattern"]) == direction)
-                                           / len(rand_moved)) if rand_moved and direction else float("nan"),
+                    "share_in_direction": (sum(1 for c in rand_moved if np.sign(c["live_pattern"])
+                                               == np.sign(c["top_predicted"])) / len(rand_moved))
+                    if rand_moved else float("nan"),
                 },
             },
         })

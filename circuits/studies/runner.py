@@ -23,9 +23,11 @@ node seen would pick mostly silent nodes and make any circuit look good).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from statistics import mean
@@ -299,6 +301,13 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     warning. With `ray_address` it runs as Ray tasks of `chunk_size` prompts each (docs/ray.md); the result does not
     depend on where or in what chunks the work ran."""
     check_not_bootstrapping()
+    from circuits.studies import get_study
+
+    limit = (study if study is not None else get_study(spec.study, **dict(spec.options))).max_evaluation
+    if limit is not None and spec.n > limit:  # said, and the spec (the report's Reproduce line) says what ran
+        warnings.warn(f"the {spec.study} study has at most {limit} evaluation prompts; n={spec.n} runs {limit}",
+                      stacklevel=2)
+        spec = dataclasses.replace(spec, n=limit)
     if ray_address:
         if rm is not None or study is not None:
             raise CircuitsError("ray_address with a given rm or study: Ray workers rebuild the model, dictionaries "

@@ -25,7 +25,7 @@ function groupList() {
   if (groupCacheKey === key) return groupCache;
   // the page's supernodes first; automatic (and stored) ones keep only members no earlier group took
   const taken = new Set(), out = [];
-  for (const g of [...userGroups, ...(meta.supernodes || [])]) {
+  for (const g of [...userGroups, ...(meta.supernodes || []).filter((g) => !g.stored)]) {
     const members = g.members.filter((i) => !taken.has(i));
     if (members.length < 2) continue;
     for (const i of members) taken.add(i);
