@@ -504,3 +504,8 @@ def test_file_kind_reads_a_byte_order_mark_and_does_not_take_notes_for_dot(tmp_p
     assert (file_kind(bom), file_kind(notes)) == ("json", "text")
     encode = lambda t: [0 if c.isspace() else 1 for c in t]  # noqa: E731  (a tokenizer with no space token)
     assert "a tab at character 5" in whitespace_problem("Mary \twent", encode, 0)
+
+
+def test_a_corrupted_prompt_equal_to_the_prompt_is_refused(capsys, no_model):
+    """It ran and printed all-zero effects with no note."""
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--corrupt", PROMPT), "--corrupt is the prompt itself")

@@ -192,3 +192,18 @@ def test_pinned_subgraph_keeps_only_tokens_and_targets_joined_to_a_pin():
     assert set(pinned_subgraph(g, [absent]).nodes) == set()
     sub = pinned_subgraph(g, [A])
     assert sorted(sub.edge_weight.tolist()) == [1.0, 2.0]  # only the edges among the kept nodes
+
+
+def test_the_views_supernode_names_are_unique():
+    """Several groups of one kind, layer, category and position had the same name ('M1 preposition @14 ×2' four
+    times in the view); repeats are numbered."""
+    from circuits.graph_view import groups_and_paths
+    from circuits.pruning import rank_nodes
+
+    g = planted()
+    stored = [{"name": "same", "nodes": [A.to_json(), B.to_json()]}, {"name": "same", "nodes": [C.to_json(),
+                                                                                                 D.to_json()]}]
+    g.metadata["ui"] = {"supernodes": stored}
+    groups, _, _ = groups_and_paths(g, rank_nodes(g))
+    names = [x["name"] for x in groups]
+    assert len(names) == len(set(names)) and names[:2] == ["same", "same (2)"]

@@ -88,7 +88,8 @@ def cmd_attention(args) -> int:
     query = args.query if args.query is not None else cache.n_pos - 1
     keys = args.key if args.versus is None else (args.key, args.versus)
     qk = explain_attention(rm, cache, layer, head, query, keys, quantity="pattern" if args.pattern else "score")
-    out = {"model": args.model, "dictionaries": args.dicts, "prompt": prompt, "token_strings": tokens,
+    out = {"format": "circuits-attention", "model": args.model, "dictionaries": args.dicts, "prompt": prompt,
+           "token_strings": tokens,
            **qk.to_json(args.top)}
     if args.json:
         _write_json(Path(args.json), out)

@@ -26,8 +26,8 @@ def aggregated_notice(graph) -> bool:
     if not graph.metadata.get("aggregated"):
         return False
     st.info(f"This graph aggregates {graph.metadata.get('n_prompts', 'many')} prompts of the "
-            f"{graph.metadata.get('study', '')} study by role (positions are roles): faithfulness and interventions "
-            "need a single prompt; the study's report has them (page 'case studies').")
+            f"{graph.metadata.get('study', '')} study by role (positions are roles): faithfulness, interventions and "
+            "the logit lens need a single prompt; the study's report has its measurements (page 'case studies').")
     return True
 
 

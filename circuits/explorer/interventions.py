@@ -27,8 +27,10 @@ def interventions(g, run: dict) -> None:
     chosen = st.multiselect("features", list(labels), format_func=lambda k: labels.get(k, k), key="iv_nodes",
                             select_all=False, placeholder="type an id such as M3#1184@14, or a label")
     mode = st.radio("edit", ["zero", "scale", "clamp"], horizontal=True, key="iv_mode")
-    value = st.number_input("value (scale factor or clamp value)", value=2.0, min_value=-1e4, max_value=1e4,
-                            key="iv_value")
+    value = 0.0
+    if mode != "zero":  # zeroing takes no value
+        value = st.number_input("scale factor" if mode == "scale" else "clamp value", value=2.0, min_value=-1e4,
+                                max_value=1e4, key="iv_value")
     frozen = st.toggle("frozen attention and LayerNorm", value=False, key="iv_frozen")
     if st.button("run intervention", key="iv_run"):
         if not chosen:

@@ -91,6 +91,11 @@ def groups_and_paths(graph: Graph, ranked: NodeRanking, n_paths: int = 5) -> tup
             # stored (made on the page and saved): the page sends its current ones (`user_groups`), so these are
             # marked and left out of what is drawn, and a removed one stays removed
             groups.append({"name": str(s["name"]), "members": members, **({"stored": True} if k < len(stored) else {})})
+    seen: dict[str, int] = {}
+    for g in groups:  # names repeat (several groups of one kind, layer, category and position): number them
+        seen[g["name"]] = seen.get(g["name"], 0) + 1
+        if seen[g["name"]] > 1:
+            g["name"] = f"{g['name']} ({seen[g['name']]})"
     paths = [{"text": r.text(), "weight": r.weight, "steps": [[index[n] for n in step] for step in r.steps]}
              for r in top_routes(pruned, n_paths)]
     return groups, paths, layer_cells(graph, pruned)
