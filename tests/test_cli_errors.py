@@ -250,3 +250,17 @@ def test_attention_and_study_outputs_never_replace_other_files(tmp_path, capsys)
     (other / "results.json").write_text('{"study": "ioi"}')
     code = main(["study", "two_hop", "--n", "8", "--out", str(other), "--quiet"])
     assert code == 2 and "holds a report of the ioi study" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["trace", "When Mary", "--targt", "Mary"], "unrecognized arguments: --targt Mary; did you mean --target?"),
+    (["trace", "When Mary", "--target", "Mary", "--threads", "2"],
+     "--threads goes before the subcommand: circuits --threads N COMMAND"),
+    (["trace", "When Mary", "--target", "Mary", "--zzz"], "unrecognized arguments: --zzz"),
+])
+def test_a_mistyped_option_gets_a_suggestion(argv, needle, capsys):
+    from circuits.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and needle in capsys.readouterr().err

@@ -62,6 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _suggestion(parser: argparse.ArgumentParser, extra: list[str], top: bool) -> str:
+    """'; did you mean --target?' for a mistyped option (the closest option of that parser), or where a global
+    option goes (`--threads` after the subcommand)."""
+    import difflib
+
+    first = next((x.split("=", 1)[0] for x in extra if x.startswith("--")), None)
+    if first is None:
+        return ""
+    if not top and first in ("--threads", "--debug"):
+        return f"; {first} goes before the subcommand: circuits {first}{' N' if first == '--threads' else ''} COMMAND ..."
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(first, options, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def _chosen(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
     """The (sub)command parser that `args` went through (``circuits dicts eval`` → the ``eval`` parser), so that
     its errors print its own usage, not the top level's."""
@@ -78,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         given = list(sys.argv[1:] if argv is None else argv)
         first = given.index(extra[0]) if extra[0] in given else len(given)
         top = args.command in given and first < given.index(args.command)
-        (parser if top else _chosen(parser, args)).error(f"unrecognized arguments: {' '.join(extra)}")
+        chosen = parser if top else _chosen(parser, args)
+        chosen.error(f"unrecognized arguments: {' '.join(extra)}" + _suggestion(chosen, extra, top))
     if getattr(args, "subsample", 1.0) <= 0 or getattr(args, "subsample", 1.0) > 1:
         _chosen(parser, args).error("--subsample must be in (0, 1]")
     import warnings
