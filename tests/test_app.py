@@ -159,7 +159,7 @@ def test_a_graph_view_report_moves_the_thresholds_and_selects_the_clicked_node(a
     assert not app.exception, [e.value for e in app.exception]
     assert app.slider(key="node_threshold").value == 0.6 and app.slider(key="edge_threshold").value == 0.9
     expected = prune(full, 0.6, 0.9).graph
-    assert f"pruned to {expected.n_nodes} / {expected.n_edges:,}" in _header(app)
+    assert f"pruned to {expected.n_nodes:,} / {expected.n_edges:,}" in _header(app)
     assert app.session_state["selected"] == full.nodes[clicked]
     app.slider(key="node_threshold").set_value(0.5).run()  # a later sidebar move is not undone by the old report
     assert app.slider(key="node_threshold").value == 0.5

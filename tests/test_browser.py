@@ -137,7 +137,7 @@ def test_view_thresholds_reprune_in_the_browser_and_reach_the_page(page):
     status = view.locator("#status")
     before = int(status.get_attribute("data-nodes"))
     header = page.get_by_text("pruned to").first
-    assert f"pruned to {before} /" in header.inner_text()  # the browser's pruning equals the server's
+    assert f"pruned to {before:,} /" in header.inner_text()  # the browser's pruning equals the server's
     view.locator("#node").focus()
     for _ in range(10):
         page.keyboard.press("ArrowLeft")  # 0.80 -> 0.70
@@ -147,7 +147,7 @@ def test_view_thresholds_reprune_in_the_browser_and_reach_the_page(page):
         time.sleep(0.05)
     after = int(status.get_attribute("data-nodes"))
     assert after < before
-    page.get_by_text(f"pruned to {after} /").first.wait_for(timeout=60_000)  # the page reran with 0.70
+    page.get_by_text(f"pruned to {after:,} /").first.wait_for(timeout=60_000)  # the page reran with 0.70
     thumb = page.get_by_test_id("stSliderThumbValue").first  # the sidebar's node threshold
     assert thumb.inner_text() == "0.70"
     slider = page.get_by_role("slider").nth(0)
@@ -159,7 +159,7 @@ def test_view_thresholds_reprune_in_the_browser_and_reach_the_page(page):
         time.sleep(0.05)
     final = int(status.get_attribute("data-nodes"))
     assert final > before
-    page.get_by_text(f"pruned to {final} /").first.wait_for(timeout=60_000)
+    page.get_by_text(f"pruned to {final:,} /").first.wait_for(timeout=60_000)
     assert page.locator("text=Traceback").count() == 0
 
 

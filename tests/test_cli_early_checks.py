@@ -469,8 +469,8 @@ def test_corrupt_prompt_problems_are_found_before_the_model_loads(capsys, no_mod
     one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--contrast", "John", "--corrupt",
                           "When Mary went to the store, Anna gave a drink to"), "--corrupt has 13 tokens",
                    "the prompt 15")
-    one_line_error(*trace(capsys, PROMPT, "--feature", "M3#1184@14", "--corrupt", PROMPT.replace("John,", "Anna,")),
-                   "--corrupt needs a logit target")
+    one_line_error(*trace(capsys, PROMPT, "--feature", "M3#1184@14", "--corrupt",
+                          PROMPT.replace("store, John", "store, Anna")), "--corrupt needs a logit target")
     one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--corrupt", PROMPT + " "), "the --corrupt prompt ends")
     with pytest.raises(Reached):  # the same length: past the checks
         trace(capsys, PROMPT, "--target", "Mary", "--contrast", "John", "--corrupt",

@@ -87,7 +87,7 @@ def _check_trace_options(args) -> None:
             raise CircuitsError(str(e)) from None
     if args.ig_steps and not args.corrupt:
         raise CircuitsError("--ig-steps needs --corrupt PROMPT (integrated gradients between two prompts)")
-    if args.corrupt is not None and args.corrupt.strip() == (args.prompt or "").strip() and args.prompt:
+    if args.corrupt is not None and args.prompt and args.corrupt == args.prompt:
         raise CircuitsError("--corrupt is the prompt itself: attribution patching would find no difference; give a "
                             "prompt that changes what decides the answer (e.g. one name swapped for another)")
     if args.corrupt is not None and args.feature:

@@ -303,7 +303,8 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     check_not_bootstrapping()
     from circuits.studies import get_study
 
-    limit = (study if study is not None else get_study(spec.study, **dict(spec.options))).max_evaluation
+    limit = getattr(study if study is not None else get_study(spec.study, **dict(spec.options)), "max_evaluation",
+                    None)
     if limit is not None and spec.n > limit:  # said, and the spec (the report's Reproduce line) says what ran
         warnings.warn(f"the {spec.study} study has at most {limit} evaluation prompts; n={spec.n} runs {limit}",
                       stacklevel=2)
