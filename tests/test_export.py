@@ -209,8 +209,10 @@ def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "tokens: 0:'<|endoftext|>'" in out and "top 4 nodes by influence" in out and "atp node effects" in out
-    assert "  zero ablation: " in out and "  standard mean ablation: " in out and "held-inactive" in out
-    assert "in-sample, one prompt" in out and "random circuits of the same shape" in out
+    rows = {line.split("  ")[1].strip(): line for line in out.splitlines() if line.startswith("  ") and
+            line.strip().startswith(("standard mean ablation ", "zero ablation ", "held-inactive"))}
+    assert set(rows) == {"standard mean ablation", "zero ablation", "held-inactive mean ablation (variant)"}, rows
+    assert "on this prompt only" in out and "random circuits of the same shape" in out
     # issue 21: BOS folded, routes printed and stored, the default picture is the supernode graph (<= 40 boxes)
     assert "folded into the constants" in out and "top 5 routes from the tokens" in out
     routes = [line for line in out.splitlines() if line.startswith("  0.") and " → " in line]

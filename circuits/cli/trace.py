@@ -133,6 +133,36 @@ def _clip(text: str, width: int = 60) -> str:
     return cut.rstrip(" ,;·-") + "…"
 
 
+def _print_faithfulness(faith: list[dict], bos_kept: bool) -> None:
+    """The faithfulness table: one row per convention, the circuit's score beside its random circuits'."""
+    import textwrap
+
+    r0 = faith[0]["random"]
+    print(f"faithfulness of the pruned graph on {faith[0]['metric']}, on this prompt only (the one it was pruned "
+          f"on), against {r0['draws']} random circuits of the same shape:")
+    width = max(len(f.get("label", f["ablation"])) for f in faith)
+    print(f"  {'convention':<{width}}  score  random (min–max)       circuit    empty    model")
+    for f in faith:
+        r = f["random"]
+        spread = f"{r['mean']:.3f} ({min(r['scores']):.3f}–{max(r['scores']):.3f})"
+        print(f"  {f.get('label', f['ablation'] + ' ablation'):<{width}}  {f['score']:.3f}  {spread:<21} "
+              f"{f['circuit']:8.3f} {f['empty']:8.3f} {f['full']:8.3f}")
+    if r0.get("elsewhere"):
+        print(textwrap.fill(f"(each random circuit: {r0['elsewhere']} of its {r0['features']} features drawn at other "
+                            "positions of their dictionaries, too few being left at the circuit's; that makes the "
+                            "baseline weaker)", width=116, initial_indent="  ", subsequent_indent="   "))
+    print(textwrap.fill(
+        "score = (circuit − empty) / (model − empty): 'circuit' keeps the pruned graph's feature and error nodes "
+        + ("(and the BOS nodes folded into its constants) " if bos_kept else "")
+        + "and ablates everything else with live attention; 'empty' ablates everything; 1 = the pruned graph alone "
+        "gives the model's value, 0 = no better than ablating everything. Standard mean ablation (the field's "
+        "convention) sets every other feature, inactive ones included, and error node to its mean over held-out "
+        "text; the held-inactive variant leaves features inactive on the prompt at 0 (not comparable with the "
+        "literature); zero ablation sets them to 0. A random circuit keeps the same error nodes and as many other "
+        "active features per dictionary and position. Across prompts, with intervals: `circuits study` "
+        "(docs/case-studies.md)", width=116, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False))
+
+
 def _print_top_nodes(summary: dict) -> None:
     def label(n: dict) -> str:
         return f"  {_clip(n['label'])}" if n.get("label") else ""
@@ -303,29 +333,7 @@ def cmd_trace(args) -> int:
         print(f"BOS: {bos['nodes']} features and error nodes at position {bos['pos']} folded into the constants "
               "(the same on every prompt; --show-bos keeps them)")
     if faith:
-        print(f"faithfulness of the pruned graph on {faith[0]['metric']}, on this prompt (the one it was pruned on; "
-              "in-sample, one prompt):")
-    for f in faith or []:
-        r = f["random"]
-        moved = (f"; {r['elsewhere']} of their {r['features']} features drawn at other positions, too few being left "
-                 "at the circuit's" if r.get("elsewhere") else "")
-        print(f"  {f.get('label', f['ablation'] + ' ablation')}: {f['score']:.3f} (circuit {f['circuit']:.3f}, "
-              f"empty {f['empty']:.3f}, model {f['full']:.3f}); {r['draws']} random circuits of the same shape: "
-              f"{r['mean']:.3f} (min {min(r['scores']):.3f}, max {max(r['scores']):.3f}{moved})")
-    if faith:
-        import textwrap
-
-        print(textwrap.fill("= (circuit − empty) / (model − empty): 'circuit' keeps the pruned graph's feature and error nodes "
-              + ("(and the BOS nodes folded into its constants) " if bos_nodes else "")
-              + "and ablates everything else with live attention; 'empty' ablates everything; 1.0 = the pruned graph "
-              "alone gives the model's value, 0 = no better than ablating everything. Standard mean "
-              "ablation sets every other feature, inactive ones included, and error node to its mean over held-out "
-              "text (the field's convention); the held-inactive variant leaves features inactive on the prompt at "
-              "0 (not comparable with the literature); zero ablation sets them to 0. A random circuit keeps the "
-              "same error nodes and as many other active features per dictionary and position (from other positions of "
-              "the dictionary where too few are left: that makes it weaker). Across prompts, "
-              "with intervals: `circuits study` (docs/case-studies.md)", width=116, initial_indent="  ",
-              subsequent_indent="    "))
+        _print_faithfulness(faith, bool(bos_nodes))
     if routes:
         print(f"top {len(routes)} routes from the tokens to the target (features merged per position, layer and "
               "kind; weight = share of the target's attribution along the route, + pushes it up):")
