@@ -54,8 +54,10 @@ def test_an_opened_example_drives_every_tab_with_its_own_prompt(app):
     at.button(key="faith").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     text = " ".join(m.value for m in at.markdown)
-    assert "faithfulness (zero ablation)" in text and "faithfulness (standard mean ablation)" in text
-    assert "faithfulness (held-inactive mean ablation (variant))" in text and "random circuits of the same shape" in text
+    (table,) = [d.value for d in at.dataframe if "convention" in d.value.columns]
+    assert list(table["convention"]) == ["standard mean ablation", "held-inactive mean ablation (variant)",
+                                         "zero ablation"]
+    assert "standard mean ablation" in text and "random circuits of the same shape" in text
     assert any(LYON in c.value for c in at.caption if "faithfulness" not in c.value and "prompt" in c.value)
     lens = [c for c in at.caption if c.value.startswith("logit lens on the graph's prompt")]
     assert lens and LYON in lens[0].value

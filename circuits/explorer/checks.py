@@ -69,14 +69,21 @@ def checks(full, g, run: dict) -> None:
         return
     st.caption(f"{metric_name} on the graph's prompt: {run['prompt']!r} (in-sample: the graph was pruned on it; "
                "across prompts, with intervals, see the case studies)")
-    for f, base in done["rows"]:
-        st.write(f"faithfulness ({f.label}): **{f.score:.3f}** — circuit {f.circuit:.3f}, empty {f.empty:.3f}, "
-                 f"model {f.full:.3f} ({f.n_features} features and {f.n_errors} errors kept"
-                 + (f": the pruned graph's, and the {f.n_bos} at BOS folded into its constants)" if f.n_bos else ")")
-                 + f"; {len(base.scores)} random circuits of the same shape: {base.mean:.3f} "
-                 f"(min {min(base.scores):.3f}, max {max(base.scores):.3f}"
-                 + (f"; {base.n_elsewhere} of their {base.n_features} features drawn at other positions, too few "
-                    "being left at the circuit's)" if base.n_elsewhere else ")"))
+    import pandas as pd
+
+    rows = done["rows"]
+    st.markdown(f"**faithfulness** of the pruned graph: standard mean ablation **{rows[0][0].score:.3f}** against "
+                f"{rows[0][1].mean:.3f} for {len(rows[0][1].scores)} random circuits of the same shape")
+    st.dataframe(pd.DataFrame([{"convention": f.label, "score": round(f.score, 4),
+                                "random (mean)": round(base.mean, 4),
+                                "random (min–max)": f"{min(base.scores):.3f}–{max(base.scores):.3f}",
+                                "circuit": round(f.circuit, 4), "empty": round(f.empty, 4), "model": round(f.full, 4)}
+                               for f, base in rows]), hide_index=True, width="stretch", key="faith_table")
+    f, base = rows[0]
+    st.caption(f"kept: {f.n_features} features and {f.n_errors} error nodes"
+               + (f" (the pruned graph's, and the {f.n_bos} at BOS folded into its constants)" if f.n_bos else "")
+               + (f"; each random circuit drew {base.n_elsewhere} of its {base.n_features} features at other "
+                  "positions, too few being left at the circuit's" if base.n_elsewhere else ""))
     st.caption("Standard mean ablation (the field's convention) sets every feature outside the circuit, inactive "
                "ones included, and every error node outside it to its mean over held-out text; the held-inactive "
                "variant leaves features inactive on the prompt at 0 (not comparable with the literature); zero "
