@@ -268,3 +268,20 @@ def test_feature_parts_add_up_to_the_heads_direct_effect(planted):
         f, e = _feature_parts(sae, 1, head, model, z, zref, _logit_directions(model, b, c.lnf))
         torch.testing.assert_close(f.sum(-1) + e, de[1, head], rtol=1e-5, atol=1e-4)
         assert f.abs().sum() > 0
+
+
+def test_replication_marks_each_confirmed_role_by_the_other_sets_verdict():
+    """Roles are chosen and judged on one prompt set; a role counts as replicated only when the same head gets the
+    same role, confirmed, on the disjoint selection set (a chance pass among 32 heads rarely repeats)."""
+    from circuits.studies.heads import replication
+
+    eff = {"value": 2.0, "lo": 1.5, "hi": 2.5, "n": 100}
+    main = {"roles": [{"role": "moves S2", "head": "L0H4", "verdict": "confirmed", "effect": eff},
+                      {"role": "moves S2", "head": "L0H2", "verdict": "confirmed", "effect": eff},
+                      {"role": "name mover", "head": None, "verdict": "none found"}]}
+    other = {"roles": [{"role": "moves S2", "head": "L0H4", "verdict": "confirmed", "effect": eff},
+                       {"role": "moves S2", "head": "L0H2", "verdict": "inconclusive", "effect": eff}]}
+    rep = replication(main, other, 100)
+    assert [(r["head"], r["replicated"], r["other_verdict"]) for r in rep["rows"]] == [
+        ("L0H4", True, "confirmed"), ("L0H2", False, "inconclusive")]
+    assert replication(main, {"roles": []}, 100)["rows"][0]["other_verdict"] == "not assigned"

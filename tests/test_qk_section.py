@@ -158,6 +158,13 @@ def test_head_analysis_with_the_replacement_model_reports_the_role_heads_feature
     text = render_head_section(data)
     assert "### Attention-SAE features of the role heads" in text and "| L1H0 | name mover |" in text
     assert "A1#" in text
+    # the replication on a disjoint prompt set: the planted name mover is found there too
+    from circuits.studies.heads import replication
+
+    data["replication"] = replication(data, ioi_head_analysis(rm, _prompts(model, 16, 13), ref, seed=0), 16)
+    row = next(r for r in data["replication"]["rows"] if r["head"] == "L1H0")
+    assert row["replicated"] and row["role"] == "name mover"
+    assert "**Replication**" in render_head_section(data) and "| name mover | L1H0 |" in render_head_section(data)
     heads = ioi_heads(data, min_attention=0.5)
     assert [(h.name, h.key_a, h.key_b) for h in heads][:1] == [("L1H0", "IO", "S2")]
 

@@ -58,6 +58,14 @@ def render_head_section(data: dict) -> str:
         note = "; ".join(x for x in (r.get("note", ""), r.get("attention", "")) if x)
         lines.append(f"| {r['role']} | {r['head'] or '—'} | {r['evidence']} | {eff} | {r['verdict']} | {abl} | "
                      f"{note} |")
+    rep = data.get("replication")
+    if rep:
+        lines += ["", f"**Replication** ({rep['how']}; n = {rep['n']}):", "",
+                  "| role | head | evaluation effect | selection effect | on the selection prompts |", "|---|---|---|---|---|"]
+        for r in rep["rows"]:
+            lines.append(f"| {r['role']} | {r['head']} | {_fmt(r['effect']) if r['effect'] else '–'} | "
+                         f"{_fmt(r['other_effect']) if r['other_effect'] else '–'} | "
+                         f"{'replicated' if r['replicated'] else 'not replicated: ' + r['other_verdict']} |")
     lines += ["", "### Every head", "",
               "| head | ablation drop | verdict | direct effect | END→IO | END→S1 | END→S2 | S2→S1 | S2→S1+1 | prev |",
               "|---|---|---|---|---|---|---|---|---|---|"]

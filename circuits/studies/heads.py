@@ -72,7 +72,25 @@ from circuits.studies.head_patching import (
 from circuits.studies.head_report import _best, _fmt, render_head_section
 from circuits.studies.stats import MIN_EFFECT_SHARE, Interval, mean_interval, verdict
 
-__all__ = ["head_name", "ioi_head_analysis", "render_head_section"]
+__all__ = ["head_name", "ioi_head_analysis", "render_head_section", "replication"]
+
+
+def replication(main: dict, other: dict, n_other: int) -> dict:
+    """For each role of `main`'s role table held by a head (or component), its verdict for the same role and head in
+    `other` (the analysis on another, disjoint prompt set): ``replicated`` when confirmed there too."""
+    there = {(r["role"], r["head"]): r for r in other["roles"] if r.get("head")}
+    rows = []
+    for r in main["roles"]:
+        if not r.get("head") or r["verdict"] != "confirmed":
+            continue
+        o = there.get((r["role"], r["head"]))
+        rows.append({"role": r["role"], "head": r["head"], "effect": r.get("effect"),
+                     "other_effect": o.get("effect") if o else None,
+                     "other_verdict": o["verdict"] if o else "not assigned",
+                     "replicated": bool(o and o["verdict"] == "confirmed")})
+    return {"n": n_other, "rows": rows,
+            "how": "the whole head analysis run again on the study's selection prompts (disjoint from the evaluation "
+                   "prompts); a role is replicated when the same head gets the same role, confirmed, there"}
 
 # -- the analysis ---------------------------------------------------------------------------------------------------
 

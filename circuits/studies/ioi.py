@@ -109,16 +109,26 @@ class IOIStudy(Study):
                                  "filler": f"{FILLER} {text}", "no_and": text.replace(pair, f"{a}, {b}", 1),
                                  "control": _control_edit(text)})
 
-    def head_analysis(self, rm, evaluation: list, reference: list, seed: int) -> dict | None:
+    def head_analysis(self, rm, evaluation: list, reference: list, seed: int,
+                      selection: list | None = None) -> dict | None:
         """The per-head component analysis (`circuits.studies.heads`, when that module exists): called by the
         runner with the evaluation and reference `PreparedPrompt` lists; its result goes to the report as
         ``data["heads"]`` and is rendered by `heads.render_head_section`. It gets the ReplacementModel, so that it
-        also reports which attention-SAE features of each role head carry the head's effect (issue 17 item 5)."""
+        also reports which attention-SAE features of each role head carry the head's effect (issue 17 item 5).
+
+        Roles are assigned and judged on the evaluation prompts, every head tested several ways; with `selection`
+        (the study's selection prompts, disjoint from them) the whole analysis runs again there and each role's
+        head is marked replicated or not (`heads.replication`): a role claimed on one set by chance among 32 heads
+        is unlikely to pass on the other."""
         if importlib.util.find_spec("circuits.studies.heads") is None:
             return None
         from circuits.studies import heads
 
-        return heads.ioi_head_analysis(rm, evaluation, reference, seed)
+        found = heads.ioi_head_analysis(rm, evaluation, reference, seed)
+        if selection:
+            found["replication"] = heads.replication(found, heads.ioi_head_analysis(rm, selection, reference, seed),
+                                                     len(selection))
+        return found
 
     def qk_analysis(self, rm, evaluation: list, head_data: dict | None, seed: int) -> dict | None:
         """The QK decomposition (`circuits.studies.qk_section`) of the role heads of the head analysis that attend

@@ -433,7 +433,11 @@ def _run_passes(p: _Passes) -> StudyResult:
     heads = getattr(study, "head_analysis", None)
     if heads is not None:
         t4 = time.perf_counter()
-        found = heads(rm, evaluation, state.sets["reference"], spec.seed)
+        import inspect
+
+        found = (heads(rm, evaluation, state.sets["reference"], spec.seed, selection=state.sets["selection"])
+                 if "selection" in inspect.signature(heads).parameters
+                 else heads(rm, evaluation, state.sets["reference"], spec.seed))
         if found is not None:
             data["heads"] = found
             timings["heads_s"] = time.perf_counter() - t4
