@@ -235,6 +235,12 @@ def test_graph_diff_refuses_graphs_whose_nodes_do_not_correspond(graph_file, tmp
     assert main(["graph", "diff", str(ours), str(other)]) == 2
     _one_line_error(capsys, needle)
     assert main(["graph", "diff", str(ours), str(ours)]) == 0  # the control: the same graph diffs fine
+    capsys.readouterr()
+    organism = {**base, "model": "organism"}
+    folder = {**base, "model": str(ROOT / "data" / "organism")}  # `--model data/organism` is the same model
+    ours.write_text(json.dumps({**data, "metadata": organism}))
+    other.write_text(json.dumps({**data, "metadata": folder}))
+    assert main(["graph", "diff", str(ours), str(other)]) == 0
     out = capsys.readouterr().out
     assert "nodes only in B: 0" in out and "tokens that differ" not in out
 

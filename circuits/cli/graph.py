@@ -54,6 +54,19 @@ def _describe(graph, node) -> str:
     return f"{nid} {_token_at(graph, node)}" + (f" [{label}]" if label else "")
 
 
+def _model_name(model):
+    """A graph's model, with the shipped organism's folder (`--model data/organism`) named 'organism'."""
+    if isinstance(model, str) and model != "organism":
+        from circuits.model import DATA_DIR
+
+        try:
+            if Path(model).resolve() == (DATA_DIR / "organism").resolve():
+                return "organism"
+        except (OSError, ValueError):
+            pass
+    return model
+
+
 def _check_comparable(a, b, path_a: str, path_b: str) -> None:
     """`graph diff` matches nodes by (kind, layer, position, index): refuse graphs where that matches nothing
     meaningful — other models or dictionaries (feature numbers differ), other token counts (positions differ), a
@@ -62,7 +75,7 @@ def _check_comparable(a, b, path_a: str, path_b: str) -> None:
         if g.metadata.get("study"):
             raise CircuitsError(f"{path} is the {g.metadata['study']} study's role graph (positions are roles), not "
                                 "a prompt's graph; graph diff compares two prompts' graphs")
-    ma, mb = a.metadata.get("model"), b.metadata.get("model")
+    ma, mb = _model_name(a.metadata.get("model")), _model_name(b.metadata.get("model"))
     if ma != mb:
         raise CircuitsError(f"the graphs are of different models ({ma} and {mb}): their nodes do not correspond")
     ia, ib = a.metadata.get("dictionary_ids"), b.metadata.get("dictionary_ids")
