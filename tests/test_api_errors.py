@@ -131,10 +131,10 @@ def test_a_target_of_two_known_words_says_it_splits_not_that_it_is_unknown():
     """`Contrast(" Mary John", ...)` said the words were not in the vocabulary ('<|unk|>', '<|unk|>', ' John'):
     the leading space was tokenized raw. The message now reads the best spelling."""
     from circuits.attribution.targets import resolve_token
-    from circuits.cli.trace_checks import _organism_vocab
+    from circuits.cli.trace_checks import organism_vocab
     from circuits.errors import AttributionError
 
-    v = _organism_vocab("organism")
+    v = organism_vocab("organism")
     with pytest.raises(AttributionError, match=r"not a single token \(it splits into \[' Mary', ' John'\]\)"):
         resolve_token(" Mary John", v.encode, v.pieces, v.unk)
     with pytest.raises(AttributionError, match=r"' Mry' is not in the model's vocabulary.*reads as \['<\|unk\|>'\]"):

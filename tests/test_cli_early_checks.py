@@ -135,13 +135,13 @@ def test_the_cheap_checks_agree_with_the_loaded_model_and_set(name):
     """What the checks read before loading (the organism's tokenizer file, the set's JSON files) is what the
     loaded model and set say: token counts and ids, context, layers, and every dictionary's width (plain set,
     linked members, a cross-layer transcoder)."""
-    from circuits.cli.trace_checks import _loaded_shapes, _model_vocab, _organism_vocab, _set_shapes
+    from circuits.cli.trace_checks import _loaded_shapes, _model_vocab, organism_vocab, set_shapes
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
     from circuits.replacement import ReplacementModel
 
     model, _ = load_model("organism")
-    cheap, loaded = _organism_vocab("organism"), _model_vocab(model)
+    cheap, loaded = organism_vocab("organism"), _model_vocab(model)
     rm = ReplacementModel(model, load_dictionaries(name, model), name="organism")
     from circuits.errors import AttributionError
     from circuits.inputs import whitespace_problem
@@ -156,7 +156,7 @@ def test_the_cheap_checks_agree_with_the_loaded_model_and_set(name):
         else:
             assert rm.tokenize(prompt).shape[0] == cheap.n_tokens(prompt), prompt
     assert (cheap.unk, cheap.n_ctx, cheap.n_layers) == (loaded.unk, loaded.n_ctx, loaded.n_layers)
-    assert _set_shapes(name) == _loaded_shapes(rm.dictionaries) and len(_set_shapes(name)) == 8
+    assert set_shapes(name) == _loaded_shapes(rm.dictionaries) and len(set_shapes(name)) == 8
 
 
 # -- 2. no abbreviated options ------------------------------------------------------------------------------------

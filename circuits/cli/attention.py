@@ -49,10 +49,10 @@ def _check_attention_options(args) -> tuple[int, int]:
 
 def _check_against_model(args, prompt: str, layer: int, head: int) -> None:
     """The head and positions against the organism's sizes and tokenizer, read from its files before it loads."""
-    from circuits.cli.trace_checks import _organism_vocab
+    from circuits.cli.trace_checks import organism_vocab
     from circuits.inputs import whitespace_problem
 
-    vocab = _organism_vocab(args.model)
+    vocab = organism_vocab(args.model)
     if vocab is None:  # other models: checked when they load
         return
     problem = whitespace_problem(prompt, vocab.encode, vocab.unk)

@@ -250,11 +250,11 @@ def cmd_feature(args) -> int:
     except NodeIdError as e:
         raise CircuitsError(str(e)) from None
     name, feature = ref.dictionary, ref.index
-    from circuits.cli.trace_checks import _organism_vocab, _set_shapes, check_feature
+    from circuits.cli.trace_checks import check_feature, organism_vocab, set_shapes
 
-    vocab = _organism_vocab(args.model)  # the organism's sizes and the set's widths, read before anything loads
+    vocab = organism_vocab(args.model)  # the organism's sizes and the set's widths, read before anything loads
     check_feature(args.id, ref.kind, ref.layer, ref.index, args.dicts, vocab.n_layers if vocab else None,
-                  _set_shapes(args.dicts))
+                  set_shapes(args.dicts))
     db_path = Path(args.db) if args.db else _dashboard_db(args.model)
     if args.text is not None:
         from circuits.errors import AttributionError

@@ -17,9 +17,9 @@ from circuits.cli.trace_checks import (
     _choose_dicts,
     _loaded_shapes,
     _model_vocab,
-    _organism_vocab,
-    _set_shapes,
     _trace_target,
+    organism_vocab,
+    set_shapes,
 )
 from circuits.errors import CircuitsError
 
@@ -44,12 +44,12 @@ def _open_dashboards(rm, args):
         return None, e
 
 
-def _feature_labels(rm, args, graph, say, opened=None) -> dict[str, str]:
-    """{node id: label} of the graph's features from the model's dashboard database, when there is one built for
-    these dictionaries (empty otherwise); `opened`: what `_open_dashboards` returned."""
+def _feature_labels(rm, graph, say, opened) -> dict[str, str]:
+    """{node id: label} of the graph's features from the dashboard database `_open_dashboards` returned (`opened`),
+    when there is one built for these dictionaries (empty otherwise)."""
     from circuits import export
 
-    db, problem = opened if opened is not None else _open_dashboards(rm, args)
+    db, problem = opened
     if db is None and problem is None:
         return {}
     if db is None:
@@ -203,7 +203,7 @@ def cmd_trace(args) -> int:
     # the prompt, the target tokens and the --feature: with the organism's tokenizer and the set's JSON files
     # before anything loads; what they cannot tell (another model, another layout) right after loading, before
     # the attribution
-    vocab, shapes = _organism_vocab(args.model), _set_shapes(args.dicts)
+    vocab, shapes = organism_vocab(args.model), set_shapes(args.dicts)
     _check_inputs(args, prompt, target, vocab, shapes)
     if args.max_features == 0:
         warn("--max-features 0 keeps no feature nodes: the pruned graph has only tokens, error nodes and the "
@@ -240,7 +240,7 @@ def cmd_trace(args) -> int:
         graph = fold_bos(graph)
     t1 = time.perf_counter()
     result = prune(graph, args.node_threshold, args.edge_threshold, args.max_features)
-    labels = _feature_labels(rm, args, graph, say, opened)
+    labels = _feature_labels(rm, graph, say, opened)
     _attach_labels(graph if args.full else result.graph, labels)
     prune_s = time.perf_counter() - t1
     full_scores, pruned_scores = graph_scores(graph), graph_scores(result.graph)

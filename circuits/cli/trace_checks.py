@@ -1,7 +1,10 @@
 """The checks `circuits trace` makes on its input before any expensive work: option combinations, the dictionary
 set's name, and, for the organism, the prompt's tokens, the target tokens and `--feature` ids, from the tokenizer
 file and the set's config files alone (no model load). For other models the same token and feature checks run
-right after the model loads, before attribution (`cmd_trace` in `circuits.cli.trace`)."""
+right after the model loads, before attribution (`cmd_trace` in `circuits.cli.trace`).
+
+`organism_vocab`, `set_shapes` and `check_feature` are shared with `circuits feature` and `circuits attention`,
+which check their ids, heads and positions the same way before their model loads."""
 
 from __future__ import annotations
 
@@ -183,7 +186,7 @@ class _Vocab:
     n_heads: int | None = None
 
 
-def _organism_vocab(model_name: str) -> _Vocab | None:
+def organism_vocab(model_name: str) -> _Vocab | None:
     """The tokenizer and sizes of the organism (or an organism folder) read from its files alone — the
     `tokenizers` library and config.json, in milliseconds, without torch or TransformerLens. None for any other
     model (or a folder the loader will refuse): its checks wait for the model (`_model_vocab`)."""
@@ -214,7 +217,7 @@ def _organism_vocab(model_name: str) -> _Vocab | None:
 
 
 def _model_vocab(model) -> _Vocab | None:
-    """`_Vocab` of a loaded model (for models without `_organism_vocab`); None when it has no tokenizer."""
+    """`_Vocab` of a loaded model (for models without `organism_vocab`); None when it has no tokenizer."""
     if getattr(model, "tokenizer", None) is None:
         return None
 
@@ -230,7 +233,7 @@ def _model_vocab(model) -> _Vocab | None:
 _FEATURE_KINDS = {"transcoder": "mlp_feature", "attention_sae": "attn_feature"}
 
 
-def _set_shapes(name: str) -> dict[tuple[str, int], int] | None:
+def set_shapes(name: str) -> dict[tuple[str, int], int] | None:
     """{(node kind, layer): d_sae} of a dictionary set in our layout (a shipped set or a folder with set.json), read
     from its JSON files before anything loads; None for other layouts (their shapes come from the loaded set)."""
     from circuits.dictionaries import ORGANISM_ALIASES, ORGANISM_SETS, PUBLIC_SETS
@@ -316,7 +319,7 @@ def _check_inputs(args, prompt: str, target, vocab: _Vocab | None, shapes: dict 
 
 def check_feature(what_flag: str, kind: str, layer: int, index: int, dicts: str, n_layers: int | None,
                   shapes: dict | None) -> None:
-    """A feature's layer is in the model and its index in its dictionary (`shapes`: `_set_shapes`, None when the
+    """A feature's layer is in the model and its index in its dictionary (`shapes`: `set_shapes`, None when the
     set's widths are not known before loading); one line naming the part that is out of range."""
     what = {"mlp_feature": "transcoder", "attn_feature": "attention SAE"}[kind]
     if layer < 0 or (n_layers is not None and layer >= n_layers):
