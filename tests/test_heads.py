@@ -285,3 +285,76 @@ def test_replication_marks_each_confirmed_role_by_the_other_sets_verdict():
     assert [(r["head"], r["replicated"], r["other_verdict"]) for r in rep["rows"]] == [
         ("L0H4", True, "confirmed"), ("L0H2", False, "inconclusive")]
     assert replication(main, {"roles": []}, 100)["rows"][0]["other_verdict"] == "not assigned"
+
+
+def test_direct_effect_baseline_is_the_layer_mean_and_can_say_no(planted, monkeypatch):
+    """A direct effect is judged against a head drawn at random from the same layer. When every head of a layer
+    writes the answer by the same amount, none is singled out (each clears zero and the 10% minimum, so the old
+    rule would have confirmed all four); a head that writes twice as much is."""
+    import numpy as np
+
+    from circuits.studies import heads
+
+    model, ev, ref = planted
+    real = heads.ioi_head_analysis(model, ev, ref, seed=0)
+    by_layer = {layer: np.mean([real["heads"][f"L{layer}H{h}"]["direct"]["value"] for h in range(4)])
+                for layer in (0, 1)}
+    for layer, mean in by_layer.items():
+        assert abs(real["direct_baselines"][f"L{layer}"]["value"] - mean) < 1e-9
+    assert real["heads"]["L1H0"]["direct_verdict"]["verdict"] == "confirmed"  # the planted name mover
+
+    gen = torch.Generator().manual_seed(0)
+
+    def fake(model_, b, z, zbar, lnf):  # [L, H, B]: layer 1 writes 5 ± 0.5 per head, L1H3 writes 10 ± 0.5
+        B = b.tokens.shape[0]
+        out = torch.zeros(2, 4, B, dtype=torch.float64)
+        out[1] = 5.0 + 0.5 * torch.randn(4, B, generator=gen, dtype=torch.float64)
+        out[1, 3] += 5.0
+        return out
+
+    monkeypatch.setattr(heads, "_direct_effects", fake)
+    data = heads.ioi_head_analysis(model, ev, ref, seed=0)
+    minimum = 0.1 * abs(data["metric"]["clean"]["value"])
+    for h in range(3):
+        d = data["heads"][f"L1H{h}"]
+        assert d["direct"]["lo"] > max(0.0, minimum)  # clears zero and the minimum ...
+        assert d["direct_verdict"]["verdict"] != "confirmed", d["direct_verdict"]  # ... but not the random head
+    assert data["heads"]["L1H3"]["direct_verdict"]["verdict"] == "confirmed"
+
+
+def test_path_patching_baseline_is_the_mean_over_every_sender(planted, analysis):
+    """Every sender is path-patched; the baseline of a path is its mean over all senders, recomputed here sender by
+    sender with `_path_patch`. The table keeps the screened senders; the rest are listed."""
+    import numpy as np
+
+    from circuits.studies.heads import _batches, _clean_pass, _parse_head, _path_patch, _reference_means
+
+    model, ev, ref = planted
+    means = _reference_means(model, _batches(model, ref))
+    batches = _batches(model, ev)
+    cleans = [_clean_pass(model, b, means) for b in batches]
+    pp = analysis["path_patching"]["name_movers"]
+    for s, res in pp["sources"].items():
+        assert set(res["senders"]) | set(res["screened_out"]) == set(pp["senders"])
+        assert "L0H2" in res["screened_out"] and "L0H3" in res["screened_out"]
+        for p in ("q", "k", "v"):
+            per_sender = [np.mean(np.concatenate([
+                (c.metric - _path_patch(model, b, c, s, _parse_head(n), [(1, 0)])[p]).double().numpy()
+                for b, c in zip(batches, cleans, strict=True)])) for n in pp["senders"]]
+            assert abs(res["baseline"][p]["value"] - np.mean(per_sender)) < 1e-6, (s, p)
+    # A's query path beats the random sender; no other sender's query path does
+    abc = pp["sources"]["abc"]["senders"]
+    assert abc["L0H0"]["q"]["verdict"] == "confirmed"
+    assert all(row["q"]["verdict"] != "confirmed" for n, row in abc.items() if n != "L0H0")
+
+
+def test_backup_and_joint_ablation_baselines(analysis):
+    """A backup head's rise is judged against a random other head's rise (the mean over the heads not ablated);
+    the joint ablation against as many heads drawn at random from the same layers, so its baseline is a mix of
+    those layers' single-head drops."""
+    b = analysis["backup"]
+    rises = [r["value"] for r in b["rise"].values()]
+    assert abs(b["rise_baseline"]["value"] - sum(rises) / len(rises)) < 1e-9
+    layer1 = [analysis["heads"][f"L1H{h}"]["ablation"]["value"] for h in range(4)]
+    assert min(layer1) - 1e-6 <= b["metric_drop_baseline"]["value"] <= max(layer1) + 1e-6
+    assert b["metric_drop"]["lo"] > b["metric_drop_baseline"]["hi"]  # ablating the name mover beats a random head

@@ -36,16 +36,21 @@ def render_head_section(data: dict) -> str:
         "W_U[IO] − W_U[S].",
         "- **Path patching**: a sender's z from the ABC prompt (S2 replaced) or the IO/S-swapped prompt, every other "
         "head frozen at clean (MLPs recomputed), reaching only the receivers' query / key / value inputs.",
-        "- **Verdict**: confirmed = interval above zero, above the random-head baseline's interval (ablations and "
-        "each head's total patching effect) and its lower end ≥ 10% of the clean metric (of the source's total "
-        "effect for patching); direct effects, routes and path patching are judged against zero and that minimum "
-        "only (no baseline).",
+        "- **Verdict**: confirmed = interval above zero, above a random baseline's interval and its lower end ≥ 10% "
+        "of the clean metric (of the source's total effect for patching). Baselines: ablations and total patching "
+        "effects against a head drawn at random; direct effects against a head drawn at random from the same layer "
+        "(MLP layers against an MLP layer drawn at random); path patching against the same path from a sender drawn "
+        "at random; backup rises against the rise of a random other head; a joint ablation against as many heads "
+        "drawn at random from the same layers. Routes (other heads or MLPs frozen) are decompositions, not verdicts.",
         "",
         f"Metric: clean {_fmt(m['clean'])}; ABC {_fmt(m['abc'])}; swapped {_fmt(m['swapped'])}."
         + ("" if "baselines" not in data.get("patching", {}) else
            " Random-head baseline of patching (" + data["patching"]["baselines"]["how"] + "): "
            + "; ".join(f"{SOURCES[s]} {_fmt(data['patching']['baselines'][s])}" for s in SOURCES
-                       if s in data["patching"]["baselines"]) + "."),
+                       if s in data["patching"]["baselines"]) + ".")
+        + ("" if "direct_baselines" not in data else
+           " Random-head baseline of direct effects, by layer: "
+           + ", ".join(f"{k} {_fmt(v)}" for k, v in data["direct_baselines"].items() if isinstance(v, dict)) + "."),
         "",
         "### Role table",
         "",
@@ -61,7 +66,7 @@ def render_head_section(data: dict) -> str:
     rep = data.get("replication")
     if rep:
         lines += ["", f"**Replication** ({rep['how']}; n = {rep['n']}):", "",
-                  "| role | head | evaluation effect | selection effect | on the selection prompts |", "|---|---|---|---|---|"]
+                  "| role | head | evaluation effect | effect on the other set | on the other set |", "|---|---|---|---|---|"]
         for r in rep["rows"]:
             lines.append(f"| {r['role']} | {r['head']} | {_fmt(r['effect']) if r['effect'] else '–'} | "
                          f"{_fmt(r['other_effect']) if r['other_effect'] else '–'} | "
@@ -81,23 +86,31 @@ def render_head_section(data: dict) -> str:
             continue
         lines += ["", f"### Path patching {title} ({', '.join(pp['receivers'])})", ""]
         for s, res in pp["sources"].items():
-            lines += [f"Source: {SOURCES[s]}; total effect m(clean) − m(source) = {_fmt(res['total'])}.", "",
+            base = res.get("baseline")
+            lines += [f"Source: {SOURCES[s]}; total effect m(clean) − m(source) = {_fmt(res['total'])}."
+                      + (" Random sender (the mean over every sender): " + ", ".join(
+                          f"{p} {_fmt(base[p])}" for p in PATHS) + "." if base else ""), "",
                       "| sender | → queries | → keys | → values |", "|---|---|---|---|"]
             ranked = sorted(res["senders"].items(), key=lambda kv: -max(abs(kv[1][p]["value"]) for p in PATHS))
             for n, row in ranked:
                 cells = [f"{_fmt(row[p])}{' ✓' if row[p]['verdict'] == 'confirmed' else ''}" for p in PATHS]
                 lines.append(f"| {n} | " + " | ".join(cells) + " |")
             if res.get("screened_out"):
-                lines += [f"Not path-patched (activation patching below the screen): {', '.join(res['screened_out'])}.",
-                          ""]
+                what = ("Path-patched, below the screen and not confirmed" if base else
+                        "Not path-patched (activation patching below the screen)")
+                lines += [f"{what}: {', '.join(res['screened_out'])}.", ""]
             lines.append("")
     if "backup" in data:
         b = data["backup"]
         who = "name movers" if b.get("kind") == "name movers" else "name-attending heads (candidates)"
         lines += ["### Backup", "",
                   f"Mean-ablating the {who} ({', '.join(b['ablated'])}) together drops the metric by "
-                  f"{_fmt(b['metric_drop'])}; their summed direct effect is {_fmt(b['direct_of_movers'])}. "
-                  "Largest rises of another head's direct effect:", "",
+                  f"{_fmt(b['metric_drop'])}"
+                  + (f" ({b['metric_drop_verdict']['verdict']}; random heads from the same layers "
+                     f"{_fmt(b['metric_drop_baseline'])})" if b.get("metric_drop_baseline") else "")
+                  + f"; their summed direct effect is {_fmt(b['direct_of_movers'])}. Largest rises of another head's "
+                  "direct effect" + (f" (a random other head's rise: {_fmt(b['rise_baseline'])})"
+                                     if b.get("rise_baseline") else "") + ":", "",
                   "| head | rise | verdict |", "|---|---|---|"]
         for n, r in sorted(b["rise"].items(), key=lambda kv: -kv[1]["value"])[:5]:
             lines.append(f"| {n} | {_fmt(r)} | {r['verdict']} |")

@@ -12,7 +12,9 @@
    at least 10% of the clean metric).
 2. **Direct effect** of every head: ``(z − z̄)·W_O`` at END, read through the final LayerNorm (its scale frozen at
    the clean run) onto ``W_U[:, IO] − W_U[:, S]`` — the change of the metric along the head → logits path alone
-   when the head is mean-ablated. Verdict: interval excludes zero and |effect| ≥ 10% of the clean metric.
+   when the head is mean-ablated. Baseline: the direct effect of a head drawn at random from the same layer (per
+   prompt, the mean over that layer's heads); an MLP layer's (its output at END minus the reference mean) against
+   an MLP layer drawn at random. Verdict as in 1 (a negative one on the negated effect and baseline).
 3. **Attention statistics**: END→IO, END→S1, END→S2, S2→S1 (duplicate token), S2→S1+1 (induction) and
    position→previous position, each a mean over prompts with an interval.
 4. **Path patching** (Wang et al. §3): source = the ABC prompt (S2 replaced by a third name) and the prompt with IO
@@ -20,11 +22,14 @@
    (ii) run clean with s's z taken from the source and every other head's z frozen at its clean value (MLPs and
    LayerNorms recomputed, as in Wang et al.), and record the receivers' query (or key, or value) inputs;
    (iii) run clean with only those receiver inputs replaced (at every position), everything else recomputed.
-   Effect = drop of the metric; minimum for a verdict = 10% of the source's total effect ``m(clean) − m(source)``.
+   Effect = drop of the metric; minimum for a verdict = 10% of the source's total effect ``m(clean) − m(source)``;
+   baseline = the same path from a sender drawn at random (every sender is path-patched; per prompt, the mean).
    Receivers: first the name movers (→ S-inhibition heads: effect through the queries); then the S-inhibition
    heads (→ heads feeding them, labelled duplicate-token or induction by their attention).
 5. **Backup and negative name movers**: mean-ablate the name movers together and recompute every other head's
-   direct effect; a backup head's direct effect rises. A negative name mover's direct effect is confirmed < 0.
+   direct effect; a backup head's direct effect rises, by more than a head drawn at random among the rest. The
+   joint ablation's drop is judged against as many heads drawn at random from the same layers (5 seeded draws).
+   A negative name mover's direct effect is confirmed < 0.
 6. **Features of each role head** (with attention SAEs): the head's slice of z at the position where it acts,
    decomposed as codes × decoder rows (+ the SAE error), ranked by the share of the head's effect each carries.
 
@@ -75,9 +80,11 @@ from circuits.studies.stats import MIN_EFFECT_SHARE, Interval, mean_interval, ve
 __all__ = ["head_name", "ioi_head_analysis", "render_head_section", "replication"]
 
 
-def replication(main: dict, other: dict, n_other: int) -> dict:
+def replication(main: dict, other: dict, n_other: int,
+                other_set: str = "the study's selection prompts (disjoint from the evaluation prompts)") -> dict:
     """For each role of `main`'s role table held by a head (or component), its verdict for the same role and head in
-    `other` (the analysis on another, disjoint prompt set): ``replicated`` when confirmed there too."""
+    `other` (the analysis on another, disjoint prompt set, described by `other_set`): ``replicated`` when confirmed
+    there too."""
     there = {(r["role"], r["head"]): r for r in other["roles"] if r.get("head")}
     rows = []
     for r in main["roles"]:
@@ -89,8 +96,8 @@ def replication(main: dict, other: dict, n_other: int) -> dict:
                      "other_verdict": o["verdict"] if o else "not assigned",
                      "replicated": bool(o and o["verdict"] == "confirmed")})
     return {"n": n_other, "rows": rows,
-            "how": "the whole head analysis run again on the study's selection prompts (disjoint from the evaluation "
-                   "prompts); a role is replicated when the same head gets the same role, confirmed, there"}
+            "how": f"the whole head analysis run again on {other_set}; a role is replicated when the same head gets "
+                   "the same role, confirmed, there"}
 
 # -- the analysis ---------------------------------------------------------------------------------------------------
 
@@ -101,6 +108,13 @@ def _iv(values, seed: int) -> dict:
 
 def _interval(d: dict) -> Interval:
     return Interval(d["value"], d["lo"], d["hi"], d["n"])
+
+
+def _negated(d: dict) -> dict:
+    return {"value": -d["value"], "lo": -d["hi"], "hi": -d["lo"], "n": d["n"]}
+
+
+JOINT_DRAWS = 5  # random head sets drawn for the joint-ablation baseline
 
 
 def _verdict(effect: dict, baseline: dict | None, scale: float) -> dict:
@@ -155,22 +169,27 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
     _log(progress, f"mean-ablating {len(heads)} heads")
     drops = np.stack([m_clean - cat(lambda b, c, x=x: _ablate_heads(hm, b, c, [x])[0]) for x in heads])  # [N_h, n]
     baseline = _iv(drops.mean(0), seed)
-    # 2. direct effects, 3. attention
+    # 2. direct effects, judged against a head drawn at random from the same layer (direct effects concentrate in
+    # late layers, so this is harder to beat than a head drawn from all layers); 3. attention
     de = cat(lambda b, c: _direct_effects(hm, b, c.z, c.zbar, c.lnf)).reshape(L * H, -1)
+    de_base = {layer: _iv(de[layer * H:(layer + 1) * H].mean(0), seed) for layer in range(L)}
     att = {k: cat(lambda b, c, k=k: _attention_stats(b, c.patterns)[k]).reshape(L * H, -1) for k in ATTENTION_STATS}
     table = {}
     for i, name in enumerate(names):
         abl = _iv(drops[i], seed)
         d = _iv(de[i], seed)
-        neg = {"value": -d["value"], "lo": -d["hi"], "hi": -d["lo"], "n": d["n"]}
+        base = de_base[heads[i][0]]
         table[name] = {
             "ablation": abl, "ablation_verdict": _verdict(abl, baseline, clean_mean),
-            "direct": d, "direct_verdict": _verdict(d, None, clean_mean),
-            "negative_verdict": _verdict(neg, None, clean_mean),
+            "direct": d, "direct_verdict": _verdict(d, base, clean_mean),
+            "negative_verdict": _verdict(_negated(d), _negated(base), clean_mean),
             "attention": {k: _iv(att[k][i], seed) for k in ATTENTION_STATS},
         }
     out["baseline"] = {"how": "expected drop from mean-ablating one head drawn at random (per prompt: the mean drop "
                               "over all heads)", **baseline}
+    out["direct_baselines"] = {"how": "expected direct effect of one head drawn at random from the same layer (per "
+                                      "prompt: the mean over that layer's heads); negative verdicts against its "
+                                      "negation", **{f"L{layer}": v for layer, v in de_base.items()}}
     out["heads"] = table
 
     # direct effects of the MLP layers (their output at END minus the reference mean at END)
@@ -180,12 +199,20 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
             dm = c.mlp[b.rows, b.end].double() - means["mlp_end"][None]  # [B, L, d_model]
             return torch.einsum("blm,bm->lb", dm, _logit_directions(hm, b, c.lnf))
         mde = cat(mlp_de)
+        mlp_base = _iv(mde.mean(0), seed)
         for layer in range(L):
             d = _iv(mde[layer], seed)
-            components[f"MLP{layer}"] = {"direct": d, "direct_verdict": _verdict(d, None, clean_mean)}
+            components[f"MLP{layer}"] = {"direct": d, "direct_verdict": _verdict(d, mlp_base, clean_mean)}
+        out["direct_baselines"]["MLP"] = mlp_base
+    attn_layers = de.reshape(L, H, -1).sum(1)  # [L, n]
+    attn_base = _iv(attn_layers.mean(0), seed)
     for layer in range(L):
-        d = _iv(de[layer * H:(layer + 1) * H].sum(0), seed)
-        components[f"attn{layer}"] = {"direct": d, "direct_verdict": _verdict(d, None, clean_mean)}
+        d = _iv(attn_layers[layer], seed)
+        components[f"attn{layer}"] = {"direct": d, "direct_verdict": _verdict(d, attn_base, clean_mean)}
+    out["direct_baselines"]["attn"] = attn_base
+    out["direct_baselines"]["how_components"] = ("a component's direct effect against one component of its kind "
+                                                 "drawn at random (per prompt: the mean over the MLP layers, or "
+                                                 "over the attention layers)")
     out["components"] = components
 
     # activation patching of each head from each source, and the routes of every confirmed effect
@@ -241,25 +268,35 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
         top = max((lr for lr, _ in recv), default=0)
         senders = [x for x in heads if x[0] < top and head_name(*x) not in receivers]
         res: dict = {"receivers": receivers, "senders": [head_name(*x) for x in senders], "sources": {},
-                     "screen": "a sender is path-patched from a source when its activation-patching interval from "
-                               "that source reaches 10% of the source's total effect (no smaller path can be "
-                               "confirmed unless paths cancel)"}
+                     "screen": "every sender is path-patched; the table keeps a sender when its activation-patching "
+                               "interval from that source reaches 10% of the source's total effect, or when one of "
+                               "its paths is confirmed",
+                     "baseline": "a path's effect against the same path from a sender drawn at random (per prompt: "
+                                 "the mean over every sender)"}
         for s in SOURCES:
             total_iv = totals[s]
             minimum = abs(total_iv["value"]) * MIN_EFFECT_SHARE
             kept = [x for x in senders if patch[head_name(*x)][s]["total"]["hi"] >= minimum
                     or patch[head_name(*x)][s]["total"]["lo"] <= -minimum]
-            rows = {}
-            for x in kept:
-                _log(progress, f"path patching ({label}, {s}) from {head_name(*x)}")
+            # every sender is path-patched: the mean over all of them (per prompt) is the effect of a sender drawn
+            # at random, the baseline a path must beat; the rows kept are the screened senders and any confirmed
+            _log(progress, f"path patching ({label}, {s}) from {len(senders)} senders")
+            effects = {}
+            for x in senders:
                 parts = [_path_patch(hm, b, c, s, x, recv) for b, c in zip(ev, cleans, strict=True)]
+                effects[x] = {p: m_clean - torch.cat([q[p] for q in parts]).double().cpu().numpy() for p in PATHS}
+            base = {p: _iv(np.mean([effects[x][p] for x in senders], 0), seed) for p in PATHS} if senders else {}
+            rows, below = {}, []
+            for x in senders:
                 row = {}
                 for p in PATHS:
-                    eff = _iv(m_clean - torch.cat([q[p] for q in parts]).cpu().numpy(), seed)
-                    row[p] = {**eff, **_verdict(eff, None, total_iv["value"])}
-                rows[head_name(*x)] = row
-            res["sources"][s] = {"total": total_iv, "senders": rows,
-                                 "screened_out": [head_name(*x) for x in senders if x not in kept]}
+                    eff = _iv(effects[x][p], seed)
+                    row[p] = {**eff, **_verdict(eff, base[p], total_iv["value"])}
+                if x in kept or any(row[p]["verdict"] == "confirmed" for p in PATHS):
+                    rows[head_name(*x)] = row
+                else:
+                    below.append(head_name(*x))
+            res["sources"][s] = {"total": total_iv, "senders": rows, "screened_out": below, "baseline": base}
         return res
 
     out["path_patching"] = {}
@@ -299,19 +336,34 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
                                             st[hook_ln_final_scale()][..., 0] if ln else None))
         m_nm_a = torch.cat(m_nm).cpu().numpy()
         de_after_a = torch.cat(de_after, -1).double().cpu().numpy().reshape(L * H, -1)
+        others = [i for i, name in enumerate(names) if name not in receivers]
+        rise_base = _iv((de_after_a[others] - de[others]).mean(0), seed) if others else None
         rises = {}
-        for i, name in enumerate(names):
-            if name in receivers:
-                continue
+        for i in others:
             r = _iv(de_after_a[i] - de[i], seed)
-            rises[name] = {**r, **_verdict(r, None, clean_mean)}
-            if movers and rises[name]["verdict"] == "confirmed":
-                backup.append(name)
+            rises[names[i]] = {**r, **_verdict(r, rise_base, clean_mean)}
+            if movers and rises[names[i]]["verdict"] == "confirmed":
+                backup.append(names[i])
+        # the joint ablation against as many heads drawn at random from the same layers (stratified, seeded draws)
+        rng = np.random.default_rng(seed)
+        per_layer = {layer: sum(1 for lr, _ in mv if lr == layer) for layer in range(L)}
+        draws = []
+        for _ in range(JOINT_DRAWS):
+            pick = [(layer, int(h)) for layer, k in per_layer.items() if k
+                    for h in rng.choice(H, size=k, replace=False)]
+            draws.append(torch.cat([_ablate_heads(hm, b, c, pick)[0] for b, c in zip(ev, cleans, strict=True)])
+                         .cpu().numpy())
+        joint_base = _iv(m_clean - np.mean(draws, 0), seed)
         drop = _iv(m_clean - m_nm_a, seed)
         out["backup"] = {"ablated": receivers, "kind": out["receivers"]["kind"], "metric_drop": drop,
-                         "metric_drop_verdict": _verdict(drop, None, clean_mean),
+                         "metric_drop_verdict": _verdict(drop, joint_base, clean_mean),
+                         "metric_drop_baseline": {"how": f"mean drop over {JOINT_DRAWS} seeded draws of as many heads "
+                                                         "from the same layers, ablated together", **joint_base},
                          "direct_of_movers": _iv(de[[names.index(n) for n in receivers]].sum(0), seed),
-                         "rise": rises}
+                         "rise": rises,
+                         "rise_baseline": ({"how": "expected rise of a head drawn at random among the heads not "
+                                                   "ablated (per prompt: the mean rise over them)", **rise_base}
+                                           if rise_base else None)}
 
     # the role table
     out["roles"] = _role_rows(table, names, movers, direct_pos, negative, s_inhibition, feeders, backup, out,
@@ -405,7 +457,8 @@ def _role_rows(table, names, movers, direct_pos, negative, s_inh, feeders, backu
     for comp, v in out["components"].items():
         if comp.startswith("MLP") and v["direct_verdict"]["verdict"] == "confirmed":
             rows.append({"role": "writes the answer (direct effect)", "head": comp,
-                         "evidence": "MLP output at END minus its reference mean, through W_U[IO] − W_U[S]",
+                         "evidence": "MLP output at END minus its reference mean, through W_U[IO] − W_U[S]; "
+                                     "above an MLP layer drawn at random",
                          "effect": v["direct"], "verdict": "confirmed", "note": ""})
     pp = out["path_patching"]
     movers_named = out["receivers"]["kind"] == "name movers"
@@ -469,7 +522,8 @@ def _role_rows(table, names, movers, direct_pos, negative, s_inh, feeders, backu
             best = _best(rises, lambda d: d["value"])
             rows.append({"role": "backup name mover", "head": None, "verdict": "none found",
                          "evidence": f"ablating {', '.join(out['backup']['ablated'])} raises no other head's direct "
-                                     f"effect by ≥ {minimum:.3f} with an interval above zero",
+                                     f"effect by ≥ {minimum:.3f} with an interval above zero and above a random "
+                                     "other head's rise",
                          "effect": {k: best[1][k] for k in ("value", "lo", "hi", "n")} if best else None,
                          "note": f"largest rise: {best[0]} {_fmt(best[1])}" if best else ""})
     return rows
