@@ -100,7 +100,9 @@ def main() -> None:
     labels = s["ui"]["labels"]
     with tabs[0]:
         by_id = {export.node_id(n): n for n in g.nodes if n.kind != "token"}
-        names = {k: export.node_label(g, n) for k, n in by_id.items()}
+        # a label given on this page names the node in the list too (a plain dict: format_func must not read the
+        # session); the list's identity is its key, so renaming a node keeps the selection
+        names = {k: f"{k} {labels[k]}" if labels.get(k) else export.node_label(g, n) for k, n in by_id.items()}
         options = ["—", *by_id]
         # the list follows the selection (a click in the graph view, a jump from the QK panel), and a pick in the
         # list selects: only when it changes (its stored value used to override every later click)

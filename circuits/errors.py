@@ -11,6 +11,10 @@ class ModelLoadError(CircuitsError):
     """A model could not be loaded (unknown name, missing or corrupt files, offline hub)."""
 
 
+class DictionaryLoadError(CircuitsError):
+    """A dictionary file is missing, truncated, foreign, inconsistent or does not fit the model."""
+
+
 class AttributionError(CircuitsError):
     """Bad input to the replacement model or to attribution (empty prompt, too long, unknown token, ...)."""
 

@@ -47,8 +47,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from circuits.errors import ModelLoadError
 
 SAVED_FORMAT = "circuits-tl/1"
@@ -103,6 +101,7 @@ def tiny_config_dict(family: str, d_vocab: int, n_layers: int = 2, d_model: int 
 
 def hooked_config(fields: dict):
     """A HookedTransformerConfig from `tiny_config_dict`-style fields (dtype given by name)."""
+    import torch
     from transformer_lens import HookedTransformerConfig
 
     fields = dict(fields)
@@ -119,6 +118,7 @@ def tiny_model(family: str, seed: int = 0, tokenizer_folder: Path | None = None,
     term are exercised. The unembedding is tied (``W_U = W_Eᵀ``) where the family ties it."""
     import tempfile
 
+    import torch
     from transformer_lens import HookedTransformer
 
     from circuits.organism.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer

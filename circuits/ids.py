@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 from circuits.errors import CircuitsError
-from circuits.graph import Node
+from circuits.nodes import Node
 
 TAGS = {"mlp_feature": "M", "attn_feature": "A", "mlp_error": "errM", "attn_error": "errA", "token": "E",
         "logit": "logit", "logit_diff": "diff"}

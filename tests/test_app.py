@@ -69,7 +69,7 @@ def test_faithfulness_button(app):
 
 
 def test_pin_label_and_supernode_are_kept_in_the_saved_json(app):
-    options = app.selectbox(key="node_pick").options
+    options = [o.split()[0] for o in app.selectbox(key="node_pick").options]  # shown as "id description"
     feature = next(o for o in options if o != "—")
     app.selectbox(key="node_pick").set_value(feature).run()
     app.button(key="pin").click().run()
@@ -81,6 +81,8 @@ def test_pin_label_and_supernode_are_kept_in_the_saved_json(app):
     app.button(key="save_label").click().run()
     ui = app.session_state["ui"]
     assert ui["pins"] and ui["labels"] == {fid: "my label"}
+    pick = app.selectbox(key="node_pick")  # the node list names the node by its new label, and keeps it selected
+    assert pick.value == fid and f"{fid} my label" in pick.options, (pick.value, pick.options[:3])
     other = next(o for o in options if o not in ("—", feature))  # another node's box starts empty (it kept the
     app.selectbox(key="node_pick").set_value(other).run()  # previous node's text, and saving gave it that label)
     assert app.text_input(key=f"label_in:{export.node_id(app.session_state['selected'])}").value == ""

@@ -509,3 +509,22 @@ def test_file_kind_reads_a_byte_order_mark_and_does_not_take_notes_for_dot(tmp_p
 def test_a_corrupted_prompt_equal_to_the_prompt_is_refused(capsys, no_model):
     """It ran and printed all-zero effects with no note."""
     one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--corrupt", PROMPT), "--corrupt is the prompt itself")
+
+
+@pytest.mark.parametrize("argv", [
+    ["trace", "x  y"],  # stray whitespace
+    ["trace", PROMPT, "--dicts", "no-such-set"],
+    ["trace", PROMPT, "--feature", "M9#1@0"],
+    ["feature", "M9#1"],
+    ["feature", "M1#999999"],
+])
+def test_early_errors_do_not_import_torch(argv):
+    """The checks before the work read the tokenizer and JSON files only: an input error is reported without
+    importing torch (which alone takes seconds), so a mistyped command answers at once."""
+    code = ("import sys\nfrom circuits.cli import main\n"
+            f"rc = main({argv!r})\n"
+            "assert rc == 2, rc\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "circuits: error:" in done.stderr

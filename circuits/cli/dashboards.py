@@ -239,11 +239,7 @@ def _stored_max(args, db_path: Path, rm, name: str, feature: int) -> tuple[float
 
 
 def cmd_feature(args) -> int:
-    from circuits import dashboards
-    from circuits.dictionaries import load_dictionaries
-    from circuits.ids import NodeIdError, parse_feature
-    from circuits.model import load_model
-    from circuits.replacement import ReplacementModel
+    from circuits.ids import NodeIdError, parse_feature  # torch-free: the id and ranges are checked before imports
 
     try:
         ref = parse_feature(args.id)
@@ -272,6 +268,11 @@ def cmd_feature(args) -> int:
     elif not db_path.is_file():
         raise CircuitsError(f"no dashboard database at {db_path}; build it with `circuits dashboards build` or give "
                             "--db FILE")
+    from circuits import dashboards
+    from circuits.dictionaries import load_dictionaries
+    from circuits.model import load_model
+    from circuits.replacement import ReplacementModel
+
     model, _ = load_model(args.model, resolve_device(args.device))
     rm = ReplacementModel(model, load_dictionaries(args.dicts, model), name=args.model)
     if args.text is not None:

@@ -186,6 +186,18 @@ def cmd_trace(args) -> int:
     prompt = args.prompt = _prompt(args)
     _check_trace_options(args)  # fail before the work (and before torch is imported), not after it
 
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    spec = _trace_target(args)
+    _choose_dicts(args)
+    _check_dicts_name(args.dicts)
+    # the prompt, the target tokens and the --feature: with the organism's tokenizer and the set's JSON files
+    # before anything loads; what they cannot tell (another model, another layout) right after loading, before
+    # the attribution
+    vocab, shapes = organism_vocab(args.model), set_shapes(args.dicts)
+    _check_inputs(args, prompt, spec, vocab, shapes)
     from circuits import export
     from circuits.attribution import attribute
     from circuits.dictionaries import load_dictionaries
@@ -193,18 +205,7 @@ def cmd_trace(args) -> int:
     from circuits.pruning import graph_scores, prune
     from circuits.replacement import ReplacementModel
 
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    target = _trace_target(args)
-    _choose_dicts(args)
-    _check_dicts_name(args.dicts)
-    # the prompt, the target tokens and the --feature: with the organism's tokenizer and the set's JSON files
-    # before anything loads; what they cannot tell (another model, another layout) right after loading, before
-    # the attribution
-    vocab, shapes = organism_vocab(args.model), set_shapes(args.dicts)
-    _check_inputs(args, prompt, target, vocab, shapes)
+    target = spec.build()
     if args.max_features == 0:
         warn("--max-features 0 keeps no feature nodes: the pruned graph has only tokens, error nodes and the "
              "target (leave the option out for no cap)")
@@ -213,7 +214,7 @@ def cmd_trace(args) -> int:
     model, _ = load_model(args.model, resolve_device(args.device))
     if vocab is None:
         vocab = _model_vocab(model)
-        _check_inputs(args, prompt, target, vocab, shapes)
+        _check_inputs(args, prompt, spec, vocab, shapes)
     from circuits.dictionaries import DictionaryLoadError
 
     try:
@@ -224,7 +225,7 @@ def cmd_trace(args) -> int:
         raise CircuitsError(f"{e}; the default set (organism) is the organism's: pass --dicts SET_OR_FOLDER for "
                             "this model") from None
     if shapes is None:
-        _check_inputs(args, prompt, target, None, _loaded_shapes(dset))
+        _check_inputs(args, prompt, spec, None, _loaded_shapes(dset))
     rm = ReplacementModel(model, dset, name=args.model)
     opened = _open_dashboards(rm, args)  # an explicit --dashboards of other dictionaries fails here, before the work
     load_s = time.perf_counter() - t0

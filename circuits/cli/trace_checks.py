@@ -130,20 +130,42 @@ def _check_trace_options(args) -> None:
             seen[resolved] = option
 
 
-def _trace_target(args):
-    from circuits.attribution import Contrast, FeatureTarget, Logit, TopLogits
+@dataclass(frozen=True)
+class TargetSpec:
+    """What `trace` was asked to explain, as plain values: checked before torch is imported, then `build` makes the
+    attribution target (`circuits.attribution`'s Logit, Contrast, FeatureTarget or TopLogits)."""
 
+    kind: str  # "logit", "contrast", "feature" or "top"
+    tokens: tuple[str, ...] = ()
+    baseline: str | None = None
+    node: object = None  # a circuits.nodes.Node for "feature"
+    cum_prob: float = 0.0
+    max_logits: int = 0
+
+    def build(self):
+        from circuits.attribution import Contrast, FeatureTarget, Logit, TopLogits
+
+        if self.kind == "contrast":
+            return Contrast(self.tokens[0], self.baseline)
+        if self.kind == "logit":
+            return Logit(self.tokens)
+        if self.kind == "feature":
+            return FeatureTarget(self.node)
+        return TopLogits(self.cum_prob, self.max_logits)
+
+
+def _trace_target(args) -> TargetSpec:
     if args.feature and (args.target or args.contrast):
         raise CircuitsError("give either --feature or --target/--contrast, not both")
     if args.contrast:
         if not args.target or len(args.target) != 1:
             raise CircuitsError("--contrast B needs exactly one --target A (the graph explains logit(A) − logit(B))")
-        return Contrast(args.target[0], args.contrast)
+        return TargetSpec("contrast", (args.target[0],), args.contrast)
     if args.target:
-        return Logit(tuple(args.target))
+        return TargetSpec("logit", tuple(args.target))
     if args.feature:
-        return FeatureTarget(_parse_feature(args.feature))
-    return TopLogits(args.cum_prob, args.max_logits)
+        return TargetSpec("feature", node=_parse_feature(args.feature))
+    return TargetSpec("top", cum_prob=args.cum_prob, max_logits=args.max_logits)
 
 
 def _choose_dicts(args) -> None:
@@ -237,7 +259,7 @@ def set_shapes(name: str) -> dict[tuple[str, int], int] | None:
     """{(node kind, layer): d_sae} of a dictionary set in our layout (a shipped set or a folder with set.json), read
     from its JSON files before anything loads; None for other layouts (their shapes come from the loaded set)."""
     from circuits.dictionaries import ORGANISM_ALIASES, ORGANISM_SETS, PUBLIC_SETS
-    from circuits.dictionaries.public_sets import ALIASES, NAMED_SETS
+    from circuits.dictionaries.set_names import ALIASES, NAMED_SETS
     from circuits.model import DATA_DIR
 
     name = ORGANISM_ALIASES.get(name, name)
@@ -276,9 +298,7 @@ def _check_token(vocab: _Vocab, flag: str, token: str) -> int:
 def _check_inputs(args, prompt: str, target, vocab: _Vocab | None, shapes: dict | None) -> None:
     """Whatever `vocab` (the model's tokenizer and sizes) and `shapes` (the set's widths) can tell about the prompt,
     the target tokens and the --feature, before any attribution: called with what is known before the model loads,
-    and again with what the loaded model and set tell when that was not known."""
-    from circuits.attribution import Contrast, FeatureTarget, Logit
-
+    and again with what the loaded model and set tell when that was not known. `target` is a `TargetSpec`."""
     n_tokens = None
     if vocab is not None:
         from circuits.inputs import whitespace_problem
@@ -299,15 +319,16 @@ def _check_inputs(args, prompt: str, target, vocab: _Vocab | None, shapes: dict 
         if n_tokens > vocab.n_ctx:
             raise CircuitsError(f"the prompt has {n_tokens} tokens (BOS included) but the model's context is "
                                 f"{vocab.n_ctx}; shorten the prompt")
-        if isinstance(target, Logit):
+        if target.kind == "logit":
             for token in target.tokens:
                 _check_token(vocab, "--target", token)
-        if isinstance(target, Contrast):
-            a, b = _check_token(vocab, "--target", target.token), _check_token(vocab, "--contrast", target.baseline)
+        if target.kind == "contrast":
+            token = target.tokens[0]
+            a, b = _check_token(vocab, "--target", token), _check_token(vocab, "--contrast", target.baseline)
             if a == b:
-                raise CircuitsError(f"--contrast {target.baseline!r} is the same token as --target {target.token!r}: "
+                raise CircuitsError(f"--contrast {target.baseline!r} is the same token as --target {token!r}: "
                                     "a contrast explains logit(A) − logit(B) and needs two different tokens")
-    if not isinstance(target, FeatureTarget):
+    if target.kind != "feature":
         return
     node, spec = target.node, args.feature
     check_feature(f"--feature {spec}", node.kind, node.layer, node.index, args.dicts,

@@ -23,11 +23,27 @@ file formats, loading by name.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from circuits.dictionaries.base import AttentionSAE, Dictionary, DictionaryConfig, Transcoder
-from circuits.dictionaries.clt import CLTConfig, CLTLayer, CrossLayerTranscoder
-from circuits.dictionaries.dictset import DictionarySet
-from circuits.dictionaries.io import DictionaryLoadError, load_dictionary
+from circuits.errors import DictionaryLoadError
+
+if TYPE_CHECKING:
+    from circuits.dictionaries.dictset import DictionarySet
+
+#: the classes and loaders that need torch, imported on first use (PEP 562) so that the names and checks below
+#: (used by the CLI before anything loads) do not pay for importing torch
+_LAZY = {"AttentionSAE": "base", "Dictionary": "base", "DictionaryConfig": "base", "Transcoder": "base",
+         "CLTConfig": "clt", "CLTLayer": "clt", "CrossLayerTranscoder": "clt", "DictionarySet": "dictset",
+         "load_dictionary": "io"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"circuits.dictionaries.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'circuits.dictionaries' has no attribute {name!r}")
+
 
 PUBLIC_SETS: dict[str, str] = {
     "gpt2-transcoders": "pchlenski/gpt2-transcoders",
@@ -47,6 +63,8 @@ __all__ = ["AttentionSAE", "CLTConfig", "CLTLayer", "CrossLayerTranscoder", "Dic
 def load_folder(folder: Path, n_heads: int | None = None, model_name: str | None = None) -> DictionarySet:
     """Any supported local layout, detected from its files."""
     from circuits.dictionaries import formats
+    from circuits.dictionaries.dictset import DictionarySet
+    from circuits.dictionaries.io import load_dictionary
 
     folder = Path(folder)
     if not folder.exists():
@@ -93,7 +111,7 @@ def _download_public(name: str) -> Path:
 
 
 def _family_sets() -> tuple[str, ...]:
-    from circuits.dictionaries.public_sets import ALIASES, NAMED_SETS
+    from circuits.dictionaries.set_names import ALIASES, NAMED_SETS
 
     return (*NAMED_SETS, *ALIASES)
 
@@ -126,6 +144,7 @@ def _check_folder(folder: Path) -> None:
 def load_dictionaries(name: str = "organism", model=None) -> DictionarySet:
     """Load a dictionary set by name or path; checked against `model` (loaded by the set's model name if None) and
     moved to the device of `model`'s weights."""
+    from circuits.dictionaries.dictset import DictionarySet
     from circuits.model import DATA_DIR, load_model
 
     name = ORGANISM_ALIASES.get(name, name)

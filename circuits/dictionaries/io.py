@@ -34,12 +34,7 @@ import torch
 from torch import Tensor
 
 from circuits.dictionaries.base import Dictionary, DictionaryConfig, make_dictionary
-from circuits.errors import CircuitsError
-
-
-class DictionaryLoadError(CircuitsError):
-    """A dictionary file is missing, truncated, foreign, inconsistent or does not fit the model."""
-
+from circuits.errors import CircuitsError, DictionaryLoadError  # noqa: F401  (re-exported here, as before)
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,44 +38,13 @@ from circuits.dictionaries.base import Dictionary, Transcoder
 from circuits.dictionaries.clt import CLTLayer
 from circuits.dictionaries.dictset import DictionarySet
 from circuits.dictionaries.io import DictionaryLoadError, dictionary_from_tensors, read_safetensors
+from circuits.dictionaries.set_names import ALIASES, NAMED_SETS, NamedSet  # noqa: F401  (re-exported)
 from circuits.model import hook_resid_mid
 
 GEMMA_SCOPE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 INPUT_HOOKS = ("ln2.hook_normalized", "mlp.hook_in", "hook_resid_mid")
 OUTPUT_HOOKS = ("hook_mlp_out", "mlp.hook_out")
 
-
-@dataclass(frozen=True)
-class NamedSet:
-    """A public set: its Hugging Face repository (with circuit-tracer's ``config.yaml``), model and kind."""
-
-    repo: str
-    model: str  # a name in circuits.families.PUBLIC_MODELS
-    kind: str  # "transcoders" (per layer) or "clt"
-    description: str
-
-
-NAMED_SETS: dict[str, NamedSet] = {
-    "gemma-2-2b-transcoders": NamedSet("mwhanna/gemma-scope-transcoders", "gemma-2-2b", "transcoders",
-                                       "Gemma Scope 16k JumpReLU transcoders, lowest L0 per layer (circuit-tracer "
-                                       "'gemma')"),
-    "gemma-2-2b-clt-426k": NamedSet("mntss/clt-gemma-2-2b-426k", "gemma-2-2b", "clt",
-                                    "cross-layer transcoder, 16,384 features per layer"),
-    "gemma-2-2b-clt-2.5m": NamedSet("mntss/clt-gemma-2-2b-2.5M", "gemma-2-2b", "clt",
-                                    "cross-layer transcoder, 2.5M features"),
-    "llama-3.2-1b-transcoders": NamedSet("mntss/transcoder-Llama-3.2-1B", "llama-3.2-1b", "transcoders",
-                                         "per-layer skip transcoders (circuit-tracer 'llama')"),
-    "llama-3.2-1b-clt-524k": NamedSet("mntss/clt-llama-3.2-1b-524k", "llama-3.2-1b", "clt",
-                                      "cross-layer transcoder, 32,768 features per layer"),
-    "qwen3-0.6b-transcoders": NamedSet("mwhanna/qwen3-0.6b-transcoders-lowl0", "qwen3-0.6b", "transcoders",
-                                       "per-layer transcoders, low L0"),
-    "qwen3-1.7b-transcoders": NamedSet("mwhanna/qwen3-1.7b-transcoders-lowl0", "qwen3-1.7b", "transcoders",
-                                       "per-layer transcoders, low L0"),
-    "qwen3-4b-transcoders": NamedSet("mwhanna/qwen3-4b-transcoders", "qwen3-4b", "transcoders",
-                                     "per-layer transcoders"),
-}
-#: circuit-tracer's legacy short names
-ALIASES = {"gemma": "gemma-2-2b-transcoders", "llama": "llama-3.2-1b-transcoders"}
 
 OFFLINE_DEFAULT = "use load_dictionaries('organism') (--dicts organism) or a local folder"
 
