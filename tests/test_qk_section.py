@@ -165,6 +165,11 @@ def test_head_analysis_with_the_replacement_model_reports_the_role_heads_feature
     row = next(r for r in data["replication"]["rows"] if r["head"] == "L1H0")
     assert row["replicated"] and row["role"] == "name mover"
     assert "**Replication**" in render_head_section(data) and "| name mover | L1H0 |" in render_head_section(data)
+    role_row = next(x for x in render_head_section(data).splitlines() if x.startswith("| name mover | L1H0 |"))
+    assert "confirmed, replicated" in role_row  # the role table says it in the role's own row
+    data["replication"]["rows"] = [{**r, "replicated": False} for r in data["replication"]["rows"]]
+    role_row = next(x for x in render_head_section(data).splitlines() if x.startswith("| name mover | L1H0 |"))
+    assert "confirmed, **not replicated**" in role_row
     heads = ioi_heads(data, min_attention=0.5)
     assert [(h.name, h.key_a, h.key_b) for h in heads][:1] == [("L1H0", "IO", "S2")]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -300,12 +301,30 @@ def test_positional_verdict_logic():
         rows.append(row)
     res = PositionalCheck().summarize(rows)
     assert res["probe_S2_clean"] == 1.0 and res["probe_S2_filler"] == 1.0 and res["probe_S2_no_and"] == 0.5
+    assert res["probe_S2_clean_auc"] == 1.0 and res["probe_S2_no_and_auc"] == 0.5
     assert res["verdict"].startswith("relative")
 
 
-def _hits(acc: float, n: int = 100) -> list[float]:
-    k = round(acc * n)
-    return [1.0] * k + [0.0] * (n - k)
+def _scores(auc_target: float, n: int = 100, shift: float = 0.0) -> list[float]:
+    """Probe scores of n test prompts (ABBA, BABA alternating: `_LABELS`) whose AUC is `auc_target`: the first
+    round(2·(1 − auc)·n/2) ABBA prompts score like BABA ones (ties: half), the rest above every BABA prompt."""
+    k = round(2 * (1 - auc_target) * n / 2)  # ABBA prompts that do not separate
+    out, seen = [], 0
+    for i in range(n):
+        if i % 2 == 0:
+            out.append((0.0 if seen < k else 1.0) + shift)
+            seen += 1
+        else:
+            out.append(0.0 + shift)
+    return out
+
+
+_LABELS = [i % 2 == 0 for i in range(100)]
+
+
+def _verdict(clean, filler, no_and, **more):
+    return positional_verdict({"clean": _scores(clean), "filler": _scores(filler), "no_and": _scores(no_and),
+                               **{k: _scores(v) for k, v in more.items()}}, _LABELS)
 
 
 @pytest.mark.parametrize("clean, filler, no_and, expect", [
@@ -313,23 +332,43 @@ def _hits(acc: float, n: int = 100) -> list[float]:
     (1.0, 0.5, 1.0, "absolute position"),
     (1.0, 1.0, 1.0, "neither edit breaks it"),
     (1.0, 0.5, 0.5, "mixed"),
-    (0.89, 0.79, 0.61, "mixed"),  # a 10-point drop is a 10-point drop, whatever the float rounding
     (0.6, 0.6, 0.3, "inconclusive: the order is not reliably readable"),
     (1.0, 0.94, 0.5, "inconclusive: the filler has an unclear effect"),
 ])
 def test_positional_verdict_every_branch(clean, filler, no_and, expect):
-    """Paired hits: a prompt read correctly after the edit was read correctly before (drops are nested)."""
-    res = positional_verdict({"clean": _hits(clean), "filler": _hits(filler), "no_and": _hits(no_and)})
+    res = _verdict(clean, filler, no_and)
     assert res["verdict"].startswith(expect), res["verdict"]
 
 
-def test_positional_filler_that_does_not_degrade_is_not_mixed():
-    """The committed report said "mixed: both edits degrade" when the filler took accuracy from 0.81 to 0.82."""
-    clean = _hits(0.81)
-    filler = [1.0] * 82 + [0.0] * 18
-    res = positional_verdict({"clean": clean, "filler": filler, "no_and": _hits(0.5)})
-    assert not res["verdict"].startswith("mixed")
-    assert res["probe_drop_filler"]["value"] == pytest.approx(-0.01)
+def test_auc_is_the_mann_whitney_statistic():
+    from circuits.studies.ioi import auc
+
+    assert auc([3, 2, 1, 0], [True, True, False, False]) == 1.0
+    assert auc([0, 1, 2, 3], [True, True, False, False]) == 0.0
+    assert auc([1, 1, 1, 1], [True, False, True, False]) == 0.5  # ties count half
+    assert auc([2, 0, 1, 1], [True, True, False, False]) == 0.5
+    assert np.isnan(auc([1, 2], [True, True]))
+
+
+def test_a_shift_of_every_score_is_not_a_loss_of_the_order_signal():
+    """The review's case: removing 'and' moved every probe score past the clean midpoint (accuracy at that threshold
+    0.86 → 0.56) while the two orders stayed as separable as under the filler. The verdict reads the AUC, which a
+    shift cannot change: an edit that only shifts the scores "keeps" the signal."""
+    shifted = _scores(1.0, shift=5.0)
+    res = positional_verdict({"clean": _scores(1.0), "filler": _scores(1.0), "no_and": shifted}, _LABELS)
+    assert res["probe_auc_drop_no_and"]["value"] == 0.0
+    assert res["verdict"].startswith("neither edit breaks it"), res["verdict"]
+    rows = []  # and through the check's own probe: a no-'and' variant whose codes all move keeps its AUC
+    for i in range(16):
+        order = "ABBA" if i % 2 == 0 else "BABA"
+        sig = {0: 1.0} if order == "ABBA" else {1: 1.0}
+        moved = {0: 4.0, 1: 1.0} if order == "ABBA" else {0: 3.0, 1: 2.0}  # both past the midpoint, same ranking
+        row = {"order": order, "index": i}
+        for v, s2 in (("clean", sig), ("filler", sig), ("no_and", moved)):
+            row[v] = {"metric": 1.0, "S2": s2, "END": sig}
+        rows.append(row)
+    res = PositionalCheck().summarize(rows)
+    assert res["probe_S2_no_and"] == 0.5 and res["probe_S2_no_and_auc"] == 1.0  # midpoint says lost; AUC kept
 
 
 # -- prompt sets, reference means, conventions, baselines -----------------------------------------------------------
@@ -673,11 +712,10 @@ def test_the_passes_of_a_study_share_one_worker_pool():
 def test_positional_control_edit_that_moves_the_probe_makes_the_verdict_inconclusive():
     """Negative control: when swapping a place or object word (positions, names and 'and' kept) also drops the
     probe, the filler / no-'and' drops say nothing about position, so no positional verdict is given."""
-    base = {"clean": _hits(1.0), "filler": _hits(1.0), "no_and": _hits(0.5)}
-    assert positional_verdict({**base, "control": _hits(1.0)})["verdict"].startswith("relative to 'and'")
-    res = positional_verdict({**base, "control": _hits(0.6)})
-    assert res["verdict"].startswith("inconclusive: the control edit") and "probe_drop_control" in res
-    assert positional_verdict(base)["verdict"].startswith("relative to 'and'")  # reports made before the control
+    assert _verdict(1.0, 1.0, 0.5, control=1.0)["verdict"].startswith("relative to 'and'")
+    res = _verdict(1.0, 1.0, 0.5, control=0.6)
+    assert res["verdict"].startswith("inconclusive: the control edit") and "probe_auc_drop_control" in res
+    assert _verdict(1.0, 1.0, 0.5)["verdict"].startswith("relative to 'and'")  # reports made before the control
 
 
 def test_the_control_edit_swaps_one_word_and_keeps_every_position():

@@ -57,13 +57,17 @@ def render_head_section(data: dict) -> str:
         "| role | head | evidence | effect [95% CI] | verdict | mean-ablation drop | notes |",
         "|---|---|---|---|---|---|---|",
     ]
+    rep = data.get("replication")
+    replicated = {(x["role"], x["head"]): x["replicated"] for x in rep["rows"]} if rep else {}
     for r in data["roles"]:
         eff = _fmt(r["effect"]) if r.get("effect") else "–"
         abl = f"{_fmt(r['ablation'])} ({r['ablation_verdict']})" if r.get("ablation") else "–"
         note = "; ".join(x for x in (r.get("note", ""), r.get("attention", "")) if x)
-        lines.append(f"| {r['role']} | {r['head'] or '—'} | {r['evidence']} | {eff} | {r['verdict']} | {abl} | "
+        word = r["verdict"]
+        if (r["role"], r["head"]) in replicated:  # the role's claim in one cell: confirmed here, and on the other set?
+            word += ", replicated" if replicated[(r["role"], r["head"])] else ", **not replicated**"
+        lines.append(f"| {r['role']} | {r['head'] or '—'} | {r['evidence']} | {eff} | {word} | {abl} | "
                      f"{note} |")
-    rep = data.get("replication")
     if rep:
         lines += ["", f"**Replication** ({rep['how']}; n = {rep['n']}):", "",
                   "| role | head | evaluation effect | effect on the other set | on the other set |", "|---|---|---|---|---|"]

@@ -32,6 +32,7 @@ import random
 import re
 from statistics import mean
 
+import numpy as np
 import torch
 
 from circuits.studies import stats
@@ -228,11 +229,16 @@ class PositionalCheck:
     def summarize(self, rows: list[dict], clean_mean: float | None = None, seed: int = 0) -> dict:
         res: dict = {"title": self.title,
                      "how": "probe = difference of mean attention-SAE codes (all layers, concatenated) between ABBA "
-                            "and BABA prompts, trained on half the clean prompts (alternate pairs), threshold at the midpoint; "
-                            "accuracy on the other half, clean and edited. 'filler' prepends "
+                            "and BABA prompts, trained on half the clean prompts (alternate pairs); on the other half, "
+                            "clean and edited, the probe's score ranks the two orders: AUC = the chance that an ABBA "
+                            "prompt scores above a BABA one (0.5: no signal). The verdict uses the AUC, which no "
+                            "shift of every score can change; the accuracy at the clean midpoint threshold is shown "
+                            "as a variant (an edit that moves every code crosses that threshold without losing the "
+                            "signal). 'filler' prepends "
                             f"{FILLER!r} (absolute positions shift); 'no_and' turns 'A and B' into 'A, B' "
-                            "(absolute positions kept, 'and' removed); 'control' swaps the place or object word for another "
-                            "(positions, names and 'and' kept: a negative control that should keep the signal)."}
+                            "(absolute positions kept, 'and' removed); 'control' swaps the place or object word for "
+                            "another (positions, names and 'and' kept: a negative control that should keep the "
+                            "signal)."}
         variants = [v for v in self.variants if all(v in r for r in rows)]
         for v in variants:
             ms = [r[v]["metric"] for r in rows]
@@ -241,7 +247,8 @@ class PositionalCheck:
         # prompts alternate ABBA, BABA: split by pairs so that both halves hold both orders
         train = [r for r in rows if r["index"] % 4 < 2]
         test = [r for r in rows if r["index"] % 4 >= 2] or train
-        hits: dict[str, list[float]] = {}
+        labels = [r["order"] == "ABBA" for r in test]
+        scores: dict[str, list[float]] = {}
         for where in ("S2", "END"):
             def avg(rs, where=where):
                 acc: dict[int, float] = {}
@@ -254,40 +261,56 @@ class PositionalCheck:
             keys = set(a) | set(b)
             w = {k: a.get(k, 0.0) - b.get(k, 0.0) for k in keys}
             mid = (sum(w[k] * a.get(k, 0.0) for k in keys) + sum(w[k] * b.get(k, 0.0) for k in keys)) / 2
-
-            def hits_on(variant: str, w=w, mid=mid, where=where) -> list[float]:
-                return [float((sum(w.get(k, 0.0) * x for k, x in r[variant][where].items()) > mid)
-                              == (r["order"] == "ABBA")) for r in test]
             for v in variants:
-                h = hits_on(v)
-                res[f"probe_{where}_{v}"] = mean(h) if h else float("nan")
+                sc = [sum(w.get(k, 0.0) * x for k, x in r[v][where].items()) for r in test]
+                hits = [float((x > mid) == y) for x, y in zip(sc, labels, strict=True)]
+                res[f"probe_{where}_{v}"] = mean(hits) if hits else float("nan")  # midpoint accuracy (variant)
+                res[f"probe_{where}_{v}_auc"] = auc(sc, labels)
                 if where == "S2":
-                    hits[v] = h
+                    scores[v] = sc
         res["probe_test_prompts"] = len(test)
-        res.update(positional_verdict(hits, seed))
+        res.update(positional_verdict(scores, labels, seed))
         return res
 
 
+def auc(scores, labels) -> float:
+    """The chance that a positive (label True) scores above a negative, ties counted half (Mann–Whitney); nan
+    without both classes."""
+    x, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    pos, neg = x[y], x[~y]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    d = pos[:, None] - neg[None, :]
+    return float((d > 0).mean() + 0.5 * (d == 0).mean())
+
+
 def _edit_state(drop: stats.Interval) -> str:
-    """'degrades' (interval above 0, drop ≥ 10 points), 'keeps' (whole interval under a 10-point drop) or 'unclear'."""
-    if drop.lo > 0 and drop.value >= 0.1 - 1e-9:  # (a drop of 10 of 100 prompts is 0.1 up to rounding)
+    """'degrades' (interval above 0, AUC drop ≥ 0.1), 'keeps' (whole interval under a 0.1 drop) or 'unclear'."""
+    if drop.lo > 0 and drop.value >= 0.1 - 1e-9:
         return "degrades"
     if drop.hi < 0.1:
         return "keeps"
     return "unclear"
 
 
-def positional_verdict(hits: dict[str, list[float]], seed: int = 0) -> dict:
-    """The positional verdict from per-test-prompt probe hits at S2 (1 = order read correctly) on clean, filler and
-    no-'and' prompts: intervals of the clean accuracy and of each edit's paired drop, and the verdict."""
-    clean = stats.mean_interval(hits["clean"], seed)
-    edits = [v for v in ("filler", "no_and", "control") if v in hits]
-    drops = {v: stats.bootstrap({"c": hits["clean"], "e": hits[v]}, lambda c: float(c["c"].mean() - c["e"].mean()),
-                                seed=seed) for v in edits}
+def positional_verdict(scores: dict[str, list[float]], labels: list[bool], seed: int = 0) -> dict:
+    """The positional verdict from the probe's scores at S2 on the test prompts (clean, filler, no-'and' and the
+    control edit; `labels`: True for ABBA): the clean AUC and each edit's AUC drop, with paired bootstrap intervals
+    over prompts (one resample of prompts for both AUCs), and the verdict."""
+    y = [float(v) for v in labels]
+
+    def clean_auc(c):
+        return auc(c["c"], c["y"] > 0.5)
+
+    clean = stats.bootstrap({"c": scores["clean"], "y": y}, clean_auc, seed=seed)
+    edits = [v for v in ("filler", "no_and", "control") if v in scores]
+    drops = {v: stats.bootstrap({"c": scores["clean"], "e": scores[v], "y": y},
+                                lambda c: auc(c["c"], c["y"] > 0.5) - auc(c["e"], c["y"] > 0.5), seed=seed)
+             for v in edits}
     f, na = _edit_state(drops["filler"]), _edit_state(drops["no_and"])
-    numbers = f"clean accuracy {clean}; drop with filler {drops['filler']}; drop without 'and' {drops['no_and']}"
+    numbers = f"clean AUC {clean}; AUC drop with filler {drops['filler']}; without 'and' {drops['no_and']}"
     if "control" in drops:
-        numbers += f"; drop with the control edit {drops['control']}"
+        numbers += f"; with the control edit {drops['control']}"
     if clean.lo < 0.75:
         word = "inconclusive: the order is not reliably readable at S2 on clean prompts"
     elif "control" in drops and _edit_state(drops["control"]) != "keeps":
@@ -305,5 +328,5 @@ def positional_verdict(hits: dict[str, list[float]], seed: int = 0) -> dict:
         word = (f"inconclusive: the filler {f.replace('unclear', 'has an unclear effect on')} the order signal and "
                 f"removing 'and' {na.replace('unclear', 'has an unclear effect on')} it")
     return {"verdict": f"{word} ({numbers})", "verdict_word": word.split(":")[0],
-            "probe_clean_interval": clean.as_dict(),
-            **{f"probe_drop_{v}": drops[v].as_dict() for v in edits}}
+            "probe_auc_clean_interval": clean.as_dict(),
+            **{f"probe_auc_drop_{v}": drops[v].as_dict() for v in edits}}
