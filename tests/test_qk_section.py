@@ -61,17 +61,33 @@ def test_the_aggregated_section_names_the_planted_pair(induction, induction_sect
 
 def test_frozen_removal_moves_the_preference_by_the_summed_contribution(induction_section):
     r = induction_section["heads"][0]["removal"]
-    assert r["nodes"][0] == "emb@END" and r["prompts_with_any"] == N
+    # ranked on half of the prompts (i % 4 < 2), removed on the other half only
+    assert r["n_selection"] == r["n_test"] == N // 2
+    assert r["nodes"][0] == "emb@END" and r["prompts_with_any"] == N // 2
     assert r["max_abs_frozen_error"] < 1e-9
     assert abs(r["frozen"]["value"] - r["predicted"]["value"]) < 1e-9
     assert r["predicted"]["hi"] < 0  # removing the supporting sources lowers the preference ...
     assert r["live_pattern"]["hi"] < 0 and r["share_in_direction"] == 1.0  # ... and the live pattern follows
-    # the random baseline removes as many other query-side nodes present at END; in this planted model they do
-    # not carry the preference, so its live change is far smaller than the top nodes' (the check can say "no")
-    rand = r["random"]
-    assert set(rand) == {"live_pattern", "prompts_with_any", "share_in_direction"}
-    if rand["prompts_with_any"]:
-        assert abs(rand["live_pattern"]["value"]) < abs(r["live_pattern"]["value"])
+    # the baselines remove the next-ranked nodes and as many random other nodes present at END; in this planted
+    # model they do not carry the preference, so their live change is far smaller than the top nodes' (the check
+    # can say "no"), and each is scored against its own prediction
+    for base in (r["random"], r["next"]):
+        assert {"live_pattern", "predicted", "prompts_with_any", "share_in_direction"} <= set(base)
+        if base["prompts_with_any"]:
+            assert abs(base["live_pattern"]["value"]) < abs(r["live_pattern"]["value"])
+
+
+def test_removal_baselines_are_scored_against_their_own_prediction():
+    """The review found the random removals' share "in the predicted direction" scored against the *top* nodes'
+    predicted sign; each removal's share now reads its own prediction."""
+    from circuits.studies.qk_section import _share
+
+    checks = [{"removed": 1, "predicted": 0.5, "live_pattern": 0.1},   # follows its own (+) prediction
+              {"removed": 2, "predicted": -0.5, "live_pattern": -0.2},  # follows its own (−) prediction
+              {"removed": 1, "predicted": 0.3, "live_pattern": -0.1},   # does not
+              {"removed": 0, "predicted": 0.0, "live_pattern": 0.0}]    # nothing removed: not counted
+    assert _share(checks) == pytest.approx(2 / 3)
+    assert _share([]) is None
 
 
 def test_the_section_is_deterministic_and_renders(induction, induction_section):
@@ -113,7 +129,8 @@ def test_ioi_heads_come_from_the_role_table():
                       {"role": "none", "head": None}, {"role": "writes", "head": "MLP3"}],
             "heads": {"L0H4": att(0.0, 0.0, 0.98), "L3H0": att(0.48, 0.38, 0.01), "L2H1": att(0.1, 0.1, 0.1)}}
     got = ioi_heads(data)
-    assert [(h.name, h.key_a, h.key_b) for h in got] == [("L0H4", "S2", "IO"), ("L3H0", "IO", "S2")]
+    assert [(h.name, h.key_a, h.key_b) for h in got] == [("L0H4", "S2", "IO"), ("L3H0", "IO", "S2"),
+                                                         ("L3H0", "IO", "S1")]
     assert ioi_heads(None) == []
 
 
@@ -185,13 +202,14 @@ def test_organism_ioi_section_is_exact_in_float32():
     model, _ = load_model("organism")
     rm = ReplacementModel(model, load_dictionaries("organism", model))
     study = IOIStudy()
-    prompts = prepare(rm, study, study.prompts(model, 3, 7))
+    prompts = prepare(rm, study, study.prompts(model, 4, 7))
     heads = [QKHead(3, 0, "END", "IO", "S2"), QKHead(0, 4, "END", "S2", "IO")]
     out = qk_section(rm, prompts, heads, seed=0)
     for h in out["heads"]:
         scale = max(1.0, abs(h["score"]["value"]))
-        assert h["n"] == 3 and h["max_abs_gap"] < 1e-4 * scale
+        assert h["n"] == 4 and h["max_abs_gap"] < 1e-4 * scale
         r = h["removal"]
-        assert 1 <= len(r["nodes"]) <= 5 and r["prompts_with_any"] == 3  # layer 0: only the embedding at END
+        assert 1 <= len(r["nodes"]) <= 5 and r["prompts_with_any"] == r["n_test"] == 2  # layer 0: only the
+        # embedding at END; ranked on prompts 0-1, removed on 2-3
         assert r["max_abs_frozen_error"] < 1e-4 * scale, r
     assert out["heads"][1]["score"]["lo"] > 0  # L0H4 prefers S2 on every prompt

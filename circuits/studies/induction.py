@@ -15,7 +15,7 @@ from circuits.studies.base import Study, StudyPrompt
 from circuits.studies.checks import AblateRoleFeatures, PatchRoleFeatures
 
 SPAN = 8
-QK_PROMPTS = 80  # evaluation prompts of the QK section (bounds its run time)
+QK_PROMPTS = 160  # evaluation prompts of the QK section: half rank the removal check's nodes, half test it
 CUT = 4  # the repeat ends on the span's CUT-th word (1-based): END = A, answer = the next word
 
 

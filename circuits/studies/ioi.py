@@ -40,7 +40,7 @@ from circuits.studies.base import MIN_GROUP, Study, StudyPrompt, disjoint_sets, 
 from circuits.studies.checks import AblateRoleFeatures, PatchRoleFeatures
 
 FILLER = "It was a quiet day at the park."
-QK_PROMPTS = 80  # evaluation prompts of the QK section (bounds its run time)
+QK_PROMPTS = 160  # evaluation prompts of the QK section: half rank the removal check's nodes, half test it
 
 # The test set's templates (never used while developing the study): names out of subject position, another clause
 # order, a longer IO–S2 distance, other connectives. Every word is in the organism's vocabulary (tested).

@@ -14,17 +14,20 @@ the subtracted score). Token embeddings are pooled per role (``emb@IO``: the nam
 the head's preference) are removed at END on every prompt where they are active:
 
 * **frozen**: their stream contributions at the layer's input are subtracted from the residual stream at END, and
-  the scores are recomputed by the model's own forward pass inside `ReplacementModel.frozen` (LayerNorm scales
   held). The preference must move by exactly minus their summed query marginals; the report gives the largest
-  discrepancy over prompts.
+  discrepancy over prompts. (An identity of the decomposition, checked as such: it cannot fail unless the
+  decomposition is wrong.)
 * **live**: the same vectors are subtracted at END from the unfrozen model's residual stream entering layer l
   (LayerNorm recomputed); the change of the attention pattern ``A[END, a] − A[END, b]`` is reported with an
   interval, with the predicted direction (the sign of the frozen change) and the share of prompts that move that
   way.
-* **random baseline**: on each prompt, as many other query-side role nodes present at END as the top nodes removed
-  there (constant parts excluded), drawn at random (seeded), removed the same way: their live change and the share
-  of those prompts on which it goes the way the top nodes' removal was predicted to go on that prompt. A share of
-  60% means little when random removals reach 55%.
+* **selection and test**: the top nodes are ranked on half of the prompts (pairs alternate, ``i % 4 < 2``) and
+  removed on the other half only, so the check does not test nodes on the prompts that chose them.
+* **baselines**, each removed the same way and scored against *its own* predicted change on each prompt: the
+  next-ranked nodes (ranks 6–10 of the same ranking), and as many other query-side role nodes present at END as the
+  top nodes removed there (constant parts excluded), drawn at random (seeded). The live change says whether the top
+  nodes matter more than others; the share of prompts that move the predicted way says whether the frozen
+  prediction carries over to the live model for any nodes, not only the chosen ones.
 
 Everything is deterministic: prompts in the given order, role nodes sorted by value then by name, seeded bootstraps.
 """
@@ -176,19 +179,23 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
             rec["pattern"].append(float(qk.pattern[a] - qk.pattern[b]))
             rec["gap"] = max(rec["gap"], abs(qk.total() - qk.value))
             rec["index"].append(i)
-    # the removal check: each head's top supporting query-side role nodes (constant parts cannot be removed)
+    # the removal check: each head's top supporting query-side role nodes (constant parts cannot be removed), ranked
+    # on the selection half of the prompts (pairs alternate: i % 4 < 2) and removed on the other half only
     removals: dict[str, list[str]] = {}
+    next_ranked: dict[str, list[str]] = {}
     for key, rec in per_head.items():
-        qmeans = _means(rec["q"]) if rec["q"] else {}
-        removals[key] = [k for k in sorted(qmeans, key=lambda k: (-qmeans[k], k))
-                         if qmeans[k] > 0 and not k.startswith("const@")][:remove]
-        rec["checks"] = []
+        chosen_on = [q for q, i in zip(rec["q"], rec["index"], strict=True) if _selects(i)]
+        qmeans = _means(chosen_on) if chosen_on else {}
+        ranked = [k for k in sorted(qmeans, key=lambda k: (-qmeans[k], k))
+                  if qmeans[k] > 0 and not k.startswith("const@")]
+        removals[key], next_ranked[key] = ranked[:remove], ranked[remove:2 * remove]
+        rec["checks"], rec["random_checks"], rec["next_checks"] = [], [], []
     import random
 
     rng = random.Random(f"qk-removal-{seed}")
-    for rec in per_head.values():
-        rec["random_checks"] = []
     for i, pp in enumerate(prompts):
+        if _selects(i):
+            continue
         todo = [(spec, per_head[spec.name + ":" + spec.contrast]) for spec in heads]
         todo = [(spec, rec) for spec, rec in todo if i in rec["index"]]
         if not todo:
@@ -198,15 +205,16 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
         for spec, rec in todo:
             p, a, b = _positions(pp, spec)
             qm = rec["q"][rec["index"].index(i)]
-            chosen = removals[spec.name + ":" + spec.contrast]
+            key = spec.name + ":" + spec.contrast
+            chosen = removals[key]
             rec["checks"].append(_removal(rm, cache, src, spec, p, a, b, chosen, qm))
-            # as many as the top nodes removed on this prompt (those present here), scored against its prediction
+            # baselines, each scored against its own prediction on this prompt: the next-ranked nodes, and as many
+            # other nodes present here as the top nodes removed here, drawn at random
+            rec["next_checks"].append(_removal(rm, cache, src, spec, p, a, b, next_ranked[key], qm))
             n_here = sum(1 for k in chosen if qm.get(k, 0.0) != 0)
             others = sorted(k for k, v in qm.items() if v != 0 and k not in chosen and not k.startswith("const@"))
             drawn = rng.sample(others, min(n_here, len(others)))
-            rand = _removal(rm, cache, src, spec, p, a, b, drawn, qm)
-            rand["top_predicted"] = rec["checks"][-1]["predicted"]
-            rec["random_checks"].append(rand)
+            rec["random_checks"].append(_removal(rm, cache, src, spec, p, a, b, drawn, qm))
     out_heads = []
     for spec in heads:
         rec = per_head[spec.name + ":" + spec.contrast]
@@ -224,30 +232,45 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
         live = [c["live_pattern"] for c in checks]
         direction = float(np.sign(np.mean(pred))) if pred else 0.0
         moved = [c for c in checks if c["removed"]]
-        rand = rec["random_checks"]
-        rand_moved = [c for c in rand if c["removed"]]
+        rand, nxt = rec["random_checks"], rec["next_checks"]
         out_heads.append({
             "head": spec.name, "layer": spec.layer, "h": spec.head, "contrast": spec.contrast, "why": spec.why,
             "n": len(rec["value"]), "score": _iv(rec["value"], seed), "pattern": _iv(rec["pattern"], seed),
             "max_abs_gap": rec["gap"], "query": qtab, "key": ktab, "query_groups": qgroups, "key_groups": kgroups,
             "key_net": knet,
             "removal": {
-                "nodes": removed, "prompts_with_any": len(moved),
-                "predicted": _iv(pred, seed), "frozen": _iv([c["frozen"] for c in checks], seed),
-                "max_abs_frozen_error": max(abs(c["frozen"] - c["predicted"]) for c in checks),
-                "live_pattern": _iv(live, seed), "predicted_direction": direction,
-                "share_in_direction": (sum(1 for c in moved if np.sign(c["live_pattern"]) == np.sign(c["predicted"]))
-                                       / len(moved)) if moved else float("nan"),
-                "random": {
-                    "live_pattern": _iv([c["live_pattern"] for c in rand], seed),
-                    "prompts_with_any": len(rand_moved),
-                    "share_in_direction": (sum(1 for c in rand_moved if np.sign(c["live_pattern"])
-                                               == np.sign(c["top_predicted"])) / len(rand_moved))
-                    if rand_moved else float("nan"),
-                },
+                "nodes": removed, "prompts_with_any": len(moved), "n_test": len(checks),
+                "n_selection": sum(1 for i in rec["index"] if _selects(i)),
+                "predicted": _iv(pred, seed) if checks else None,
+                "frozen": _iv([c["frozen"] for c in checks], seed) if checks else None,
+                "max_abs_frozen_error": max((abs(c["frozen"] - c["predicted"]) for c in checks), default=0.0),
+                "live_pattern": _iv(live, seed) if checks else None, "predicted_direction": direction,
+                "share_in_direction": _share(moved),
+                "next": {**_baseline(nxt, seed), "nodes": next_ranked[spec.name + ":" + spec.contrast]},
+                "random": _baseline(rand, seed),
             },
         })
     return {"n_prompts": len(prompts), "n_available": len(prepared), "heads": out_heads}
+
+
+def _selects(i: int) -> bool:
+    """Prompt i (in the given order) ranks the nodes to remove; the others test the removal. Pairs alternate
+    (ABBA, BABA / the induction orders), so both halves hold both."""
+    return i % 4 < 2
+
+
+def _share(checks: list[dict]) -> float:
+    """Among prompts where something was removed, the share whose live pattern change has the sign of that
+    removal's own predicted change (None without such prompts)."""
+    moved = [c for c in checks if c["removed"] and c["predicted"] != 0]
+    return (sum(1 for c in moved if np.sign(c["live_pattern"]) == np.sign(c["predicted"])) / len(moved)
+            if moved else None)  # None, not nan: the section compares equal to itself (determinism)
+
+
+def _baseline(checks: list[dict], seed: int) -> dict:
+    return {"live_pattern": _iv([c["live_pattern"] for c in checks], seed) if checks else None,
+            "predicted": _iv([c["predicted"] for c in checks], seed) if checks else None,
+            "prompts_with_any": sum(1 for c in checks if c["removed"]), "share_in_direction": _share(checks)}
 
 
 def _grouped(row: dict[str, float]) -> dict[str, float]:
@@ -280,7 +303,8 @@ def _means(rows: list[dict[str, float]]) -> dict[str, float]:
 def ioi_heads(head_data: dict | None, min_attention: float = 0.5) -> list[QKHead]:
     """The role heads of the IOI head analysis (single heads of its role table) whose END attention to the names
     (IO + S1 + S2) is at least `min_attention`; contrast END→IO − END→S2, or END→S2 − END→IO for a head that
-    attends S2 more than IO."""
+    attends S2 more than IO; a head that attends IO at least as much as S2 gets END→IO − END→S1 as well (IO over
+    the subject's first mention, the preference IOI needs from a head that reads the first clause)."""
     if not head_data:
         return []
     import re
@@ -297,9 +321,11 @@ def ioi_heads(head_data: dict | None, min_attention: float = 0.5) -> list[QKHead
             continue
         layer, head = (int(x) for x in n[1:].split("H"))
         io_first = att["end_io"]["value"] >= att["end_s2"]["value"]
-        out.append(QKHead(layer, head, "END", "IO" if io_first else "S2", "S2" if io_first else "IO",
-                          f"role: {row['role']}; END→IO {att['end_io']['value']:.2f}, END→S1 "
-                          f"{att['end_s1']['value']:.2f}, END→S2 {att['end_s2']['value']:.2f}"))
+        why = (f"role: {row['role']}; END→IO {att['end_io']['value']:.2f}, END→S1 {att['end_s1']['value']:.2f}, "
+               f"END→S2 {att['end_s2']['value']:.2f}")
+        out.append(QKHead(layer, head, "END", "IO" if io_first else "S2", "S2" if io_first else "IO", why))
+        if io_first:  # the contrast IOI turns on: the indirect object over the subject's first mention
+            out.append(QKHead(layer, head, "END", "IO", "S1", why + "; IO over S1, the two first-clause names"))
     return sorted(out, key=lambda h: (h.layer, h.head))
 
 
@@ -380,24 +406,39 @@ def render_qk_section(data: dict, study: str = "") -> str:
         for row in h["key_net"]:
             lines.append(f"| `{row['node']}` | {_fmt(row)} |")
         nodes = ", ".join(f"`{n}`" for n in r["nodes"]) or "none"
-        lines += ["", f"Removal of {nodes} at {h['contrast'].split('→')[0]} (active on {r['prompts_with_any']} of "
-                  f"{h['n']} prompts): predicted score change {_fmt(r['predicted'])}; frozen model {_fmt(r['frozen'])} "
-                  f"(largest |frozen − predicted| {r['max_abs_frozen_error']:.1e}); live pattern difference change "
-                  f"{_fmt(r['live_pattern'])}, predicted direction "
-                  f"{'−' if r['predicted_direction'] < 0 else '+' if r['predicted_direction'] > 0 else '0'}, "
-                  f"{r['share_in_direction']:.0%} of the prompts with a removal move that way."
-                  + _random_text(r, h["contrast"].split("→")[0]), ""]
+        where = h["contrast"].split("→")[0]
+        if r.get("live_pattern") is None:
+            lines += ["", f"Removal check: no test prompt (the nodes are ranked on {r.get('n_selection', 0)} "
+                          "selection prompts and removed on the others).", ""]
+            continue
+        sign = "−" if r["predicted_direction"] < 0 else "+" if r["predicted_direction"] > 0 else "0"
+        lines += ["", f"Removal of {nodes} at {where} (ranked on {r.get('n_selection', h['n'])} prompts, removed on "
+                  f"the other {r.get('n_test', h['n'])}; active on {r['prompts_with_any']} of them): predicted score "
+                  f"change {_fmt(r['predicted'])}; frozen model {_fmt(r['frozen'])} (largest |frozen − predicted| "
+                  f"{r['max_abs_frozen_error']:.1e}); live pattern difference change {_fmt(r['live_pattern'])}, "
+                  f"predicted direction {sign}, " + (f"{r['share_in_direction']:.0%} of the prompts with a removal "
+                  "move the way their own prediction says." if r["share_in_direction"] is not None else
+                  "no prompt with a nonzero prediction.") + _random_text(r, where), ""]
     return "\n".join(lines) + "\n"
 
 
 def _random_text(r: dict, where: str) -> str:
-    """The removal check's random baseline, in words (none when the head reads nothing else there)."""
+    """The removal check's baselines in words: the next-ranked nodes, and random nodes present at the query (none
+    when the head reads nothing else there); each scored against its own prediction."""
+    out = ""
+    nxt = r.get("next")
+    if nxt and nxt.get("nodes") and nxt["share_in_direction"] is not None:
+        out += (f" Next-ranked nodes ({', '.join(f'`{n}`' for n in nxt['nodes'])}) removed the same way: predicted "
+                f"{_fmt(nxt['predicted'])}, live change {_fmt(nxt['live_pattern'])}, "
+                f"{nxt['share_in_direction']:.0%} of {nxt['prompts_with_any']} prompts move the way their prediction "
+                "says.")
     rand = r.get("random")
     if rand is None:
-        return ""
-    if not rand["prompts_with_any"]:
-        return (f" Random baseline: none (no other query-side role node is present at {where}: the head's query "
-                "reads only what was removed and the constant part).")
-    return (f" Random baseline (as many other query-side role nodes present at {where}, drawn per prompt): live "
-            f"change {_fmt(rand['live_pattern'])}, {rand['share_in_direction']:.0%} of {rand['prompts_with_any']} "
-            "prompts move the predicted way.")
+        return out
+    if rand["share_in_direction"] is None:
+        return out + (f" Random baseline: none (no other query-side role node is present at {where}: the head's "
+                      "query reads only what was removed and the constant part).")
+    return out + (f" Random baseline (as many other query-side role nodes present at {where}, drawn per prompt): "
+                  f"predicted {_fmt(rand['predicted'])}, live change {_fmt(rand['live_pattern'])}, "
+                  f"{rand['share_in_direction']:.0%} of {rand['prompts_with_any']} prompts move the way their own "
+                  "prediction says.")
