@@ -487,6 +487,17 @@ def test_faithfulness_table_known_value():
     assert row["ig_with_errors"]["value"] == pytest.approx(0.5)
     assert row["random_features_only"]["value"] == pytest.approx(0.1)
     assert row["ig_minus_random_features_only"]["value"] == pytest.approx(0.15, abs=1e-3)
+    # a second ranking: paired differences to IG; one that keeps as much as IG is not told apart from it (interval
+    # across 0), one that keeps less is
+    for r in records:
+        o = r["curve"]["mean:empty"]
+        r["curve"].update({"mean:atp:10:0": r["curve"]["mean:ig:10:0"] + rng.gauss(0, 0.05),
+                           "mean:atp:10:1": o + 2, "mean:influence:10:0": o + 0.6, "mean:influence:10:1": o + 2})
+    plan = [Circuit(label, frozenset(), False, label.split(":")[0]) for label in records[0]["curve"]]
+    row = faithfulness_table(records, plan, {"ig": [], "atp": [], "influence": []}, seed=0)["rows"][0]
+    same, worse = row["ig_minus_atp_features_only"], row["ig_minus_influence_features_only"]
+    assert same["lo"] < 0 < same["hi"]
+    assert worse["value"] == pytest.approx(0.1, abs=1e-3) and worse["lo"] > 0
 
 
 # -- end to end on the organism -------------------------------------------------------------------------------------

@@ -261,6 +261,15 @@ def _curve_lines(d: dict) -> list[str]:
         body = "".join("| " + " | ".join(str(r[c]) if c == "k" else _iv(r.get(c), 2) for c, _ in cols) + " |\n"
                        for r in rows)
         lines += [f"**{title}.**", "", head + body]
+    others = [m for m in rk if m != "ig" and any(f"ig_minus_{m}_features_only" in r for r in rows)]
+    if others:
+        cols = [("k", "k")] + [(f"ig_minus_{m}_features_only", f"IG − {m}") for m in others]
+        head = "| " + " | ".join(h for _, h in cols) + " |\n|" + "---|" * len(cols) + "\n"
+        body = "".join("| " + " | ".join(str(r[c]) if c == "k" else _iv(r.get(c), 3) for c, _ in cols) + " |\n"
+                       for r in rows)
+        lines += ["**IG against each other ranking** (features alone: the faithfulness difference on the same prompts, "
+                  "paired bootstrap; an interval across 0 means the two rankings are not told apart).", "",
+                  head + body]
     info = d["curve"]["random"]
     wider = [r for r in info if r["outside_stratum"] > 0]
     if wider:

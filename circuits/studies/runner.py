@@ -235,6 +235,11 @@ def faithfulness_table(records: list[dict], plan: list[Circuit], rankings: dict,
             row[f"random_{tag}"] = stats.faithfulness_interval(rnd, col["mean:empty"], full, seed).as_dict()
             row[f"ig_minus_random_{tag}"] = _difference(col[f"mean:ig:{k}:{errors}"], rnd, col["mean:empty"], full,
                                                         seed)
+            for method in rankings:  # is one ranking better than another? a paired interval, not two overlapping
+                if method != "ig" and f"mean:{method}:{k}:{errors}" in col and f"mean:ig:{k}:{errors}" in col:
+                    row[f"ig_minus_{method}_{tag}"] = _difference(col[f"mean:ig:{k}:{errors}"],
+                                                                  col[f"mean:{method}:{k}:{errors}"],
+                                                                  col["mean:empty"], full, seed)
         out["rows"].append(row)
     return out
 
