@@ -415,3 +415,27 @@ def test_the_plurality_baseline_labels_everything_it_can_and_precision_tells_it_
     b, c = (evaluate(p, truth, sets, 10, "x") for p in (base, careful))
     assert (b.n_predicted, b.n_correct, b.precision) == (2, 1, 0.5)
     assert (c.n_predicted, c.n_correct, c.precision) == (1, 1, 1.0)
+
+
+def test_the_share_rule_baseline_and_the_paired_precision_difference():
+    """The harder baseline names the plurality category only when it holds a share of the top tokens: it drops the
+    mixed feature the plain plurality labeller got wrong. The precision difference between two labellers is paired
+    over the same judged features: equal labellers differ by exactly 0."""
+    from circuits.labels.ground_truth import outcomes, plurality_categories, precision_difference
+    from circuits.token_sets import TokenSet
+
+    sets = [TokenSet("name", frozenset({0, 1, 2}), "names"), TokenSet("city", frozenset({3, 4, 5}), "cities")]
+    top = {("d", 0): [0, 1, 2, 0, 1, 2, 0, 1, 2, 0], ("d", 1): [3, 3, 0, 9, 9, 9, 9, 9, 9, 9], ("d", 2): [9] * 10,
+           ("d", 3): [3, 4]}  # a clear city, but only two top tokens
+    assert plurality_categories(top, sets, 10, 0.5, 3) == {("d", 0): "name", ("d", 1): None, ("d", 2): None,
+                                                           ("d", 3): None}
+    assert plurality_categories(top, sets, 10)[("d", 3)] == "city"
+    truth = {("d", i): [0, 1, 2, 0, 1] * 2 for i in range(40)}
+    good = {("d", i): "name" for i in range(40)}
+    half = {("d", i): "name" if i % 2 else "city" for i in range(40)}
+    a, b = outcomes(good, truth, sets, 10), outcomes(half, truth, sets, 10)
+    assert a["labelled"].sum() == 40 and a["correct"].sum() == 40 and b["correct"].sum() == 20
+    d = precision_difference(a, b)
+    assert d.value == 0.5 and d.lo > 0
+    same = precision_difference(a, a)
+    assert same.value == same.lo == same.hi == 0.0

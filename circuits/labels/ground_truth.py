@@ -143,22 +143,60 @@ def evaluate(predicted: dict[tuple[str, int], str | None], truth_tokens: dict[tu
     return GroundTruthReport(source, judged, list(scores.values()))
 
 
-def plurality_categories(top_tokens: dict[tuple[str, int], list[int]], sets: list[TokenSet], d_vocab: int
-                         ) -> dict[tuple[str, int], str | None]:
-    """The baseline labeller the enrichment labels are compared with: each feature's most common category among
-    its stored top tokens (ties: the first set), with no test and no threshold — it names a category whenever one
-    of its top tokens has one."""
+def plurality_categories(top_tokens: dict[tuple[str, int], list[int]], sets: list[TokenSet], d_vocab: int,
+                         min_share: float = 0.0, min_n: int = 0) -> dict[tuple[str, int], str | None]:
+    """The baseline labellers the enrichment labels are compared with: each feature's most common category among
+    its stored top tokens (ties: the first set), with no statistical test. With the defaults it names a category
+    whenever one of its top tokens has one; with `min_share` / `min_n` only when that category holds at least
+    that share of the tokens and there are at least `min_n` of them (a share rule: the harder baseline)."""
     index = set_index(sets, d_vocab)
     out: dict[tuple[str, int], str | None] = {}
     for key, tokens in top_tokens.items():
         cats = index[np.asarray(tokens, dtype=np.int64)] if tokens else np.array([], dtype=np.int64)
         cats = cats[cats >= 0]
-        if len(cats):
+        out[key] = None
+        if len(cats) and len(tokens) >= min_n:
             values, counts = np.unique(cats, return_counts=True)
-            out[key] = sets[int(values[counts.argmax()])].name
-        else:
-            out[key] = None
+            j = int(counts.argmax())
+            if counts[j] >= min_share * len(tokens):
+                out[key] = sets[int(values[j])].name
     return out
+
+
+#: the baselines `circuits dashboards label-accuracy` scores beside the enrichment labels: (name, min_share, min_n)
+BASELINES = (("plurality, no threshold", 0.0, 0), ("plurality, ≥ half of ≥ 3 top tokens", 0.5, 3),
+             (f"plurality, ≥ {THRESHOLD:.0%} of ≥ {MIN_N} top tokens (the truth's own rule)", THRESHOLD, MIN_N))
+
+
+def outcomes(predicted: dict[tuple[str, int], str | None], truth_tokens: dict[tuple[str, int], list[int]],
+             sets: list[TokenSet], d_vocab: int, threshold: float = THRESHOLD, min_n: int = MIN_N
+             ) -> dict[str, np.ndarray]:
+    """Per judged feature (≥ `min_n` truth tokens, in `truth_tokens` order): labelled (a category of `sets`),
+    correct, and has a true category — the columns `evaluate` counts, kept per feature for paired intervals."""
+    index = set_index(sets, d_vocab)
+    names = {s.name for s in sets}
+    rows = []
+    for key, tokens in truth_tokens.items():
+        if len(tokens) < min_n:
+            continue
+        truth = true_category(tokens, index, sets, threshold, min_n)
+        guess = predicted.get(key)
+        rows.append((guess in names, guess in names and guess == truth, truth is not None))
+    arr = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    return {"labelled": arr[:, 0], "correct": arr[:, 1], "has_truth": arr[:, 2]}
+
+
+def precision_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], seed: int = 0):
+    """Precision of labeller a minus labeller b on the same judged features, with a paired bootstrap interval over
+    features (`outcomes` of each; one resample of features for both)."""
+    from circuits.studies import stats
+
+    def stat(c):
+        pa, pb = c["la"].sum(), c["lb"].sum()
+        return float(c["ca"].sum() / pa - c["cb"].sum() / pb) if pa and pb else float("nan")
+
+    return stats.bootstrap({"la": a["labelled"], "ca": a["correct"], "lb": b["labelled"], "cb": b["correct"]}, stat,
+                           n_boot=500, seed=seed)
 
 
 def predicted_categories(con: sqlite3.Connection) -> dict[tuple[str, int], str | None]:
