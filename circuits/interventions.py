@@ -442,11 +442,13 @@ def _score(rm, cache, masks, metric, ablation: Ablation, convention: str, n_bos:
 class RandomBaseline:
     """Faithfulness of random circuits like a given one: `scores` (one per draw); `n_features` random features per
     draw; `n_elsewhere` of them (per draw, at most) came from another position of the same dictionary because the
-    circuit's position had too few other active features."""
+    circuit's position had too few other active features. `errors_only`: the faithfulness of the circuit's error
+    nodes (and fixed nodes) with no feature at all — what every random circuit starts from."""
 
     scores: list[float]
     n_features: int
     n_elsewhere: int
+    errors_only: float = float("nan")
 
     @property
     def mean(self) -> float:
@@ -505,7 +507,9 @@ def random_baseline(rm: ReplacementModel, prompt: str | Tensor | ReplacementCach
         n_elsewhere = max(n_elsewhere, moved)
         n_features = int(sum(int((fmask[k] & ~fixed[k]).sum()) for k in fmask))
         scores.append(_score(rm, cache, (fmask, masks[1]), metric, ablation, convention).score)
-    return RandomBaseline(scores, n_features, n_elsewhere)
+    bare = {k: fixed[k].clone() for k in masks[0]}  # no feature beyond the fixed ones; the same error nodes
+    errors_only = _score(rm, cache, (bare, masks[1]), metric, ablation, convention).score
+    return RandomBaseline(scores, n_features, n_elsewhere, errors_only)
 
 
 def faithfulness_with_baselines(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, circuit: Graph,

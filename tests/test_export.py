@@ -4,6 +4,7 @@ circuit-tracer layout, diffs, and the `circuits trace` / `circuits graph` comman
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -210,7 +211,8 @@ def test_trace_show_diff_end_to_end_on_the_organism(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tokens: 0:'<|endoftext|>'" in out and "top 4 nodes by influence" in out and "atp node effects" in out
     rows = {line.split("  ")[1].strip(): line for line in out.splitlines() if line.startswith("  ") and
-            line.strip().startswith(("standard mean ablation ", "zero ablation ", "held-inactive"))}
+            line.strip().startswith(("standard mean ablation ", "zero ablation ", "held-inactive"))
+            and re.search(r"\s-?\d+\.\d{3}\s", line)}  # table rows (numbers), not the wrapped explanation
     assert set(rows) == {"standard mean ablation", "zero ablation", "held-inactive mean ablation (variant)"}, rows
     assert "on this prompt only" in out and "random circuits of the same shape" in out
     # issue 21: BOS folded, routes printed and stored, the default picture is the supernode graph (<= 40 boxes)

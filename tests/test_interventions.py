@@ -185,8 +185,14 @@ def test_random_baseline_draws_like_the_circuit(rm64, monkeypatch):
     monkeypatch.setattr(iv, "_score", spy)
     base = random_baseline(rm64, cache, pruned, metric, mean, draws=3, seed=0)
     monkeypatch.undo()
-    assert base.n_features == len(feats) and len(drawn) == 3 and len(set(base.scores)) > 1
+    assert base.n_features == len(feats) and len(drawn) == 4 and len(set(base.scores)) > 1
     want_f, want_e = circuit_masks(rm64, cache, pruned.nodes)
+    # the last score is "errors alone": the circuit's error nodes and no feature, equal to a circuit of just those
+    fbare, ebare = drawn.pop()
+    assert not any(bool(m.any()) for m in fbare.values())
+    assert all(torch.equal(ebare[k], want_e[k]) for k in ebare)
+    errors = [n for n in pruned.nodes if n.kind.endswith("_error")]
+    assert base.errors_only == pytest.approx(faithfulness(rm64, cache, errors, metric, mean).score, abs=1e-6)
     for fmask, emask in drawn:
         assert all(torch.equal(emask[k], want_e[k]) for k in emask)  # the circuit's error nodes
         for k, m in fmask.items():

@@ -93,7 +93,8 @@ def _faithfulness(rm, pruned, prompt: str, say, constant_nodes=()) -> list[dict]
                     "score": f.score, "circuit": f.circuit, "empty": f.empty, "full": f.full,
                     "features": f.n_features, "errors": f.n_errors,
                     "random": {"scores": base.scores, "mean": base.mean, "draws": len(base.scores),
-                               "features": base.n_features, "elsewhere": base.n_elsewhere}})
+                               "features": base.n_features, "elsewhere": base.n_elsewhere,
+                               "errors_only": base.errors_only}})
     return out
 
 
@@ -141,12 +142,12 @@ def _print_faithfulness(faith: list[dict], bos_kept: bool) -> None:
     print(f"faithfulness of the pruned graph on {faith[0]['metric']}, on this prompt only (the one it was pruned "
           f"on), against {r0['draws']} random circuits of the same shape:")
     width = max(len(f.get("label", f["ablation"])) for f in faith)
-    print(f"  {'convention':<{width}}  score  random (min–max)       circuit    empty    model")
+    print(f"  {'convention':<{width}}  score  random (min–max)       errors alone   circuit    empty    model")
     for f in faith:
         r = f["random"]
         spread = f"{r['mean']:.3f} ({min(r['scores']):.3f}–{max(r['scores']):.3f})"
         print(f"  {f.get('label', f['ablation'] + ' ablation'):<{width}}  {f['score']:.3f}  {spread:<21} "
-              f"{f['circuit']:8.3f} {f['empty']:8.3f} {f['full']:8.3f}")
+              f"{r.get('errors_only', float('nan')):12.3f}  {f['circuit']:8.3f} {f['empty']:8.3f} {f['full']:8.3f}")
     if r0.get("elsewhere"):
         print(textwrap.fill(f"(each random circuit: {r0['elsewhere']} of its {r0['features']} features drawn at other "
                             "positions of their dictionaries, too few being left at the circuit's; that makes the "
@@ -154,7 +155,8 @@ def _print_faithfulness(faith: list[dict], bos_kept: bool) -> None:
     print(textwrap.fill(
         "score = (circuit − empty) / (model − empty): 'circuit' keeps the pruned graph's feature and error nodes "
         + ("(and the BOS nodes folded into its constants) " if bos_kept else "")
-        + "and ablates everything else with live attention; 'empty' ablates everything; 1 = the pruned graph alone "
+        + "and ablates everything else with live attention; 'errors alone' keeps its error nodes and no feature "
+        "(what every random circuit starts from); 'empty' ablates everything; 1 = the pruned graph alone "
         "gives the model's value, 0 = no better than ablating everything. Standard mean ablation (the field's "
         "convention) sets every other feature, inactive ones included, and error node to its mean over held-out "
         "text; the held-inactive variant leaves features inactive on the prompt at 0 (not comparable with the "

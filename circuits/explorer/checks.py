@@ -77,6 +77,7 @@ def checks(full, g, run: dict) -> None:
     st.dataframe(pd.DataFrame([{"convention": f.label, "score": round(f.score, 4),
                                 "random (mean)": round(base.mean, 4),
                                 "random (min–max)": f"{min(base.scores):.3f}–{max(base.scores):.3f}",
+                                "errors alone": round(base.errors_only, 4),
                                 "circuit": round(f.circuit, 4), "empty": round(f.empty, 4), "model": round(f.full, 4)}
                                for f, base in rows]), hide_index=True, width="stretch", key="faith_table")
     f, base = rows[0]
@@ -87,6 +88,7 @@ def checks(full, g, run: dict) -> None:
     st.caption("Standard mean ablation (the field's convention) sets every feature outside the circuit, inactive "
                "ones included, and every error node outside it to its mean over held-out text; the held-inactive "
                "variant leaves features inactive on the prompt at 0 (not comparable with the literature); zero "
-               "ablation sets them to 0. A random circuit keeps the same error nodes and as many other active "
+               "ablation sets them to 0. 'errors alone' keeps the circuit's error nodes and no feature. A random "
+               "circuit keeps the same error nodes and as many other active "
                "features per dictionary and position (from other positions of the dictionary where too few are "
                "left: that makes it weaker).")
