@@ -190,12 +190,28 @@ def test_an_abbreviated_option_is_argparses_error(capsys, argv, bad):
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
-    assert "unrecognized arguments" in err and bad in err.splitlines()[-1], err
+    assert "unrecognized arguments" in err and bad in err and len(err.strip().splitlines()) == 1, err
     command = [a for a in argv if not a.startswith("-")][:2 if argv[0] == "dicts" else 1]
-    if argv[0] != "--thread=2":  # the subcommand's own usage, not the top level's
-        assert err.startswith(f"usage: circuits {' '.join(command)}"), err
-    else:  # an option of the top level, given before the subcommand: the top level's usage
-        assert err.startswith("usage: circuits [-h]"), err
+    if argv[0] != "--thread=2":  # one line naming the subcommand and pointing to its own help
+        assert err.startswith(f"circuits: error: {' '.join(command)}: "), err
+        assert f"`circuits {' '.join(command)} --help`" in err, err
+    else:  # an option of the top level, given before the subcommand: the top level's help
+        assert err.startswith("circuits: error: unrecognized") and "`circuits --help`" in err, err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["grpah", "show", "x.json"], "'grpah' is not one of organism, dicts, trace"),
+    (["graph", "shw", "x.json"], "did you mean show?"),
+    (["attention", PROMPT, "--key", "Mary"], "invalid int value: 'Mary'"),
+])
+def test_parser_errors_are_one_line_with_a_suggestion(capsys, argv, needle):
+    """argparse printed its whole usage block (17 lines) before the error; now one line, exit 2."""
+    from circuits.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_options_spelt_in_full_still_parse(tmp_path):
@@ -528,3 +544,29 @@ def test_early_errors_do_not_import_torch(argv):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "circuits: error:" in done.stderr
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["trace", PROMPT, "--target", "Mary", "--model", "gpt3"], "did you mean gpt2?"),
+    (["feature", "M3#1", "--model", "orgnism"], "did you mean organism?"),
+    (["feature", "M3#1", "--text", "hello supermarket "], "ends with whitespace"),
+    (["feature", "M3#1", "--db", "README.md"], "not a dashboard database"),
+    (["feature", "M3#1", "--dicts", "organsim"], "no such dictionary set"),
+    (["study", "ioi", "--n", "5", "--dicts", "organsim"], "no such dictionary set"),
+])
+def test_model_set_text_and_database_are_checked_before_loading(capsys, no_model, argv, needle):
+    """A newcomer found these refused only after the model loaded (8-10 s), and trace printed "loading gpt3 ..."
+    before saying the model is unknown. Now each is one line, exit 2, before the loader (which fails the test) and
+    before any progress line."""
+    from circuits.cli import main
+
+    old = Path.cwd()
+    import os
+
+    os.chdir(ROOT)  # README.md: a real file that is not a database
+    try:
+        code = main(argv)
+    finally:
+        os.chdir(old)
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err

@@ -171,7 +171,9 @@ def test_a_successful_trace_prints_ids_labels_positions_and_clean_warnings(tmp_p
     assert "circuits: warning: --max-features 0 keeps no feature nodes" in err
     assert "UserWarning" not in err and "warnings.warn" not in err
     assert "target ' Mary' − ' John':" in out  # no double space, both tokens quoted
-    assert "score = (circuit − empty) / (model − empty)" in out and "1 = the pruned graph alone" in out
+    flat = " ".join(out.split())  # the explanation is wrapped to the terminal width
+    assert "score = (circuit − empty) / (model − empty)" in flat and "1 = the pruned graph alone" in flat
+    assert "'errors alone' keeps its error nodes and no feature" in flat
     top = out.split("nodes by influence", 1)[1].split("strongest nodes at each earlier position", 1)
     rows = [line.split() for line in top[0].splitlines()[1:] if line.strip()]
     assert len(rows) == 5 and all("@14" in r[0] for r in rows)

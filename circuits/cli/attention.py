@@ -74,7 +74,9 @@ def cmd_attention(args) -> int:
     prompt = _prompt(args)
     layer, head = _check_attention_options(args)  # before the model loads
     _check_against_model(args, prompt, layer, head)
+    from circuits.cli.trace_checks import check_model_name
 
+    check_model_name(args.model)  # the last check before the model loads
     from circuits.attribution.qk import explain_attention
     from circuits.attribution.targets import token_string
     from circuits.dictionaries import load_dictionaries

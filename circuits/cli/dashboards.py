@@ -256,15 +256,28 @@ def cmd_feature(args) -> int:
     except NodeIdError as e:
         raise CircuitsError(str(e)) from None
     name, feature = ref.dictionary, ref.index
-    from circuits.cli.trace_checks import check_feature, organism_vocab, set_shapes
+    from circuits.cli.trace_checks import (
+        check_database_file,
+        check_dicts_name,
+        check_feature,
+        check_model_name,
+        organism_vocab,
+        set_shapes,
+    )
 
+    # everything the input can be wrong about, before anything loads: the set, the feature's range, the text, the
+    # database file
+    check_dicts_name(args.dicts)
     vocab = organism_vocab(args.model)  # the organism's sizes and the set's widths, read before anything loads
     check_feature(args.id, ref.kind, ref.layer, ref.index, args.dicts, vocab.n_layers if vocab else None,
                   set_shapes(args.dicts))
     db_path = Path(args.db) if args.db else _dashboard_db(args.model)
+    other_set = args.dicts not in ("organism", "organism-fitted")
+    build = (f"`circuits dashboards build --dicts {args.dicts} --out FILE` and pass --db FILE" if other_set else
+             "`circuits dashboards build`")
     if args.text is not None:
         from circuits.errors import AttributionError
-        from circuits.inputs import check_text
+        from circuits.inputs import check_text, whitespace_problem
 
         if not args.text.strip():
             raise CircuitsError(f"--text {args.text!r}: empty; give the text to run the feature on (at least one word)")
@@ -272,12 +285,15 @@ def cmd_feature(args) -> int:
             check_text(args.text, "--text")
         except AttributionError as e:
             raise CircuitsError(str(e)) from None
-        if args.db and not db_path.is_file():  # a database given for the bars' scale must exist
-            raise CircuitsError(f"no dashboard database at {db_path}; build it with `circuits dashboards build` or "
-                                "leave out --db")
-    elif not db_path.is_file():
-        raise CircuitsError(f"no dashboard database at {db_path}; build it with `circuits dashboards build` or give "
-                            "--db FILE")
+        problem = whitespace_problem(args.text, vocab.encode, vocab.unk, "--text") if vocab else None
+        if problem:
+            raise CircuitsError(problem)
+    if args.db:  # a database given (with --text: for the bars' scale) must be one
+        check_database_file(args.db, "--db", "leave out --db" + ("" if args.text is not None else
+                                                                  " to use the shipped one"))
+    check_model_name(args.model)  # (the default database's path is named after the model)
+    if not args.db and args.text is None and not db_path.is_file():
+        raise CircuitsError(f"no dashboard database at {db_path}; build it with {build}, or give --db FILE")
     from circuits import dashboards
     from circuits.dictionaries import load_dictionaries
     from circuits.model import load_model
@@ -294,7 +310,8 @@ def cmd_feature(args) -> int:
             act = round(act, 3) + 0.0  # never print -0.000
             print(f"{tok!r:<16} {act:8.3f} {_bar(act, scale)}")
         return 0
-    db = dashboards.Dashboards(db_path, rm)
+    db = dashboards.Dashboards(db_path, rm, build_hint=build.strip("`") if not other_set else
+                               f"circuits dashboards build --dicts {args.dicts} --out FILE` and pass `--db FILE")
     if args.label is not None:
         db.close()
         dashboards.set_label(db.path, name, feature, args.label or None)

@@ -46,6 +46,22 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def error(self, message: str):
+        """One line, like every other error (argparse prints the whole usage block first): the command, what was
+        wrong, a suggestion where one is close, and where the options are listed. Exit status 2."""
+        import difflib
+        import re
+
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:  # a mistyped command or choice: the closest one
+            choices = re.findall(r"'?([\w.-]+)'?", bad.group(2))
+            close = difflib.get_close_matches(bad.group(1), choices, n=1, cutoff=0.6)
+            message = (f"{bad.group(1)!r} is not one of {', '.join(choices)}"
+                       + (f"; did you mean {close[0]}?" if close else ""))
+        where = self.prog.removeprefix("circuits").strip()
+        self.exit(2, f"circuits: error: {where + ': ' if where else ''}{message} (`{self.prog} --help` lists the "
+                     "options)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="circuits", description="Feature-level circuits in transformers.")

@@ -30,6 +30,9 @@ def cmd_study(args) -> int:
             raise CircuitsError("--templates applies to the ioi study only")
         options["templates"] = args.templates
     study = get_study(args.name, **options)  # validates the options before any model loads
+    from circuits.cli.trace_checks import check_dicts_name, check_model_name
+
+    check_dicts_name(args.dicts)  # a mistyped set: now, not after the model loads
     if study.max_evaluation is not None and args.n > study.max_evaluation:
         print(f"warning: --n {args.n}: the {args.name} study has at most {study.max_evaluation} evaluation prompts; "
               f"using --n {study.max_evaluation}", file=sys.stderr)
@@ -41,6 +44,7 @@ def cmd_study(args) -> int:
 
     out = check_output_dir(args.out or f"reports/{args.name}", "--out")
     _check_report_folder(out, args.name)
+    check_model_name(args.model)  # the last check before the model loads
     result = run_study(spec, workers=args.workers, ray_address=args.ray_address, top=args.top,
                        progress=not args.quiet)
     folder = write_report(result, out)

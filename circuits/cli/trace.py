@@ -11,13 +11,14 @@ from circuits.cli.attention import _node_name
 from circuits.cli.common import _dashboard_db, _prompt, _token_at, warn
 from circuits.cli.runtime import add_device_option, resolve_device
 from circuits.cli.trace_checks import (
-    _check_dicts_name,
     _check_inputs,
     _check_trace_options,
     _choose_dicts,
     _loaded_shapes,
     _model_vocab,
     _trace_target,
+    check_dicts_name,
+    check_model_name,
     organism_vocab,
     set_shapes,
 )
@@ -194,7 +195,7 @@ def cmd_trace(args) -> int:
 
     spec = _trace_target(args)
     _choose_dicts(args)
-    _check_dicts_name(args.dicts)
+    check_dicts_name(args.dicts)
     # the prompt, the target tokens and the --feature: with the organism's tokenizer and the set's JSON files
     # before anything loads; what they cannot tell (another model, another layout) right after loading, before
     # the attribution
@@ -211,6 +212,7 @@ def cmd_trace(args) -> int:
     if args.max_features == 0:
         warn("--max-features 0 keeps no feature nodes: the pruned graph has only tokens, error nodes and the "
              "target (leave the option out for no cap)")
+    check_model_name(args.model)  # the last check before "loading ..." is printed
     t0 = time.perf_counter()
     say(f"loading {args.model} and dictionaries {args.dicts} ...")
     model, _ = load_model(args.model, resolve_device(args.device))

@@ -104,17 +104,8 @@ def _check_trace_options(args) -> None:
     if (args.svg or args.png) and shutil.which(drawer) is None:
         raise CircuitsError(f"--svg/--png need Graphviz's `{drawer}`, which is not installed: install it (apt-get "
                             "install graphviz, brew install graphviz) or write --dot FILE and render it elsewhere")
-    if args.dashboards and not Path(args.dashboards).is_file():
-        raise CircuitsError(f"--dashboards {args.dashboards}: no such database file; build one with "
-                            "`circuits dashboards build` or leave the option out")
     if args.dashboards:
-        from circuits.inputs import KIND_NAMES, file_kind
-
-        kind = file_kind(args.dashboards)
-        if kind != "sqlite":
-            raise CircuitsError(f"--dashboards {args.dashboards}: "
-                                f"{'an empty file' if kind is None else KIND_NAMES[kind]}, not a dashboard database; "
-                                "give the path of one built by `circuits dashboards build`")
+        check_database_file(args.dashboards, "--dashboards", "leave the option out")
     written = {"json": "circuits-graph", "dot": "dot", "svg": "svg", "png": "png", "graphml": "graphml",
                "circuit_tracer_json": "circuit-tracer"}
     seen: dict[Path, str] = {}
@@ -184,7 +175,39 @@ def _choose_dicts(args) -> None:
     args.dicts = "organism"
 
 
-def _check_dicts_name(name: str) -> None:
+def check_database_file(path: str | Path, option: str, alternative: str) -> None:
+    """`path` is an existing SQLite file (what `circuits dashboards build` writes), checked by its first bytes before
+    anything loads; one line naming the option and `alternative` otherwise."""
+    from circuits.inputs import KIND_NAMES, file_kind
+
+    if not Path(path).is_file():
+        raise CircuitsError(f"{option}: no dashboard database at {path}; build one with `circuits dashboards build` "
+                            f"or {alternative}")
+    kind = file_kind(path)
+    if kind != "sqlite":
+        raise CircuitsError(f"{option} {path}: {'an empty file' if kind is None else KIND_NAMES[kind]}, not a "
+                            "dashboard database; give the path of one built by `circuits dashboards build`")
+
+
+def check_model_name(name: str) -> None:
+    """--model names a model `load_model` knows or an existing folder (the loader's own first test, without
+    importing torch): a typo is one line before anything prints "loading"."""
+    from circuits.families import PUBLIC_MODELS
+    from circuits.model import KNOWN_MODELS
+
+    if not str(name).strip():
+        raise CircuitsError(f"--model: empty model name; use one of {', '.join(KNOWN_MODELS)} or a folder written by "
+                            "`circuits organism train`")
+    if name in ("organism", "gpt2") or name in PUBLIC_MODELS or Path(name).is_dir():
+        return
+    import difflib
+
+    close = difflib.get_close_matches(name, KNOWN_MODELS, n=1)
+    raise CircuitsError(f"--model {name}: unknown model" + (f" (did you mean {close[0]}?)" if close else "")
+                        + f"; use one of {', '.join(KNOWN_MODELS)} or a folder written by `circuits organism train`")
+
+
+def check_dicts_name(name: str) -> None:
     """--dicts names a known set or a folder holding dictionary files (`circuits.dictionaries.check_set_name`,
     before the model loads; the files themselves are read and checked by `load_dictionaries`)."""
     from circuits.dictionaries import DictionaryLoadError, check_set_name
