@@ -235,7 +235,11 @@ def test_graph_diff_refuses_graphs_whose_nodes_do_not_correspond(graph_file, tmp
     assert main(["graph", "diff", str(ours), str(other)]) == 2
     _one_line_error(capsys, needle)
     assert main(["graph", "diff", str(ours), str(ours)]) == 0  # the control: the same graph diffs fine
-    capsys.readouterr()
+    assert "different kinds of target" not in capsys.readouterr().err
+    target = dict(base["targets"][0], node=["logit_diff", *base["targets"][0]["node"][1:]])
+    other.write_text(json.dumps({**data, "metadata": {**base, "targets": [target]}}))
+    assert main(["graph", "diff", str(ours), str(other)]) == 0  # another kind of target: diffed, with a warning
+    assert "the graphs explain different kinds of target" in capsys.readouterr().err
     organism = {**base, "model": "organism"}
     folder = {**base, "model": str(ROOT / "data" / "organism")}  # `--model data/organism` is the same model
     ours.write_text(json.dumps({**data, "metadata": organism}))

@@ -66,13 +66,28 @@ def test_schema_validation_points_at_the_bad_field(graph, tmp_path, mutate, mess
         export.read_json(path)
 
 
+def test_a_cut_off_graph_file_says_so(graph, tmp_path):
+    """A graph file that ends early (copied or written in part) is named as cut off, not as 'Invalid escape'."""
+    text = json.dumps(export.to_dict(graph))
+    for cut in (len(text) // 2, len(text) - 3, 200):
+        (tmp_path / "cut.json").write_text(text[:cut])
+        with pytest.raises(export.GraphFileError, match="the JSON stops before its end"):
+            export.read_json(tmp_path / "cut.json")
+
+
 def test_foreign_and_broken_files(tmp_path):
     (tmp_path / "x.json").write_text("{not json")
     with pytest.raises(export.GraphFileError, match="not valid JSON"):
         export.read_json(tmp_path / "x.json")
     (tmp_path / "ct.json").write_text(json.dumps({"metadata": {}, "nodes": [], "links": []}))
+    with pytest.raises(export.GraphFileError, match=r"is a circuit-tracer graph JSON, not a circuits graph file"):
+        export.read_json(tmp_path / "ct.json")  # named by its kind (a newcomer read "no 'format' field")
+    (tmp_path / "other.json").write_text(json.dumps({"metadata": {}}))
     with pytest.raises(export.GraphFileError, match=r"not a circuits graph file \(it has no 'format' field\)"):
-        export.read_json(tmp_path / "ct.json")
+        export.read_json(tmp_path / "other.json")
+    (tmp_path / "g.graphml").write_text('<?xml version="1.0"?>\n<graphml xmlns="http://graphml.graphdrawing.org/xmlns">')
+    with pytest.raises(export.GraphFileError, match="is a GraphML file, not a circuits graph file"):
+        export.read_json(tmp_path / "g.graphml")
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(export.GraphFileError, match=r"\(a JSON list, not an object\)"):
         export.read_json(tmp_path / "list.json")

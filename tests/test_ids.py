@@ -69,3 +69,15 @@ def test_graph_files_key_labels_by_the_canonical_id_and_convert_old_keys():
     assert export.node_label(back, nodes[1]) == "old-style key"
     assert export.to_dict(back)["ui"]["labels"] == {"M0#5@0": "old-style key"}
     assert "M0#5@0" in export.to_dot(back)  # the SVG tooltip shows the canonical id
+
+
+def test_a_node_id_without_its_position_says_what_it_names():
+    """`E#279` was called "incomplete"; it is a token embedding missing its position."""
+    from circuits.ids import NodeIdError, parse_id
+
+    with pytest.raises(NodeIdError, match=r"'E#279' names a token embedding and needs its position .*E#279@3"):
+        parse_id("E#279")
+    with pytest.raises(NodeIdError, match="names an error node"):
+        parse_id("errM3")
+    with pytest.raises(NodeIdError, match="is incomplete"):
+        parse_id("M3")

@@ -219,6 +219,10 @@ def loads(data: bytes | str, source: str = "graph") -> Graph:
         raise GraphFileError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start}); is it a graph written by "
                              "`circuits trace --json`?") from None
     except json.JSONDecodeError as e:
+        if text.lstrip().startswith("{") and (e.pos >= len(text.rstrip()) - 1 or e.msg.startswith("Unterminated")):
+            raise GraphFileError(f"{source}: the JSON stops before its end (at character {e.pos}): the file is cut "
+                                 "off, e.g. copied or written only in part; write it again with `circuits trace "
+                                 "--json`") from None
         raise GraphFileError(f"{source}: not valid JSON ({e}); is it a graph written by `circuits trace --json`?"
                              ) from None
     except RecursionError:
@@ -241,4 +245,10 @@ def read_json(path: Path) -> Graph:
         data = path.read_bytes()
     except OSError as e:
         raise GraphFileError(f"cannot read {path}: {e.strerror}") from None
+    from circuits.inputs import KIND_NAMES, file_kind
+
+    kind = file_kind(path)
+    if kind not in (None, "circuits-graph", "json", "text"):  # another of our outputs, or a picture, a database...
+        raise GraphFileError(f"{path} is {KIND_NAMES[kind]}, not a circuits graph file; give the file written by "
+                             "`circuits trace --json FILE`")
     return loads(data, str(path))
