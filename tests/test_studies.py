@@ -629,6 +629,15 @@ def test_study_runs_with_transcoders_only(tiny64, tmp_path):
     assert d["sets"]["disjoint"] and d["sets"]["evaluation"]["n"] == 8
     write_report(result, tmp_path / "r")
     assert (tmp_path / "r" / "report.md").exists()
+    assert "per_prompt_headline" not in d  # only on request: the report's data stay as they were
+    kept = run_study(spec, rm=rm, study=PlantedStudy(), workers=1, top=5, progress=False,
+                     keep_per_prompt=True).data["per_prompt_headline"]
+    # the per-prompt values give back the report's headline ratio (faithfulness of the means)
+    from circuits.studies import stats
+
+    again = stats.faithfulness_interval(kept["features_only"], kept["empty"], kept["full"], seed=0)
+    assert len(kept["prompts"]) == 8 and kept["k"] == d["circuit"]["k"]
+    assert again.value == pytest.approx(d["circuit"]["features_only"]["value"], abs=1e-12)
 
 
 # -- worker processes: unguarded scripts, failing workers (issue 16, item 11) ---------------------------------------

@@ -298,13 +298,16 @@ def _sets_summary(state) -> dict:
 
 
 def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_address: str | None = None,
-              top: int = 100, progress: bool = True, chunk_size: int = 8) -> StudyResult:
+              top: int = 100, progress: bool = True, chunk_size: int = 8,
+              keep_per_prompt: bool = False) -> StudyResult:
     """Run the study of `spec` (or the given `study` object, in-process) and return its result (see `report`).
 
     With ``workers > 1`` per-prompt work runs in spawned processes (see `circuits.studies.batch`); called from the
     top level of a script without an ``if __name__ == "__main__":`` guard it runs in this process instead, with a
     warning. With `ray_address` it runs as Ray tasks of `chunk_size` prompts each (docs/ray.md); the result does not
-    depend on where or in what chunks the work ran."""
+    depend on where or in what chunks the work ran. `keep_per_prompt` adds ``data["per_prompt_headline"]``: the
+    headline circuit's per-prompt metrics (features alone, with errors, empty, model), so that two sets or seeds can
+    be compared prompt by prompt (`benchmarks/headline_fresh.py`); the report does not show it."""
     check_not_bootstrapping()
     from circuits.studies import get_study
 
@@ -334,7 +337,7 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     run = dict(workers=workers, ray_address=ray_address, rm=rm, study=given_study, progress=progress,
                chunk_size=chunk_size, pool=pool)
     try:
-        return _run_passes(_Passes(spec, state, run, top, t0, timings, metrics, sets, fidelity))
+        return _run_passes(_Passes(spec, state, run, top, t0, timings, metrics, sets, fidelity, keep_per_prompt))
     finally:
         if pool is not None:
             pool.close()
@@ -354,6 +357,7 @@ class _Passes:
     metrics: dict
     sets: dict
     fidelity: list
+    keep_per_prompt: bool = False
 
 
 def _run_passes(p: _Passes) -> StudyResult:
@@ -426,6 +430,13 @@ def _run_passes(p: _Passes) -> StudyResult:
         "checks": checks,
         "n_prompts": len(evaluation),
     }
+    if p.keep_per_prompt:
+        k = data["circuit"]["k"]
+        data["per_prompt_headline"] = {
+            "k": k, "prompts": [pp.prompt.clean for pp in evaluation],
+            "features_only": [r["curve"][f"mean:ig:{k}:0"] for r in pass2],
+            "with_errors": [r["curve"][f"mean:ig:{k}:1"] for r in pass2],
+            "empty": [r["curve"]["mean:empty"] for r in pass2], "full": [r["metric"] for r in pass2]}
     if "test" in state.sets:
         t3 = time.perf_counter()
         data["test"] = _test_set(p, rankings, presence)
