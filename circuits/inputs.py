@@ -119,6 +119,8 @@ def file_kind(path: str | Path) -> str | None:
             data = json.loads(path.read_text(encoding="utf-8-sig"))
         except (ValueError, UnicodeDecodeError):
             return "text"
+        except RecursionError:  # nested too deeply for the parser: JSON, of no kind we write
+            return "json"
         if isinstance(data, dict) and data.get("format") == "circuits-graph":
             return "circuits-graph"
         if isinstance(data, dict) and "nodes" in data and "links" in data:

@@ -248,7 +248,7 @@ def read_json(path: Path) -> Graph:
     from circuits.inputs import KIND_NAMES, file_kind
 
     kind = file_kind(path)
-    if kind not in (None, "circuits-graph", "json", "text"):  # another of our outputs, or a picture, a database...
+    if kind not in (None, "circuits-graph", "json", "text", "binary"):  # another of our outputs, a picture, a database
         raise GraphFileError(f"{path} is {KIND_NAMES[kind]}, not a circuits graph file; give the file written by "
                              "`circuits trace --json FILE`")
     return loads(data, str(path))
