@@ -111,7 +111,7 @@ def parse_id(text: str) -> Node | FeatureRef:
             if default_layer is None:
                 raise NodeIdError(f"{t!r}: a logit id needs its layer when read alone; use the graph's id")
             return Node(kind, default_layer, pos, index)  # type: ignore[arg-type]
-        if kind in ("token", "logit", "logit_diff") or kind.endswith("_error"):
+        if (kind in ("token", "logit", "logit_diff") or kind.endswith("_error")) and pos is None:
             what = {"token": "a token embedding", "logit": "a logit", "logit_diff": "a contrast target"}.get(
                 kind, "an error node")
             raise NodeIdError(f"{t!r} names {what} and needs its position (@POS, e.g. {t.split('@')[0]}@3); "

@@ -533,6 +533,8 @@ def test_a_corrupted_prompt_equal_to_the_prompt_is_refused(capsys, no_model):
     ["trace", PROMPT, "--feature", "M9#1@0"],
     ["feature", "M9#1"],
     ["feature", "M1#999999"],
+    ["trace", PROMPT, "--target", " Mary", "--model", "gpt3"],
+    ["feature", "M3#1", "--model", "gpt3"],
 ])
 def test_early_errors_do_not_import_torch(argv):
     """The checks before the work read the tokenizer and JSON files only: an input error is reported without

@@ -237,9 +237,15 @@ def test_graph_diff_refuses_graphs_whose_nodes_do_not_correspond(graph_file, tmp
     assert main(["graph", "diff", str(ours), str(ours)]) == 0  # the control: the same graph diffs fine
     assert "different kinds of target" not in capsys.readouterr().err
     target = dict(base["targets"][0], node=["logit_diff", *base["targets"][0]["node"][1:]])
-    other.write_text(json.dumps({**data, "metadata": {**base, "targets": [target]}}))
+    contrast = {"kind": "contrast", "token": "a", "baseline": "b"}
+    other.write_text(json.dumps({**data, "metadata": {**base, "targets": [target], "target": contrast}}))
     assert main(["graph", "diff", str(ours), str(other)]) == 0  # another kind of target: diffed, with a warning
     assert "the graphs explain different kinds of target" in capsys.readouterr().err
+    top = {"kind": "top_logits", "cum_prob": 0.95, "max_logits": 10}  # two default traces keep different numbers
+    ours.write_text(json.dumps({**data, "metadata": {**base, "target": top}}))  # of top logits: the same kind
+    other.write_text(json.dumps({**data, "metadata": {**base, "target": top, "targets": base["targets"] * 2}}))
+    assert main(["graph", "diff", str(ours), str(other)]) == 0
+    assert "different kinds of target" not in capsys.readouterr().err
     organism = {**base, "model": "organism"}
     folder = {**base, "model": str(ROOT / "data" / "organism")}  # `--model data/organism` is the same model
     ours.write_text(json.dumps({**data, "metadata": organism}))

@@ -73,6 +73,9 @@ def test_a_cut_off_graph_file_says_so(graph, tmp_path):
         (tmp_path / "cut.json").write_text(text[:cut])
         with pytest.raises(export.GraphFileError, match="the JSON stops before its end"):
             export.read_json(tmp_path / "cut.json")
+    for broken in ('{"a": 1}}', '{"a": 1} x', '{"a": 1,}'):  # whole but malformed (a hand edit): not "cut off"
+        with pytest.raises(export.GraphFileError, match="not valid JSON"):
+            export.loads(broken, "f")
 
 
 def test_foreign_and_broken_files(tmp_path):

@@ -287,20 +287,23 @@ def test_replication_marks_each_confirmed_role_by_the_other_sets_verdict():
     assert replication(main, {"roles": []}, 100)["rows"][0]["other_verdict"] == "not assigned"
 
 
-def test_direct_effect_baseline_is_the_layer_mean_and_can_say_no(planted, monkeypatch):
-    """A direct effect is judged against a head drawn at random from the same layer. When every head of a layer
-    writes the answer by the same amount, none is singled out (each clears zero and the 10% minimum, so the old
-    rule would have confirmed all four); a head that writes twice as much is."""
+def test_direct_effect_baseline_is_another_head_of_the_layer_and_can_say_no(planted, monkeypatch):
+    """A direct effect is judged against another head drawn at random from the same layer (per prompt, the mean over
+    the layer's other heads). A role names a head that stands out: when every head of a layer writes the answer by
+    the same amount, none stands out (each clears zero and the 10% minimum, so the old rule confirmed all four); a
+    head that writes twice as much does."""
     import numpy as np
 
     from circuits.studies import heads
 
     model, ev, ref = planted
     real = heads.ioi_head_analysis(model, ev, ref, seed=0)
-    by_layer = {layer: np.mean([real["heads"][f"L{layer}H{h}"]["direct"]["value"] for h in range(4)])
-                for layer in (0, 1)}
-    for layer, mean in by_layer.items():
-        assert abs(real["direct_baselines"][f"L{layer}"]["value"] - mean) < 1e-9
+    for layer in (0, 1):
+        values = [real["heads"][f"L{layer}H{h}"]["direct"]["value"] for h in range(4)]
+        assert abs(real["direct_baselines"][f"L{layer}"]["value"] - np.mean(values)) < 1e-9
+        for h in range(4):
+            others = np.mean([v for j, v in enumerate(values) if j != h])
+            assert abs(real["heads"][f"L{layer}H{h}"]["direct_baseline"]["value"] - others) < 1e-9
     assert real["heads"]["L1H0"]["direct_verdict"]["verdict"] == "confirmed"  # the planted name mover
 
     gen = torch.Generator().manual_seed(0)
@@ -318,8 +321,25 @@ def test_direct_effect_baseline_is_the_layer_mean_and_can_say_no(planted, monkey
     for h in range(3):
         d = data["heads"][f"L1H{h}"]
         assert d["direct"]["lo"] > max(0.0, minimum)  # clears zero and the minimum ...
-        assert d["direct_verdict"]["verdict"] != "confirmed", d["direct_verdict"]  # ... but not the random head
+        assert d["direct_verdict"]["verdict"] != "confirmed", d["direct_verdict"]  # ... but stands out from nothing
     assert data["heads"]["L1H3"]["direct_verdict"]["verdict"] == "confirmed"
+
+
+def test_joint_ablation_draws_never_meet_the_ablated_heads():
+    """The review's bug: the random sets were drawn from every head of the ablated heads' layers, so on the organism
+    (6 of layer 3's 8 heads ablated) each "random" set shared 4-5 of the 7 heads it was compared with."""
+    from circuits.studies.heads import JOINT_DRAWS, _joint_draws
+
+    ablated = [(2, 7), (3, 0), (3, 2), (3, 4), (3, 5), (3, 6), (3, 7)]
+    draws = _joint_draws(ablated, 4, 8, seed=0)
+    assert len(draws) == JOINT_DRAWS and len({tuple(p) for p, _ in draws}) > 1
+    for pick, outside in draws:
+        assert len(pick) == len(set(pick)) == 7 and not set(pick) & set(ablated)
+        assert sum(1 for lr, _ in pick if lr == 3) == 2 and outside == 4  # layer 3's two free heads, 4 from others
+        assert sum(1 for lr, _ in pick if lr == 2) >= 1
+    assert _joint_draws(ablated, 4, 8, seed=0) == draws  # seeded
+    small = _joint_draws([(1, 0)], 2, 4, seed=0)
+    assert all(p[0][0] == 1 and p[0] != (1, 0) and n == 0 for p, n in small)
 
 
 def test_path_patching_baseline_is_the_mean_over_every_sender(planted, analysis):
@@ -349,12 +369,14 @@ def test_path_patching_baseline_is_the_mean_over_every_sender(planted, analysis)
 
 
 def test_backup_and_joint_ablation_baselines(analysis):
-    """A backup head's rise is judged against a random other head's rise (the mean over the heads not ablated);
-    the joint ablation against as many heads drawn at random from the same layers, so its baseline is a mix of
-    those layers' single-head drops."""
+    """A backup head's rise is judged against the rise of a random non-ablated head after the first ablated layer;
+    the joint ablation against as many other heads drawn at random from the same layers, so its baseline is a mix
+    of the other heads' single-head drops."""
     b = analysis["backup"]
-    rises = [r["value"] for r in b["rise"].values()]
-    assert abs(b["rise_baseline"]["value"] - sum(rises) / len(rises)) < 1e-9
-    layer1 = [analysis["heads"][f"L1H{h}"]["ablation"]["value"] for h in range(4)]
-    assert min(layer1) - 1e-6 <= b["metric_drop_baseline"]["value"] <= max(layer1) + 1e-6
+    # the name mover is in the last layer: no head after it could take over, so there is no rise baseline (heads in
+    # earlier layers respond only through the final LayerNorm's scale and would make it ≈ 0)
+    assert b["ablated"] == ["L1H0"] and b["rise_baseline"] is None
+    others = [analysis["heads"][f"L1H{h}"]["ablation"]["value"] for h in (1, 2, 3)]  # never L1H0 itself
+    assert min(others) - 1e-6 <= b["metric_drop_baseline"]["value"] <= max(others) + 1e-6
+    assert b["metric_drop_baseline"]["outside_layer"] == 0
     assert b["metric_drop"]["lo"] > b["metric_drop_baseline"]["hi"]  # ablating the name mover beats a random head

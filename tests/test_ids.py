@@ -81,3 +81,5 @@ def test_a_node_id_without_its_position_says_what_it_names():
         parse_id("errM3")
     with pytest.raises(NodeIdError, match="is incomplete"):
         parse_id("M3")
+    with pytest.raises(NodeIdError, match="is incomplete"):  # it has a position: what it lacks is the index
+        parse_id("E@3")

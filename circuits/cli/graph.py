@@ -88,6 +88,18 @@ def _check_comparable(a, b, path_a: str, path_b: str) -> None:
                             "prompts of the same length (e.g. the names swapped)")
 
 
+def _target_kind(g) -> str:
+    """What a graph explains, in words: the trace's target kind (``metadata.target``: the top logits, given logits,
+    a contrast or a feature), or for older files the first target node's kind. The number of top logits varies
+    with the prompt and is not a kind."""
+    kind = (g.metadata.get("target") or {}).get("kind")
+    if kind is None:
+        kind = ((g.metadata.get("targets") or [{}])[0].get("node") or ["?"])[0]
+    return {"top_logits": "the top logits", "logit": "given logits", "contrast": "a logit difference",
+            "logit_diff": "a logit difference", "feature": "a feature", "attn_feature": "a feature",
+            "mlp_feature": "a feature"}.get(kind, str(kind))
+
+
 def cmd_graph_diff(args) -> int:
     from circuits import export
 
@@ -98,22 +110,15 @@ def cmd_graph_diff(args) -> int:
     _check_comparable(a, b, args.a, args.b)
     d = export.diff(a, b, args.rel_tol)
     print(f"A: {args.a} ({a.n_nodes} nodes, {a.n_edges} edges); B: {args.b} ({b.n_nodes} nodes, {b.n_edges} edges)")
-    kinds = []
     for name, g in (("A", a), ("B", b)):
         first = (g.metadata.get("targets") or [{}])[0]
-        kinds.append(((first.get("node") or ["?"])[0], len(g.metadata.get("targets") or [])))
         print(f"{name}: {g.metadata.get('prompt')!r} → {first.get('label', '?')}")
+    kinds = [_target_kind(g) for g in (a, b)]
     if kinds[0] != kinds[1]:
         from circuits.cli.common import warn
 
-        what = {"logit": "logits", "logit_diff": "a logit difference", "attn_feature": "a feature",
-                "mlp_feature": "a feature"}
-
-        def say(k):
-            return what.get(k[0], k[0]) + (f" ({k[1]} targets)" if k[1] > 1 else "")
-
-        warn(f"the graphs explain different kinds of target (A: {say(kinds[0])}, B: {say(kinds[1])}): their edges "
-             "differ for that reason too; trace both with the same --target/--contrast for a like-for-like diff")
+        warn(f"the graphs explain different kinds of target (A: {kinds[0]}, B: {kinds[1]}): their edges differ for "
+             "that reason too; trace both with the same kind of --target/--contrast for a like-for-like diff")
     toks_a, toks_b = a.metadata.get("token_strings", []), b.metadata.get("token_strings", [])
     differ = [i for i, (x, y) in enumerate(zip(toks_a, toks_b, strict=True)) if x != y]
     if differ:

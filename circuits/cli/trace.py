@@ -201,6 +201,7 @@ def cmd_trace(args) -> int:
     # the attribution
     vocab, shapes = organism_vocab(args.model), set_shapes(args.dicts)
     _check_inputs(args, prompt, spec, vocab, shapes)
+    check_model_name(args.model)  # the last check before torch is imported and "loading ..." is printed
     from circuits import export
     from circuits.attribution import attribute
     from circuits.dictionaries import load_dictionaries
@@ -212,7 +213,6 @@ def cmd_trace(args) -> int:
     if args.max_features == 0:
         warn("--max-features 0 keeps no feature nodes: the pruned graph has only tokens, error nodes and the "
              "target (leave the option out for no cap)")
-    check_model_name(args.model)  # the last check before "loading ..." is printed
     t0 = time.perf_counter()
     say(f"loading {args.model} and dictionaries {args.dicts} ...")
     model, _ = load_model(args.model, resolve_device(args.device))

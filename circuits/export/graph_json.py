@@ -219,7 +219,8 @@ def loads(data: bytes | str, source: str = "graph") -> Graph:
         raise GraphFileError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start}); is it a graph written by "
                              "`circuits trace --json`?") from None
     except json.JSONDecodeError as e:
-        if text.lstrip().startswith("{") and (e.pos >= len(text.rstrip()) - 1 or e.msg.startswith("Unterminated")):
+        ended = e.pos >= len(text.rstrip()) and e.msg.startswith(("Expecting", "Unterminated"))
+        if text.lstrip().startswith("{") and (ended or e.msg.startswith("Unterminated")):
             raise GraphFileError(f"{source}: the JSON stops before its end (at character {e.pos}): the file is cut "
                                  "off, e.g. copied or written only in part; write it again with `circuits trace "
                                  "--json`") from None

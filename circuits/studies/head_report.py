@@ -38,10 +38,10 @@ def render_head_section(data: dict) -> str:
         "head frozen at clean (MLPs recomputed), reaching only the receivers' query / key / value inputs.",
         "- **Verdict**: confirmed = interval above zero, above a random baseline's interval and its lower end ≥ 10% "
         "of the clean metric (of the source's total effect for patching). Baselines: ablations and total patching "
-        "effects against a head drawn at random; direct effects against a head drawn at random from the same layer "
-        "(MLP layers against an MLP layer drawn at random); path patching against the same path from a sender drawn "
-        "at random; backup rises against the rise of a random other head; a joint ablation against as many heads "
-        "drawn at random from the same layers. Routes (other heads or MLPs frozen) are decompositions, not verdicts.",
+        "effects against a head drawn at random; direct effects against another head drawn at random from the same "
+        "layer (MLP layers against another MLP layer); path patching against the same path from a sender drawn at "
+        "random; backup rises against the rise of a random non-ablated head after the first ablated layer; a joint "
+        "ablation against as many other heads drawn at random, from the same layers where enough are left. Routes (other heads or MLPs frozen) are decompositions, not verdicts.",
         "",
         f"Metric: clean {_fmt(m['clean'])}; ABC {_fmt(m['abc'])}; swapped {_fmt(m['swapped'])}."
         + ("" if "baselines" not in data.get("patching", {}) else
@@ -49,7 +49,7 @@ def render_head_section(data: dict) -> str:
            + "; ".join(f"{SOURCES[s]} {_fmt(data['patching']['baselines'][s])}" for s in SOURCES
                        if s in data["patching"]["baselines"]) + ".")
         + ("" if "direct_baselines" not in data else
-           " Random-head baseline of direct effects, by layer: "
+           " Mean direct effect of a head, by layer (each head is judged against its layer's other heads): "
            + ", ".join(f"{k} {_fmt(v)}" for k, v in data["direct_baselines"].items() if isinstance(v, dict)) + "."),
         "",
         "### Role table",

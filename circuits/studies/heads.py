@@ -117,6 +117,34 @@ def _negated(d: dict) -> dict:
 JOINT_DRAWS = 5  # random head sets drawn for the joint-ablation baseline
 
 
+def _others_mean(values: np.ndarray, i: int) -> np.ndarray:
+    """[n] per prompt: the mean of `values` [k, n] over every row but row i (another one drawn at random)."""
+    return (values.sum(0) - values[i]) / max(len(values) - 1, 1)
+
+
+def _joint_draws(ablated: list[tuple[int, int]], L: int, H: int, seed: int) -> list[tuple[list, int]]:
+    """`JOINT_DRAWS` seeded random head sets like `ablated`: as many heads per layer, none of them ablated; where a
+    layer has too few heads left, the rest come from the other layers' heads that are not ablated. Each draw with
+    the number of heads taken outside their layer."""
+    rng = np.random.default_rng(seed)
+    taken = set(ablated)
+    out = []
+    for _ in range(JOINT_DRAWS):
+        pick: list[tuple[int, int]] = []
+        short = 0
+        for layer in range(L):
+            k = sum(1 for lr, _ in ablated if lr == layer)
+            free = [(layer, h) for h in range(H) if (layer, h) not in taken]
+            chosen = [free[j] for j in rng.choice(len(free), size=min(k, len(free)), replace=False)]
+            pick += chosen
+            short += k - len(chosen)
+        if short:
+            pool = [(lr, h) for lr in range(L) for h in range(H) if (lr, h) not in taken and (lr, h) not in pick]
+            pick += [pool[j] for j in rng.choice(len(pool), size=min(short, len(pool)), replace=False)]
+        out.append((sorted(pick), short))
+    return out
+
+
 def _verdict(effect: dict, baseline: dict | None, scale: float) -> dict:
     return verdict(_interval(effect), _interval(baseline) if baseline else None, scale).as_dict()
 
@@ -169,27 +197,28 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
     _log(progress, f"mean-ablating {len(heads)} heads")
     drops = np.stack([m_clean - cat(lambda b, c, x=x: _ablate_heads(hm, b, c, [x])[0]) for x in heads])  # [N_h, n]
     baseline = _iv(drops.mean(0), seed)
-    # 2. direct effects, judged against a head drawn at random from the same layer (direct effects concentrate in
-    # late layers, so this is harder to beat than a head drawn from all layers); 3. attention
+    # 2. direct effects, each judged against another head drawn at random from the same layer (direct effects
+    # concentrate in late layers, so this is harder to beat than a head drawn from all layers); 3. attention
     de = cat(lambda b, c: _direct_effects(hm, b, c.z, c.zbar, c.lnf)).reshape(L * H, -1)
-    de_base = {layer: _iv(de[layer * H:(layer + 1) * H].mean(0), seed) for layer in range(L)}
     att = {k: cat(lambda b, c, k=k: _attention_stats(b, c.patterns)[k]).reshape(L * H, -1) for k in ATTENTION_STATS}
     table = {}
     for i, name in enumerate(names):
         abl = _iv(drops[i], seed)
         d = _iv(de[i], seed)
-        base = de_base[heads[i][0]]
+        base = _iv(_others_mean(de.reshape(L, H, -1)[heads[i][0]], heads[i][1]), seed)
         table[name] = {
             "ablation": abl, "ablation_verdict": _verdict(abl, baseline, clean_mean),
-            "direct": d, "direct_verdict": _verdict(d, base, clean_mean),
+            "direct": d, "direct_baseline": base, "direct_verdict": _verdict(d, base, clean_mean),
             "negative_verdict": _verdict(_negated(d), _negated(base), clean_mean),
             "attention": {k: _iv(att[k][i], seed) for k in ATTENTION_STATS},
         }
     out["baseline"] = {"how": "expected drop from mean-ablating one head drawn at random (per prompt: the mean drop "
                               "over all heads)", **baseline}
-    out["direct_baselines"] = {"how": "expected direct effect of one head drawn at random from the same layer (per "
-                                      "prompt: the mean over that layer's heads); negative verdicts against its "
-                                      "negation", **{f"L{layer}": v for layer, v in de_base.items()}}
+    out["direct_baselines"] = {"how": "a head's direct effect against another head drawn at random from its layer "
+                                      "(per prompt: the mean over the layer's other heads; each head's own in the "
+                                      "head table); negative verdicts against its negation. Listed here: each "
+                                      "layer's mean over all its heads",
+                               **{f"L{layer}": _iv(de[layer * H:(layer + 1) * H].mean(0), seed) for layer in range(L)}}
     out["heads"] = table
 
     # direct effects of the MLP layers (their output at END minus the reference mean at END)
@@ -199,20 +228,17 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
             dm = c.mlp[b.rows, b.end].double() - means["mlp_end"][None]  # [B, L, d_model]
             return torch.einsum("blm,bm->lb", dm, _logit_directions(hm, b, c.lnf))
         mde = cat(mlp_de)
-        mlp_base = _iv(mde.mean(0), seed)
         for layer in range(L):
-            d = _iv(mde[layer], seed)
-            components[f"MLP{layer}"] = {"direct": d, "direct_verdict": _verdict(d, mlp_base, clean_mean)}
-        out["direct_baselines"]["MLP"] = mlp_base
+            d, base = _iv(mde[layer], seed), _iv(_others_mean(mde, layer), seed)
+            components[f"MLP{layer}"] = {"direct": d, "baseline": base,
+                                         "direct_verdict": _verdict(d, base, clean_mean)}
     attn_layers = de.reshape(L, H, -1).sum(1)  # [L, n]
-    attn_base = _iv(attn_layers.mean(0), seed)
     for layer in range(L):
-        d = _iv(attn_layers[layer], seed)
-        components[f"attn{layer}"] = {"direct": d, "direct_verdict": _verdict(d, attn_base, clean_mean)}
-    out["direct_baselines"]["attn"] = attn_base
-    out["direct_baselines"]["how_components"] = ("a component's direct effect against one component of its kind "
-                                                 "drawn at random (per prompt: the mean over the MLP layers, or "
-                                                 "over the attention layers)")
+        d, base = _iv(attn_layers[layer], seed), _iv(_others_mean(attn_layers, layer), seed)
+        components[f"attn{layer}"] = {"direct": d, "baseline": base, "direct_verdict": _verdict(d, base, clean_mean)}
+    out["direct_baselines"]["how_components"] = ("a component's direct effect against another component of its "
+                                                 "kind drawn at random (per prompt: the mean over the other MLP "
+                                                 "layers, or the other attention layers)")
     out["components"] = components
 
     # activation patching of each head from each source, and the routes of every confirmed effect
@@ -337,32 +363,37 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
         m_nm_a = torch.cat(m_nm).cpu().numpy()
         de_after_a = torch.cat(de_after, -1).double().cpu().numpy().reshape(L * H, -1)
         others = [i for i, name in enumerate(names) if name not in receivers]
-        rise_base = _iv((de_after_a[others] - de[others]).mean(0), seed) if others else None
+        # the baseline: a non-ablated head after the first ablated layer (one in an earlier layer cannot respond to
+        # the ablation except through the final LayerNorm's scale, so it would make the baseline ≈ 0)
+        first = min(lr for lr, _ in mv)
+        later = [i for i in others if heads[i][0] > first]
+        rise_base = _iv((de_after_a[later] - de[later]).mean(0), seed) if later else None
         rises = {}
         for i in others:
             r = _iv(de_after_a[i] - de[i], seed)
             rises[names[i]] = {**r, **_verdict(r, rise_base, clean_mean)}
             if movers and rises[names[i]]["verdict"] == "confirmed":
                 backup.append(names[i])
-        # the joint ablation against as many heads drawn at random from the same layers (stratified, seeded draws)
-        rng = np.random.default_rng(seed)
-        per_layer = {layer: sum(1 for lr, _ in mv if lr == layer) for layer in range(L)}
-        draws = []
-        for _ in range(JOINT_DRAWS):
-            pick = [(layer, int(h)) for layer, k in per_layer.items() if k
-                    for h in rng.choice(H, size=k, replace=False)]
+        # the joint ablation against as many other heads, drawn at random (seeded) from the same layers where enough
+        # heads are left there, else from the other layers
+        draws, outside = [], 0
+        for pick, n_out in _joint_draws(mv, L, H, seed):
+            outside = max(outside, n_out)
             draws.append(torch.cat([_ablate_heads(hm, b, c, pick)[0] for b, c in zip(ev, cleans, strict=True)])
                          .cpu().numpy())
         joint_base = _iv(m_clean - np.mean(draws, 0), seed)
         drop = _iv(m_clean - m_nm_a, seed)
         out["backup"] = {"ablated": receivers, "kind": out["receivers"]["kind"], "metric_drop": drop,
                          "metric_drop_verdict": _verdict(drop, joint_base, clean_mean),
-                         "metric_drop_baseline": {"how": f"mean drop over {JOINT_DRAWS} seeded draws of as many heads "
-                                                         "from the same layers, ablated together", **joint_base},
+                         "metric_drop_baseline": {"how": f"mean drop over {JOINT_DRAWS} seeded draws of as many other "
+                                                         "heads (none of those ablated), from the same layers where "
+                                                         f"enough are left ({outside} from other layers), ablated "
+                                                         "together", "outside_layer": outside, **joint_base},
                          "direct_of_movers": _iv(de[[names.index(n) for n in receivers]].sum(0), seed),
                          "rise": rises,
                          "rise_baseline": ({"how": "expected rise of a head drawn at random among the heads not "
-                                                   "ablated (per prompt: the mean rise over them)", **rise_base}
+                                                   "ablated in the layers after the first ablated one (per prompt: "
+                                                   "the mean rise over them)", **rise_base}
                                            if rise_base else None)}
 
     # the role table

@@ -133,8 +133,9 @@ class IOIStudy(Study):
 
     def qk_analysis(self, rm, evaluation: list, head_data: dict | None, seed: int) -> dict | None:
         """The QK decomposition (`circuits.studies.qk_section`) of the role heads of the head analysis that attend
-        from END to the names: their END→IO versus END→S2 preference, on the first `QK_PROMPTS` evaluation prompts
-        (ABBA and BABA alternate, so the subset is balanced)."""
+        from END to the names: their END→IO versus END→S2 preference (and END→IO versus END→S1 for a head that
+        attends IO at least as much as S2; `qk_section.ioi_heads`), on the first `QK_PROMPTS` evaluation prompts (half
+        rank the removal check's nodes, half test it; ABBA and BABA alternate, so each half is balanced)."""
         from circuits.studies.qk_section import ioi_heads, qk_section
 
         chosen = ioi_heads(head_data)

@@ -14,6 +14,7 @@ the subtracted score). Token embeddings are pooled per role (``emb@IO``: the nam
 the head's preference) are removed at END on every prompt where they are active:
 
 * **frozen**: their stream contributions at the layer's input are subtracted from the residual stream at END, and
+  the scores are recomputed by the model's own forward pass inside `ReplacementModel.frozen` (LayerNorm scales
   held). The preference must move by exactly minus their summed query marginals; the report gives the largest
   discrepancy over prompts. (An identity of the decomposition, checked as such: it cannot fail unless the
   decomposition is wrong.)
@@ -254,8 +255,8 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
 
 
 def _selects(i: int) -> bool:
-    """Prompt i (in the given order) ranks the nodes to remove; the others test the removal. Pairs alternate
-    (ABBA, BABA / the induction orders), so both halves hold both."""
+    """Prompt i (in the given order) ranks the nodes to remove; the others test the removal. IOI prompts alternate
+    ABBA and BABA in pairs, so both halves hold both orders."""
     return i % 4 < 2
 
 
