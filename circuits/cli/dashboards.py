@@ -289,9 +289,8 @@ def cmd_feature(args) -> int:
         if problem:
             raise CircuitsError(problem)
     if args.db:  # a database given (with --text: for the bars' scale) must be one
-        check_database_file(args.db, "--db", "leave out --db" if args.text is not None else
-                            (f"build one for --dicts {args.dicts} with {build}" if other_set
-                             else "leave out --db to use the shipped one"))
+        check_database_file(args.db, "--db", "leave out --db" + ("" if args.text is not None or other_set else
+                                                                  " to use the shipped one"), build)
     check_model_name(args.model)  # (the default database's path is named after the model)
     if not args.db and args.text is None and not db_path.is_file():
         raise CircuitsError(f"no dashboard database at {db_path}; build it with {build}, or give --db FILE")

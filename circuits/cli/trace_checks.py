@@ -175,14 +175,14 @@ def _choose_dicts(args) -> None:
     args.dicts = "organism"
 
 
-def check_database_file(path: str | Path, option: str, alternative: str) -> None:
+def check_database_file(path: str | Path, option: str, alternative: str,
+                        build: str = "`circuits dashboards build`") -> None:
     """`path` is an existing SQLite file (what `circuits dashboards build` writes), checked by its first bytes before
     anything loads; one line naming the option and `alternative` otherwise."""
     from circuits.inputs import KIND_NAMES, file_kind
 
     if not Path(path).is_file():
-        raise CircuitsError(f"{option}: no dashboard database at {path}; build one with `circuits dashboards build` "
-                            f"or {alternative}")
+        raise CircuitsError(f"{option}: no dashboard database at {path}; build one with {build} or {alternative}")
     kind = file_kind(path)
     if kind != "sqlite":
         raise CircuitsError(f"{option} {path}: {'an empty file' if kind is None else KIND_NAMES[kind]}, not a "
