@@ -94,6 +94,11 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("ioi-heads", "ioi_heads.py", ("--n", "200", "--out", "{tmp}/ioi_heads.md"),
               ("--n", "8", "--out", "{tmp}/ioi_heads.md"),
               "no target: the time of the IOI per-head analysis (docs/ioi-heads.md)"),
+    Benchmark("headline-fresh", "headline_fresh.py", ("--sets", "organism", "organism-finetuned", "--seed", "1"),
+              ("--sets", "organism", "--seed", "1", "--n", "8", "--workers", "1"),
+              "the IOI headline (features alone, 100 features, standard mean ablation) on prompts that chose nothing, "
+              "and sets compared prompt by prompt; aim as study-ioi (docs/case-studies.md)",
+              files=("data/dictionaries/organism-finetuned",)),
     Benchmark("ioi-answer-position", "ioi_answer_position.py", ("--n", "200"), ("--n", "20"),
               "no target: a fidelity diagnostic (the last transcoder at the IOI answer position)"),
     Benchmark("ioi-word-swap", "ioi_word_swap.py", ("--n", "32"), ("--n", "2", "--conditions", "OV"),
