@@ -110,7 +110,7 @@ def render_head_section(data: dict) -> str:
         lines += ["### Backup", "",
                   f"Mean-ablating the {who} ({', '.join(b['ablated'])}) together drops the metric by "
                   f"{_fmt(b['metric_drop'])}"
-                  + (f" ({b['metric_drop_verdict']['verdict']}; random heads from the same layers "
+                  + (f" ({b['metric_drop_verdict']['verdict']}; as many other heads drawn at random "
                      f"{_fmt(b['metric_drop_baseline'])})" if b.get("metric_drop_baseline") else "")
                   + f"; their summed direct effect is {_fmt(b['direct_of_movers'])}. Largest rises of another head's "
                   "direct effect" + (f" (a random other head's rise: {_fmt(b['rise_baseline'])})"
