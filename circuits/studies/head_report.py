@@ -113,7 +113,7 @@ def render_head_section(data: dict) -> str:
                   + (f" ({b['metric_drop_verdict']['verdict']}; as many other heads drawn at random "
                      f"{_fmt(b['metric_drop_baseline'])})" if b.get("metric_drop_baseline") else "")
                   + f"; their summed direct effect is {_fmt(b['direct_of_movers'])}. Largest rises of another head's "
-                  "direct effect" + (f" (a random other head's rise: {_fmt(b['rise_baseline'])})"
+                  "direct effect" + (f" (a random non-ablated head's after the first ablated layer: {_fmt(b['rise_baseline'])})"
                                      if b.get("rise_baseline") else "") + ":", "",
                   "| head | rise | verdict |", "|---|---|---|"]
         for n, r in sorted(b["rise"].items(), key=lambda kv: -kv[1]["value"])[:5]:
