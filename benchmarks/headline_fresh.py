@@ -44,10 +44,6 @@ def main() -> None:
     if len(prompts) != 1:
         raise SystemExit("the sets saw different evaluation prompts; a paired comparison needs the same")
 
-    def ratio(c, e, f):
-        d = f.mean() - e.mean()
-        return float((c.mean() - e.mean()) / d) if d != 0 else float("nan")
-
     k = next(iter(per_set.values()))["k"]
     print(f"\nIOI, seed {args.seed}, {args.n} evaluation prompts, {k}-node IG circuit, standard mean ablation, "
           "95% bootstrap intervals over prompts:")
@@ -60,9 +56,7 @@ def main() -> None:
     for other in names[1:]:
         a, b = per_set[names[0]], per_set[other]
         for what in ("features_only", "with_errors"):
-            diff = stats.bootstrap({"ca": a[what], "ea": a["empty"], "fa": a["full"],
-                                    "cb": b[what], "eb": b["empty"], "fb": b["full"]},
-                                   lambda c: ratio(c["ca"], c["ea"], c["fa"]) - ratio(c["cb"], c["eb"], c["fb"]))
+            diff = stats.faithfulness_difference((a[what], a["empty"], a["full"]), (b[what], b["empty"], b["full"]))
             print(f"{names[0]} − {other}, {what.replace('_', ' ')}: {diff} (paired)")
 
 

@@ -51,3 +51,24 @@ def test_a_drop_of_one_percent_against_noise_is_not_confirmed():
     effect = mean_interval(0.1 + rng.normal(0, 0.3, 100))  # 1% of a clean metric of 10
     baseline = mean_interval(0.03 + rng.normal(0, 0.3, 100))
     assert verdict(effect, baseline, clean_metric=10.0).word == "not confirmed"
+
+
+def test_faithfulness_difference_is_paired_and_allows_different_empty_circuits():
+    """Two dictionary sets compared on the same prompts: each ratio uses its own empty circuit; the difference of a
+    set with itself is exactly 0, and a shared per-prompt offset (hard and easy prompts) does not widen the interval
+    of a constant difference."""
+    import numpy as np
+
+    from circuits.studies.stats import faithfulness, faithfulness_difference
+
+    rng = np.random.default_rng(0)
+    offset = rng.normal(0, 5, 60)  # prompts differ a lot; the sets differ by a constant share
+    full = offset + 10
+    a = (offset + 5, offset, full)  # keeps 0.5
+    b = (offset + 3, offset + 1, full)  # keeps 2 / 9 with its own empty circuit
+    d = faithfulness_difference(a, b)
+    want = faithfulness(*map(np.asarray, a)) - faithfulness(*map(np.asarray, b))
+    assert abs(d.value - want) < 1e-12 and abs(want - (0.5 - 2 / 9)) < 1e-12
+    assert d.hi - d.lo < 1e-9  # paired: the shared offset cancels in every resample
+    same = faithfulness_difference(a, a)
+    assert same.value == same.lo == same.hi == 0.0

@@ -71,16 +71,29 @@ def mean_interval(values: Sequence[float], seed: int = 0, n_boot: int = N_BOOT) 
     return bootstrap({"x": values}, lambda c: float(c["x"].mean()), n_boot, seed)
 
 
+def faithfulness(circuit: np.ndarray, empty: np.ndarray, full: np.ndarray) -> float:
+    """``(m̄(C) − m̄(∅)) / (m̄(M) − m̄(∅))`` of per-prompt metrics (nan when the model and the empty circuit agree)."""
+    denom = full.mean() - empty.mean()
+    return float((circuit.mean() - empty.mean()) / denom) if denom != 0 else float("nan")
+
+
 def faithfulness_interval(circuit: Sequence[float], empty: Sequence[float], full: Sequence[float], seed: int = 0,
                           n_boot: int = N_BOOT) -> Interval:
-    """``(m̄(C) − m̄(∅)) / (m̄(M) − m̄(∅))`` with a paired bootstrap interval (per-prompt metrics in; nan when
-    the model and the empty circuit agree on a resample)."""
+    """`faithfulness` with a paired bootstrap interval (per-prompt metrics in; nan on a resample where the model and
+    the empty circuit agree)."""
+    return bootstrap({"circuit": circuit, "empty": empty, "full": full},
+                     lambda c: faithfulness(c["circuit"], c["empty"], c["full"]), n_boot, seed)
 
-    def stat(c: dict[str, np.ndarray]) -> float:
-        denom = c["full"].mean() - c["empty"].mean()
-        return float((c["circuit"].mean() - c["empty"].mean()) / denom) if denom != 0 else float("nan")
 
-    return bootstrap({"circuit": circuit, "empty": empty, "full": full}, stat, n_boot, seed)
+def faithfulness_difference(a: tuple[Sequence[float], Sequence[float], Sequence[float]],
+                            b: tuple[Sequence[float], Sequence[float], Sequence[float]], seed: int = 0,
+                            n_boot: int = N_BOOT) -> Interval:
+    """Faithfulness of a minus that of b, each given as per-prompt (circuit, empty, full) on the same prompts (e.g.
+    two dictionary sets, whose empty circuits differ), with a paired bootstrap interval: one resample of prompts
+    for both."""
+    cols = {f"{side}{k}": v for side, (c, e, f) in (("a", a), ("b", b)) for k, v in (("c", c), ("e", e), ("f", f))}
+    return bootstrap(cols, lambda x: faithfulness(x["ac"], x["ae"], x["af"]) - faithfulness(x["bc"], x["be"], x["bf"]),
+                     n_boot, seed)
 
 
 @dataclass(frozen=True)
