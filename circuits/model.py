@@ -172,14 +172,28 @@ class LoadedModel(NamedTuple):
     tokenizer: object  # transformers tokenizer
 
 
+def check_model_name(name: str) -> None:
+    """`ModelLoadError` unless `name` is one `load_model` knows or an existing folder (the closest known name
+    suggested); reads no file and imports no tensor library, so the CLI asks before anything loads."""
+    from circuits import families
+
+    use = f"use one of {', '.join(KNOWN_MODELS)} or a folder written by `circuits organism train`"
+    if not str(name).strip():
+        raise ModelLoadError(f"empty model name; {use}")
+    if name in ("organism", "gpt2") or name in families.PUBLIC_MODELS or Path(name).is_dir():
+        return
+    import difflib
+
+    close = difflib.get_close_matches(str(name), KNOWN_MODELS, n=1)
+    raise ModelLoadError(f"unknown model {name!r}" + (f" (did you mean {close[0]}?)" if close else "") + f"; {use}")
+
+
 def load_model(name: str = "organism", device: str = "cpu") -> LoadedModel:
     """Load a model by name ("organism", "gpt2", a public family model such as "gemma-2-2b") or from a folder
     (an organism folder, or one written by `circuits.families.save_model`)."""
     from circuits import families
 
-    if not str(name).strip():
-        raise ModelLoadError(f"empty model name; use one of {', '.join(KNOWN_MODELS)} or a folder written by "
-                             "`circuits organism train`")
+    check_model_name(name)
     if name == "organism":
         return load_organism(DATA_DIR / "organism", device)
     if name == "gpt2":
@@ -189,11 +203,7 @@ def load_model(name: str = "organism", device: str = "cpu") -> LoadedModel:
     if Path(name).is_dir():
         if families.is_saved_model(Path(name)):
             return families.load_saved(Path(name), device)
-        return load_organism(Path(name), device)
-    raise ModelLoadError(
-        f"unknown model {name!r}; use one of {', '.join(KNOWN_MODELS)} or a folder written by "
-        "`circuits organism train`"
-    )
+    return load_organism(Path(name), device)
 
 
 def read_weights_and_tokenizer(weights_path: Path, tok_path: Path, fix: str, device: str = "cpu"):

@@ -190,21 +190,15 @@ def check_database_file(path: str | Path, option: str, alternative: str,
 
 
 def check_model_name(name: str) -> None:
-    """--model names a model `load_model` knows or an existing folder (the loader's own first test, without
-    importing torch): a typo is one line before anything prints "loading"."""
-    from circuits.families import PUBLIC_MODELS
-    from circuits.model import KNOWN_MODELS
+    """--model names a model `load_model` knows or an existing folder (`circuits.model.check_model_name`, the
+    loader's own test, without importing torch): a typo is one line before anything prints "loading"."""
+    from circuits.errors import ModelLoadError
+    from circuits.model import check_model_name as check
 
-    if not str(name).strip():
-        raise CircuitsError(f"--model: empty model name; use one of {', '.join(KNOWN_MODELS)} or a folder written by "
-                            "`circuits organism train`")
-    if name in ("organism", "gpt2") or name in PUBLIC_MODELS or Path(name).is_dir():
-        return
-    import difflib
-
-    close = difflib.get_close_matches(name, KNOWN_MODELS, n=1)
-    raise CircuitsError(f"--model {name}: unknown model" + (f" (did you mean {close[0]}?)" if close else "")
-                        + f"; use one of {', '.join(KNOWN_MODELS)} or a folder written by `circuits organism train`")
+    try:
+        check(name)
+    except ModelLoadError as e:
+        raise CircuitsError(f"--model: {e}") from None
 
 
 def check_dicts_name(name: str) -> None:
