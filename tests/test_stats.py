@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from circuits.studies import stats
 from circuits.studies.stats import Interval, faithfulness_interval, mean_interval, verdict
 
 
@@ -72,3 +73,25 @@ def test_faithfulness_difference_is_paired_and_allows_different_empty_circuits()
     assert d.hi - d.lo < 1e-9  # paired: the shared offset cancels in every resample
     same = faithfulness_difference(a, a)
     assert same.value == same.lo == same.hi == 0.0
+
+
+def test_batched_bootstrap_equals_one_call_per_resample():
+    """The batched path (all resamples as rows of one [n_boot, n] array) gives the same interval, bit for bit, as
+    calling the statistic once per resample, including resamples whose denominator is 0 (dropped as nan)."""
+    rng = np.random.default_rng(3)
+    for n in (2, 7, 64, 201):
+        c, e, f = rng.normal(size=(3, n))
+        f_flat = e.copy()
+        f_flat[0] += 1.0  # most resamples miss prompt 0: their denominator is exactly 0
+        for full in (f, f_flat):
+            cols = {"c": c, "e": e, "f": full}
+
+            def one(x):
+                d = x["f"].mean() - x["e"].mean()
+                return float((x["c"].mean() - x["e"].mean()) / d) if d != 0 else float("nan")
+
+            looped = stats.bootstrap(cols, one, seed=n)
+            batched = stats.bootstrap(cols, lambda x: stats.ratio_of_means(x["c"], x["e"], x["f"], x["e"]), seed=n,
+                                      batched=True)
+            assert looped == batched == stats.faithfulness_interval(c, e, full, seed=n)
+        assert stats.mean_interval(c, seed=1) == stats.bootstrap({"x": c}, lambda x: float(x["x"].mean()), seed=1)

@@ -246,12 +246,9 @@ def faithfulness_table(records: list[dict], plan: list[Circuit], rankings: dict,
 
 def _difference(a: list[float], b: list[float], empty: list[float], full: list[float], seed: int) -> dict:
     """Faithfulness of circuit a minus that of circuit b, paired bootstrap interval (same prompts, same draws)."""
-
-    def stat(c):
-        denom = c["full"].mean() - c["empty"].mean()
-        return float((c["a"].mean() - c["b"].mean()) / denom) if denom != 0 else float("nan")
-
-    return stats.bootstrap({"a": a, "b": b, "empty": empty, "full": full}, stat, seed=seed).as_dict()
+    return stats.bootstrap({"a": a, "b": b, "empty": empty, "full": full},
+                           lambda c: stats.ratio_of_means(c["a"], c["b"], c["full"], c["empty"]), seed=seed,
+                           batched=True).as_dict()
 
 
 def by_subset(records: list[dict], prepared, plan: list[Circuit], rankings: dict, top: int, seed: int) -> list[dict]:

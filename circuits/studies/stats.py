@@ -44,9 +44,13 @@ class Interval:
 
 
 def bootstrap(columns: dict[str, Sequence[float]], statistic: Callable[[dict[str, np.ndarray]], float],
-              n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> Interval:
+              n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95, batched: bool = False) -> Interval:
     """`statistic` of the per-prompt `columns` (equal lengths, one entry per prompt) with a paired bootstrap
-    interval: every resample draws one set of prompt indices and applies it to all columns."""
+    interval: every resample draws one set of prompt indices and applies it to all columns.
+
+    `batched`: `statistic` reduces over the last axis (``x.mean(-1)``), so all resamples go through it at once as
+    columns of shape [n_boot, n] (one row per resample), instead of one call per resample. The draws and the
+    numbers are the same; a row's mean is summed exactly as the 1-D mean of that resample."""
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
     lengths = {len(a) for a in arrays.values()}
     if len(lengths) != 1:
@@ -57,7 +61,11 @@ def bootstrap(columns: dict[str, Sequence[float]], statistic: Callable[[dict[str
     value = float(statistic(arrays))
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
-    draws = np.array([statistic({k: a[i] for k, a in arrays.items()}) for i in idx], dtype=np.float64)
+    if batched:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            draws = np.asarray(statistic({k: a[idx] for k, a in arrays.items()}), dtype=np.float64).reshape(n_boot)
+    else:
+        draws = np.array([statistic({k: a[i] for k, a in arrays.items()}) for i in idx], dtype=np.float64)
     draws = draws[np.isfinite(draws)]
     if draws.size == 0:
         return Interval(value, float("nan"), float("nan"), n)
@@ -68,13 +76,21 @@ def bootstrap(columns: dict[str, Sequence[float]], statistic: Callable[[dict[str
 
 def mean_interval(values: Sequence[float], seed: int = 0, n_boot: int = N_BOOT) -> Interval:
     """The mean of per-prompt `values` with its bootstrap interval."""
-    return bootstrap({"x": values}, lambda c: float(c["x"].mean()), n_boot, seed)
+    return bootstrap({"x": values}, lambda c: c["x"].mean(-1), n_boot, seed, batched=True)
+
+
+def ratio_of_means(num_a: np.ndarray, num_b: np.ndarray, den_a: np.ndarray, den_b: np.ndarray) -> np.ndarray:
+    """``(ā − b̄) / (c̄ − d̄)`` over the last axis (prompts); nan where the denominator is 0. Arrays [..., n] in,
+    [...] out: one value for 1-D per-prompt arrays, one per resample for [n_boot, n]."""
+    num = num_a.mean(-1) - num_b.mean(-1)
+    denom = np.asarray(den_a.mean(-1) - den_b.mean(-1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom != 0, num / np.where(denom != 0, denom, 1.0), np.nan)
 
 
 def faithfulness(circuit: np.ndarray, empty: np.ndarray, full: np.ndarray) -> float:
     """``(m̄(C) − m̄(∅)) / (m̄(M) − m̄(∅))`` of per-prompt metrics (nan when the model and the empty circuit agree)."""
-    denom = full.mean() - empty.mean()
-    return float((circuit.mean() - empty.mean()) / denom) if denom != 0 else float("nan")
+    return float(ratio_of_means(np.asarray(circuit), np.asarray(empty), np.asarray(full), np.asarray(empty)))
 
 
 def faithfulness_interval(circuit: Sequence[float], empty: Sequence[float], full: Sequence[float], seed: int = 0,
@@ -82,7 +98,8 @@ def faithfulness_interval(circuit: Sequence[float], empty: Sequence[float], full
     """`faithfulness` with a paired bootstrap interval (per-prompt metrics in; nan on a resample where the model and
     the empty circuit agree)."""
     return bootstrap({"circuit": circuit, "empty": empty, "full": full},
-                     lambda c: faithfulness(c["circuit"], c["empty"], c["full"]), n_boot, seed)
+                     lambda c: ratio_of_means(c["circuit"], c["empty"], c["full"], c["empty"]), n_boot, seed,
+                     batched=True)
 
 
 def faithfulness_difference(a: tuple[Sequence[float], Sequence[float], Sequence[float]],
@@ -92,8 +109,8 @@ def faithfulness_difference(a: tuple[Sequence[float], Sequence[float], Sequence[
     two dictionary sets, whose empty circuits differ), with a paired bootstrap interval: one resample of prompts
     for both."""
     cols = {f"{side}{k}": v for side, (c, e, f) in (("a", a), ("b", b)) for k, v in (("c", c), ("e", e), ("f", f))}
-    return bootstrap(cols, lambda x: faithfulness(x["ac"], x["ae"], x["af"]) - faithfulness(x["bc"], x["be"], x["bf"]),
-                     n_boot, seed)
+    return bootstrap(cols, lambda x: (ratio_of_means(x["ac"], x["ae"], x["af"], x["ae"])
+                                      - ratio_of_means(x["bc"], x["be"], x["bf"], x["be"])), n_boot, seed, batched=True)
 
 
 @dataclass(frozen=True)
