@@ -135,14 +135,38 @@ def file_kind(path: str | Path) -> str | None:
     return "text" if "\ufffd" not in text else "binary"
 
 
-def check_output_file(path: str | Path, what: str, folder_must_exist: bool = False, kind: str | None = None) -> Path:
+def saved_work(path: str | Path) -> str | None:
+    """What a user saved into an existing graph file from the explorer — pins, supernodes, labels (our JSON's
+    ``ui``; circuit-tracer JSON's ``qParams``) — in words, e.g. "2 pins, 1 label"; None when it holds none (a plain
+    `circuits trace` output, which running the command again may replace) or is not a graph file."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    ui, q = data.get("ui"), data.get("qParams")
+    ui = ui if isinstance(ui, dict) else {}
+    q = q if isinstance(q, dict) else {}
+    counts = {"pin": len(ui.get("pins") or q.get("pinnedIds") or []),
+              "supernode": len(ui.get("supernodes") or q.get("supernodes") or []),
+              "label": len(ui.get("labels") or [])}
+    words = [f"{n} {what}{'' if n == 1 else 's'}" for what, n in counts.items() if n]
+    return ", ".join(words) or None
+
+
+def check_output_file(path: str | Path, what: str, folder_must_exist: bool = False, kind: str | None = None,
+                      force: bool = False) -> Path:
     """`path` can be written as a file; raises `OutputPathError`. By default its folder may be created by the
     command (the nearest existing ancestor must be writable); `folder_must_exist` True: for writers that do not
     create folders (the graph files of `circuits trace`), a missing folder is an error now, not after the work.
 
     `kind` (a `file_kind` name): what the command writes there. An existing file of another kind — a graph file, a
     database, a picture a user saved — is refused instead of overwritten; one of the same kind is replaced (running
-    a command again)."""
+    a command again), unless it is a graph file holding work saved from the explorer (`saved_work`): that needs
+    `force`."""
     path = Path(path)
     if str(path) == "":
         raise OutputPathError(f"{what}: empty path; give a file name")
@@ -153,6 +177,10 @@ def check_output_file(path: str | Path, what: str, folder_must_exist: bool = Fal
         if found is not None and found != kind:
             raise OutputPathError(f"{what} {path}: the file exists and is {KIND_NAMES[found]}, not "
                                   f"{KIND_NAMES[kind]}; choose another name or remove it first (nothing was written)")
+        work = saved_work(path) if found in ("circuits-graph", "circuit-tracer") and not force else None
+        if work:
+            raise OutputPathError(f"{what} {path}: the file holds work saved from the explorer ({work}); choose "
+                                  "another name, or pass --force to replace it (nothing was written)")
     folder = path.parent if str(path.parent) else Path(".")
     _make_folder(folder, what)
     if folder_must_exist and not folder.is_dir():

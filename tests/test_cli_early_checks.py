@@ -455,6 +455,29 @@ def test_an_existing_file_of_another_kind_is_not_overwritten(capsys, no_model, t
         trace(capsys, PROMPT, "--target", "Mary", "--json", graph, "--svg", tmp_path / "empty.svg")
 
 
+def test_a_graph_file_with_work_saved_from_the_explorer_needs_force(capsys, no_model, tmp_path):
+    """A graph file the explorer saved with pins, supernodes or labels is the user's work: `trace --json` with the
+    same name is refused, untouched, unless --force; a plain trace output (no such work) is replaced as before."""
+    import json
+
+    saved = tmp_path / "mine.json"
+    saved.write_text(json.dumps({"format": "circuits-graph", "nodes": {}, "ui": {
+        "pins": ["a", "b"], "supernodes": [], "labels": {"x": "says Mary"}}}))
+    before = saved.read_bytes()
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--json", saved), "--json", "work saved from the "
+                   "explorer (2 pins, 1 label)", "--force", "nothing was written")
+    assert saved.read_bytes() == before
+    ct = tmp_path / "ct.json"  # circuit-tracer's layout keeps pins and supernodes in qParams
+    ct.write_text(json.dumps({"nodes": [], "links": [], "qParams": {"pinnedIds": [], "supernodes": [["s", "1"]]}}))
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--circuit-tracer-json", ct), "1 supernode")
+    with pytest.raises(Reached):  # --force replaces it
+        trace(capsys, PROMPT, "--target", "Mary", "--json", saved, "--circuit-tracer-json", ct, "--force")
+    plain = tmp_path / "plain.json"  # negative control: empty ui, nothing saved
+    plain.write_text(json.dumps({"format": "circuits-graph", "ui": {"pins": [], "supernodes": [], "labels": {}}}))
+    with pytest.raises(Reached):
+        trace(capsys, PROMPT, "--target", "Mary", "--json", plain)
+
+
 def test_two_outputs_naming_one_file_are_refused(capsys, no_model, tmp_path):
     one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--json", tmp_path / "a.json", "--dot",
                           tmp_path / "a.json"), "--json and --dot name the same file")

@@ -114,7 +114,8 @@ def _check_trace_options(args) -> None:
         if path:
             option = f"--{flag.replace('_', '-')}"
             # the graph writers do not create folders: a missing one fails now, not after the attribution
-            resolved = check_output_file(path, option, folder_must_exist=True, kind=kind).resolve()
+            resolved = check_output_file(path, option, folder_must_exist=True, kind=kind,
+                                         force=args.force).resolve()
             if resolved in seen:
                 raise CircuitsError(f"{seen[resolved]} and {option} name the same file {path}: give each its own "
                                     "file (the second would overwrite the first)")
