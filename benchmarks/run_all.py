@@ -94,6 +94,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("ioi-heads", "ioi_heads.py", ("--n", "200", "--out", "{tmp}/ioi_heads.md"),
               ("--n", "8", "--out", "{tmp}/ioi_heads.md"),
               "no target: the time of the IOI per-head analysis (docs/ioi-heads.md)"),
+    Benchmark("ioi-s2-offset", "ioi_s2_offset.py", ("--n", "200"), ("--n", "4"),
+              "no target: does L0H4 find S2 by the name or by its offset from END (one word inserted after S2; "
+              "docs/ioi-heads.md)"),
     Benchmark("headline-fresh", "headline_fresh.py", ("--sets", "organism", "organism-finetuned", "--seed", "1"),
               ("--sets", "organism", "--seed", "1", "--n", "8", "--workers", "1"),
               "the IOI headline (features alone, 100 features, standard mean ablation) on prompts that chose nothing, "

@@ -380,3 +380,26 @@ def test_backup_and_joint_ablation_baselines(analysis):
     assert min(others) - 1e-6 <= b["metric_drop_baseline"]["value"] <= max(others) + 1e-6
     assert b["metric_drop_baseline"]["outside_layer"] == 0
     assert b["metric_drop"]["lo"] > b["metric_drop_baseline"]["hi"]  # ablating the name mover beats a random head
+
+
+def test_s2_offset_verdict_can_say_offset_and_inconclusive():
+    """benchmarks/ioi_s2_offset.py's rule: a head that follows the name when S2 moves keys on the name; one that
+    keeps attending END − 4 (the inserted word) keys on the offset (negative control); an ablation drop no larger
+    than the other heads' is not enough for "the name"; neither attention is inconclusive."""
+    import importlib.util
+    from pathlib import Path
+
+    from circuits.studies.stats import Interval
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ioi_s2_offset.py"
+    spec = importlib.util.spec_from_file_location("ioi_s2_offset", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    big, small = Interval(8.8, 8.4, 9.3, 200), Interval(0.1, 0.07, 0.12, 200)
+    assert mod.offset_verdict(0.95, 0.0, big, small, 1.06) == "keys on the name"
+    assert mod.offset_verdict(0.95, 0.0) == "keys on the name"  # attention alone (ABC prompts)
+    assert mod.offset_verdict(0.02, 0.93, big, small, 1.06) == "keys on the offset"
+    assert mod.offset_verdict(0.95, 0.0, small, big, 1.06) == "inconclusive"  # the drop is not above the others'
+    assert mod.offset_verdict(0.3, 0.3) == "inconclusive"
+    assert mod.insert_after_s2("When Mary and John went out, John gave a drink to", "John", "then") == \
+        "When Mary and John went out, John then gave a drink to"

@@ -1,0 +1,167 @@
+"""Does layer-0 head L0H4 find S2 by the name or by its offset from END? ``python benchmarks/ioi_s2_offset.py [--n 200]``
+
+The IOI head analysis names L0H4 "moves S2 to END": from END it attends S2, and ablating it or patching it from
+the ABC prompt removes most of the logit difference. Every held-out template puts S2 four tokens before END, so
+attention to "the subject name" and attention to "the token at END − 4" cannot be told apart on those prompts. This
+script moves S2 away from that offset by one word and looks again, on fresh prompts (held-out names and templates,
+seed 21; reference prompts for the ablation means, seed 22):
+
+* **inserted**: one word right after S2 (``…, John then gave a drink to`` with a word of the organism's noise pool,
+  `templates.noise_words()`, which holds no name and no held-out-only word). S2 is now END − 5; END − 4 is the
+  inserted word. The organism saw such insertions in training (phase-4 noise).
+
+* **ABC** and **ABC inserted**: the same two with S2 replaced by a third name (the study's corrupted prompt: no
+  name is repeated). Does L0H4 attend the *latest* name, or the repeated one?
+
+Measured on each form (mean over prompts, 95% bootstrap intervals):
+
+1. L0H4's attention from END to the latest name (S2, or the third name) and to the token at END − 4;
+2. the logit difference m = logit(IO) − logit(S);
+3. (clean and inserted forms) the drop of m when L0H4's z at END is replaced by its mean at END over reference prompts of the same form
+   (clean or inserted), against the same ablation of each other layer-0 head (leave-one-out mean: the baseline the
+   head analysis uses for direct effects).
+
+Verdict, fixed before the run: L0H4 keys on the **name** if, on the inserted prompts, its attention to S2 is at least
+0.5 and its ablation drop has an interval above the other layer-0 heads' and above 10% of the inserted prompts' m;
+on the **offset** if its attention to the END − 4 word is at least 0.5; otherwise inconclusive. On the ABC inserted
+prompts (no preference left to ablate) the attention rule alone: attending the third name at least 0.5 means it keys
+on the latest name, repeated or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import numpy as np
+import torch
+
+HEAD = (0, 4)
+SEEDS = (21, 22)  # evaluation, reference: seeds no study or benchmark uses
+
+
+def insert_after_s2(text: str, s: str, word: str) -> str:
+    head, _, tail = text.rpartition(f" {s} ")
+    return f"{head} {s} {word} {tail}"
+
+
+def offset_verdict(name_att: float, offset_att: float, effect=None, baseline=None, minimum: float = 0.0) -> str:
+    """The verdict rule of the module docstring for prompts where the latest name is *not* END − 4: attention
+    means (`name_att` to the name, `offset_att` to END − 4) and, where there is a preference to remove, the
+    ablation's drop `effect` and the other heads' `baseline` (`stats.Interval`s)."""
+    causal_ok = effect is None or (effect.lo > baseline.hi and effect.lo >= minimum)
+    if name_att >= 0.5 and causal_ok:
+        return "keys on the name"
+    if offset_att >= 0.5:
+        return "keys on the offset"
+    return "inconclusive"
+
+
+def build(model, n: int, seed: int) -> list[dict]:
+    """Prompt texts from the study's held-out prompts: clean, inserted, and the same two with S2 replaced by a third
+    name (the study's ABC prompt); each kept only if S2 (or the third name) is END − 4 (END − 5 once a word is
+    inserted)."""
+    from circuits.organism import templates
+    from circuits.studies.base import single_token_id
+    from circuits.studies.ioi import IOIStudy
+
+    words = templates.noise_words()[0]
+    rng = random.Random(f"s2-offset-{seed}")
+    out = []
+    for p in IOIStudy().prompts(model, n, seed):
+        io, s, third = p.answer, p.wrong, p.meta["third"]
+        word = rng.choice(words)
+        row = {"io": io, "s": s, "third": third, "clean": p.clean, "inserted": insert_after_s2(p.clean, s, word),
+               "abc": p.corrupt, "abc inserted": insert_after_s2(p.corrupt, third, word)}
+        ok = True
+        for form, name, back in (("clean", s, 5), ("inserted", s, 6), ("abc", third, 5), ("abc inserted", third, 6)):
+            tok = model.to_tokens(row[form])[0]
+            ok &= tok[-back].item() == single_token_id(model, name)
+        if ok:
+            out.append(row)
+    return out
+
+
+@torch.no_grad()
+def measure(model, rows: list[dict], form: str, mean_z: torch.Tensor | None):
+    """Per prompt of `form`: attention from END to the latest name (S2, or the third name of an ABC form) and to
+    END − 4, of every layer-0 head [n, H] each; m [n]; the mean of layer 0's z at END [H, d_head]; and, given a
+    reference `mean_z`, m with each layer-0 head's z at END replaced by it [n, H]."""
+    from circuits.model import hook_attn_pattern, hook_attn_z
+    from circuits.studies.base import single_token_id
+
+    H = model.cfg.n_heads
+    att_name, att_off, m, m_abl, z_end = [], [], [], [], []
+    for r in rows:
+        tok = model.to_tokens(r[form])
+        a, b = single_token_id(model, r["io"]), single_token_id(model, r["s"])
+        latest = single_token_id(model, r["third"] if form.startswith("abc") else r["s"])
+        logits, cache = model.run_with_cache(tok, names_filter=lambda n: n in (hook_attn_pattern(0), hook_attn_z(0)))
+        pat = cache[hook_attn_pattern(0)][0, :, -1]  # [H, key]
+        att_name.append(pat[:, int((tok[0] == latest).nonzero().max())])
+        att_off.append(pat[:, tok.shape[1] - 5])
+        m.append(float(logits[0, -1, a] - logits[0, -1, b]))
+        z_end.append(cache[hook_attn_z(0)][0, -1])  # [H, d_head]
+        if mean_z is not None:
+            row = []
+            for h in range(H):
+                def hook(z, hook, h=h):
+                    z[0, -1, h] = mean_z[h]
+                    return z
+
+                out = model.run_with_hooks(tok, fwd_hooks=[(hook_attn_z(0), hook)])
+                row.append(float(out[0, -1, a] - out[0, -1, b]))
+            m_abl.append(row)
+    return (torch.stack(att_name).double().numpy(), torch.stack(att_off).double().numpy(), np.array(m),
+            np.array(m_abl) if m_abl else None, torch.stack(z_end).mean(0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    args = ap.parse_args()
+
+    from circuits import load_model
+    from circuits.studies.stats import MIN_EFFECT_SHARE, mean_interval
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    model, _ = load_model("organism")
+    ev, ref = (build(model, args.n, s) for s in SEEDS)
+    layer, head = HEAD
+    H = model.cfg.n_heads
+    others = [h for h in range(H) if h != head]
+    print(f"{len(ev)} evaluation and {len(ref)} reference prompts of {args.n} kept\n")
+    print(f"| prompts | L0H{head} END→latest name | L0H{head} END→(END−4) | m | L0H{head} ablated at END: drop of m "
+          "| other layer-0 heads: mean drop | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    forms = {"clean": "clean (S2 at END−4)", "inserted": "inserted (S2 at END−5)",
+             "abc": "ABC (a third name at END−4, no repeated name)", "abc inserted": "ABC inserted (it is END−5)"}
+    verdicts = {}
+    for form, title in forms.items():
+        causal = not form.startswith("abc")  # ABC prompts have no IO/S preference left to remove
+        mean_z = measure(model, ref, form, None)[4] if causal else None
+        att, off, m, m_abl, _ = measure(model, ev, form, mean_z)
+        name_iv, off_iv = mean_interval(att[:, head], args.seed), mean_interval(off[:, head], args.seed)
+        cells = ["—", "—"]
+        if causal:
+            drop = m[:, None] - m_abl  # [n, H]
+            eff, base = mean_interval(drop[:, head], args.seed), mean_interval(drop[:, others].mean(1), args.seed)
+            minimum = MIN_EFFECT_SHARE * abs(float(m.mean()))
+            cells = [f"{eff}", f"{base}"]
+        if form in ("clean", "abc"):
+            word = "— (the name is END−4: cannot tell)"
+        else:
+            word = offset_verdict(name_iv.value, off_iv.value, *((eff, base, minimum) if causal else ()))
+            word += f" (minimum {minimum:.2f})" if causal else ""
+        verdicts[form] = word
+        print(f"| {title} | {name_iv} | {off_iv} | {mean_interval(m, args.seed)} | {cells[0]} | {cells[1]} | "
+              f"{word} |")
+    print(f"\nL0H{head} on the inserted prompts: {verdicts['inserted']}; on the ABC inserted prompts: "
+          f"{verdicts['abc inserted']}; {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
