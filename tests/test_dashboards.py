@@ -384,3 +384,24 @@ def test_committed_organism_database_matches_its_dictionaries():
     top = dash.top_examples()[0]
     acts = dashboards.activations_on(rm, "".join(top.tokens).strip(), live[0], live[1])
     assert max(a for _, a in acts) > 0  # the feature fires again on its own top context
+
+
+def test_pending_names_what_a_build_would_compute(planted, db, tmp_path):
+    """`pending`: every dictionary for a missing database, none for a complete one (a build then only relabels, and
+    `dashboards build` says so instead of "wrote"), the unfinished ones of a partial one, all for another set's."""
+    import shutil
+
+    rm, _ = planted
+    names = [d.cfg.name for d in rm.dictionaries]
+    assert dashboards.pending(rm, tmp_path / "missing.sqlite") == names
+    assert dashboards.pending(rm, db) == []
+    partial = tmp_path / "partial.sqlite"
+    shutil.copy(db, partial)
+    con = sqlite3.connect(partial)
+    con.execute("DELETE FROM done WHERE dictionary = ?", (names[-1],))
+    con.commit()
+    assert dashboards.pending(rm, partial) == [names[-1]]
+    con.execute("UPDATE meta SET value = 'other' WHERE key = 'fingerprint'")
+    con.commit()
+    con.close()
+    assert dashboards.pending(rm, partial) == names

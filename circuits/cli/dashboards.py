@@ -191,6 +191,7 @@ def cmd_dashboards_build(args) -> int:
         out.unlink()
     rows = batch_tokens(ToyWorldCorpus(0), build_tokenizer(), 0, args.rows, model.cfg.n_ctx, stream="heldout-dash")
     t0 = time.perf_counter()
+    todo = dashboards.pending(rm, out)
     try:
         dashboards.build(rm, rows, out, seed=args.seed, progress=not args.quiet,
                          meta={"dictionaries": args.dicts, "stream": "heldout-dash"}, token_sets=sets)
@@ -201,7 +202,13 @@ def cmd_dashboards_build(args) -> int:
                                 ) from None
         raise CircuitsError(f"cannot write {out}: {e}") from None
     size = out.stat().st_size / 2**20
-    print(f"wrote {out} ({size:.1f} MB) from {rows.numel():,} tokens in {time.perf_counter() - t0:.1f} s")
+    took = f"in {time.perf_counter() - t0:.1f} s"
+    if not todo:
+        print(f"{out} ({size:.1f} MB) already held every dictionary's dashboards: only the labels were recomputed "
+              f"{took} (--replace rebuilds it)")
+    else:
+        print(f"wrote {out} ({size:.1f} MB): dashboards of {len(todo)} of {len(rm.dictionaries)} dictionaries from "
+              f"{rows.numel():,} tokens {took}")
     return 0
 
 

@@ -46,7 +46,7 @@ The fingerprint (a hash of every dictionary tensor and the model's weights) is s
 database built for different dictionaries is refused with the build command.
 """
 
-from circuits.dashboards.build import build, head_source_terms, relabel
+from circuits.dashboards.build import build, head_source_terms, pending, relabel
 from circuits.dashboards.logit_effects import (
     N_LOGITS,
     logit_directions,
@@ -70,6 +70,6 @@ from circuits.dashboards.store import (
 from circuits.dashboards.user_labels import set_label, user_labels_path
 
 __all__ = ["N_LOGITS", "WINDOW_AFTER", "WINDOW_BEFORE", "Dashboard", "DashboardError", "Dashboards", "Example",
-           "activations_on", "build", "feature_id", "fingerprint", "head_source_terms", "logit_directions",
+           "activations_on", "build", "pending", "feature_id", "fingerprint", "head_source_terms", "logit_directions",
            "logit_effect_matrix", "logit_effects", "parse_feature_id", "relabel", "render_text", "set_label",
            "user_labels_path", "write_directions"]

@@ -136,6 +136,27 @@ def build(rm, rows: Tensor, path: Path, batch_size: int = 32, seed: int = 0, pro
     return path
 
 
+def pending(rm, path: Path) -> list[str]:
+    """The dictionaries of `rm` that `build` would compute into the database at `path` (all of them for a missing
+    database or one built for other dictionaries; none when it is complete: a build then only relabels)."""
+    import sqlite3
+
+    path = Path(path)
+    names = [d.cfg.name for d in rm.dictionaries]
+    if not path.is_file():
+        return names
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        if dict(con.execute("SELECT key, value FROM meta").fetchall()).get("fingerprint") != fingerprint(rm):
+            return names
+        done = {r[0] for r in con.execute("SELECT dictionary FROM done")}
+    except sqlite3.DatabaseError:
+        return names
+    finally:
+        con.close()
+    return [n for n in names if n not in done]
+
+
 def relabel(path_or_con, rm, rows: Tensor, token_sets: list | None = None, label_config=None,
             progress: bool = False) -> int:
     """(Re)compute the enrichment labels of a built database (`rows`: the rows it was built from); returns how many
