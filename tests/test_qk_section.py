@@ -90,6 +90,40 @@ def test_removal_baselines_are_scored_against_their_own_prediction():
     assert _share([]) is None
 
 
+def test_every_removal_in_the_section_is_exact_and_each_baseline_reads_its_own_prediction(induction, monkeypatch):
+    """End to end through `qk_section`: every removal it runs — top nodes, next-ranked, random — changes the frozen
+    preference by exactly its own prediction (minus the removed nodes' summed query contributions), and the
+    baselines reported are the means over their own removals, not the top nodes' prediction."""
+    import numpy as np
+
+    from circuits.studies import qk_section as qs
+
+    calls = []
+    real = qs._removal
+
+    def recording(rm, cache, src, spec, p, a, b, remove, qmarg):
+        out = real(rm, cache, src, spec, p, a, b, remove, qmarg)
+        calls.append((list(remove), out))
+        return out
+
+    monkeypatch.setattr(qs, "_removal", recording)
+    heads = [QKHead(1, 0, "END", "B", "A", "planted induction head")]
+    r = qs.qk_section(induction, _induction_prompts(N, 1), heads, seed=0)["heads"][0]["removal"]
+    assert len(calls) == 3 * r["n_test"]  # per test prompt: top, next-ranked, random
+    for _, out in calls:
+        assert abs(out["frozen"] - out["predicted"]) < 1e-9
+    top, nxt, rnd = calls[0::3], calls[1::3], calls[2::3]
+    assert all(nodes == r["nodes"] for nodes, _ in top) and all(nodes == r["next"]["nodes"] for nodes, _ in nxt)
+    assert any(nodes != r["nodes"] for nodes, _ in rnd)  # random draws are other nodes
+    for base, done in ((r["random"], rnd), (r["next"], nxt)):
+        assert base["predicted"]["value"] == pytest.approx(np.mean([o["predicted"] for _, o in done]))
+        assert base["live_pattern"]["value"] == pytest.approx(np.mean([o["live_pattern"] for _, o in done]))
+        moved = [o for _, o in done if o["removed"] and o["predicted"] != 0]
+        own = sum(np.sign(o["live_pattern"]) == np.sign(o["predicted"]) for o in moved) / len(moved) if moved else None
+        assert base["share_in_direction"] == own
+    assert r["random"]["predicted"]["value"] != pytest.approx(r["predicted"]["value"])
+
+
 def test_the_section_is_deterministic_and_renders(induction, induction_section):
     again = qk_section(induction, _induction_prompts(N, 0), [QKHead(1, 0, "END", "B", "A", "planted induction head")],
                        seed=0)
