@@ -522,12 +522,21 @@ def _intervals(x, path=""):
 
 def test_ioi_study_end_to_end_reproducible_and_parallel(tmp_path):
     """A small IOI study runs end to end; the report is byte-identical between an in-process run and a run split
-    over two worker processes (same seed), apart from timings; its numbers are sane."""
+    over two worker processes (same seed), apart from timings, whatever torch threads the caller set (the study
+    runs single-threaded in every process and restores the caller's count); its numbers are sane."""
+    import torch
+
     from circuits.studies import StudySpec, run_study, write_report
     from circuits.studies.report import FILES
 
     spec = StudySpec("ioi", n=12, seed=0, ig_steps=2)
-    one = run_study(spec, workers=1, top=20, progress=False)
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)  # the in-process run's caller asks for two threads; the workers have one each
+    try:
+        one = run_study(spec, workers=1, top=20, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller)
     write_report(one, tmp_path / "report")
     a = _files(tmp_path / "report")
     two = run_study(spec, workers=2, top=20, progress=False)

@@ -111,7 +111,7 @@ class IOIStudy(Study):
                                  "control": _control_edit(text)})
 
     def head_analysis(self, rm, evaluation: list, reference: list, seed: int,
-                      selection: list | None = None) -> dict | None:
+                      selection: list | None = None, workers: int = 1) -> dict | None:
         """The per-head component analysis (`circuits.studies.heads`, when that module exists): called by the
         runner with the evaluation and reference `PreparedPrompt` lists; its result goes to the report as
         ``data["heads"]`` and is rendered by `heads.render_head_section`. It gets the ReplacementModel, so that it
@@ -120,15 +120,32 @@ class IOIStudy(Study):
         Roles are assigned and judged on the evaluation prompts, every head tested several ways; with `selection`
         (the study's selection prompts, disjoint from them) the whole analysis runs again there and each role's
         head is marked replicated or not (`heads.replication`): a role claimed on one set by chance among 32 heads
-        is unlikely to pass on the other."""
+        is unlikely to pass on the other.
+
+        With ``workers > 1`` the replication runs beside the main analysis, in a thread with the caller's torch
+        thread count and its own copy of the model (the analyses hook the model's activations; hooks are per model):
+        the same numbers as one after the other. With the CLI's default of one torch thread, the two use both cores
+        (the replication's prompts are half as many: about a quarter of the head analysis' time is saved)."""
         if importlib.util.find_spec("circuits.studies.heads") is None:
             return None
         from circuits.studies import heads
 
-        found = heads.ioi_head_analysis(rm, evaluation, reference, seed)
-        if selection:
-            found["replication"] = heads.replication(found, heads.ioi_head_analysis(rm, selection, reference, seed),
-                                                     len(selection))
+        if not selection:
+            return heads.ioi_head_analysis(rm, evaluation, reference, seed)
+        if workers <= 1:
+            found = heads.ioi_head_analysis(rm, evaluation, reference, seed)
+            again = heads.ioi_head_analysis(rm, selection, reference, seed)
+        else:
+            import copy
+            from concurrent.futures import ThreadPoolExecutor
+
+            twin = copy.deepcopy(rm)
+            # the caller's thread count in the thread too: the same sums, so the same numbers as one after the other
+            with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
+                other = pool.submit(heads.ioi_head_analysis, twin, selection, reference, seed)
+                found = heads.ioi_head_analysis(rm, evaluation, reference, seed)
+                again = other.result()
+        found["replication"] = heads.replication(found, again, len(selection))
         return found
 
     def qk_analysis(self, rm, evaluation: list, head_data: dict | None, seed: int) -> dict | None:

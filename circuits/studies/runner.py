@@ -304,7 +304,11 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
     warning. With `ray_address` it runs as Ray tasks of `chunk_size` prompts each (docs/ray.md); the result does not
     depend on where or in what chunks the work ran. `keep_per_prompt` adds ``data["per_prompt_headline"]``: the
     headline circuit's per-prompt metrics (features alone, with errors, empty, model), so that two sets or seeds can
-    be compared prompt by prompt (`benchmarks/headline_fresh.py`); the report does not show it."""
+    be compared prompt by prompt (`benchmarks/headline_fresh.py`); the report does not show it.
+
+    The study runs with one torch thread per process whatever the caller set (restored afterwards): float sums
+    depend on the thread count, and the report must be the same in-process, over worker processes or Ray tasks
+    (each single-threaded). Its parallelism is the workers (and the head analysis' replication beside it)."""
     check_not_bootstrapping()
     from circuits.studies import get_study
 
@@ -319,6 +323,18 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
             raise CircuitsError("ray_address with a given rm or study: Ray workers rebuild the model, dictionaries "
                                 "and study from the spec's names, so pass names only (StudySpec) with Ray")
         connect_ray(ray_address)  # before any model loads: a missing package or a wrong address fails at once
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in every worker (`run_chunk`): the numbers do not depend on the caller's threads
+    try:
+        return _run_study(spec, rm, study, workers, ray_address, top, progress, chunk_size, keep_per_prompt)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_study(spec, rm, study, workers, ray_address, top, progress, chunk_size, keep_per_prompt) -> StudyResult:
+    """`run_study` after its checks, in one torch thread."""
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     state = build_state(spec, rm, study)
@@ -448,9 +464,10 @@ def _run_passes(p: _Passes) -> StudyResult:
         t4 = time.perf_counter()
         import inspect
 
-        found = (heads(rm, evaluation, state.sets["reference"], spec.seed, selection=state.sets["selection"])
-                 if "selection" in inspect.signature(heads).parameters
-                 else heads(rm, evaluation, state.sets["reference"], spec.seed))
+        params = inspect.signature(heads).parameters
+        given = {"selection": state.sets["selection"], "workers": run["workers"]}
+        found = heads(rm, evaluation, state.sets["reference"], spec.seed, **{k: v for k, v in given.items()
+                                                                            if k in params})
         if found is not None:
             data["heads"] = found
             timings["heads_s"] = time.perf_counter() - t4
