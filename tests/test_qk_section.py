@@ -124,6 +124,13 @@ def test_every_removal_in_the_section_is_exact_and_each_baseline_reads_its_own_p
     assert r["random"]["predicted"]["value"] != pytest.approx(r["predicted"]["value"])
 
 
+def test_the_section_is_the_same_with_two_workers(induction, induction_section):
+    """Prompts side by side (each worker with its own copy of the model, random baseline draws made in prompt order
+    beforehand) give the section of one worker, value for value."""
+    heads = [QKHead(1, 0, "END", "B", "A", "planted induction head")]
+    assert qk_section(induction, _induction_prompts(N, 0), heads, seed=0, workers=2) == induction_section
+
+
 def test_the_section_is_deterministic_and_renders(induction, induction_section):
     again = qk_section(induction, _induction_prompts(N, 0), [QKHead(1, 0, "END", "B", "A", "planted induction head")],
                        seed=0)

@@ -48,7 +48,7 @@ class InductionStudy(Study):
         roles[CUT + 1] = "B"
         return roles
 
-    def qk_analysis(self, rm, evaluation: list, head_data: dict | None, seed: int) -> dict | None:
+    def qk_analysis(self, rm, evaluation: list, head_data: dict | None, seed: int, workers: int = 1) -> dict | None:
         """The QK decomposition (`circuits.studies.qk_section`) of the copying heads — those attending from END (the
         second copy of A) to B (the token after the first copy), mean attention ≥ 0.3 and above END→A — of their
         END→B versus END→A preference, on the first `QK_PROMPTS` evaluation prompts."""
@@ -58,7 +58,7 @@ class InductionStudy(Study):
         chosen = attending_heads(rm, subset, "END", "B", "A")
         if not chosen:
             return None
-        return qk_section(rm, evaluation, chosen, seed, n_prompts=QK_PROMPTS)
+        return qk_section(rm, evaluation, chosen, seed, n_prompts=QK_PROMPTS, workers=workers)
 
     def checks(self) -> list:
         return [AblateRoleFeatures("B", 10), AblateRoleFeatures("END", 10),

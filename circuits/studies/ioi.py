@@ -148,7 +148,7 @@ class IOIStudy(Study):
         found["replication"] = heads.replication(found, again, len(selection))
         return found
 
-    def qk_analysis(self, rm, evaluation: list, head_data: dict | None, seed: int) -> dict | None:
+    def qk_analysis(self, rm, evaluation: list, head_data: dict | None, seed: int, workers: int = 1) -> dict | None:
         """The QK decomposition (`circuits.studies.qk_section`) of the role heads of the head analysis that attend
         from END to the names: their END→IO versus END→S2 preference (and END→IO versus END→S1 for a head that
         attends IO at least as much as S2; `qk_section.ioi_heads`), on the first `QK_PROMPTS` evaluation prompts (half
@@ -158,7 +158,7 @@ class IOIStudy(Study):
         chosen = ioi_heads(head_data)
         if not chosen:
             return None
-        return qk_section(rm, evaluation, chosen, seed, n_prompts=QK_PROMPTS)
+        return qk_section(rm, evaluation, chosen, seed, n_prompts=QK_PROMPTS, workers=workers)
 
     def prompts(self, model, n: int, seed: int) -> list[StudyPrompt]:
         from circuits.organism.corpus import ToyWorldCorpus

@@ -150,35 +150,87 @@ def _removal(rm, cache, src, spec: QKHead, p: int, a: int, b: int, remove: list[
             "live_pattern": float((live[1, a] - live[1, b]) - (live[0, a] - live[0, b]))}
 
 
+def _map_with_models(fn, items: list, rm, workers: int) -> list:
+    """[fn(model, item) for item in items] in order; with ``workers > 1`` in that many single-threaded threads, each
+    call holding a model of its own for its duration (`rm` and deep copies of it: the calls hook the model's
+    activations, and hooks are per model). The same numbers as the plain loop with one torch thread."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(rm, item) for item in items]
+    import copy
+    import queue
+
+    from circuits.attribution.workers import ordered_map
+
+    models: queue.Queue = queue.Queue()
+    models.put(rm)
+    for _ in range(workers - 1):
+        models.put(copy.deepcopy(rm))
+
+    def call(item):
+        m = models.get()
+        try:
+            with torch.no_grad():
+                return fn(m, item)
+        finally:
+            models.put(m)
+
+    return list(ordered_map(call, items, workers))
+
+
+def _decompose(rm, pp, heads: list[QKHead]) -> list[dict | None]:
+    """One prompt's QK decomposition for every head (None where the prompt lacks the head's roles): its query-side
+    and key-side marginals by role node, the preference, the pattern difference and the decomposition's gap."""
+    cache = rm.run(pp.tokens)
+    src = collect_sources(rm, cache)
+    out: list[dict | None] = []
+    for spec in heads:
+        where = _positions(pp, spec)
+        if where is None:
+            out.append(None)
+            continue
+        p, a, b = where
+        qk = explain_attention(rm, cache, spec.layer, spec.head, p, (a, b), sources=src)
+        q: dict[str, float] = defaultdict(float)
+        for m in qk.query_marginals():
+            q[role_node(m.node, spec.query)] += m.contribution
+        k: dict[str, float] = defaultdict(float)
+        for m in qk.key_marginals():
+            k[role_node(m.node, pp.roles[m.pos])] += m.contribution
+        out.append({"q": dict(q), "k": dict(k), "value": qk.value, "pattern": float(qk.pattern[a] - qk.pattern[b]),
+                    "gap": abs(qk.total() - qk.value)})
+    return out
+
+
+def _removals(rm, task) -> list[tuple[dict, dict, dict]]:
+    """One test prompt's removal checks: per job (head, top nodes, next-ranked nodes, random nodes, the head's query
+    marginals on the prompt), the (top, next-ranked, random) removals."""
+    pp, jobs = task
+    cache = rm.run(pp.tokens)
+    src = collect_sources(rm, cache)
+    out = []
+    for spec, chosen, nxt, drawn, qm in jobs:
+        p, a, b = _positions(pp, spec)
+        out.append(tuple(_removal(rm, cache, src, spec, p, a, b, nodes, qm) for nodes in (chosen, nxt, drawn)))
+    return out
+
+
 @torch.no_grad()
 def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prompts: int | None = None,
-               top: int = TOP_NODES, remove: int = REMOVE) -> dict:
+               top: int = TOP_NODES, remove: int = REMOVE, workers: int = 1) -> dict:
     """The QK decomposition of each head in `heads`, aggregated over `prepared` prompts (the first `n_prompts` of
-    them when given), with the intervention check of the module docstring. JSON-serialisable; deterministic."""
+    them when given), with the intervention check of the module docstring. JSON-serialisable; deterministic, and the
+    same with any number of `workers` (prompts run side by side, each worker with its own copy of the model)."""
     prompts = list(prepared[:n_prompts] if n_prompts else prepared)
     per_head: dict[str, dict] = {h.name + ":" + h.contrast: {"q": [], "k": [], "value": [], "pattern": [],
                                                              "gap": 0.0, "index": []} for h in heads}
-    for i, pp in enumerate(prompts):
-        cache = rm.run(pp.tokens)
-        src = collect_sources(rm, cache)
-        for spec in heads:
-            where = _positions(pp, spec)
-            if where is None:
+    for i, found in enumerate(_map_with_models(lambda m, pp: _decompose(m, pp, heads), prompts, rm, workers)):
+        for spec, one in zip(heads, found, strict=True):
+            if one is None:
                 continue
-            p, a, b = where
-            qk = explain_attention(rm, cache, spec.layer, spec.head, p, (a, b), sources=src)
             rec = per_head[spec.name + ":" + spec.contrast]
-            q: dict[str, float] = defaultdict(float)
-            for m in qk.query_marginals():
-                q[role_node(m.node, spec.query)] += m.contribution
-            k: dict[str, float] = defaultdict(float)
-            for m in qk.key_marginals():
-                k[role_node(m.node, pp.roles[m.pos])] += m.contribution
-            rec["q"].append(dict(q))
-            rec["k"].append(dict(k))
-            rec["value"].append(qk.value)
-            rec["pattern"].append(float(qk.pattern[a] - qk.pattern[b]))
-            rec["gap"] = max(rec["gap"], abs(qk.total() - qk.value))
+            for key in ("q", "k", "value", "pattern"):
+                rec[key].append(one[key])
+            rec["gap"] = max(rec["gap"], one["gap"])
             rec["index"].append(i)
     # the removal check: each head's top supporting query-side role nodes (constant parts cannot be removed), ranked
     # on the selection half of the prompts (pairs alternate: i % 4 < 2) and removed on the other half only
@@ -193,7 +245,11 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
         rec["checks"], rec["random_checks"], rec["next_checks"] = [], [], []
     import random
 
+    # baselines, each scored against its own prediction on its prompt: the next-ranked nodes, and as many other
+    # nodes present there as the top nodes removed there, drawn at random — drawn here, in prompt order, so that the
+    # draws do not depend on how the removals are spread over workers
     rng = random.Random(f"qk-removal-{seed}")
+    tasks, owners = [], []
     for i, pp in enumerate(prompts):
         if _selects(i):
             continue
@@ -201,21 +257,21 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
         todo = [(spec, rec) for spec, rec in todo if i in rec["index"]]
         if not todo:
             continue
-        cache = rm.run(pp.tokens)
-        src = collect_sources(rm, cache)
+        jobs = []
         for spec, rec in todo:
-            p, a, b = _positions(pp, spec)
             qm = rec["q"][rec["index"].index(i)]
             key = spec.name + ":" + spec.contrast
             chosen = removals[key]
-            rec["checks"].append(_removal(rm, cache, src, spec, p, a, b, chosen, qm))
-            # baselines, each scored against its own prediction on this prompt: the next-ranked nodes, and as many
-            # other nodes present here as the top nodes removed here, drawn at random
-            rec["next_checks"].append(_removal(rm, cache, src, spec, p, a, b, next_ranked[key], qm))
             n_here = sum(1 for k in chosen if qm.get(k, 0.0) != 0)
             others = sorted(k for k, v in qm.items() if v != 0 and k not in chosen and not k.startswith("const@"))
-            drawn = rng.sample(others, min(n_here, len(others)))
-            rec["random_checks"].append(_removal(rm, cache, src, spec, p, a, b, drawn, qm))
+            jobs.append((spec, chosen, next_ranked[key], rng.sample(others, min(n_here, len(others))), qm))
+        tasks.append((pp, jobs))
+        owners.append([rec for _, rec in todo])
+    for recs, done in zip(owners, _map_with_models(_removals, tasks, rm, workers), strict=True):
+        for rec, (chosen_check, next_check, random_check) in zip(recs, done, strict=True):
+            rec["checks"].append(chosen_check)
+            rec["next_checks"].append(next_check)
+            rec["random_checks"].append(random_check)
     out_heads = []
     for spec in heads:
         rec = per_head[spec.name + ":" + spec.contrast]

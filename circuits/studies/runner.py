@@ -24,6 +24,7 @@ node seen would pick mostly silent nodes and make any circuit look good).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import random
 import time
@@ -323,8 +324,6 @@ def run_study(spec: StudySpec, *, rm=None, study=None, workers: int = 1, ray_add
             raise CircuitsError("ray_address with a given rm or study: Ray workers rebuild the model, dictionaries "
                                 "and study from the spec's names, so pass names only (StudySpec) with Ray")
         connect_ray(ray_address)  # before any model loads: a missing package or a wrong address fails at once
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in every worker (`run_chunk`): the numbers do not depend on the caller's threads
     try:
@@ -462,8 +461,6 @@ def _run_passes(p: _Passes) -> StudyResult:
     heads = getattr(study, "head_analysis", None)
     if heads is not None:
         t4 = time.perf_counter()
-        import inspect
-
         params = inspect.signature(heads).parameters
         given = {"selection": state.sets["selection"], "workers": run["workers"]}
         found = heads(rm, evaluation, state.sets["reference"], spec.seed, **{k: v for k, v in given.items()
@@ -474,7 +471,8 @@ def _run_passes(p: _Passes) -> StudyResult:
     qk = getattr(study, "qk_analysis", None)
     if qk is not None:
         t5 = time.perf_counter()
-        found = qk(rm, evaluation, data.get("heads"), spec.seed)
+        found = qk(rm, evaluation, data.get("heads"), spec.seed,
+                   **({"workers": run["workers"]} if "workers" in inspect.signature(qk).parameters else {}))
         if found is not None:
             data["qk"] = found
             timings["qk_s"] = time.perf_counter() - t5
