@@ -1,31 +1,35 @@
-"""Does layer-0 head L0H4 find S2 by the name or by its offset from END? ``python benchmarks/ioi_s2_offset.py [--n 200]``
+"""Does layer-0 head L0H4 follow S2 or a fixed offset from END? ``python benchmarks/ioi_s2_offset.py [--n 200]``
 
 The IOI head analysis names L0H4 "moves S2 to END": from END it attends S2, and ablating it or patching it from
 the ABC prompt removes most of the logit difference. Every held-out template puts S2 four tokens before END, so
-attention to "the subject name" and attention to "the token at END − 4" cannot be told apart on those prompts. This
-script moves S2 away from that offset by one word and looks again, on fresh prompts (held-out names and templates,
-seed 21; reference prompts for the ablation means, seed 22):
+attention to "the name in S2's slot" and attention to "the token at END − 4" cannot be told apart on those prompts.
+This script moves S2 away from that offset and looks again, on fresh prompts (held-out names and templates, seed 21;
+reference prompts for the ablation means, seed 22):
 
-* **inserted**: one word right after S2 (``…, John then gave a drink to`` with a word of the organism's noise pool,
-  `templates.noise_words()`, which holds no name and no held-out-only word). S2 is now END − 5; END − 4 is the
-  inserted word. The organism saw such insertions in training (phase-4 noise).
-
-* **ABC** and **ABC inserted**: the same two with S2 replaced by a third name (the study's corrupted prompt: no
-  name is repeated). Does L0H4 attend the *latest* name, or the repeated one?
+* **one / two words inserted** right after S2 (``…, John then gave a drink to``; words of the organism's noise pool,
+  `templates.noise_words()`, which holds no name and no held-out-only word, pronouns removed): S2 is END − 5 /
+  END − 6, and END − 4 is an inserted word. The organism saw such insertions in training (phase-4 noise).
+* **ABC** and **ABC, one word inserted**: S2 replaced by a third name (the study's corrupted prompt): is the name
+  in S2's slot attended when no name is repeated?
 
 Measured on each form (mean over prompts, 95% bootstrap intervals):
 
-1. L0H4's attention from END to the latest name (S2, or the third name) and to the token at END − 4;
+1. L0H4's attention from END to the name in S2's slot (S2, or the third name) and to the token at END − 4;
 2. the logit difference m = logit(IO) − logit(S);
-3. (clean and inserted forms) the drop of m when L0H4's z at END is replaced by its mean at END over reference prompts of the same form
-   (clean or inserted), against the same ablation of each other layer-0 head (leave-one-out mean: the baseline the
-   head analysis uses for direct effects).
+3. (forms with S2) the drop of m when L0H4's z at END is replaced by its mean at END over reference prompts of the
+   same form, against the same ablation of each other layer-0 head (leave-one-out mean: the baseline the head
+   analysis uses for direct effects).
 
-Verdict, fixed before the run: L0H4 keys on the **name** if, on the inserted prompts, its attention to S2 is at least
-0.5 and its ablation drop has an interval above the other layer-0 heads' and above 10% of the inserted prompts' m;
-on the **offset** if its attention to the END − 4 word is at least 0.5; otherwise inconclusive. On the ABC inserted
-prompts (no preference left to ablate) the attention rule alone: attending the third name at least 0.5 means it keys
-on the latest name, repeated or not.
+Verdict, fixed before the run: where S2 is not at END − 4, L0H4 **follows the name** if its attention to the name
+is at least 0.5 and its ablation drop has an interval above the other layer-0 heads' and above 10% of those prompts'
+m; it **keys on the offset** if its attention to the END − 4 word is at least 0.5; otherwise inconclusive. On the
+ABC prompts with a word inserted (no preference left to ablate) the attention rule alone.
+
+What it shows and what it does not: the attention rows say where the head reads (the name, not the token at
+END − 4); the ablation rows say that it still carries the effect when S2 moves — an ablation alone could not tell a
+name-keyed head from an offset-keyed one. In every IOI prompt here the name in S2's slot is also the latest name
+and the subject of the last clause; these are not told apart. (Rule for the one-word form written before a 20-prompt
+pilot; the ABC rows were added after the pilot, the two-word row after a review, both before the n = 200 runs.)
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ import numpy as np
 import torch
 
 HEAD = (0, 4)
+PRONOUNS = {"he", "she", "him", "her", "his", "hers", "they", "them", "their", "it", "its", "i", "me", "we", "us",
+            "you"}
 SEEDS = (21, 22)  # evaluation, reference: seeds no study or benchmark uses
 
 
@@ -47,12 +53,12 @@ def insert_after_s2(text: str, s: str, word: str) -> str:
 
 
 def offset_verdict(name_att: float, offset_att: float, effect=None, baseline=None, minimum: float = 0.0) -> str:
-    """The verdict rule of the module docstring for prompts where the latest name is *not* END − 4: attention
+    """The verdict rule of the module docstring for prompts where S2's slot is *not* END − 4: attention
     means (`name_att` to the name, `offset_att` to END − 4) and, where there is a preference to remove, the
     ablation's drop `effect` and the other heads' `baseline` (`stats.Interval`s)."""
     causal_ok = effect is None or (effect.lo > baseline.hi and effect.lo >= minimum)
-    if name_att >= 0.5 and causal_ok:
-        return "keys on the name"
+    if name_att >= 0.5 and causal_ok:  # where it reads moved with the name, and it still carries the effect
+        return "follows the name"
     if offset_att >= 0.5:
         return "keys on the offset"
     return "inconclusive"
@@ -66,16 +72,18 @@ def build(model, n: int, seed: int) -> list[dict]:
     from circuits.studies.base import single_token_id
     from circuits.studies.ioi import IOIStudy
 
-    words = templates.noise_words()[0]
+    words = [w for w in templates.noise_words()[0] if w not in PRONOUNS]  # a pronoun might stand for a name
     rng = random.Random(f"s2-offset-{seed}")
     out = []
     for p in IOIStudy().prompts(model, n, seed):
         io, s, third = p.answer, p.wrong, p.meta["third"]
-        word = rng.choice(words)
+        word, second = rng.sample(words, 2)
         row = {"io": io, "s": s, "third": third, "clean": p.clean, "inserted": insert_after_s2(p.clean, s, word),
+               "inserted 2": insert_after_s2(p.clean, s, f"{word} {second}"),
                "abc": p.corrupt, "abc inserted": insert_after_s2(p.corrupt, third, word)}
         ok = True
-        for form, name, back in (("clean", s, 5), ("inserted", s, 6), ("abc", third, 5), ("abc inserted", third, 6)):
+        for form, name, back in (("clean", s, 5), ("inserted", s, 6), ("inserted 2", s, 7), ("abc", third, 5),
+                                 ("abc inserted", third, 6)):
             tok = model.to_tokens(row[form])[0]
             ok &= tok[-back].item() == single_token_id(model, name)
         if ok:
@@ -85,7 +93,7 @@ def build(model, n: int, seed: int) -> list[dict]:
 
 @torch.no_grad()
 def measure(model, rows: list[dict], form: str, mean_z: torch.Tensor | None):
-    """Per prompt of `form`: attention from END to the latest name (S2, or the third name of an ABC form) and to
+    """Per prompt of `form`: attention from END to the name in S2's slot (S2, or the third name of an ABC form) and to
     END − 4, of every layer-0 head [n, H] each; m [n]; the mean of layer 0's z at END [H, d_head]; and, given a
     reference `mean_z`, m with each layer-0 head's z at END replaced by it [n, H]."""
     from circuits.model import hook_attn_pattern, hook_attn_z
@@ -134,11 +142,12 @@ def main() -> None:
     H = model.cfg.n_heads
     others = [h for h in range(H) if h != head]
     print(f"{len(ev)} evaluation and {len(ref)} reference prompts of {args.n} kept\n")
-    print(f"| prompts | L0H{head} END→latest name | L0H{head} END→(END−4) | m | L0H{head} ablated at END: drop of m "
+    print(f"| prompts | L0H{head} END→name in S2's slot | L0H{head} END→(END−4) | m | L0H{head} ablated at END: drop of m "
           "| other layer-0 heads: mean drop | verdict |")
     print("|---|---|---|---|---|---|---|")
-    forms = {"clean": "clean (S2 at END−4)", "inserted": "inserted (S2 at END−5)",
-             "abc": "ABC (a third name at END−4, no repeated name)", "abc inserted": "ABC inserted (it is END−5)"}
+    forms = {"clean": "clean (S2 at END−4)", "inserted": "one word inserted (S2 at END−5)",
+             "inserted 2": "two words inserted (S2 at END−6)",
+             "abc": "ABC (a third name at END−4, no repeated name)", "abc inserted": "ABC, one word inserted (END−5)"}
     verdicts = {}
     for form, title in forms.items():
         causal = not form.startswith("abc")  # ABC prompts have no IO/S preference left to remove
@@ -159,8 +168,8 @@ def main() -> None:
         verdicts[form] = word
         print(f"| {title} | {name_iv} | {off_iv} | {mean_interval(m, args.seed)} | {cells[0]} | {cells[1]} | "
               f"{word} |")
-    print(f"\nL0H{head} on the inserted prompts: {verdicts['inserted']}; on the ABC inserted prompts: "
-          f"{verdicts['abc inserted']}; {time.perf_counter() - t0:.0f} s")
+    print(f"\nL0H{head} with one / two words inserted: {verdicts['inserted']} / {verdicts['inserted 2']}; on the "
+          f"ABC prompts with one word inserted: {verdicts['abc inserted']}; {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

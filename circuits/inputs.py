@@ -136,9 +136,13 @@ def file_kind(path: str | Path) -> str | None:
 
 
 def saved_work(path: str | Path) -> str | None:
-    """What a user saved into an existing graph file from the explorer — pins, supernodes, labels (our JSON's
-    ``ui``; circuit-tracer JSON's ``qParams``) — in words, e.g. "2 pins, 1 label"; None when it holds none (a plain
-    `circuits trace` output, which running the command again may replace) or is not a graph file."""
+    """What a user saved into an existing graph file, in words (e.g. "saved from the explorer: 2 pins, 1 label"),
+    or None for a file `circuits trace` wrote (which running it again may replace) or one that is not a graph file.
+
+    A file saved from the explorer (our JSON's ``ui.saved_by``) is the user's whatever it holds. Without that mark
+    (a trace output, or a file saved before the mark existed), only what `trace` never writes counts: pins, and
+    supernodes without ``"auto"`` (circuit-tracer JSON: ``qParams.pinnedIds``). Labels alone do not, since `trace`
+    writes the dashboard database's labels into the same place."""
     import json
 
     try:
@@ -147,14 +151,22 @@ def saved_work(path: str | Path) -> str | None:
         return None
     if not isinstance(data, dict):
         return None
+
+    def count(x) -> int:
+        return len(x) if isinstance(x, (list, dict)) else 0
+
     ui, q = data.get("ui"), data.get("qParams")
     ui = ui if isinstance(ui, dict) else {}
     q = q if isinstance(q, dict) else {}
-    counts = {"pin": len(ui.get("pins") or q.get("pinnedIds") or []),
-              "supernode": len(ui.get("supernodes") or q.get("supernodes") or []),
-              "label": len(ui.get("labels") or [])}
-    words = [f"{n} {what}{'' if n == 1 else 's'}" for what, n in counts.items() if n]
-    return ", ".join(words) or None
+    supernodes = ui.get("supernodes") if isinstance(ui.get("supernodes"), list) else []
+    manual = [s for s in supernodes if not (isinstance(s, dict) and s.get("auto"))]
+    explorer = ui.get("saved_by") == "explorer"
+    amounts = (("pin", count(ui.get("pins")) or count(q.get("pinnedIds"))), ("supernode", len(manual)),
+               ("label", count(ui.get("labels")) if explorer else 0))
+    words = ", ".join(f"{n} {what}{'' if n == 1 else 's'}" for what, n in amounts if n)
+    if explorer:
+        return "saved from the explorer" + (f": {words}" if words else "")
+    return words or None
 
 
 def check_output_file(path: str | Path, what: str, folder_must_exist: bool = False, kind: str | None = None,
@@ -179,8 +191,8 @@ def check_output_file(path: str | Path, what: str, folder_must_exist: bool = Fal
                                   f"{KIND_NAMES[kind]}; choose another name or remove it first (nothing was written)")
         work = saved_work(path) if found in ("circuits-graph", "circuit-tracer") and not force else None
         if work:
-            raise OutputPathError(f"{what} {path}: the file holds work saved from the explorer ({work}); choose "
-                                  "another name, or pass --force to replace it (nothing was written)")
+            raise OutputPathError(f"{what} {path}: the file holds your work ({work}); choose another name, or pass "
+                                  "--force to replace it (nothing was written)")
     folder = path.parent if str(path.parent) else Path(".")
     _make_folder(folder, what)
     if folder_must_exist and not folder.is_dir():

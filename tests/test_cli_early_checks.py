@@ -456,26 +456,68 @@ def test_an_existing_file_of_another_kind_is_not_overwritten(capsys, no_model, t
 
 
 def test_a_graph_file_with_work_saved_from_the_explorer_needs_force(capsys, no_model, tmp_path):
-    """A graph file the explorer saved with pins, supernodes or labels is the user's work: `trace --json` with the
-    same name is refused, untouched, unless --force; a plain trace output (no such work) is replaced as before."""
+    """A graph file saved from the explorer (``ui.saved_by``), or one with pins or supernodes of the user's own, is
+    the user's work: `trace --json` with the same name is refused, untouched, unless --force. What `trace` writes
+    itself — automatic supernodes, the dashboard database's labels — does not count: re-running a trace replaces
+    its own output (the review found the first version refusing exactly that)."""
     import json
 
+    auto = [{"name": "L0 says Mary", "nodes": ["T@1"], "auto": True, "pos": 1}]
     saved = tmp_path / "mine.json"
     saved.write_text(json.dumps({"format": "circuits-graph", "nodes": {}, "ui": {
-        "pins": ["a", "b"], "supernodes": [], "labels": {"x": "says Mary"}}}))
+        "pins": ["a", "b"], "supernodes": auto, "labels": {"x": "says Mary"}, "saved_by": "explorer"}}))
     before = saved.read_bytes()
-    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--json", saved), "--json", "work saved from the "
-                   "explorer (2 pins, 1 label)", "--force", "nothing was written")
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--json", saved), "--json", "holds your work (saved "
+                   "from the explorer: 2 pins, 1 label)", "--force", "nothing was written")
     assert saved.read_bytes() == before
-    ct = tmp_path / "ct.json"  # circuit-tracer's layout keeps pins and supernodes in qParams
-    ct.write_text(json.dumps({"nodes": [], "links": [], "qParams": {"pinnedIds": [], "supernodes": [["s", "1"]]}}))
-    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--circuit-tracer-json", ct), "1 supernode")
-    with pytest.raises(Reached):  # --force replaces it
+    manual = tmp_path / "manual.json"  # no mark, but a supernode of the user's own
+    manual.write_text(json.dumps({"format": "circuits-graph", "ui": {"supernodes": auto + [{"name": "mine",
+                                                                                           "nodes": ["T@2"]}]}}))
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--json", manual), "(1 supernode)")
+    ct = tmp_path / "ct.json"  # circuit-tracer's layout keeps pins in qParams
+    ct.write_text(json.dumps({"nodes": [], "links": [], "qParams": {"pinnedIds": ["1"], "supernodes": []}}))
+    one_line_error(*trace(capsys, PROMPT, "--target", "Mary", "--circuit-tracer-json", ct), "(1 pin)")
+    with pytest.raises(Reached):  # --force replaces them
         trace(capsys, PROMPT, "--target", "Mary", "--json", saved, "--circuit-tracer-json", ct, "--force")
-    plain = tmp_path / "plain.json"  # negative control: empty ui, nothing saved
-    plain.write_text(json.dumps({"format": "circuits-graph", "ui": {"pins": [], "supernodes": [], "labels": {}}}))
+    # negative controls: what trace itself writes (automatic supernodes, database labels; circuit-tracer supernodes
+    # carry no auto flag) is replaced without --force
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"format": "circuits-graph", "ui": {"pins": [], "supernodes": auto,
+                                                                    "labels": {"x": "on ' to' (10/10)"}}}))
+    plain_ct = tmp_path / "plain_ct.json"
+    plain_ct.write_text(json.dumps({"nodes": [], "links": [], "qParams": {"pinnedIds": [], "supernodes": [["s", "1"]]}}))
     with pytest.raises(Reached):
-        trace(capsys, PROMPT, "--target", "Mary", "--json", plain)
+        trace(capsys, PROMPT, "--target", "Mary", "--json", plain, "--circuit-tracer-json", plain_ct)
+
+
+def test_saved_work_of_a_real_trace_output_is_none(tiny64, tmp_path):
+    """A graph file exactly as `circuits trace --json` writes it — automatic supernodes and the dashboards' labels in
+    its ui — holds no work of the user's; the same graph saved with the explorer's mark does, and a malformed ui
+    is no work rather than an error."""
+    import json
+
+    from circuits import export
+    from circuits.attribution import TopLogits, attribute
+    from circuits.cli.trace import _attach_labels
+    from circuits.inputs import saved_work
+    from circuits.pruning import prune
+    from circuits.replacement import ReplacementModel
+    from circuits.supernodes import attach_supernodes
+
+    model, dicts = tiny64
+    g = prune(attribute(ReplacementModel(model, dicts, name="tiny"), PROMPT, TopLogits(0.8, 3)), 0.6, 0.9).graph
+    attach_supernodes(g)
+    _attach_labels(g, {export.node_id(n): "a label" for n in g.nodes})
+    assert g.metadata["ui"]["supernodes"] and g.metadata["ui"]["labels"]
+    path = export.write_json(g, tmp_path / "g.json")
+    assert saved_work(path) is None
+    data = json.loads(path.read_text())
+    data["ui"]["saved_by"] = "explorer"
+    path.write_text(json.dumps(data))
+    assert saved_work(path).startswith("saved from the explorer")
+    export.read_json(path)  # the mark is part of the schema
+    path.write_text(json.dumps({"format": "circuits-graph", "ui": {"pins": 3, "supernodes": "x"}}))
+    assert saved_work(path) is None
 
 
 def test_two_outputs_naming_one_file_are_refused(capsys, no_model, tmp_path):

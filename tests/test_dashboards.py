@@ -395,6 +395,9 @@ def test_pending_names_what_a_build_would_compute(planted, db, tmp_path):
     names = [d.cfg.name for d in rm.dictionaries]
     assert dashboards.pending(rm, tmp_path / "missing.sqlite") == names
     assert dashboards.pending(rm, db) == []
+    odd = tmp_path / "a?b#c%d.sqlite"  # characters a file URI must escape
+    shutil.copy(db, odd)
+    assert dashboards.pending(rm, odd) == []
     partial = tmp_path / "partial.sqlite"
     shutil.copy(db, partial)
     con = sqlite3.connect(partial)

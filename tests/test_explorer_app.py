@@ -345,7 +345,9 @@ def test_prepared_downloads_are_dropped_when_what_they_hold_changes(app):
     assert "files" not in at.session_state
     assert any("prepare them again" in c.value for c in at.caption)
     at.button(key="make_files").click().run()
-    assert len(json.loads(at.session_state["files"]["json"])["ui"]["pins"]) == 1
+    saved = json.loads(at.session_state["files"]["json"])["ui"]
+    assert len(saved["pins"]) == 1
+    assert saved["saved_by"] == "explorer"  # `circuits trace --json` will not replace it without --force
 
 
 def test_a_supernode_made_on_the_page_reaches_the_graph_view_and_can_be_removed(app):

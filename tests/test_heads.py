@@ -383,7 +383,7 @@ def test_backup_and_joint_ablation_baselines(analysis):
 
 
 def test_s2_offset_verdict_can_say_offset_and_inconclusive():
-    """benchmarks/ioi_s2_offset.py's rule: a head that follows the name when S2 moves keys on the name; one that
+    """benchmarks/ioi_s2_offset.py's rule: a head that follows the name when S2 moves "follows the name"; one that
     keeps attending END − 4 (the inserted word) keys on the offset (negative control); an ablation drop no larger
     than the other heads' is not enough for "the name"; neither attention is inconclusive."""
     import importlib.util
@@ -396,8 +396,9 @@ def test_s2_offset_verdict_can_say_offset_and_inconclusive():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     big, small = Interval(8.8, 8.4, 9.3, 200), Interval(0.1, 0.07, 0.12, 200)
-    assert mod.offset_verdict(0.95, 0.0, big, small, 1.06) == "keys on the name"
-    assert mod.offset_verdict(0.95, 0.0) == "keys on the name"  # attention alone (ABC prompts)
+    assert mod.offset_verdict(0.95, 0.0, big, small, 1.06) == "follows the name"
+    assert mod.offset_verdict(0.95, 0.0) == "follows the name"  # attention alone (ABC prompts)
+    assert mod.offset_verdict(0.95, 0.0, big, small, 9.0) == "inconclusive"  # above the others, below the minimum
     assert mod.offset_verdict(0.02, 0.93, big, small, 1.06) == "keys on the offset"
     assert mod.offset_verdict(0.95, 0.0, small, big, 1.06) == "inconclusive"  # the drop is not above the others'
     assert mod.offset_verdict(0.3, 0.3) == "inconclusive"

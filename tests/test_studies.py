@@ -4,6 +4,7 @@ processes, byte-identical reports)."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -809,3 +810,20 @@ def test_the_api_cuts_n_to_the_studys_limit_with_a_warning(monkeypatch):
         with pytest.raises(RuntimeError, match="stop"):
             runner.run_study(StudySpec("two_hop", n=500))
     assert seen["n"] == 48
+
+
+def test_study_says_it_does_not_use_more_threads(capsys, monkeypatch):
+    """`circuits --threads 2 study ...` says once that a study runs one torch thread per process (run_study forces it
+    for reproducible numbers) and that --workers sets its parallelism; with one thread it says nothing."""
+    from circuits.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # restored after the test
+    caller = torch.get_num_threads()
+    try:
+        assert main(["--threads", "2", "study", "ioi", "--model", "no-such-model"]) == 2
+        err = capsys.readouterr().err
+        assert "a study runs one torch thread per process" in err and "--workers" in err
+        assert main(["--threads", "1", "study", "ioi", "--model", "no-such-model"]) == 2
+        assert "torch thread" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(caller)

@@ -33,6 +33,11 @@ def cmd_study(args) -> int:
     from circuits.cli.trace_checks import check_dicts_name, check_model_name
 
     check_dicts_name(args.dicts)  # a mistyped set: now, not after the model loads
+    threads = os.environ.get("OMP_NUM_THREADS", "1")  # set by the global --threads rule (cli/runtime.py)
+    if threads.isdigit() and int(threads) > 1:
+        print(f"note: a study runs one torch thread per process (its numbers must not depend on the count), so the "
+              f"{threads} threads asked for are not used; --workers {args.workers} sets its parallelism",
+              file=sys.stderr)
     if study.max_evaluation is not None and args.n > study.max_evaluation:
         print(f"warning: --n {args.n}: the {args.name} study has at most {study.max_evaluation} evaluation prompts; "
               f"using --n {study.max_evaluation}", file=sys.stderr)

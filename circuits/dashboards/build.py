@@ -145,7 +145,7 @@ def pending(rm, path: Path) -> list[str]:
     names = [d.cfg.name for d in rm.dictionaries]
     if not path.is_file():
         return names
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)  # as_uri escapes ?, # and %
     try:
         if dict(con.execute("SELECT key, value FROM meta").fetchall()).get("fingerprint") != fingerprint(rm):
             return names

@@ -287,5 +287,5 @@ def with_ui(graph):
     import copy
 
     out = copy.copy(graph)
-    out.metadata = {**graph.metadata, "ui": state()["ui"]}
+    out.metadata = {**graph.metadata, "ui": {**state()["ui"], "saved_by": "explorer"}}
     return out

@@ -122,17 +122,20 @@ class IOIStudy(Study):
         head is marked replicated or not (`heads.replication`): a role claimed on one set by chance among 32 heads
         is unlikely to pass on the other.
 
-        With ``workers > 1`` the replication runs beside the main analysis, in a thread with the caller's torch
-        thread count and its own copy of the model (the analyses hook the model's activations; hooks are per model):
-        the same numbers as one after the other. With the CLI's default of one torch thread, the two use both cores
-        (the replication's prompts are half as many: about a quarter of the head analysis' time is saved)."""
+        With ``workers > 1`` (and more than one core) the replication runs beside the main analysis, in a thread
+        with the caller's torch thread count and its own copy of the model (the analyses hook the model's
+        activations; hooks are per model): the same numbers as one after the other. A study runs single-threaded
+        (`run_study`), so the two use two cores (the replication's prompts are half as many: a quarter to a third of the
+        head analysis' time was saved: 27 s → 21 s on 40 + 20 prompts, 148 s → 95 s in the n = 200 study)."""
         if importlib.util.find_spec("circuits.studies.heads") is None:
             return None
         from circuits.studies import heads
 
         if not selection:
             return heads.ioi_head_analysis(rm, evaluation, reference, seed)
-        if workers <= 1:
+        import os
+
+        if min(workers, os.cpu_count() or 1) <= 1:
             found = heads.ioi_head_analysis(rm, evaluation, reference, seed)
             again = heads.ioi_head_analysis(rm, selection, reference, seed)
         else:

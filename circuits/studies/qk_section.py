@@ -154,7 +154,10 @@ def _map_with_models(fn, items: list, rm, workers: int) -> list:
     """[fn(model, item) for item in items] in order; with ``workers > 1`` in that many single-threaded threads, each
     call holding a model of its own for its duration (`rm` and deep copies of it: the calls hook the model's
     activations, and hooks are per model). The same numbers as the plain loop with one torch thread."""
-    if workers <= 1 or len(items) <= 1:
+    import os
+
+    workers = min(workers, len(items), os.cpu_count() or 1)  # no more model copies than can run at once
+    if workers <= 1:
         return [fn(rm, item) for item in items]
     import copy
     import queue
@@ -218,8 +221,9 @@ def _removals(rm, task) -> list[tuple[dict, dict, dict]]:
 def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prompts: int | None = None,
                top: int = TOP_NODES, remove: int = REMOVE, workers: int = 1) -> dict:
     """The QK decomposition of each head in `heads`, aggregated over `prepared` prompts (the first `n_prompts` of
-    them when given), with the intervention check of the module docstring. JSON-serialisable; deterministic, and the
-    same with any number of `workers` (prompts run side by side, each worker with its own copy of the model)."""
+    them when given), with the intervention check of the module docstring. JSON-serialisable; deterministic. With
+    `workers` > 1 prompts run side by side, each worker single-threaded with its own copy of the model: the same
+    section when the caller runs one torch thread too (as a study does: `run_study`)."""
     prompts = list(prepared[:n_prompts] if n_prompts else prepared)
     per_head: dict[str, dict] = {h.name + ":" + h.contrast: {"q": [], "k": [], "value": [], "pattern": [],
                                                              "gap": 0.0, "index": []} for h in heads}
