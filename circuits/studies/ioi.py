@@ -122,7 +122,7 @@ class IOIStudy(Study):
         head is marked replicated or not (`heads.replication`): a role claimed on one set by chance among 32 heads
         is unlikely to pass on the other.
 
-        With ``workers > 1`` (and more than one core) the replication runs beside the main analysis, in a thread
+        With ``workers > 1`` (more than one core, the model on the CPU) the replication runs beside the main analysis, in a thread
         with the caller's torch thread count and its own copy of the model (the analyses hook the model's
         activations; hooks are per model): the same numbers as one after the other. A study runs single-threaded
         (`run_study`), so the two use two cores (the replication's prompts are half as many: a quarter to a third of the
@@ -135,7 +135,7 @@ class IOIStudy(Study):
             return heads.ioi_head_analysis(rm, evaluation, reference, seed)
         import os
 
-        if min(workers, os.cpu_count() or 1) <= 1:
+        if min(workers, os.cpu_count() or 1) <= 1 or not str(rm.cfg.device).startswith("cpu"):
             found = heads.ioi_head_analysis(rm, evaluation, reference, seed)
             again = heads.ioi_head_analysis(rm, selection, reference, seed)
         else:

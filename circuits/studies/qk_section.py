@@ -157,7 +157,7 @@ def _map_with_models(fn, items: list, rm, workers: int) -> list:
     import os
 
     workers = min(workers, len(items), os.cpu_count() or 1)  # no more model copies than can run at once
-    if workers <= 1:
+    if workers <= 1 or not str(rm.cfg.device).startswith("cpu"):  # on an accelerator: no copies in its memory
         return [fn(rm, item) for item in items]
     import copy
     import queue
