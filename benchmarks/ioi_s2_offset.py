@@ -11,6 +11,9 @@ reference prompts for the ablation means, seed 22):
   END − 6, and END − 4 is an inserted word. The organism saw such insertions in training (phase-4 noise).
 * **ABC** and **ABC, one word inserted**: S2 replaced by a third name (the study's corrupted prompt): is the name
   in S2's slot attended when no name is repeated?
+* **pronoun**: S2 replaced by "he" / "she" and one word inserted after it: no name in S2's slot, so the latest name
+  is the second of "A and B", about ten tokens back. Is it the *latest name* the head attends, or the last clause's
+  subject (the pronoun), or neither? (Attention only; added after a review, before the n = 200 run.)
 
 Measured on each form (mean over prompts, 95% bootstrap intervals):
 
@@ -28,8 +31,9 @@ ABC prompts with a word inserted (no preference left to ablate) the attention ru
 What it shows and what it does not: the attention rows say where the head reads (the name, not the token at
 END − 4); the ablation rows say that it still carries the effect when S2 moves — an ablation alone could not tell a
 name-keyed head from an offset-keyed one. In every IOI prompt here the name in S2's slot is also the latest name
-and the subject of the last clause; these are not told apart. (Rule for the one-word form written before a 20-prompt
-pilot; the ABC rows were added after the pilot, the two-word row after a review, both before the n = 200 runs.)
+and the subject of the last clause; the pronoun form separates them. (Rule for the one-word form written before a
+20-prompt pilot; the ABC rows were added after the pilot, the two-word and pronoun rows after a review, all before
+the n = 200 runs.)
 """
 
 from __future__ import annotations
@@ -80,8 +84,10 @@ def build(model, n: int, seed: int) -> list[dict]:
         word, second = rng.sample(words, 2)
         row = {"io": io, "s": s, "third": third, "clean": p.clean, "inserted": insert_after_s2(p.clean, s, word),
                "inserted 2": insert_after_s2(p.clean, s, f"{word} {second}"),
-               "abc": p.corrupt, "abc inserted": insert_after_s2(p.corrupt, third, word)}
-        ok = True
+               "abc": p.corrupt, "abc inserted": insert_after_s2(p.corrupt, third, word),
+               "pronoun": insert_after_s2(p.clean, s, word).replace(f" {s} {word} ", f" {rng.choice(('he', 'she'))} "
+                                                                                   f"{word} ", 1)}
+        ok = model.to_tokens(row["pronoun"])[0][-6].item() in {single_token_id(model, w) for w in ("he", "she")}
         for form, name, back in (("clean", s, 5), ("inserted", s, 6), ("inserted 2", s, 7), ("abc", third, 5),
                                  ("abc inserted", third, 6)):
             tok = model.to_tokens(row[form])[0]
@@ -89,6 +95,30 @@ def build(model, n: int, seed: int) -> list[dict]:
         if ok:
             out.append(row)
     return out
+
+
+@torch.no_grad()
+def pronoun_attention(model, rows: list[dict], head: tuple[int, int]) -> dict[str, np.ndarray]:
+    """On the "pronoun" form (S2 replaced by "he" or "she", one word inserted after it: the pronoun at END − 5, the
+    word at END − 4, and the latest name the second name of "A and B"): the head's attention from END to the latest
+    name, to both names, to the pronoun (the subject of the last clause), to END − 4 and to BOS, per prompt."""
+    from circuits.model import hook_attn_pattern
+    from circuits.studies.base import single_token_id
+
+    layer, h = head
+    out: dict[str, list[float]] = {k: [] for k in ("latest name", "both names", "pronoun", "END−4", "BOS")}
+    for r in rows:
+        tok = model.to_tokens(r["pronoun"])
+        names = {single_token_id(model, r["io"]), single_token_id(model, r["s"])}
+        last_name = max(i for i, t in enumerate(tok[0].tolist()) if t in names)
+        _, cache = model.run_with_cache(tok, names_filter=hook_attn_pattern(layer))
+        pat = cache[hook_attn_pattern(layer)][0, h, -1]
+        T = tok.shape[1]
+        both = [i for i, t in enumerate(tok[0].tolist()) if t in names]
+        for key, value in (("latest name", pat[last_name]), ("both names", pat[both].sum()), ("pronoun", pat[T - 6]),
+                           ("END−4", pat[T - 5]), ("BOS", pat[0])):
+            out[key].append(float(value))
+    return {k: np.array(v) for k, v in out.items()}
 
 
 @torch.no_grad()
@@ -168,6 +198,10 @@ def main() -> None:
         verdicts[form] = word
         print(f"| {title} | {name_iv} | {off_iv} | {mean_interval(m, args.seed)} | {cells[0]} | {cells[1]} | "
               f"{word} |")
+    where = pronoun_attention(model, ev, HEAD)
+    print(f"\nS2 replaced by 'he' / 'she' and one word inserted after it (no name in S2's slot; the pronoun at END−5): "
+          f"L0H{head}'s attention from END — " + "; ".join(f"{k} {mean_interval(v, args.seed)}"
+                                                         for k, v in where.items()))
     print(f"\nL0H{head} with one / two words inserted: {verdicts['inserted']} / {verdicts['inserted 2']}; on the "
           f"ABC prompts with one word inserted: {verdicts['abc inserted']}; {time.perf_counter() - t0:.0f} s")
 

@@ -455,7 +455,7 @@ def _role_rows(table, names, movers, direct_pos, negative, s_inh, feeders, backu
             continue
         a = table[n]["attention"]
         if a["end_s2"]["value"] >= 0.5:
-            what = "moves S2 (the latest name) to END"
+            what = "moves S2 to END"  # the name in S2's slot, not the latest name (benchmarks/ioi_s2_offset.py)
         elif a["end_io"]["value"] + a["end_s1"]["value"] >= 0.5:
             what = "moves the first-clause names (IO and S1) to END"
         else:
