@@ -69,9 +69,8 @@ def offset_verdict(name_att: float, offset_att: float, effect=None, baseline=Non
 
 
 def build(model, n: int, seed: int) -> list[dict]:
-    """Prompt texts from the study's held-out prompts: clean, inserted, and the same two with S2 replaced by a third
-    name (the study's ABC prompt); each kept only if S2 (or the third name) is END − 4 (END − 5 once a word is
-    inserted)."""
+    """Prompt texts of every form of the module docstring from the study's held-out prompts; a prompt is kept only
+    if, in every form, the name (or pronoun) in S2's slot sits where the form puts it (END − 4, − 5 or − 6)."""
     from circuits.organism import templates
     from circuits.studies.base import single_token_id
     from circuits.studies.ioi import IOIStudy
