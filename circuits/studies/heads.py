@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 
 import numpy as np
@@ -149,7 +150,7 @@ def _verdict(effect: dict, baseline: dict | None, scale: float) -> dict:
     return verdict(_interval(effect), _interval(baseline) if baseline else None, scale).as_dict()
 
 
-_T0 = [time.perf_counter()]
+_T0 = threading.local()  # each analysis' start time, per thread (the IOI replication runs beside the main one)
 
 
 _LOGGER = logging.getLogger(__name__)
@@ -157,7 +158,8 @@ _LOGGER = logging.getLogger(__name__)
 
 def _log(progress: bool, msg: str) -> None:
     """Progress of the analysis through `logging` (INFO when asked for, DEBUG otherwise); never in the result."""
-    _LOGGER.log(logging.INFO if progress else logging.DEBUG, "[heads %6.1f s] %s", time.perf_counter() - _T0[0], msg)
+    _LOGGER.log(logging.INFO if progress else logging.DEBUG, "[heads %6.1f s] %s",
+                time.perf_counter() - getattr(_T0, "start", time.perf_counter()), msg)
 
 
 @torch.no_grad()
@@ -172,7 +174,7 @@ def ioi_head_analysis(model, evaluation: list, reference: list, seed: int, progr
     L, H = hm.cfg.n_layers, hm.cfg.n_heads
     heads = [(layer, h) for layer in range(L) for h in range(H)]
     names = [head_name(*x) for x in heads]
-    _T0[0] = time.perf_counter()
+    _T0.start = time.perf_counter()
     ev, ref = _batches(hm, evaluation), _batches(hm, reference)
     _log(progress, f"reference means over {len(reference)} prompts")
     means = _reference_means(hm, ref)
