@@ -177,8 +177,7 @@ def check_output_file(path: str | Path, what: str, folder_must_exist: bool = Fal
 
     `kind` (a `file_kind` name): what the command writes there. An existing file of another kind — a graph file, a
     database, a picture a user saved — is refused instead of overwritten; one of the same kind is replaced (running
-    a command again), unless it is a graph file holding work saved from the explorer (`saved_work`): that needs
-    `force`."""
+    a command again), unless it is a graph file holding the user's work (`saved_work`): that needs `force`."""
     path = Path(path)
     if str(path) == "":
         raise OutputPathError(f"{what}: empty path; give a file name")

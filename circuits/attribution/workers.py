@@ -64,3 +64,33 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Itera
                 yield result
     finally:
         torch.set_num_threads(threads)
+
+
+def map_with_model_copies(fn: Callable[[object, T], R], items: Iterable[T], model, workers: int) -> list[R]:
+    """[fn(model, item) for item in items] in order; with ``workers > 1`` through `ordered_map`, each call holding a
+    model of its own for its duration (`model` and deep copies of it), for work that hooks the model's activations
+    (TransformerLens hooks are per model, so two calls on one model would see each other's hooks). The same numbers
+    as the plain loop when the caller runs one torch thread (as a case study does). Copies only on the CPU (on an
+    accelerator they would take its memory for little gain), and no more than there are cores and items."""
+    import copy
+    import os
+    import queue
+
+    items = list(items)
+    workers = min(workers, len(items), os.cpu_count() or 1)
+    if workers <= 1 or not str(model.cfg.device).startswith("cpu"):
+        return [fn(model, item) for item in items]
+    models: queue.Queue = queue.Queue()
+    models.put(model)
+    for _ in range(workers - 1):
+        models.put(copy.deepcopy(model))
+
+    def call(item):
+        m = models.get()
+        try:
+            with torch.no_grad():
+                return fn(m, item)
+        finally:
+            models.put(m)
+
+    return list(ordered_map(call, items, workers))

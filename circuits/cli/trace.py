@@ -424,8 +424,8 @@ def add_parser(sub) -> None:
                        ("--png", "the picture (needs Graphviz)"), ("--graphml", "GraphML (networkx, Gephi)"),
                        ("--circuit-tracer-json", "circuit-tracer / Neuronpedia graph JSON")):
         a.add_argument(flag, metavar="FILE", help=f"write {what}; the folder must exist")
-    a.add_argument("--force", action="store_true", help="replace a graph file that holds pins, supernodes or labels "
-                   "saved from the explorer (refused without it)")
+    a.add_argument("--force", action="store_true", help="replace a graph file that holds your work (saved from the "
+                   "explorer, or with pins or supernodes of your own; refused without it)")
     a.add_argument("--full", action="store_true", help="write the unpruned graph (default: the pruned one)")
     a.add_argument("--show-bos", action="store_true", help="keep the features and error nodes at the BOS position "
                    "(default: folded into the constants, as they are the same on every prompt)")

@@ -122,32 +122,20 @@ class IOIStudy(Study):
         head is marked replicated or not (`heads.replication`): a role claimed on one set by chance among 32 heads
         is unlikely to pass on the other.
 
-        With ``workers > 1`` (more than one core, the model on the CPU) the replication runs beside the main analysis, in a thread
-        with the caller's torch thread count and its own copy of the model (the analyses hook the model's
-        activations; hooks are per model): the same numbers as one after the other. A study runs single-threaded
-        (`run_study`), so the two use two cores (the replication's prompts are half as many: a quarter to a third of the
-        head analysis' time was saved: 27 s → 21 s on 40 + 20 prompts, 148 s → 95 s in the n = 200 study)."""
+        With ``workers > 1`` the replication runs beside the main analysis on its own copy of the model
+        (`attribution.workers.map_with_model_copies`): the same numbers as one after the other in a study (one torch
+        thread), on two cores; the replication's prompts are half as many, and a quarter to a third of the head
+        analysis' time was saved (27 s → 21 s on 40 + 20 prompts, 148 s → 95 s in the n = 200 study)."""
         if importlib.util.find_spec("circuits.studies.heads") is None:
             return None
         from circuits.studies import heads
 
         if not selection:
             return heads.ioi_head_analysis(rm, evaluation, reference, seed)
-        import os
+        from circuits.attribution.workers import map_with_model_copies
 
-        if min(workers, os.cpu_count() or 1) <= 1 or not str(rm.cfg.device).startswith("cpu"):
-            found = heads.ioi_head_analysis(rm, evaluation, reference, seed)
-            again = heads.ioi_head_analysis(rm, selection, reference, seed)
-        else:
-            import copy
-            from concurrent.futures import ThreadPoolExecutor
-
-            twin = copy.deepcopy(rm)
-            # the caller's thread count in the thread too: the same sums, so the same numbers as one after the other
-            with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
-                other = pool.submit(heads.ioi_head_analysis, twin, selection, reference, seed)
-                found = heads.ioi_head_analysis(rm, evaluation, reference, seed)
-                again = other.result()
+        found, again = map_with_model_copies(lambda m, prompts: heads.ioi_head_analysis(m, prompts, reference, seed),
+                                             [evaluation, selection], rm, workers)
         found["replication"] = heads.replication(found, again, len(selection))
         return found
 

@@ -43,6 +43,7 @@ import torch
 
 from circuits.attribution.qk import explain_attention, stream_sources
 from circuits.attribution.sources import collect_sources
+from circuits.attribution.workers import map_with_model_copies
 from circuits.model import hook_attn_pattern, hook_resid_pre
 from circuits.studies.stats import mean_interval
 
@@ -150,36 +151,6 @@ def _removal(rm, cache, src, spec: QKHead, p: int, a: int, b: int, remove: list[
             "live_pattern": float((live[1, a] - live[1, b]) - (live[0, a] - live[0, b]))}
 
 
-def _map_with_models(fn, items: list, rm, workers: int) -> list:
-    """[fn(model, item) for item in items] in order; with ``workers > 1`` in that many single-threaded threads, each
-    call holding a model of its own for its duration (`rm` and deep copies of it: the calls hook the model's
-    activations, and hooks are per model). The same numbers as the plain loop with one torch thread."""
-    import os
-
-    workers = min(workers, len(items), os.cpu_count() or 1)  # no more model copies than can run at once
-    if workers <= 1 or not str(rm.cfg.device).startswith("cpu"):  # on an accelerator: no copies in its memory
-        return [fn(rm, item) for item in items]
-    import copy
-    import queue
-
-    from circuits.attribution.workers import ordered_map
-
-    models: queue.Queue = queue.Queue()
-    models.put(rm)
-    for _ in range(workers - 1):
-        models.put(copy.deepcopy(rm))
-
-    def call(item):
-        m = models.get()
-        try:
-            with torch.no_grad():
-                return fn(m, item)
-        finally:
-            models.put(m)
-
-    return list(ordered_map(call, items, workers))
-
-
 def _decompose(rm, pp, heads: list[QKHead]) -> list[dict | None]:
     """One prompt's QK decomposition for every head (None where the prompt lacks the head's roles): its query-side
     and key-side marginals by role node, the preference, the pattern difference and the decomposition's gap."""
@@ -227,7 +198,7 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
     prompts = list(prepared[:n_prompts] if n_prompts else prepared)
     per_head: dict[str, dict] = {h.name + ":" + h.contrast: {"q": [], "k": [], "value": [], "pattern": [],
                                                              "gap": 0.0, "index": []} for h in heads}
-    for i, found in enumerate(_map_with_models(lambda m, pp: _decompose(m, pp, heads), prompts, rm, workers)):
+    for i, found in enumerate(map_with_model_copies(lambda m, pp: _decompose(m, pp, heads), prompts, rm, workers)):
         for spec, one in zip(heads, found, strict=True):
             if one is None:
                 continue
@@ -271,7 +242,7 @@ def qk_section(rm, prepared: list, heads: list[QKHead], seed: int = 0, *, n_prom
             jobs.append((spec, chosen, next_ranked[key], rng.sample(others, min(n_here, len(others))), qm))
         tasks.append((pp, jobs))
         owners.append([rec for _, rec in todo])
-    for recs, done in zip(owners, _map_with_models(_removals, tasks, rm, workers), strict=True):
+    for recs, done in zip(owners, map_with_model_copies(_removals, tasks, rm, workers), strict=True):
         for rec, (chosen_check, next_check, random_check) in zip(recs, done, strict=True):
             rec["checks"].append(chosen_check)
             rec["next_checks"].append(next_check)
