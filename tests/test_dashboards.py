@@ -408,3 +408,34 @@ def test_pending_names_what_a_build_would_compute(planted, db, tmp_path):
     con.commit()
     con.close()
     assert dashboards.pending(rm, partial) == names
+
+
+def test_every_read_only_opening_takes_a_path_with_uri_characters(planted, db, tmp_path):
+    """A database in a folder named ``runs?2#b%41`` is read where it is. Pasted raw into SQLite's URI form, ``?``
+    ends the path: the reader opened (and created) an empty database ``runs`` beside it and called the real one
+    "not a dashboard database". Checked for the reader, the labels writer, the build's `pending` and the CLI's
+    pre-build check; nothing is created beside the folder."""
+    import shutil
+
+    from circuits.cli.dashboards import _stored_meta
+    from circuits.dashboards.store import connect_read_only
+
+    rm, _ = planted
+    folder = tmp_path / "runs?2#b%41"
+    folder.mkdir()
+    path = folder / "dash.sqlite"
+    shutil.copy(db, path)
+    before = path.read_bytes()
+    d = Dashboards(path, rm)
+    assert d.meta["fingerprint"] == dashboards.fingerprint(rm) and d.get("transcoder_L0", 0) is not None
+    d.close()
+    dashboards.set_label(path, "transcoder_L0", 0, "odd folder")
+    assert Dashboards(path, rm).label("transcoder_L0", 0) == "odd folder"
+    assert dashboards.pending(rm, path) == []
+    assert _stored_meta(path)["fingerprint"] == dashboards.fingerprint(rm)
+    con = connect_read_only(path)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        con.execute("UPDATE meta SET value = 'x' WHERE key = 'fingerprint'")
+    con.close()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs?2#b%41"]

@@ -69,8 +69,7 @@ def cmd_dashboards_label(args) -> int:
 
 
 def cmd_dashboards_label_accuracy(args) -> int:
-    import sqlite3
-
+    from circuits.dashboards.store import connect_read_only
     from circuits.labels.ground_truth import (
         BASELINES,
         evaluate,
@@ -90,7 +89,7 @@ def cmd_dashboards_label_accuracy(args) -> int:
         raise CircuitsError(f"--rows {args.rows}: must be at least 1")
     args.token_sets = None
     rm, db_path, meta = _open_for_labels(args)
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    con = connect_read_only(db_path)
     if not con.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'labels'").fetchone()[0]:
         raise CircuitsError(f"{db_path} has no labels; add them with `circuits dashboards label`")
     sets = organism_sets(vocabulary_strings(rm.model))
@@ -130,10 +129,12 @@ def _stored_meta(out: Path) -> dict | None:
     dashboard database is one line, whatever the options (a build into it would fail half-way)."""
     import sqlite3
 
+    from circuits.dashboards.store import connect_read_only
+
     if not out.is_file():
         return None
     try:
-        con = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+        con = connect_read_only(out)
         try:
             return dict(con.execute("SELECT key, value FROM meta").fetchall())
         finally:

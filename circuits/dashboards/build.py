@@ -145,7 +145,7 @@ def pending(rm, path: Path) -> list[str]:
     names = [d.cfg.name for d in rm.dictionaries]
     if not path.is_file():
         return names
-    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)  # as_uri escapes ?, # and %
+    con = store.connect_read_only(path)
     try:
         if dict(con.execute("SELECT key, value FROM meta").fetchall()).get("fingerprint") != fingerprint(rm):
             return names

@@ -147,6 +147,15 @@ def _compact(obj) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
+def connect_read_only(path: Path, **kwargs) -> sqlite3.Connection:
+    """A read-only SQLite connection to the database at `path`.
+
+    Read-only needs SQLite's URI form (``file:...?mode=ro``), where ``?``, ``#`` and ``%`` in the path are syntax:
+    pasted in raw, a database in a folder named ``runs?2`` would open (and create) an empty ``runs`` instead.
+    `Path.as_uri` escapes them (it needs an absolute path)."""
+    return sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, **kwargs)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     con = sqlite3.connect(str(path))
     con.executescript(SCHEMA)
@@ -333,7 +342,7 @@ class Dashboards:
         con = getattr(self._local, "con", None)
         if con is None:
             # check_same_thread=False only so that another thread can close it; only its own thread uses it
-            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            con = connect_read_only(self.path, check_same_thread=False)
             with self._lock:
                 ended = [(t, c) for t, c in self._opened if not t.is_alive()]
                 self._opened = [(t, c) for t, c in self._opened if t.is_alive()]

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import tempfile
 from pathlib import Path
 
-from circuits.dashboards.store import DashboardError, feature_id
+from circuits.dashboards.store import DashboardError, connect_read_only, feature_id
 
 USER_LABELS_FORMAT = "circuits-user-labels/1"
 
@@ -55,7 +54,7 @@ def set_label(path: Path, dictionary: str, feature: int, label: str | None) -> N
     database (`user_labels_path`; written to a temporary file and renamed, so it is never left half-written). The
     database is only read."""
     path = Path(path)
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = connect_read_only(path)
     try:
         fp = dict(con.execute("SELECT key, value FROM meta").fetchall()).get("fingerprint", "")
         row = con.execute("SELECT user_label FROM features WHERE dictionary = ? AND feature = ?",
