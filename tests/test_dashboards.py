@@ -439,3 +439,42 @@ def test_every_read_only_opening_takes_a_path_with_uri_characters(planted, db, t
     con.close()
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs?2#b%41"]
+
+
+def test_the_build_command_says_whether_it_computed_dashboards_or_only_relabelled(planted, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """`circuits dashboards build`: a new database reports every dictionary's dashboards written; the same command
+    again finds it complete, only recomputes the labels and says so (it printed "wrote" before), leaving the
+    dashboards as they were; a database with one dictionary missing computes that one only."""
+    import circuits.dictionaries
+    import circuits.model
+    from circuits.cli import main
+
+    rm, _ = planted
+    monkeypatch.setattr(circuits.model, "load_model", lambda *a, **k: (rm.model, None))
+    monkeypatch.setattr(circuits.dictionaries, "load_dictionaries", lambda *a, **k: rm.dictionaries)
+    out = tmp_path / "dash.sqlite"
+    build = ["dashboards", "build", "--rows", "6", "--out", str(out), "--quiet"]
+    n = len(rm.dictionaries)
+
+    def examples():
+        con = sqlite3.connect(out)
+        try:
+            return con.execute("SELECT * FROM examples ORDER BY 1, 2, 3").fetchall()
+        finally:
+            con.close()
+
+    assert main(build) == 0
+    assert f"dashboards of {n} of {n} dictionaries" in capsys.readouterr().out
+    first = examples()
+    assert first
+    assert main(build) == 0
+    said = capsys.readouterr().out
+    assert "already held every dictionary's dashboards: only the labels were recomputed" in said
+    assert "wrote" not in said and examples() == first
+    con = sqlite3.connect(out)
+    con.execute("DELETE FROM done WHERE dictionary = ?", ([d.cfg.name for d in rm.dictionaries][-1],))
+    con.commit()
+    con.close()
+    assert main(build) == 0
+    assert f"dashboards of 1 of {n} dictionaries" in capsys.readouterr().out
