@@ -17,7 +17,8 @@ the IOI study's held-out-template prompts (`IOIStudy("heldout", template_texts=(
 template list replaced by the one condition's template), so every condition has the same names, places and objects: the paired difference to
 ``T0`` (95% bootstrap interval over prompts) isolates the swapped words. For each set and condition it prints the
 replacement score of the IOI contrast graphs (issue 19's convention) and the largest error-node shares
-(`benchmarks/clt.py`'s `error_shares`: where the missing part sits).
+(`benchmarks/clt.py`'s `error_shares`: where the missing part sits). With more than one set it then prints each
+set's paired difference to the first, condition by condition (the same prompts for every set).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main() -> None:
     for c in conditions:
         prompts[c] = IOIStudy("heldout", template_texts=(CONDITIONS[c],)).prompts(model, args.n, seed=0)
     print(f"IOI contrast graphs of {args.n} prompts per condition; paired differences to T0 (95% bootstrap)")
+    per_prompt = {}
     for name in args.dicts:
         dset = load_dictionaries(name, model)
         rm = ReplacementModel(model, dset, name="organism")
@@ -83,6 +85,7 @@ def main() -> None:
         for c in conditions:
             r = score_variants(model, dset, prompts[c])["all dictionaries, every node (target)"]
             ci = r["replacement_ci"]
+            per_prompt[name, c] = r["per_prompt"]
             if base is None:
                 base, diff = r["per_prompt"], "—"
             else:
@@ -91,6 +94,13 @@ def main() -> None:
             shares = ", ".join(f"{k} {v:.4f}" for k, v in list(error_shares(rm, prompts[c]).items())[:4])
             print(f"| {c} | {CONDITIONS[c]} | {r['replacement']:.4f} [{ci['lo']:.4f}, {ci['hi']:.4f}] | {diff} | "
                   f"{shares} |", flush=True)
+    if len(args.dicts) > 1:
+        first = args.dicts[0]
+        print(f"\npaired difference to {first}\n| set | " + " | ".join(conditions) + " |\n|---|"
+              + "---|" * len(conditions))
+        for name in args.dicts[1:]:
+            cells = [paired_difference(per_prompt[first, c], per_prompt[name, c]) for c in conditions]
+            print(f"| {name} | " + " | ".join(f"{d.value:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]" for d in cells) + " |")
 
 
 if __name__ == "__main__":
