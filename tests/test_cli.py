@@ -129,3 +129,25 @@ def test_trace_bad_input_is_one_line(capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert needle in err and "\n" not in err and "Traceback" not in err, (argv, err)
+
+
+def test_the_eval_table_shows_each_behaviours_target_and_whether_it_is_met(capsys):
+    """`organism eval` prints a target and a status for every targeted (family, metric) — "missed" below it, "met"
+    at or above it — and leaves reported-only behaviours blank."""
+    from circuits.cli.organism import _print_eval_table
+    from circuits.organism.evaluate import TARGETS
+
+    res = {"induction": {"top1": 0.89, "top1_first_copy": 0.0, "n": 200}, "one_hop": {"top1": 0.95, "n": 144},
+           "pronoun": {"accuracy": 0.59, "n": 200}, "meta": {"seed": 0}}
+    _print_eval_table(res)
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows[("induction", "top1")] == ["0.8900", ">=", "0.9", "missed", "200"]
+    assert rows[("one_hop", "top1")] == ["0.9500", ">=", "0.95", "met", "144"]
+    assert rows[("induction", "top1_first_copy")] == ["0.0000", "200"]
+    assert rows[("pronoun", "accuracy")] == ["0.5900", "200"]
+    import json
+
+    from circuits.model import DATA_DIR
+
+    shipped = json.loads((DATA_DIR / "organism" / "eval.json").read_text())
+    assert all(shipped[fam][metric] >= least for (fam, metric), least in TARGETS.items())  # the shipped organism

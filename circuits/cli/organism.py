@@ -11,6 +11,10 @@ from circuits.errors import CircuitsError
 
 
 def _print_eval_table(res: dict) -> None:
+    """One row per (family, metric) with its target (`evaluate.TARGETS`; blank where a behaviour is only reported)
+    and whether the value meets it."""
+    from circuits.organism.evaluate import TARGETS
+
     rows = []
     for key, metrics in res.items():
         if not isinstance(metrics, dict) or key.startswith("ci_") or key == "meta":
@@ -20,9 +24,11 @@ def _print_eval_table(res: dict) -> None:
                 continue
             rows.append((key, name, value, metrics.get("n", metrics.get("rows", ""))))
     width = max(len(r[0]) for r in rows)
-    print(f"{'family':<{width}}  {'metric':<16} {'value':>9}  n")
+    print(f"{'family':<{width}}  {'metric':<16} {'value':>9}  {'target':>8}  {'status':<6}  n")
     for fam, name, value, n in rows:
-        print(f"{fam:<{width}}  {name:<16} {value:>9.4f}  {n}")
+        least = TARGETS.get((fam, name))
+        target, status = ("", "") if least is None else (f">= {least:g}", "met" if value >= least else "missed")
+        print(f"{fam:<{width}}  {name:<16} {value:>9.4f}  {target:>8}  {status:<6}  {n}")
 
 
 def cmd_organism_train(args) -> int:

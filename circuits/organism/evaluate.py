@@ -151,6 +151,20 @@ def eval_heldout_ce(model, corpus: ToyWorldCorpus, n_rows: int) -> dict:
 
 
 #: Prompt counts of the subsample that tests re-evaluate against ``eval.json["ci_subsample"]``.
+#: The organism's behaviour targets, (family, metric) -> the least value that meets it (docs/organism.md's table).
+#: Families and metrics not listed are reported without a target (two-hop on unseen questions, successor, pronoun,
+#: held-out cross-entropy).
+TARGETS: dict[tuple[str, str], float] = {
+    **{(f"ioi_train_templates_{o}", m): v for o in ("ABBA", "BABA") for m, v in (("accuracy", 0.95),
+                                                                                ("logit_diff", 3.0))},
+    **{(f"ioi_heldout_templates_{o}", "accuracy"): 0.85 for o in ("ABBA", "BABA")},
+    ("induction", "top1"): 0.90,
+    ("one_hop", "top1"): 0.95,
+    ("two_hop_seen", "top1"): 0.90,
+    ("greater_than", "prob_greater"): 0.80,
+}
+
+
 CI_SIZES = EvalSizes().scaled(0.05)
 
 
