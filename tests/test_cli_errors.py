@@ -228,6 +228,48 @@ def test_the_usage_line_names_each_command_once_and_the_alias_still_works():
     assert parser.parse_args(["attribute", "a prompt", "--target", "Mary"]).command == "attribute"
 
 
+def _every_parser(parser, path=("circuits",)):
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _every_parser(child, (*path, name))
+
+
+def test_every_option_says_what_it_is_and_its_default(capsys):
+    """`--help` of every command explains every option and positional (a newcomer met bare `--seed SEED`, `file`,
+    `a`, `b`), and an option with a default shows it; a left-out action or command names the choices, not
+    argparse's "action"; `--version` answers."""
+    from circuits.cli.main import build_parser
+
+    bare, no_default = [], []
+    for path, parser in _every_parser(build_parser()):
+        for action in parser._actions:
+            if action.dest == "help" or action.__class__.__name__ in ("_SubParsersAction", "_VersionAction"):
+                continue
+            if not action.help:
+                bare.append(f"{' '.join(path)} {action.option_strings or action.dest}")
+            elif action.option_strings and not (action.default is None or action.default is False
+                                                or action.default == []) and \
+                    "default" not in (parser.formatter_class(prog="x")._get_help_string(action) or ""):
+                no_default.append(f"{' '.join(path)} {action.option_strings}")
+    assert not bare and not no_default, (bare, no_default)
+    seed = next(a for a in dict(_every_parser(build_parser()))[("circuits", "organism", "corpus")]._actions
+                if a.dest == "seed")
+    assert seed.default == 0 and "(default 0)" in build_parser().formatter_class(prog="x")._get_help_string(seed) \
+        .replace("%(default)s", "0")
+    for args, needle in ((["graph"], "graph: an action is missing: one of show, diff"),
+                         ([], "a command is missing: one of organism, dicts, trace")):
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(args)
+        assert e.value.code == 2 and needle in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("circuits 0.")
+
+
 def test_attention_and_study_outputs_never_replace_other_files(tmp_path, capsys):
     """`attention --json saved_graph.json` overwrote a graph; `study --out mywork` replaced a user's files."""
     import shutil

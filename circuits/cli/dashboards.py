@@ -334,10 +334,10 @@ def add_parser(sub) -> None:
     dash = sub.add_parser("dashboards", help="feature dashboards (SQLite)").add_subparsers(dest="action",
                                                                                          required=True)
     b = dash.add_parser("build", help="build every feature's dashboard over held-out text (resumes)")
-    b.add_argument("--model", default="organism")
-    b.add_argument("--dicts", default="organism")
+    b.add_argument("--model", default="organism", help="organism (dashboards read its held-out corpus)")
+    b.add_argument("--dicts", default="organism", help="a set name or a set folder")
     b.add_argument("--rows", type=int, default=2000, help="held-out rows of n_ctx tokens")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="seed of the examples' sampling")
     b.add_argument("--out", help="database path (default data/dashboards/MODEL.sqlite)")
     b.add_argument("--replace", action="store_true", help="build into a database of other dictionaries, rows or "
                    "seed (deletes its dashboards; user labels stay in their own file)")
@@ -350,7 +350,7 @@ def add_parser(sub) -> None:
     acc = dash.add_parser("label-accuracy", help="label accuracy against the organism's planted categories "
                           "(precision and recall per category, on held-out text)")
     for p in (lab, acc):
-        p.add_argument("--model", default="organism")
+        p.add_argument("--model", default="organism", help="organism (the only model with a corpus here)")
         p.add_argument("--dicts", default="organism")
         p.add_argument("--db", help="database path (default data/dashboards/MODEL.sqlite)")
         p.add_argument("--quiet", action="store_true")

@@ -332,10 +332,10 @@ def add_parser(sub) -> None:
     dicts = sub.add_parser("dicts", help="transcoders and attention-output SAEs").add_subparsers(dest="action",
                                                                                               required=True)
     t = dicts.add_parser("train", help="train every dictionary of a model on its corpus (resumable)")
-    t.add_argument("--model", default="organism")
-    t.add_argument("--out", default="runs/dicts")
+    t.add_argument("--model", default="organism", help="organism (the only model with a corpus here)")
+    t.add_argument("--out", default="runs/dicts", help="run folder (checkpoints, logs; the set in OUT/set)")
     t.add_argument("--tokens", type=int, default=4_000_000, help="activations per dictionary")
-    t.add_argument("--d-sae", type=int, default=2048)
+    t.add_argument("--d-sae", type=int, default=2048, help="features per dictionary (see --site-d-sae)")
     t.add_argument("--k", type=int, default=30, help="BatchTopK mean active features per token")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--site-d-sae", action="append", metavar="NAME=N",
@@ -396,7 +396,7 @@ def add_parser(sub) -> None:
     f.add_argument("--dicts", default="organism-base", help="a set name or a set folder (default organism-base: the "
                    "set as first trained)")
     f.add_argument("--out", required=True, help="folder for the log, the checkpoint and the fine-tuned set (OUT/set)")
-    f.add_argument("--steps", type=int, default=300)
+    f.add_argument("--steps", type=int, default=300, help="optimiser steps")
     f.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (linear decay over the last 20%%)")
     f.add_argument("--beta", type=float, default=1.0, help="weight of the summed per-dictionary FVU against the KL")
     f.add_argument("--answer-weight", type=float, default=0.0, help="weight of a third term: each dictionary's FVU "
@@ -438,7 +438,7 @@ def add_parser(sub) -> None:
 
     c = dicts.add_parser("calibrate", help="shift the thresholds of a set so that every dictionary has one mean L0 "
                          "on clean inputs (spends an L0 budget on reconstruction; encoders and decoders unchanged)")
-    c.add_argument("--model", default="organism")
+    c.add_argument("--model", default="organism", help="organism (the only model with a corpus here)")
     c.add_argument("--dicts", default="organism", help="a set name or a set folder")
     c.add_argument("--l0", type=float, required=True, help="mean active features per token, e.g. 31")
     c.add_argument("--out", required=True, help="folder for the calibrated set (and calibration.json)")
@@ -451,16 +451,17 @@ def add_parser(sub) -> None:
 
     v = dicts.add_parser("convert", help="convert public dictionary files to our (SAELens) layout")
     v.add_argument("src", help="a Dunefsky/Kissane .pt folder, a SAELens folder or a circuit-tracer folder")
-    v.add_argument("--out", required=True)
+    v.add_argument("--out", required=True, help="folder for the converted set (load it with --dicts OUT)")
     v.add_argument("--n-heads", type=int, default=None, help="heads of the model (attention SAEs on hook_z)")
-    v.add_argument("--model-name", default=None)
+    v.add_argument("--model-name", default=None, help="model the dictionaries belong to, stored in the "
+                   "set's set.json (default: as the source files say)")
     v.add_argument("--force", action="store_true", help="write into a non-empty folder")
     v.set_defaults(func=cmd_dicts_convert)
 
 
 def _add_fit_options(k, sites: list[str], sites_help: str, positions: str, ridge: float, ridge_help: str) -> None:
     """The options `dicts fit-skip` and `dicts fit-decoder` share (`skipfit.SkipFitConfig`)."""
-    k.add_argument("--model", default="organism")
+    k.add_argument("--model", default="organism", help="organism (the only model with a corpus here)")
     k.add_argument("--dicts", default="organism", help="a set name or a set folder")
     k.add_argument("--out", required=True, help="folder for the new set (and its fit record)")
     k.add_argument("--sites", nargs="+", default=sites, metavar="SITE", help=sites_help)

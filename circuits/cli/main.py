@@ -30,10 +30,24 @@ import argparse
 import os
 import sys
 
+from circuits import __version__
 from circuits.cli import attention, dashboards, dicts, graph, organism, study, trace
 from circuits.cli.common import report_error, warn
 from circuits.cli.runtime import check_device, configure_threads
 from circuits.errors import CircuitsError
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default where it has one and the text does not already say it (argparse's
+    `ArgumentDefaultsHelpFormatter` also adds "(default: None)" and "(default: False)", which say nothing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS or action.default == [] or "default" in text.lower()
+                or not text):
+            return text
+        return text + " (default %(default)s)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,6 +58,7 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -58,6 +73,10 @@ class Parser(argparse.ArgumentParser):
             close = difflib.get_close_matches(bad.group(1), choices, n=1, cutoff=0.6)
             message = (f"{bad.group(1)!r} is not one of {', '.join(choices)}"
                        + (f"; did you mean {close[0]}?" if close else ""))
+        missing = re.fullmatch(r"the following arguments are required: \{([\w,-]+)\}", message)
+        if missing:  # a command or action left out (`circuits graph`)
+            message = f"{'an action' if self.prog != 'circuits' else 'a command'} is missing: one of " + \
+                ", ".join(missing.group(1).split(","))
         where = self.prog.removeprefix("circuits").strip()
         self.exit(2, f"circuits: error: {where + ': ' if where else ''}{message} (`{self.prog} --help` lists the "
                      "options)\n")
@@ -65,6 +84,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="circuits", description="Feature-level circuits in transformers.")
+    p.add_argument("--version", action="version", version=f"circuits {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--threads", metavar="N", default=None,
                    help="torch threads (default: $CIRCUITS_THREADS, else $OMP_NUM_THREADS, else 1; docs/cli.md)")
@@ -75,7 +95,29 @@ def build_parser() -> argparse.ArgumentParser:
     # the usage line names each command once (argparse would list aliases such as `attribute` as commands too;
     # the help row 'trace (attribute)' still shows it)
     sub.metavar = "{" + ",".join(a.dest for a in sub._choices_actions) + "}"
+    for command in sub.choices.values():  # `circuits graph` alone: name the actions, not argparse's dest "action"
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction) and action.metavar is None:
+                action.metavar = "{" + ",".join(action.choices) + "}"
+            _shared_help(action.choices.values() if isinstance(action, argparse._SubParsersAction) else [command])
     return p
+
+
+#: What the options that many commands share say in their help, where a command gives no text of its own.
+SHARED_HELP = {
+    "model": "organism, gpt2, a public model's name or a model folder",
+    "dicts": "a dictionary set's name (organism, organism-base, ...) or a set folder",
+    "seed": "random seed",
+    "quiet": "no progress bars or progress lines",
+    "no_resume": "start again, ignoring an existing checkpoint",
+}
+
+
+def _shared_help(parsers) -> None:
+    for parser in parsers:
+        for action in parser._actions:
+            if action.option_strings and not action.help and action.dest in SHARED_HELP:
+                action.help = SHARED_HELP[action.dest]
 
 
 def _suggestion(parser: argparse.ArgumentParser, extra: list[str], top: bool) -> str:

@@ -163,8 +163,8 @@ def add_parser(sub) -> None:
                    help="phase-5 steps (phase 4 with every name in IOI, held-out pairs excluded; default 1500)")
     t.add_argument("--mix", default="phased", choices=["phased", "final"],
                    help="phased: the five-phase recipe; final: one corpus mix from step 0 (phase flags ignored)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--corpus-seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="seed of the weights' initialisation and the training's other draws")
+    t.add_argument("--corpus-seed", type=int, default=0, help="seed of the toy world's corpus")
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     t.add_argument("--export", action="store_true", help="copy the result into data/organism")
     t.add_argument("--quiet", action="store_true")
@@ -180,8 +180,9 @@ def add_parser(sub) -> None:
     e.set_defaults(func=cmd_organism_eval)
 
     c = org.add_parser("corpus", help="print corpus rows")
-    c.add_argument("--rows", type=int, default=3)
-    c.add_argument("--tokens", type=int, default=128)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--stream", default="train", choices=["train", "heldout"])
+    c.add_argument("--rows", type=int, default=3, help="rows to print")
+    c.add_argument("--tokens", type=int, default=128, help="tokens per row")
+    c.add_argument("--seed", type=int, default=0, help="corpus seed")
+    c.add_argument("--stream", default="train", choices=["train", "heldout"], help="the training stream or the "
+                   "held-out one (disjoint rows)")
     c.set_defaults(func=cmd_organism_corpus)

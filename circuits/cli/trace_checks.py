@@ -332,7 +332,7 @@ def _check_inputs(args, prompt: str, target, vocab: _Vocab | None, shapes: dict 
             n_corrupt = vocab.n_tokens(args.corrupt)
             if n_corrupt != n_tokens:
                 raise CircuitsError(f"--corrupt has {n_corrupt} tokens and the prompt {n_tokens} (BOS included): "
-                                    "attribution patching pairs the two position by position, so give a corrupted "
+                                    "attribution patching pairs the two positions one by one, so give a corrupted "
                                     "prompt of the same length (e.g. one name swapped for another)")
         if n_tokens > vocab.n_ctx:
             raise CircuitsError(f"the prompt has {n_tokens} tokens (BOS included) but the model's context is "
