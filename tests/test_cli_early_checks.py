@@ -600,6 +600,12 @@ def test_a_corrupted_prompt_equal_to_the_prompt_is_refused(capsys, no_model):
     ["feature", "M1#999999"],
     ["trace", PROMPT, "--target", " Mary", "--model", "gpt3"],
     ["feature", "M3#1", "--model", "gpt3"],
+    ["feature", "M3#1", "--model", "gpt2"],  # no database for GPT-2: dashboards are the organism's only
+    ["dicts", "eval", "--dicts", "organsim"],
+    ["dicts", "fit-skip", "--dicts", "organsim", "--out", "runs/never"],
+    ["dicts", "calibrate", "--model", "orgnism", "--l0", "30", "--out", "runs/never"],
+    ["dicts", "train", "--out", "runs/never", "--sites", "transcoder_L9"],
+    ["dicts", "train", "--out", "runs/never", "--site-d-sae", "transcoder_L9=64"],
 ])
 def test_early_errors_do_not_import_torch(argv):
     """The checks before the work read the tokenizer and JSON files only: an input error is reported without
@@ -620,6 +626,10 @@ def test_early_errors_do_not_import_torch(argv):
     (["feature", "M3#1", "--db", "README.md"], "not a dashboard database"),
     (["feature", "M3#1", "--dicts", "organsim"], "no such dictionary set"),
     (["study", "ioi", "--n", "5", "--dicts", "organsim"], "no such dictionary set"),
+    (["feature", "M3#1", "--model", "gpt2"], "dashboards are built from the organism's held-out corpus only"),
+    (["dicts", "finetune", "--dicts", "organsim", "--out", "runs/never"], "no such dictionary set"),
+    (["dicts", "train", "--out", "runs/never", "--sites", "transcoder_L9"], "--sites: unknown transcoder_L9"),
+    (["dicts", "train", "--out", "runs/never", "--init-from", "organsim"], "no such dictionary set"),
 ])
 def test_model_set_text_and_database_are_checked_before_loading(capsys, no_model, argv, needle):
     """A newcomer found these refused only after the model loaded (8-10 s), and trace printed "loading gpt3 ..."

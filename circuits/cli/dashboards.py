@@ -300,6 +300,10 @@ def cmd_feature(args) -> int:
         check_database_file(args.db, "--db", "leave out --db" + ("" if args.text is not None or other_set else
                                                                   " to use the shipped one"), build)
     check_model_name(args.model)  # (the default database's path is named after the model)
+    if not args.db and args.text is None and not db_path.is_file() and args.model != "organism":
+        raise CircuitsError(f"no dashboard database for {args.model}: dashboards are built from the organism's "
+                            "held-out corpus only; show the feature on your own text with --text \"...\" (no "
+                            "database needed), or give --db FILE")
     if not args.db and args.text is None and not db_path.is_file():
         raise CircuitsError(f"no dashboard database at {db_path}; build it with {build}, or give --db FILE")
     from circuits import dashboards

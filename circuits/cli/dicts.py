@@ -40,11 +40,16 @@ def _site_values(specs: list[str] | None, flag: str, what: str, names: set[str],
     return out
 
 
-def cmd_dicts_train(args) -> int:
-    from circuits.dictionaries.dictset import DictionarySet
-    from circuits.dictionaries.train import DictTrainConfig, train_dictionaries
-    from circuits.model import DATA_DIR, load_model
+def _check_names(args) -> None:
+    """--model and --dicts name a known model / set or an existing folder: a typo is one line before the model loads
+    (which takes seconds)."""
+    from circuits.cli.trace_checks import check_dicts_name, check_model_name
 
+    check_model_name(args.model)
+    check_dicts_name(args.dicts)
+
+
+def cmd_dicts_train(args) -> int:
     if args.model != "organism":
         raise CircuitsError(f"training is set up for the organism's corpus only, not {args.model!r}; "
                             "use --model organism")
@@ -67,6 +72,27 @@ def cmd_dicts_train(args) -> int:
         if bad:
             raise CircuitsError(f"--clt trains one cross-layer transcoder over every MLP (--d-sae features and --k "
                                 f"active per token in each layer); it cannot be combined with {', '.join(bad)}")
+    from circuits.cli.trace_checks import check_dicts_name, organism_vocab
+
+    # the sites' names from the organism's config file, so that a mistyped one is refused before the model loads
+    names = {f"{kind}_L{layer}" for layer in range(organism_vocab("organism").n_layers)
+             for kind in ("attn_sae", "transcoder")}
+    site_d_sae = _site_values(args.site_d_sae, "--site-d-sae", "a positive integer", names,
+                              lambda v: int(v) if v.isdigit() and int(v) > 0 else None)
+    site_act = _site_values(args.site_activation, "--site-activation", "topk or batchtopk", names,
+                            lambda v: v if v in ("topk", "batchtopk") else None)
+    if args.sites:
+        if args.export:
+            raise CircuitsError("--export writes the whole organism set; it cannot be combined with --sites")
+        unknown = sorted(set(args.sites) - names)
+        if unknown:
+            raise CircuitsError(f"--sites: unknown {', '.join(unknown)}; use {', '.join(sorted(names))}")
+    if args.init_from:
+        check_dicts_name(args.init_from)
+    from circuits.dictionaries.dictset import DictionarySet
+    from circuits.dictionaries.train import DictTrainConfig, train_dictionaries
+    from circuits.model import DATA_DIR, load_model
+
     check_output_dir(args.out, "--out")
     if args.export:
         check_output_dir(DATA_DIR / "dictionaries" / "organism-base", "--export")
@@ -84,20 +110,11 @@ def cmd_dicts_train(args) -> int:
     if args.clt:
         return _train_clt(model, args, cfg)
     configs = organism_dictionary_configs(model, args.d_sae, args.k)
-    names = {c.name for c in configs}
-    site_d_sae = _site_values(args.site_d_sae, "--site-d-sae", "a positive integer", names,
-                              lambda v: int(v) if v.isdigit() and int(v) > 0 else None)
-    site_act = _site_values(args.site_activation, "--site-activation", "topk or batchtopk", names,
-                            lambda v: v if v in ("topk", "batchtopk") else None)
+    assert {c.name for c in configs} == names, "the sites' names read before loading are the model's"
     configs = [dataclasses.replace(c, d_sae=site_d_sae.get(c.name, c.d_sae),
                                    activation=site_act.get(c.name, c.activation),
                                    skip=args.skip_transcoders and c.kind == "transcoder") for c in configs]
     if args.sites:
-        if args.export:
-            raise CircuitsError("--export writes the whole organism set; it cannot be combined with --sites")
-        unknown = sorted(set(args.sites) - {c.name for c in configs})
-        if unknown:
-            raise CircuitsError(f"--sites: unknown {', '.join(unknown)}; use {', '.join(c.name for c in configs)}")
         configs = [c for c in configs if c.name in args.sites]
     dicts = train_dictionaries(model, configs, Path(args.out), cfg, resume=not args.no_resume,
                                progress=not args.quiet, init_from=init_from)
@@ -181,6 +198,7 @@ def shipped_set(dicts: str) -> str | None:
 
 
 def cmd_dicts_eval(args) -> int:
+    _check_names(args)  # before the imports: torch alone takes seconds
     from circuits.dictionaries import load_dictionaries
     from circuits.dictionaries.evaluate import FidelitySizes, evaluate_fidelity
     from circuits.model import load_model
@@ -219,6 +237,7 @@ def cmd_dicts_eval(args) -> int:
 
 def cmd_dicts_finetune(args) -> int:
     """`dicts finetune`: fine-tune a whole set through the model (`circuits.dictionaries.finetune`)."""
+    _check_names(args)  # before the imports: torch alone takes seconds
     from circuits.dictionaries.finetune import FinetuneConfig
     from circuits.inputs import check_output_dir
 
@@ -251,6 +270,7 @@ def _save_set(dset, out: Path, float16: bool, record_name: str, record: dict) ->
         store_float16(out)
     (out / record_name).write_text(json.dumps(record, indent=2))
 
+
 def cmd_dicts_fit_skip(args) -> int:
     """`dicts fit-skip`: add a least-squares skip term to transcoders of a set (`circuits.dictionaries.skipfit`)."""
     return _least_squares_fit(args, "skip")
@@ -263,6 +283,7 @@ def cmd_dicts_fit_decoder(args) -> int:
 
 def _least_squares_fit(args, part: str) -> int:
     """The two least-squares fits onto a set's errors: a skip term (``part`` "skip") or the decoders ("decoder")."""
+    _check_names(args)  # before the imports: torch alone takes seconds
     from circuits.dictionaries.skipfit import DecoderFitConfig, SkipFitConfig
     from circuits.inputs import check_output_dir
 
@@ -293,6 +314,7 @@ def _least_squares_fit(args, part: str) -> int:
 
 def cmd_dicts_calibrate(args) -> int:
     """`dicts calibrate`: shift every threshold of a set to one mean L0 (`circuits.dictionaries.calibrate`)."""
+    _check_names(args)  # before the imports: torch alone takes seconds
     from circuits.dictionaries.calibrate import CalibrateConfig
     from circuits.inputs import check_output_dir
 
