@@ -36,6 +36,7 @@ Ameisen et al. 2025 (attribution graphs).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -130,7 +131,8 @@ def analytic_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, 
     stream = _Stream(rm, cache, src)
     from tqdm.auto import tqdm
 
-    for layer in tqdm(range(rm.n_layers), desc="edges by layer", disable=not progress, leave=False):
+    # a terminal clears the finished bar; a log keeps it, ended by a newline (cleared, the next line ran into it)
+    for layer in tqdm(range(rm.n_layers), desc="edges by layer", disable=not progress, leave=not sys.stderr.isatty()):
         rows = torch.nonzero((kind == 1) & (src.site == attn_site(layer))).flatten()
         if len(rows):
             _attention_layer(rm, cache, src, stream.V, layer, rows, index[rows], stream.C, col)

@@ -48,6 +48,7 @@ head for those targets; otherwise they are zeros.
 from __future__ import annotations
 
 import bisect
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -395,7 +396,8 @@ def reverse_edges(rm: ReplacementModel, cache: ReplacementCache, src: Sources, r
             mask = (near & (src.pos[None, :] == pos[:, None])) | (far & (src.pos[None, :] < pos[:, None]))
         return w, parts, mask
 
-    bar = tqdm(total=len(batches), desc="edges (reverse sweeps)", disable=not progress, leave=False)
+    bar = tqdm(total=len(batches), desc="edges (reverse sweeps)", disable=not progress,
+               leave=not sys.stderr.isatty())  # a log keeps the finished bar and its newline (analytic.py says why)
     results = ordered_map(sweep, batches, n_workers)
     try:
         for sel, (w, parts, mask) in zip(batches, results, strict=True):
