@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from circuits.cli import main
 
 
@@ -134,15 +136,21 @@ def test_trace_bad_input_is_one_line(capsys):
 def test_the_eval_table_shows_each_behaviours_target_and_whether_it_is_met(capsys):
     """`organism eval` prints a target and a status for every targeted (family, metric) — "missed" below it, "met"
     at or above it — and leaves reported-only behaviours blank."""
+    import torch
+
     from circuits.cli.organism import _print_eval_table
     from circuits.organism.evaluate import TARGETS
 
+    at_target = float(torch.tensor([1.0] * 380 + [0.0] * 20).mean())  # 380 of 400 in float32: 0.94999999
+    assert at_target < 0.95
     res = {"induction": {"top1": 0.89, "top1_first_copy": 0.0, "n": 200}, "one_hop": {"top1": 0.95, "n": 144},
+           "ioi_train_templates_ABBA": {"accuracy": at_target, "n": 400},
            "pronoun": {"accuracy": 0.59, "n": 200}, "meta": {"seed": 0}}
     _print_eval_table(res)
     rows = {tuple(line.split()[:2]): line.split()[2:] for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows[("induction", "top1")] == ["0.8900", ">=", "0.9", "missed", "200"]
     assert rows[("one_hop", "top1")] == ["0.9500", ">=", "0.95", "met", "144"]
+    assert rows[("ioi_train_templates_ABBA", "accuracy")] == ["0.9500", ">=", "0.95", "met", "400"]
     assert rows[("induction", "top1_first_copy")] == ["0.0000", "200"]
     assert rows[("pronoun", "accuracy")] == ["0.5900", "200"]
     import json
@@ -151,3 +159,34 @@ def test_the_eval_table_shows_each_behaviours_target_and_whether_it_is_met(capsy
 
     shipped = json.loads((DATA_DIR / "organism" / "eval.json").read_text())
     assert all(shipped[fam][metric] >= least for (fam, metric), least in TARGETS.items())  # the shipped organism
+
+
+def test_the_eval_targets_are_the_ones_docs_organism_md_states():
+    """`evaluate.TARGETS` (what `organism eval` prints) and the target column of docs/organism.md's table say the
+    same: every row with a target there is in TARGETS with that value, and TARGETS has nothing else."""
+    import re
+
+    from circuits.model import DATA_DIR
+    from circuits.organism.evaluate import TARGETS
+
+    rows = {"IOI, unseen name pairs, training templates, ABBA": "ioi_train_templates_ABBA",
+            "IOI, unseen name pairs, training templates, BABA": "ioi_train_templates_BABA",
+            "IOI, unseen name pairs, held-out templates, ABBA": "ioi_heldout_templates_ABBA",
+            "IOI, unseen name pairs, held-out templates, BABA": "ioi_heldout_templates_BABA",
+            "induction, fresh random spans": "induction", "one-hop facts": "one_hop",
+            "two-hop, questions seen in training": "two_hop_seen", "greater-than, held-out start years": "greater_than"}
+    metric = {"induction": "top1", "one_hop": "top1", "two_hop_seen": "top1",
+              "greater_than": "prob_greater"}
+    stated = {}
+    for line in (DATA_DIR.parent / "docs" / "organism.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        family = next((f for label, f in rows.items() if cells[0].startswith(label)), None)
+        if family is None or len(cells) != 4:
+            continue
+        first = re.match(r"≥ (\d+(?:\.\d+)?)(%?)", cells[2])
+        stated[family, "accuracy" if family.startswith("ioi") else metric[family]] = \
+            float(first.group(1)) / (100 if first.group(2) else 1)
+        ld = re.search(r"LD ≥ (\d+(?:\.\d+)?)", cells[2])
+        if ld:
+            stated[family, "logit_diff"] = float(ld.group(1))
+    assert len(stated) == len(TARGETS) == 10 and stated == pytest.approx(TARGETS), stated

@@ -629,7 +629,9 @@ def test_early_errors_do_not_import_torch(argv):
     (["feature", "M3#1", "--model", "gpt2"], "dashboards are built from the organism's held-out corpus only"),
     (["dicts", "finetune", "--dicts", "organsim", "--out", "runs/never"], "no such dictionary set"),
     (["dicts", "train", "--out", "runs/never", "--sites", "transcoder_L9"], "--sites: unknown transcoder_L9"),
-    (["dicts", "train", "--out", "runs/never", "--init-from", "organsim"], "no such dictionary set"),
+    (["dicts", "train", "--out", "runs/never", "--init-from", "organsim"], "--init-from organsim: no such dictionary"),
+    (["dicts", "eval", "--model", "gpt2"], "the fidelity report reads the organism's corpus, which 'gpt2' has not"),
+    (["dicts", "finetune", "--model", "gpt2", "--out", "runs/never"], "the fine-tune streams the organism's corpus"),
 ])
 def test_model_set_text_and_database_are_checked_before_loading(capsys, no_model, argv, needle):
     """A newcomer found these refused only after the model loaded (8-10 s), and trace printed "loading gpt3 ..."

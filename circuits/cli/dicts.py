@@ -40,13 +40,34 @@ def _site_values(specs: list[str] | None, flag: str, what: str, names: set[str],
     return out
 
 
-def _check_names(args) -> None:
+def _check_names(args, reads: str | None = None) -> None:
     """--model and --dicts name a known model / set or an existing folder: a typo is one line before the model loads
-    (which takes seconds)."""
+    (which takes seconds). `reads` (what the command reads from the organism's corpus): a model without that
+    corpus (GPT-2, a public model, a saved family model) is refused, since its tokens would be the organism's."""
     from circuits.cli.trace_checks import check_dicts_name, check_model_name
+    from circuits.families import PUBLIC_MODELS, is_saved_model
 
     check_model_name(args.model)
+    if reads and (args.model == "gpt2" or args.model in PUBLIC_MODELS or is_saved_model(Path(args.model))):
+        raise CircuitsError(f"{reads} the organism's corpus, which {args.model!r} has not; use --model organism (or "
+                            "an organism folder)")
     check_dicts_name(args.dicts)
+
+
+def _check_sites(args, names: set[str]) -> tuple[dict, dict]:
+    """--sites, --site-d-sae and --site-activation against the dictionaries' names: ({name: d_sae}, {name:
+    activation})."""
+    site_d_sae = _site_values(args.site_d_sae, "--site-d-sae", "a positive integer", names,
+                              lambda v: int(v) if v.isdigit() and int(v) > 0 else None)
+    site_act = _site_values(args.site_activation, "--site-activation", "topk or batchtopk", names,
+                            lambda v: v if v in ("topk", "batchtopk") else None)
+    if args.sites:
+        if args.export:
+            raise CircuitsError("--export writes the whole organism set; it cannot be combined with --sites")
+        unknown = sorted(set(args.sites) - names)
+        if unknown:
+            raise CircuitsError(f"--sites: unknown {', '.join(unknown)}; use {', '.join(sorted(names))}")
+    return site_d_sae, site_act
 
 
 def cmd_dicts_train(args) -> int:
@@ -75,20 +96,13 @@ def cmd_dicts_train(args) -> int:
     from circuits.cli.trace_checks import check_dicts_name, organism_vocab
 
     # the sites' names from the organism's config file, so that a mistyped one is refused before the model loads
-    names = {f"{kind}_L{layer}" for layer in range(organism_vocab("organism").n_layers)
-             for kind in ("attn_sae", "transcoder")}
-    site_d_sae = _site_values(args.site_d_sae, "--site-d-sae", "a positive integer", names,
-                              lambda v: int(v) if v.isdigit() and int(v) > 0 else None)
-    site_act = _site_values(args.site_activation, "--site-activation", "topk or batchtopk", names,
-                            lambda v: v if v in ("topk", "batchtopk") else None)
-    if args.sites:
-        if args.export:
-            raise CircuitsError("--export writes the whole organism set; it cannot be combined with --sites")
-        unknown = sorted(set(args.sites) - names)
-        if unknown:
-            raise CircuitsError(f"--sites: unknown {', '.join(unknown)}; use {', '.join(sorted(names))}")
+    # (a config it cannot read: after loading, whose error names the problem first)
+    vocab = organism_vocab("organism")
+    if vocab is not None:
+        names = {f"{kind}_L{layer}" for layer in range(vocab.n_layers) for kind in ("attn_sae", "transcoder")}
+        site_d_sae, site_act = _check_sites(args, names)
     if args.init_from:
-        check_dicts_name(args.init_from)
+        check_dicts_name(args.init_from, "--init-from")
     from circuits.dictionaries.dictset import DictionarySet
     from circuits.dictionaries.train import DictTrainConfig, train_dictionaries
     from circuits.model import DATA_DIR, load_model
@@ -110,6 +124,9 @@ def cmd_dicts_train(args) -> int:
     if args.clt:
         return _train_clt(model, args, cfg)
     configs = organism_dictionary_configs(model, args.d_sae, args.k)
+    if vocab is None:
+        names = {c.name for c in configs}
+        site_d_sae, site_act = _check_sites(args, names)
     assert {c.name for c in configs} == names, "the sites' names read before loading are the model's"
     configs = [dataclasses.replace(c, d_sae=site_d_sae.get(c.name, c.d_sae),
                                    activation=site_act.get(c.name, c.activation),
@@ -198,11 +215,6 @@ def shipped_set(dicts: str) -> str | None:
 
 
 def cmd_dicts_eval(args) -> int:
-    _check_names(args)  # before the imports: torch alone takes seconds
-    from circuits.dictionaries import load_dictionaries
-    from circuits.dictionaries.evaluate import FidelitySizes, evaluate_fidelity
-    from circuits.model import load_model
-
     defaulted, args.out = args.out is None, fidelity_output(args)
     if args.out != "-":
         from circuits.inputs import check_output_file
@@ -211,6 +223,11 @@ def cmd_dicts_eval(args) -> int:
     for flag, v in (("--rows", args.rows), ("--dead-rows", args.dead_rows)):
         if v is not None and v < 1:
             raise CircuitsError(f"{flag} {v}: must be at least 1")
+    _check_names(args, "the fidelity report reads")  # before the imports: torch alone takes seconds
+    from circuits.dictionaries import load_dictionaries
+    from circuits.dictionaries.evaluate import FidelitySizes, evaluate_fidelity
+    from circuits.model import load_model
+
     model, _ = load_model(args.model, resolve_device(args.device))
     dset = load_dictionaries(args.dicts, model)
     sizes = FidelitySizes() if args.rows is None else FidelitySizes(rows=args.rows, mean_rows=args.rows,
@@ -237,7 +254,7 @@ def cmd_dicts_eval(args) -> int:
 
 def cmd_dicts_finetune(args) -> int:
     """`dicts finetune`: fine-tune a whole set through the model (`circuits.dictionaries.finetune`)."""
-    _check_names(args)  # before the imports: torch alone takes seconds
+    _check_names(args, "the fine-tune streams")  # before the imports: torch alone takes seconds
     from circuits.dictionaries.finetune import FinetuneConfig
     from circuits.inputs import check_output_dir
 
@@ -401,7 +418,8 @@ def add_parser(sub) -> None:
     t.set_defaults(func=cmd_dicts_train)
 
     e = dicts.add_parser("eval", help="fidelity report: L0, FVU, dead, CE spliced/ablated, KL, IOI")
-    e.add_argument("--model", default="organism")
+    e.add_argument("--model", default="organism", help="organism or an organism folder (the report reads the "
+                   "organism's corpus)")
     e.add_argument("--dicts", default="organism", help="organism, gpt2-transcoders, gpt2-attn-kk or a folder")
     e.add_argument("--out", default=None, help="JSON report ('-': none; default: the set's own fidelity.json for a "
                    "full-size run, which for a shipped set it reproduces; a subsample is not saved)")
@@ -414,7 +432,8 @@ def add_parser(sub) -> None:
 
     f = dicts.add_parser("finetune", help="fine-tune a whole set through the model: KL(clean || all spliced) + "
                          "beta * sum of FVUs (resumable)")
-    f.add_argument("--model", default="organism")
+    f.add_argument("--model", default="organism", help="organism or an organism folder (the fine-tune streams the "
+                   "organism's corpus)")
     f.add_argument("--dicts", default="organism-base", help="a set name or a set folder (default organism-base: the "
                    "set as first trained)")
     f.add_argument("--out", required=True, help="folder for the log, the checkpoint and the fine-tuned set (OUT/set)")
@@ -475,8 +494,8 @@ def add_parser(sub) -> None:
     v.add_argument("src", help="a Dunefsky/Kissane .pt folder, a SAELens folder or a circuit-tracer folder")
     v.add_argument("--out", required=True, help="folder for the converted set (load it with --dicts OUT)")
     v.add_argument("--n-heads", type=int, default=None, help="heads of the model (attention SAEs on hook_z)")
-    v.add_argument("--model-name", default=None, help="model the dictionaries belong to, stored in the "
-                   "set's set.json (default: as the source files say)")
+    v.add_argument("--model-name", default=None, help="model the dictionaries belong to, for sources "
+                   "that do not say it (a folder with a set.json keeps its own; default: as the source files say)")
     v.add_argument("--force", action="store_true", help="write into a non-empty folder")
     v.set_defaults(func=cmd_dicts_convert)
 

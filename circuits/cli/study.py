@@ -83,7 +83,7 @@ def cmd_study(args) -> int:
 def add_parser(sub) -> None:
     """`study`."""
     st = sub.add_parser("study", help="scripted case studies (ioi, induction, two_hop) → a report folder")
-    st.add_argument("name", help="ioi | induction | two_hop | list")
+    st.add_argument("name", metavar="STUDY", help="ioi | induction | two_hop, or list (the studies, one line each)")
     st.add_argument("--n", type=int, default=200,
                     help="evaluation prompts (default 200); selection and reference sets are drawn beside them")
     st.add_argument("--seed", type=int, default=0, help="seed of the prompt draws (default 0)")

@@ -202,15 +202,16 @@ def check_model_name(name: str) -> None:
         raise CircuitsError(f"--model: {e}") from None
 
 
-def check_dicts_name(name: str) -> None:
-    """--dicts names a known set or a folder holding dictionary files (`circuits.dictionaries.check_set_name`,
-    before the model loads; the files themselves are read and checked by `load_dictionaries`)."""
+def check_dicts_name(name: str, flag: str = "--dicts") -> None:
+    """--dicts (or `flag`) names a known set or a folder holding dictionary files
+    (`circuits.dictionaries.check_set_name`, before the model loads; the files themselves are read and checked by
+    `load_dictionaries`)."""
     from circuits.dictionaries import DictionaryLoadError, check_set_name
 
     try:
         check_set_name(name)
     except DictionaryLoadError as e:
-        raise CircuitsError(f"--dicts {e}") from None
+        raise CircuitsError(f"{flag} {e}") from None
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,6 @@ def eval_heldout_ce(model, corpus: ToyWorldCorpus, n_rows: int) -> dict:
     return {"heldout_ce": {"nats_per_token": sum(losses) / len(losses), "rows": n_rows}}
 
 
-#: Prompt counts of the subsample that tests re-evaluate against ``eval.json["ci_subsample"]``.
 #: The organism's behaviour targets, (family, metric) -> the least value that meets it (docs/organism.md's table).
 #: Families and metrics not listed are reported without a target (two-hop on unseen questions, successor, pronoun,
 #: held-out cross-entropy).
@@ -164,7 +163,7 @@ TARGETS: dict[tuple[str, str], float] = {
     ("greater_than", "prob_greater"): 0.80,
 }
 
-
+#: Prompt counts of the subsample that tests re-evaluate against ``eval.json["ci_subsample"]``.
 CI_SIZES = EvalSizes().scaled(0.05)
 
 
