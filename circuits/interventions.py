@@ -55,13 +55,19 @@ CONVENTIONS: tuple[Convention, ...] = ("standard", "held-inactive")
 
 @dataclass(frozen=True)
 class Edit:
-    """Change one node: a feature's code, or an error node's / token's write (scale only, or add a multiple)."""
+    """Change one node: a feature's code, or an error node's / token's write (scale only, or add a multiple).
+
+    A token node's activation is 1 (its write is the embedding), so on a token ``set v`` is ``scale v`` and ``add v``
+    is ``scale 1 + v``."""
 
     node: Node
     mode: EditMode
     value: float
 
     def __post_init__(self):
+        if not isinstance(self.node, Node):
+            raise CircuitsError(f"edit: node {self.node!r} is a {type(self.node).__name__}, not a Node; turn an id "
+                                "into one with circuits.ids.parse_node('M3#1184@14')")
         if self.mode not in ("set", "scale", "add"):
             raise CircuitsError(f"edit of {self.node.short()}: mode {self.mode!r} is not one of set, scale, add")
         try:
@@ -71,6 +77,8 @@ class Edit:
         if not finite:
             raise CircuitsError(f"edit of {self.node.short()}: value {self.value!r} is not finite; give a finite "
                                 "number (NaN or infinity would make every logit NaN)")
+        if isinstance(self.value, str):
+            raise CircuitsError(f"edit of {self.node.short()}: value {self.value!r} is text; give a number")
 
     @staticmethod
     def zero(node: Node) -> Edit:
@@ -234,12 +242,21 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
     error_scale: dict[str, Tensor] = {}
     token_edits: list[Edit] = []
     for e in edits:
+        if e.node.kind in ("token", "mlp_error", "attn_error") and not 0 <= e.node.pos < n:
+            raise CircuitsError(f"node {e.node.short()}: position {e.node.pos} is outside the prompt (0 to {n - 1})")
         if e.node.kind == "token":
+            if e.node.index >= 0 and e.node.index != int(cache.tokens[e.node.pos]):
+                raise CircuitsError(f"node {e.node.short()} is token {e.node.index} at position {e.node.pos}, but the "
+                                    f"prompt has token {int(cache.tokens[e.node.pos])} there: the node is of another "
+                                    "prompt")
             token_edits.append(e)
             continue
         if e.node.kind.endswith("_error"):
             if e.mode != "scale":
                 raise CircuitsError(f"error node {e.node.short()}: only 'scale' edits are supported")
+            if not 0 <= e.node.layer < rm.n_layers:
+                raise CircuitsError(f"error node {e.node.short()}: layer {e.node.layer} is outside the model (0 to "
+                                    f"{rm.n_layers - 1})")
             if e.node.kind == "mlp_error" and e.node.layer not in rm.transcoders:
                 name = f"mlp_{e.node.layer}"
             else:
@@ -385,8 +402,15 @@ def circuit_masks(rm: ReplacementModel, cache: ReplacementCache, nodes: Iterable
     fmask = {d.cfg.name: torch.zeros(n, d.d_sae, dtype=torch.bool) for d in rm.dictionaries}
     emask = {d.cfg.name: torch.zeros(n, dtype=torch.bool) for d in rm.dictionaries}
     for node in nodes:
+        if node.kind.endswith(("_feature", "_error")) and not 0 <= node.pos < n:
+            raise CircuitsError(f"circuit node {node.short()}: position {node.pos} is outside the prompt (0 to "
+                                f"{n - 1}); is the circuit of another prompt?")
         if node.kind.endswith("_feature"):
-            fmask[dictionary_of(rm, node).cfg.name][node.pos, node.index] = True
+            d = dictionary_of(rm, node)
+            if not 0 <= node.index < d.d_sae:
+                raise CircuitsError(f"circuit node {node.short()}: feature {node.index} is outside {d.cfg.name} (0 "
+                                    f"to {d.d_sae - 1})")
+            fmask[d.cfg.name][node.pos, node.index] = True
         elif node.kind.endswith("_error"):
             table = rm.attention_saes if node.kind == "attn_error" else rm.transcoders
             if node.layer in table:
@@ -398,6 +422,10 @@ def _masks_with_bos(rm: ReplacementModel, cache: ReplacementCache, circuit: Grap
     """`circuit_masks` of the circuit's nodes, plus every BOS node when the graph folded BOS into its constants;
     and how many BOS nodes that added."""
     nodes = list(circuit.nodes) if isinstance(circuit, Graph) else list(circuit)
+    tokens = circuit.metadata.get("tokens") if isinstance(circuit, Graph) else None
+    if tokens is not None and list(tokens) != cache.tokens.tolist():
+        raise CircuitsError("the circuit's graph was attributed on another prompt (its tokens differ from this "
+                            "prompt's); score it on the prompt it came from")
     masks = circuit_masks(rm, cache, nodes)
     bos = circuit.metadata.get("bos_folded") if isinstance(circuit, Graph) else None
     n_bos = 0

@@ -257,9 +257,28 @@ class ReplacementModel:
                               "you meant ordinary text", stacklevel=2)
             tokens = self.model.to_tokens(prompt, truncate=False)[0]
         else:
-            tokens = torch.as_tensor(prompt).long().reshape(-1)
+            if not isinstance(prompt, Tensor | list | tuple):
+                raise AttributionError(f"the prompt is a {type(prompt).__name__}; give text or a 1-D tensor of token "
+                                       "ids")
+            try:
+                raw = torch.as_tensor(prompt)
+            except (TypeError, ValueError, RuntimeError):
+                raise AttributionError("the prompt is not a sequence of token ids; give text or a 1-D tensor of "
+                                       "token ids") from None
+            if raw.is_floating_point() or raw.is_complex() or raw.dtype == torch.bool:
+                raise AttributionError(f"the prompt's token ids are {raw.dtype}; give integer ids (a LongTensor)")
+            if raw.dim() == 2 and raw.shape[0] == 1:
+                raw = raw[0]  # model.to_tokens(prompt): a batch of one
+            if raw.dim() != 1:
+                raise AttributionError(f"the prompt's token tensor has shape {tuple(raw.shape)}; give one prompt as a "
+                                       "1-D tensor (or [1, pos]); attribute prompts one at a time")
+            tokens = raw.long()
             if tokens.numel() == 0:
                 raise AttributionError("the prompt is empty; give at least one token")
+            bad = tokens[(tokens < 0) | (tokens >= self.cfg.d_vocab)]
+            if bad.numel():
+                raise AttributionError(f"token id {int(bad[0])} is outside the vocabulary (0 to "
+                                       f"{self.cfg.d_vocab - 1})")
         unk = getattr(getattr(self.model, "tokenizer", None), "unk_token_id", None)
         if isinstance(prompt, str) and unk is not None and bool((tokens == unk).any()):
             problem = whitespace_problem(prompt, lambda t: self.model.to_tokens(t, prepend_bos=False)[0].tolist()

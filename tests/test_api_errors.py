@@ -140,3 +140,78 @@ def test_a_target_of_two_known_words_says_it_splits_not_that_it_is_unknown():
     with pytest.raises(AttributionError, match=r"' Mry' is not in the model's vocabulary.*reads as \['<\|unk\|>'\]"):
         resolve_token(" Mry", v.encode, v.pieces, v.unk)
     assert resolve_token(" Mary", v.encode, v.pieces, v.unk) == resolve_token("Mary", v.encode, v.pieces, v.unk)
+
+
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def test_nodes_edits_and_graphs_of_another_prompt_or_place_are_refused(rm64):
+    """Found by probing the API: these ran silently on the wrong thing (a token or error edit at position -1 edited
+    the last position; an error node of layer 9 changed nothing; a graph of another prompt was scored; a cache of
+    another prompt was attributed under this prompt's name) or failed deep inside torch."""
+    from circuits import Contrast, Edit, attribute, intervene, prune
+    from circuits.interventions import Ablation, faithfulness, logit_diff_metric
+
+    cache = rm64.run(PROMPT)
+    n = cache.n_pos
+    tok = int(cache.tokens[3])
+    metric = logit_diff_metric(rm64.model, " Mary", " John")
+    for node, says in ((Node("mlp_error", 1, -1, -1), "position -1 is outside the prompt"),
+                       (Node("attn_error", 0, n, -1), f"position {n} is outside the prompt"),
+                       (Node("token", -1, -1, tok), "position -1 is outside the prompt"),
+                       (Node("token", -1, 3, tok + 1), "the node is of another prompt"),
+                       (Node("mlp_error", 9, 3, -1), "layer 9 is outside the model")):
+        with pytest.raises(CircuitsError, match=says):
+            intervene(rm64, cache, [Edit.zero(node)], metric=metric)
+    assert intervene(rm64, cache, [Edit.zero(Node("token", -1, 3, tok))], metric=metric).metric != \
+        pytest.approx(float(metric(cache.logits)))  # the right token node still edits
+    with pytest.raises(CircuitsError, match="not a Node"):
+        Edit("M0#5@3", "set", 0.0)  # type: ignore[arg-type]
+    with pytest.raises(CircuitsError, match="is text"):
+        Edit(Node("mlp_feature", 0, 3, 5), "set", "1")  # type: ignore[arg-type]
+
+    other = "When John and Mary went to the store, Mary gave a drink to"  # as many tokens, another prompt
+    graph = prune(attribute(rm64, other, Contrast(" John", " Mary"))).graph
+    with pytest.raises(CircuitsError, match="attributed on another prompt"):
+        faithfulness(rm64, cache, graph, metric, Ablation("zero"))
+    own = prune(attribute(rm64, PROMPT, Contrast(" Mary", " John"), cache=cache)).graph
+    assert 0 < faithfulness(rm64, cache, own, metric, Ablation("zero")).n_features  # its own prompt still scores
+    with pytest.raises(CircuitsError, match="outside the prompt"):
+        faithfulness(rm64, rm64.run("Mary went to"), list(own.nodes), metric)
+    with pytest.raises(CircuitsError, match="cache is of another prompt"):
+        attribute(rm64, PROMPT, Contrast(" Mary", " John"), cache=rm64.run(other))
+
+
+@pytest.mark.parametrize("prompt, says", [
+    (None, "the prompt is a NoneType"),
+    (5, "the prompt is a int"),
+    (torch.tensor([[1, 2, 3], [1, 2, 3]]), "shape \\(2, 3\\)"),
+    (torch.tensor([1.0, 2.7]), "give integer ids"),
+    (torch.tensor([1, 99999]), "token id 99999 is outside the vocabulary"),
+    (["a", "b"], "not a sequence of token ids"),
+])
+def test_a_prompt_that_is_not_one_sequence_of_token_ids_is_refused(rm64, prompt, says):
+    """A batch of two was flattened into one prompt with BOS in the middle, floats were truncated, an int ran as a
+    one-token prompt, an id past the vocabulary failed inside TransformerLens."""
+    with pytest.raises(CircuitsError, match=says):
+        rm64.run(prompt)
+
+
+def test_a_batch_of_one_from_to_tokens_is_one_prompt(rm64):
+    tokens = rm64.model.to_tokens(PROMPT)
+    assert tokens.dim() == 2 and torch.equal(rm64.run(tokens).tokens, rm64.run(PROMPT).tokens)
+
+
+def test_a_logit_target_with_meaningless_tokens_or_weights_is_refused(rm64):
+    """NaN weights gave NaN scores and a weight of −1 a replacement score of 2.7e14; a string for `tokens` was read
+    letter by letter; a bool ran as token id 1."""
+    from circuits import Contrast, Logit, attribute
+
+    for target, says in ((Logit(" Mary"), "give a tuple of tokens"),  # type: ignore[arg-type]
+                         (Logit((" Mary",), (float("nan"),)), "weight nan is not a finite number"),
+                         (Logit((" Mary", " John"), (1.0, -1.0)), "use Contrast"),
+                         (Contrast(True, 3), "is a bool"),
+                         (Contrast(1.5, 3), "is a float")):  # type: ignore[arg-type]
+        with pytest.raises(CircuitsError, match=says):
+            attribute(rm64, PROMPT, target)
+    assert attribute(rm64, PROMPT, Logit((" Mary", " John"), (0.7, 0.3))).n_nodes > 0  # weights ≥ 0 still work

@@ -83,9 +83,15 @@ class LogitRead:
 
 def single_token(model, token: str | int) -> int:
     """A vocabulary id for `token`: an id, or text that is one token (with or without its leading space)."""
+    import numbers
+
     from circuits.errors import AttributionError
 
-    if isinstance(token, int):
+    if isinstance(token, bool) or not isinstance(token, numbers.Integral | str):
+        raise AttributionError(f"target token {token!r} is a {type(token).__name__}; give text (' Mary') or a token "
+                               "id (an int)")
+    if isinstance(token, numbers.Integral):
+        token = int(token)
         if not 0 <= token < model.cfg.d_vocab:
             raise AttributionError(f"token id {token} is outside the vocabulary (0..{model.cfg.d_vocab - 1})")
         return token
@@ -158,12 +164,21 @@ def resolve_logit_targets(model, logits_last: Tensor, target, demean: bool, pos:
                 break
         return [read(t, float(probs[t])) for t in chosen]
     if isinstance(target, Logit):
+        if isinstance(target.tokens, str | int):
+            raise AttributionError(f"Logit target: tokens is {target.tokens!r}; give a tuple of tokens, e.g. "
+                                   f"Logit(({target.tokens!r},))")
         toks = [single_token(model, t) for t in target.tokens]
         if not toks:
             raise AttributionError("Logit target needs at least one token")
         weights = target.weights or (1.0,) * len(toks)
         if len(weights) != len(toks):
             raise AttributionError("Logit target: give one weight per token")
+        import math
+
+        bad = [w for w in weights if not isinstance(w, int | float) or not math.isfinite(w) or w < 0]
+        if bad:  # the scores normalise by absolute weights: a negative one makes them meaningless
+            raise AttributionError(f"Logit target: weight {bad[0]!r} is not a finite number ≥ 0; for a difference "
+                                   "of two logits use Contrast(token, baseline)")
         return [read(t, float(w)) for t, w in zip(toks, weights, strict=True)]
     if isinstance(target, Contrast):
         a, b = single_token(model, target.token), single_token(model, target.baseline)
