@@ -351,6 +351,11 @@ class _nullcontext:
 def intervene(rm: ReplacementModel, prompt: str | Tensor | ReplacementCache, edits: Iterable[Edit], *,
               frozen: bool = False, direct: bool = False, metric: Metric | None = None) -> InterventionResult:
     """Apply `edits` and report logits, pre-activations and codes after, and the metric before and after."""
+    edits = [edits] if isinstance(edits, Edit) else list(edits)  # one edit may come alone
+    if not all(isinstance(e, Edit) for e in edits):
+        bad = next(e for e in edits if not isinstance(e, Edit))
+        raise CircuitsError(f"intervene takes Edits, not a {type(bad).__name__}; e.g. Edit.zero(node) or "
+                            "Edit(node, 'set', 2.0)")
     cache = prompt if isinstance(prompt, ReplacementCache) else rm.run(prompt)
     with torch.no_grad():
         logits, pres, codes = run_edited(rm, cache, edits, frozen=frozen, direct=direct)

@@ -178,11 +178,19 @@ def rank_nodes(graph: Graph) -> NodeRanking:
     return NodeRanking(node_inf, always, is_feature, candidates, rank_scores(node_inf[candidates]))
 
 
+def _check_graph(graph, what: str) -> None:
+    if isinstance(graph, PruneResult):
+        raise CircuitsError(f"{what} takes a Graph; this is prune's result: pass result.graph")
+    if not isinstance(graph, Graph):
+        raise CircuitsError(f"{what} takes a Graph, not a {type(graph).__name__}")
+
+
 def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98,
           max_feature_nodes: int | None = None, ranked: NodeRanking | None = None) -> PruneResult:
     """Prune `graph` by influence (see the module docstring); returns the pruned graph and the masks.
 
     `ranked` is `rank_nodes(graph)` when the caller has it already (it does not depend on the thresholds)."""
+    _check_graph(graph, "prune")
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0 < value <= 1:
             raise CircuitsError(f"{name} must be in (0, 1], got {value}")
@@ -227,6 +235,7 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
 
 def graph_scores(graph: Graph) -> GraphScores:
     """Replacement and completeness scores of `graph` (see the module docstring)."""
+    _check_graph(graph, "graph_scores")
     inf = influence(graph)
     kinds = [n.kind for n in graph.nodes]
     is_token = torch.tensor([k == "token" for k in kinds])

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from circuits.dictionaries.base import Dictionary
-from circuits.errors import AttributionError
+from circuits.errors import AttributionError, CircuitsError
 from circuits.inputs import check_text, whitespace_problem
 from circuits.model import (
     hook_attn_pattern,
@@ -227,7 +227,17 @@ class ReplacementModel:
 
     def __init__(self, model, dictionaries, name: str | None = None):
         from circuits.dictionaries.dictset import DictionarySet
+        from circuits.model import LoadedModel
 
+        if isinstance(model, LoadedModel):  # load_model's pair, as returned: its model
+            model = model.model
+        if not hasattr(model, "cfg") or not hasattr(model, "run_with_hooks"):
+            raise CircuitsError(f"model is a {type(model).__name__}, not a TransformerLens HookedTransformer; give "
+                                "the model from `model, _ = load_model(...)`")
+        from pathlib import Path
+
+        if dictionaries is None or isinstance(dictionaries, str | Path):
+            raise CircuitsError(f"dictionaries is {dictionaries!r}; give a loaded set: load_dictionaries(name, model)")
         dset = dictionaries if isinstance(dictionaries, DictionarySet) else DictionarySet(
             "custom", {d.cfg.name: d for d in dictionaries})
         dset.check_against(model)

@@ -215,3 +215,39 @@ def test_a_logit_target_with_meaningless_tokens_or_weights_is_refused(rm64):
         with pytest.raises(CircuitsError, match=says):
             attribute(rm64, PROMPT, target)
     assert attribute(rm64, PROMPT, Logit((" Mary", " John"), (0.7, 0.3))).n_nodes > 0  # weights ≥ 0 still work
+
+
+def test_the_usual_slips_with_the_api_get_a_message_not_a_traceback(rm64, tmp_path, monkeypatch):
+    """`ReplacementModel(load_model(...), ...)` (the pair, not the model) is accepted; a string model or missing
+    dictionaries, prune's result passed where a graph goes, one Edit without a list, and a graph written into a
+    missing folder (refused before serialising) are each one message instead of AttributeError / TypeError deep
+    inside."""
+    from circuits import Contrast, Edit, ReplacementModel, attribute, graph_scores, intervene, load_dictionaries, prune
+    from circuits.export.graph_json import write_json
+    from circuits.model import LoadedModel
+
+    pair = LoadedModel(rm64.model, None)
+    assert ReplacementModel(pair, rm64.dictionaries).model is rm64.model
+    for model, dicts, says in ((pair.model, None, "give a loaded set"), ("organism", rm64.dictionaries,
+                                                                          "not a TransformerLens")):
+        with pytest.raises(CircuitsError, match=says):
+            ReplacementModel(model, dicts)
+    with pytest.raises(CircuitsError, match="no dictionary set or folder"):
+        load_dictionaries(str(tmp_path / "nope"), pair)
+    graph = attribute(rm64, PROMPT, Contrast(" Mary", " John"))
+    result = prune(graph)
+    for call in (lambda: prune(result), lambda: graph_scores(result)):
+        with pytest.raises(CircuitsError, match="pass result.graph"):
+            call()
+    node = next(n for n in result.graph.nodes if n.kind == "mlp_feature")
+    alone, listed = intervene(rm64, PROMPT, Edit.zero(node)), intervene(rm64, PROMPT, [Edit.zero(node)])
+    assert torch.equal(alone.logits, listed.logits) and not torch.equal(alone.logits, alone.clean_logits)
+    with pytest.raises(CircuitsError, match="takes Edits, not a Node"):
+        intervene(rm64, PROMPT, [node])
+    import circuits.export.graph_json as gj
+
+    monkeypatch.setattr(gj, "to_dict", lambda g: pytest.fail("serialised before the folder was checked"))
+    with pytest.raises(CircuitsError, match="does not exist"):
+        write_json(graph, tmp_path / "missing" / "g.json")
+    with pytest.raises(CircuitsError, match="is a folder"):
+        write_json(graph, tmp_path)

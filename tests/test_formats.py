@@ -143,5 +143,5 @@ def test_public_sets_offline_fail_at_once(no_network):
         with pytest.raises(DictionaryLoadError, match="unreachable.*organism"):
             load_dictionaries(name)
         assert time.time() - start < 10
-    with pytest.raises(DictionaryLoadError, match="unknown dictionary set 'nope'"):
+    with pytest.raises(DictionaryLoadError, match="no dictionary set or folder 'nope'"):
         load_dictionaries("nope")

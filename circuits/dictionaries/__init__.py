@@ -145,8 +145,13 @@ def load_dictionaries(name: str = "organism", model=None) -> DictionarySet:
     """Load a dictionary set by name or path; checked against `model` (loaded by the set's model name if None) and
     moved to the device of `model`'s weights."""
     from circuits.dictionaries.dictset import DictionarySet
-    from circuits.model import DATA_DIR, load_model
+    from circuits.model import DATA_DIR, LoadedModel, load_model
 
+    if isinstance(model, LoadedModel):  # load_model's pair, as returned: its model
+        model = model.model
+    if not isinstance(name, str | Path):
+        raise DictionaryLoadError(f"the dictionary set is {name!r}; give a set's name (e.g. 'organism') or a folder")
+    name = str(name) if isinstance(name, Path) else name
     name = ORGANISM_ALIASES.get(name, name)
     if name in ORGANISM_SETS:
         folder = DATA_DIR / "dictionaries" / name
@@ -163,7 +168,7 @@ def load_dictionaries(name: str = "organism", model=None) -> DictionarySet:
     elif Path(name).exists():
         dset = load_folder(Path(name), n_heads=model.cfg.n_heads if model is not None else None)
     else:
-        raise DictionaryLoadError(f"unknown dictionary set {name!r}; use {', '.join((*ORGANISM_SETS, *ORGANISM_ALIASES))}, "
+        raise DictionaryLoadError(f"no dictionary set or folder {name!r}; use {', '.join((*ORGANISM_SETS, *ORGANISM_ALIASES))}, "
                                   f"{', '.join(PUBLIC_SETS)} or a folder")
     if model is None:
         model_name = "gpt2" if dset.model_name.startswith("gpt2") else dset.model_name

@@ -205,6 +205,11 @@ def _atomic_write(path: Path, write) -> Path:
 
 
 def write_json(graph: Graph, path: Path) -> Path:
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir() or not folder.is_dir():  # before serialising: a full graph takes seconds and hundreds of MB
+        raise GraphFileError(f"cannot write {path}: " + ("it is a folder; give a file name inside it" if path.is_dir()
+                             else f"folder {folder} does not exist; create it or choose another path"))
     data = to_dict(graph)
     return _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data)))
 
