@@ -192,12 +192,18 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     `ranked` is `rank_nodes(graph)` when the caller has it already (it does not depend on the thresholds)."""
     _check_graph(graph, "prune")
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CircuitsError(f"{name} must be a number in (0, 1], got {value!r}")
         if not 0 < value <= 1:
             raise CircuitsError(f"{name} must be in (0, 1], got {value}")
-    if max_feature_nodes is not None and max_feature_nodes < 0:
-        raise CircuitsError("max_feature_nodes must be non-negative")
+    if max_feature_nodes is not None and (isinstance(max_feature_nodes, bool) or not isinstance(max_feature_nodes, int)
+                                          or max_feature_nodes < 0):
+        raise CircuitsError(f"max_feature_nodes must be a non-negative integer, got {max_feature_nodes!r}")
     if ranked is None:
         ranked = rank_nodes(graph)
+    elif len(ranked.influence) != graph.n_nodes:
+        raise CircuitsError(f"ranked is of a graph of {len(ranked.influence)} nodes, not this one ({graph.n_nodes}); "
+                            "pass rank_nodes(graph) of the same graph, or leave it out")
     always, is_feature, node_inf = ranked.always, ranked.is_feature, ranked.influence
     rank = _ranks(graph)
     node_mask = always.clone()
@@ -234,7 +240,9 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
 
 
 def graph_scores(graph: Graph) -> GraphScores:
-    """Replacement and completeness scores of `graph` (see the module docstring)."""
+    """Replacement and completeness scores of `graph` (see the module docstring). They are the scores of the graph
+    given: the numbers reported for a prompt (`circuits trace`, the explorer, issue targets) are those of the full
+    graph; a pruned graph scores differently (its dropped nodes' influence is gone)."""
     _check_graph(graph, "graph_scores")
     inf = influence(graph)
     kinds = [n.kind for n in graph.nodes]

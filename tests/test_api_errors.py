@@ -251,3 +251,24 @@ def test_the_usual_slips_with_the_api_get_a_message_not_a_traceback(rm64, tmp_pa
         write_json(graph, tmp_path / "missing" / "g.json")
     with pytest.raises(CircuitsError, match="is a folder"):
         write_json(graph, tmp_path)
+
+
+def test_feature_targets_and_prune_options_are_checked_where_they_are_given(rm64):
+    """`FeatureTarget("M0#59@14")` failed later with AttributeError, and an error node as a target was reported as
+    "not active"; `prune(g, ranked=rank_nodes(other))` raised IndexError, `node_threshold="0.8"` a TypeError."""
+    from circuits import Contrast, FeatureTarget, attribute, prune
+    from circuits.pruning import rank_nodes
+
+    with pytest.raises(CircuitsError, match="not a Node"):
+        FeatureTarget("M0#59@14")  # type: ignore[arg-type]
+    with pytest.raises(CircuitsError, match="must be a feature"):
+        FeatureTarget(Node("mlp_error", 0, 3, -1))
+    graph = attribute(rm64, PROMPT, Contrast(" Mary", " John"))
+    small = prune(graph).graph
+    with pytest.raises(CircuitsError, match="ranked is of a graph of"):
+        prune(graph, ranked=rank_nodes(small))
+    for kwargs, says in (({"node_threshold": "0.8"}, "node_threshold must be a number"),
+                         ({"max_feature_nodes": 2.5}, "max_feature_nodes must be a non-negative integer")):
+        with pytest.raises(CircuitsError, match=says):
+            prune(graph, **kwargs)
+    assert prune(graph, ranked=rank_nodes(graph)).graph.n_nodes == small.n_nodes

@@ -57,6 +57,16 @@ class Contrast:
 class FeatureTarget:
     node: Node
 
+    def __post_init__(self):
+        from circuits.errors import AttributionError
+
+        if not isinstance(self.node, Node):
+            raise AttributionError(f"FeatureTarget: {self.node!r} is a {type(self.node).__name__}, not a Node; turn "
+                                   "an id into one with circuits.ids.parse_node('M3#1184@14')")
+        if not self.node.kind.endswith("_feature"):
+            raise AttributionError(f"FeatureTarget: {self.node.short()} is a {self.node.kind} node; a feature target "
+                                   "must be a feature (an attn_feature or mlp_feature node)")
+
 
 Target = TopLogits | Logit | Contrast | FeatureTarget
 
