@@ -267,7 +267,7 @@ class ReplacementModel:
                               "you meant ordinary text", stacklevel=2)
             tokens = self.model.to_tokens(prompt, truncate=False)[0]
         else:
-            if not isinstance(prompt, Tensor | list | tuple):
+            if not isinstance(prompt, Tensor | list | tuple) and type(prompt).__name__ != "ndarray":
                 raise AttributionError(f"the prompt is a {type(prompt).__name__}; give text or a 1-D tensor of token "
                                        "ids")
             try:
