@@ -264,8 +264,11 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
             error_scale.setdefault(name, torch.ones(n, dtype=cache.logits.dtype))[e.node.pos] = e.value
             continue
         d = dictionary_of(rm, e.node)
-        if not 0 <= e.node.index < d.d_sae or not 0 <= e.node.pos < n:
-            raise CircuitsError(f"node {e.node.short()} is outside the dictionary or the prompt")
+        if not 0 <= e.node.index < d.d_sae:
+            raise CircuitsError(f"node {e.node.short()}: feature {e.node.index} is outside {d.cfg.name} (0 to "
+                                f"{d.d_sae - 1})")
+        if not 0 <= e.node.pos < n:
+            raise CircuitsError(f"node {e.node.short()}: position {e.node.pos} is outside the prompt (0 to {n - 1})")
         feature_edits.setdefault(d.cfg.name, []).append(e)
     pres: dict[str, Tensor] = {}
     codes_out: dict[str, Tensor] = {}

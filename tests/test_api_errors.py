@@ -160,7 +160,9 @@ def test_nodes_edits_and_graphs_of_another_prompt_or_place_are_refused(rm64):
                        (Node("attn_error", 0, n, -1), f"position {n} is outside the prompt"),
                        (Node("token", -1, -1, tok), "position -1 is outside the prompt"),
                        (Node("token", -1, 3, tok + 1), "the node is of another prompt"),
-                       (Node("mlp_error", 9, 3, -1), "layer 9 is outside the model")):
+                       (Node("mlp_error", 9, 3, -1), "layer 9 is outside the model"),
+                       (Node("mlp_feature", 0, 3, -4), "feature -4 is outside transcoder_L0"),
+                       (Node("mlp_feature", 0, n, 1), f"position {n} is outside the prompt")):
         with pytest.raises(CircuitsError, match=says):
             intervene(rm64, cache, [Edit.zero(node)], metric=metric)
     assert intervene(rm64, cache, [Edit.zero(Node("token", -1, 3, tok))], metric=metric).metric != \
