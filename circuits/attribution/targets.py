@@ -185,7 +185,13 @@ def resolve_logit_targets(model, logits_last: Tensor, target, demean: bool, pos:
             raise AttributionError("Logit target: give one weight per token")
         import math
 
-        bad = [w for w in weights if not isinstance(w, int | float) or not math.isfinite(w) or w < 0]
+        def usable(w) -> bool:
+            try:
+                return not isinstance(w, str) and math.isfinite(float(w)) and float(w) >= 0
+            except (TypeError, ValueError):
+                return False
+
+        bad = [w for w in weights if not usable(w)]
         if bad:  # the scores normalise by absolute weights: a negative one makes them meaningless
             raise AttributionError(f"Logit target: weight {bad[0]!r} is not a finite number ≥ 0; for a difference "
                                    "of two logits use Contrast(token, baseline)")
