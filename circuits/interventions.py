@@ -70,6 +70,8 @@ class Edit:
                                 "into one with circuits.ids.parse_node('M3#1184@14')")
         if self.mode not in ("set", "scale", "add"):
             raise CircuitsError(f"edit of {self.node.short()}: mode {self.mode!r} is not one of set, scale, add")
+        if isinstance(self.value, str):
+            raise CircuitsError(f"edit of {self.node.short()}: value {self.value!r} is text; give a number")
         try:
             finite = math.isfinite(float(self.value))
         except (TypeError, ValueError):
@@ -77,8 +79,6 @@ class Edit:
         if not finite:
             raise CircuitsError(f"edit of {self.node.short()}: value {self.value!r} is not finite; give a finite "
                                 "number (NaN or infinity would make every logit NaN)")
-        if isinstance(self.value, str):
-            raise CircuitsError(f"edit of {self.node.short()}: value {self.value!r} is text; give a number")
 
     @staticmethod
     def zero(node: Node) -> Edit:
@@ -433,7 +433,8 @@ def _masks_with_bos(rm: ReplacementModel, cache: ReplacementCache, circuit: Grap
     tokens = circuit.metadata.get("tokens") if isinstance(circuit, Graph) else None
     if tokens is not None and list(tokens) != cache.tokens.tolist():
         raise CircuitsError("the circuit's graph was attributed on another prompt (its tokens differ from this "
-                            "prompt's); score it on the prompt it came from")
+                            "prompt's); score it on the prompt it came from, or pass its nodes (list(graph.nodes)) to "
+                            "test them on this prompt")
     masks = circuit_masks(rm, cache, nodes)
     bos = circuit.metadata.get("bos_folded") if isinstance(circuit, Graph) else None
     n_bos = 0

@@ -192,13 +192,26 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     `ranked` is `rank_nodes(graph)` when the caller has it already (it does not depend on the thresholds)."""
     _check_graph(graph, "prune")
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise CircuitsError(f"{name} must be a number in (0, 1], got {value!r}")
+        try:  # any real number (a NumPy float, a 0-d tensor); not text or a bool
+            if isinstance(value, str | bool):
+                raise TypeError
+            value = float(value)
+        except (TypeError, ValueError):
+            raise CircuitsError(f"{name} must be a number in (0, 1], got {value!r}") from None
         if not 0 < value <= 1:
             raise CircuitsError(f"{name} must be in (0, 1], got {value}")
-    if max_feature_nodes is not None and (isinstance(max_feature_nodes, bool) or not isinstance(max_feature_nodes, int)
-                                          or max_feature_nodes < 0):
-        raise CircuitsError(f"max_feature_nodes must be a non-negative integer, got {max_feature_nodes!r}")
+    node_threshold, edge_threshold = float(node_threshold), float(edge_threshold)
+    if max_feature_nodes is not None:
+        import operator
+
+        try:
+            if isinstance(max_feature_nodes, bool):
+                raise TypeError
+            max_feature_nodes = operator.index(max_feature_nodes)
+        except TypeError:
+            max_feature_nodes = -1
+        if max_feature_nodes < 0:
+            raise CircuitsError("max_feature_nodes must be a non-negative integer")
     if ranked is None:
         ranked = rank_nodes(graph)
     elif len(ranked.influence) != graph.n_nodes:

@@ -267,16 +267,20 @@ class ReplacementModel:
                               "you meant ordinary text", stacklevel=2)
             tokens = self.model.to_tokens(prompt, truncate=False)[0]
         else:
-            if not isinstance(prompt, Tensor | list | tuple) and type(prompt).__name__ != "ndarray":
+            if prompt is None or isinstance(prompt, bytes | dict | set):
                 raise AttributionError(f"the prompt is a {type(prompt).__name__}; give text or a 1-D tensor of token "
                                        "ids")
             try:
-                raw = torch.as_tensor(prompt)
+                raw = torch.as_tensor(prompt if not isinstance(prompt, range) else list(prompt))
             except (TypeError, ValueError, RuntimeError):
                 raise AttributionError("the prompt is not a sequence of token ids; give text or a 1-D tensor of "
                                        "token ids") from None
+            if raw.numel() == 0:
+                raise AttributionError("the prompt is empty; give at least one token")
             if raw.is_floating_point() or raw.is_complex() or raw.dtype == torch.bool:
                 raise AttributionError(f"the prompt's token ids are {raw.dtype}; give integer ids (a LongTensor)")
+            if raw.dim() == 0:  # one token id
+                raw = raw.reshape(1)
             if raw.dim() == 2 and raw.shape[0] == 1:
                 raw = raw[0]  # model.to_tokens(prompt): a batch of one
             if raw.dim() != 1:

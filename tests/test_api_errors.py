@@ -186,7 +186,7 @@ def test_nodes_edits_and_graphs_of_another_prompt_or_place_are_refused(rm64):
 
 @pytest.mark.parametrize("prompt, says", [
     (None, "the prompt is a NoneType"),
-    (5, "the prompt is a int"),
+    ([], "the prompt is empty"),
     (torch.tensor([[1, 2, 3], [1, 2, 3]]), "shape \\(2, 3\\)"),
     (torch.tensor([1.0, 2.7]), "give integer ids"),
     (torch.tensor([1, 99999]), "token id 99999 is outside the vocabulary"),
@@ -199,9 +199,18 @@ def test_a_prompt_that_is_not_one_sequence_of_token_ids_is_refused(rm64, prompt,
         rm64.run(prompt)
 
 
-def test_a_batch_of_one_from_to_tokens_is_one_prompt(rm64):
+def test_token_ids_come_in_any_integer_container(rm64):
+    """A batch of one (`model.to_tokens`), a list, a NumPy array, a range and one id (an int or a 0-d tensor) are
+    each one prompt."""
+    import numpy as np
+
     tokens = rm64.model.to_tokens(PROMPT)
     assert tokens.dim() == 2 and torch.equal(rm64.run(tokens).tokens, rm64.run(PROMPT).tokens)
+    ids = tokens[0].tolist()
+    for given in (ids, np.array(ids), tuple(ids)):
+        assert rm64.run(given).tokens.tolist() == ids
+    assert rm64.run(range(3, 6)).tokens.tolist() == [3, 4, 5]
+    assert rm64.run(5).tokens.tolist() == rm64.run(torch.tensor(5)).tokens.tolist() == [5]
 
 
 def test_a_logit_target_with_meaningless_tokens_or_weights_is_refused(rm64):
@@ -212,11 +221,19 @@ def test_a_logit_target_with_meaningless_tokens_or_weights_is_refused(rm64):
     for target, says in ((Logit(" Mary"), "give a tuple of tokens"),  # type: ignore[arg-type]
                          (Logit((" Mary",), (float("nan"),)), "weight nan is not a finite number"),
                          (Logit((" Mary", " John"), (1.0, -1.0)), "use Contrast"),
+                         (Logit(3), "give a tuple of tokens"),  # type: ignore[arg-type]
                          (Contrast(True, 3), "is a bool"),
                          (Contrast(1.5, 3), "is a float")):  # type: ignore[arg-type]
         with pytest.raises(CircuitsError, match=says):
             attribute(rm64, PROMPT, target)
-    assert attribute(rm64, PROMPT, Logit((" Mary", " John"), (0.7, 0.3))).n_nodes > 0  # weights ≥ 0 still work
+    import numpy as np
+
+    from circuits.export.graph_json import to_dict
+
+    mary = rm64.model.to_tokens(" Mary", prepend_bos=False)[0, 0]  # a 0-d tensor, then a NumPy integer
+    graph = attribute(rm64, PROMPT, Logit((mary, " John"), (np.float32(0.7), torch.tensor(0.3))))
+    assert graph.n_nodes > 0 and attribute(rm64, PROMPT, Contrast(np.int64(mary), " John")).n_nodes > 0
+    assert to_dict(graph)["metadata"]["target"]["tokens"] == [int(mary), " John"]  # plain ints: JSON can hold it
 
 
 def test_the_usual_slips_with_the_api_get_a_message_not_a_traceback(rm64, tmp_path, monkeypatch):
@@ -274,3 +291,7 @@ def test_feature_targets_and_prune_options_are_checked_where_they_are_given(rm64
         with pytest.raises(CircuitsError, match=says):
             prune(graph, **kwargs)
     assert prune(graph, ranked=rank_nodes(graph)).graph.n_nodes == small.n_nodes
+    import numpy as np
+
+    assert prune(graph, np.float32(0.8), torch.tensor(0.98)).graph.n_nodes == small.n_nodes  # any real number
+    assert prune(graph, max_feature_nodes=np.int64(3)).graph.n_nodes <= small.n_nodes

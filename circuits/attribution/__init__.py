@@ -211,9 +211,12 @@ def _describe(target) -> dict:
         return {"kind": "feature", "node": target.node.to_json()}
     if isinstance(target, TopLogits):
         return {"kind": "top_logits", "cum_prob": target.cum_prob, "max_logits": target.max_logits}
+    def plain(t):  # a token as JSON has it: text, or an int (not a NumPy or torch integer)
+        return t if isinstance(t, str) else int(t)
+
     if isinstance(target, Logit):
-        return {"kind": "logit", "tokens": list(target.tokens)}
-    return {"kind": "contrast", "token": target.token, "baseline": target.baseline}
+        return {"kind": "logit", "tokens": [plain(t) for t in target.tokens]}
+    return {"kind": "contrast", "token": plain(target.token), "baseline": plain(target.baseline)}
 
 
 def _upstream_of(graph: Graph, row: int) -> Graph:

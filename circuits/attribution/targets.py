@@ -93,15 +93,19 @@ class LogitRead:
 
 def single_token(model, token: str | int) -> int:
     """A vocabulary id for `token`: an id, or text that is one token (with or without its leading space)."""
-    import numbers
+    import operator
 
     from circuits.errors import AttributionError
 
-    if isinstance(token, bool) or not isinstance(token, numbers.Integral | str):
-        raise AttributionError(f"target token {token!r} is a {type(token).__name__}; give text (' Mary') or a token "
-                               "id (an int)")
-    if isinstance(token, numbers.Integral):
-        token = int(token)
+    if not isinstance(token, str):
+        try:  # an int, a NumPy integer or a 0-d integer tensor; not a bool, a float or anything else
+            if isinstance(token, bool):
+                raise TypeError
+            token = operator.index(token)
+        except TypeError:
+            raise AttributionError(f"target token {token!r} is a {type(token).__name__}; give text (' Mary') or a "
+                                   "token id (an int)") from None
+    if isinstance(token, int):
         if not 0 <= token < model.cfg.d_vocab:
             raise AttributionError(f"token id {token} is outside the vocabulary (0..{model.cfg.d_vocab - 1})")
         return token
@@ -174,7 +178,7 @@ def resolve_logit_targets(model, logits_last: Tensor, target, demean: bool, pos:
                 break
         return [read(t, float(probs[t])) for t in chosen]
     if isinstance(target, Logit):
-        if isinstance(target.tokens, str | int):
+        if isinstance(target.tokens, str) or not hasattr(target.tokens, "__iter__"):
             raise AttributionError(f"Logit target: tokens is {target.tokens!r}; give a tuple of tokens, e.g. "
                                    f"Logit(({target.tokens!r},))")
         toks = [single_token(model, t) for t in target.tokens]
