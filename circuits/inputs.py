@@ -22,6 +22,30 @@ from pathlib import Path
 from circuits.errors import AttributionError, OutputPathError
 
 
+def as_integer(value) -> int | None:
+    """`value` as an int when it is an integer of any kind (int, NumPy integer, 0-d integer tensor); None for
+    anything else, a bool included (``True`` is not a token id or a count)."""
+    import operator
+
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def as_real(value) -> float | None:
+    """`value` as a float when it is a real number of any kind (NumPy, 0-d tensor); None for text, a bool or
+    anything `float()` refuses. NaN and infinities pass: the caller says which range it needs."""
+    if isinstance(value, str | bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def check_text(text: str, what: str) -> str:
     """`text` unchanged if it is valid Unicode; an `AttributionError` naming the first bad character otherwise."""
     try:

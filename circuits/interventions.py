@@ -242,7 +242,7 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
     error_scale: dict[str, Tensor] = {}
     token_edits: list[Edit] = []
     for e in edits:
-        if e.node.kind in ("token", "mlp_error", "attn_error") and not 0 <= e.node.pos < n:
+        if not 0 <= e.node.pos < n:
             raise CircuitsError(f"node {e.node.short()}: position {e.node.pos} is outside the prompt (0 to {n - 1})")
         if e.node.kind == "token":
             if e.node.index >= 0 and e.node.index != int(cache.tokens[e.node.pos]):
@@ -267,8 +267,6 @@ def run_edited(rm: ReplacementModel, cache: ReplacementCache, edits: Iterable[Ed
         if not 0 <= e.node.index < d.d_sae:
             raise CircuitsError(f"node {e.node.short()}: feature {e.node.index} is outside {d.cfg.name} (0 to "
                                 f"{d.d_sae - 1})")
-        if not 0 <= e.node.pos < n:
-            raise CircuitsError(f"node {e.node.short()}: position {e.node.pos} is outside the prompt (0 to {n - 1})")
         feature_edits.setdefault(d.cfg.name, []).append(e)
     pres: dict[str, Tensor] = {}
     codes_out: dict[str, Tensor] = {}

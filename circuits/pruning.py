@@ -190,28 +190,19 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     """Prune `graph` by influence (see the module docstring); returns the pruned graph and the masks.
 
     `ranked` is `rank_nodes(graph)` when the caller has it already (it does not depend on the thresholds)."""
+    from circuits.inputs import as_integer, as_real
+
     _check_graph(graph, "prune")
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-        try:  # any real number (a NumPy float, a 0-d tensor); not text or a bool
-            if isinstance(value, str | bool):
-                raise TypeError
-            value = float(value)
-        except (TypeError, ValueError):
-            raise CircuitsError(f"{name} must be a number in (0, 1], got {value!r}") from None
-        if not 0 < value <= 1:
+        if as_real(value) is None:  # any real number (a NumPy float, a 0-d tensor); not text or a bool
+            raise CircuitsError(f"{name} must be a number in (0, 1], got {value!r}")
+        if not 0 < as_real(value) <= 1:
             raise CircuitsError(f"{name} must be in (0, 1], got {value}")
-    node_threshold, edge_threshold = float(node_threshold), float(edge_threshold)
+    node_threshold, edge_threshold = as_real(node_threshold), as_real(edge_threshold)
     if max_feature_nodes is not None:
-        import operator
-
-        try:
-            if isinstance(max_feature_nodes, bool):
-                raise TypeError
-            max_feature_nodes = operator.index(max_feature_nodes)
-        except TypeError:
-            max_feature_nodes = -1
-        if max_feature_nodes < 0:
-            raise CircuitsError("max_feature_nodes must be a non-negative integer")
+        if as_integer(max_feature_nodes) is None or as_integer(max_feature_nodes) < 0:
+            raise CircuitsError(f"max_feature_nodes must be a non-negative integer, got {max_feature_nodes!r}")
+        max_feature_nodes = as_integer(max_feature_nodes)
     if ranked is None:
         ranked = rank_nodes(graph)
     elif len(ranked.influence) != graph.n_nodes:

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -234,8 +235,6 @@ class ReplacementModel:
         if not hasattr(model, "cfg") or not hasattr(model, "run_with_hooks"):
             raise CircuitsError(f"model is a {type(model).__name__}, not a TransformerLens HookedTransformer; give "
                                 "the model from `model, _ = load_model(...)`")
-        from pathlib import Path
-
         if dictionaries is None or isinstance(dictionaries, str | Path):
             raise CircuitsError(f"dictionaries is {dictionaries!r}; give a loaded set: load_dictionaries(name, model)")
         dset = dictionaries if isinstance(dictionaries, DictionarySet) else DictionarySet(
@@ -287,8 +286,6 @@ class ReplacementModel:
                 raise AttributionError(f"the prompt's token tensor has shape {tuple(raw.shape)}; give one prompt as a "
                                        "1-D tensor (or [1, pos]); attribute prompts one at a time")
             tokens = raw.long()
-            if tokens.numel() == 0:
-                raise AttributionError("the prompt is empty; give at least one token")
             bad = tokens[(tokens < 0) | (tokens >= self.cfg.d_vocab)]
             if bad.numel():
                 raise AttributionError(f"token id {int(bad[0])} is outside the vocabulary (0 to "

@@ -75,10 +75,9 @@ def attribute(rm: ReplacementModel, prompt: str | torch.Tensor, target: Target |
 
         with warnings.catch_warnings():  # the cache's own run warned about this prompt already
             warnings.simplefilter("ignore")
-            same = torch.equal(rm.tokenize(prompt).to(cache.tokens.device), cache.tokens)
-    if cache is not None and not same:
-        raise AttributionError("the cache is of another prompt than `prompt` (its tokens differ); pass the prompt "
-                               "the cache was run on, or leave out cache=")
+            if not torch.equal(rm.tokenize(prompt).to(cache.tokens.device), cache.tokens):
+                raise AttributionError("the cache is of another prompt than `prompt` (its tokens differ); pass the "
+                                       "prompt the cache was run on, or leave out cache=")
     cache = cache if cache is not None else rm.run(prompt)
     timings = {"forward": time.perf_counter() - t0}
     src = collect_sources(rm, cache)

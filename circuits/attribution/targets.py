@@ -93,18 +93,14 @@ class LogitRead:
 
 def single_token(model, token: str | int) -> int:
     """A vocabulary id for `token`: an id, or text that is one token (with or without its leading space)."""
-    import operator
-
     from circuits.errors import AttributionError
+    from circuits.inputs import as_integer
 
     if not isinstance(token, str):
-        try:  # an int, a NumPy integer or a 0-d integer tensor; not a bool, a float or anything else
-            if isinstance(token, bool):
-                raise TypeError
-            token = operator.index(token)
-        except TypeError:
+        if as_integer(token) is None:
             raise AttributionError(f"target token {token!r} is a {type(token).__name__}; give text (' Mary') or a "
-                                   "token id (an int)") from None
+                                   "token id (an int)")
+        token = as_integer(token)
     if isinstance(token, int):
         if not 0 <= token < model.cfg.d_vocab:
             raise AttributionError(f"token id {token} is outside the vocabulary (0..{model.cfg.d_vocab - 1})")
@@ -189,13 +185,9 @@ def resolve_logit_targets(model, logits_last: Tensor, target, demean: bool, pos:
             raise AttributionError("Logit target: give one weight per token")
         import math
 
-        def usable(w) -> bool:
-            try:
-                return not isinstance(w, str) and math.isfinite(float(w)) and float(w) >= 0
-            except (TypeError, ValueError):
-                return False
+        from circuits.inputs import as_real
 
-        bad = [w for w in weights if not usable(w)]
+        bad = [w for w in weights if as_real(w) is None or not math.isfinite(as_real(w)) or as_real(w) < 0]
         if bad:  # the scores normalise by absolute weights: a negative one makes them meaningless
             raise AttributionError(f"Logit target: weight {bad[0]!r} is not a finite number ≥ 0; for a difference "
                                    "of two logits use Contrast(token, baseline)")
