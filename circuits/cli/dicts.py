@@ -95,12 +95,11 @@ def cmd_dicts_train(args) -> int:
                                 f"active per token in each layer); it cannot be combined with {', '.join(bad)}")
     from circuits.cli.trace_checks import check_dicts_name, organism_vocab
 
-    # the sites' names from the organism's config file, so that a mistyped one is refused before the model loads
-    # (a config it cannot read: after loading, whose error names the problem first)
+    # a mistyped site is refused before the model loads, by the names the organism's config file gives (a config
+    # it cannot read: the loader names that problem first); the model's own names check them again below
     vocab = organism_vocab("organism")
     if vocab is not None:
-        names = {f"{kind}_L{layer}" for layer in range(vocab.n_layers) for kind in ("attn_sae", "transcoder")}
-        site_d_sae, site_act = _check_sites(args, names)
+        _check_sites(args, {f"{kind}_L{layer}" for layer in range(vocab.n_layers) for kind in ("attn_sae", "transcoder")})
     if args.init_from:
         check_dicts_name(args.init_from, "--init-from")
     from circuits.dictionaries.dictset import DictionarySet
@@ -124,10 +123,7 @@ def cmd_dicts_train(args) -> int:
     if args.clt:
         return _train_clt(model, args, cfg)
     configs = organism_dictionary_configs(model, args.d_sae, args.k)
-    if vocab is None:
-        names = {c.name for c in configs}
-        site_d_sae, site_act = _check_sites(args, names)
-    assert {c.name for c in configs} == names, "the sites' names read before loading are the model's"
+    site_d_sae, site_act = _check_sites(args, {c.name for c in configs})
     configs = [dataclasses.replace(c, d_sae=site_d_sae.get(c.name, c.d_sae),
                                    activation=site_act.get(c.name, c.activation),
                                    skip=args.skip_transcoders and c.kind == "transcoder") for c in configs]
