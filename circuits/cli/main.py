@@ -95,12 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
     # the usage line names each command once (argparse would list aliases such as `attribute` as commands too;
     # the help row 'trace (attribute)' still shows it)
     sub.metavar = "{" + ",".join(a.dest for a in sub._choices_actions) + "}"
-    for command in sub.choices.values():  # `circuits graph` alone: name the actions, not argparse's dest "action"
-        for action in command._actions:
+    for parser in _parsers(p):
+        for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction) and action.metavar is None:
-                action.metavar = "{" + ",".join(action.choices) + "}"
-            _shared_help(action.choices.values() if isinstance(action, argparse._SubParsersAction) else [command])
+                action.metavar = "{" + ",".join(action.choices) + "}"  # `circuits graph` alone names its actions
+            elif action.option_strings and not action.help and action.dest in SHARED_HELP:
+                action.help = SHARED_HELP[action.dest]
     return p
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    """`parser` and every (sub)command parser under it, each once (an alias shares its command's parser)."""
+    seen, todo = set(), [parser]
+    while todo:
+        p = todo.pop()
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
 
 
 #: What the options that many commands share say in their help, where a command gives no text of its own.
@@ -112,12 +127,6 @@ SHARED_HELP = {
     "no_resume": "start again, ignoring an existing checkpoint",
 }
 
-
-def _shared_help(parsers) -> None:
-    for parser in parsers:
-        for action in parser._actions:
-            if action.option_strings and not action.help and action.dest in SHARED_HELP:
-                action.help = SHARED_HELP[action.dest]
 
 
 def _suggestion(parser: argparse.ArgumentParser, extra: list[str], top: bool) -> str:

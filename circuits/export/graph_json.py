@@ -185,6 +185,8 @@ def _atomic_write(path: Path, write) -> Path:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.exists():
         raise GraphFileError(f"cannot write {path}: folder {folder} does not exist; create it or choose another path")
+    if path.is_dir():
+        raise GraphFileError(f"cannot write {path}: it is a folder; give a file name inside it")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
         os.close(fd)
@@ -205,13 +207,8 @@ def _atomic_write(path: Path, write) -> Path:
 
 
 def write_json(graph: Graph, path: Path) -> Path:
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir() or not folder.is_dir():  # before serialising: a full graph takes seconds and hundreds of MB
-        raise GraphFileError(f"cannot write {path}: " + ("it is a folder; give a file name inside it" if path.is_dir()
-                             else f"folder {folder} does not exist; create it or choose another path"))
-    data = to_dict(graph)
-    return _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data)))
+    # serialised inside the write, after `_atomic_write` checked the place: a full graph takes seconds and 100s of MB
+    return _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(to_dict(graph))))
 
 
 def loads(data: bytes | str, source: str = "graph") -> Graph:
